@@ -1,0 +1,225 @@
+/**
+ * The data model: the entities Strata keeps in its one table, and their status sets.
+ * Key design and access patterns live with the DynamoDB adapter (`functions/adapters/aws/table-keys.ts`).
+ */
+import type { DataObjectKind, DataStoreRole, DataStoreScope, ImageFormat } from '../../drivers/sdk/types.js';
+
+/** A claim on an entity in a transitional state: who holds it and until when. */
+export interface Lease {
+  /** The job that owns the transition (also the fencing token for host work). */
+  owner: string;
+  /** ISO-8601; after this the reconciler may move the entity to its recoverable state. */
+  expiresAt: string;
+}
+
+/** Fields every stored entity carries. `version` increases by one with every write. */
+export interface Versioned {
+  version: number;
+  createdAt: string;
+  updatedAt: string;
+  lease?: Lease;
+}
+
+export const DataStoreStatus = {
+  Initializing: 'Initializing',
+  Up: 'Up',
+  Disabled: 'Disabled',
+  PrepareForMaintenance: 'PrepareForMaintenance',
+  Maintenance: 'Maintenance',
+  CancelMaintenance: 'CancelMaintenance',
+  ErrorInMaintenance: 'ErrorInMaintenance',
+  Deleting: 'Deleting',
+  Error: 'Error',
+} as const;
+export type DataStoreStatus = (typeof DataStoreStatus)[keyof typeof DataStoreStatus];
+
+export interface DataStore extends Versioned {
+  id: string;
+  name: string;
+  provider: string;
+  role: DataStoreRole;
+  scope: DataStoreScope;
+  details: Record<string, string>;
+  capacityBytes: number;
+  /** Primary stores may promise more than they hold: allocation limit = capacity × this. */
+  overprovisioning: number;
+  /** Fraction (0–1] of the allocation limit past which the allocator stops placing new objects. */
+  disableThreshold: number;
+  tags: string[];
+  status: DataStoreStatus;
+  /** Sum of the sizes promised to objects on this store (reserved atomically by the allocator). */
+  allocatedBytes: number;
+  /** Bytes actually used, as last measured. */
+  usedBytes: number;
+  /** Why the store is in Error or ErrorInMaintenance. */
+  statusReason?: string;
+}
+
+export const HostStatus = { Up: 'Up', Disabled: 'Disabled', Down: 'Down' } as const;
+export type HostStatus = (typeof HostStatus)[keyof typeof HostStatus];
+
+export interface Host extends Versioned {
+  id: string;
+  name: string;
+  zoneId: string;
+  clusterId: string;
+  /** The SSM managed-instance id (`mi-…` or `i-…`); in the embedded stack, the local host's name. */
+  instanceId: string;
+  hypervisor: string;
+  status: HostStatus;
+  /** Stores this host has attached (mounted, logged in to, …). */
+  attachedStoreIds: string[];
+}
+
+/** Object-in-store states, as in CloudStack's ObjectInDataStoreStateMachine. */
+export const ObjectInStoreStatus = {
+  Allocated: 'Allocated',
+  Creating: 'Creating',
+  Ready: 'Ready',
+  Copying: 'Copying',
+  Destroying: 'Destroying',
+  Destroyed: 'Destroyed',
+  Failed: 'Failed',
+} as const;
+export type ObjectInStoreStatus = (typeof ObjectInStoreStatus)[keyof typeof ObjectInStoreStatus];
+
+export interface Template extends Versioned {
+  id: string;
+  name: string;
+  type: Extract<DataObjectKind, 'template' | 'iso'>;
+  format: ImageFormat;
+  zoneId?: string;
+  url?: string;
+  checksum?: string;
+  virtualSizeBytes?: number;
+}
+
+export interface TemplateInStore extends Versioned {
+  templateId: string;
+  storeId: string;
+  status: ObjectInStoreStatus;
+  path?: string;
+  sizeBytes?: number;
+  /** On primary stores: how many volumes are linked clones of this cache entry. */
+  refCount: number;
+  statusReason?: string;
+}
+
+export const VolumeStatus = {
+  Allocated: 'Allocated',
+  Creating: 'Creating',
+  Ready: 'Ready',
+  Resizing: 'Resizing',
+  Snapshotting: 'Snapshotting',
+  RevertSnapshotting: 'RevertSnapshotting',
+  Migrating: 'Migrating',
+  Destroying: 'Destroying',
+  Destroyed: 'Destroyed',
+  Error: 'Error',
+} as const;
+export type VolumeStatus = (typeof VolumeStatus)[keyof typeof VolumeStatus];
+
+export interface Volume extends Versioned {
+  id: string;
+  name: string;
+  zoneId: string;
+  storeId?: string;
+  templateId?: string;
+  sizeBytes: number;
+  format: ImageFormat;
+  path?: string;
+  tags: string[];
+  status: VolumeStatus;
+  statusReason?: string;
+}
+
+export const SnapshotStatus = {
+  Allocated: 'Allocated',
+  Creating: 'Creating',
+  CreatedOnPrimary: 'CreatedOnPrimary',
+  BackingUp: 'BackingUp',
+  BackedUp: 'BackedUp',
+  Destroying: 'Destroying',
+  Destroyed: 'Destroyed',
+  Error: 'Error',
+} as const;
+export type SnapshotStatus = (typeof SnapshotStatus)[keyof typeof SnapshotStatus];
+
+export interface Snapshot extends Versioned {
+  id: string;
+  name: string;
+  volumeId: string;
+  status: SnapshotStatus;
+  statusReason?: string;
+}
+
+export interface SnapshotInStore extends Versioned {
+  snapshotId: string;
+  storeId: string;
+  status: ObjectInStoreStatus;
+  path?: string;
+  parentSnapshotId?: string;
+  sizeBytes?: number;
+}
+
+export interface SnapshotPolicy extends Versioned {
+  id: string;
+  volumeId: string;
+  schedule: string;
+  timeZone: string;
+  keep: number;
+  backup: boolean;
+}
+
+export const JobState = {
+  Pending: 'pending',
+  Running: 'running',
+  Succeeded: 'succeeded',
+  Failed: 'failed',
+} as const;
+export type JobState = (typeof JobState)[keyof typeof JobState];
+
+export interface JobError {
+  code: string;
+  message: string;
+}
+
+export interface Job extends Versioned {
+  id: string;
+  /** What the job does, e.g. `store.add`, `store.maintain`. */
+  kind: string;
+  target: { type: string; id: string };
+  state: JobState;
+  progress: number;
+  progressDetail?: Record<string, unknown>;
+  result?: Record<string, unknown>;
+  error?: JobError;
+  /** The workflow execution that runs it (a Step Functions execution ARN on AWS). */
+  executionId?: string;
+}
+
+/** A stored answer to a mutating request carrying an `Idempotency-Key`. */
+export interface IdempotencyRecord extends Versioned {
+  key: string;
+  requestHash: string;
+  statusCode: number;
+  body: string;
+  headers: Record<string, string>;
+  /** Epoch seconds; DynamoDB TTL removes the record after this. */
+  expiresAtEpoch: number;
+}
+
+/** Every entity type and its shape. */
+export interface EntityMap {
+  DataStore: DataStore;
+  Host: Host;
+  Template: Template;
+  TemplateInStore: TemplateInStore;
+  Volume: Volume;
+  Snapshot: Snapshot;
+  SnapshotInStore: SnapshotInStore;
+  SnapshotPolicy: SnapshotPolicy;
+  Job: Job;
+  Idempotency: IdempotencyRecord;
+}
+export type EntityType = keyof EntityMap;

@@ -1,0 +1,144 @@
+/**
+ * Ports: what the domain needs from the outside world. Adapters in `functions/adapters/aws` and
+ * `functions/adapters/local` implement them; core code imports no AWS SDK.
+ */
+import type { HostError, HostRequest } from '../../drivers/sdk/host-protocol.js';
+import type { EntityMap, EntityType, Host, Lease } from './model.js';
+import type { StateMachine } from './state-machines.js';
+
+/** Key of one entity: its type, its id, and for per-store rows the store id. */
+export interface EntityKey<T extends EntityType = EntityType> {
+  type: T;
+  id: string;
+  /** For TemplateInStore and SnapshotInStore: the store id. */
+  storeId?: string;
+}
+
+export interface Page<T> {
+  items: T[];
+  /** Opaque; pass back to get the next page. Absent on the last page. */
+  cursor?: string;
+}
+
+export interface ListOptions {
+  limit?: number;
+  cursor?: string;
+}
+
+/** States of an entity type that has a state machine. */
+export type StatusOf<T extends EntityType> = EntityMap[T] extends { status: infer S extends string }
+  ? S
+  : never;
+
+export interface TransitionRequest<T extends EntityType> {
+  key: EntityKey<T>;
+  machine: StateMachine<StatusOf<T>>;
+  /** States the entity may be in now; the write fails with a ConflictError otherwise. */
+  from: StatusOf<T> | readonly StatusOf<T>[];
+  to: StatusOf<T>;
+  /** When given, the write also requires this exact version (optimistic locking). */
+  expectedVersion?: number;
+  /**
+   * Lease for a transitional target state: owner (job id) and seconds until it expires.
+   * Required when `to` is leased in the machine; the lease is cleared when `to` is not.
+   */
+  lease?: { owner: string; ttlSeconds: number };
+  /**
+   * When leaving a transitional state: only the lease owner may move it on (fencing).
+   * A stale worker whose lease was taken over gets a ConflictError.
+   */
+  leaseOwner?: string;
+  /** Other fields to set in the same write. */
+  changes?: Partial<EntityMap[T]>;
+}
+
+/**
+ * The table. Every write is conditional: creates fail if the entity exists, updates and transitions
+ * require the expected version and/or state. Losing a race is always a ConflictError.
+ */
+export interface Repository {
+  get<T extends EntityType>(key: EntityKey<T>): Promise<EntityMap[T] | undefined>;
+  /** Like get, but throws NotFoundError. */
+  require<T extends EntityType>(key: EntityKey<T>): Promise<EntityMap[T]>;
+  /** Creates with version 1; ConflictError if it exists. */
+  create<T extends EntityType>(
+    type: T,
+    entity: Omit<EntityMap[T], 'version' | 'createdAt' | 'updatedAt'>,
+  ): Promise<EntityMap[T]>;
+  /** Sets fields if the stored version is `expectedVersion`; bumps the version. */
+  update<T extends EntityType>(
+    key: EntityKey<T>,
+    expectedVersion: number,
+    changes: Partial<EntityMap[T]>,
+  ): Promise<EntityMap[T]>;
+  /** Moves an entity along its state machine; see {@link TransitionRequest}. */
+  transition<T extends EntityType>(request: TransitionRequest<T>): Promise<EntityMap[T]>;
+  /** Deletes if the stored version is `expectedVersion` (or unconditionally when omitted). */
+  delete<T extends EntityType>(key: EntityKey<T>, expectedVersion?: number): Promise<void>;
+  /** Lists entities of one type, oldest first. */
+  list<T extends EntityType>(type: T, options?: ListOptions): Promise<Page<EntityMap[T]>>;
+  /** Lists the per-store rows and volumes held by one store. */
+  listInStore(storeId: string, options?: ListOptions): Promise<Page<EntityMap[EntityType]>>;
+  /** Adds or removes members of a string-set field atomically (commutative; no version check). */
+  updateSet<T extends EntityType>(
+    key: EntityKey<T>,
+    field: keyof EntityMap[T] & string,
+    add: string[],
+    remove: string[],
+  ): Promise<EntityMap[T]>;
+  /**
+   * Adds `delta` to a numeric field atomically, failing with ConflictError when the result would
+   * exceed `max` or go below zero. Used for capacity reservations and reference counts.
+   */
+  addToCounter<T extends EntityType>(
+    key: EntityKey<T>,
+    field: keyof EntityMap[T] & string,
+    delta: number,
+    options?: { max?: number },
+  ): Promise<EntityMap[T]>;
+  /** Entities whose lease expired before `now`, for the reconciler. */
+  listExpiredLeases(
+    now: Date,
+    options?: ListOptions,
+  ): Promise<Page<EntityMap[EntityType] & { lease: Lease }>>;
+}
+
+/** The state a command on a host is in, as the endpoint channel sees it. */
+export interface CommandStatus {
+  state: 'pending' | 'running' | 'succeeded' | 'failed';
+  progress?: number;
+  progressDetail?: Record<string, unknown>;
+  result?: unknown;
+  error?: HostError;
+}
+
+/**
+ * How work reaches a host: SSM Run Command on AWS, a child process in the embedded stack.
+ * `send` is idempotent on `request.requestId`.
+ */
+export interface EndpointChannel {
+  send(host: Host, request: HostRequest): Promise<{ commandId: string }>;
+  status(host: Host, commandId: string): Promise<CommandStatus>;
+}
+
+/** The workflows Strata runs; each has one definition in `statemachines/`. */
+export const FlowName = {
+  StoreAttach: 'store-attach',
+  StoreMaintenance: 'store-maintenance',
+} as const;
+export type FlowName = (typeof FlowName)[keyof typeof FlowName];
+
+/** Starts workflow executions (Step Functions on AWS, aws-local-stepfunctions locally). */
+export interface WorkflowPort {
+  /**
+   * Starts `flow` with `input`. `name` (the job id) makes the start idempotent: starting the same
+   * name twice yields the same execution.
+   */
+  start(flow: FlowName, name: string, input: Record<string, unknown>): Promise<{ executionId: string }>;
+}
+
+export interface Clock {
+  now(): Date;
+}
+
+export const systemClock: Clock = { now: () => new Date() };
