@@ -1,0 +1,75 @@
+/**
+ * The embedded stack's image store: s3rver serving buckets from a directory on local disk.
+ *
+ * Two traps are handled here (see ../shared/TOOLCHAIN.md):
+ * - s3rver encrypts ListObjectsV2 continuation tokens with single DES, which OpenSSL 3 no longer has.
+ *   3DES-EDE with the same 8-byte key repeated three times computes exactly the same blocks, so we
+ *   substitute it for the `des` algorithm only.
+ * - the SDK's default request checksums frame streamed bodies as aws-chunked, which s3rver stores
+ *   verbatim; clients must use {@link localS3ClientConfig} (checksums only when required).
+ */
+import crypto from 'node:crypto';
+import { mkdir } from 'node:fs/promises';
+import type { AddressInfo } from 'node:net';
+import type { S3ClientConfig } from '@aws-sdk/client-s3';
+import S3rver from 's3rver';
+
+let desPatched = false;
+
+function patchSingleDes(): void {
+  if (desPatched) return;
+  desPatched = true;
+  const triple = (key: crypto.CipherKey): Buffer => {
+    const k = Buffer.from(key as Buffer);
+    return Buffer.concat([k, k, k]);
+  };
+  const createCipheriv = crypto.createCipheriv;
+  const createDecipheriv = crypto.createDecipheriv;
+  // biome-ignore lint/suspicious/noExplicitAny: forwarding the overloaded signature unchanged
+  (crypto as any).createCipheriv = (alg: string, key: crypto.CipherKey, iv: crypto.BinaryLike, opts?: any) =>
+    alg === 'des'
+      ? createCipheriv('des-ede3-cbc', triple(key), iv, opts)
+      : createCipheriv(alg, key, iv as crypto.BinaryLike, opts);
+  // biome-ignore lint/suspicious/noExplicitAny: forwarding the overloaded signature unchanged
+  (crypto as any).createDecipheriv = (alg: string, key: crypto.CipherKey, iv: crypto.BinaryLike, opts?: any) =>
+    alg === 'des'
+      ? createDecipheriv('des-ede3-cbc', triple(key), iv, opts)
+      : createDecipheriv(alg, key, iv as crypto.BinaryLike, opts);
+}
+
+export interface S3Emulator {
+  /** `http://127.0.0.1:PORT` */
+  endpoint: string;
+  stop(): Promise<void>;
+}
+
+/** Starts s3rver on 127.0.0.1 (port 0 picks a free one), storing objects under `dir`. */
+export async function startS3Emulator(options: { dir: string; port?: number; buckets?: string[] }): Promise<S3Emulator> {
+  patchSingleDes();
+  await mkdir(options.dir, { recursive: true });
+  const server = new S3rver({
+    address: '127.0.0.1',
+    port: options.port ?? 0,
+    directory: options.dir,
+    silent: true,
+    allowMismatchedSignatures: true,
+    configureBuckets: (options.buckets ?? []).map((name) => ({ name, configs: [] })),
+  });
+  const address = (await server.run()) as AddressInfo;
+  return {
+    endpoint: `http://127.0.0.1:${address.port}`,
+    stop: () => server.close(),
+  };
+}
+
+/** S3 client settings for the emulator: path-style, fixed credentials, checksums only when required. */
+export function localS3ClientConfig(endpoint: string): S3ClientConfig {
+  return {
+    endpoint,
+    region: 'us-east-1',
+    forcePathStyle: true,
+    credentials: { accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER' },
+    requestChecksumCalculation: 'WHEN_REQUIRED',
+    responseChecksumValidation: 'WHEN_REQUIRED',
+  };
+}
