@@ -31,7 +31,12 @@ function patchSingleDes(): void {
       ? createCipheriv('des-ede3-cbc', triple(key), iv, opts)
       : createCipheriv(alg, key, iv as crypto.BinaryLike, opts);
   // biome-ignore lint/suspicious/noExplicitAny: forwarding the overloaded signature unchanged
-  (crypto as any).createDecipheriv = (alg: string, key: crypto.CipherKey, iv: crypto.BinaryLike, opts?: any) =>
+  (crypto as any).createDecipheriv = (
+    alg: string,
+    key: crypto.CipherKey,
+    iv: crypto.BinaryLike,
+    opts?: any,
+  ) =>
     alg === 'des'
       ? createDecipheriv('des-ede3-cbc', triple(key), iv, opts)
       : createDecipheriv(alg, key, iv as crypto.BinaryLike, opts);
@@ -44,7 +49,11 @@ export interface S3Emulator {
 }
 
 /** Starts s3rver on 127.0.0.1 (port 0 picks a free one), storing objects under `dir`. */
-export async function startS3Emulator(options: { dir: string; port?: number; buckets?: string[] }): Promise<S3Emulator> {
+export async function startS3Emulator(options: {
+  dir: string;
+  port?: number;
+  buckets?: string[];
+}): Promise<S3Emulator> {
   patchSingleDes();
   await mkdir(options.dir, { recursive: true });
   const server = new S3rver({
