@@ -23,23 +23,21 @@ function patchSingleDes(): void {
     const k = Buffer.from(key as Buffer);
     return Buffer.concat([k, k, k]);
   };
-  const createCipheriv = crypto.createCipheriv;
-  const createDecipheriv = crypto.createDecipheriv;
-  // biome-ignore lint/suspicious/noExplicitAny: forwarding the overloaded signature unchanged
-  (crypto as any).createCipheriv = (alg: string, key: crypto.CipherKey, iv: crypto.BinaryLike, opts?: any) =>
-    alg === 'des'
-      ? createCipheriv('des-ede3-cbc', triple(key), iv, opts)
-      : createCipheriv(alg, key, iv as crypto.BinaryLike, opts);
-  // biome-ignore lint/suspicious/noExplicitAny: forwarding the overloaded signature unchanged
-  (crypto as any).createDecipheriv = (
+  const createCipheriv = crypto.createCipheriv.bind(crypto) as (
     alg: string,
     key: crypto.CipherKey,
-    iv: crypto.BinaryLike,
-    opts?: any,
-  ) =>
-    alg === 'des'
-      ? createDecipheriv('des-ede3-cbc', triple(key), iv, opts)
-      : createDecipheriv(alg, key, iv as crypto.BinaryLike, opts);
+    iv: crypto.BinaryLike | null,
+  ) => crypto.Cipher;
+  const createDecipheriv = crypto.createDecipheriv.bind(crypto) as (
+    alg: string,
+    key: crypto.CipherKey,
+    iv: crypto.BinaryLike | null,
+  ) => crypto.Decipher;
+  const patched = crypto as unknown as Record<'createCipheriv' | 'createDecipheriv', unknown>;
+  patched.createCipheriv = (alg: string, key: crypto.CipherKey, iv: crypto.BinaryLike | null) =>
+    alg === 'des' ? createCipheriv('des-ede3-cbc', triple(key), iv) : createCipheriv(alg, key, iv);
+  patched.createDecipheriv = (alg: string, key: crypto.CipherKey, iv: crypto.BinaryLike | null) =>
+    alg === 'des' ? createDecipheriv('des-ede3-cbc', triple(key), iv) : createDecipheriv(alg, key, iv);
 }
 
 export interface S3Emulator {
