@@ -23,6 +23,8 @@ export interface Page<T> {
 export interface ListOptions {
   limit?: number;
   cursor?: string;
+  /** Equality filters on top-level fields (applied after the page is read, so pages may be short). */
+  filter?: Record<string, string | number | boolean>;
 }
 
 /** States of an entity type that has a state machine. */

@@ -1,0 +1,467 @@
+/**
+ * The Repository port on DynamoDB (and DynamoDB Local in the embedded stack). Every write is
+ * conditional; a failed condition is read back (ReturnValuesOnConditionCheckFailure) so the caller
+ * learns whether the entity is missing (NotFoundError) or moved on (ConflictError with its state).
+ */
+import {
+  ConditionalCheckFailedException,
+  DynamoDBClient,
+  type DynamoDBClientConfig,
+} from '@aws-sdk/client-dynamodb';
+import {
+  DeleteCommand,
+  DynamoDBDocumentClient,
+  GetCommand,
+  PutCommand,
+  QueryCommand,
+  type QueryCommandInput,
+  UpdateCommand,
+} from '@aws-sdk/lib-dynamodb';
+import { unmarshall } from '@aws-sdk/util-dynamodb';
+import { ConflictError, InputError, NotFoundError } from '../../core/errors.js';
+import type { EntityMap, EntityType, Lease } from '../../core/model.js';
+import type {
+  EntityKey,
+  ListOptions,
+  Page,
+  Repository,
+  StatusOf,
+  TransitionRequest,
+} from '../../core/ports.js';
+import { type Clock, systemClock } from '../../core/ports.js';
+import { assertTransition, canTransition } from '../../core/state-machines.js';
+import { INTERNAL_ATTRIBUTES, indexAttributes, itemKey, keyOf, SET_FIELDS } from './table-keys.js';
+import { TableSchema } from './table-schema.js';
+
+export interface DynamoRepositoryOptions {
+  tableName: string;
+  /** A ready document client; otherwise one is built from `clientConfig`. */
+  client?: DynamoDBDocumentClient;
+  clientConfig?: DynamoDBClientConfig;
+  clock?: Clock;
+}
+
+type Item = Record<string, unknown>;
+
+/** Builds SET/REMOVE clauses with placeholder names so reserved words never matter. */
+class UpdateBuilder {
+  private readonly sets: string[] = [];
+  private readonly removes: string[] = [];
+  private readonly adds: string[] = [];
+  private readonly deletes: string[] = [];
+  readonly names: Record<string, string> = {};
+  readonly values: Record<string, unknown> = {};
+  private n = 0;
+
+  name(attr: string): string {
+    const key = `#${attr.replace(/[^A-Za-z0-9]/g, '_')}`;
+    this.names[key] = attr;
+    return key;
+  }
+
+  value(v: unknown): string {
+    const key = `:v${this.n++}`;
+    this.values[key] = v;
+    return key;
+  }
+
+  set(attr: string, v: unknown): this {
+    if (v === undefined) this.removes.push(this.name(attr));
+    else this.sets.push(`${this.name(attr)} = ${this.value(v)}`);
+    return this;
+  }
+
+  setExpression(expression: string): this {
+    this.sets.push(expression);
+    return this;
+  }
+
+  remove(attr: string): this {
+    this.removes.push(this.name(attr));
+    return this;
+  }
+
+  add(attr: string, v: unknown): this {
+    this.adds.push(`${this.name(attr)} ${this.value(v)}`);
+    return this;
+  }
+
+  delete(attr: string, v: unknown): this {
+    this.deletes.push(`${this.name(attr)} ${this.value(v)}`);
+    return this;
+  }
+
+  expression(): string {
+    const parts: string[] = [];
+    if (this.sets.length) parts.push(`SET ${this.sets.join(', ')}`);
+    if (this.removes.length) parts.push(`REMOVE ${this.removes.join(', ')}`);
+    if (this.adds.length) parts.push(`ADD ${this.adds.join(', ')}`);
+    if (this.deletes.length) parts.push(`DELETE ${this.deletes.join(', ')}`);
+    return parts.join(' ');
+  }
+}
+
+const LEASE_PARTITION = 'LEASE';
+
+export class DynamoRepository implements Repository {
+  private readonly tableName: string;
+  private readonly clock: Clock;
+  private doc?: DynamoDBDocumentClient;
+  private readonly clientConfig?: DynamoDBClientConfig;
+
+  constructor(options: DynamoRepositoryOptions) {
+    this.tableName = options.tableName;
+    this.doc = options.client;
+    this.clientConfig = options.clientConfig;
+    this.clock = options.clock ?? systemClock;
+  }
+
+  /** Built on first use, never at import time. */
+  private get client(): DynamoDBDocumentClient {
+    this.doc ??= DynamoDBDocumentClient.from(new DynamoDBClient(this.clientConfig ?? {}), {
+      marshallOptions: { removeUndefinedValues: true },
+    });
+    return this.doc;
+  }
+
+  async get<T extends EntityType>(key: EntityKey<T>): Promise<EntityMap[T] | undefined> {
+    const out = await this.client.send(
+      new GetCommand({ TableName: this.tableName, Key: itemKey(key), ConsistentRead: true }),
+    );
+    return out.Item ? this.fromItem<T>(key.type, out.Item) : undefined;
+  }
+
+  async require<T extends EntityType>(key: EntityKey<T>): Promise<EntityMap[T]> {
+    const found = await this.get(key);
+    if (!found)
+      throw new NotFoundError(`${key.type} ${describeKey(key)} not found`, { type: key.type, id: key.id });
+    return found;
+  }
+
+  async create<T extends EntityType>(
+    type: T,
+    entity: Omit<EntityMap[T], 'version' | 'createdAt' | 'updatedAt'>,
+  ): Promise<EntityMap[T]> {
+    const now = this.clock.now().toISOString();
+    const full = { ...entity, version: 1, createdAt: now, updatedAt: now } as unknown as EntityMap[T];
+    const key = keyOf(type, full);
+    try {
+      await this.client.send(
+        new PutCommand({
+          TableName: this.tableName,
+          Item: this.toItem(type, full),
+          ConditionExpression: 'attribute_not_exists(pk)',
+        }),
+      );
+    } catch (e) {
+      if (e instanceof ConditionalCheckFailedException) {
+        throw new ConflictError(
+          `${type} ${describeKey(key)} already exists`,
+          { type, id: key.id },
+          { cause: e },
+        );
+      }
+      throw e;
+    }
+    return full;
+  }
+
+  async update<T extends EntityType>(
+    key: EntityKey<T>,
+    expectedVersion: number,
+    changes: Partial<EntityMap[T]>,
+  ): Promise<EntityMap[T]> {
+    const b = new UpdateBuilder();
+    this.applyChanges(b, key, changes);
+    const condition = `attribute_exists(pk) AND ${b.name('version')} = ${b.value(expectedVersion)}`;
+    return this.write(key, b, condition, () => `expected version ${expectedVersion}`);
+  }
+
+  async transition<T extends EntityType>(request: TransitionRequest<T>): Promise<EntityMap[T]> {
+    const { key, machine, to } = request;
+    const fromStates = (Array.isArray(request.from) ? request.from : [request.from]) as StatusOf<T>[];
+    const legal = fromStates.filter((from) => canTransition(machine, from, to));
+    if (legal.length === 0) {
+      // A programming error in the caller, but still a conflict rather than a crash.
+      assertTransition(machine, fromStates[0] as StatusOf<T>, to, { id: key.id });
+    }
+    const leasedTarget = machine.leased[to] !== undefined;
+    if (leasedTarget && !request.lease) {
+      throw new Error(`${machine.name} state ${to} is transitional and needs a lease`);
+    }
+
+    const b = new UpdateBuilder();
+    this.applyChanges(b, key, (request.changes ?? {}) as Partial<EntityMap[T]>);
+    b.set('status', to);
+    if (leasedTarget && request.lease) {
+      const expiresAt = new Date(this.clock.now().getTime() + request.lease.ttlSeconds * 1000).toISOString();
+      const lease: Lease = { owner: request.lease.owner, expiresAt };
+      b.set('lease', lease).set('leasePk', LEASE_PARTITION).set('leaseExpiresAt', expiresAt);
+    } else {
+      b.remove('lease').remove('leasePk').remove('leaseExpiresAt');
+    }
+
+    const statusName = b.name('status');
+    const conditions = [
+      `attribute_exists(pk)`,
+      `${statusName} IN (${legal.map((s) => b.value(s)).join(', ')})`,
+    ];
+    if (request.expectedVersion !== undefined) {
+      conditions.push(`${b.name('version')} = ${b.value(request.expectedVersion)}`);
+    }
+    if (request.leaseOwner !== undefined) {
+      conditions.push(`${b.name('lease')}.${b.name('owner')} = ${b.value(request.leaseOwner)}`);
+    }
+    return this.write(key, b, conditions.join(' AND '), (current) => {
+      const state = String(current.status);
+      if (!legal.includes(state as StatusOf<T>)) return `it is ${state}, not ${legal.join(' or ')}`;
+      if (request.leaseOwner !== undefined) {
+        const lease = current.lease as Lease | undefined;
+        if (lease?.owner !== request.leaseOwner) return `its lease belongs to ${lease?.owner ?? 'nobody'}`;
+      }
+      return `it changed (version ${String(current.version)})`;
+    });
+  }
+
+  async delete<T extends EntityType>(key: EntityKey<T>, expectedVersion?: number): Promise<void> {
+    if (expectedVersion === undefined) {
+      await this.client.send(new DeleteCommand({ TableName: this.tableName, Key: itemKey(key) }));
+      return;
+    }
+    try {
+      await this.client.send(
+        new DeleteCommand({
+          TableName: this.tableName,
+          Key: itemKey(key),
+          ConditionExpression: 'attribute_exists(pk) AND #version = :v',
+          ExpressionAttributeNames: { '#version': 'version' },
+          ExpressionAttributeValues: { ':v': expectedVersion },
+          ReturnValuesOnConditionCheckFailure: 'ALL_OLD',
+        }),
+      );
+    } catch (e) {
+      throw this.conditionError(key, e, () => `expected version ${expectedVersion}`);
+    }
+  }
+
+  async list<T extends EntityType>(type: T, options: ListOptions = {}): Promise<Page<EntityMap[T]>> {
+    const input: QueryCommandInput = {
+      TableName: this.tableName,
+      IndexName: TableSchema.byType.indexName,
+      KeyConditionExpression: '#pk = :pk',
+      ExpressionAttributeNames: { '#pk': TableSchema.byType.partitionKey },
+      ExpressionAttributeValues: { ':pk': type },
+    };
+    const filters = Object.entries(options.filter ?? {});
+    if (filters.length) {
+      input.FilterExpression = filters.map((_, i) => `#f${i} = :f${i}`).join(' AND ');
+      filters.forEach(([name, value], i) => {
+        input.ExpressionAttributeNames![`#f${i}`] = name;
+        input.ExpressionAttributeValues![`:f${i}`] = value;
+      });
+    }
+    return this.query<T>(type, input, options);
+  }
+
+  async listInStore(storeId: string, options: ListOptions = {}): Promise<Page<EntityMap[EntityType]>> {
+    return this.query(
+      undefined,
+      {
+        TableName: this.tableName,
+        IndexName: TableSchema.byStore.indexName,
+        KeyConditionExpression: '#pk = :pk',
+        ExpressionAttributeNames: { '#pk': TableSchema.byStore.partitionKey },
+        ExpressionAttributeValues: { ':pk': `STORE#${storeId}` },
+      },
+      options,
+    );
+  }
+
+  async updateSet<T extends EntityType>(
+    key: EntityKey<T>,
+    field: keyof EntityMap[T] & string,
+    add: string[],
+    remove: string[],
+  ): Promise<EntityMap[T]> {
+    const b = new UpdateBuilder();
+    if (add.length) b.add(field, new Set(add));
+    if (remove.length) b.delete(field, new Set(remove));
+    b.setExpression(`${b.name('version')} = ${b.name('version')} + ${b.value(1)}`);
+    b.set('updatedAt', this.clock.now().toISOString());
+    return this.write(key, b, 'attribute_exists(pk)', () => 'it is gone');
+  }
+
+  async addToCounter<T extends EntityType>(
+    key: EntityKey<T>,
+    field: keyof EntityMap[T] & string,
+    delta: number,
+    options: { max?: number } = {},
+  ): Promise<EntityMap[T]> {
+    const b = new UpdateBuilder();
+    const f = b.name(field);
+    b.setExpression(`${f} = ${f} + ${b.value(delta)}`);
+    b.setExpression(`${b.name('version')} = ${b.name('version')} + ${b.value(1)}`);
+    b.set('updatedAt', this.clock.now().toISOString());
+    // DynamoDB conditions cannot add, so the bound is moved to the other side.
+    const conditions = ['attribute_exists(pk)'];
+    if (delta > 0 && options.max !== undefined) conditions.push(`${f} <= ${b.value(options.max - delta)}`);
+    if (delta < 0) conditions.push(`${f} >= ${b.value(-delta)}`);
+    return this.write(key, b, conditions.join(' AND '), (current) => {
+      const now = Number(current[field]);
+      return delta > 0
+        ? `${field} ${now} + ${delta} would exceed ${options.max}`
+        : `${field} ${now} - ${-delta} would go below zero`;
+    });
+  }
+
+  async listExpiredLeases(
+    now: Date,
+    options: ListOptions = {},
+  ): Promise<Page<EntityMap[EntityType] & { lease: Lease }>> {
+    const page = await this.query(
+      undefined,
+      {
+        TableName: this.tableName,
+        IndexName: TableSchema.byLease.indexName,
+        KeyConditionExpression: '#pk = :pk AND #exp < :now',
+        ExpressionAttributeNames: {
+          '#pk': TableSchema.byLease.partitionKey,
+          '#exp': TableSchema.byLease.sortKey,
+        },
+        ExpressionAttributeValues: { ':pk': LEASE_PARTITION, ':now': now.toISOString() },
+      },
+      options,
+    );
+    return page as Page<EntityMap[EntityType] & { lease: Lease }>;
+  }
+
+  /** The entity type of an item read from an index (every item records its own). */
+  static entityTypeOf(entity: object): EntityType | undefined {
+    return (entity as { entityType?: EntityType }).entityType;
+  }
+
+  private applyChanges(b: UpdateBuilder, key: EntityKey, changes: Record<string, unknown>): void {
+    const type = key.type;
+    const setFields = SET_FIELDS[type] ?? [];
+    for (const [field, value] of Object.entries(changes)) {
+      if (['version', 'createdAt', 'updatedAt', 'status', 'lease'].includes(field)) continue;
+      if (setFields.includes(field)) {
+        const members = value as string[] | undefined;
+        b.set(field, members && members.length > 0 ? new Set(members) : undefined);
+      } else {
+        b.set(field, value);
+      }
+    }
+    // Index attributes follow the fields they derive from (e.g. a volume moving to another store).
+    if ('storeId' in changes && type === 'Volume') {
+      const storeId = changes.storeId as string | undefined;
+      b.set('gsi2pk', storeId ? `STORE#${storeId}` : undefined);
+      b.set('gsi2sk', storeId ? `Volume#${key.id}` : undefined);
+    }
+    b.setExpression(`${b.name('version')} = ${b.name('version')} + ${b.value(1)}`);
+    b.set('updatedAt', this.clock.now().toISOString());
+  }
+
+  private async write<T extends EntityType>(
+    key: EntityKey<T>,
+    b: UpdateBuilder,
+    condition: string,
+    explain: (current: Item) => string,
+  ): Promise<EntityMap[T]> {
+    try {
+      const out = await this.client.send(
+        new UpdateCommand({
+          TableName: this.tableName,
+          Key: itemKey(key),
+          UpdateExpression: b.expression(),
+          ConditionExpression: condition,
+          ExpressionAttributeNames: b.names,
+          ExpressionAttributeValues: Object.keys(b.values).length ? b.values : undefined,
+          ReturnValues: 'ALL_NEW',
+          ReturnValuesOnConditionCheckFailure: 'ALL_OLD',
+        }),
+      );
+      return this.fromItem<T>(key.type, out.Attributes ?? {});
+    } catch (e) {
+      throw this.conditionError(key, e, explain);
+    }
+  }
+
+  private conditionError(key: EntityKey, e: unknown, explain: (current: Item) => string): unknown {
+    if (!(e instanceof ConditionalCheckFailedException)) return e;
+    if (!e.Item)
+      return new NotFoundError(`${key.type} ${describeKey(key)} not found`, { type: key.type, id: key.id });
+    const current = unmarshall(e.Item) as Item;
+    return new ConflictError(
+      `${key.type} ${describeKey(key)} was not changed: ${explain(current)}`,
+      { type: key.type, id: key.id, state: current.status, version: current.version },
+      { cause: e },
+    );
+  }
+
+  private async query<T extends EntityType>(
+    type: T | undefined,
+    input: QueryCommandInput,
+    options: ListOptions,
+  ): Promise<Page<EntityMap[T]>> {
+    const out = await this.client.send(
+      new QueryCommand({
+        ...input,
+        Limit: options.limit,
+        ExclusiveStartKey: options.cursor ? decodeCursor(options.cursor) : undefined,
+      }),
+    );
+    const items = (out.Items ?? []).map((item) =>
+      this.fromItem<T>((type ?? (item.entityType as EntityType)) as T, item),
+    );
+    return { items, cursor: out.LastEvaluatedKey ? encodeCursor(out.LastEvaluatedKey) : undefined };
+  }
+
+  private toItem(type: EntityType, entity: object): Item {
+    const item: Item = { ...(entity as Item), ...itemKey(keyOf(type, entity)), entityType: type };
+    Object.assign(item, indexAttributes(type, item));
+    for (const field of SET_FIELDS[type] ?? []) {
+      const members = item[field] as string[] | undefined;
+      if (members && members.length > 0) item[field] = new Set(members);
+      else delete item[field];
+    }
+    const lease = item.lease as Lease | undefined;
+    if (lease) {
+      item.leasePk = LEASE_PARTITION;
+      item.leaseExpiresAt = lease.expiresAt;
+    }
+    if (type === 'Idempotency') item[TableSchema.ttlAttribute] = item.expiresAtEpoch;
+    return item;
+  }
+
+  private fromItem<T extends EntityType>(type: T, item: Item): EntityMap[T] {
+    const entity: Item = { ...item };
+    for (const attr of INTERNAL_ATTRIBUTES) delete entity[attr];
+    for (const field of SET_FIELDS[type] ?? []) {
+      const members = entity[field];
+      entity[field] = members instanceof Set ? [...members].sort() : [];
+    }
+    // Items read through an index keep their type (not enumerable: it is not part of the entity).
+    Object.defineProperty(entity, 'entityType', { value: item.entityType, enumerable: false });
+    return entity as unknown as EntityMap[T];
+  }
+}
+
+function describeKey(key: EntityKey): string {
+  return key.storeId ? `${key.id} on store ${key.storeId}` : key.id;
+}
+
+function encodeCursor(key: Record<string, unknown>): string {
+  return Buffer.from(JSON.stringify(key), 'utf8').toString('base64url');
+}
+
+function decodeCursor(cursor: string): Record<string, unknown> {
+  try {
+    const parsed = JSON.parse(Buffer.from(cursor, 'base64url').toString('utf8')) as unknown;
+    if (parsed && typeof parsed === 'object' && !Array.isArray(parsed))
+      return parsed as Record<string, unknown>;
+  } catch {
+    // fall through to the input error below
+  }
+  throw new InputError('cursor is not valid', { field: 'cursor' });
+}
