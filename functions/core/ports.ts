@@ -73,6 +73,15 @@ export interface Repository {
     expectedVersion: number,
     changes: Partial<EntityMap[T]>,
   ): Promise<EntityMap[T]>;
+  /**
+   * Sets fields if `field` currently holds one of `oneOf` (no version check). For records that many
+   * writers update at once, such as a job's progress from parallel workflow branches.
+   */
+  updateWhere<T extends EntityType>(
+    key: EntityKey<T>,
+    condition: { field: keyof EntityMap[T] & string; oneOf: readonly (string | number)[] },
+    changes: Partial<EntityMap[T]>,
+  ): Promise<EntityMap[T]>;
   /** Moves an entity along its state machine; see {@link TransitionRequest}. */
   transition<T extends EntityType>(request: TransitionRequest<T>): Promise<EntityMap[T]>;
   /** Deletes if the stored version is `expectedVersion` (or unconditionally when omitted). */

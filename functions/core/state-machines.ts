@@ -32,7 +32,8 @@ export const dataStoreMachine: StateMachine<DS> = {
     [DS.ErrorInMaintenance]: [DS.PrepareForMaintenance, DS.CancelMaintenance, DS.Deleting],
     [DS.Maintenance]: [DS.CancelMaintenance, DS.Deleting],
     [DS.CancelMaintenance]: [DS.Up, DS.Maintenance, DS.ErrorInMaintenance],
-    [DS.Deleting]: [DS.Error],
+    // Deleting can fall back to where it came from when a last check finds the store still in use.
+    [DS.Deleting]: [DS.Error, DS.Up, DS.Disabled, DS.Maintenance, DS.ErrorInMaintenance],
     [DS.Error]: [DS.Initializing, DS.Deleting],
   },
   leased: {

@@ -177,6 +177,23 @@ export class DynamoRepository implements Repository {
     return this.write(key, b, condition, () => `expected version ${expectedVersion}`);
   }
 
+  async updateWhere<T extends EntityType>(
+    key: EntityKey<T>,
+    condition: { field: keyof EntityMap[T] & string; oneOf: readonly (string | number)[] },
+    changes: Partial<EntityMap[T]>,
+  ): Promise<EntityMap[T]> {
+    const b = new UpdateBuilder();
+    this.applyChanges(b, key, changes);
+    const values = condition.oneOf.map((v) => b.value(v)).join(', ');
+    const expression = `attribute_exists(pk) AND ${b.name(condition.field)} IN (${values})`;
+    return this.write(
+      key,
+      b,
+      expression,
+      (current) => `${condition.field} is ${String(current[condition.field])}`,
+    );
+  }
+
   async transition<T extends EntityType>(request: TransitionRequest<T>): Promise<EntityMap[T]> {
     const { key, machine, to } = request;
     const fromStates = (Array.isArray(request.from) ? request.from : [request.from]) as StatusOf<T>[];
@@ -254,9 +271,20 @@ export class DynamoRepository implements Repository {
     };
     const filters = Object.entries(options.filter ?? {});
     if (filters.length) {
-      input.FilterExpression = filters.map((_, i) => `#f${i} = :f${i}`).join(' AND ');
+      // A dotted name filters on a nested field (e.g. `target.id`).
+      input.FilterExpression = filters
+        .map(([name], i) =>
+          name
+            .split('.')
+            .map((_, j) => `#f${i}_${j}`)
+            .join('.')
+            .concat(` = :f${i}`),
+        )
+        .join(' AND ');
       filters.forEach(([name, value], i) => {
-        input.ExpressionAttributeNames![`#f${i}`] = name;
+        name.split('.').forEach((part, j) => {
+          input.ExpressionAttributeNames![`#f${i}_${j}`] = part;
+        });
         input.ExpressionAttributeValues![`:f${i}`] = value;
       });
     }

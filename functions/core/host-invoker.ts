@@ -1,0 +1,85 @@
+/**
+ * Runs a provider's host operation on one host through the endpoint channel and waits for its
+ * result. Requests are typed data (validated again on the host), never shell strings.
+ */
+import { driverErrorFromHostError } from '../../drivers/sdk/errors.js';
+import type { HostCall, HostInvoker } from '../../drivers/sdk/types.js';
+import { UnavailableError } from './errors.js';
+import { newId } from './ids.js';
+import { HostStatus } from './model.js';
+import type { EndpointChannel, Repository } from './ports.js';
+
+export interface ChannelHostInvokerOptions {
+  repo: Repository;
+  channel: EndpointChannel;
+  /** The job the calls are made for (the fencing token), unless a call names its own. */
+  jobId: string;
+  defaultDeadlineSeconds?: number;
+  /** First poll interval; doubles up to 2 s. */
+  pollMs?: number;
+  onProgress?: (hostId: string, percent: number, detail?: Record<string, unknown>) => void | Promise<void>;
+  onDispatch?: (hostId: string, delta: 1 | -1) => void;
+  sleep?: (ms: number) => Promise<void>;
+}
+
+const defaultSleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
+
+export class ChannelHostInvoker implements HostInvoker {
+  constructor(private readonly options: ChannelHostInvokerOptions) {}
+
+  async run<T = unknown>(hostId: string, call: HostCall): Promise<T> {
+    const { repo, channel } = this.options;
+    const host = await repo.require({ type: 'Host', id: hostId });
+    if (host.status !== HostStatus.Up) {
+      throw new UnavailableError(`host ${hostId} is ${host.status}`, { hostId, state: host.status });
+    }
+    const deadlineSeconds = call.deadlineSeconds ?? this.options.defaultDeadlineSeconds ?? 900;
+    const request = {
+      version: 1 as const,
+      requestId: newId('req'),
+      jobId: call.jobId ?? this.options.jobId,
+      hostId,
+      provider: call.provider,
+      operation: call.operation,
+      args: call.args,
+      deadlineSeconds,
+    };
+    const sleep = this.options.sleep ?? defaultSleep;
+    this.options.onDispatch?.(hostId, 1);
+    try {
+      const { commandId } = await channel.send(host, request);
+      // The host aborts at its deadline; allow for delivery and reporting on top of it.
+      const giveUpAt = Date.now() + (deadlineSeconds + 60) * 1000;
+      let interval = this.options.pollMs ?? 100;
+      let lastProgress = -1;
+      for (;;) {
+        const status = await channel.status(host, commandId);
+        if (status.state === 'succeeded') return status.result as T;
+        if (status.state === 'failed') {
+          throw driverErrorFromHostError(
+            status.error ?? {
+              code: 'HostOperationFailed',
+              message: 'host reported failure',
+              retryable: false,
+            },
+            { hostId, operation: call.operation, commandId },
+          );
+        }
+        if (status.progress !== undefined && status.progress !== lastProgress) {
+          lastProgress = status.progress;
+          await this.options.onProgress?.(hostId, status.progress, status.progressDetail);
+        }
+        if (Date.now() > giveUpAt) {
+          throw new UnavailableError(`host ${hostId} did not finish ${call.operation} in time`, {
+            hostId,
+            commandId,
+          });
+        }
+        await sleep(interval);
+        interval = Math.min(interval * 2, 2000);
+      }
+    } finally {
+      this.options.onDispatch?.(hostId, -1);
+    }
+  }
+}

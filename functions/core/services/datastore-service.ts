@@ -1,0 +1,387 @@
+/**
+ * DataStoreService: adding, listing, enabling, maintaining and deleting data stores. Operations
+ * that reach hosts run as workflows (store-attach, store-maintenance); this service makes the
+ * synchronous first move (a conditional state change that decides races at once), records the job
+ * and starts the workflow, compensating when the start fails.
+ */
+import type { ZodError } from 'zod';
+import type { ProviderRegistry } from '../../../drivers/sdk/registry.js';
+import type {
+  DataStoreInfo,
+  DataStoreRole,
+  DataStoreScope,
+  StoredObject,
+} from '../../../drivers/sdk/types.js';
+import {
+  InputError,
+  NotAllowedError,
+  NotFoundError,
+  UnavailableError,
+  UnprocessableError,
+} from '../errors.js';
+import { newId } from '../ids.js';
+import type { DataStore, EntityMap, EntityType, Job } from '../model.js';
+import { DataStoreStatus as DS } from '../model.js';
+import type { Clock, FlowName, ListOptions, Page, Repository, WorkflowPort } from '../ports.js';
+import { FlowName as Flow, systemClock } from '../ports.js';
+import { dataStoreMachine } from '../state-machines.js';
+import type { HostService } from './host-service.js';
+import type { JobService } from './job-service.js';
+
+/** How long a store may sit in a transitional state before the reconciler recovers it. */
+export const STORE_LEASE_SECONDS = 30 * 60;
+
+export interface AddStoreInput {
+  name: string;
+  provider: string;
+  role: DataStoreRole;
+  scope: DataStoreScope;
+  capacityBytes?: number;
+  overprovisioning?: number;
+  disableThreshold?: number;
+  tags?: string[];
+  details: Record<string, string>;
+}
+
+export interface UpdateStoreInput {
+  name?: string;
+  tags?: string[];
+  capacityBytes?: number;
+  overprovisioning?: number;
+  disableThreshold?: number;
+  status?: 'Up' | 'Disabled';
+}
+
+export interface StoreFilter {
+  zoneId?: string;
+  role?: string;
+  status?: string;
+  provider?: string;
+}
+
+/** An object found on a store, with the row that owns it when Strata knows one. */
+export interface StoreObject extends StoredObject {
+  owner?: { type: EntityType; id: string };
+}
+
+export interface StoreDeps {
+  repo: Repository;
+  registry: ProviderRegistry;
+  workflows: WorkflowPort;
+  jobs: JobService;
+  hosts: HostService;
+  /** Builds the context a driver call needs (host invoker, logger, services) for one job. */
+  driverContext: (jobId: string) => import('../../../drivers/sdk/types.js').DriverContext;
+  /** Picks a host that has the given stores attached. */
+  selectHost: (storeIds: string[]) => Promise<{ id: string }>;
+  clock?: Clock;
+}
+
+export function toStoreInfo(store: DataStore): DataStoreInfo {
+  return {
+    id: store.id,
+    name: store.name,
+    provider: store.provider,
+    role: store.role,
+    scope: store.scope,
+    details: store.details,
+    capacityBytes: store.capacityBytes,
+  };
+}
+
+export class DataStoreService {
+  private readonly clock: Clock;
+
+  constructor(private readonly deps: StoreDeps) {
+    this.clock = deps.clock ?? systemClock;
+  }
+
+  get(id: string): Promise<DataStore> {
+    return this.deps.repo.require({ type: 'DataStore', id });
+  }
+
+  list(filter: StoreFilter = {}, options: ListOptions = {}): Promise<Page<DataStore>> {
+    const where: Record<string, string> = {};
+    if (filter.zoneId) where['scope.zoneId'] = filter.zoneId;
+    if (filter.role) where.role = filter.role;
+    if (filter.status) where.status = filter.status;
+    if (filter.provider) where.provider = filter.provider;
+    return this.deps.repo.list('DataStore', { ...options, filter: where });
+  }
+
+  /** Validates and records a new store, then starts the store-attach workflow. */
+  async add(input: AddStoreInput): Promise<{ store: DataStore; job: Job }> {
+    const { registry, repo, jobs } = this.deps;
+    if (!registry.has(input.provider)) {
+      throw new InputError(
+        `unknown provider '${input.provider}'; known: ${registry
+          .list()
+          .map((p) => p.name)
+          .join(', ')}`,
+        { field: 'provider' },
+      );
+    }
+    const provider = registry.get(input.provider);
+    if (!provider.roles.includes(input.role)) {
+      throw new InputError(`provider ${provider.name} cannot serve role ${input.role}`, { field: 'role' });
+    }
+    const details = provider.detailsSchema.safeParse(input.details);
+    if (!details.success) throw detailsError(details.error);
+    await this.validateScope(input.role, input.scope);
+
+    const jobId = newId('job');
+    const id = newId('store');
+    const store = await repo.create('DataStore', {
+      id,
+      name: input.name,
+      provider: input.provider,
+      role: input.role,
+      scope: input.scope,
+      details: details.data,
+      capacityBytes: input.capacityBytes ?? 0,
+      overprovisioning: input.overprovisioning ?? (input.role === 'primary' ? 2 : 1),
+      disableThreshold: input.disableThreshold ?? 0.85,
+      tags: input.tags ?? [],
+      status: DS.Initializing,
+      allocatedBytes: 0,
+      usedBytes: 0,
+      lease: { owner: jobId, expiresAt: this.leaseExpiry() },
+    });
+    const job = await jobs.create('store.add', { type: 'store', id }, jobId);
+    return this.startFlow(
+      Flow.StoreAttach,
+      job,
+      { storeId: id, mode: 'initialize' },
+      store,
+      async (reason) => {
+        await repo.transition({
+          key: { type: 'DataStore', id },
+          machine: dataStoreMachine,
+          from: DS.Initializing,
+          to: DS.Error,
+          changes: { statusReason: reason },
+        });
+      },
+    );
+  }
+
+  /** Changes settings; `status` Up/Disabled enables or disables the store through its lifecycle. */
+  async update(id: string, input: UpdateStoreInput): Promise<DataStore> {
+    const { repo, registry } = this.deps;
+    let store = await this.get(id);
+    const { status, ...fields } = input;
+    if (Object.keys(fields).length > 0) {
+      store = await repo.update({ type: 'DataStore', id }, store.version, fields);
+    }
+    if (status && status !== store.status) {
+      const lifecycle = registry.get(store.provider).lifecycle;
+      const ctx = this.deps.driverContext(newId('op'));
+      if (status === DS.Disabled) await lifecycle.disable({ store: toStoreInfo(store), ctx });
+      else await lifecycle.enable({ store: toStoreInfo(store), ctx });
+      store = await repo.transition({
+        key: { type: 'DataStore', id },
+        machine: dataStoreMachine,
+        from: status === DS.Disabled ? DS.Up : DS.Disabled,
+        to: status,
+        expectedVersion: store.version,
+      });
+    }
+    return store;
+  }
+
+  /** Enters maintenance: no new work is placed on the store, and hosts detach from it. */
+  async enterMaintenance(id: string): Promise<{ store: DataStore; job: Job }> {
+    return this.maintenance(id, 'enter');
+  }
+
+  /** Leaves maintenance: hosts in scope attach again and the store goes back Up. */
+  async cancelMaintenance(id: string): Promise<{ store: DataStore; job: Job }> {
+    return this.maintenance(id, 'cancel');
+  }
+
+  /** Deletes a store that holds nothing. The operator's data on the storage itself is left alone. */
+  async delete(id: string): Promise<void> {
+    const { repo, registry, hosts } = this.deps;
+    const store = await this.get(id);
+    await this.refuseIfInUse(store);
+    const owner = newId('op');
+    const deleting = await repo.transition({
+      key: { type: 'DataStore', id },
+      machine: dataStoreMachine,
+      from: [DS.Up, DS.Disabled, DS.Maintenance, DS.ErrorInMaintenance, DS.Error],
+      to: DS.Deleting,
+      expectedVersion: store.version,
+      lease: { owner, ttlSeconds: STORE_LEASE_SECONDS },
+    });
+    // Placement only reserves space on stores that are Up, so once Deleting nothing new can land;
+    // look again to close the window between the first check and the transition.
+    try {
+      await this.refuseIfInUse(deleting);
+      await registry.get(store.provider).lifecycle.deleteDataStore({
+        store: toStoreInfo(store),
+        ctx: this.deps.driverContext(owner),
+      });
+      for (const host of await hosts.all({ zoneId: store.scope.zoneId })) {
+        if (host.attachedStoreIds.includes(id)) await hosts.detach(host.id, id);
+      }
+    } catch (e) {
+      const back = e instanceof NotAllowedError && store.status !== DS.Error ? store.status : DS.Error;
+      await repo.transition({
+        key: { type: 'DataStore', id },
+        machine: dataStoreMachine,
+        from: DS.Deleting,
+        to: back,
+        leaseOwner: owner,
+        changes: back === DS.Error ? { statusReason: `delete failed: ${(e as Error).message}` } : {},
+      });
+      throw e;
+    }
+    await repo.delete({ type: 'DataStore', id });
+  }
+
+  /** What the storage holds, each object matched with the row that owns it when there is one. */
+  async listObjects(id: string): Promise<StoreObject[]> {
+    const { registry } = this.deps;
+    const store = await this.get(id);
+    const provider = registry.get(store.provider);
+    const needsHost = provider.driver.getCapabilities().needsHost;
+    const hostId = needsHost ? (await this.deps.selectHost([id])).id : undefined;
+    const objects = await provider.driver.listObjects({
+      store: toStoreInfo(store),
+      ctx: this.deps.driverContext(newId('op')),
+      ...(hostId ? { hostId } : {}),
+    });
+    const owners = new Map<string, { type: EntityType; id: string }>();
+    for (const row of await this.rowsInStore(id)) {
+      const r = row as { path?: string; id?: string; templateId?: string; snapshotId?: string };
+      const type = (row as { entityType?: EntityType }).entityType;
+      if (r.path && type) owners.set(r.path, { type, id: r.id ?? r.templateId ?? r.snapshotId ?? '' });
+    }
+    return objects.map((o) => {
+      const owner = owners.get(o.path);
+      return owner ? { ...o, owner } : o;
+    });
+  }
+
+  private async maintenance(id: string, action: 'enter' | 'cancel'): Promise<{ store: DataStore; job: Job }> {
+    const { repo, jobs } = this.deps;
+    const store = await this.get(id);
+    const jobId = newId('job');
+    const to = action === 'enter' ? DS.PrepareForMaintenance : DS.CancelMaintenance;
+    const from =
+      action === 'enter'
+        ? [DS.Up, DS.Disabled, DS.ErrorInMaintenance]
+        : [DS.Maintenance, DS.ErrorInMaintenance];
+    const moved = await repo.transition({
+      key: { type: 'DataStore', id },
+      machine: dataStoreMachine,
+      from,
+      to,
+      expectedVersion: store.version,
+      lease: { owner: jobId, ttlSeconds: STORE_LEASE_SECONDS },
+      changes: { statusReason: undefined },
+    });
+    const job = await jobs.create(
+      action === 'enter' ? 'store.maintain' : 'store.cancelMaintenance',
+      { type: 'store', id },
+      jobId,
+    );
+    return this.startFlow(Flow.StoreMaintenance, job, { storeId: id, action }, moved, async (reason) => {
+      await repo.transition({
+        key: { type: 'DataStore', id },
+        machine: dataStoreMachine,
+        from: to,
+        to: DS.ErrorInMaintenance,
+        leaseOwner: jobId,
+        changes: { statusReason: reason },
+      });
+    });
+  }
+
+  /** Starts a flow for a job; when the start fails, compensates and fails the job. */
+  private async startFlow(
+    flow: FlowName,
+    job: Job,
+    input: Record<string, unknown>,
+    store: DataStore,
+    compensate: (reason: string) => Promise<void>,
+  ): Promise<{ store: DataStore; job: Job }> {
+    try {
+      const { executionId } = await this.deps.workflows.start(flow, job.id, { jobId: job.id, ...input });
+      const running = await this.deps.jobs.started(job.id, executionId).catch(() => job);
+      return { store, job: running };
+    } catch (e) {
+      const reason = `could not start ${flow}: ${(e as Error).message}`;
+      await compensate(reason);
+      await this.deps.jobs.fail(job.id, { code: 'WorkflowStartFailed', message: reason });
+      throw new UnavailableError(reason, { jobId: job.id }, { cause: e });
+    }
+  }
+
+  private async validateScope(role: DataStoreRole, scope: DataStoreScope): Promise<void> {
+    if (role === 'image' && scope.type !== 'zone') {
+      throw new InputError('image stores are zone-wide: scope.type must be zone', { field: 'scope.type' });
+    }
+    if (scope.type === 'cluster' && !scope.clusterId) {
+      throw new InputError('a cluster-scoped store needs scope.clusterId', { field: 'scope.clusterId' });
+    }
+    if (scope.type === 'host') {
+      if (!scope.hostId)
+        throw new InputError('a host-scoped store needs scope.hostId', { field: 'scope.hostId' });
+      const host = await this.deps.hosts.get(scope.hostId).catch((e: unknown) => {
+        if (e instanceof NotFoundError) {
+          throw new UnprocessableError(`host ${scope.hostId} is not registered`, { field: 'scope.hostId' });
+        }
+        throw e;
+      });
+      if (host.zoneId !== scope.zoneId) {
+        throw new UnprocessableError(`host ${host.id} is in zone ${host.zoneId}, not ${scope.zoneId}`, {
+          field: 'scope.hostId',
+        });
+      }
+    }
+  }
+
+  private async refuseIfInUse(store: DataStore): Promise<void> {
+    const rows = await this.rowsInStore(store.id, 5);
+    if (rows.length > 0) {
+      const names = rows.map((r) => {
+        const x = r as { id?: string; templateId?: string; snapshotId?: string; entityType?: string };
+        return `${x.entityType ?? 'object'} ${x.id ?? x.templateId ?? x.snapshotId}`;
+      });
+      throw new NotAllowedError(
+        `store ${store.id} still holds ${names.join(', ')}${rows.length >= 5 ? ', …' : ''}`,
+        {
+          id: store.id,
+          dependents: names,
+        },
+      );
+    }
+  }
+
+  private async rowsInStore(
+    storeId: string,
+    max = Number.POSITIVE_INFINITY,
+  ): Promise<EntityMap[EntityType][]> {
+    const rows: EntityMap[EntityType][] = [];
+    let cursor: string | undefined;
+    do {
+      const page = await this.deps.repo.listInStore(storeId, { cursor, limit: 100 });
+      rows.push(...page.items);
+      cursor = page.cursor;
+    } while (cursor && rows.length < max);
+    return rows.slice(0, max);
+  }
+
+  private leaseExpiry(): string {
+    return new Date(this.clock.now().getTime() + STORE_LEASE_SECONDS * 1000).toISOString();
+  }
+}
+
+function detailsError(error: ZodError): InputError {
+  const issue = error.issues[0];
+  const path = issue?.path.map(String).join('.') ?? '';
+  return new InputError(`details${path ? `.${path}` : ''}: ${issue?.message ?? 'invalid'}`, {
+    field: path ? `details.${path}` : 'details',
+  });
+}

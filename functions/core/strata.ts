@@ -1,0 +1,77 @@
+/**
+ * The composition root of the domain: every service wired to the ports it is given. The Lambda
+ * handlers build one with AWS adapters, the embedded stack with local ones; nothing else differs.
+ */
+import type { ProviderRegistry } from '../../drivers/sdk/registry.js';
+import type { DriverContext, Logger } from '../../drivers/sdk/types.js';
+import { HostEndpointSelector } from './endpoint-selector.js';
+import { ChannelHostInvoker } from './host-invoker.js';
+import type { Clock, EndpointChannel, Repository, WorkflowPort } from './ports.js';
+import { systemClock } from './ports.js';
+import { DataStoreService, type StoreDeps } from './services/datastore-service.js';
+import { HostService } from './services/host-service.js';
+import { JobService } from './services/job-service.js';
+import { Reconciler } from './services/reconciler.js';
+import { StoreFlows } from './services/store-flows.js';
+
+export interface StrataPorts {
+  repo: Repository;
+  channel: EndpointChannel;
+  workflows: WorkflowPort;
+  registry: ProviderRegistry;
+  logger: Logger;
+  /** Handed to drivers as `ctx.services` (e.g. the S3 client factory the s3 provider needs). */
+  driverServices: Record<string, unknown>;
+  clock?: Clock;
+  /** Host command polling interval in ms (tests shorten it). */
+  hostPollMs?: number;
+}
+
+export class Strata {
+  readonly jobs: JobService;
+  readonly hosts: HostService;
+  readonly selector: HostEndpointSelector;
+  readonly stores: DataStoreService;
+  readonly storeFlows: StoreFlows;
+  readonly reconciler: Reconciler;
+
+  constructor(readonly ports: StrataPorts) {
+    const clock = ports.clock ?? systemClock;
+    this.jobs = new JobService(ports.repo);
+    this.hosts = new HostService(ports.repo);
+    this.selector = new HostEndpointSelector(this.hosts);
+    const deps: StoreDeps = {
+      repo: ports.repo,
+      registry: ports.registry,
+      workflows: ports.workflows,
+      jobs: this.jobs,
+      hosts: this.hosts,
+      driverContext: (jobId) => this.driverContext(jobId),
+      selectHost: (storeIds) => this.selector.select({ storeIds }),
+      clock,
+    };
+    this.stores = new DataStoreService(deps);
+    this.storeFlows = new StoreFlows(deps);
+    this.reconciler = new Reconciler(ports.repo, this.jobs, clock);
+  }
+
+  /** The context a driver call runs with, for one job. */
+  driverContext(jobId: string): DriverContext {
+    const { repo, channel, logger, driverServices } = this.ports;
+    return {
+      jobId,
+      logger,
+      services: driverServices,
+      host: new ChannelHostInvoker({
+        repo,
+        channel,
+        jobId,
+        pollMs: this.ports.hostPollMs,
+        onDispatch: (hostId, delta) => this.selector.track(hostId, delta),
+      }),
+      progress: async (percent, detail) => {
+        await this.jobs.progress(jobId, percent, detail).catch(() => undefined);
+      },
+    };
+  }
+}
