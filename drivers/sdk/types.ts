@@ -110,6 +110,10 @@ export interface HostCall {
   provider: string;
   operation: string;
   args: Record<string, unknown>;
+  /** The job this call is made for (the fencing token); invokers fall back to their own when absent. */
+  jobId?: string;
+  /** How long the host may take before the runtime aborts the operation; invokers pick a default. */
+  deadlineSeconds?: number;
 }
 
 /** Runs host operations on hosts through the endpoint channel (SSM on AWS, a child process locally). */
@@ -250,6 +254,8 @@ export interface ResizeOptions extends ObjectOptions {
 /** Options for {@link DataStoreDriver.listObjects}. */
 export interface ListOptions extends StoreOptions {
   prefix?: string;
+  /** Host to list from, for drivers whose capabilities say `needsHost`. */
+  hostId?: string;
 }
 
 /**

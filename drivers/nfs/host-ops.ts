@@ -1,0 +1,480 @@
+/**
+ * The NFS provider's host-side half: what runs on a hypervisor host that has the share mounted.
+ *
+ * Rules every operation here follows:
+ * - arguments are zod-validated by the runtime before `run`; every object path is relative to
+ *   `mountPath` and resolved with {@link resolveConfinedPath}, so `..`, absolute paths and symlinks
+ *   cannot reach outside the share;
+ * - qemu-img runs with argv arrays only (see ../sdk/qemu.ts);
+ * - each operation is idempotent: running it again after a crash or a retry converges on the same
+ *   result, and files are written under a temporary name carrying the job id (the fencing token)
+ *   and renamed into place, so a crash never leaves a half-written file under the final name and
+ *   two jobs never write the same temporary file.
+ */
+import { open, readdir, rename, rm, stat, statfs, unlink } from 'node:fs/promises';
+import { basename, dirname, join, relative } from 'node:path';
+import { z } from 'zod';
+import { isNotFound, isWithin, realRootOf, resolveConfinedPath } from '../sdk/confine.js';
+import {
+  DriverConflictError,
+  DriverInputError,
+  DriverUnavailableError,
+  ObjectNotFoundError,
+} from '../sdk/errors.js';
+import {
+  type QemuImageInfo,
+  qemuConvert,
+  qemuCreate,
+  qemuInfo,
+  qemuResize,
+  qemuSnapshotApply,
+  qemuSnapshotCreate,
+  qemuSnapshotDelete,
+} from '../sdk/qemu.js';
+import type { HostOperation, HostOperationContext, HostOperationSet } from '../sdk/types.js';
+import { AbsolutePathSchema, RelativePathSchema, SafeIdSchema } from '../sdk/validation.js';
+
+/** Image formats the NFS host operations read and write. */
+export const NfsImageFormatSchema = z.enum(['qcow2', 'raw']);
+export type NfsImageFormat = z.infer<typeof NfsImageFormatSchema>;
+
+const FileRef = z.object({ mountPath: AbsolutePathSchema, path: RelativePathSchema }).strict();
+const SizeSchema = z.number().int().positive().max(Number.MAX_SAFE_INTEGER);
+
+/** What the image-producing operations return (matches the SDK's `CreateResult`). */
+export interface NfsImageResult {
+  path: string;
+  sizeBytes: number;
+  virtualSizeBytes: number;
+  format: NfsImageFormat;
+}
+
+/** One file found by `list`. */
+export interface NfsListedFile {
+  path: string;
+  sizeBytes: number;
+  modifiedAt: string;
+}
+
+const CheckMountArgs = z.object({ mountPath: AbsolutePathSchema }).strict();
+const CreateArgs = FileRef.extend({
+  format: NfsImageFormatSchema.default('qcow2'),
+  sizeBytes: SizeSchema.optional(),
+  /** A linked clone's base, relative to the same mount. */
+  backingPath: RelativePathSchema.optional(),
+  backingFormat: NfsImageFormatSchema.optional(),
+})
+  .strict()
+  .refine((a) => a.sizeBytes !== undefined || a.backingPath !== undefined, {
+    message: 'sizeBytes is required without backingPath',
+    path: ['sizeBytes'],
+  })
+  .refine((a) => a.backingPath === undefined || a.format === 'qcow2', {
+    message: 'linked clones must be qcow2',
+    path: ['format'],
+  });
+const CopyArgs = z
+  .object({
+    src: FileRef.extend({ format: NfsImageFormatSchema }).strict(),
+    dst: FileRef.extend({ format: NfsImageFormatSchema }).strict(),
+  })
+  .strict();
+const ResizeArgs = FileRef.extend({
+  format: NfsImageFormatSchema.default('qcow2'),
+  sizeBytes: SizeSchema,
+  allowShrink: z.boolean().default(false),
+}).strict();
+const InfoArgs = FileRef.extend({ format: NfsImageFormatSchema.optional() }).strict();
+const ListArgs = z.object({ mountPath: AbsolutePathSchema, prefix: RelativePathSchema.optional() }).strict();
+const SnapshotArgs = FileRef.extend({ snapshotId: SafeIdSchema }).strict();
+
+/**
+ * Checks the share is mounted and writable on this host: the mount path exists, is a directory,
+ * and a probe file named after the job can be written, fsync'ed and removed.
+ */
+const checkMount: HostOperation<
+  z.infer<typeof CheckMountArgs>,
+  { mountPath: string; freeBytes: number; totalBytes: number }
+> = {
+  args: CheckMountArgs,
+  async run({ mountPath }, ctx) {
+    let stats: Awaited<ReturnType<typeof stat>>;
+    try {
+      stats = await stat(mountPath);
+    } catch (error) {
+      throw new DriverUnavailableError(`${mountPath} does not exist on host ${ctx.hostId}`, { cause: error });
+    }
+    if (!stats.isDirectory()) {
+      throw new DriverUnavailableError(`${mountPath} is not a directory on host ${ctx.hostId}`);
+    }
+    const probe = join(mountPath, `.strata-probe-${ctx.hostId}-${ctx.jobId}`);
+    try {
+      const handle = await open(probe, 'w');
+      try {
+        await handle.writeFile(`${ctx.jobId}\n`);
+        await handle.sync();
+      } finally {
+        await handle.close();
+      }
+      await unlink(probe);
+    } catch (error) {
+      await rm(probe, { force: true }).catch(() => undefined);
+      const message = error instanceof Error ? error.message : String(error);
+      throw new DriverUnavailableError(`${mountPath} is not writable on host ${ctx.hostId}: ${message}`, {
+        cause: error,
+      });
+    }
+    const fs = await statfs(mountPath);
+    return { mountPath, freeBytes: fs.bavail * fs.bsize, totalBytes: fs.blocks * fs.bsize };
+  },
+};
+
+/**
+ * Creates a blank image, or a linked clone of `backingPath` (a qcow2 overlay whose backing file is
+ * stored relative to the clone, so it resolves wherever the share is mounted). Repeating it with the
+ * same size succeeds; an existing file of another size is a conflict.
+ */
+const create: HostOperation<z.infer<typeof CreateArgs>, NfsImageResult> = {
+  args: CreateArgs,
+  async run(args, ctx) {
+    const realRoot = await realRootOf(args.mountPath);
+    const target = await resolveConfinedPath(args.mountPath, args.path, { createParents: true });
+    let backingFile: string | undefined;
+    let backingFormat: NfsImageFormat | undefined;
+    let expectedSize = args.sizeBytes;
+    if (args.backingPath !== undefined) {
+      const backing = await resolveConfinedPath(args.mountPath, args.backingPath, { mustExist: true });
+      backingFormat = args.backingFormat ?? 'qcow2';
+      const backingInfo = await confinedInfo(backing, realRoot, backingFormat, ctx);
+      expectedSize = args.sizeBytes ?? backingInfo.virtualSizeBytes;
+      if (expectedSize < backingInfo.virtualSizeBytes) {
+        throw new DriverInputError('a linked clone cannot be smaller than its base', {
+          context: { field: 'sizeBytes' },
+        });
+      }
+      backingFile = relative(dirname(target), backing);
+    }
+    const existing = await existingInfo(target, realRoot, args.format, ctx);
+    if (existing) {
+      if (existing.virtualSizeBytes !== expectedSize) {
+        throw new DriverConflictError(
+          `${args.path} exists with virtual size ${existing.virtualSizeBytes}, not ${expectedSize}`,
+          { context: { path: args.path } },
+        );
+      }
+      ctx.logger.info('image already exists', { path: args.path });
+      return imageResult(args.path, target, existing, args.format);
+    }
+    const temp = tempPathFor(target, ctx);
+    try {
+      await qemuCreate(temp, {
+        format: args.format,
+        sizeBytes: expectedSize,
+        backingFile,
+        backingFormat,
+        signal: ctx.signal,
+      });
+      await rename(temp, target);
+    } finally {
+      await rm(temp, { force: true });
+    }
+    return imageResult(
+      args.path,
+      target,
+      await confinedInfo(target, realRoot, args.format, ctx),
+      args.format,
+    );
+  },
+};
+
+/** Deletes one image file; a missing file is success (`deleted: false`). */
+const deleteOp: HostOperation<z.infer<typeof FileRef>, { deleted: boolean }> = {
+  args: FileRef,
+  async run(args) {
+    let target: string;
+    try {
+      target = await resolveConfinedPath(args.mountPath, args.path, { mustExist: true });
+    } catch (error) {
+      if (error instanceof ObjectNotFoundError) return { deleted: false };
+      throw error;
+    }
+    const stats = await stat(target);
+    if (!stats.isFile())
+      throw new DriverInputError(`${args.path} is not a file`, { context: { field: 'path' } });
+    try {
+      await unlink(target);
+      return { deleted: true };
+    } catch (error) {
+      if (isNotFound(error)) return { deleted: false };
+      throw error;
+    }
+  },
+};
+
+/**
+ * Full copy (`qemu-img convert`, which also flattens a linked clone) between two paths that may sit
+ * on two different mounts. The output is written under a temporary name and renamed, so a file under
+ * the final name is always complete; repeating the copy once it is there succeeds without work.
+ */
+const copy: HostOperation<z.infer<typeof CopyArgs>, NfsImageResult> = {
+  args: CopyArgs,
+  async run({ src, dst }, ctx) {
+    const srcRoot = await realRootOf(src.mountPath);
+    const dstRoot = await realRootOf(dst.mountPath);
+    const from = await resolveConfinedPath(src.mountPath, src.path, { mustExist: true });
+    const to = await resolveConfinedPath(dst.mountPath, dst.path, { createParents: true });
+    if (from === to) throw new DriverInputError('source and destination are the same file');
+    const srcInfo = await confinedInfo(from, srcRoot, src.format, ctx);
+    const existing = await existingInfo(to, dstRoot, dst.format, ctx);
+    if (existing) {
+      if (existing.virtualSizeBytes !== srcInfo.virtualSizeBytes) {
+        throw new DriverConflictError(`${dst.path} exists with another virtual size`, {
+          context: { path: dst.path },
+        });
+      }
+      ctx.logger.info('copy already complete', { path: dst.path });
+      return imageResult(dst.path, to, existing, dst.format);
+    }
+    const temp = tempPathFor(to, ctx);
+    try {
+      ctx.progress(0);
+      await qemuConvert(from, temp, {
+        srcFormat: src.format,
+        dstFormat: dst.format,
+        signal: ctx.signal,
+        onProgress: (percent) => ctx.progress(percent),
+      });
+      await rename(temp, to);
+    } finally {
+      await rm(temp, { force: true });
+    }
+    ctx.progress(100);
+    return imageResult(dst.path, to, await confinedInfo(to, dstRoot, dst.format, ctx), dst.format);
+  },
+};
+
+/** Sets the virtual size; shrinking needs `allowShrink`. Already at the size: nothing to do. */
+const resize: HostOperation<z.infer<typeof ResizeArgs>, NfsImageResult> = {
+  args: ResizeArgs,
+  async run(args, ctx) {
+    const realRoot = await realRootOf(args.mountPath);
+    const target = await resolveConfinedPath(args.mountPath, args.path, { mustExist: true });
+    const before = await confinedInfo(target, realRoot, args.format, ctx);
+    if (before.virtualSizeBytes !== args.sizeBytes) {
+      const shrink = args.sizeBytes < before.virtualSizeBytes;
+      if (shrink && !args.allowShrink) {
+        throw new DriverInputError(
+          `shrinking ${args.path} from ${before.virtualSizeBytes} to ${args.sizeBytes} loses data; set allowShrink`,
+          { context: { field: 'newSizeBytes' } },
+        );
+      }
+      await qemuResize(target, args.sizeBytes, { format: args.format, shrink, signal: ctx.signal });
+    }
+    return imageResult(
+      args.path,
+      target,
+      await confinedInfo(target, realRoot, args.format, ctx),
+      args.format,
+    );
+  },
+};
+
+/** Describes one image (sizes, format, base of a linked clone, internal snapshots). */
+const info: HostOperation<
+  z.infer<typeof InfoArgs>,
+  NfsImageResult & { backingPath?: string; snapshots: { id: string; name: string; createdAt: string }[] }
+> = {
+  args: InfoArgs,
+  async run(args, ctx) {
+    const realRoot = await realRootOf(args.mountPath);
+    const target = await resolveConfinedPath(args.mountPath, args.path, { mustExist: true });
+    const details = await confinedInfo(target, realRoot, args.format, ctx);
+    const format = NfsImageFormatSchema.safeParse(details.format);
+    const result = await imageResult(args.path, target, details, format.success ? format.data : 'raw');
+    const backingPath = details.fullBackingFilename
+      ? relative(realRoot, details.fullBackingFilename)
+      : undefined;
+    return {
+      ...result,
+      ...(backingPath !== undefined ? { backingPath } : {}),
+      snapshots: details.snapshots.map(({ id, name, createdAt }) => ({ id, name, createdAt })),
+    };
+  },
+};
+
+/** Lists the files of the share (optionally under `prefix`), skipping Strata's hidden temporaries. */
+const list: HostOperation<z.infer<typeof ListArgs>, { objects: NfsListedFile[] }> = {
+  args: ListArgs,
+  async run(args, ctx) {
+    const realRoot = await realRootOf(args.mountPath);
+    const start = args.prefix ? await resolveConfinedPath(args.mountPath, args.prefix) : realRoot;
+    const objects: NfsListedFile[] = [];
+    const walk = async (dir: string): Promise<void> => {
+      if (ctx.signal.aborted) throw ctx.signal.reason;
+      let entries: import('node:fs').Dirent[];
+      try {
+        entries = await readdir(dir, { withFileTypes: true });
+      } catch (error) {
+        if (isNotFound(error)) return;
+        throw error;
+      }
+      for (const entry of entries) {
+        // Dot files are probes and half-written temporaries; symlinks may point anywhere.
+        if (entry.name.startsWith('.') || entry.isSymbolicLink()) continue;
+        const full = join(dir, entry.name);
+        if (entry.isDirectory()) await walk(full);
+        else if (entry.isFile()) {
+          const stats = await stat(full);
+          objects.push({
+            path: relative(realRoot, full),
+            sizeBytes: stats.size,
+            modifiedAt: stats.mtime.toISOString(),
+          });
+        }
+      }
+    };
+    await walk(start);
+    objects.sort((a, b) => a.path.localeCompare(b.path));
+    return { objects };
+  },
+};
+
+/**
+ * Takes an internal qcow2 snapshot named by the snapshot id (idempotent: an existing one of that
+ * name is the result). Internal snapshots are a first step; incremental backup will move this to
+ * external overlays, whose changed extents `qemu-img map` can list.
+ */
+const snapshot: HostOperation<z.infer<typeof SnapshotArgs>, NfsImageResult & { snapshotId: string }> = {
+  args: SnapshotArgs,
+  async run(args, ctx) {
+    const realRoot = await realRootOf(args.mountPath);
+    const target = await resolveConfinedPath(args.mountPath, args.path, { mustExist: true });
+    const before = await confinedInfo(target, realRoot, 'qcow2', ctx);
+    if (!before.snapshots.some((s) => s.name === args.snapshotId)) {
+      await qemuSnapshotCreate(target, args.snapshotId, { signal: ctx.signal });
+    }
+    const after = await confinedInfo(target, realRoot, 'qcow2', ctx);
+    const result = await imageResult(`${args.path}@${args.snapshotId}`, target, after, 'qcow2');
+    return { ...result, snapshotId: args.snapshotId };
+  },
+};
+
+/** Reverts an image to one of its internal snapshots; the snapshot must exist. */
+const revert: HostOperation<z.infer<typeof SnapshotArgs>, { reverted: true }> = {
+  args: SnapshotArgs,
+  async run(args, ctx) {
+    const realRoot = await realRootOf(args.mountPath);
+    const target = await resolveConfinedPath(args.mountPath, args.path, { mustExist: true });
+    const current = await confinedInfo(target, realRoot, 'qcow2', ctx);
+    if (!current.snapshots.some((s) => s.name === args.snapshotId)) {
+      throw new ObjectNotFoundError(`${args.path} has no snapshot ${args.snapshotId}`, {
+        context: { path: args.path, snapshotId: args.snapshotId },
+      });
+    }
+    await qemuSnapshotApply(target, args.snapshotId, { signal: ctx.signal });
+    return { reverted: true };
+  },
+};
+
+/** Deletes an internal snapshot; a missing image or snapshot is success. */
+const deleteSnapshot: HostOperation<z.infer<typeof SnapshotArgs>, { deleted: boolean }> = {
+  args: SnapshotArgs,
+  async run(args, ctx) {
+    const realRoot = await realRootOf(args.mountPath);
+    let target: string;
+    try {
+      target = await resolveConfinedPath(args.mountPath, args.path, { mustExist: true });
+    } catch (error) {
+      if (error instanceof ObjectNotFoundError) return { deleted: false };
+      throw error;
+    }
+    const current = await confinedInfo(target, realRoot, 'qcow2', ctx);
+    if (!current.snapshots.some((s) => s.name === args.snapshotId)) return { deleted: false };
+    await qemuSnapshotDelete(target, args.snapshotId, { signal: ctx.signal });
+    return { deleted: true };
+  },
+};
+
+/**
+ * The NFS host operations, keyed by the names the control-plane driver calls.
+ *
+ * @example
+ * await runHostRequest(request, { operationSets: [nfsHostOperations], workDir, onEvent });
+ */
+export const nfsHostOperations: HostOperationSet = {
+  provider: 'nfs',
+  operations: {
+    checkMount,
+    create,
+    delete: deleteOp,
+    copy,
+    resize,
+    info,
+    list,
+    snapshot,
+    revert,
+    deleteSnapshot,
+  },
+};
+
+/** Names of the NFS host operations. */
+export const NfsHostOperation = {
+  CheckMount: 'checkMount',
+  Create: 'create',
+  Delete: 'delete',
+  Copy: 'copy',
+  Resize: 'resize',
+  Info: 'info',
+  List: 'list',
+  Snapshot: 'snapshot',
+  Revert: 'revert',
+  DeleteSnapshot: 'deleteSnapshot',
+} as const;
+export type NfsHostOperation = (typeof NfsHostOperation)[keyof typeof NfsHostOperation];
+
+// A name in the same directory, hidden from `list`, unique to this job and host.
+function tempPathFor(target: string, ctx: HostOperationContext): string {
+  return join(dirname(target), `.${basename(target)}.${ctx.hostId}.${ctx.jobId}.tmp`);
+}
+
+async function existingInfo(
+  target: string,
+  realRoot: string,
+  format: NfsImageFormat,
+  ctx: HostOperationContext,
+): Promise<QemuImageInfo | undefined> {
+  try {
+    await stat(target);
+  } catch (error) {
+    if (isNotFound(error)) return undefined;
+    throw error;
+  }
+  return confinedInfo(target, realRoot, format, ctx);
+}
+
+// Linked clones are expected on a share; a base outside the share is not.
+async function confinedInfo(
+  target: string,
+  realRoot: string,
+  format: string | undefined,
+  ctx: HostOperationContext,
+): Promise<QemuImageInfo> {
+  const details = await qemuInfo(target, { format, allowBackingFile: true, signal: ctx.signal });
+  if (details.fullBackingFilename !== undefined && !isWithin(realRoot, details.fullBackingFilename)) {
+    throw new DriverConflictError(`${basename(target)} is backed by a file outside the share`, {
+      context: { backing: details.backingFilename },
+    });
+  }
+  return details;
+}
+
+// sizeBytes is the file's length, the same number `list` reports, so the two can be compared.
+async function imageResult(
+  path: string,
+  target: string,
+  details: QemuImageInfo,
+  format: NfsImageFormat,
+): Promise<NfsImageResult> {
+  const { size } = await stat(target);
+  return { path, sizeBytes: size, virtualSizeBytes: details.virtualSizeBytes, format };
+}
