@@ -1,0 +1,133 @@
+/**
+ * The REST API's routes. Each handler is three lines of thought: parse and validate, call one
+ * service, map the result. Long operations answer 202 with the job and a Location header.
+ */
+import type { z } from 'zod';
+import type { Job } from '../../core/model.js';
+import type { Strata } from '../../core/strata.js';
+import { inputErrorFromZod } from '../http.js';
+import type { Route, RouteResult } from './router.js';
+import {
+  HostCreateBody,
+  HostListQuery,
+  HostPatchBody,
+  IdParam,
+  JobListQuery,
+  StoreCreateBody,
+  StoreListQuery,
+  StorePatchBody,
+} from './schemas.js';
+
+export interface ApiContext {
+  strata: Strata;
+  body: unknown;
+  query: Record<string, string>;
+  /** The OpenAPI document, built once from the routes and schemas. */
+  openApi: () => unknown;
+  version: string;
+}
+
+/** Schemas per route, used for validation and the OpenAPI document. */
+export interface RouteDoc {
+  body?: z.ZodType;
+  query?: z.ZodType;
+  async?: boolean;
+}
+
+export const routeDocs = new Map<string, RouteDoc>();
+
+function parse<S extends z.ZodType>(schema: S, value: unknown, prefix: string): z.infer<S> {
+  const r = schema.safeParse(value);
+  if (!r.success) throw inputErrorFromZod(r.error, prefix);
+  return r.data;
+}
+
+function id(params: Record<string, string>): string {
+  return parse(IdParam, params.id, 'id');
+}
+
+const ok = (body: unknown): RouteResult => ({ status: 200, body });
+const accepted = (body: { job: Job }): RouteResult => ({
+  status: 202,
+  body,
+  headers: { location: `/jobs/${body.job.id}` },
+});
+
+function route(
+  method: Route<ApiContext>['method'],
+  path: string,
+  summary: string,
+  doc: RouteDoc,
+  handle: Route<ApiContext>['handle'],
+): Route<ApiContext> {
+  routeDocs.set(`${method} ${path}`, doc);
+  return { method, path, summary, handle };
+}
+
+export const routes: Route<ApiContext>[] = [
+  route('GET', '/health', 'Liveness', {}, async (c) => ok({ status: 'ok', version: c.version })),
+  route('GET', '/openapi.json', 'This API as OpenAPI 3.1', {}, async (c) => ok(c.openApi())),
+
+  route('POST', '/hosts', 'Register a hypervisor host', { body: HostCreateBody }, async (c) => {
+    const input = parse(HostCreateBody, c.body, '');
+    return { status: 201, body: await c.strata.hosts.register(input) };
+  }),
+  route('GET', '/hosts', 'List hosts', { query: HostListQuery }, async (c) => {
+    const { limit, cursor, ...filter } = parse(HostListQuery, c.query, 'query');
+    return ok(await c.strata.hosts.list(filter, { limit, cursor }));
+  }),
+  route('GET', '/hosts/{id}', 'Get a host', {}, async (c, p) => ok(await c.strata.hosts.get(id(p)))),
+  route('PATCH', '/hosts/{id}', 'Enable or disable a host', { body: HostPatchBody }, async (c, p) => {
+    const input = parse(HostPatchBody, c.body, '');
+    return ok(await c.strata.hosts.setStatus(id(p), input.status));
+  }),
+  route('DELETE', '/hosts/{id}', 'Remove a disabled host', {}, async (c, p) => {
+    await c.strata.hosts.remove(id(p));
+    return { status: 204 };
+  }),
+
+  route(
+    'POST',
+    '/stores',
+    'Add a data store (async: initializes and attaches hosts)',
+    { body: StoreCreateBody, async: true },
+    async (c) => {
+      const input = parse(StoreCreateBody, c.body, '');
+      return accepted(await c.strata.stores.add(input));
+    },
+  ),
+  route('GET', '/stores', 'List data stores with capacity', { query: StoreListQuery }, async (c) => {
+    const { limit, cursor, ...filter } = parse(StoreListQuery, c.query, 'query');
+    return ok(await c.strata.stores.list(filter, { limit, cursor }));
+  }),
+  route('GET', '/stores/{id}', 'Get a data store', {}, async (c, p) => ok(await c.strata.stores.get(id(p)))),
+  route(
+    'PATCH',
+    '/stores/{id}',
+    'Change settings; enable or disable',
+    { body: StorePatchBody },
+    async (c, p) => {
+      const input = parse(StorePatchBody, c.body, '');
+      return ok(await c.strata.stores.update(id(p), input));
+    },
+  ),
+  route('DELETE', '/stores/{id}', 'Delete an empty data store', {}, async (c, p) => {
+    await c.strata.stores.delete(id(p));
+    return { status: 204 };
+  }),
+  route('POST', '/stores/{id}/maintenance', 'Enter maintenance (async)', { async: true }, async (c, p) =>
+    accepted(await c.strata.stores.enterMaintenance(id(p))),
+  ),
+  route('DELETE', '/stores/{id}/maintenance', 'Cancel maintenance (async)', { async: true }, async (c, p) =>
+    accepted(await c.strata.stores.cancelMaintenance(id(p))),
+  ),
+  route('GET', '/stores/{id}/objects', 'What the storage holds, with owning rows', {}, async (c, p) =>
+    ok({ items: await c.strata.stores.listObjects(id(p)) }),
+  ),
+
+  route('GET', '/jobs', 'List jobs', { query: JobListQuery }, async (c) => {
+    const { limit, cursor, ...filter } = parse(JobListQuery, c.query, 'query');
+    return ok(await c.strata.jobs.list(filter, { limit, cursor }));
+  }),
+  route('GET', '/jobs/{id}', 'Get a job', {}, async (c, p) => ok(await c.strata.jobs.get(id(p)))),
+];

@@ -1,0 +1,117 @@
+/**
+ * Request schemas of the REST API. The same schemas validate requests (in the Lambda, so API
+ * Gateway and the local server behave alike) and generate the OpenAPI document.
+ * Objects are strict: an unknown field is an error naming that field, not something ignored.
+ */
+import { z } from 'zod';
+
+const safeId = z
+  .string()
+  .min(1)
+  .max(128)
+  .regex(/^[A-Za-z0-9][A-Za-z0-9._:-]*$/, 'letters, digits, dot, underscore, colon and dash only');
+const displayName = z
+  .string()
+  .trim()
+  .min(1)
+  .max(128)
+  .regex(
+    /^[A-Za-z0-9][A-Za-z0-9 ._()-]*$/,
+    'letters, digits, space, dot, underscore, dash and parentheses only',
+  );
+const tag = z
+  .string()
+  .min(1)
+  .max(64)
+  .regex(/^[A-Za-z0-9][A-Za-z0-9._:=-]*$/, 'letters, digits, dot, underscore, colon, equals and dash only');
+const bytes = z.number().int().nonnegative().max(Number.MAX_SAFE_INTEGER);
+
+export const HostCreateBody = z
+  .object({
+    name: displayName,
+    zoneId: safeId,
+    clusterId: safeId,
+    instanceId: z
+      .string()
+      .regex(
+        /^(mi-[0-9a-f]{17}|i-[0-9a-f]{8,17}|local-[a-z0-9-]{1,40})$/,
+        'an SSM managed-instance id (mi-… or i-…) or, in the embedded stack, local-<name>',
+      ),
+    hypervisor: z.enum(['kvm']).default('kvm'),
+  })
+  .strict();
+
+export const HostPatchBody = z.object({ status: z.enum(['Up', 'Disabled']) }).strict();
+
+export const ScopeSchema = z
+  .object({
+    type: z.enum(['zone', 'cluster', 'host']),
+    zoneId: safeId,
+    clusterId: safeId.optional(),
+    hostId: safeId.optional(),
+  })
+  .strict();
+
+export const StoreCreateBody = z
+  .object({
+    name: displayName,
+    provider: z.string().regex(/^[a-z][a-z0-9-]{0,62}$/, 'a provider id in kebab-case'),
+    role: z.enum(['primary', 'image']),
+    scope: ScopeSchema,
+    capacityBytes: bytes.optional(),
+    overprovisioning: z.number().min(1).max(100).optional(),
+    disableThreshold: z.number().gt(0).max(1).optional(),
+    tags: z.array(tag).max(32).optional(),
+    details: z.record(z.string().min(1).max(64), z.string().max(1024)).default({}),
+  })
+  .strict();
+
+export const StorePatchBody = z
+  .object({
+    name: displayName.optional(),
+    tags: z.array(tag).max(32).optional(),
+    capacityBytes: bytes.optional(),
+    overprovisioning: z.number().min(1).max(100).optional(),
+    disableThreshold: z.number().gt(0).max(1).optional(),
+    status: z.enum(['Up', 'Disabled']).optional(),
+  })
+  .strict()
+  .refine((b) => Object.keys(b).length > 0, { message: 'nothing to change' });
+
+const paging = {
+  limit: z.coerce.number().int().min(1).max(100).optional(),
+  cursor: z.string().max(2048).optional(),
+};
+
+export const HostListQuery = z
+  .object({
+    ...paging,
+    zoneId: safeId.optional(),
+    clusterId: safeId.optional(),
+    status: z.string().max(32).optional(),
+  })
+  .strict();
+
+export const StoreListQuery = z
+  .object({
+    ...paging,
+    zoneId: safeId.optional(),
+    role: z.enum(['primary', 'image']).optional(),
+    status: z.string().max(32).optional(),
+    provider: z.string().max(64).optional(),
+  })
+  .strict();
+
+export const JobListQuery = z
+  .object({
+    ...paging,
+    state: z.enum(['pending', 'running', 'succeeded', 'failed']).optional(),
+    kind: z.string().max(64).optional(),
+    targetId: safeId.optional(),
+  })
+  .strict();
+
+export const IdParam = safeId;
+export const IdempotencyKeyHeader = z
+  .string()
+  .regex(/^[A-Za-z0-9_-]{1,128}$/, 'up to 128 letters, digits, _ or -');

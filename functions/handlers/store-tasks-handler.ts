@@ -1,0 +1,64 @@
+/**
+ * The store workflows' task function: one Lambda serving every step of store-attach and
+ * store-maintenance, chosen by `task`. Step inputs are validated, and errors leave with a stable
+ * name for the state machine's Retry and Catch.
+ */
+import middy from '@middy/core';
+import { z } from 'zod';
+import type { Strata } from '../core/strata.js';
+import { toWorkflowError } from './workflow-errors.js';
+
+const id = z.string().min(1).max(128);
+const hostResult = z.object({
+  hostId: id,
+  ok: z.boolean(),
+  error: z.object({ code: z.string(), message: z.string() }).optional(),
+});
+const sfnError = z.object({ Error: z.string().optional(), Cause: z.string().optional() });
+const attach = z.object({
+  jobId: id,
+  storeId: id,
+  mode: z.enum(['initialize', 'attach']),
+  hostIds: z.array(id).optional(),
+});
+const maintenance = z.object({ jobId: id, storeId: id, action: z.enum(['enter', 'cancel']) });
+
+const tasks = {
+  prepareAttach: (s: Strata, i: unknown) => s.storeFlows.prepareAttach(attach.parse(i)),
+  attachHost: (s: Strata, i: unknown) =>
+    s.storeFlows.attachHost(z.object({ jobId: id, storeId: id, hostId: id }).parse(i)),
+  finishAttach: (s: Strata, i: unknown) =>
+    s.storeFlows.finishAttach(attach.extend({ hostIds: z.array(id), results: z.array(hostResult) }).parse(i)),
+  failAttach: (s: Strata, i: unknown) => s.storeFlows.failAttach(attach.extend({ error: sfnError }).parse(i)),
+  beginMaintenance: (s: Strata, i: unknown) => s.storeFlows.beginMaintenance(maintenance.parse(i)),
+  checkStoreIdle: (s: Strata, i: unknown) => s.storeFlows.checkStoreIdle(maintenance.parse(i)),
+  maintainHost: (s: Strata, i: unknown) =>
+    s.storeFlows.maintainHost(maintenance.extend({ hostId: id }).parse(i)),
+  completeMaintenance: (s: Strata, i: unknown) =>
+    s.storeFlows.completeMaintenance(
+      maintenance.extend({ hostIds: z.array(id), results: z.array(hostResult) }).parse(i),
+    ),
+  failMaintenance: (s: Strata, i: unknown) =>
+    s.storeFlows.failMaintenance(maintenance.extend({ error: sfnError }).parse(i)),
+} as const;
+
+export type StoreTaskName = keyof typeof tasks;
+
+export const StoreTaskEvent = z.object({
+  task: z.enum(Object.keys(tasks) as [StoreTaskName, ...StoreTaskName[]]),
+  input: z.unknown(),
+});
+
+export function createStoreTasksHandler(getStrata: () => Promise<Strata> | Strata) {
+  const base = async (event: unknown): Promise<unknown> => {
+    const { task, input } = StoreTaskEvent.parse(event);
+    const result = await tasks[task](await getStrata(), input);
+    return result ?? {};
+  };
+  return middy(base).use({
+    // Leaving request.response unset makes middy rethrow request.error, now carrying a stable name.
+    onError: (request) => {
+      request.error = toWorkflowError(request.error);
+    },
+  });
+}

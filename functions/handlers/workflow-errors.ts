@@ -1,0 +1,39 @@
+/**
+ * The workflow edge: errors thrown by task handlers get a stable `name`, which is what Step Functions
+ * matches in Retry/Catch `ErrorEquals`. `Strata.Unavailable` and `Strata.StoreBusy` are retried with
+ * backoff; everything else goes to the flow's Catch and compensation.
+ */
+import { DriverError } from '../../drivers/sdk/errors.js';
+import {
+  ConflictError,
+  InputError,
+  NotAllowedError,
+  NotFoundError,
+  StrataError,
+  UnavailableError,
+} from '../core/errors.js';
+import { StoreBusyError } from '../core/services/store-flows.js';
+
+export class WorkflowTaskError extends Error {
+  constructor(name: string, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = name;
+  }
+}
+
+export function workflowErrorName(e: unknown): string {
+  if (e instanceof StoreBusyError) return 'Strata.StoreBusy';
+  if (e instanceof UnavailableError) return 'Strata.Unavailable';
+  if (e instanceof DriverError) return e.retryable ? 'Strata.Unavailable' : `Strata.${e.code}`;
+  if (e instanceof ConflictError) return 'Strata.Conflict';
+  if (e instanceof NotFoundError) return 'Strata.NotFound';
+  if (e instanceof NotAllowedError) return 'Strata.NotAllowed';
+  if (e instanceof InputError) return 'Strata.InvalidInput';
+  if (e instanceof StrataError) return `Strata.${e.code}`;
+  return 'Strata.Internal';
+}
+
+export function toWorkflowError(e: unknown): WorkflowTaskError {
+  const message = e instanceof Error ? e.message : String(e);
+  return new WorkflowTaskError(workflowErrorName(e), message, { cause: e });
+}
