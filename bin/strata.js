@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // Launcher for the strata CLI from a checkout: runs the TypeScript sources through tsx.
-require('node:child_process');
 const path = require('node:path');
 const { register } = require('tsx/cjs/api');
+
 register();
-require(path.join(__dirname, '..', 'cli', 'main.ts'));
+require(path.join(__dirname, '..', 'cli', 'main.ts')).main();

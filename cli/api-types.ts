@@ -1,0 +1,126 @@
+/**
+ * The REST API's wire shapes as the CLI sees them.
+ *
+ * These are declared here rather than imported from `functions/core/model.ts` on purpose: the CLI is
+ * a client of the HTTP contract, not of the server's internals, and it must keep compiling (and keep
+ * talking to older servers) while the domain model evolves behind the API.
+ */
+
+export type HostStatus = 'Up' | 'Disabled' | 'Down';
+
+export interface Host {
+  id: string;
+  name: string;
+  zoneId: string;
+  clusterId: string;
+  instanceId: string;
+  hypervisor: string;
+  status: HostStatus | string;
+  attachedStoreIds: string[];
+  version: number;
+  createdAt: string;
+  updatedAt: string;
+}
+
+export interface NewHost {
+  name: string;
+  zoneId: string;
+  clusterId: string;
+  instanceId: string;
+  hypervisor?: string;
+}
+
+export type ScopeType = 'zone' | 'cluster' | 'host';
+
+export interface StoreScope {
+  type: ScopeType;
+  zoneId: string;
+  clusterId?: string;
+  hostId?: string;
+}
+
+export type StoreRole = 'primary' | 'image';
+
+export interface Store {
+  id: string;
+  name: string;
+  provider: string;
+  role: StoreRole | string;
+  scope: StoreScope;
+  details: Record<string, string>;
+  capacityBytes: number;
+  overprovisioning: number;
+  disableThreshold: number;
+  tags: string[];
+  status: string;
+  allocatedBytes: number;
+  usedBytes: number;
+  statusReason?: string;
+  version: number;
+  createdAt: string;
+  updatedAt: string;
+}
+
+export interface NewStore {
+  name: string;
+  provider: string;
+  role: StoreRole;
+  scope: StoreScope;
+  capacityBytes?: number;
+  overprovisioning?: number;
+  disableThreshold?: number;
+  tags?: string[];
+  details: Record<string, string>;
+}
+
+export interface StorePatch {
+  name?: string;
+  tags?: string[];
+  capacityBytes?: number;
+  overprovisioning?: number;
+  disableThreshold?: number;
+  status?: 'Up' | 'Disabled';
+}
+
+export interface StoreObject {
+  path: string;
+  sizeBytes: number;
+  modifiedAt?: string;
+  owner?: { type: string; id: string };
+}
+
+export type JobState = 'pending' | 'running' | 'succeeded' | 'failed';
+
+export interface Job {
+  id: string;
+  kind: string;
+  target: { type: string; id: string };
+  state: JobState;
+  progress: number;
+  progressDetail?: Record<string, unknown>;
+  result?: Record<string, unknown>;
+  error?: { code: string; message: string };
+  executionId?: string;
+  createdAt: string;
+  updatedAt: string;
+}
+
+/** What the API answers to an asynchronous request: the entity as it is now and the job that finishes it. */
+export interface Accepted<T> {
+  store: T;
+  job: Job;
+}
+
+export interface Page<T> {
+  items: T[];
+  cursor?: string;
+}
+
+export interface Health {
+  status: string;
+  version?: string;
+}
+
+export interface ErrorEnvelope {
+  error: { code: string; message: string; field?: string };
+}

@@ -1,0 +1,157 @@
+import type { Host } from '../api-types.js';
+import {
+  type CommandContext,
+  type CommandSpec,
+  ExitCode,
+  optString,
+  parseFlag,
+  requireString,
+} from '../command.js';
+import { relativeTime, renderDetails, renderTable } from '../format.js';
+import { fetchList, oneOf, PAGE_OPTIONS, printList } from './shared.js';
+
+const parseHostStatus = oneOf(['Up', 'Disabled', 'Down'] as const);
+
+function hostTable(hosts: Host[], now: Date): string {
+  return renderTable(hosts, [
+    { header: 'ID', value: (h) => h.id },
+    { header: 'NAME', value: (h) => h.name },
+    { header: 'ZONE', value: (h) => h.zoneId },
+    { header: 'CLUSTER', value: (h) => h.clusterId },
+    { header: 'INSTANCE', value: (h) => h.instanceId },
+    { header: 'HYPERVISOR', value: (h) => h.hypervisor },
+    { header: 'STATUS', value: (h) => h.status },
+    { header: 'STORES', value: (h) => String(h.attachedStoreIds?.length ?? 0), align: 'right' },
+    { header: 'AGE', value: (h) => relativeTime(h.createdAt, now) },
+  ]);
+}
+
+function hostDetails(host: Host, now: Date): string {
+  return renderDetails([
+    ['ID', host.id],
+    ['Name', host.name],
+    ['Zone', host.zoneId],
+    ['Cluster', host.clusterId],
+    ['Instance', host.instanceId],
+    ['Hypervisor', host.hypervisor],
+    ['Status', host.status],
+    ['Stores', host.attachedStoreIds?.length ? host.attachedStoreIds.join(', ') : '-'],
+    ['Version', String(host.version)],
+    ['Created', `${relativeTime(host.createdAt, now)} (${host.createdAt})`],
+    ['Updated', `${relativeTime(host.updatedAt, now)} (${host.updatedAt})`],
+  ]);
+}
+
+function printHost(ctx: CommandContext, host: Host, sentence: string): void {
+  if (ctx.out.json) ctx.out.data(host);
+  else if (ctx.out.quiet) ctx.out.print(host.id);
+  else ctx.out.print(sentence);
+}
+
+function statusCommand(verb: 'enable' | 'disable'): CommandSpec {
+  const status = verb === 'enable' ? 'Up' : 'Disabled';
+  return {
+    path: ['hosts', verb],
+    summary:
+      verb === 'enable'
+        ? 'Put a disabled host back into service (status Up).'
+        : 'Stop sending new work to a host (status Disabled); running work finishes.',
+    args: ['id'],
+    async run(ctx) {
+      const host = await ctx.client.setHostStatus(ctx.args[0]!, status);
+      printHost(ctx, host, `Host ${host.name} (${host.id}) is now ${host.status}.`);
+      return ExitCode.Ok;
+    },
+  };
+}
+
+export const hostCommands: CommandSpec[] = [
+  {
+    path: ['hosts', 'list'],
+    summary: 'List hypervisor hosts.',
+    options: {
+      zone: { type: 'string', valueName: '<zoneId>', description: 'only hosts in this zone' },
+      cluster: { type: 'string', valueName: '<clusterId>', description: 'only hosts in this cluster' },
+      status: { type: 'string', valueName: '<status>', description: 'Up, Disabled or Down' },
+      ...PAGE_OPTIONS,
+    },
+    examples: ['strata hosts list --zone zone-1', 'strata hosts list --status Down --json'],
+    async run(ctx) {
+      const filters = {
+        zoneId: optString(ctx.values, 'zone'),
+        clusterId: optString(ctx.values, 'cluster'),
+        status: parseFlag(ctx.values, 'status', 'hosts list', parseHostStatus),
+      };
+      const page = await fetchList(ctx, 'hosts list', filters, (q) => ctx.client.listHosts(q));
+      printList(
+        ctx,
+        page,
+        'hosts',
+        (items) => hostTable(items, ctx.now),
+        (h) => h.id,
+      );
+      return ExitCode.Ok;
+    },
+  },
+  {
+    path: ['hosts', 'get'],
+    summary: 'Show one host.',
+    args: ['id'],
+    async run(ctx) {
+      const host = await ctx.client.getHost(ctx.args[0]!);
+      printHost(ctx, host, hostDetails(host, ctx.now));
+      return ExitCode.Ok;
+    },
+  },
+  {
+    path: ['hosts', 'add'],
+    summary: 'Register a hypervisor host (an SSM managed instance, or a local host in the embedded stack).',
+    usage: '--name <name> --zone <zoneId> --cluster <clusterId> --instance-id <id> [--hypervisor kvm]',
+    options: {
+      name: { type: 'string', valueName: '<name>', description: 'display name' },
+      zone: { type: 'string', valueName: '<zoneId>', description: 'zone the host lives in' },
+      cluster: { type: 'string', valueName: '<clusterId>', description: 'cluster the host belongs to' },
+      'instance-id': {
+        type: 'string',
+        valueName: '<id>',
+        description: 'SSM managed-instance id (mi-… or i-…); the local host name when embedded',
+      },
+      hypervisor: {
+        type: 'string',
+        valueName: '<type>',
+        description: 'hypervisor type (default: the server decides, usually kvm)',
+      },
+    },
+    examples: [
+      'strata hosts add --name kvm-01 --zone zone-1 --cluster cl-1 --instance-id mi-0123456789abcdef0',
+    ],
+    async run(ctx) {
+      const command = 'hosts add';
+      const hypervisor = optString(ctx.values, 'hypervisor');
+      const host = await ctx.client.createHost({
+        name: requireString(ctx.values, 'name', command),
+        zoneId: requireString(ctx.values, 'zone', command),
+        clusterId: requireString(ctx.values, 'cluster', command),
+        instanceId: requireString(ctx.values, 'instance-id', command),
+        ...(hypervisor ? { hypervisor } : {}),
+      });
+      printHost(ctx, host, `Added host ${host.name} (${host.id}), status ${host.status}.`);
+      return ExitCode.Ok;
+    },
+  },
+  statusCommand('disable'),
+  statusCommand('enable'),
+  {
+    path: ['hosts', 'remove'],
+    summary: 'Deregister a host.',
+    args: ['id'],
+    async run(ctx) {
+      const id = ctx.args[0]!;
+      await ctx.client.deleteHost(id);
+      if (ctx.out.json) ctx.out.data({ id, removed: true });
+      else if (ctx.out.quiet) ctx.out.print(id);
+      else ctx.out.print(`Removed host ${id}.`);
+      return ExitCode.Ok;
+    },
+  },
+];

@@ -1,0 +1,454 @@
+import type {
+  Accepted,
+  NewStore,
+  ScopeType,
+  Store,
+  StoreObject,
+  StorePatch,
+  StoreRole,
+} from '../api-types.js';
+import {
+  addHint,
+  type CommandContext,
+  type CommandSpec,
+  ExitCode,
+  type OptionSpec,
+  optFlag,
+  optList,
+  optString,
+  parseFlag,
+  requireString,
+  UsageError,
+} from '../command.js';
+import {
+  formatBytes,
+  formatDetails,
+  parseSize,
+  percent,
+  relativeTime,
+  renderDetails,
+  renderTable,
+} from '../format.js';
+import { CliApiError } from '../http-client.js';
+import { fetchList, followJob, oneOf, PAGE_OPTIONS, printList, WAIT_OPTIONS } from './shared.js';
+
+const parseRole = oneOf<StoreRole>(['primary', 'image']);
+const parseScope = oneOf<ScopeType>(['zone', 'cluster', 'host']);
+const parseStoreStatus = oneOf([
+  'Initializing',
+  'Up',
+  'Disabled',
+  'PrepareForMaintenance',
+  'Maintenance',
+  'CancelMaintenance',
+  'ErrorInMaintenance',
+  'Deleting',
+  'Error',
+]);
+
+function parseOverprovisioning(text: string): number {
+  const n = Number(text);
+  if (!Number.isFinite(n) || n <= 0)
+    throw new Error(`'${text}' is not a positive number (1 = no overcommit)`);
+  return n;
+}
+
+/** 0.9 or 90% → 0.9. A bare 90 is refused rather than guessed at. */
+function parseThreshold(text: string): number {
+  const isPercent = text.trim().endsWith('%');
+  const n = Number(isPercent ? text.trim().slice(0, -1) : text);
+  const value = isPercent ? n / 100 : n;
+  if (!Number.isFinite(value) || value <= 0 || value > 1) {
+    throw new Error(`'${text}' is not a fraction in (0, 1] such as 0.9, or a percentage such as 90%`);
+  }
+  return value;
+}
+
+/** Repeated and comma-separated tags, trimmed and de-duplicated in order. */
+function collectTags(values: CommandContext['values']): string[] {
+  const tags = optList(values, 'tag')
+    .flatMap((tag) => tag.split(','))
+    .map((tag) => tag.trim())
+    .filter(Boolean);
+  return [...new Set(tags)];
+}
+
+function collectDetails(values: CommandContext['values'], command: string): Record<string, string> {
+  const details: Record<string, string> = {};
+  for (const pair of optList(values, 'detail')) {
+    const eq = pair.indexOf('=');
+    if (eq <= 0) throw new UsageError(`--detail expects key=value, got '${pair}'`, command);
+    const key = pair.slice(0, eq).trim();
+    if (key in details) throw new UsageError(`--detail ${key} is given twice`, command);
+    details[key] = pair.slice(eq + 1);
+  }
+  return details;
+}
+
+function scopeText(scope: Store['scope']): string {
+  if (!scope) return '-';
+  const where = [scope.zoneId, scope.clusterId, scope.hostId].filter(Boolean).join('/');
+  return `${scope.type} ${where}`;
+}
+
+function storeTable(stores: Store[]): string {
+  return renderTable(stores, [
+    { header: 'ID', value: (s) => s.id },
+    { header: 'NAME', value: (s) => s.name },
+    { header: 'PROVIDER', value: (s) => s.provider },
+    { header: 'ROLE', value: (s) => s.role },
+    { header: 'SCOPE', value: (s) => scopeText(s.scope) },
+    { header: 'STATUS', value: (s) => s.status },
+    { header: 'CAPACITY', value: (s) => formatBytes(s.capacityBytes), align: 'right' },
+    {
+      header: 'ALLOCATED',
+      value: (s) => `${formatBytes(s.allocatedBytes)} ${percent(s.allocatedBytes, s.capacityBytes)}`,
+      align: 'right',
+    },
+    { header: 'USED', value: (s) => formatBytes(s.usedBytes), align: 'right' },
+    { header: 'TAGS', value: (s) => (s.tags?.length ? s.tags.join(',') : '-') },
+  ]);
+}
+
+function storeDetails(store: Store, now: Date): string {
+  const limit = store.capacityBytes * (store.overprovisioning || 1);
+  return renderDetails([
+    ['ID', store.id],
+    ['Name', store.name],
+    ['Provider', store.provider],
+    ['Role', store.role],
+    ['Scope', scopeText(store.scope)],
+    ['Status', store.status],
+    ['Reason', store.statusReason],
+    ['Capacity', formatBytes(store.capacityBytes)],
+    ['Overprovisioning', `×${store.overprovisioning} (allocation limit ${formatBytes(limit)})`],
+    ['Allocated', `${formatBytes(store.allocatedBytes)} (${percent(store.allocatedBytes, limit)} of limit)`],
+    ['Used', `${formatBytes(store.usedBytes)} (${percent(store.usedBytes, store.capacityBytes)})`],
+    ['Disable at', `${Math.round(store.disableThreshold * 100)}% of limit`],
+    ['Tags', store.tags?.length ? store.tags.join(', ') : '-'],
+    ['Details', formatDetails(store.details ?? {})],
+    ['Version', String(store.version)],
+    ['Created', `${relativeTime(store.createdAt, now)} (${store.createdAt})`],
+    ['Updated', `${relativeTime(store.updatedAt, now)} (${store.updatedAt})`],
+  ]);
+}
+
+function objectTable(objects: StoreObject[], now: Date): string {
+  return renderTable(objects, [
+    { header: 'PATH', value: (o) => o.path },
+    { header: 'SIZE', value: (o) => formatBytes(o.sizeBytes), align: 'right' },
+    { header: 'MODIFIED', value: (o) => relativeTime(o.modifiedAt, now) },
+    { header: 'OWNER', value: (o) => (o.owner ? `${o.owner.type} ${o.owner.id}` : '-') },
+  ]);
+}
+
+function printStore(ctx: CommandContext, store: Store, sentence: string): void {
+  if (ctx.out.json) ctx.out.data(store);
+  else if (ctx.out.quiet) ctx.out.print(store.id);
+  else ctx.out.print(sentence);
+}
+
+/**
+ * The shared tail of every asynchronous store command: print the job at once with --no-wait,
+ * otherwise follow it and show the store as it ended up.
+ */
+async function finishAsync(
+  ctx: CommandContext,
+  command: string,
+  accepted: Accepted<Store>,
+  done: (store: Store) => string,
+): Promise<number> {
+  const { out } = ctx;
+  if (optFlag(ctx.values, 'no-wait')) {
+    if (out.json) out.data(accepted);
+    else if (out.quiet) out.print(accepted.job.id);
+    else {
+      out.print(
+        `Store ${accepted.store.name} (${accepted.store.id}): job ${accepted.job.id} ${accepted.job.state}.`,
+      );
+      out.note(`Follow it with: strata jobs wait ${accepted.job.id}`);
+    }
+    return ExitCode.Ok;
+  }
+  const { job, exitCode } = await followJob(ctx, accepted.job, command);
+  const store = await ctx.client.getStore(accepted.store.id).catch(() => accepted.store);
+  if (out.json) out.data({ store, job });
+  else if (exitCode === ExitCode.Ok) {
+    if (out.quiet) out.print(store.id);
+    else out.print(done(store));
+  }
+  return exitCode;
+}
+
+const TUNING_OPTIONS: Record<string, OptionSpec> = {
+  capacity: {
+    type: 'string',
+    valueName: '<size>',
+    description: 'capacity, e.g. 500GiB, 2T, 10G (binary), 100GB',
+  },
+  overprovisioning: {
+    type: 'string',
+    valueName: '<factor>',
+    description: 'allocation limit = capacity × factor (primary stores)',
+  },
+  threshold: {
+    type: 'string',
+    valueName: '<fraction>',
+    description: 'stop placing new objects past this share of the limit: 0.9 or 90%',
+  },
+  tag: {
+    type: 'string',
+    multiple: true,
+    valueName: '<tag>',
+    description: 'storage tag (repeat, or comma-separate)',
+  },
+};
+
+function tuning(ctx: CommandContext, command: string) {
+  return {
+    capacityBytes: parseFlag(ctx.values, 'capacity', command, parseSize),
+    overprovisioning: parseFlag(ctx.values, 'overprovisioning', command, parseOverprovisioning),
+    disableThreshold: parseFlag(ctx.values, 'threshold', command, parseThreshold),
+  };
+}
+
+function withoutUndefined<T extends object>(value: T): T {
+  return Object.fromEntries(Object.entries(value).filter(([, v]) => v !== undefined)) as T;
+}
+
+function statusCommand(verb: 'enable' | 'disable'): CommandSpec {
+  const status = verb === 'enable' ? 'Up' : 'Disabled';
+  return {
+    path: ['stores', verb],
+    summary:
+      verb === 'enable'
+        ? 'Let the allocator place new objects on a store again (status Up).'
+        : 'Keep the allocator from placing new objects on a store (status Disabled).',
+    args: ['id'],
+    async run(ctx) {
+      const store = await ctx.client.updateStore(ctx.args[0]!, { status });
+      printStore(ctx, store, `Store ${store.name} (${store.id}) is now ${store.status}.`);
+      return ExitCode.Ok;
+    },
+  };
+}
+
+export const storeCommands: CommandSpec[] = [
+  {
+    path: ['stores', 'list'],
+    summary: 'List data stores (primary storage and image stores).',
+    options: {
+      zone: { type: 'string', valueName: '<zoneId>', description: 'only stores in this zone' },
+      role: { type: 'string', valueName: '<role>', description: 'primary or image' },
+      status: { type: 'string', valueName: '<status>', description: 'e.g. Up, Disabled, Maintenance, Error' },
+      provider: { type: 'string', valueName: '<provider>', description: 'e.g. nfs, s3' },
+      ...PAGE_OPTIONS,
+    },
+    examples: ['strata stores list --role primary --zone zone-1', 'strata stores list --status Error -q'],
+    async run(ctx) {
+      const command = 'stores list';
+      const filters = {
+        zoneId: optString(ctx.values, 'zone'),
+        role: parseFlag(ctx.values, 'role', command, parseRole),
+        status: parseFlag(ctx.values, 'status', command, parseStoreStatus),
+        provider: optString(ctx.values, 'provider'),
+      };
+      const page = await fetchList(ctx, command, filters, (q) => ctx.client.listStores(q));
+      printList(ctx, page, 'stores', storeTable, (s) => s.id);
+      return ExitCode.Ok;
+    },
+  },
+  {
+    path: ['stores', 'get'],
+    summary: 'Show one data store, with its capacity and allocation.',
+    args: ['id'],
+    async run(ctx) {
+      const store = await ctx.client.getStore(ctx.args[0]!);
+      printStore(ctx, store, storeDetails(store, ctx.now));
+      return ExitCode.Ok;
+    },
+  },
+  {
+    path: ['stores', 'add'],
+    summary: 'Add a data store and wait until it is initialized and attached.',
+    usage: '--name <name> --provider <id> --role primary|image --zone <zoneId> [options]',
+    options: {
+      name: { type: 'string', valueName: '<name>', description: 'display name' },
+      provider: { type: 'string', valueName: '<id>', description: 'store provider, e.g. nfs, s3' },
+      role: {
+        type: 'string',
+        valueName: '<role>',
+        description: 'primary (volumes) or image (templates, backups)',
+      },
+      zone: { type: 'string', valueName: '<zoneId>', description: 'zone of the store' },
+      scope: {
+        type: 'string',
+        valueName: '<scope>',
+        description: 'zone, cluster or host (default: host with --host, cluster with --cluster, else zone)',
+      },
+      cluster: {
+        type: 'string',
+        valueName: '<clusterId>',
+        description: 'cluster, for cluster and host scope',
+      },
+      host: { type: 'string', valueName: '<hostId>', description: 'host, for host scope' },
+      ...TUNING_OPTIONS,
+      detail: {
+        type: 'string',
+        multiple: true,
+        valueName: '<key=value>',
+        description: "provider setting (repeat), e.g. server=10.0.0.5 path=/export; see the provider's docs",
+      },
+      ...WAIT_OPTIONS,
+    },
+    examples: [
+      'strata stores add --name nfs-1 --provider nfs --role primary --zone zone-1 --cluster cl-1 \\',
+      '    --capacity 2TiB --overprovisioning 2 --tag ssd --detail server=10.0.0.5 --detail path=/export/primary',
+      'strata stores add --name images --provider s3 --role image --zone zone-1 --detail bucket=strata-images --no-wait',
+    ],
+    async run(ctx) {
+      const command = 'stores add';
+      const { values } = ctx;
+      const clusterId = optString(values, 'cluster');
+      const hostId = optString(values, 'host');
+      const scopeType =
+        parseFlag(values, 'scope', command, parseScope) ?? (hostId ? 'host' : clusterId ? 'cluster' : 'zone');
+      if (scopeType === 'cluster' && !clusterId)
+        throw new UsageError('--scope cluster needs --cluster', command);
+      if (scopeType === 'host' && !hostId) throw new UsageError('--scope host needs --host', command);
+      if (scopeType === 'zone' && (clusterId || hostId)) {
+        throw new UsageError('--cluster and --host do not apply to a zone-wide store', command);
+      }
+      if (scopeType === 'cluster' && hostId) {
+        throw new UsageError('--host does not apply to a cluster-wide store', command);
+      }
+      const tags = collectTags(values);
+      const request: NewStore = {
+        name: requireString(values, 'name', command),
+        provider: requireString(values, 'provider', command),
+        role: parseRole(requireString(values, 'role', command)),
+        scope: withoutUndefined({
+          type: scopeType,
+          zoneId: requireString(values, 'zone', command),
+          clusterId,
+          hostId,
+        }),
+        ...withoutUndefined(tuning(ctx, command)),
+        ...(tags.length ? { tags } : {}),
+        details: collectDetails(values, command),
+      };
+      const accepted = await ctx.client.createStore(request);
+      return finishAsync(
+        ctx,
+        command,
+        accepted,
+        (s) => `Added store ${s.name} (${s.id}), status ${s.status}.`,
+      );
+    },
+  },
+  {
+    path: ['stores', 'update'],
+    summary: "Change a store's name, capacity, overprovisioning, threshold or tags.",
+    args: ['id'],
+    options: {
+      name: { type: 'string', valueName: '<name>', description: 'new display name' },
+      ...TUNING_OPTIONS,
+      tag: {
+        ...TUNING_OPTIONS['tag']!,
+        description: 'replace the tags with these (repeat, or comma-separate)',
+      },
+      'clear-tags': { type: 'boolean', description: 'remove all tags' },
+    },
+    examples: [
+      'strata stores update st-123 --capacity 4TiB --threshold 85%',
+      'strata stores update st-123 --tag ssd,fast',
+    ],
+    async run(ctx) {
+      const command = 'stores update';
+      const tags = collectTags(ctx.values);
+      const clear = optFlag(ctx.values, 'clear-tags');
+      if (clear && tags.length) throw new UsageError('--clear-tags and --tag contradict each other', command);
+      const patch: StorePatch = withoutUndefined({
+        name: optString(ctx.values, 'name'),
+        ...tuning(ctx, command),
+        tags: clear ? [] : tags.length ? tags : undefined,
+      });
+      if (Object.keys(patch).length === 0) {
+        throw new UsageError('nothing to update: give at least one of the options', command);
+      }
+      const store = await ctx.client.updateStore(ctx.args[0]!, patch);
+      printStore(ctx, store, `Updated store ${store.name} (${store.id}).`);
+      return ExitCode.Ok;
+    },
+  },
+  statusCommand('enable'),
+  statusCommand('disable'),
+  {
+    path: ['stores', 'maintain'],
+    summary: 'Put a store into maintenance: its objects are moved off or stopped first.',
+    args: ['id'],
+    options: { ...WAIT_OPTIONS },
+    async run(ctx) {
+      const accepted = await ctx.client.startMaintenance(ctx.args[0]!);
+      return finishAsync(
+        ctx,
+        'stores maintain',
+        accepted,
+        (s) => `Store ${s.name} (${s.id}) is now ${s.status}.`,
+      );
+    },
+  },
+  {
+    path: ['stores', 'cancel-maintenance'],
+    summary: 'Bring a store back from maintenance.',
+    args: ['id'],
+    options: { ...WAIT_OPTIONS },
+    async run(ctx) {
+      const accepted = await ctx.client.cancelMaintenance(ctx.args[0]!);
+      return finishAsync(
+        ctx,
+        'stores cancel-maintenance',
+        accepted,
+        (s) => `Store ${s.name} (${s.id}) is now ${s.status}.`,
+      );
+    },
+  },
+  {
+    path: ['stores', 'delete'],
+    summary: 'Delete an empty store (refused while it still holds objects).',
+    args: ['id'],
+    async run(ctx) {
+      const id = ctx.args[0]!;
+      try {
+        await ctx.client.deleteStore(id);
+      } catch (error) {
+        if (error instanceof CliApiError && error.status === 409) {
+          addHint(error, `see what it still holds with: strata stores objects ${id}`);
+        }
+        throw error;
+      }
+      if (ctx.out.json) ctx.out.data({ id, deleted: true });
+      else if (ctx.out.quiet) ctx.out.print(id);
+      else ctx.out.print(`Deleted store ${id}.`);
+      return ExitCode.Ok;
+    },
+  },
+  {
+    path: ['stores', 'objects'],
+    summary: 'List what a store physically holds, and which entity owns each object.',
+    args: ['id'],
+    options: { ...PAGE_OPTIONS },
+    async run(ctx) {
+      const id = ctx.args[0]!;
+      const page = await fetchList(ctx, 'stores objects', {}, (q) => ctx.client.listStoreObjects(id, q));
+      printList(
+        ctx,
+        page,
+        'objects',
+        (items) => objectTable(items, ctx.now),
+        (o) => o.path,
+      );
+      return ExitCode.Ok;
+    },
+  },
+];

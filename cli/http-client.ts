@@ -1,0 +1,319 @@
+/**
+ * A small typed client for the Strata REST API, built on the runtime's fetch.
+ */
+import { randomUUID } from 'node:crypto';
+import type {
+  Accepted,
+  ErrorEnvelope,
+  Health,
+  Host,
+  Job,
+  NewHost,
+  NewStore,
+  Page,
+  Store,
+  StoreObject,
+  StorePatch,
+} from './api-types.js';
+import type { Env, RequestSigner } from './sigv4.js';
+
+export const DEFAULT_PORT = 8787;
+
+/** The API base URL: the flag, else STRATA_API_URL, else the embedded stack on this machine. */
+export function resolveBaseUrl(flag: string | undefined, env: Env): string {
+  const chosen = flag ?? env['STRATA_API_URL'];
+  if (chosen) return chosen;
+  return `http://127.0.0.1:${env['STRATA_PORT'] || DEFAULT_PORT}`;
+}
+
+/** The API answered with an error status; carries the error envelope's fields. */
+export class CliApiError extends Error {
+  override readonly name = 'CliApiError';
+  constructor(
+    readonly status: number,
+    readonly code: string,
+    message: string,
+    readonly field?: string,
+    readonly requestId?: string,
+  ) {
+    super(message);
+  }
+}
+
+/** The request never got an HTTP answer (refused, reset, timed out). */
+export class CliConnectionError extends Error {
+  override readonly name = 'CliConnectionError';
+  constructor(
+    readonly url: string,
+    message: string,
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+  }
+}
+
+export type Query = Record<string, string | number | undefined>;
+
+export interface RequestOptions {
+  query?: Query;
+  body?: unknown;
+  /** Overrides the fresh key a mutating request otherwise gets. */
+  idempotencyKey?: string;
+}
+
+export interface ApiResponse<T> {
+  status: number;
+  body: T;
+  headers: Headers;
+}
+
+export interface StrataClientOptions {
+  baseUrl: string;
+  signer?: RequestSigner;
+  /** Used for every mutating request of this client instead of a fresh UUID each (for scripted retries). */
+  idempotencyKey?: string;
+  /** Per-attempt timeout. */
+  timeoutMs?: number;
+  /** Pause before the single retry after a connection error. */
+  retryDelayMs?: number;
+  userAgent?: string;
+}
+
+const MUTATING = new Set(['POST', 'PUT', 'PATCH', 'DELETE']);
+
+// Codes for failures where the request most likely never reached the handler, or where the answer
+// was lost: safe to send again when the request is idempotent by method or by key.
+const TRANSIENT_CODES = new Set([
+  'ECONNREFUSED',
+  'ECONNRESET',
+  'EPIPE',
+  'ETIMEDOUT',
+  'EAI_AGAIN',
+  'UND_ERR_SOCKET',
+  'UND_ERR_CLOSED',
+  'UND_ERR_CONNECT_TIMEOUT',
+]);
+
+function errorCode(error: unknown): string | undefined {
+  let current: unknown = error;
+  for (let depth = 0; depth < 4 && current instanceof Error; depth++) {
+    const code = (current as { code?: unknown }).code;
+    if (typeof code === 'string') return code;
+    current = current.cause;
+  }
+  return undefined;
+}
+
+function isTransient(error: unknown): boolean {
+  const code = errorCode(error);
+  return code !== undefined && TRANSIENT_CODES.has(code);
+}
+
+const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
+
+export class StrataClient {
+  readonly baseUrl: string;
+  private readonly signer: RequestSigner | undefined;
+  private readonly fixedKey: string | undefined;
+  private readonly timeoutMs: number;
+  private readonly retryDelayMs: number;
+  private readonly userAgent: string;
+
+  constructor(options: StrataClientOptions) {
+    this.baseUrl = options.baseUrl.replace(/\/+$/, '');
+    this.signer = options.signer;
+    this.fixedKey = options.idempotencyKey;
+    this.timeoutMs = options.timeoutMs ?? 30_000;
+    this.retryDelayMs = options.retryDelayMs ?? 250;
+    this.userAgent = options.userAgent ?? 'strata-cli';
+  }
+
+  health(): Promise<Health> {
+    return this.get('/health');
+  }
+
+  listHosts(query: Query = {}): Promise<Page<Host>> {
+    return this.get('/hosts', query);
+  }
+  getHost(id: string): Promise<Host> {
+    return this.get(`/hosts/${seg(id)}`);
+  }
+  async createHost(host: NewHost): Promise<Host> {
+    return (await this.request<Host>('POST', '/hosts', { body: host })).body;
+  }
+  async setHostStatus(id: string, status: 'Up' | 'Disabled'): Promise<Host> {
+    return (await this.request<Host>('PATCH', `/hosts/${seg(id)}`, { body: { status } })).body;
+  }
+  async deleteHost(id: string): Promise<void> {
+    await this.request('DELETE', `/hosts/${seg(id)}`);
+  }
+
+  listStores(query: Query = {}): Promise<Page<Store>> {
+    return this.get('/stores', query);
+  }
+  getStore(id: string): Promise<Store> {
+    return this.get(`/stores/${seg(id)}`);
+  }
+  async createStore(store: NewStore): Promise<Accepted<Store>> {
+    return (await this.request<Accepted<Store>>('POST', '/stores', { body: store })).body;
+  }
+  async updateStore(id: string, patch: StorePatch): Promise<Store> {
+    return (await this.request<Store>('PATCH', `/stores/${seg(id)}`, { body: patch })).body;
+  }
+  async deleteStore(id: string): Promise<void> {
+    await this.request('DELETE', `/stores/${seg(id)}`);
+  }
+  async startMaintenance(id: string): Promise<Accepted<Store>> {
+    return (await this.request<Accepted<Store>>('POST', `/stores/${seg(id)}/maintenance`)).body;
+  }
+  async cancelMaintenance(id: string): Promise<Accepted<Store>> {
+    return (await this.request<Accepted<Store>>('DELETE', `/stores/${seg(id)}/maintenance`)).body;
+  }
+  listStoreObjects(id: string, query: Query = {}): Promise<Page<StoreObject>> {
+    return this.get(`/stores/${seg(id)}/objects`, query);
+  }
+
+  listJobs(query: Query = {}): Promise<Page<Job>> {
+    return this.get('/jobs', query);
+  }
+  getJob(id: string): Promise<Job> {
+    return this.get(`/jobs/${seg(id)}`);
+  }
+
+  private async get<T>(path: string, query?: Query): Promise<T> {
+    return (await this.request<T>('GET', path, query ? { query } : {})).body;
+  }
+
+  /** Sends one request, retrying once on a connection error when that cannot apply it twice. */
+  async request<T = unknown>(
+    method: string,
+    path: string,
+    options: RequestOptions = {},
+  ): Promise<ApiResponse<T>> {
+    const url = new URL(this.baseUrl + path);
+    for (const [key, value] of Object.entries(options.query ?? {})) {
+      if (value !== undefined && value !== '') url.searchParams.set(key, String(value));
+    }
+    const headers: Record<string, string> = { accept: 'application/json', 'user-agent': this.userAgent };
+    const body = options.body === undefined ? undefined : JSON.stringify(options.body);
+    if (body !== undefined) headers['content-type'] = 'application/json';
+    if (MUTATING.has(method)) {
+      // One key per logical request, reused by the retry below: the server then answers the retry
+      // from its idempotency record instead of applying the change a second time.
+      headers['idempotency-key'] = options.idempotencyKey ?? this.fixedKey ?? randomUUID();
+    }
+    const signedHeaders = this.signer
+      ? await this.signer({ method, url, headers, ...(body === undefined ? {} : { body }) })
+      : headers;
+    // Every request is safe to repeat: reads by method, mutations by their idempotency key.
+    let response: Response;
+    try {
+      response = await this.send(url, method, signedHeaders, body);
+    } catch (error) {
+      if (!isTransient(error)) throw this.connectionError(url, error);
+      await sleep(this.retryDelayMs);
+      try {
+        response = await this.send(url, method, signedHeaders, body);
+      } catch (retryError) {
+        throw this.connectionError(url, retryError);
+      }
+    }
+    return this.read<T>(response);
+  }
+
+  private send(url: URL, method: string, headers: Record<string, string>, body: string | undefined) {
+    return fetch(url, {
+      method,
+      headers,
+      ...(body === undefined ? {} : { body }),
+      signal: AbortSignal.timeout(this.timeoutMs),
+    });
+  }
+
+  private async read<T>(response: Response): Promise<ApiResponse<T>> {
+    const text = await response.text();
+    let parsed: unknown;
+    if (text.length > 0) {
+      try {
+        parsed = JSON.parse(text);
+      } catch {
+        parsed = undefined;
+      }
+    }
+    if (!response.ok) throw toApiError(response, parsed, text);
+    if (text.length > 0 && parsed === undefined) {
+      throw new CliApiError(
+        response.status,
+        'BAD_RESPONSE',
+        `the API answered ${response.status} with a body that is not JSON: ${truncate(text)}`,
+      );
+    }
+    return { status: response.status, body: parsed as T, headers: response.headers };
+  }
+
+  private connectionError(url: URL, error: unknown): CliConnectionError {
+    const where = `${url.protocol}//${url.host}`;
+    if (error instanceof Error && error.name === 'TimeoutError') {
+      return new CliConnectionError(where, `no answer from ${where} within ${this.timeoutMs / 1000}s`, {
+        cause: error,
+      });
+    }
+    const code = errorCode(error);
+    const reason = code ?? (error instanceof Error ? error.message : String(error));
+    const hint =
+      code === 'ECONNREFUSED' && /^(127\.|localhost|\[::1\])/.test(url.host)
+        ? ' (is the embedded stack running? start it with `npm start`, or point --api-url / STRATA_API_URL elsewhere)'
+        : '';
+    return new CliConnectionError(where, `cannot reach the Strata API at ${where}: ${reason}${hint}`, {
+      cause: error,
+    });
+  }
+}
+
+function seg(id: string): string {
+  return encodeURIComponent(id);
+}
+
+function truncate(text: string, max = 200): string {
+  const flat = text.replace(/\s+/g, ' ').trim();
+  return flat.length > max ? `${flat.slice(0, max)}…` : flat;
+}
+
+function isEnvelope(value: unknown): value is ErrorEnvelope {
+  if (typeof value !== 'object' || value === null) return false;
+  const error = (value as { error?: unknown }).error;
+  return (
+    typeof error === 'object' &&
+    error !== null &&
+    typeof (error as { code?: unknown }).code === 'string' &&
+    typeof (error as { message?: unknown }).message === 'string'
+  );
+}
+
+function toApiError(response: Response, parsed: unknown, text: string): CliApiError {
+  const requestId =
+    response.headers.get('x-request-id') ?? response.headers.get('x-amzn-requestid') ?? undefined;
+  if (isEnvelope(parsed)) {
+    const { code, message, field } = parsed.error;
+    return new CliApiError(
+      response.status,
+      code,
+      message,
+      typeof field === 'string' ? field : undefined,
+      requestId,
+    );
+  }
+  // API Gateway answers its own failures (auth, throttling, missing route) with `{ message }`.
+  const gatewayMessage =
+    typeof parsed === 'object' && parsed !== null
+      ? ((parsed as { message?: unknown; Message?: unknown }).message ??
+        (parsed as { Message?: unknown }).Message)
+      : undefined;
+  const message =
+    typeof gatewayMessage === 'string'
+      ? gatewayMessage
+      : text
+        ? truncate(text)
+        : response.statusText || 'no details';
+  return new CliApiError(response.status, `HTTP_${response.status}`, message, undefined, requestId);
+}
