@@ -5,6 +5,8 @@ const common = {
   // middy 6+ ships ESM only; let swc transform it.
   transformIgnorePatterns: ['/node_modules/(?!(@middy)/)'],
   testEnvironment: 'node',
+  // Sources import siblings as `./x.js` (NodeNext); jest resolves those to the `.ts` files.
+  moduleNameMapper: { '^(\\.{1,2}/.*)\\.js$': '$1' },
   setupFilesAfterEnv: ['<rootDir>/test/support/setup.ts'],
 };
 
