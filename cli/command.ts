@@ -165,6 +165,12 @@ export function parseFlag<T>(
   }
 }
 
+/** Like {@link parseFlag}, for a flag that must be given. */
+export function requireFlag<T>(values: Values, name: string, command: string, parse: (text: string) => T): T {
+  requireString(values, name, command);
+  return parseFlag(values, name, command, parse)!;
+}
+
 function optionLabel(name: string, spec: OptionSpec): string {
   const short = spec.short ? `-${spec.short}, ` : '';
   const value = spec.type === 'string' ? ` ${spec.valueName ?? '<value>'}` : '';

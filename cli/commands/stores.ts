@@ -17,6 +17,7 @@ import {
   optList,
   optString,
   parseFlag,
+  requireFlag,
   requireString,
   UsageError,
 } from '../command.js';
@@ -326,7 +327,7 @@ export const storeCommands: CommandSpec[] = [
       const request: NewStore = {
         name: requireString(values, 'name', command),
         provider: requireString(values, 'provider', command),
-        role: parseRole(requireString(values, 'role', command)),
+        role: requireFlag(values, 'role', command, parseRole),
         scope: withoutUndefined({
           type: scopeType,
           zoneId: requireString(values, 'zone', command),
