@@ -1,0 +1,23 @@
+import type { DataStoreProvider } from '../sdk/types.js';
+import { NfsDetailsSchema } from './details.js';
+import { NfsDriver, type NfsProviderOptions } from './driver.js';
+import { nfsHostOperations } from './host-ops.js';
+import { NfsLifeCycle } from './lifecycle.js';
+
+/**
+ * Builds the `nfs` provider: primary storage on an NFS share mounted at the same path on every host
+ * of a cluster, qcow2 images, linked clones, internal snapshots.
+ *
+ * @example
+ * const registry = new ProviderRegistry().register(createNfsProvider({ copyDeadlineSeconds: 3 * 3600 }));
+ */
+export function createNfsProvider(options: NfsProviderOptions = {}): DataStoreProvider {
+  return {
+    name: 'nfs',
+    roles: ['primary'],
+    detailsSchema: NfsDetailsSchema,
+    lifecycle: new NfsLifeCycle(),
+    driver: new NfsDriver(options),
+    hostOperations: nfsHostOperations,
+  };
+}
