@@ -1,0 +1,20 @@
+/**
+ * The CDK app (cdk.json: `node --import tsx infra/aws/app.ts`). cdk-nag's AwsSolutions pack runs as a
+ * policy validation plugin at synth: any unacknowledged finding fails `cdk synth`.
+ */
+import { App, Validations } from 'aws-cdk-lib';
+import { AwsSolutionsChecks } from 'cdk-nag';
+import { StrataStack } from './strata-stack.js';
+
+export function buildApp(app: App = new App()): { app: App; stack: StrataStack } {
+  const stack = new StrataStack(app, app.node.tryGetContext('strata:stackName') ?? 'Strata', {
+    description: 'Strata storage orchestration (image store, primary storage, volumes, snapshots)',
+    env: { account: process.env.CDK_DEFAULT_ACCOUNT, region: process.env.CDK_DEFAULT_REGION },
+  });
+  Validations.of(app).addPlugins(new AwsSolutionsChecks(app, { verbose: true }));
+  return { app, stack };
+}
+
+if (require.main === module) {
+  buildApp().app.synth();
+}

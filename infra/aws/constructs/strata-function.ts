@@ -1,0 +1,180 @@
+/**
+ * The one Lambda construct: every Strata function gets the same runtime, architecture, tracing, log
+ * group and bundling, and is wired to tables and buckets only through helpers that grant exactly the
+ * actions the adapters use and set the env var the handlers read (names from functions/env-names.ts).
+ */
+import path from 'node:path';
+import { Duration, Validations } from 'aws-cdk-lib';
+import type { ITable } from 'aws-cdk-lib/aws-dynamodb';
+import * as iam from 'aws-cdk-lib/aws-iam';
+import * as lambda from 'aws-cdk-lib/aws-lambda';
+import { NodejsFunction, OutputFormat } from 'aws-cdk-lib/aws-lambda-nodejs';
+import * as logs from 'aws-cdk-lib/aws-logs';
+import type { IBucket } from 'aws-cdk-lib/aws-s3';
+import type { Construct } from 'constructs';
+import { TableSchema } from '../../../functions/adapters/aws/table-schema.js';
+import { EnvName } from '../../../functions/env-names.js';
+import { acknowledgeWildcard, bucketObjectsFinding } from './nag.js';
+
+/** The repository root, from this file's own location (infra/aws/constructs). */
+export const REPO_ROOT = path.join(__dirname, '../../..');
+
+/**
+ * Node.js 20, the runtime the repository is built and tested on. AWS deprecated nodejs20.x on
+ * 2026-04-30 (creation blocked from 2027-02-01): moving to nodejs22.x/24.x is this one line plus the
+ * esbuild target, and is acknowledged below until the toolchain moves.
+ */
+export const LAMBDA_RUNTIME = lambda.Runtime.NODEJS_20_X;
+
+export type DataAccess = 'read' | 'readWrite';
+
+export interface StrataFunctionProps {
+  /** Handler file (exports `handler`), absolute. */
+  entry: string;
+  description: string;
+  /** @default 512 */
+  memorySize?: number;
+  /** @default 30 seconds */
+  timeout?: Duration;
+  /** @default one month */
+  logRetention?: logs.RetentionDays;
+  environment?: Partial<Record<EnvName, string>>;
+}
+
+export class StrataFunction extends NodejsFunction {
+  /** Its own role, so its policy holds only what the bind helpers added. */
+  override readonly role: iam.Role;
+
+  constructor(scope: Construct, id: string, props: StrataFunctionProps) {
+    const role = new iam.Role(scope, `${id}Role`, {
+      assumedBy: new iam.ServicePrincipal('lambda.amazonaws.com'),
+      description: `Execution role of the Strata ${id} function`,
+    });
+    const logGroup = new logs.LogGroup(scope, `${id}Logs`, {
+      retention: props.logRetention ?? logs.RetentionDays.ONE_MONTH,
+    });
+    super(scope, id, {
+      entry: props.entry,
+      handler: 'handler',
+      description: props.description,
+      // Node 20 is what the repository is built and tested on (engines, @types/node, CI image).
+      runtime: LAMBDA_RUNTIME,
+      architecture: lambda.Architecture.ARM_64,
+      memorySize: props.memorySize ?? 512,
+      timeout: props.timeout ?? Duration.seconds(30),
+      tracing: lambda.Tracing.ACTIVE,
+      role,
+      logGroup,
+      loggingFormat: lambda.LoggingFormat.JSON,
+      projectRoot: REPO_ROOT,
+      depsLockFilePath: path.join(REPO_ROOT, 'package-lock.json'),
+      environment: {
+        AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true',
+        NODE_OPTIONS: '--enable-source-maps',
+        [EnvName.LogLevel]: 'info',
+        ...props.environment,
+      },
+      bundling: {
+        // Bundle the pinned SDK instead of the runtime's copy, and never fall back to Docker.
+        externalModules: [],
+        forceDockerBundling: false,
+        format: OutputFormat.CJS,
+        target: 'node20',
+        minify: true,
+        sourceMap: true,
+      },
+    });
+    this.role = role;
+    // Writing to its own log group only; no AWSLambdaBasicExecutionRole with logs on every group.
+    logGroup.grantWrite(role);
+    acknowledgeWildcard(
+      role,
+      'Resource::*',
+      'X-Ray PutTraceSegments/PutTelemetryRecords (active tracing) and any ' +
+        'other statement on "*" here are actions without resource-level permissions.',
+    );
+    Validations.of(this).acknowledge({
+      id: 'AwsSolutions-L1',
+      reason:
+        'Pinned to Node.js 20, the runtime the whole repository is built and tested on (package.json engines, ' +
+        '@types/node 20, esbuild target node20); moving to a newer runtime is a deliberate toolchain upgrade.',
+    });
+    Validations.of(this).acknowledge({
+      id: 'CloudFormation-Validate::W2531',
+      reason:
+        'Same pin as AwsSolutions-L1: nodejs20.x is deprecated but still deployable until 2027-02-01; ' +
+        'the upgrade is tracked with the toolchain (see LAMBDA_RUNTIME).',
+    });
+  }
+
+  /**
+   * Item-level access to the one table and its GSIs (listed by name, no index wildcard), and
+   * STRATA_TABLE_NAME. Transactions need no extra action: IAM checks each item's Put/Update/Delete/
+   * ConditionCheck.
+   */
+  bindTable(table: ITable, access: DataAccess = 'readWrite'): this {
+    const indexArns = [TableSchema.byType, TableSchema.byStore, TableSchema.byLease].map(
+      (index) => `${table.tableArn}/index/${index.indexName}`,
+    );
+    const read = [
+      'dynamodb:GetItem',
+      'dynamodb:BatchGetItem',
+      'dynamodb:Query',
+      'dynamodb:ConditionCheckItem',
+    ];
+    const write = [
+      'dynamodb:PutItem',
+      'dynamodb:UpdateItem',
+      'dynamodb:DeleteItem',
+      'dynamodb:BatchWriteItem',
+    ];
+    this.role.addToPrincipalPolicy(
+      new iam.PolicyStatement({
+        actions: access === 'read' ? read : [...read, ...write],
+        resources: [table.tableArn],
+      }),
+    );
+    this.role.addToPrincipalPolicy(
+      new iam.PolicyStatement({ actions: ['dynamodb:Query'], resources: indexArns }),
+    );
+    this.addEnvironment(EnvName.TableName, table.tableName);
+    return this;
+  }
+
+  /**
+   * Object access to a bucket (keys are Strata ids, so the whole bucket), listing and multipart
+   * housekeeping, and the bucket name in `envName`.
+   */
+  bindBucket(
+    bucket: IBucket,
+    options: { access?: DataAccess; envName?: EnvName; prefix?: string } = {},
+  ): this {
+    const access = options.access ?? 'readWrite';
+    const objects = bucket.arnForObjects(`${options.prefix ?? ''}*`);
+    const objectActions =
+      access === 'read'
+        ? ['s3:GetObject']
+        : [
+            's3:GetObject',
+            's3:PutObject',
+            's3:DeleteObject',
+            's3:AbortMultipartUpload',
+            's3:ListMultipartUploadParts',
+          ];
+    this.role.addToPrincipalPolicy(new iam.PolicyStatement({ actions: objectActions, resources: [objects] }));
+    this.role.addToPrincipalPolicy(
+      new iam.PolicyStatement({
+        actions: access === 'read' ? ['s3:ListBucket'] : ['s3:ListBucket', 's3:ListBucketMultipartUploads'],
+        resources: [bucket.bucketArn],
+      }),
+    );
+    acknowledgeWildcard(
+      this.role,
+      bucketObjectsFinding(bucket, options.prefix),
+      "Objects are keyed by Strata ids created at run time, so access is granted on the bucket's object space " +
+        '(or its prefix); actions are listed one by one.',
+    );
+    if (options.envName) this.addEnvironment(options.envName, bucket.bucketName);
+    return this;
+  }
+}

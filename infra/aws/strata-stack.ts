@@ -1,0 +1,102 @@
+/**
+ * Strata on AWS: the table, the buckets, the functions, one state machine per flow, the SSM documents
+ * that reach on-prem hosts, the REST API, the reconciler schedule and the snapshot-policy schedule group.
+ */
+import path from 'node:path';
+import { CfnOutput, Duration, Stack, type StackProps } from 'aws-cdk-lib';
+import * as events from 'aws-cdk-lib/aws-events';
+import * as targets from 'aws-cdk-lib/aws-events-targets';
+import type * as logs from 'aws-cdk-lib/aws-logs';
+import type { Construct } from 'constructs';
+import { EnvName } from '../../functions/env-names.js';
+import { DataTable } from './constructs/data-table.js';
+import { Flows } from './constructs/flows.js';
+import { HostChannel, type HostTag } from './constructs/host-channel.js';
+import { SnapshotScheduling } from './constructs/snapshot-scheduling.js';
+import { SSM_OUTPUT_PREFIX, StorageBuckets } from './constructs/storage-buckets.js';
+import { StrataApi } from './constructs/strata-api.js';
+import { REPO_ROOT, StrataFunction } from './constructs/strata-function.js';
+
+const HANDLERS = path.join(REPO_ROOT, 'functions/handlers');
+
+export interface StrataStackProps extends StackProps {
+  /** Tag a managed instance must carry to receive Strata commands. @default StrataHost=true */
+  hostTag?: HostTag;
+  logRetention?: logs.RetentionDays;
+}
+
+export class StrataStack extends Stack {
+  readonly api: StrataApi;
+  readonly functions: { api: StrataFunction; storeTasks: StrataFunction; reconciler: StrataFunction };
+  readonly flows: Flows;
+
+  constructor(scope: Construct, id: string, props: StrataStackProps = {}) {
+    super(scope, id, props);
+    const logRetention = props.logRetention;
+
+    const { table } = new DataTable(this, 'Data');
+    const buckets = new StorageBuckets(this, 'Storage');
+    const hosts = new HostChannel(this, 'Hosts', {
+      outputBucket: buckets.commandOutputBucket,
+      outputPrefix: SSM_OUTPUT_PREFIX,
+      hostTag: props.hostTag ?? { key: 'StrataHost', value: 'true' },
+    });
+    const scheduling = new SnapshotScheduling(this, 'SnapshotScheduling');
+
+    const storeTasks = new StrataFunction(this, 'StoreTasks', {
+      entry: path.join(HANDLERS, 'store-tasks.ts'),
+      description: 'Strata workflow tasks: store lifecycle steps and host operations',
+      timeout: Duration.minutes(5),
+      logRetention,
+    })
+      .bindTable(table)
+      .bindBucket(buckets.imageBucket, { envName: EnvName.ImageBucket });
+    hosts.bindSender(storeTasks);
+
+    const reconciler = new StrataFunction(this, 'Reconciler', {
+      entry: path.join(HANDLERS, 'reconciler.ts'),
+      description: 'Strata reconciler: expired leases, orphans, abandoned multipart uploads',
+      timeout: Duration.minutes(5),
+      logRetention,
+    })
+      .bindTable(table)
+      .bindBucket(buckets.imageBucket, { envName: EnvName.ImageBucket });
+    hosts.bindSender(reconciler);
+    new events.Rule(this, 'ReconcilerSchedule', {
+      description: 'Runs the Strata reconciler every five minutes',
+      schedule: events.Schedule.rate(Duration.minutes(5)),
+      targets: [new targets.LambdaFunction(reconciler, { retryAttempts: 2 })],
+    });
+
+    this.flows = new Flows(this, 'Flows', { storeTasks, logRetention });
+
+    const api = new StrataFunction(this, 'Api', {
+      entry: path.join(HANDLERS, 'api.ts'),
+      description: 'Strata REST API',
+      // API Gateway gives up after 29 seconds.
+      timeout: Duration.seconds(29),
+      logRetention,
+    })
+      .bindTable(table)
+      .bindBucket(buckets.imageBucket, { envName: EnvName.ImageBucket });
+    this.flows.grantStart(api);
+    api.addEnvironment(EnvName.StateMachineArns, this.toJsonString(this.flows.arnMap()));
+    scheduling.bindManager(api);
+
+    this.api = new StrataApi(this, 'Http', { handler: api, logRetention });
+    this.functions = { api, storeTasks, reconciler };
+
+    new CfnOutput(this, 'TableName', { value: table.tableName });
+    new CfnOutput(this, 'ImageBucketName', { value: buckets.imageBucket.bucketName });
+    new CfnOutput(this, 'CommandOutputBucketName', { value: buckets.commandOutputBucket.bucketName });
+    new CfnOutput(this, 'RunDocumentName', { value: hosts.runDocumentName });
+    if (hosts.installDocumentName) {
+      new CfnOutput(this, 'InstallDocumentName', { value: hosts.installDocumentName });
+    }
+    new CfnOutput(this, 'HostRoleName', {
+      value: hosts.hostRole.roleName,
+      description: 'IAM role for `aws ssm create-activation --iam-role` when registering hosts',
+    });
+    new CfnOutput(this, 'SchedulerGroupName', { value: scheduling.groupName });
+  }
+}
