@@ -1,7 +1,7 @@
 import type { Job } from '../api-types.js';
 import { type CommandContext, type CommandSpec, ExitCode, optString, parseFlag } from '../command.js';
 import { jobStateLabel, relativeTime, renderDetails, renderTable } from '../format.js';
-import { fetchList, followJob, oneOf, PAGE_OPTIONS, printList, WAIT_OPTIONS } from './shared.js';
+import { fetchList, followJob, oneOf, PAGE_OPTIONS, printList, WAIT_OPTIONS, waitTimeout } from './shared.js';
 
 const parseJobState = oneOf(['pending', 'running', 'succeeded', 'failed'] as const);
 
@@ -87,8 +87,9 @@ export const jobCommands: CommandSpec[] = [
     options: { timeout: WAIT_OPTIONS['timeout']! },
     examples: ['strata jobs wait job-123 --timeout 10m'],
     async run(ctx) {
+      const timeoutMs = waitTimeout(ctx, 'jobs wait');
       const first = await ctx.client.getJob(ctx.args[0]!);
-      const { job, exitCode } = await followJob(ctx, first, 'jobs wait');
+      const { job, exitCode } = await followJob(ctx, first, timeoutMs);
       if (ctx.out.json) ctx.out.data(job);
       else if (exitCode === ExitCode.Ok) {
         if (ctx.out.quiet) ctx.out.print(job.id);

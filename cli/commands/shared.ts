@@ -97,10 +97,10 @@ export interface FollowResult {
 
 /**
  * Waits for a job with the progress display, and reports a failure or timeout on stderr.
- * The caller prints the success result.
+ * The caller prints the success result. `timeoutMs` comes from {@link waitTimeout}, called before
+ * the request that started the job so that a bad flag cannot leave a job behind.
  */
-export async function followJob(ctx: CommandContext, job: Job, command: string): Promise<FollowResult> {
-  const timeoutMs = waitTimeout(ctx, command);
+export async function followJob(ctx: CommandContext, job: Job, timeoutMs: number): Promise<FollowResult> {
   try {
     const final = await waitForJob(ctx.client, job.id, {
       initial: job,

@@ -31,7 +31,7 @@ import {
   renderTable,
 } from '../format.js';
 import { CliApiError } from '../http-client.js';
-import { fetchList, followJob, oneOf, PAGE_OPTIONS, printList, WAIT_OPTIONS } from './shared.js';
+import { fetchList, followJob, oneOf, PAGE_OPTIONS, printList, WAIT_OPTIONS, waitTimeout } from './shared.js';
 
 const parseRole = oneOf<StoreRole>(['primary', 'image']);
 const parseScope = oneOf<ScopeType>(['zone', 'cluster', 'host']);
@@ -155,7 +155,7 @@ function printStore(ctx: CommandContext, store: Store, sentence: string): void {
  */
 async function finishAsync(
   ctx: CommandContext,
-  command: string,
+  timeoutMs: number,
   accepted: Accepted<Store>,
   done: (store: Store) => string,
 ): Promise<number> {
@@ -171,7 +171,7 @@ async function finishAsync(
     }
     return ExitCode.Ok;
   }
-  const { job, exitCode } = await followJob(ctx, accepted.job, command);
+  const { job, exitCode } = await followJob(ctx, accepted.job, timeoutMs);
   const store = await ctx.client.getStore(accepted.store.id).catch(() => accepted.store);
   if (out.json) out.data({ store, job });
   else if (exitCode === ExitCode.Ok) {
@@ -338,10 +338,11 @@ export const storeCommands: CommandSpec[] = [
         ...(tags.length ? { tags } : {}),
         details: collectDetails(values, command),
       };
+      const timeoutMs = waitTimeout(ctx, command);
       const accepted = await ctx.client.createStore(request);
       return finishAsync(
         ctx,
-        command,
+        timeoutMs,
         accepted,
         (s) => `Added store ${s.name} (${s.id}), status ${s.status}.`,
       );
@@ -390,13 +391,9 @@ export const storeCommands: CommandSpec[] = [
     args: ['id'],
     options: { ...WAIT_OPTIONS },
     async run(ctx) {
+      const timeoutMs = waitTimeout(ctx, 'stores maintain');
       const accepted = await ctx.client.startMaintenance(ctx.args[0]!);
-      return finishAsync(
-        ctx,
-        'stores maintain',
-        accepted,
-        (s) => `Store ${s.name} (${s.id}) is now ${s.status}.`,
-      );
+      return finishAsync(ctx, timeoutMs, accepted, (s) => `Store ${s.name} (${s.id}) is now ${s.status}.`);
     },
   },
   {
@@ -405,13 +402,9 @@ export const storeCommands: CommandSpec[] = [
     args: ['id'],
     options: { ...WAIT_OPTIONS },
     async run(ctx) {
+      const timeoutMs = waitTimeout(ctx, 'stores cancel-maintenance');
       const accepted = await ctx.client.cancelMaintenance(ctx.args[0]!);
-      return finishAsync(
-        ctx,
-        'stores cancel-maintenance',
-        accepted,
-        (s) => `Store ${s.name} (${s.id}) is now ${s.status}.`,
-      );
+      return finishAsync(ctx, timeoutMs, accepted, (s) => `Store ${s.name} (${s.id}) is now ${s.status}.`);
     },
   },
   {

@@ -75,7 +75,12 @@ export class FakeApi {
         const next = queue && (queue.length > 1 ? queue.shift()! : queue[0]!);
         const answer =
           next === undefined
-            ? { status: 404, body: { error: { code: 'NOT_FOUND', message: `no route ${recorded.method} ${recorded.path}` } } }
+            ? {
+                status: 404,
+                body: {
+                  error: { code: 'NOT_FOUND', message: `no route ${recorded.method} ${recorded.path}` },
+                },
+              }
             : typeof next === 'function'
               ? next(recorded)
               : next;

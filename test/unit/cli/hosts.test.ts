@@ -11,19 +11,26 @@ describe('strata hosts', () => {
     it('sends the filters as query parameters and renders an aligned table', async () => {
       api.on('GET', '/hosts', {
         status: 200,
-        body: { items: [host(), host({ id: 'h-22', name: 'kvm-0002', status: 'Disabled', attachedStoreIds: [] })] },
+        body: {
+          items: [host(), host({ id: 'h-22', name: 'kvm-0002', status: 'Disabled', attachedStoreIds: [] })],
+        },
       });
 
-      const result = await runCli(['hosts', 'list', '--zone', 'zone-1', '--cluster', 'cl-1', '--status', 'Up'], {
-        api,
-      });
+      const result = await runCli(
+        ['hosts', 'list', '--zone', 'zone-1', '--cluster', 'cl-1', '--status', 'Up'],
+        {
+          api,
+        },
+      );
 
       expect(result.code).toBe(0);
       expect(api.last()).toMatchObject({ method: 'GET', path: '/hosts' });
       expect(api.last().query).toEqual({ zoneId: 'zone-1', clusterId: 'cl-1', status: 'Up' });
       const lines = result.stdout.trimEnd().split('\n');
       expect(lines).toHaveLength(3);
-      expect(lines[0]).toMatch(/^ID\s+NAME\s+ZONE\s+CLUSTER\s+INSTANCE\s+HYPERVISOR\s+STATUS\s+STORES\s+AGE$/);
+      expect(lines[0]).toMatch(
+        /^ID\s+NAME\s+ZONE\s+CLUSTER\s+INSTANCE\s+HYPERVISOR\s+STATUS\s+STORES\s+AGE$/,
+      );
       // Aligned: every column starts at the same offset on every line.
       const statusColumn = lines[0]!.indexOf('STATUS');
       expect(lines[1]!.slice(statusColumn, statusColumn + 2)).toBe('Up');
@@ -94,7 +101,18 @@ describe('strata hosts', () => {
     api.on('POST', '/hosts', { status: 201, body: host() });
 
     const result = await runCli(
-      ['hosts', 'add', '--name', 'kvm-01', '--zone', 'zone-1', '--cluster', 'cl-1', '--instance-id', 'mi-0123456789abcdef0'],
+      [
+        'hosts',
+        'add',
+        '--name',
+        'kvm-01',
+        '--zone',
+        'zone-1',
+        '--cluster',
+        'cl-1',
+        '--instance-id',
+        'mi-0123456789abcdef0',
+      ],
       { api },
     );
 
@@ -117,7 +135,21 @@ describe('strata hosts', () => {
     api.on('POST', '/hosts', { status: 201, body: host() });
 
     const result = await runCli(
-      ['hosts', 'add', '-q', '--name', 'a', '--zone', 'z', '--cluster', 'c', '--instance-id', 'i', '--hypervisor', 'kvm'],
+      [
+        'hosts',
+        'add',
+        '-q',
+        '--name',
+        'a',
+        '--zone',
+        'z',
+        '--cluster',
+        'c',
+        '--instance-id',
+        'i',
+        '--hypervisor',
+        'kvm',
+      ],
       { api },
     );
 
@@ -130,7 +162,7 @@ describe('strata hosts', () => {
 
     expect(result.code).toBe(2);
     expect(result.stderr).toContain('--instance-id is required');
-    expect(result.stderr).toContain("strata hosts add --help");
+    expect(result.stderr).toContain('strata hosts add --help');
     expect(api.requests).toHaveLength(0);
   });
 

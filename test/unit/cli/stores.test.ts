@@ -39,7 +39,9 @@ describe('strata stores', () => {
       expect(result.code).toBe(0);
       expect(api.last().query).toEqual({ zoneId: 'zone-1', role: 'primary', status: 'Up', provider: 'nfs' });
       const [header, first, second] = result.stdout.trimEnd().split('\n');
-      expect(header).toMatch(/^ID\s+NAME\s+PROVIDER\s+ROLE\s+SCOPE\s+STATUS\s+CAPACITY\s+ALLOCATED\s+USED\s+TAGS$/);
+      expect(header).toMatch(
+        /^ID\s+NAME\s+PROVIDER\s+ROLE\s+SCOPE\s+STATUS\s+CAPACITY\s+ALLOCATED\s+USED\s+TAGS$/,
+      );
       expect(first).toMatch(/cluster zone-1\/cl-1\s+Up\s+100\.0 GiB\s+20\.0 GiB 20%\s+5\.0 GiB\s+ssd$/);
       expect(second).toMatch(/zone zone-1\s+Up\s+0 B\s+0 B -\s+512 B\s+-$/);
       // Right-aligned sizes end in the same column.
@@ -145,7 +147,10 @@ describe('strata stores', () => {
     });
 
     it('returns at once with --no-wait, printing the job id', async () => {
-      api.on('POST', '/stores', { status: 202, body: { store: store({ status: 'Initializing' }), job: job() } });
+      api.on('POST', '/stores', {
+        status: 202,
+        body: { store: store({ status: 'Initializing' }), job: job() },
+      });
 
       const quiet = await runCli([...args, '--no-wait', '-q'], { api });
       const json = await runCli([...args, '--no-wait', '--json'], { api });
@@ -160,10 +165,17 @@ describe('strata stores', () => {
 
     it('exits 1 with the job error when the job fails, and still prints JSON for scripts', async () => {
       api
-        .on('POST', '/stores', { status: 202, body: { store: store({ status: 'Initializing' }), job: job() } })
+        .on('POST', '/stores', {
+          status: 202,
+          body: { store: store({ status: 'Initializing' }), job: job() },
+        })
         .on('GET', '/jobs/job-1', {
           status: 200,
-          body: job({ state: 'failed', progress: 30, error: { code: 'MOUNT_FAILED', message: 'mount.nfs: access denied' } }),
+          body: job({
+            state: 'failed',
+            progress: 30,
+            error: { code: 'MOUNT_FAILED', message: 'mount.nfs: access denied' },
+          }),
         })
         .on('GET', '/stores/st-1', { status: 200, body: store({ status: 'Error' }) });
 
@@ -171,18 +183,38 @@ describe('strata stores', () => {
 
       expect(result.code).toBe(1);
       expect(result.stderr).toContain('job job-1 (store.add) failed: MOUNT_FAILED: mount.nfs: access denied');
-      expect(JSON.parse(result.stdout)).toMatchObject({ job: { state: 'failed' }, store: { status: 'Error' } });
+      expect(JSON.parse(result.stdout)).toMatchObject({
+        job: { state: 'failed' },
+        store: { status: 'Error' },
+      });
     });
 
     it('infers host scope from --host', async () => {
       api.on('POST', '/stores', { status: 202, body: { store: store(), job: job() } });
 
       await runCli(
-        ['stores', 'add', '--name', 'l', '--provider', 'local', '--role', 'primary', '--zone', 'z', '--host', 'h-1', '--no-wait'],
+        [
+          'stores',
+          'add',
+          '--name',
+          'l',
+          '--provider',
+          'local',
+          '--role',
+          'primary',
+          '--zone',
+          'z',
+          '--host',
+          'h-1',
+          '--no-wait',
+        ],
         { api },
       );
 
-      expect(api.last().body).toMatchObject({ scope: { type: 'host', zoneId: 'z', hostId: 'h-1' }, details: {} });
+      expect(api.last().body).toMatchObject({
+        scope: { type: 'host', zoneId: 'z', hostId: 'h-1' },
+        details: {},
+      });
     });
 
     it.each([
@@ -195,6 +227,7 @@ describe('strata stores', () => {
       [['--detail', 'a=1', '--detail', 'a=2'], '--detail a is given twice'],
       [['--role', 'backup'], "'backup' is not one of primary, image"],
       [['--bogus'], "Unknown option '--bogus'"],
+      [['--timeout', 'later'], "--timeout: 'later' is not a duration"],
     ])('rejects %j with a usage error', async (extra, message) => {
       const base = ['stores', 'add', '--name', 'n', '--provider', 'nfs', '--role', 'primary', '--zone', 'z'];
       const withoutRole = extra.includes('--role') ? base.filter((_, i) => i !== 6 && i !== 7) : base;
@@ -212,7 +245,19 @@ describe('strata stores', () => {
       api.on('PATCH', '/stores/st-1', { status: 200, body: store({ name: 'nfs-a' }) });
 
       const result = await runCli(
-        ['stores', 'update', 'st-1', '--name', 'nfs-a', '--capacity', '2T', '--threshold', '0.85', '--tag', 'a,b'],
+        [
+          'stores',
+          'update',
+          'st-1',
+          '--name',
+          'nfs-a',
+          '--capacity',
+          '2T',
+          '--threshold',
+          '0.85',
+          '--tag',
+          'a,b',
+        ],
         { api },
       );
 
@@ -265,7 +310,10 @@ describe('strata stores', () => {
         status: 202,
         body: { store: store({ status: 'PrepareForMaintenance' }), job: job({ id: 'job-9', kind }) },
       })
-      .on('GET', '/jobs/job-9', { status: 200, body: job({ id: 'job-9', kind, state: 'succeeded', progress: 100 }) })
+      .on('GET', '/jobs/job-9', {
+        status: 200,
+        body: job({ id: 'job-9', kind, state: 'succeeded', progress: 100 }),
+      })
       .on('GET', '/stores/st-1', { status: 200, body: store({ status: finalStatus }) });
 
     const result = await runCli(['stores', verb, 'st-1'], { api });
