@@ -1,4 +1,6 @@
-// Placeholder entry point so the CDK app can reference this file; replaced by the real handler.
-export const handler = async (): Promise<never> => {
-  throw new Error('not implemented yet');
-};
+/** Lambda entry: the REST API behind API Gateway. */
+import { createJsonLogger } from '../../drivers/sdk/logger.js';
+import { createApiHandler } from './api/handler.js';
+import { awsStrata } from './aws-runtime.js';
+
+export const handler = createApiHandler({ getStrata: awsStrata, logger: createJsonLogger() });

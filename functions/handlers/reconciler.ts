@@ -1,4 +1,5 @@
-// Placeholder entry point so the CDK app can reference this file; replaced by the real handler.
-export const handler = async (): Promise<never> => {
-  throw new Error('not implemented yet');
-};
+/** Lambda entry: the scheduled reconciler. */
+import { awsStrata } from './aws-runtime.js';
+import { createReconcilerHandler } from './reconciler-handler.js';
+
+export const handler = createReconcilerHandler(awsStrata);

@@ -1,4 +1,5 @@
-// Placeholder entry point so the CDK app can reference this file; replaced by the real handler.
-export const handler = async (): Promise<never> => {
-  throw new Error('not implemented yet');
-};
+/** Lambda entry: every step of the store-attach and store-maintenance workflows. */
+import { awsStrata } from './aws-runtime.js';
+import { createStoreTasksHandler } from './store-tasks-handler.js';
+
+export const handler = createStoreTasksHandler(awsStrata);

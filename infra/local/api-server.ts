@@ -7,6 +7,7 @@ import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { APIGatewayProxyEvent, APIGatewayProxyResult, Context } from 'aws-lambda';
 import { MAX_BODY_BYTES } from '../../functions/handlers/api/handler.js';
+import { lambdaContext } from './lambda-context.js';
 
 export type ProxyHandler = (event: APIGatewayProxyEvent, context: Context) => Promise<APIGatewayProxyResult>;
 
@@ -14,22 +15,6 @@ export interface LocalApiServer {
   url: string;
   close(): Promise<void>;
 }
-
-const lambdaContext = (): Context =>
-  ({
-    callbackWaitsForEmptyEventLoop: false,
-    functionName: 'strata-api-local',
-    functionVersion: '$LATEST',
-    invokedFunctionArn: 'arn:aws:lambda:local:000000000000:function:strata-api',
-    memoryLimitInMB: '512',
-    awsRequestId: randomUUID(),
-    logGroupName: 'local',
-    logStreamName: 'local',
-    getRemainingTimeInMillis: () => 30_000,
-    done: () => undefined,
-    fail: () => undefined,
-    succeed: () => undefined,
-  }) as Context;
 
 function toEvent(req: http.IncomingMessage, body: string): APIGatewayProxyEvent {
   const url = new URL(req.url ?? '/', 'http://local');
@@ -90,7 +75,7 @@ export async function startLocalApiServer(options: {
       if (refused) return;
       const event = toEvent(req, Buffer.concat(chunks).toString('utf8'));
       options
-        .handler(event, lambdaContext())
+        .handler(event, lambdaContext('strata-api', 30_000))
         .then((result) => {
           res.writeHead(result.statusCode, result.headers as http.OutgoingHttpHeaders);
           res.end(result.body);
