@@ -11,7 +11,8 @@
  * - with `-sharedDb` off the data is split per access key and region, so the CLI and the stack
  *   would silently see different tables; we always share one database;
  * - DynamoDB Local 2+ phones home unless told not to; the package takes no extra arguments, but the
- *   jar honours `DDB_LOCAL_TELEMETRY=0`, which the child inherits from our environment at spawn time.
+ *   jar honours `DDB_LOCAL_TELEMETRY=0`, and the JVM reads `JAVA_TOOL_OPTIONS`, both inherited from
+ *   our environment at spawn time.
  */
 import type { ChildProcess } from 'node:child_process';
 import { mkdir } from 'node:fs/promises';
@@ -50,6 +51,11 @@ export interface StartDynamoLocalOptions {
 
 const OUTPUT_TAIL_CHARS = 8_192;
 const PORT_ATTEMPTS = 3;
+/**
+ * C1-only JIT and the serial collector: DynamoDB Local is a small dev server, and on a 2-core box
+ * busy with jest workers this roughly halves its start time (measured 8 s → 4–5 s under load).
+ */
+const FAST_START_JVM_OPTIONS = '-XX:TieredStopAtLevel=1 -XX:+UseSerialGC';
 
 class StartFailure extends Error {
   constructor(
@@ -89,7 +95,7 @@ export async function startDynamoLocal(options: StartDynamoLocalOptions = {}): P
 }
 
 async function startOnce(port: number, dataDir: string | undefined, timeoutMs: number): Promise<DynamoLocal> {
-  const child = spawnWithoutTelemetry({ port, path: dataDir ?? null, sharedDb: true, stdio: 'pipe' });
+  const child = spawnWithEnvironment({ port, path: dataDir ?? null, sharedDb: true, stdio: 'pipe' });
   let output = '';
   // Both pipes must be drained or the JVM blocks once a pipe buffer fills up.
   const collect = (chunk: Buffer) => {
@@ -125,7 +131,8 @@ async function startOnce(port: number, dataDir: string | undefined, timeoutMs: n
   const probe = new DynamoDBClient({
     ...localDynamoClientConfig(endpoint),
     maxAttempts: 1,
-    requestHandler: { connectionTimeout: 1_000, requestTimeout: 2_000 },
+    // A cold JVM can take seconds to answer its first request; refusals come back at once anyway.
+    requestHandler: { connectionTimeout: 1_000, requestTimeout: 10_000 },
   });
   const deadline = Date.now() + timeoutMs;
   try {
@@ -159,14 +166,26 @@ async function startOnce(port: number, dataDir: string | undefined, timeoutMs: n
   }
 }
 
-function spawnWithoutTelemetry(options: Parameters<typeof spawnDynamoLocal>[0]): ChildProcess {
-  // The child copies our environment synchronously inside spawn(), so the override is scoped to it.
-  const previous = process.env.DDB_LOCAL_TELEMETRY;
-  if (previous === undefined) process.env.DDB_LOCAL_TELEMETRY = '0';
+function spawnWithEnvironment(options: Parameters<typeof spawnDynamoLocal>[0]): ChildProcess {
+  // The package's spawn() takes no env; the child copies ours synchronously inside it, so setting
+  // and restoring around the call scopes the overrides to this child. Variables the user already
+  // set win.
+  const overrides: Record<string, string> = {
+    DDB_LOCAL_TELEMETRY: '0',
+    JAVA_TOOL_OPTIONS: FAST_START_JVM_OPTIONS,
+  };
+  const saved = new Map<string, string | undefined>();
+  for (const [name, value] of Object.entries(overrides)) {
+    saved.set(name, process.env[name]);
+    process.env[name] ??= value;
+  }
   try {
     return spawnDynamoLocal(options);
   } finally {
-    if (previous === undefined) delete process.env.DDB_LOCAL_TELEMETRY;
+    for (const [name, value] of saved) {
+      if (value === undefined) delete process.env[name];
+      else process.env[name] = value;
+    }
   }
 }
 
