@@ -1,0 +1,74 @@
+/**
+ * An embedded stack for integration tests: the real handlers, workflows and host processes, on the
+ * emulators the integration project's global setup started, with its own table, bucket and dirs.
+ */
+import { mkdir } from 'node:fs/promises';
+import path from 'node:path';
+import { type EmbeddedStack, startEmbeddedStack } from '../../infra/local/embedded-stack';
+import { integrationEndpoints, tempDir, uniqueName } from './integration';
+
+export interface TestStack {
+  stack: EmbeddedStack;
+  url: string;
+  dataDir: string;
+  /** JSON over real HTTP; returns status, headers and parsed body. */
+  call(
+    method: string,
+    route: string,
+    body?: unknown,
+    headers?: Record<string, string>,
+  ): Promise<{ status: number; headers: Headers; body: any }>;
+  /** Polls a job until it finishes. */
+  waitForJob(jobId: string, timeoutMs?: number): Promise<any>;
+  /** A new directory acting as an NFS share every local host mounts. */
+  newShare(name: string): Promise<string>;
+}
+
+export async function startTestStack(
+  options: { bootstrap?: boolean; hostCount?: number } = {},
+): Promise<TestStack> {
+  const endpoints = integrationEndpoints();
+  const dataDir = await tempDir('strata-stack-');
+  const stack = await startEmbeddedStack({
+    dataDir,
+    port: 0,
+    dynamoEndpoint: endpoints.dynamo,
+    s3Endpoint: endpoints.s3,
+    tableName: uniqueName('stack'),
+    imageBucket: uniqueName('images'),
+    bootstrap: options.bootstrap ?? true,
+    hostCount: options.hostCount ?? 2,
+    reconcileEverySeconds: 0,
+    waitTimeScale: 0.01,
+    hostPollMs: 20,
+  });
+  const call: TestStack['call'] = async (method, route, body, headers = {}) => {
+    const res = await fetch(`${stack.url}${route}`, {
+      method,
+      headers: { 'content-type': 'application/json', ...headers },
+      body: body === undefined ? undefined : typeof body === 'string' ? body : JSON.stringify(body),
+    });
+    const text = await res.text();
+    return { status: res.status, headers: res.headers, body: text ? JSON.parse(text) : undefined };
+  };
+  return {
+    stack,
+    url: stack.url,
+    dataDir,
+    call,
+    async waitForJob(jobId, timeoutMs = 30_000) {
+      const until = Date.now() + timeoutMs;
+      for (;;) {
+        const { body } = await call('GET', `/jobs/${jobId}`);
+        if (body.state === 'succeeded' || body.state === 'failed') return body;
+        if (Date.now() > until) throw new Error(`job ${jobId} still ${body.state} after ${timeoutMs} ms`);
+        await new Promise((r) => setTimeout(r, 50));
+      }
+    },
+    async newShare(name) {
+      const dir = path.join(dataDir, 'shares', name);
+      await mkdir(dir, { recursive: true });
+      return dir;
+    },
+  };
+}
