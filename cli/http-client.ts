@@ -94,14 +94,27 @@ const TRANSIENT_CODES = new Set([
   'UND_ERR_CONNECT_TIMEOUT',
 ]);
 
+// Duck-typed rather than `instanceof Error`: fetch's errors can come from another realm (a VM
+// context such as a test runner's), where they are not instances of this realm's Error.
 function errorCode(error: unknown): string | undefined {
   let current: unknown = error;
-  for (let depth = 0; depth < 4 && current instanceof Error; depth++) {
-    const code = (current as { code?: unknown }).code;
+  for (let depth = 0; depth < 4 && typeof current === 'object' && current !== null; depth++) {
+    const { code, cause } = current as { code?: unknown; cause?: unknown };
     if (typeof code === 'string') return code;
-    current = current.cause;
+    current = cause;
   }
   return undefined;
+}
+
+function errorName(error: unknown): string | undefined {
+  const name = typeof error === 'object' && error !== null ? (error as { name?: unknown }).name : undefined;
+  return typeof name === 'string' ? name : undefined;
+}
+
+function errorMessage(error: unknown): string {
+  const message =
+    typeof error === 'object' && error !== null ? (error as { message?: unknown }).message : undefined;
+  return typeof message === 'string' ? message : String(error);
 }
 
 function isTransient(error: unknown): boolean {
@@ -253,13 +266,16 @@ export class StrataClient {
 
   private connectionError(url: URL, error: unknown): CliConnectionError {
     const where = `${url.protocol}//${url.host}`;
-    if (error instanceof Error && error.name === 'TimeoutError') {
+    if (errorName(error) === 'TimeoutError') {
       return new CliConnectionError(where, `no answer from ${where} within ${this.timeoutMs / 1000}s`, {
         cause: error,
       });
     }
     const code = errorCode(error);
-    const reason = code ?? (error instanceof Error ? error.message : String(error));
+    // fetch's own message is a bare "fetch failed"; the cause says what actually went wrong.
+    const cause =
+      typeof error === 'object' && error !== null ? (error as { cause?: unknown }).cause : undefined;
+    const reason = code ?? errorMessage(cause ?? error);
     const hint =
       code === 'ECONNREFUSED' && /^(127\.|localhost|\[::1\])/.test(url.host)
         ? ' (is the embedded stack running? start it with `npm start`, or point --api-url / STRATA_API_URL elsewhere)'

@@ -18,7 +18,11 @@ export interface RecordedRequest {
 export interface Reply {
   status: number;
   body?: unknown;
+  /** Sent as-is instead of JSON. */
+  raw?: string;
   headers?: Record<string, string>;
+  /** Hold the answer back this long. */
+  delayMs?: number;
 }
 
 /** A canned answer, a function of the request, or 'drop' to cut the connection without answering. */
@@ -88,12 +92,17 @@ export class FakeApi {
           req.socket.destroy();
           return;
         }
-        const text = answer.body === undefined ? '' : JSON.stringify(answer.body);
-        res.writeHead(answer.status, {
-          ...(text ? { 'content-type': 'application/json' } : {}),
-          ...answer.headers,
-        });
-        res.end(text);
+        const text = answer.raw ?? (answer.body === undefined ? '' : JSON.stringify(answer.body));
+        const reply = () => {
+          if (res.destroyed) return;
+          res.writeHead(answer.status, {
+            ...(text && answer.raw === undefined ? { 'content-type': 'application/json' } : {}),
+            ...answer.headers,
+          });
+          res.end(text);
+        };
+        if (answer.delayMs) setTimeout(reply, answer.delayMs).unref();
+        else reply();
       });
     });
     await new Promise<void>((resolve) => this.server!.listen(0, '127.0.0.1', resolve));
