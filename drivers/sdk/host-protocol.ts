@@ -35,8 +35,12 @@ export const HostErrorSchema = z.object({
 });
 export type HostError = z.infer<typeof HostErrorSchema>;
 
-/** One line the runtime prints on stdout (newline-delimited JSON). The last line is a `result`. */
-export const HostEventSchema = z.discriminatedUnion('type', [
+/**
+ * One line the runtime prints on stdout (newline-delimited JSON). The last line is a `result`.
+ * A plain union: zod 4 refuses a discriminated union with two `result` members ("Duplicate
+ * discriminator value"), which made every parse throw.
+ */
+export const HostEventSchema = z.union([
   z.object({
     type: z.literal('progress'),
     percent: z.number().min(0).max(100),
