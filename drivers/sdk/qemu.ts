@@ -442,5 +442,8 @@ async function snapshotCommand(
 ) {
   assertImagePath(path, 'path');
   assertSnapshotName(name);
-  await runQemu(['snapshot', '-q', '-f', 'qcow2', flag, name, path], options);
+  // `qemu-img snapshot` has no -f; --image-opts pins the format so qemu does not probe the file.
+  // Commas separate options there, so a literal comma in the path is doubled.
+  const image = `driver=qcow2,file.driver=file,file.filename=${path.replaceAll(',', ',,')}`;
+  await runQemu(['snapshot', '-q', '--image-opts', flag, name, image], options);
 }
