@@ -4,12 +4,17 @@
  */
 import { App, Validations } from 'aws-cdk-lib';
 import { AwsSolutionsChecks } from 'cdk-nag';
-import { StrataStack } from './strata-stack.js';
+import { StrataStack, type StrataStackProps } from './strata-stack.js';
 
-export function buildApp(app: App = new App()): { app: App; stack: StrataStack } {
+/** Builds the app with its one stack and cdk-nag registered; tests pass their own App and props. */
+export function buildApp(
+  app: App = new App(),
+  props: StrataStackProps = {},
+): { app: App; stack: StrataStack } {
   const stack = new StrataStack(app, app.node.tryGetContext('strata:stackName') ?? 'Strata', {
     description: 'Strata storage orchestration (image store, primary storage, volumes, snapshots)',
     env: { account: process.env.CDK_DEFAULT_ACCOUNT, region: process.env.CDK_DEFAULT_REGION },
+    ...props,
   });
   Validations.of(app).addPlugins(new AwsSolutionsChecks(app, { verbose: true }));
   return { app, stack };

@@ -23,6 +23,8 @@ export interface StrataStackProps extends StackProps {
   /** Tag a managed instance must carry to receive Strata commands. @default StrataHost=true */
   hostTag?: HostTag;
   logRetention?: logs.RetentionDays;
+  /** The host runtime's entry point. @default drivers/host-main.ts */
+  hostRuntimeEntry?: string;
 }
 
 export class StrataStack extends Stack {
@@ -40,6 +42,7 @@ export class StrataStack extends Stack {
       outputBucket: buckets.commandOutputBucket,
       outputPrefix: SSM_OUTPUT_PREFIX,
       hostTag: props.hostTag ?? { key: 'StrataHost', value: 'true' },
+      hostRuntimeEntry: props.hostRuntimeEntry,
     });
     const scheduling = new SnapshotScheduling(this, 'SnapshotScheduling');
 

@@ -55,6 +55,8 @@ export interface HostChannelProps {
   outputPrefix: string;
   /** Only managed instances carrying this tag may receive Strata commands. */
   hostTag: HostTag;
+  /** The host runtime's entry point. @default drivers/host-main.ts */
+  hostRuntimeEntry?: string;
 }
 
 export class HostChannel extends Construct {
@@ -182,10 +184,11 @@ export class HostChannel extends Construct {
     ) {
       return undefined;
     }
-    if (!existsSync(HOST_RUNTIME_ENTRY)) {
+    const entry = this.props.hostRuntimeEntry ?? HOST_RUNTIME_ENTRY;
+    if (!existsSync(entry)) {
       Annotations.of(this).addWarningV2(
         'strata:host-runtime-missing',
-        `${path.relative(REPO_ROOT, HOST_RUNTIME_ENTRY)} does not exist; the host runtime asset and the install ` +
+        `${path.relative(REPO_ROOT, entry)} does not exist; the host runtime asset and the install ` +
           'document are left out.',
       );
       return undefined;
@@ -207,7 +210,7 @@ export class HostChannel extends Construct {
         local: {
           tryBundle(outputDir: string): boolean {
             buildSync({
-              entryPoints: [HOST_RUNTIME_ENTRY],
+              entryPoints: [entry],
               outfile: path.join(outputDir, 'strata-host.js'),
               bundle: true,
               platform: 'node',

@@ -62,11 +62,8 @@ export class StrataApi extends Construct {
     };
     const integration = new apigw.LambdaIntegration(props.handler, { allowTestInvoke: false });
     this.api.root.addMethod('ANY', integration, methodOptions);
-    this.api.root.addProxy({
-      defaultIntegration: integration,
-      defaultMethodOptions: methodOptions,
-      anyMethod: true,
-    });
+    // Added explicitly: CDK applies a resource's default requestValidator only to explicit options.
+    this.api.root.addProxy({ anyMethod: false }).addMethod('ANY', integration, methodOptions);
 
     const cloudWatchRole = this.api.node.tryFindChild('CloudWatchRole');
     if (cloudWatchRole) {
