@@ -35,6 +35,8 @@ export class CliApiError extends Error {
     message: string,
     readonly field?: string,
     readonly requestId?: string,
+    /** Anything else the envelope carried, e.g. the current `state` or blocking `dependents`. */
+    readonly extra: Record<string, unknown> = {},
   ) {
     super(message);
   }
@@ -310,13 +312,15 @@ function toApiError(response: Response, parsed: unknown, text: string): CliApiEr
   const requestId =
     response.headers.get('x-request-id') ?? response.headers.get('x-amzn-requestid') ?? undefined;
   if (isEnvelope(parsed)) {
-    const { code, message, field } = parsed.error;
+    const { code, message, field, ...extra } = parsed.error as ErrorEnvelope['error'] &
+      Record<string, unknown>;
     return new CliApiError(
       response.status,
       code,
       message,
       typeof field === 'string' ? field : undefined,
       requestId,
+      extra,
     );
   }
   // API Gateway answers its own failures (auth, throttling, missing route) with `{ message }`.

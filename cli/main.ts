@@ -197,12 +197,24 @@ const FIELD_FLAGS: Record<string, string> = {
   details: '--detail',
   limit: '--limit',
   cursor: '--cursor',
+  status: '--status',
+  state: '--state',
+  kind: '--kind',
+  targetId: '--target',
 };
 
 function flagForField(field: string): string | undefined {
-  if (FIELD_FLAGS[field]) return FIELD_FLAGS[field];
-  const detail = /^details\.(.+)$/.exec(field)?.[1];
+  if (field === 'id') return 'the <id> argument';
+  // Query parameters come back as `query.zoneId`, array items as `tags.2`.
+  const plain = field.replace(/^query\./, '').replace(/(\.\d+)+$/, '');
+  if (FIELD_FLAGS[plain]) return FIELD_FLAGS[plain];
+  const detail = /^details\.(.+)$/.exec(plain)?.[1];
   return detail ? `--detail ${detail}=…` : undefined;
+}
+
+function extraText(value: unknown): string {
+  if (Array.isArray(value)) return value.map((item) => extraText(item)).join(', ');
+  return typeof value === 'object' && value !== null ? JSON.stringify(value) : String(value);
 }
 
 function reportError(error: unknown, out: Output): number {
@@ -216,6 +228,9 @@ function reportError(error: unknown, out: Output): number {
     if (error.field) {
       const flag = flagForField(error.field);
       out.error(`  field: ${error.field}${flag ? ` (set with ${flag})` : ''}`);
+    }
+    for (const [key, value] of Object.entries(error.extra)) {
+      if (value !== undefined) out.error(`  ${key}: ${extraText(value)}`);
     }
     out.error(
       `  code:  ${error.code} (HTTP ${error.status})${error.requestId ? `, request ${error.requestId}` : ''}`,

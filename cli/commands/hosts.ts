@@ -114,7 +114,7 @@ export const hostCommands: CommandSpec[] = [
       'instance-id': {
         type: 'string',
         valueName: '<id>',
-        description: 'SSM managed-instance id (mi-… or i-…); the local host name when embedded',
+        description: 'SSM managed-instance id (mi-… or i-…); local-<name> in the embedded stack',
       },
       hypervisor: {
         type: 'string',

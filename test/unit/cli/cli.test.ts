@@ -131,6 +131,36 @@ describe('strata (dispatch, global flags, errors)', () => {
       expect(result.stderr).toContain('  field: details.server (set with --detail server=…)');
     });
 
+    it.each([
+      ['query.zoneId', '--zone'],
+      ['tags.1', '--tag'],
+      ['scope.clusterId', '--cluster'],
+      ['id', 'the <id> argument'],
+    ])('names the flag for field %s', async (field, flag) => {
+      api.on('GET', '/stores', {
+        status: 400,
+        body: { error: { code: 'InvalidInput', message: 'bad', field } },
+      });
+
+      const result = await runCli(['stores', 'list'], { api });
+
+      expect(result.stderr).toContain(`  field: ${field} (set with ${flag})`);
+    });
+
+    it('shows what else the envelope says, such as blocking dependents', async () => {
+      api.on('DELETE', '/hosts/h-1', {
+        status: 409,
+        body: {
+          error: { code: 'Conflict', message: 'host is Up', state: 'Up', dependents: ['st-1', 'st-2'] },
+        },
+      });
+
+      const result = await runCli(['hosts', 'remove', 'h-1'], { api });
+
+      expect(result.code).toBe(1);
+      expect(result.stderr).toContain('  state: Up\n  dependents: st-1, st-2\n');
+    });
+
     it('reports a 404 from get', async () => {
       api.on('GET', '/hosts/h-9', {
         status: 404,
