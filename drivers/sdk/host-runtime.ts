@@ -158,14 +158,18 @@ export async function runHostRequest(
     },
   };
 
+  // The race matters for operations that ignore the signal: the deadline still ends the request.
+  // Built before the first await so an abort that comes early is not missed.
+  const aborted = new Promise<never>((_, reject) => {
+    if (controller.signal.aborted) reject(controller.signal.reason);
+    controller.signal.addEventListener('abort', () => reject(controller.signal.reason), { once: true });
+  });
+  aborted.catch(() => undefined);
+
   const started = Date.now();
   try {
-    await mkdir(options.workDir, { recursive: true });
+    await Promise.race([mkdir(options.workDir, { recursive: true }), aborted]);
     logger.info('host operation started', { deadlineSeconds: req.deadlineSeconds });
-    // The race matters for operations that ignore the signal: the deadline still ends the request.
-    const aborted = new Promise<never>((_, reject) => {
-      controller.signal.addEventListener('abort', () => reject(controller.signal.reason), { once: true });
-    });
     const value = await Promise.race([operation.run(args.data, ctx), aborted]);
     logger.info('host operation done', { durationMs: Date.now() - started });
     return finish({ type: 'result', ok: true, result: value ?? null });
@@ -261,7 +265,10 @@ export function createInProcessHostInvoker(options: InProcessHostInvokerOptions)
           if (event.type === 'progress') options.onProgress?.(hostId, event);
         },
       });
-      if (!result.ok) throw new HostOperationError(result.error, { context: { hostId, ...call } });
+      if (!result.ok)
+        throw new HostOperationError(result.error, {
+          context: { hostId, provider: call.provider, operation: call.operation },
+        });
       return JSON.parse(JSON.stringify(result.result ?? null)) as T;
     },
   };
