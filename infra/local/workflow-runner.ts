@@ -377,8 +377,7 @@ function prepareFlow(
   visit((definition as { States?: Record<string, LooseState> }).States);
 
   return {
-    // The library validates the ASL (structure, JSONPaths, ARNs) here, so a broken file fails at start.
-    machine: new StateMachine(definition as unknown as StateMachineDefinition),
+    machine: validatedMachine(definition),
     overrides: {
       taskResourceLocalHandlers: taskHandlers,
       waitTimeOverrides,
@@ -386,6 +385,27 @@ function prepareFlow(
     } as NonNullable<RunOptions['overrides']>,
     stateMachineArn: `arn:aws:states:${REGION}:${ACCOUNT}:stateMachine:${flow}`,
   };
+}
+
+/** Validated machines by definition text; a StateMachine holds no per-run state, so sharing is safe. */
+const machineCache = new Map<string, StateMachine>();
+const MACHINE_CACHE_SIZE = 64;
+
+/**
+ * The library validates the ASL (structure, JSONPaths, ARNs) when a StateMachine is built, so a broken
+ * file fails at start. That validation compiles JSON schemas and takes ~0.4 s a definition (the runs
+ * themselves take milliseconds), so runners built from the same definitions share it.
+ */
+function validatedMachine(definition: Record<string, unknown>): StateMachine {
+  const key = JSON.stringify(definition);
+  let machine = machineCache.get(key);
+  if (!machine) {
+    machine = new StateMachine(definition as unknown as StateMachineDefinition);
+    if (machineCache.size >= MACHINE_CACHE_SIZE)
+      machineCache.delete(machineCache.keys().next().value as string);
+    machineCache.set(key, machine);
+  }
+  return machine;
 }
 
 function bindTask(
