@@ -89,6 +89,8 @@ export class StrataApi extends Construct {
         'rejected before it reaches the integration, so a WAF web ACL is left to the operator.',
     });
 
+    // One URL output, named for operators, instead of the construct's hashed `Endpoint` output.
+    this.api.node.tryRemoveChild('Endpoint');
     new CfnOutput(scope, 'ApiUrl', { value: this.api.url, description: 'Base URL of the Strata API' });
   }
 }
