@@ -32,7 +32,9 @@ describe('S3DetailsSchema', () => {
     ['strata.images', '/a//b/', 'a/b/'],
     ['abc', 'zone-1', 'zone-1/'],
   ])('accepts bucket %j with prefix %j (normalised to %j)', (bucket, prefix, expected) => {
-    expect(S3DetailsSchema.parse({ bucket, ...(prefix === undefined ? {} : { prefix }) }).prefix).toBe(expected);
+    expect(S3DetailsSchema.parse({ bucket, ...(prefix === undefined ? {} : { prefix }) }).prefix).toBe(
+      expected,
+    );
   });
 
   it.each(['ab', 'Strata', 'strata_images', '192.168.0.1', 'a..b', '-abc', 'xn--abc', 'abc-s3alias'])(
@@ -56,7 +58,10 @@ describe('S3Driver.copyAsync', () => {
   const s3 = mockClient(S3Client);
   const client = new S3Client({ region: 'us-east-1' });
   const ctx = createTestDriverContext({ services: { [S3_CLIENT_SERVICE]: () => client } });
-  const src = { store: store('src-bucket', 'p'), object: { kind: 'template' as const, id: 't1', format: 'qcow2' as const } };
+  const src = {
+    store: store('src-bucket', 'p'),
+    object: { kind: 'template' as const, id: 't1', format: 'qcow2' as const },
+  };
   const dst = { store: store('dst-bucket'), object: { kind: 'template' as const, id: 't1' } };
 
   beforeEach(() => {
@@ -64,7 +69,10 @@ describe('S3Driver.copyAsync', () => {
   });
 
   it('copies small objects with one server-side CopyObject', async () => {
-    s3.on(HeadObjectCommand, { Key: 'p/templates/t1/t1.qcow2' }).resolves({ ContentLength: 3 * MiB, ETag: '"a"' });
+    s3.on(HeadObjectCommand, { Key: 'p/templates/t1/t1.qcow2' }).resolves({
+      ContentLength: 3 * MiB,
+      ETag: '"a"',
+    });
     s3.on(HeadObjectCommand, { Key: 'templates/t1/t1.qcow2' }).rejects(
       Object.assign(new Error('NotFound'), { name: 'NotFound', $metadata: { httpStatusCode: 404 } }),
     );
@@ -81,7 +89,10 @@ describe('S3Driver.copyAsync', () => {
   });
 
   it('copies large objects part by part with UploadPartCopy ranges', async () => {
-    s3.on(HeadObjectCommand, { Key: 'p/templates/t1/t1.qcow2' }).resolves({ ContentLength: 12 * MiB, ETag: '"a"' });
+    s3.on(HeadObjectCommand, { Key: 'p/templates/t1/t1.qcow2' }).resolves({
+      ContentLength: 12 * MiB,
+      ETag: '"a"',
+    });
     s3.on(HeadObjectCommand, { Key: 'templates/t1/t1.qcow2' }).rejects(
       Object.assign(new Error('NotFound'), { name: 'NotFound', $metadata: { httpStatusCode: 404 } }),
     );
@@ -114,12 +125,17 @@ describe('S3Driver.copyAsync', () => {
   });
 
   it('aborts the multipart upload when a part fails', async () => {
-    s3.on(HeadObjectCommand, { Key: 'p/templates/t1/t1.qcow2' }).resolves({ ContentLength: 12 * MiB, ETag: '"a"' });
+    s3.on(HeadObjectCommand, { Key: 'p/templates/t1/t1.qcow2' }).resolves({
+      ContentLength: 12 * MiB,
+      ETag: '"a"',
+    });
     s3.on(HeadObjectCommand, { Key: 'templates/t1/t1.qcow2' }).rejects(
       Object.assign(new Error('NotFound'), { name: 'NotFound', $metadata: { httpStatusCode: 404 } }),
     );
     s3.on(CreateMultipartUploadCommand).resolves({ UploadId: 'up-2' });
-    s3.on(UploadPartCopyCommand).rejects(Object.assign(new Error('slow down'), { $metadata: { httpStatusCode: 503 } }));
+    s3.on(UploadPartCopyCommand).rejects(
+      Object.assign(new Error('slow down'), { $metadata: { httpStatusCode: 503 } }),
+    );
     s3.on(AbortMultipartUploadCommand).resolves({});
     const driver = new S3Driver({ multipartCopyThresholdBytes: 5 * MiB, copyPartSizeBytes: 5 * MiB });
 
