@@ -403,7 +403,9 @@ function message(error: unknown): string {
 
 /** `node --import <tsx> <repo>/drivers/host-main.ts`, with paths from this file's location. */
 function defaultHostCommand(): string[] {
-  const repoRoot = path.resolve(__dirname, '..', '..', '..');
+  // From __filename, not __dirname: when an ES module imports this file through tsx, __dirname is
+  // not a directory (seen: "data:text"), while __filename still is this file's path.
+  const repoRoot = path.resolve(path.dirname(__filename), '..', '..', '..');
   // An absolute loader URL, because the child's cwd is the host's work dir, where `tsx` won't resolve.
   const tsxLoader = pathToFileURL(require.resolve('tsx')).href;
   return [process.execPath, '--import', tsxLoader, path.join(repoRoot, 'drivers', 'host-main.ts')];
