@@ -31,6 +31,7 @@ export const WAIT_OPTIONS: Record<string, OptionSpec> = {
 };
 
 const DEFAULT_WAIT_TIMEOUT_MS = 30 * 60_000;
+const MAX_JOB_ERROR_CHARS = 500;
 
 function parseLimit(text: string): number {
   const n = Number(text);
@@ -110,8 +111,13 @@ export async function followJob(ctx: CommandContext, job: Job, timeoutMs: number
       ...(ctx.sleep ? { sleep: ctx.sleep } : {}),
     });
     if (final.state === 'failed') {
-      const reason = final.error ? `${final.error.code}: ${final.error.message}` : 'no error details';
+      const message = final.error?.message ?? '';
+      // Workflow errors can carry whole nested traces; the full text stays one command away.
+      const shown =
+        message.length > MAX_JOB_ERROR_CHARS ? `${message.slice(0, MAX_JOB_ERROR_CHARS)}…` : message;
+      const reason = final.error ? `${final.error.code}: ${shown}` : 'no error details';
       ctx.out.error(`Error: job ${final.id} (${final.kind}) failed: ${reason}`);
+      if (shown !== message) ctx.out.error(`Hint: the full error is in: strata jobs get ${final.id} --json`);
       return { job: final, exitCode: ExitCode.Failure };
     }
     return { job: final, exitCode: ExitCode.Ok };

@@ -109,6 +109,21 @@ describe('strata jobs', () => {
       expect(result.stderr).toContain('Error: job job-1 (store.add) failed: NO_HOST: no host');
     });
 
+    it('shortens a very long job error and says where the full text is', async () => {
+      const message = `no host could attach: ${'trace line; '.repeat(200)}`;
+      api.on('GET', '/jobs/job-1', {
+        status: 200,
+        body: job({ state: 'failed', error: { code: 'AttachFailed', message } }),
+      });
+
+      const result = await runCli(['jobs', 'wait', 'job-1', '-q'], { api });
+
+      expect(result.code).toBe(1);
+      expect(result.stderr.length).toBeLessThan(700);
+      expect(result.stderr).toContain('failed: AttachFailed: no host could attach: trace line;');
+      expect(result.stderr).toContain('Hint: the full error is in: strata jobs get job-1 --json');
+    });
+
     it('exits 3 when --timeout passes first, saying the job carries on', async () => {
       api.on('GET', '/jobs/job-1', { status: 200, body: job({ state: 'running', progress: 5 }) });
 
