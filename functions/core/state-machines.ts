@@ -6,6 +6,7 @@
 import { ConflictError } from './errors.js';
 import {
   DataStoreStatus as DS,
+  HostStatus as H,
   ObjectInStoreStatus as O,
   SnapshotStatus as S,
   VolumeStatus as V,
@@ -42,6 +43,16 @@ export const dataStoreMachine: StateMachine<DS> = {
     [DS.CancelMaintenance]: DS.Maintenance,
     [DS.Deleting]: DS.Error,
   },
+};
+
+export const hostMachine: StateMachine<H> = {
+  name: 'Host',
+  transitions: {
+    [H.Up]: [H.Disabled, H.Down],
+    [H.Disabled]: [H.Up],
+    [H.Down]: [H.Up, H.Disabled],
+  },
+  leased: {},
 };
 
 export const objectInStoreMachine: StateMachine<O> = {

@@ -21,6 +21,7 @@ import { createApiHandler } from '../../functions/handlers/api/handler.js';
 import { createReconcilerHandler } from '../../functions/handlers/reconciler-handler.js';
 import { createStoreTasksHandler } from '../../functions/handlers/store-tasks-handler.js';
 import { loadFlowDefinition } from '../../statemachines/definitions.js';
+import { bundleHostRuntime } from '../host-runtime-bundle.js';
 import { type LocalApiServer, type ProxyHandler, startLocalApiServer } from './api-server.js';
 import {
   type DynamoLocal,
@@ -110,7 +111,12 @@ export async function startEmbeddedStack(options: EmbeddedStackOptions): Promise
     stops.push(() => s3Client.destroy());
     await ensureBucket(s3Client, imageBucket);
 
-    const channel = new LocalProcessChannel({ hostsRoot: path.join(dataDir, 'hosts') });
+    // Local hosts run the same bundled host runtime that SSM installs on real hosts.
+    const hostRuntime = bundleHostRuntime(path.join(dataDir, 'host-runtime', 'strata-host.js'));
+    const channel = new LocalProcessChannel({
+      hostsRoot: path.join(dataDir, 'hosts'),
+      command: [process.execPath, hostRuntime],
+    });
     stops.push(() => channel.stop());
 
     const registry = createBuiltinRegistry();

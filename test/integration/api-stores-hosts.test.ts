@@ -216,6 +216,7 @@ describe('stores: add, maintain, cancel, delete', () => {
     const job = await t.waitForJob(res.body.job.id);
     expect(job.state).toBe('failed');
     expect(job.error.message).toMatch(/no host could attach/);
+    expect(job.error.message).not.toMatch(/\n\s+at /); // a reason, not a stack trace
     const store = (await t.call('GET', `/stores/${res.body.store.id}`)).body;
     expect(store.status).toBe('Error');
     expect(store.statusReason).toContain(HOST_1);

@@ -2,10 +2,11 @@
  * An embedded stack for integration tests: the real handlers, workflows and host processes, on the
  * emulators the integration project's global setup started, with its own table, bucket and dirs.
  */
-import { mkdir } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm } from 'node:fs/promises';
+import os from 'node:os';
 import path from 'node:path';
 import { type EmbeddedStack, startEmbeddedStack } from '../../infra/local/embedded-stack';
-import { integrationEndpoints, tempDir, uniqueName } from './integration';
+import { integrationEndpoints, uniqueName } from './integration';
 
 export interface TestStack {
   stack: EmbeddedStack;
@@ -28,7 +29,8 @@ export async function startTestStack(
   options: { bootstrap?: boolean; hostCount?: number } = {},
 ): Promise<TestStack> {
   const endpoints = integrationEndpoints();
-  const dataDir = await tempDir('strata-stack-');
+  // Not tempDir(): its cleanup may run before the stack has stopped its host processes.
+  const dataDir = await mkdtemp(path.join(os.tmpdir(), 'strata-stack-'));
   const stack = await startEmbeddedStack({
     dataDir,
     port: 0,
@@ -50,6 +52,11 @@ export async function startTestStack(
     });
     const text = await res.text();
     return { status: res.status, headers: res.headers, body: text ? JSON.parse(text) : undefined };
+  };
+  const stop = stack.stop;
+  stack.stop = async () => {
+    await stop();
+    await rm(dataDir, { recursive: true, force: true });
   };
   return {
     stack,

@@ -171,6 +171,10 @@ export class DynamoRepository implements Repository {
     expectedVersion: number,
     changes: Partial<EntityMap[T]>,
   ): Promise<EntityMap[T]> {
+    if ('status' in changes || 'lease' in changes) {
+      // A status change must go through transition(), which checks the state machine and leases.
+      throw new Error(`update() cannot change status or lease of ${key.type}; use transition()`);
+    }
     const b = new UpdateBuilder();
     this.applyChanges(b, key, changes);
     const condition = `attribute_exists(pk) AND ${b.name('version')} = ${b.value(expectedVersion)}`;

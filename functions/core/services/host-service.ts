@@ -6,6 +6,7 @@ import { ConflictError, NotAllowedError } from '../errors.js';
 import type { Host } from '../model.js';
 import { HostStatus } from '../model.js';
 import type { ListOptions, Page, Repository } from '../ports.js';
+import { hostMachine } from '../state-machines.js';
 
 export interface RegisterHostInput {
   name: string;
@@ -72,7 +73,13 @@ export class HostService {
   async setStatus(id: string, status: 'Up' | 'Disabled', expectedVersion?: number): Promise<Host> {
     const host = await this.get(id);
     if (host.status === status) return host;
-    return this.repo.update({ type: 'Host', id }, expectedVersion ?? host.version, { status });
+    return this.repo.transition({
+      key: { type: 'Host', id },
+      machine: hostMachine,
+      from: host.status,
+      to: status,
+      expectedVersion: expectedVersion ?? host.version,
+    });
   }
 
   /** Removes a host. It must be Disabled first, so no new work is being sent to it. */

@@ -26,13 +26,13 @@ import type * as s3 from 'aws-cdk-lib/aws-s3';
 import { Asset } from 'aws-cdk-lib/aws-s3-assets';
 import * as ssm from 'aws-cdk-lib/aws-ssm';
 import { Construct } from 'constructs';
-import { buildSync } from 'esbuild';
 import {
   HOST_REQUEST_ALLOWED_PATTERN,
   HOST_REQUEST_PARAMETER,
   HOST_STEP_NAME,
 } from '../../../functions/adapters/aws/ssm-channel.js';
 import { EnvName } from '../../../functions/env-names.js';
+import { bundleHostRuntime } from '../../host-runtime-bundle.js';
 import { acknowledgeWildcard, bucketObjectsFinding, regionalArnFinding } from './nag.js';
 import { REPO_ROOT, type StrataFunction } from './strata-function.js';
 
@@ -209,16 +209,7 @@ export class HostChannel extends Construct {
         outputType: BundlingOutput.SINGLE_FILE,
         local: {
           tryBundle(outputDir: string): boolean {
-            buildSync({
-              entryPoints: [entry],
-              outfile: path.join(outputDir, 'strata-host.js'),
-              bundle: true,
-              platform: 'node',
-              target: 'node20',
-              format: 'cjs',
-              legalComments: 'none',
-              logLevel: 'warning',
-            });
+            bundleHostRuntime(path.join(outputDir, 'strata-host.js'), entry);
             return true;
           },
         },

@@ -3,6 +3,7 @@ import {
   assertTransition,
   canTransition,
   dataStoreMachine,
+  hostMachine,
   isLeased,
   objectInStoreMachine,
   type StateMachine,
@@ -11,6 +12,7 @@ import {
 } from '../../../functions/core/state-machines';
 
 const machines: StateMachine<string>[] = [
+  hostMachine,
   dataStoreMachine,
   objectInStoreMachine,
   volumeMachine,
