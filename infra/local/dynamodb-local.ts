@@ -94,7 +94,24 @@ export async function startDynamoLocal(options: StartDynamoLocalOptions = {}): P
   }
 }
 
+/**
+ * JVMs still running when this process exits without calling stop() (a failed test teardown, an
+ * uncaught error) would outlive it as orphans holding ports and memory; kill them on the way out.
+ * This cannot help against SIGKILL, but covers every ordinary exit.
+ */
+const liveChildren = new Set<ChildProcess>();
+let exitHookInstalled = false;
+
+function installExitHook(): void {
+  if (exitHookInstalled) return;
+  exitHookInstalled = true;
+  process.once('exit', () => {
+    for (const child of liveChildren) child.kill('SIGKILL');
+  });
+}
+
 async function startOnce(port: number, dataDir: string | undefined, timeoutMs: number): Promise<DynamoLocal> {
+  installExitHook();
   const child = spawnWithEnvironment({ port, path: dataDir ?? null, sharedDb: true, stdio: 'pipe' });
   let output = '';
   // Both pipes must be drained or the JVM blocks once a pipe buffer fills up.
@@ -106,9 +123,11 @@ async function startOnce(port: number, dataDir: string | undefined, timeoutMs: n
 
   let exited = false;
   let spawnError: Error | undefined;
+  liveChildren.add(child);
   const exitPromise = new Promise<void>((resolve) => {
     child.once('exit', () => {
       exited = true;
+      liveChildren.delete(child);
       resolve();
     });
     child.once('error', (error) => {

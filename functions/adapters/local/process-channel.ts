@@ -221,6 +221,7 @@ export class LocalProcessChannel implements EndpointChannel {
       windowsHide: true,
     });
     record.child = child;
+    trackChild(child);
     record.status = { state: 'running' };
     this.logger?.debug('host command started', {
       commandId: record.commandId,
@@ -364,6 +365,24 @@ export class LocalProcessChannel implements EndpointChannel {
       this.finishedCount--;
     }
   }
+}
+
+/**
+ * Host processes still running when this process exits without `stop()` would be orphaned (and keep
+ * writing into the hosts' work dirs); kill them on any ordinary exit.
+ */
+const liveChildren = new Set<ChildProcess>();
+let exitHookInstalled = false;
+
+function trackChild(child: ChildProcess): void {
+  liveChildren.add(child);
+  child.once('close', () => liveChildren.delete(child));
+  child.once('error', () => liveChildren.delete(child));
+  if (exitHookInstalled) return;
+  exitHookInstalled = true;
+  process.once('exit', () => {
+    for (const live of liveChildren) live.kill('SIGKILL');
+  });
 }
 
 /** Calls `onLine` for each complete line as data arrives; the returned function flushes the rest. */
