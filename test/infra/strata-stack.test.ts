@@ -157,7 +157,7 @@ describe('StrataStack', () => {
       expect(Object.keys(functions)).toHaveLength(3);
       for (const fn of Object.values(functions)) {
         expect(fn.Properties).toMatchObject({
-          Runtime: 'nodejs20.x',
+          Runtime: 'nodejs24.x',
           Architectures: ['arm64'],
           TracingConfig: { Mode: 'Active' },
           LoggingConfig: { LogGroup: expect.anything() },
