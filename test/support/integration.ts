@@ -17,7 +17,10 @@ import { localS3ClientConfig } from '../../infra/local/s3-emulator.js';
 
 const cleanups: (() => Promise<unknown> | unknown)[] = [];
 
-// Registered when a test file imports this module (hooks cannot be added from inside a test).
+// Registered when a test file imports this module (hooks cannot be added from inside a test), so it
+// sits in the file's root block: hooks inside the file's describe blocks run before it, but root-level
+// afterAll hooks declared in the file run after it (jest-circus keeps declaration order). Stop what
+// uses these dirs and clients in a describe-level hook.
 afterAll(async () => {
   for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
 });
