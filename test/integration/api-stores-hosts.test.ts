@@ -17,6 +17,7 @@ afterAll(async () => {
 });
 
 const HOST_1 = 'host-local-host-1';
+const HOST_3 = 'host-local-host-3';
 const HOST_2 = 'host-local-host-2';
 
 async function addNfsStore(name: string, share: string, extra: Record<string, unknown> = {}) {
@@ -94,6 +95,32 @@ describe('hosts', () => {
     expect((await t.call('GET', `/hosts/${id}`)).status).toBe(404);
   });
 
+  it('attaches a joining host to the stores in its scope through the attach workflow', async () => {
+    const res = await t.call('POST', '/hosts', {
+      name: 'local-host-3',
+      zoneId: 'zone-1',
+      clusterId: 'cluster-1',
+      instanceId: 'local-host-3',
+    });
+    expect(res.status).toBe(201);
+    expect(res.body.attachJobIds).toHaveLength(1);
+    const job = await t.waitForJob(res.body.attachJobIds[0]);
+    expect(job).toMatchObject({ state: 'succeeded', kind: 'store.attachHost' });
+    expect(job.result.attachedHosts).toEqual(['host-local-host-3']);
+    const primary = (await t.call('GET', '/stores?role=primary')).body.items.find(
+      (s: { name: string }) => s.name === 'nfs-primary-1',
+    );
+    expect((await t.call('GET', `/hosts/${res.body.id}`)).body.attachedStoreIds).toEqual([primary.id]);
+    // a host in another cluster joins nothing
+    const other = await t.call('POST', '/hosts', {
+      name: 'elsewhere',
+      zoneId: 'zone-1',
+      clusterId: 'cluster-2',
+      instanceId: 'local-host-4',
+    });
+    expect(other.body.attachJobIds).toEqual([]);
+  });
+
   it('refuses a second host with the same instance id', async () => {
     const body = { name: 'dup', zoneId: 'zone-9', clusterId: 'c', instanceId: 'mi-00000000000000001' };
     expect((await t.call('POST', '/hosts', body)).status).toBe(201);
@@ -155,7 +182,7 @@ describe('stores: add, maintain, cancel, delete', () => {
     const job = await t.waitForJob(res.body.job.id);
     expect(job).toMatchObject({ state: 'succeeded', kind: 'store.add', progress: 100 });
     expect(job.executionId).toMatch(/^arn:aws:states:local:/);
-    expect(job.result.attachedHosts.sort()).toEqual([HOST_1, HOST_2]);
+    expect(job.result.attachedHosts.sort()).toEqual([HOST_1, HOST_2, HOST_3]);
 
     const storeId = res.body.store.id;
     const store = (await t.call('GET', `/stores/${storeId}`)).body;
@@ -324,6 +351,12 @@ describe('request handling', () => {
     const res = await t.call('PUT', '/stores');
     expect(res.status).toBe(405);
     expect(res.headers.get('allow')).toContain('GET');
+  });
+
+  it('answers 404 for an unknown job', async () => {
+    const res = await t.call('GET', '/jobs/job-nope');
+    expect(res.status).toBe(404);
+    expect(res.body.error.code).toBe('NotFound');
   });
 
   it('answers 400 for bad query parameters', async () => {

@@ -20,7 +20,7 @@ import {
   UnprocessableError,
 } from '../errors.js';
 import { newId } from '../ids.js';
-import type { DataStore, EntityMap, EntityType, Job } from '../model.js';
+import type { DataStore, EntityMap, EntityType, Host, Job } from '../model.js';
 import { DataStoreStatus as DS } from '../model.js';
 import type { Clock, FlowName, ListOptions, Page, Repository, WorkflowPort } from '../ports.js';
 import { FlowName as Flow, systemClock } from '../ports.js';
@@ -163,6 +163,43 @@ export class DataStoreService {
         });
       },
     );
+  }
+
+  /**
+   * A host joined: attach it to every store whose scope covers it and that reaches storage through
+   * hosts, one store-attach job per store. Stores in maintenance are attached when it is cancelled.
+   */
+  async attachJoiningHost(host: Host): Promise<Job[]> {
+    const { jobs } = this.deps;
+    const stores: DataStore[] = [];
+    let cursor: string | undefined;
+    do {
+      const page = await this.list({ zoneId: host.zoneId }, { cursor, limit: 100 });
+      stores.push(...page.items);
+      cursor = page.cursor;
+    } while (cursor);
+    const covering = stores.filter(
+      (s) =>
+        (s.status === DS.Up || s.status === DS.Disabled) &&
+        this.deps.registry.has(s.provider) &&
+        this.deps.registry.get(s.provider).driver.getCapabilities().needsHost &&
+        (s.scope.type === 'zone' ||
+          (s.scope.type === 'cluster' && s.scope.clusterId === host.clusterId) ||
+          (s.scope.type === 'host' && s.scope.hostId === host.id)),
+    );
+    const started: Job[] = [];
+    for (const store of covering) {
+      const job = await jobs.create('store.attachHost', { type: 'store', id: store.id });
+      const { job: running } = await this.startFlow(
+        Flow.StoreAttach,
+        job,
+        { storeId: store.id, mode: 'attach', hostIds: [host.id] },
+        store,
+        async () => undefined,
+      ).catch(async () => ({ job: await jobs.get(job.id) }));
+      started.push(running);
+    }
+    return started;
   }
 
   /** Changes settings; `status` Up/Disabled enables or disables the store through its lifecycle. */

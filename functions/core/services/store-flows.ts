@@ -77,6 +77,14 @@ export class StoreFlows {
       if (Object.keys(changes).length)
         store = await this.repo.update({ type: 'DataStore', id: store.id }, store.version, changes);
       await this.deps.jobs.progress(input.jobId, 10, { step: 'initialized' });
+    } else if (store.status !== DS.Up && store.status !== DS.Disabled) {
+      // A store in maintenance (or worse) gets its hosts back when maintenance is cancelled.
+      throw new ConflictError(
+        `store ${store.id} is ${store.status}; hosts attach only to Up or Disabled stores`,
+        {
+          state: store.status,
+        },
+      );
     }
     if (!provider.driver.getCapabilities().needsHost) return { hostIds: [] };
     const inScope = await this.hostsInScope(store);

@@ -68,10 +68,18 @@ export const routes: Route<ApiContext>[] = [
   route('GET', '/health', 'Liveness', {}, async (c) => ok({ status: 'ok', version: c.version })),
   route('GET', '/openapi.json', 'This API as OpenAPI 3.1', {}, async (c) => ok(c.openApi())),
 
-  route('POST', '/hosts', 'Register a hypervisor host', { body: HostCreateBody }, async (c) => {
-    const input = parse(HostCreateBody, c.body, '');
-    return { status: 201, body: await c.strata.hosts.register(input) };
-  }),
+  route(
+    'POST',
+    '/hosts',
+    'Register a hypervisor host; it is attached to the stores in its scope (attachJobIds)',
+    { body: HostCreateBody },
+    async (c) => {
+      const input = parse(HostCreateBody, c.body, '');
+      const host = await c.strata.hosts.register(input);
+      const jobs = await c.strata.stores.attachJoiningHost(host);
+      return { status: 201, body: { ...host, attachJobIds: jobs.map((j) => j.id) } };
+    },
+  ),
   route('GET', '/hosts', 'List hosts', { query: HostListQuery }, async (c) => {
     const { limit, cursor, ...filter } = parse(HostListQuery, c.query, 'query');
     return ok(await c.strata.hosts.list(filter, { limit, cursor }));
