@@ -124,3 +124,88 @@ export interface Health {
 export interface ErrorEnvelope {
   error: { code: string; message: string; field?: string };
 }
+
+export type TemplateFormat = 'qcow2' | 'raw' | 'vhd' | 'vmdk' | 'iso';
+export type TemplateType = 'template' | 'iso';
+
+/** One physical copy of a template on an image store. */
+export interface TemplateCopy {
+  storeId: string;
+  status: string;
+  path?: string;
+  sizeBytes?: number;
+  checksum?: string;
+  /** 0–100 while the copy is being written. */
+  progress?: number;
+  bytesTransferred?: number;
+  statusReason?: string;
+  refCount: number;
+}
+
+export interface Template {
+  id: string;
+  name: string;
+  type: TemplateType | string;
+  format: TemplateFormat | string;
+  zoneId?: string;
+  url?: string;
+  checksum?: string;
+  virtualSizeBytes?: number;
+  /** 'Ready' when any copy is Ready, else the most advanced copy state. */
+  status: string;
+  copies: TemplateCopy[];
+  version: number;
+  createdAt: string;
+  updatedAt: string;
+}
+
+/** POST /templates: the image store downloads the image from `url`. */
+export interface NewTemplate {
+  name: string;
+  url: string;
+  format: TemplateFormat;
+  type: TemplateType;
+  checksum?: string;
+  zoneId?: string;
+  storeId?: string;
+}
+
+/** POST /templates/uploads: the client sends the bytes itself, in parts, to presigned URLs. */
+export interface NewTemplateUpload {
+  name: string;
+  format: TemplateFormat;
+  type: TemplateType;
+  sizeBytes: number;
+  checksum?: string;
+  zoneId?: string;
+  storeId?: string;
+}
+
+export interface UploadPart {
+  partNumber: number;
+  url: string;
+}
+
+export interface TemplateUpload {
+  uploadId: string;
+  storeId: string;
+  partSizeBytes: number;
+  parts: UploadPart[];
+  expiresAt: string;
+}
+
+export interface TemplateUploadStarted {
+  template: Template;
+  upload: TemplateUpload;
+}
+
+export interface CompletedPart {
+  partNumber: number;
+  etag: string;
+}
+
+/** The 202 answer of the asynchronous template requests. */
+export interface TemplateAccepted {
+  template: Template;
+  job: Job;
+}

@@ -2,6 +2,7 @@
  * The small command framework: declarative command specs, option access helpers, usage errors and
  * generated help. Parsing itself is node:util parseArgs.
  */
+import { type ByteProgress, createByteProgress, silentByteProgress } from './byte-progress.js';
 import type { StrataClient } from './http-client.js';
 import type { PollOptions, ProgressReporter, ProgressStream } from './progress.js';
 import { createProgressReporter, silentReporter } from './progress.js';
@@ -125,6 +126,11 @@ export class Output {
 
   progress(): ProgressReporter {
     return this.quiet ? silentReporter : createProgressReporter(this.stderr);
+  }
+
+  /** A display of bytes transferred (uploads, hashing) on stderr; silent with --quiet. */
+  byteProgress(label: string, totalBytes: number): ByteProgress {
+    return this.quiet ? silentByteProgress : createByteProgress(this.stderr, label, totalBytes);
   }
 }
 

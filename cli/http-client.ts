@@ -4,16 +4,22 @@
 import { randomUUID } from 'node:crypto';
 import type {
   Accepted,
+  CompletedPart,
   ErrorEnvelope,
   Health,
   Host,
   Job,
   NewHost,
   NewStore,
+  NewTemplate,
+  NewTemplateUpload,
   Page,
   Store,
   StoreObject,
   StorePatch,
+  Template,
+  TemplateAccepted,
+  TemplateUploadStarted,
 } from './api-types.js';
 import type { Env, RequestSigner } from './sigv4.js';
 
@@ -186,6 +192,48 @@ export class StrataClient {
   }
   listStoreObjects(id: string, query: Query = {}): Promise<Page<StoreObject>> {
     return this.get(`/stores/${seg(id)}/objects`, query);
+  }
+
+  listTemplates(query: Query = {}): Promise<Page<Template>> {
+    return this.get('/templates', query);
+  }
+  getTemplate(id: string): Promise<Template> {
+    return this.get(`/templates/${seg(id)}`);
+  }
+  async registerTemplate(template: NewTemplate): Promise<TemplateAccepted> {
+    return (await this.request<TemplateAccepted>('POST', '/templates', { body: template })).body;
+  }
+  async startTemplateUpload(
+    upload: NewTemplateUpload,
+    options: { idempotencyKey?: string } = {},
+  ): Promise<TemplateUploadStarted> {
+    return (
+      await this.request<TemplateUploadStarted>('POST', '/templates/uploads', { body: upload, ...options })
+    ).body;
+  }
+  async completeTemplateUpload(
+    id: string,
+    uploadId: string,
+    parts: CompletedPart[],
+    options: { idempotencyKey?: string } = {},
+  ): Promise<TemplateAccepted> {
+    const path = `/templates/${seg(id)}/uploads/${seg(uploadId)}/complete`;
+    return (await this.request<TemplateAccepted>('POST', path, { body: { parts }, ...options })).body;
+  }
+  async abortTemplateUpload(
+    id: string,
+    uploadId: string,
+    options: { idempotencyKey?: string } = {},
+  ): Promise<void> {
+    await this.request('DELETE', `/templates/${seg(id)}/uploads/${seg(uploadId)}`, options);
+  }
+  async copyTemplate(id: string, storeId: string): Promise<TemplateAccepted> {
+    return (
+      await this.request<TemplateAccepted>('POST', `/templates/${seg(id)}/copies`, { body: { storeId } })
+    ).body;
+  }
+  async deleteTemplate(id: string): Promise<void> {
+    await this.request('DELETE', `/templates/${seg(id)}`);
   }
 
   listJobs(query: Query = {}): Promise<Page<Job>> {

@@ -26,6 +26,7 @@ import { healthCommands } from './commands/health.js';
 import { hostCommands } from './commands/hosts.js';
 import { jobCommands } from './commands/jobs.js';
 import { storeCommands } from './commands/stores.js';
+import { templateCommands } from './commands/templates.js';
 import { CliApiError, CliConnectionError, resolveBaseUrl, StrataClient } from './http-client.js';
 import type { PollOptions } from './progress.js';
 import { type Env, SigningConfigError, signerFor } from './sigv4.js';
@@ -44,6 +45,7 @@ export const COMMANDS: readonly CommandSpec[] = [
   ...healthCommands,
   ...hostCommands,
   ...storeCommands,
+  ...templateCommands,
   ...jobCommands,
 ];
 
@@ -54,6 +56,7 @@ const GROUPS: ReadonlyArray<readonly [string, string]> = [
     'stores',
     'data stores: list, get, add, update, enable, disable, maintain, cancel-maintenance, delete, objects',
   ],
+  ['templates', 'templates and ISOs: list, get, register, upload, copy, delete'],
   ['jobs', 'asynchronous jobs: list, get, wait'],
 ];
 
@@ -201,6 +204,12 @@ const FIELD_FLAGS: Record<string, string> = {
   state: '--state',
   kind: '--kind',
   targetId: '--target',
+  url: '--url',
+  format: '--format',
+  type: '--type',
+  checksum: '--checksum',
+  storeId: '--store',
+  sizeBytes: 'the <file> argument',
 };
 
 function flagForField(field: string): string | undefined {
