@@ -10,6 +10,7 @@ import {
   DriverInputError,
   DriverUnavailableError,
   ObjectNotFoundError,
+  UnsupportedOperationError,
 } from '../sdk/errors.js';
 import type { DataObjectRef, DataStoreInfo, DriverContext } from '../sdk/types.js';
 import { type S3Details, S3DetailsSchema } from './details.js';
@@ -105,9 +106,21 @@ export function s3ObjectPath(object: DataObjectRef): string {
   return object.path ?? `${object.kind}s/${object.id}/${object.id}.${object.format ?? 'raw'}`;
 }
 
+// Answers that mean the request itself was wrong (a range past the end, parts that are too small,
+// out of order or unknown): the caller must change it, so they are input errors, not failures.
+const CLIENT_MISTAKES = new Set([
+  'InvalidRange',
+  'InvalidPart',
+  'InvalidPartOrder',
+  'EntityTooSmall',
+  'EntityTooLarge',
+]);
+
 /**
- * Maps an S3 SDK error: missing key → {@link ObjectNotFoundError}, missing bucket and throttling or
- * 5xx → {@link DriverUnavailableError}, access denied → non-retryable `AccessDenied`.
+ * Maps an S3 SDK error: missing key or upload → {@link ObjectNotFoundError}, a malformed range or
+ * part list → {@link DriverInputError}, `NotImplemented` → {@link UnsupportedOperationError},
+ * missing bucket and throttling or 5xx → {@link DriverUnavailableError}, access denied →
+ * non-retryable `AccessDenied`.
  *
  * @example
  * try { await s3.send(new HeadObjectCommand(input)); } catch (e) { throw mapS3Error(e, 'head', { key }); }
@@ -119,6 +132,16 @@ export function mapS3Error(error: unknown, operation: string, context: DriverErr
   const message = error instanceof Error ? error.message || String(name) : String(error);
   if (name === 'NoSuchKey' || name === 'NotFound' || (status === 404 && name !== 'NoSuchBucket')) {
     return new ObjectNotFoundError(`${operation}: object not found`, { cause: error, context });
+  }
+  if (typeof name === 'string' && CLIENT_MISTAKES.has(name)) {
+    return new DriverInputError(`${operation}: ${name}: ${message}`, { cause: error, context });
+  }
+  // 501 says the endpoint lacks the feature (s3rver has no ListMultipartUploads): retrying won't help.
+  if (name === 'NotImplemented' || status === 501) {
+    return new UnsupportedOperationError(`${operation}: not implemented by this S3 endpoint`, {
+      cause: error,
+      context,
+    });
   }
   if (name === 'NoSuchBucket') {
     return new DriverUnavailableError(`${operation}: bucket not found`, { cause: error, context });

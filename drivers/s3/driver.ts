@@ -1,8 +1,9 @@
 /**
- * The S3 image-store driver. Data never goes through a host here: objects are written by the SDK
- * (blank images), copied server-side, and handed to hosts as presigned URLs.
+ * The S3 image-store driver. Data never goes through a host here: objects are streamed in by the
+ * SDK (ingest, blank images) or PUT by clients to presigned part URLs, copied server-side, and
+ * handed to hosts as presigned URLs.
  */
-import { Readable } from 'node:stream';
+import { pipeline, Readable, Transform, type TransformCallback } from 'node:stream';
 import {
   AbortMultipartUploadCommand,
   CompleteMultipartUploadCommand,
@@ -12,8 +13,12 @@ import {
   GetObjectCommand,
   HeadObjectCommand,
   type HeadObjectCommandOutput,
+  ListMultipartUploadsCommand,
+  type ListMultipartUploadsCommandOutput,
+  PutObjectCommand,
   paginateListObjectsV2,
   type S3Client,
+  UploadPartCommand,
   UploadPartCopyCommand,
 } from '@aws-sdk/client-s3';
 import { Upload } from '@aws-sdk/lib-storage';
@@ -21,25 +26,52 @@ import { getSignedUrl } from '@aws-sdk/s3-request-presigner';
 import { BaseDataStoreDriver } from '../sdk/base-driver.js';
 import {
   DriverConflictError,
+  DriverError,
   DriverInputError,
   ObjectNotFoundError,
   UnsupportedOperationError,
 } from '../sdk/errors.js';
 import type {
+  AbortUploadOptions,
   AccessOptions,
   AccessResult,
+  CompleteUploadOptions,
   CopyEndpoint,
   CopyOptions,
   CreateOptions,
   CreateResult,
+  CreateUploadOptions,
+  CreateUploadResult,
   DataStoreInfo,
   DriverCapabilities,
   DriverContext,
+  ImageStoreDriver,
   ListOptions,
+  ListUploadsOptions,
   ObjectOptions,
+  ObjectStat,
+  PendingUpload,
+  PresignedUrl,
+  PresignOptions,
+  PresignUploadPartsOptions,
+  ReadStreamOptions,
+  ReadStreamResult,
   StoredObject,
+  UploadPartUrl,
+  WriteStreamOptions,
 } from '../sdk/types.js';
+import { assertSafeId } from '../sdk/validation.js';
 import { mapS3Error, resolveS3Client, type S3ClientFactory, s3Details, s3ObjectPath } from './client.js';
+import {
+  assertObjectSize,
+  assertUploadId,
+  multipartEtag,
+  planParts,
+  planStreamUpload,
+  S3_LIMITS,
+  uploadPartSize,
+  validateCompletedParts,
+} from './multipart.js';
 
 const GiB = 1024 ** 3;
 const MiB = 1024 ** 2;
@@ -57,8 +89,15 @@ export interface S3ProviderOptions {
   multipartCopyThresholdBytes?: number;
   /** Part size of multipart copies, default 512 MiB (5 MiB minimum, S3's rule). */
   copyPartSizeBytes?: number;
-  /** Part size used when streaming blank images, default 8 MiB. */
+  /**
+   * Smallest part size of streamed writes (blank images, `writeStream`), default 8 MiB (5 MiB
+   * minimum); grown for large `contentLength`s so that parts stay within 10,000.
+   */
   uploadPartSizeBytes?: number;
+  /** Memory a streamed write may hold in parts, default 256 MiB; bounds its concurrency (1–4). */
+  streamMemoryBytes?: number;
+  /** Default part size of presigned client uploads (`createUpload`), default 64 MiB. */
+  presignedPartSizeBytes?: number;
 }
 
 interface Located {
@@ -71,13 +110,21 @@ interface Located {
 
 /**
  * The data plane of an `s3` image store. Object keys are `<prefix><path>` where `path` is
- * {@link s3ObjectPath}; paths returned by this driver are relative to the prefix.
+ * {@link s3ObjectPath} (`templates/<id>/<id>.<format>`, `isos/<id>/<id>.iso`, …); paths returned by
+ * this driver are relative to the prefix. Implements {@link ImageStoreDriver}: streamed writes and
+ * reads, presigned multipart uploads for clients, presigned GET/PUT URLs.
+ *
+ * The client (see `S3ClientFactory`) must use checksums only when required: presigned URLs made
+ * by a client with `WHEN_SUPPORTED` carry checksum parameters that plain PUTs cannot satisfy.
  *
  * @example
  * const driver = new S3Driver({ presignExpiresSeconds: 900 });
  * const { uri } = await driver.grantAccess({ store, ctx, host, object: { kind: 'template', id: 'tpl-1', format: 'qcow2' } });
+ *
+ * @example
+ * const { path, sizeBytes } = await driver.writeStream({ store, ctx, object, body: createReadStream(file), contentLength });
  */
-export class S3Driver extends BaseDataStoreDriver {
+export class S3Driver extends BaseDataStoreDriver implements ImageStoreDriver {
   readonly providerName = 's3';
   readonly #options: Required<Omit<S3ProviderOptions, 's3Client'>> & { s3Client?: S3ClientFactory };
 
@@ -100,6 +147,8 @@ export class S3Driver extends BaseDataStoreDriver {
       ),
       copyPartSizeBytes: partSize,
       uploadPartSizeBytes: Math.max(options.uploadPartSizeBytes ?? 8 * MiB, 5 * MiB),
+      streamMemoryBytes: Math.max(options.streamMemoryBytes ?? 256 * MiB, 5 * MiB),
+      presignedPartSizeBytes: Math.max(options.presignedPartSizeBytes ?? 64 * MiB, 5 * MiB),
     };
   }
 
@@ -109,7 +158,7 @@ export class S3Driver extends BaseDataStoreDriver {
       linkedClones: false,
       serverSideCopy: true,
       needsHost: false,
-      maxObjectBytes: 5 * 1024 * GiB,
+      maxObjectBytes: S3_LIMITS.maxObjectBytes,
     };
   }
 
@@ -272,6 +321,448 @@ export class S3Driver extends BaseDataStoreDriver {
    */
   protected async doRevokeAccess(): Promise<void> {}
 
+  // ---- ImageStoreDriver -------------------------------------------------------------------------
+
+  /**
+   * Streams `body` into the object with lib-storage's multipart `Upload`: parts of at least
+   * `uploadPartSizeBytes` (grown so that `contentLength` fits in 10,000 parts), at most four in
+   * flight and about `streamMemoryBytes` held. A body shorter or longer than `contentLength`, a
+   * source error, a failed part or `signal` aborting all end the same way: the multipart upload is
+   * aborted (parts deleted), no object is written, the body is destroyed.
+   */
+  async writeStream(options: WriteStreamOptions): Promise<CreateResult> {
+    return this.runOperation(options, 'writeStream', { contentLength: options?.contentLength }, async () => {
+      try {
+        this.validateObjectOptions(options);
+        if (typeof options.body?.pipe !== 'function') {
+          throw new DriverInputError('body must be a Readable', { context: { field: 'body' } });
+        }
+        if (options.contentLength !== undefined) assertObjectSize(options.contentLength, 'contentLength');
+        throwIfAborted(options.signal);
+      } catch (error) {
+        options?.body?.destroy?.();
+        throw error;
+      }
+      return this.#writeStream(options);
+    });
+  }
+
+  async #writeStream({ store, object, body, contentLength, signal, onProgress, ctx }: WriteStreamOptions) {
+    const at = this.#locate(ctx, store, s3ObjectPath(object));
+    const { partSize, queueSize } = planStreamUpload(
+      contentLength,
+      this.#options.uploadPartSizeBytes,
+      this.#options.streamMemoryBytes,
+    );
+    const counted = new ByteCounter(contentLength);
+    let readError: unknown;
+    counted.on('error', (error) => {
+      readError ??= error;
+    });
+    // A broken source destroys `counted` with its error, which lib-storage then reads as a failure.
+    pipeline(body, counted, () => undefined);
+    // Aborting through the body (not lib-storage's abortController) makes done() settle only after
+    // the parts in flight finished and AbortMultipartUpload was sent: nothing is uploaded afterwards.
+    const onAbort = () => counted.destroy(abortError(signal));
+    signal?.addEventListener('abort', onAbort, { once: true });
+    const upload = new Upload({
+      client: at.client,
+      params: {
+        Bucket: at.bucket,
+        Key: at.key,
+        Body: counted,
+        ...(contentLength === undefined ? {} : { ContentLength: contentLength }),
+        ContentType: 'application/octet-stream',
+        Metadata: { 'strata-object-id': object.id, 'strata-job-id': ctx.jobId },
+      },
+      partSize,
+      queueSize,
+      leavePartsOnError: false,
+    });
+    upload.on('httpUploadProgress', ({ loaded }) => {
+      if (loaded === undefined) return;
+      try {
+        onProgress?.(loaded);
+      } catch {
+        // A caller's progress callback must not break the upload.
+      }
+      if (contentLength) void ctx.progress(Math.floor((loaded / contentLength) * 100)).catch(() => undefined);
+    });
+    try {
+      await upload.done();
+    } catch (error) {
+      counted.destroy();
+      // lib-storage aborted already; when that abort itself failed, its error replaced the cause, and
+      // S3 documents that a part in flight during an abort may survive it: abort once more.
+      if (upload.uploadId) await this.#abortQuietly(at, upload.uploadId, ctx);
+      const cause = readError ?? error;
+      if (cause instanceof DriverError) throw cause;
+      throw mapS3Error(cause, 'write stream', { key: at.key, uploadId: upload.uploadId });
+    } finally {
+      signal?.removeEventListener('abort', onAbort);
+    }
+    if (signal?.aborted) {
+      // The abort came after the last part: the object is complete, but the caller asked for none.
+      await at.client
+        .send(new DeleteObjectCommand({ Bucket: at.bucket, Key: at.key }))
+        .catch(() => undefined);
+      throw abortError(signal);
+    }
+    return { path: at.path, sizeBytes: counted.bytes, ...(object.format ? { format: object.format } : {}) };
+  }
+
+  /** GetObject, with `Range: bytes=start-end` for a range; the body is the SDK's response stream. */
+  async readStream(options: ReadStreamOptions): Promise<ReadStreamResult> {
+    return this.runOperation(options, 'readStream', { range: options?.range }, async () => {
+      this.validateObjectOptions(options);
+      const { store, object, range, signal, ctx } = options;
+      if (range !== undefined) {
+        if (
+          !Number.isSafeInteger(range?.start) ||
+          !Number.isSafeInteger(range?.end) ||
+          range.start < 0 ||
+          range.end < range.start
+        ) {
+          throw new DriverInputError('range must be { start, end } integers with 0 <= start <= end', {
+            context: { field: 'range' },
+          });
+        }
+      }
+      const at = this.#locate(ctx, store, s3ObjectPath(object));
+      try {
+        const out = await at.client.send(
+          new GetObjectCommand({
+            Bucket: at.bucket,
+            Key: at.key,
+            ...(range ? { Range: `bytes=${range.start}-${range.end}` } : {}),
+          }),
+          signal ? { abortSignal: signal } : {},
+        );
+        const body = out.Body;
+        if (!(body instanceof Readable)) throw new DriverError('S3 returned no readable body');
+        const sizeBytes = out.ContentLength ?? 0;
+        const total = /\/(\d+)$/.exec(out.ContentRange ?? '')?.[1];
+        return { body, sizeBytes, totalSizeBytes: total === undefined ? sizeBytes : Number(total) };
+      } catch (error) {
+        throw mapS3Error(error, 'read object', { key: at.key });
+      }
+    });
+  }
+
+  /** HeadObject: size, ETag and modification time, or `undefined` for a missing key. */
+  async statObject(options: ObjectOptions): Promise<ObjectStat | undefined> {
+    return this.runOperation(options, 'statObject', {}, async () => {
+      this.validateObjectOptions(options);
+      const head = await this.#head(this.#locate(options.ctx, options.store, s3ObjectPath(options.object)));
+      if (!head) return undefined;
+      return {
+        sizeBytes: head.ContentLength ?? 0,
+        ...(head.ETag ? { etag: head.ETag } : {}),
+        ...(head.LastModified ? { modifiedAt: head.LastModified.toISOString() } : {}),
+      };
+    });
+  }
+
+  /**
+   * CreateMultipartUpload, then one presigned UploadPart URL per part. The part size is
+   * `partSizeBytes` (default `presignedPartSizeBytes`) grown to fit 10,000 parts. The upload is
+   * aborted again if presigning fails, so a failed call leaves nothing pending.
+   */
+  async createUpload(options: CreateUploadOptions): Promise<CreateUploadResult> {
+    const extra = { sizeBytes: options?.sizeBytes, partSizeBytes: options?.partSizeBytes };
+    return this.runOperation(options, 'createUpload', extra, async () => {
+      this.validateObjectOptions(options);
+      assertObjectSize(options.sizeBytes, 'sizeBytes', false);
+      const partSize = uploadPartSize(
+        options.sizeBytes,
+        options.partSizeBytes ?? this.#options.presignedPartSizeBytes,
+      );
+      const plan = planParts(options.sizeBytes, partSize);
+      const expiresIn = this.#expires(options.expiresSeconds);
+      const at = this.#locate(options.ctx, options.store, s3ObjectPath(options.object));
+      let uploadId: string | undefined;
+      try {
+        const created = await at.client.send(
+          new CreateMultipartUploadCommand({
+            Bucket: at.bucket,
+            Key: at.key,
+            ContentType: 'application/octet-stream',
+            Metadata: { 'strata-object-id': options.object.id, 'strata-job-id': options.ctx.jobId },
+          }),
+        );
+        uploadId = created.UploadId;
+        if (!uploadId) throw new DriverError('S3 returned no upload id');
+        const parts = await this.#presignParts(at, uploadId, plan, expiresIn);
+        return {
+          uploadId,
+          path: at.path,
+          partSizeBytes: partSize,
+          parts,
+          expiresAt: new Date(Date.now() + expiresIn * 1000).toISOString(),
+        };
+      } catch (error) {
+        if (uploadId) await this.#abortQuietly(at, uploadId, options.ctx);
+        throw mapS3Error(error, 'create upload', { key: at.key });
+      }
+    });
+  }
+
+  /** Presigns UploadPart URLs again for `partNumbers` of an upload made by {@link createUpload}. */
+  async presignUploadParts(options: PresignUploadPartsOptions): Promise<UploadPartUrl[]> {
+    return this.runOperation(options, 'presignUploadParts', { uploadId: options?.uploadId }, async () => {
+      this.validateObjectOptions(options);
+      assertUploadId(options.uploadId);
+      assertObjectSize(options.sizeBytes, 'sizeBytes', false);
+      const plan = planParts(options.sizeBytes, uploadPartSize(options.sizeBytes, options.partSizeBytes));
+      if (!Array.isArray(options.partNumbers) || options.partNumbers.length === 0) {
+        throw new DriverInputError('partNumbers must be a non-empty array', {
+          context: { field: 'partNumbers' },
+        });
+      }
+      const wanted = options.partNumbers.map((n) => {
+        const part = Number.isSafeInteger(n) ? plan[n - 1] : undefined;
+        if (!part) {
+          throw new DriverInputError(`partNumbers: ${n} is not a part of 1..${plan.length}`, {
+            context: { field: 'partNumbers' },
+          });
+        }
+        return part;
+      });
+      const at = this.#locate(options.ctx, options.store, s3ObjectPath(options.object));
+      try {
+        return await this.#presignParts(at, options.uploadId, wanted, this.#expires(options.expiresSeconds));
+      } catch (error) {
+        throw mapS3Error(error, 'presign upload parts', { key: at.key });
+      }
+    });
+  }
+
+  /**
+   * CompleteMultipartUpload with the parts sorted, then HeadObject for the size. A retry whose first
+   * attempt did complete finds the upload gone (`NoSuchUpload`): when the object's ETag is the one
+   * these parts produce, that object is the result. With `sizeBytes`, an object of another size is
+   * deleted and refused with {@link DriverConflictError}.
+   */
+  async completeUpload(options: CompleteUploadOptions): Promise<CreateResult> {
+    return this.runOperation(options, 'completeUpload', { uploadId: options?.uploadId }, async () => {
+      this.validateObjectOptions(options);
+      assertUploadId(options.uploadId);
+      const parts = validateCompletedParts(options.parts);
+      if (options.sizeBytes !== undefined) assertObjectSize(options.sizeBytes, 'sizeBytes');
+      const at = this.#locate(options.ctx, options.store, s3ObjectPath(options.object));
+      try {
+        await at.client.send(
+          new CompleteMultipartUploadCommand({
+            Bucket: at.bucket,
+            Key: at.key,
+            UploadId: options.uploadId,
+            MultipartUpload: { Parts: parts.map((p) => ({ PartNumber: p.partNumber, ETag: p.etag })) },
+          }),
+        );
+      } catch (error) {
+        const mapped = mapS3Error(error, 'complete upload', { key: at.key, uploadId: options.uploadId });
+        if (!(mapped instanceof ObjectNotFoundError)) throw mapped;
+        const existing = await this.#head(at);
+        const expected = multipartEtag(parts.map((p) => p.etag));
+        if (!existing || expected === undefined || existing.ETag !== expected) {
+          throw new ObjectNotFoundError(
+            `upload ${options.uploadId} not found (aborted, expired or completed)`,
+            {
+              cause: error,
+              context: { key: at.key, uploadId: options.uploadId },
+            },
+          );
+        }
+        options.ctx.logger.info('upload was already completed with these parts', { key: at.key });
+      }
+      const head = await this.#head(at);
+      if (!head) throw new ObjectNotFoundError(`${at.path} is missing after completing its upload`);
+      const sizeBytes = head.ContentLength ?? 0;
+      if (options.sizeBytes !== undefined && sizeBytes !== options.sizeBytes) {
+        await at.client.send(new DeleteObjectCommand({ Bucket: at.bucket, Key: at.key }));
+        throw new DriverConflictError(
+          `upload produced ${sizeBytes} bytes, not ${options.sizeBytes}; deleted`,
+          {
+            context: { key: at.key },
+          },
+        );
+      }
+      const format = options.object.format;
+      return { path: at.path, sizeBytes, ...(format ? { format } : {}) };
+    });
+  }
+
+  /** AbortMultipartUpload; an upload S3 no longer knows (`NoSuchUpload`) counts as aborted. */
+  async abortUpload(options: AbortUploadOptions): Promise<void> {
+    return this.runOperation(options, 'abortUpload', { uploadId: options?.uploadId }, async () => {
+      this.validateObjectOptions(options);
+      assertUploadId(options.uploadId);
+      const at = this.#locate(options.ctx, options.store, s3ObjectPath(options.object));
+      try {
+        await at.client.send(
+          new AbortMultipartUploadCommand({ Bucket: at.bucket, Key: at.key, UploadId: options.uploadId }),
+        );
+      } catch (error) {
+        const mapped = mapMultipartError(error, 'abort upload', { key: at.key, uploadId: options.uploadId });
+        if (mapped instanceof ObjectNotFoundError) return;
+        throw mapped;
+      }
+    });
+  }
+
+  /**
+   * ListMultipartUploads under the store prefix, every page (by key and upload-id markers), keeping
+   * those initiated before `olderThan`.
+   */
+  async listUploads(options: ListUploadsOptions): Promise<PendingUpload[]> {
+    const fields = { storeId: options?.store?.id, olderThan: options?.olderThan?.toISOString?.() };
+    const asObject = { ...options, object: { kind: 'template', id: 'uploads' } } as ObjectOptions;
+    return this.runOperation(asObject, 'listUploads', fields, async () => {
+      this.#validateStoreOptions(options);
+      if (
+        options.olderThan !== undefined &&
+        !(options.olderThan instanceof Date && !Number.isNaN(+options.olderThan))
+      ) {
+        throw new DriverInputError('olderThan must be a valid Date', { context: { field: 'olderThan' } });
+      }
+      const at = this.#locate(options.ctx, options.store, '');
+      const uploads: PendingUpload[] = [];
+      let markers: { KeyMarker?: string; UploadIdMarker?: string } = {};
+      try {
+        for (;;) {
+          const page: ListMultipartUploadsCommandOutput = await at.client.send(
+            new ListMultipartUploadsCommand({
+              Bucket: at.bucket,
+              Prefix: at.prefix,
+              MaxUploads: 1000,
+              ...markers,
+            }),
+          );
+          for (const u of page.Uploads ?? []) {
+            if (!u.Key?.startsWith(at.prefix) || !u.UploadId) continue;
+            if (options.olderThan && u.Initiated && u.Initiated >= options.olderThan) continue;
+            uploads.push({
+              path: u.Key.slice(at.prefix.length),
+              uploadId: u.UploadId,
+              initiatedAt: (u.Initiated ?? new Date(0)).toISOString(),
+            });
+          }
+          if (!page.IsTruncated) break;
+          const next = { KeyMarker: page.NextKeyMarker, UploadIdMarker: page.NextUploadIdMarker };
+          // A truncated page without markers would loop forever; S3 always sends them.
+          if (!next.KeyMarker && !next.UploadIdMarker) break;
+          markers = next;
+        }
+      } catch (error) {
+        throw mapMultipartError(error, 'list uploads', { bucket: at.bucket, prefix: at.prefix });
+      }
+      return uploads;
+    });
+  }
+
+  /** Checks the object exists, then presigns a GET valid for `expiresSeconds`. */
+  async presignGet(options: PresignOptions): Promise<PresignedUrl> {
+    return this.runOperation(options, 'presignGet', {}, async () => {
+      this.validateObjectOptions(options);
+      const at = this.#locate(options.ctx, options.store, s3ObjectPath(options.object));
+      if (!(await this.#head(at))) {
+        throw new ObjectNotFoundError(`${at.path} not found in store ${options.store.id}`, {
+          context: { key: at.key },
+        });
+      }
+      const expiresIn = this.#expires(options.expiresSeconds);
+      return this.#presign(at, new GetObjectCommand({ Bucket: at.bucket, Key: at.key }), expiresIn);
+    });
+  }
+
+  /**
+   * Presigns a single PUT of the whole object (up to 5 GiB; meant for small files such as
+   * manifests). The client sends the bytes as the request body, no other header is required.
+   */
+  async presignPut(options: PresignOptions): Promise<PresignedUrl> {
+    return this.runOperation(options, 'presignPut', {}, async () => {
+      this.validateObjectOptions(options);
+      const at = this.#locate(options.ctx, options.store, s3ObjectPath(options.object));
+      const expiresIn = this.#expires(options.expiresSeconds);
+      return this.#presign(at, new PutObjectCommand({ Bucket: at.bucket, Key: at.key }), expiresIn);
+    });
+  }
+
+  async #presign(
+    at: Located,
+    command: GetObjectCommand | PutObjectCommand,
+    expiresIn: number,
+  ): Promise<PresignedUrl> {
+    try {
+      const url = await getSignedUrl(at.client, command, { expiresIn });
+      return { url, expiresAt: new Date(Date.now() + expiresIn * 1000).toISOString(), path: at.path };
+    } catch (error) {
+      throw mapS3Error(error, 'presign', { key: at.key });
+    }
+  }
+
+  async #presignParts(
+    at: Located,
+    uploadId: string,
+    parts: { partNumber: number; offset: number; sizeBytes: number }[],
+    expiresIn: number,
+  ): Promise<UploadPartUrl[]> {
+    // Signing is local CPU work (no request), so all parts at once is fine even for 10,000.
+    return Promise.all(
+      parts.map(async (part) => ({
+        ...part,
+        url: await getSignedUrl(
+          at.client,
+          new UploadPartCommand({
+            Bucket: at.bucket,
+            Key: at.key,
+            UploadId: uploadId,
+            PartNumber: part.partNumber,
+          }),
+          { expiresIn },
+        ),
+      })),
+    );
+  }
+
+  #expires(expiresSeconds: number | undefined): number {
+    const value = expiresSeconds ?? this.#options.presignExpiresSeconds;
+    if (!Number.isSafeInteger(value) || value < 1 || value > 604_800) {
+      throw new DriverInputError('expiresSeconds must be an integer from 1 to 604800 (7 days)', {
+        context: { field: 'expiresSeconds' },
+      });
+    }
+    return value;
+  }
+
+  async #abortQuietly(at: Located, uploadId: string, ctx: DriverContext): Promise<void> {
+    try {
+      await at.client.send(
+        new AbortMultipartUploadCommand({ Bucket: at.bucket, Key: at.key, UploadId: uploadId }),
+      );
+    } catch (error) {
+      const mapped = mapMultipartError(error, 'abort upload', { key: at.key, uploadId });
+      if (mapped instanceof ObjectNotFoundError) return;
+      // Parts left behind cost storage until a reconciler (listUploads + abortUpload) sweeps them.
+      ctx.logger.warn('could not abort multipart upload', { key: at.key, uploadId, error: mapped.message });
+    }
+  }
+
+  #validateStoreOptions(options: ListUploadsOptions): void {
+    const { store, ctx } = options ?? {};
+    if (!ctx || typeof ctx.jobId !== 'string' || !ctx.logger) {
+      throw new DriverInputError('ctx with jobId and logger is required', { context: { field: 'ctx' } });
+    }
+    if (!store || typeof store !== 'object')
+      throw new DriverInputError('store is required', { context: { field: 'store' } });
+    assertSafeId(store.id, 'store.id');
+    if (store.provider !== this.providerName) {
+      throw new DriverInputError(`store ${store.id} belongs to provider '${store.provider}', not 's3'`, {
+        context: { field: 'store.provider' },
+      });
+    }
+  }
+
   #locate(ctx: DriverContext, store: DataStoreInfo, path: string): Located {
     const { bucket, prefix } = s3Details(store);
     return {
@@ -372,4 +863,64 @@ function zeroStream(size: number): Readable {
       this.push(n === ZERO_CHUNK.length ? ZERO_CHUNK : ZERO_CHUNK.subarray(0, n));
     },
   });
+}
+
+/**
+ * Counts the bytes going through and, when the length was announced, fails a body that is longer
+ * (as soon as it is) or shorter (at its end, before lib-storage can send the last part): a wrong
+ * length must not become a complete but different object.
+ */
+class ByteCounter extends Transform {
+  bytes = 0;
+  readonly #expected: number | undefined;
+
+  constructor(expected: number | undefined) {
+    super();
+    this.#expected = expected;
+  }
+
+  override _transform(chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback): void {
+    this.bytes += chunk.length;
+    if (this.#expected !== undefined && this.bytes > this.#expected) {
+      callback(new DriverInputError(`body is longer than contentLength ${this.#expected}`));
+      return;
+    }
+    callback(null, chunk);
+  }
+
+  override _flush(callback: TransformCallback): void {
+    if (this.#expected !== undefined && this.bytes !== this.#expected) {
+      callback(
+        new DriverInputError(`body ended after ${this.bytes} bytes, contentLength is ${this.#expected}`),
+      );
+      return;
+    }
+    callback();
+  }
+}
+
+function abortError(signal: AbortSignal | undefined): DriverError {
+  const reason =
+    signal?.reason instanceof Error ? signal.reason.message : String(signal?.reason ?? 'aborted');
+  return new DriverError(`write aborted: ${reason}`, { code: 'Aborted', cause: signal?.reason });
+}
+
+function throwIfAborted(signal: AbortSignal | undefined): void {
+  if (signal?.aborted) throw abortError(signal);
+}
+
+// S3 answers an unsupported multipart call with 501 NotImplemented, s3rver 3.7 answers
+// AbortMultipartUpload and ListParts with 405 MethodNotAllowed: both mean "this endpoint can't".
+function mapMultipartError(error: unknown, operation: string, context: Record<string, unknown>): DriverError {
+  const name = (error as { name?: unknown })?.name;
+  if (name === 'MethodNotAllowed' || name === 'NotImplemented') {
+    return new UnsupportedOperationError(
+      `${operation}: this S3 endpoint does not implement it (${String(name)})`,
+      {
+        cause: error,
+        context,
+      },
+    );
+  }
+  return mapS3Error(error, operation, context);
 }

@@ -10,6 +10,7 @@
  * Every method takes one options object and returns one result object, so that fields can be added
  * without breaking existing drivers.
  */
+import type { Readable } from 'node:stream';
 import type { ZodType } from 'zod';
 
 /** Roles a data store can play. */
@@ -407,4 +408,216 @@ export interface EndPointSelectOptions {
 /** Picks the host that does a piece of work: Up, reaching every store involved, load-spread. */
 export interface EndPointSelector {
   select(options: EndPointSelectOptions): Promise<HostInfo>;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Image stores: streaming, presigned uploads and downloads.
+// ---------------------------------------------------------------------------------------------
+
+/** Options for {@link ImageStoreDriver.writeStream}. */
+export interface WriteStreamOptions extends ObjectOptions {
+  /** The bytes to store. It is consumed once; on failure the driver destroys it. */
+  body: Readable;
+  /**
+   * Exact length of `body` when known. Lets the driver size its parts for large objects (without it,
+   * an S3 driver is limited to 10,000 × its part size) and makes a short or long body a failure
+   * instead of a silently different object.
+   */
+  contentLength?: number;
+  /** Aborts the write; nothing is left behind (no object, no multipart upload). */
+  signal?: AbortSignal;
+  /** Called with the number of bytes stored so far, as parts complete. */
+  onProgress?(bytes: number): void;
+}
+
+/** Options for {@link ImageStoreDriver.readStream}. */
+export interface ReadStreamOptions extends ObjectOptions {
+  /** Inclusive byte range, as in HTTP: `{ start: 0, end: 99 }` is the first 100 bytes. */
+  range?: { start: number; end: number };
+  signal?: AbortSignal;
+}
+
+/** Result of {@link ImageStoreDriver.readStream}. */
+export interface ReadStreamResult {
+  body: Readable;
+  /** Bytes `body` will yield (the range's length for a range read). */
+  sizeBytes: number;
+  /** Size of the whole object. */
+  totalSizeBytes: number;
+}
+
+/** Result of {@link ImageStoreDriver.statObject}. */
+export interface ObjectStat {
+  sizeBytes: number;
+  /** An opaque version tag; equal tags mean equal content (not necessarily an MD5). */
+  etag?: string;
+  modifiedAt?: string;
+}
+
+/** Options for {@link ImageStoreDriver.createUpload}. */
+export interface CreateUploadOptions extends ObjectOptions {
+  /** Total size of the object the client will upload. */
+  sizeBytes: number;
+  /** Wanted part size; the driver may grow it (part-count limits) and says which it used. */
+  partSizeBytes?: number;
+  /** Lifetime of the part URLs. */
+  expiresSeconds?: number;
+}
+
+/** One part of a presigned multipart upload: PUT exactly `sizeBytes` bytes from `offset` to `url`. */
+export interface UploadPartUrl {
+  partNumber: number;
+  url: string;
+  offset: number;
+  sizeBytes: number;
+}
+
+/**
+ * A multipart upload the client performs itself: it PUTs each part to its URL (in any order, in
+ * parallel), keeps each response's `ETag` header, then asks Strata to complete the upload.
+ */
+export interface CreateUploadResult {
+  uploadId: string;
+  /** Where the object will be once completed (relative to the store). */
+  path: string;
+  partSizeBytes: number;
+  parts: UploadPartUrl[];
+  /** ISO-8601; after it the URLs are refused (ask for fresh ones with `presignUploadParts`). */
+  expiresAt: string;
+}
+
+/** Options for {@link ImageStoreDriver.presignUploadParts}. */
+export interface PresignUploadPartsOptions extends ObjectOptions {
+  uploadId: string;
+  /** Total size and part size as returned by `createUpload`, to compute each part's range. */
+  sizeBytes: number;
+  partSizeBytes: number;
+  /** Parts to presign again, e.g. those not yet uploaded when the first URLs expired. */
+  partNumbers: number[];
+  expiresSeconds?: number;
+}
+
+/** A part the client uploaded: its number and the `ETag` its PUT answered. */
+export interface CompletedPart {
+  partNumber: number;
+  etag: string;
+}
+
+/** Options for {@link ImageStoreDriver.completeUpload}. */
+export interface CompleteUploadOptions extends ObjectOptions {
+  uploadId: string;
+  /** Every part, numbered 1..N without gaps or duplicates (any order; sent sorted). */
+  parts: CompletedPart[];
+  /** Expected total size; when given, a completed object of another size is deleted and refused. */
+  sizeBytes?: number;
+}
+
+/** Options for {@link ImageStoreDriver.abortUpload}. */
+export interface AbortUploadOptions extends ObjectOptions {
+  uploadId: string;
+}
+
+/** Options for {@link ImageStoreDriver.listUploads}. */
+export interface ListUploadsOptions extends StoreOptions {
+  /** Only uploads initiated before this instant (a reconciler's "abandoned" threshold). */
+  olderThan?: Date;
+}
+
+/** A multipart upload that was started and neither completed nor aborted. */
+export interface PendingUpload {
+  path: string;
+  uploadId: string;
+  /** ISO-8601. */
+  initiatedAt: string;
+}
+
+/** Options for {@link ImageStoreDriver.presignGet} and {@link ImageStoreDriver.presignPut}. */
+export interface PresignOptions extends ObjectOptions {
+  expiresSeconds?: number;
+}
+
+/** A presigned URL and when it stops working. */
+export interface PresignedUrl {
+  url: string;
+  /** ISO-8601. */
+  expiresAt: string;
+  /** The object's path in the store (relative to its prefix). */
+  path: string;
+}
+
+/**
+ * What an image store (templates, ISOs) adds to a {@link DataStoreDriver}: streaming in and out,
+ * multipart uploads done by clients through presigned URLs (Strata never proxies the bytes), and
+ * presigned downloads for hosts. Optional: narrow with {@link isImageStoreDriver}.
+ *
+ * Objects are addressed like every other driver call (`object.path` when set, else the driver's
+ * own layout; for S3 `templates/<id>/<id>.<format>` and `isos/<id>/<id>.iso` under the store
+ * prefix). A write replaces an existing object atomically; a failed or aborted write leaves the
+ * previous state (no partial object, no pending multipart upload).
+ *
+ * @example
+ * // Ingest a template from an HTTP source, then hand a host a download URL.
+ * if (!isImageStoreDriver(driver)) throw new UnsupportedOperationError('not an image store');
+ * const res = await fetch(sourceUrl);
+ * const body = Readable.fromWeb(res.body as ReadableStream);
+ * const object = { kind: 'template', id: 'tpl-1', format: 'qcow2' } as const;
+ * const { path, sizeBytes } = await driver.writeStream({
+ *   store, object, body, ctx, contentLength: Number(res.headers.get('content-length')),
+ * });
+ * const { url } = await driver.presignGet({ store, object: { ...object, path }, ctx, expiresSeconds: 900 });
+ *
+ * @example
+ * // A client uploads a template itself: create, PUT the parts, complete.
+ * const up = await driver.createUpload({ store, object, sizeBytes: file.size, ctx });
+ * const parts = await Promise.all(up.parts.map(async (p) => {
+ *   const r = await fetch(p.url, { method: 'PUT', body: file.slice(p.offset, p.offset + p.sizeBytes) });
+ *   return { partNumber: p.partNumber, etag: r.headers.get('etag')! };
+ * }));
+ * await driver.completeUpload({ store, object, uploadId: up.uploadId, parts, ctx });
+ */
+export interface ImageStoreDriver extends DataStoreDriver {
+  /** Stores `body` as the object, streaming with bounded memory; resolves once it is durable. */
+  writeStream(options: WriteStreamOptions): Promise<CreateResult>;
+  /** Opens the object (or an inclusive byte range of it) for reading. Missing: `ObjectNotFoundError`. */
+  readStream(options: ReadStreamOptions): Promise<ReadStreamResult>;
+  /** Size and version tag of the object, or `undefined` when it does not exist. */
+  statObject(options: ObjectOptions): Promise<ObjectStat | undefined>;
+  /** Starts a multipart upload and presigns one PUT URL per part. */
+  createUpload(options: CreateUploadOptions): Promise<CreateUploadResult>;
+  /** Presigns fresh URLs for some parts of an upload (the first ones expired). */
+  presignUploadParts(options: PresignUploadPartsOptions): Promise<UploadPartUrl[]>;
+  /** Assembles the uploaded parts into the object. */
+  completeUpload(options: CompleteUploadOptions): Promise<CreateResult>;
+  /** Discards an upload and its parts; aborting an unknown or finished upload succeeds. */
+  abortUpload(options: AbortUploadOptions): Promise<void>;
+  /** Uploads started in this store and never completed nor aborted. */
+  listUploads(options: ListUploadsOptions): Promise<PendingUpload[]>;
+  /** A URL that GETs the object without credentials until `expiresAt`. Missing: `ObjectNotFoundError`. */
+  presignGet(options: PresignOptions): Promise<PresignedUrl>;
+  /** A URL that PUTs the whole object in one request (small objects: manifests, checksums). */
+  presignPut(options: PresignOptions): Promise<PresignedUrl>;
+}
+
+const IMAGE_STORE_METHODS = [
+  'writeStream',
+  'readStream',
+  'statObject',
+  'createUpload',
+  'presignUploadParts',
+  'completeUpload',
+  'abortUpload',
+  'listUploads',
+  'presignGet',
+  'presignPut',
+] as const satisfies readonly (keyof ImageStoreDriver)[];
+
+/**
+ * Narrows a driver to an {@link ImageStoreDriver} (every image-store method is present).
+ *
+ * @example
+ * if (isImageStoreDriver(provider.driver)) await provider.driver.statObject({ store, object, ctx });
+ */
+export function isImageStoreDriver(driver: DataStoreDriver): driver is ImageStoreDriver {
+  const candidate = driver as unknown as Record<string, unknown>;
+  return IMAGE_STORE_METHODS.every((method) => typeof candidate[method] === 'function');
 }
