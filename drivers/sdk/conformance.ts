@@ -6,7 +6,8 @@
  * It uses jest's globals (`describe`, `it`, `expect`, `beforeAll`, `afterAll`) and is therefore not
  * re-exported from the SDK index: import it from `drivers/sdk/conformance.js` in tests only.
  */
-import { randomUUID } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
+import { Readable } from 'node:stream';
 import {
   DriverConflictError,
   DriverInputError,
@@ -24,6 +25,8 @@ import {
   type DriverContext,
   type HostInfo,
   type ImageFormat,
+  type ImageStoreDriver,
+  isImageStoreDriver,
   isPrimaryDriver,
 } from './types.js';
 
@@ -50,7 +53,24 @@ export interface ConformanceFixture {
   sizeBytes?: number;
   /** Releases what the fixture started (emulators, temp dirs). */
   teardown?(): Promise<void>;
+  /**
+   * Image-store calls the storage behind the fixture cannot do (an emulator's gaps, never a real
+   * service's). The kit then expects {@link UnsupportedOperationError} from each of them and skips
+   * only the checks that need them. See {@link ImageStoreGap}.
+   */
+  imageStoreGaps?: ImageStoreGap[];
+  /** Bytes the image-store section streams; default 10 MiB + 12,345 (several parts, an odd last one). */
+  imageStoreStreamBytes?: number;
 }
+
+/**
+ * An {@link ImageStoreDriver} call a fixture's storage lacks. s3rver 3.7, for instance, answers
+ * AbortMultipartUpload with 405 and ListMultipartUploads with 501.
+ *
+ * @example
+ * const gaps: ImageStoreGap[] = ['abortUpload', 'listUploads'];
+ */
+export type ImageStoreGap = 'abortUpload' | 'listUploads';
 
 /** Options of {@link describeDriverConformance}. */
 export interface ConformanceOptions {
@@ -323,6 +343,273 @@ export function describeDriverConformance(
       );
     });
 
+    describe('image store (drivers implementing ImageStoreDriver)', () => {
+      const MiB = 1024 * 1024;
+      const image = (): ImageStoreDriver | undefined =>
+        isImageStoreDriver(fx.provider.driver) ? fx.provider.driver : undefined;
+      const lacks = (call: ImageStoreGap) => fx.imageStoreGaps?.includes(call) ?? false;
+      const streamBytes = () => fx.imageStoreStreamBytes ?? 10 * MiB + 12_345;
+      const obj = (id: string) => ({ store: fx.store, ctx: fx.ctx, hostId, object: ref(id) });
+      const pendingPaths = async (driver: ImageStoreDriver) =>
+        (await driver.listUploads({ store: fx.store, ctx: fx.ctx })).map((u) => u.path);
+
+      it(
+        'writeStream stores the bytes; readStream, a range read and statObject give them back',
+        async () => {
+          const driver = image();
+          if (!driver) return;
+          const data = randomBytes(streamBytes());
+          const progress: number[] = [];
+
+          const written = await driver.writeStream({
+            ...obj('streamed'),
+            body: chunked(data, MiB),
+            contentLength: data.length,
+            onProgress: (bytes) => progress.push(bytes),
+          });
+          const whole = await driver.readStream(obj('streamed'));
+          const wholeBytes = await collect(whole.body);
+          const range = { start: 5 * MiB - 10, end: 5 * MiB + 100 };
+          const part = await driver.readStream({ ...obj('streamed'), range });
+          const partBytes = await collect(part.body);
+          const stat = await driver.statObject(obj('streamed'));
+
+          expect(written).toEqual(expect.objectContaining({ sizeBytes: data.length }));
+          expect(written.path).toBeTruthy();
+          expect(progress.at(-1)).toBe(data.length);
+          expect(whole.sizeBytes).toBe(data.length);
+          expect(wholeBytes.equals(data)).toBe(true);
+          expect(part).toEqual(expect.objectContaining({ sizeBytes: 111, totalSizeBytes: data.length }));
+          expect(partBytes.equals(data.subarray(range.start, range.end + 1))).toBe(true);
+          expect(stat?.sizeBytes).toBe(data.length);
+          await expect(driver.statObject(obj('never-written'))).resolves.toBeUndefined();
+          await expect(driver.readStream(obj('never-written'))).rejects.toBeInstanceOf(ObjectNotFoundError);
+        },
+        timeout,
+      );
+
+      it(
+        'a writeStream whose source fails mid-way leaves no object and no pending upload',
+        async () => {
+          const driver = image();
+          if (!driver) return;
+          const before = lacks('listUploads') ? [] : await pendingPaths(driver);
+
+          const failed = driver.writeStream({
+            ...obj('broken'),
+            body: failingAfter(streamBytes() - 1024, MiB, new Error('source broke')),
+          });
+
+          await expect(failed).rejects.toThrow(/source broke/);
+          await expect(driver.statObject(obj('broken'))).resolves.toBeUndefined();
+          if (lacks('listUploads')) {
+            // The storage cannot list uploads (s3rver); real S3 runs the check below.
+            await expect(pendingPaths(driver)).rejects.toBeInstanceOf(UnsupportedOperationError);
+            return;
+          }
+          const after = await pendingPaths(driver);
+          expect(after.filter((p) => !before.includes(p))).toEqual([]);
+        },
+        timeout,
+      );
+
+      it(
+        'a writeStream with a body shorter than contentLength, or aborted by its signal, leaves no object',
+        async () => {
+          const driver = image();
+          if (!driver) return;
+          const data = randomBytes(streamBytes());
+          const controller = new AbortController();
+          const aborting = chunked(data, MiB, (sent) => {
+            if (sent > data.length / 2) controller.abort(new Error('operator cancelled'));
+          });
+
+          const short = driver.writeStream({
+            ...obj('short'),
+            body: chunked(data, MiB),
+            contentLength: data.length + 1,
+          });
+          const aborted = driver.writeStream({
+            ...obj('aborted'),
+            body: aborting,
+            signal: controller.signal,
+          });
+
+          await expect(short).rejects.toBeInstanceOf(DriverInputError);
+          await expect(aborted).rejects.toThrow(/cancelled|abort/i);
+          await expect(driver.statObject(obj('short'))).resolves.toBeUndefined();
+          await expect(driver.statObject(obj('aborted'))).resolves.toBeUndefined();
+        },
+        timeout,
+      );
+
+      it(
+        'a client PUTs parts to presigned URLs in parallel, then completeUpload assembles them',
+        async () => {
+          const driver = image();
+          if (!driver) return;
+          const data = randomBytes(11 * MiB + 7);
+
+          const upload = await driver.createUpload({
+            ...obj('uploaded'),
+            sizeBytes: data.length,
+            partSizeBytes: 5 * MiB,
+          });
+          const put = async (url: string, offset: number, size: number) => {
+            const res = await fetch(url, {
+              method: 'PUT',
+              body: new Uint8Array(data.subarray(offset, offset + size)),
+            });
+            expect(res.status).toBe(200);
+            return res.headers.get('etag') ?? '';
+          };
+          const etags = await Promise.all(upload.parts.map((p) => put(p.url, p.offset, p.sizeBytes)));
+          // URLs can be presigned again (the first ones expired); a part PUT twice keeps the last.
+          const [again] = await driver.presignUploadParts({
+            ...obj('uploaded'),
+            uploadId: upload.uploadId,
+            sizeBytes: data.length,
+            partSizeBytes: upload.partSizeBytes,
+            partNumbers: [2],
+          });
+          etags[1] = await put(again!.url, again!.offset, again!.sizeBytes);
+          const parts = etags.map((etag, i) => ({ partNumber: i + 1, etag })).reverse();
+          const completed = await driver.completeUpload({
+            ...obj('uploaded'),
+            uploadId: upload.uploadId,
+            parts,
+            sizeBytes: data.length,
+          });
+          const stored = await collect((await driver.readStream(obj('uploaded'))).body);
+
+          expect(upload.parts.map((p) => [p.partNumber, p.offset, p.sizeBytes])).toEqual([
+            [1, 0, 5 * MiB],
+            [2, 5 * MiB, 5 * MiB],
+            [3, 10 * MiB, MiB + 7],
+          ]);
+          expect(upload.path).toBe(completed.path);
+          expect(Date.parse(upload.expiresAt)).toBeGreaterThan(Date.now());
+          expect(completed.sizeBytes).toBe(data.length);
+          expect(stored.equals(data)).toBe(true);
+        },
+        timeout,
+      );
+
+      it('completeUpload refuses a part list with a gap or a duplicate before asking the storage', async () => {
+        const driver = image();
+        if (!driver) return;
+        const complete = (parts: { partNumber: number; etag: string }[]) =>
+          driver.completeUpload({ ...obj('bad-parts'), uploadId: 'no-such-upload', parts });
+
+        await expect(complete([])).rejects.toBeInstanceOf(DriverInputError);
+        await expect(complete([{ partNumber: 2, etag: '"a"' }])).rejects.toBeInstanceOf(DriverInputError);
+        await expect(
+          complete([
+            { partNumber: 1, etag: '"a"' },
+            { partNumber: 1, etag: '"b"' },
+          ]),
+        ).rejects.toBeInstanceOf(DriverInputError);
+      });
+
+      it(
+        'abortUpload is idempotent, and listUploads shows an upload until it is aborted',
+        async () => {
+          const driver = image();
+          if (!driver) return;
+          const upload = await driver.createUpload({ ...obj('abandoned'), sizeBytes: 6 * MiB });
+          const abort = () => driver.abortUpload({ ...obj('abandoned'), uploadId: upload.uploadId });
+
+          if (lacks('abortUpload')) {
+            // The storage cannot abort (s3rver answers 405): the driver says so instead of pretending.
+            await expect(abort()).rejects.toBeInstanceOf(UnsupportedOperationError);
+          } else {
+            if (!lacks('listUploads')) {
+              const pending = await driver.listUploads({ store: fx.store, ctx: fx.ctx });
+              expect(pending).toContainEqual(
+                expect.objectContaining({ path: upload.path, uploadId: upload.uploadId }),
+              );
+              const future = new Date(Date.now() + 60_000);
+              const past = new Date(Date.now() - 3_600_000);
+              expect(
+                (await driver.listUploads({ store: fx.store, ctx: fx.ctx, olderThan: future })).map(
+                  (u) => u.uploadId,
+                ),
+              ).toContain(upload.uploadId);
+              expect(
+                (await driver.listUploads({ store: fx.store, ctx: fx.ctx, olderThan: past })).map(
+                  (u) => u.uploadId,
+                ),
+              ).not.toContain(upload.uploadId);
+            }
+            await abort();
+            await abort();
+          }
+          if (lacks('listUploads')) {
+            await expect(driver.listUploads({ store: fx.store, ctx: fx.ctx })).rejects.toBeInstanceOf(
+              UnsupportedOperationError,
+            );
+            return;
+          }
+          const after = await driver.listUploads({ store: fx.store, ctx: fx.ctx });
+          expect(after.map((u) => u.uploadId)).not.toContain(upload.uploadId);
+        },
+        timeout,
+      );
+
+      it(
+        'presignGet gives a URL that fetches the object; presignPut a URL that stores one',
+        async () => {
+          const driver = image();
+          if (!driver) return;
+          const data = randomBytes(256 * 1024);
+          await driver.writeStream({
+            ...obj('served'),
+            body: chunked(data, 64 * 1024),
+            contentLength: data.length,
+          });
+          const manifest = Buffer.from(JSON.stringify({ id: 'served', sizeBytes: data.length }));
+
+          const get = await driver.presignGet({ ...obj('served'), expiresSeconds: 300 });
+          const fetched = Buffer.from(await (await fetch(get.url)).arrayBuffer());
+          const put = await driver.presignPut({ ...obj('manifest'), expiresSeconds: 300 });
+          const putStatus = (await fetch(put.url, { method: 'PUT', body: new Uint8Array(manifest) })).status;
+          const stored = await collect((await driver.readStream(obj('manifest'))).body);
+
+          expect(fetched.equals(data)).toBe(true);
+          expect(Date.parse(get.expiresAt)).toBeGreaterThan(Date.now());
+          expect(putStatus).toBe(200);
+          expect(stored.equals(manifest)).toBe(true);
+          await expect(driver.presignGet(obj('never-written'))).rejects.toBeInstanceOf(ObjectNotFoundError);
+        },
+        timeout,
+      );
+
+      it(
+        'copyAsync between two stores (other bucket, other prefix) preserves the bytes',
+        async () => {
+          const driver = image();
+          if (!driver || !fx.secondStore) return;
+          const data = randomBytes(3 * MiB + 1);
+          const written = await driver.writeStream({ ...obj('copied'), body: chunked(data, MiB) });
+          const src = { store: fx.store, object: ref('copied', { path: written.path }) };
+          const dst = { store: fx.secondStore, object: ref('copied') };
+          if (!driver.canCopy(src, dst)) return;
+
+          const copied = await driver.copyAsync({ src, dst, ctx: fx.ctx, hostId });
+          const read = await driver.readStream({
+            store: fx.secondStore,
+            ctx: fx.ctx,
+            hostId,
+            object: ref('copied', { path: copied.path }),
+          });
+
+          expect(copied.sizeBytes).toBe(data.length);
+          expect((await collect(read.body)).equals(data)).toBe(true);
+        },
+        timeout,
+      );
+    });
+
     describe('error mapping', () => {
       it('refuses an unsafe object id with DriverInputError', async () => {
         await expect(
@@ -368,4 +655,44 @@ export function describeDriverConformance(
       );
     });
   });
+}
+
+/** `data` as a stream of `chunkBytes` pieces; `onChunk` sees the running total before each push. */
+function chunked(data: Buffer, chunkBytes: number, onChunk?: (sent: number) => void): Readable {
+  let offset = 0;
+  return new Readable({
+    read() {
+      onChunk?.(offset);
+      if (offset >= data.length) {
+        this.push(null);
+        return;
+      }
+      const end = Math.min(data.length, offset + chunkBytes);
+      const chunk = data.subarray(offset, end);
+      offset = end;
+      this.push(chunk);
+    },
+  });
+}
+
+/** Random bytes, `chunkBytes` at a time, then `error` once `bytes` were produced. */
+function failingAfter(bytes: number, chunkBytes: number, error: Error): Readable {
+  let sent = 0;
+  return new Readable({
+    read() {
+      if (sent >= bytes) {
+        this.destroy(error);
+        return;
+      }
+      const n = Math.min(chunkBytes, bytes - sent);
+      sent += n;
+      this.push(randomBytes(n));
+    },
+  });
+}
+
+async function collect(body: Readable): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  for await (const chunk of body) chunks.push(Buffer.from(chunk as Uint8Array));
+  return Buffer.concat(chunks);
 }

@@ -41,6 +41,10 @@ describeDriverConformance('s3', async () => {
       const body = Buffer.alloc(head.ContentLength ?? 0, 0x5a);
       await client.send(new PutObjectCommand({ Bucket: s.details.bucket, Key, Body: body }));
     },
+    // s3rver 3.7 answers AbortMultipartUpload (DELETE ?uploadId) with 405 MethodNotAllowed and
+    // ListMultipartUploads (GET ?uploads) with 501 NotImplemented; the driver implements both for
+    // real S3 (unit-tested with aws-sdk-client-mock), so only these calls are skipped here.
+    imageStoreGaps: ['abortUpload', 'listUploads'],
     async teardown() {
       client.destroy();
       await emulator.stop();
