@@ -12,6 +12,8 @@ export const EnvName = {
   SsmOutputPrefix: 'STRATA_SSM_OUTPUT_PREFIX',
   SchedulerGroup: 'STRATA_SCHEDULER_GROUP',
   LogLevel: 'STRATA_LOG_LEVEL',
+  /** Operator allowlist for template URLs: comma-separated host names and CIDR ranges (SSRF rules). */
+  FetchAllowlist: 'STRATA_FETCH_ALLOWLIST',
   /** Embedded stack and tests only: endpoint URLs of the local emulators. */
   DynamoEndpoint: 'STRATA_DYNAMODB_ENDPOINT',
   S3Endpoint: 'STRATA_S3_ENDPOINT',

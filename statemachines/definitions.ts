@@ -10,6 +10,7 @@ import type { FlowName } from '../functions/core/ports.js';
 /** Placeholders used in the ASL files, as `${Name}`. */
 export const FlowSubstitution = {
   StoreTasksFunctionArn: 'StoreTasksFunctionArn',
+  ImageTasksFunctionArn: 'ImageTasksFunctionArn',
 } as const;
 export type FlowSubstitution = (typeof FlowSubstitution)[keyof typeof FlowSubstitution];
 
@@ -23,6 +24,7 @@ export function loadFlowDefinition(
   substitutions: Record<FlowSubstitution, string>,
 ): Record<string, unknown> {
   const raw = readFileSync(flowDefinitionPath(flow), 'utf8');
+  // Placeholders a flow does not use may be given; a placeholder it uses must be.
   const filled = raw.replace(/\$\{([A-Za-z0-9]+)\}/g, (_, name: string) => {
     const value = (substitutions as Record<string, string>)[name];
     if (value === undefined) throw new Error(`flow ${flow}: no substitution for \${${name}}`);

@@ -88,19 +88,36 @@ export interface Template extends Versioned {
   name: string;
   type: Extract<DataObjectKind, 'template' | 'iso'>;
   format: ImageFormat;
-  zoneId?: string;
+  zoneId: string;
+  /** Where it was registered from; absent for uploads. */
   url?: string;
+  /** `{algo}hex`: as the operator gave it, or the sha256 Strata computed when none was given. */
   checksum?: string;
   virtualSizeBytes?: number;
+  physicalSizeBytes?: number;
 }
 
+/**
+ * One copy of a template in one store. On an image store it is the template itself; on a primary
+ * store it is the pool's cache entry that volumes are linked clones of (`refCount` of them).
+ * A cache entry with references can be neither deleted nor evicted.
+ */
 export interface TemplateInStore extends Versioned {
   templateId: string;
   storeId: string;
+  /** Role of the store, so listings can tell image copies from primary cache entries. */
+  storeRole: 'primary' | 'image';
   status: ObjectInStoreStatus;
   path?: string;
   sizeBytes?: number;
-  /** On primary stores: how many volumes are linked clones of this cache entry. */
+  virtualSizeBytes?: number;
+  /** sha256 of the bytes in this store, `{sha256}hex`. */
+  checksum?: string;
+  /** 0–100 while Creating or Copying. */
+  progress?: number;
+  bytesTransferred?: number;
+  /** An open presigned multipart upload into this store (uploads from the operator's machine). */
+  uploadId?: string;
   refCount: number;
   statusReason?: string;
 }

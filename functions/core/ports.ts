@@ -88,6 +88,8 @@ export interface Repository {
   delete<T extends EntityType>(key: EntityKey<T>, expectedVersion?: number): Promise<void>;
   /** Lists entities of one type, oldest first. */
   list<T extends EntityType>(type: T, options?: ListOptions): Promise<Page<EntityMap[T]>>;
+  /** The per-store rows of one template or snapshot (its copies), in store-id order. */
+  listCopies<T extends 'TemplateInStore' | 'SnapshotInStore'>(type: T, id: string): Promise<EntityMap[T][]>;
   /** Lists the per-store rows and volumes held by one store. */
   listInStore(storeId: string, options?: ListOptions): Promise<Page<EntityMap[EntityType]>>;
   /** Adds or removes members of a string-set field atomically (commutative; no version check). */
@@ -136,6 +138,8 @@ export interface EndpointChannel {
 export const FlowName = {
   StoreAttach: 'store-attach',
   StoreMaintenance: 'store-maintenance',
+  TemplateIngest: 'template-ingest',
+  TemplateCopy: 'template-copy',
 } as const;
 export type FlowName = (typeof FlowName)[keyof typeof FlowName];
 
@@ -146,6 +150,20 @@ export interface WorkflowPort {
    * name twice yields the same execution.
    */
   start(flow: FlowName, name: string, input: Record<string, unknown>): Promise<{ executionId: string }>;
+}
+
+/** An opened download: the body streams; nothing is buffered whole. */
+export interface FetchedStream {
+  body: import('node:stream').Readable;
+  contentLength?: number;
+  finalUrl: string;
+}
+
+/** Opens operator-supplied URLs under the SSRF rules (see functions/core/url-policy.ts). */
+export interface UrlFetcher {
+  open(url: string, options: { signal?: AbortSignal }): Promise<FetchedStream>;
+  /** Refusals that can be known without fetching (scheme, credentials, literal blocked IPs); throws InputError. */
+  checkUpFront(url: string): void;
 }
 
 export interface Clock {

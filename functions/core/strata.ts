@@ -6,10 +6,12 @@ import type { ProviderRegistry } from '../../drivers/sdk/registry.js';
 import type { DriverContext, Logger } from '../../drivers/sdk/types.js';
 import { HostEndpointSelector } from './endpoint-selector.js';
 import { ChannelHostInvoker } from './host-invoker.js';
-import type { Clock, EndpointChannel, Repository, WorkflowPort } from './ports.js';
+import type { Clock, EndpointChannel, Repository, UrlFetcher, WorkflowPort } from './ports.js';
 import { systemClock } from './ports.js';
+import { DataMotionService, streamCopyStrategy } from './services/data-motion.js';
 import { DataStoreService, type StoreDeps } from './services/datastore-service.js';
 import { HostService } from './services/host-service.js';
+import { ImageService } from './services/image-service.js';
 import { JobService } from './services/job-service.js';
 import { Reconciler } from './services/reconciler.js';
 import { StoreFlows } from './services/store-flows.js';
@@ -19,6 +21,8 @@ export interface StrataPorts {
   channel: EndpointChannel;
   workflows: WorkflowPort;
   registry: ProviderRegistry;
+  /** Opens operator-supplied template URLs under the SSRF rules. */
+  fetcher: UrlFetcher;
   logger: Logger;
   /** Handed to drivers as `ctx.services` (e.g. the S3 client factory the s3 provider needs). */
   driverServices: Record<string, unknown>;
@@ -34,6 +38,8 @@ export class Strata {
   readonly stores: DataStoreService;
   readonly storeFlows: StoreFlows;
   readonly reconciler: Reconciler;
+  readonly motion: DataMotionService;
+  readonly images: ImageService;
 
   constructor(readonly ports: StrataPorts) {
     const clock = ports.clock ?? systemClock;
@@ -53,6 +59,18 @@ export class Strata {
     this.stores = new DataStoreService(deps);
     this.storeFlows = new StoreFlows(deps);
     this.reconciler = new Reconciler(ports.repo, this.jobs, clock);
+    this.motion = new DataMotionService(ports.registry, [streamCopyStrategy(ports.registry)]);
+    this.images = new ImageService({
+      repo: ports.repo,
+      registry: ports.registry,
+      workflows: ports.workflows,
+      jobs: this.jobs,
+      motion: this.motion,
+      fetcher: ports.fetcher,
+      driverContext: (jobId) => this.driverContext(jobId),
+      selectHost: (storeIds) => this.selector.select({ storeIds }),
+      clock,
+    });
   }
 
   /** The context a driver call runs with, for one job. */

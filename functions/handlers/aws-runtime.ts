@@ -9,6 +9,7 @@ import { createJsonLogger } from '../../drivers/sdk/logger.js';
 import { DynamoRepository } from '../adapters/aws/dynamo-repository.js';
 import { StepFunctionsWorkflows } from '../adapters/aws/sfn-workflows.js';
 import { SsmEndpointChannel } from '../adapters/aws/ssm-channel.js';
+import { SafeUrlFetcher } from '../adapters/http/url-fetcher.js';
 import type { FlowName } from '../core/ports.js';
 import { Strata } from '../core/strata.js';
 import { EnvName } from '../env-names.js';
@@ -53,6 +54,7 @@ export function buildAwsStrata(env: NodeJS.ProcessEnv): Strata {
       >,
     }),
     registry: createBuiltinRegistry(),
+    fetcher: new SafeUrlFetcher({ allowlist: env[EnvName.FetchAllowlist] }),
     logger,
     driverServices: { [S3_CLIENT_SERVICE]: () => s3 },
   });

@@ -3,10 +3,9 @@
  * store-maintenance, chosen by `task`. Step inputs are validated, and errors leave with a stable
  * name for the state machine's Retry and Catch.
  */
-import middy from '@middy/core';
 import { z } from 'zod';
 import type { Strata } from '../core/strata.js';
-import { toWorkflowError } from './workflow-errors.js';
+import { createTaskHandler, type TaskTable } from './task-handler.js';
 
 const id = z.string().min(1).max(128);
 const hostResult = z.object({
@@ -40,25 +39,8 @@ const tasks = {
     ),
   failMaintenance: (s: Strata, i: unknown) =>
     s.storeFlows.failMaintenance(maintenance.extend({ error: sfnError }).parse(i)),
-} as const;
-
-export type StoreTaskName = keyof typeof tasks;
-
-export const StoreTaskEvent = z.object({
-  task: z.enum(Object.keys(tasks) as [StoreTaskName, ...StoreTaskName[]]),
-  input: z.unknown(),
-});
+} satisfies TaskTable;
 
 export function createStoreTasksHandler(getStrata: () => Promise<Strata> | Strata) {
-  const base = async (event: unknown): Promise<unknown> => {
-    const { task, input } = StoreTaskEvent.parse(event);
-    const result = await tasks[task](await getStrata(), input);
-    return result ?? {};
-  };
-  return middy(base).use({
-    // Leaving request.response unset makes middy rethrow request.error, now carrying a stable name.
-    onError: (request) => {
-      request.error = toWorkflowError(request.error);
-    },
-  });
+  return createTaskHandler(tasks, getStrata);
 }

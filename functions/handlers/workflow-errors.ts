@@ -30,6 +30,10 @@ export function workflowErrorName(e: unknown): string {
   if (e instanceof NotAllowedError) return 'Strata.NotAllowed';
   if (e instanceof InputError) return 'Strata.InvalidInput';
   if (e instanceof StrataError) return `Strata.${e.code}`;
+  // Adapters' own errors (e.g. a download that stalled) say whether trying again may help.
+  if ((e as { retryable?: unknown } | undefined)?.retryable === true) return 'Strata.Unavailable';
+  const code = (e as { code?: unknown } | undefined)?.code;
+  if (typeof code === 'string' && /^[A-Za-z][A-Za-z0-9]{0,40}$/.test(code)) return `Strata.${code}`;
   return 'Strata.Internal';
 }
 

@@ -25,11 +25,21 @@ export interface StrataStackProps extends StackProps {
   logRetention?: logs.RetentionDays;
   /** The host runtime's entry point. @default drivers/host-main.ts */
   hostRuntimeEntry?: string;
+  /**
+   * Host names and CIDR ranges template URLs may reach even though they are private or reserved
+   * (STRATA_FETCH_ALLOWLIST, comma-separated). @default none: only public addresses
+   */
+  fetchAllowlist?: string;
 }
 
 export class StrataStack extends Stack {
   readonly api: StrataApi;
-  readonly functions: { api: StrataFunction; storeTasks: StrataFunction; reconciler: StrataFunction };
+  readonly functions: {
+    api: StrataFunction;
+    storeTasks: StrataFunction;
+    imageTasks: StrataFunction;
+    reconciler: StrataFunction;
+  };
   readonly flows: Flows;
 
   constructor(scope: Construct, id: string, props: StrataStackProps = {}) {
@@ -71,7 +81,21 @@ export class StrataStack extends Stack {
       targets: [new targets.LambdaFunction(reconciler, { retryAttempts: 2 })],
     });
 
-    this.flows = new Flows(this, 'Flows', { storeTasks, logRetention });
+    const imageTasks = new StrataFunction(this, 'ImageTasks', {
+      entry: path.join(HANDLERS, 'image-tasks.ts'),
+      description:
+        'Strata workflow tasks: template ingest (URL → image store, hashed and inspected) and copies',
+      // Streams whole images: the longest a Lambda may run, and memory for network and hashing throughput.
+      timeout: Duration.minutes(15),
+      memorySize: 1769,
+      logRetention,
+      environment: { [EnvName.FetchAllowlist]: props.fetchAllowlist ?? '' },
+    })
+      .bindTable(table)
+      .bindBucket(buckets.imageBucket, { envName: EnvName.ImageBucket });
+    hosts.bindSender(imageTasks);
+
+    this.flows = new Flows(this, 'Flows', { storeTasks, imageTasks, logRetention });
 
     const api = new StrataFunction(this, 'Api', {
       entry: path.join(HANDLERS, 'api.ts'),
@@ -79,6 +103,7 @@ export class StrataStack extends Stack {
       // API Gateway gives up after 29 seconds.
       timeout: Duration.seconds(29),
       logRetention,
+      environment: { [EnvName.FetchAllowlist]: props.fetchAllowlist ?? '' },
     })
       .bindTable(table)
       .bindBucket(buckets.imageBucket, { envName: EnvName.ImageBucket });
@@ -87,7 +112,7 @@ export class StrataStack extends Stack {
     scheduling.bindManager(api);
 
     this.api = new StrataApi(this, 'Http', { handler: api, logRetention });
-    this.functions = { api, storeTasks, reconciler };
+    this.functions = { api, storeTasks, imageTasks, reconciler };
 
     new CfnOutput(this, 'TableName', { value: table.tableName });
     new CfnOutput(this, 'ImageBucketName', { value: buckets.imageBucket.bucketName });

@@ -12,12 +12,15 @@ import { createBuiltinRegistry } from '../../drivers/builtin.js';
 import { createJsonLogger } from '../../drivers/sdk/logger.js';
 import type { Logger } from '../../drivers/sdk/types.js';
 import { DynamoRepository } from '../../functions/adapters/aws/dynamo-repository.js';
+import { SafeUrlFetcher } from '../../functions/adapters/http/url-fetcher.js';
 import { LocalProcessChannel } from '../../functions/adapters/local/process-channel.js';
 import { ConflictError } from '../../functions/core/errors.js';
 import type { Job } from '../../functions/core/model.js';
 import { FlowName } from '../../functions/core/ports.js';
 import { Strata } from '../../functions/core/strata.js';
+import { EnvName } from '../../functions/env-names.js';
 import { createApiHandler } from '../../functions/handlers/api/handler.js';
+import { createImageTasksHandler } from '../../functions/handlers/image-tasks-handler.js';
 import { createReconcilerHandler } from '../../functions/handlers/reconciler-handler.js';
 import { createStoreTasksHandler } from '../../functions/handlers/store-tasks-handler.js';
 import { loadFlowDefinition } from '../../statemachines/definitions.js';
@@ -36,6 +39,7 @@ import { LocalWorkflowRunner } from './workflow-runner.js';
 export const LOCAL_ZONE = 'zone-1';
 export const LOCAL_CLUSTER = 'cluster-1';
 const STORE_TASKS_ARN = 'arn:aws:lambda:local:000000000000:function:strata-store-tasks';
+const IMAGE_TASKS_ARN = 'arn:aws:lambda:local:000000000000:function:strata-image-tasks';
 
 export interface EmbeddedStackOptions {
   /** Everything persistent lives here (DynamoDB Local files, S3 objects, host work dirs, the share). */
@@ -57,6 +61,8 @@ export interface EmbeddedStackOptions {
   waitTimeScale?: number;
   /** Host command polling interval in ms. */
   hostPollMs?: number;
+  /** Extra hosts/CIDRs template URLs may reach (STRATA_FETCH_ALLOWLIST); none by default. */
+  fetchAllowlist?: string;
 }
 
 export interface EmbeddedStack {
@@ -124,14 +130,21 @@ export async function startEmbeddedStack(options: EmbeddedStackOptions): Promise
     // The workflows call back into the same Strata, so the runner is created first and bound late.
     let strata: Strata | undefined;
     const storeTasks = createStoreTasksHandler(() => strata!);
+    const imageTasks = createImageTasksHandler(() => strata!);
     const runner = new LocalWorkflowRunner({
       definitions: Object.fromEntries(
         Object.values(FlowName).map((flow) => [
           flow,
-          loadFlowDefinition(flow, { StoreTasksFunctionArn: STORE_TASKS_ARN }),
+          loadFlowDefinition(flow, {
+            StoreTasksFunctionArn: STORE_TASKS_ARN,
+            ImageTasksFunctionArn: IMAGE_TASKS_ARN,
+          }),
         ]),
       ),
-      lambdas: { [STORE_TASKS_ARN]: (event) => storeTasks(event, lambdaContext('strata-store-tasks')) },
+      lambdas: {
+        [STORE_TASKS_ARN]: (event) => storeTasks(event, lambdaContext('strata-store-tasks')),
+        [IMAGE_TASKS_ARN]: (event) => imageTasks(event, lambdaContext('strata-image-tasks')),
+      },
       waitTimeScale: options.waitTimeScale,
       logger,
     });
@@ -147,6 +160,9 @@ export async function startEmbeddedStack(options: EmbeddedStackOptions): Promise
       channel,
       workflows: runner,
       registry,
+      fetcher: new SafeUrlFetcher({
+        allowlist: options.fetchAllowlist ?? process.env[EnvName.FetchAllowlist],
+      }),
       logger,
       driverServices: { s3Client: () => s3Client },
       hostPollMs: options.hostPollMs ?? 50,

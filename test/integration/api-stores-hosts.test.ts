@@ -259,6 +259,7 @@ describe('stores: add, maintain, cancel, delete', () => {
     await t.stack.strata.ports.repo.create('TemplateInStore', {
       templateId: 'tpl-held',
       storeId,
+      storeRole: 'primary',
       status: 'Ready',
       refCount: 1,
       path: 'templates/tpl-held.qcow2',

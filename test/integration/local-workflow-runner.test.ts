@@ -331,7 +331,7 @@ describe('LocalWorkflowRunner', () => {
       const definitions = Object.fromEntries(
         Object.values(FlowName).map((flow) => [
           flow,
-          loadFlowDefinition(flow, { StoreTasksFunctionArn: arn }),
+          loadFlowDefinition(flow, { StoreTasksFunctionArn: arn, ImageTasksFunctionArn: arn }),
         ]),
       );
 

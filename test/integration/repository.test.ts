@@ -207,6 +207,7 @@ describe('DynamoRepository on DynamoDB Local', () => {
       const row = await repo.create('TemplateInStore', {
         templateId: 'tpl-1',
         storeId: 'store-x',
+        storeRole: 'image',
         status: 'Allocated',
         refCount: 0,
       });

@@ -5,13 +5,18 @@
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
+import { S3Client } from '@aws-sdk/client-s3';
 import { type EmbeddedStack, startEmbeddedStack } from '../../infra/local/embedded-stack';
+import { localS3ClientConfig } from '../../infra/local/s3-emulator';
 import { integrationEndpoints, uniqueName } from './integration';
 
 export interface TestStack {
   stack: EmbeddedStack;
   url: string;
   dataDir: string;
+  /** The default image store's bucket in the S3 emulator, and a client for it. */
+  imageBucket: string;
+  s3: S3Client;
   /** JSON over real HTTP; returns status, headers and parsed body. */
   call(
     method: string,
@@ -26,18 +31,20 @@ export interface TestStack {
 }
 
 export async function startTestStack(
-  options: { bootstrap?: boolean; hostCount?: number } = {},
+  options: { bootstrap?: boolean; hostCount?: number; fetchAllowlist?: string } = {},
 ): Promise<TestStack> {
   const endpoints = integrationEndpoints();
   // Not tempDir(): its cleanup may run before the stack has stopped its host processes.
   const dataDir = await mkdtemp(path.join(os.tmpdir(), 'strata-stack-'));
+  const imageBucket = uniqueName('images');
   const stack = await startEmbeddedStack({
     dataDir,
     port: 0,
     dynamoEndpoint: endpoints.dynamo,
     s3Endpoint: endpoints.s3,
     tableName: uniqueName('stack'),
-    imageBucket: uniqueName('images'),
+    imageBucket,
+    fetchAllowlist: options.fetchAllowlist,
     bootstrap: options.bootstrap ?? true,
     hostCount: options.hostCount ?? 2,
     reconcileEverySeconds: 0,
@@ -53,8 +60,10 @@ export async function startTestStack(
     const text = await res.text();
     return { status: res.status, headers: res.headers, body: text ? JSON.parse(text) : undefined };
   };
+  const s3 = new S3Client(localS3ClientConfig(endpoints.s3));
   const stop = stack.stop;
   stack.stop = async () => {
+    s3.destroy();
     await stop();
     await rm(dataDir, { recursive: true, force: true });
   };
@@ -62,6 +71,8 @@ export async function startTestStack(
     stack,
     url: stack.url,
     dataDir,
+    imageBucket,
+    s3,
     call,
     async waitForJob(jobId, timeoutMs = 30_000) {
       const until = Date.now() + timeoutMs;

@@ -295,6 +295,31 @@ export class DynamoRepository implements Repository {
     return this.query<T>(type, input, options);
   }
 
+  async listCopies<T extends 'TemplateInStore' | 'SnapshotInStore'>(
+    type: T,
+    id: string,
+  ): Promise<EntityMap[T][]> {
+    const { pk } = itemKey({ type, id, storeId: 'x' });
+    const items: EntityMap[T][] = [];
+    let cursor: string | undefined;
+    do {
+      const page = await this.query<T>(
+        type,
+        {
+          TableName: this.tableName,
+          KeyConditionExpression: '#pk = :pk AND begins_with(#sk, :store)',
+          ExpressionAttributeNames: { '#pk': 'pk', '#sk': 'sk' },
+          ExpressionAttributeValues: { ':pk': pk, ':store': 'STORE#' },
+          ConsistentRead: true,
+        },
+        { cursor },
+      );
+      items.push(...page.items);
+      cursor = page.cursor;
+    } while (cursor);
+    return items;
+  }
+
   async listInStore(storeId: string, options: ListOptions = {}): Promise<Page<EntityMap[EntityType]>> {
     return this.query(
       undefined,

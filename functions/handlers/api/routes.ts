@@ -16,6 +16,12 @@ import {
   StoreCreateBody,
   StoreListQuery,
   StorePatchBody,
+  TemplateCopyBody,
+  TemplateListQuery,
+  TemplateRegisterBody,
+  TemplateUploadBody,
+  UploadCompleteBody,
+  UploadIdParam,
 } from './schemas.js';
 
 export interface ApiContext {
@@ -131,6 +137,74 @@ export const routes: Route<ApiContext>[] = [
   ),
   route('GET', '/stores/{id}/objects', 'What the storage holds, with owning rows', {}, async (c, p) =>
     ok({ items: await c.strata.stores.listObjects(id(p)) }),
+  ),
+
+  route(
+    'POST',
+    '/templates',
+    'Register a template or ISO from a URL (async)',
+    { body: TemplateRegisterBody, async: true },
+    async (c) => {
+      const input = parse(TemplateRegisterBody, c.body, '');
+      return accepted(await c.strata.images.register(input));
+    },
+  ),
+  route(
+    'POST',
+    '/templates/uploads',
+    "Start an upload from the operator's machine: presigned part URLs",
+    { body: TemplateUploadBody },
+    async (c) => {
+      const input = parse(TemplateUploadBody, c.body, '');
+      return { status: 201, body: await c.strata.images.createUpload(input) };
+    },
+  ),
+  route('GET', '/templates', 'List templates with their copies', { query: TemplateListQuery }, async (c) => {
+    const { limit, cursor, ...filter } = parse(TemplateListQuery, c.query, 'query');
+    return ok(await c.strata.images.list(filter, { limit, cursor }));
+  }),
+  route('GET', '/templates/{id}', 'Get a template with every copy', {}, async (c, p) =>
+    ok(await c.strata.images.get(id(p))),
+  ),
+  route(
+    'DELETE',
+    '/templates/{id}',
+    'Delete a template and every copy (409 while volumes use it)',
+    {},
+    async (c, p) => {
+      await c.strata.images.delete(id(p));
+      return { status: 204 };
+    },
+  ),
+  route(
+    'POST',
+    '/templates/{id}/uploads/{uploadId}/complete',
+    'Finish an upload; verification runs as a job',
+    { body: UploadCompleteBody, async: true },
+    async (c, p) => {
+      const input = parse(UploadCompleteBody, c.body, '');
+      return accepted(
+        await c.strata.images.completeUpload(
+          id(p),
+          parse(UploadIdParam, p.uploadId, 'uploadId'),
+          input.parts,
+        ),
+      );
+    },
+  ),
+  route('DELETE', '/templates/{id}/uploads/{uploadId}', 'Abort an upload', {}, async (c, p) => {
+    await c.strata.images.abortUpload(id(p), parse(UploadIdParam, p.uploadId, 'uploadId'));
+    return { status: 204 };
+  }),
+  route(
+    'POST',
+    '/templates/{id}/copies',
+    'Copy a Ready template to another image store (async)',
+    { body: TemplateCopyBody, async: true },
+    async (c, p) => {
+      const input = parse(TemplateCopyBody, c.body, '');
+      return accepted(await c.strata.images.copy(id(p), input.storeId));
+    },
   ),
 
   route('GET', '/jobs', 'List jobs', { query: JobListQuery }, async (c) => {

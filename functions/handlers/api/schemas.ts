@@ -115,3 +115,65 @@ export const IdParam = safeId;
 export const IdempotencyKeyHeader = z
   .string()
   .regex(/^[A-Za-z0-9_-]{1,128}$/, 'up to 128 letters, digits, _ or -');
+
+const imageFormat = z.enum(['qcow2', 'raw', 'vhd', 'vmdk', 'iso']);
+const checksum = z.string().min(32).max(160);
+const templateName = displayName;
+
+export const TemplateRegisterBody = z
+  .object({
+    name: templateName,
+    url: z.string().min(1).max(8192),
+    format: imageFormat,
+    type: z.enum(['template', 'iso']).default('template'),
+    checksum: checksum.optional(),
+    zoneId: safeId.optional(),
+    storeId: safeId.optional(),
+  })
+  .strict();
+
+export const TemplateUploadBody = z
+  .object({
+    name: templateName,
+    format: imageFormat,
+    type: z.enum(['template', 'iso']).default('template'),
+    sizeBytes: z.number().int().positive().max(Number.MAX_SAFE_INTEGER),
+    checksum: checksum.optional(),
+    zoneId: safeId.optional(),
+    storeId: safeId.optional(),
+  })
+  .strict();
+
+export const UploadCompleteBody = z
+  .object({
+    parts: z
+      .array(
+        z
+          .object({
+            partNumber: z.number().int().min(1).max(10_000),
+            etag: z.string().min(1).max(256),
+          })
+          .strict(),
+      )
+      .min(1)
+      .max(10_000),
+  })
+  .strict();
+
+export const TemplateCopyBody = z.object({ storeId: safeId }).strict();
+
+export const TemplateListQuery = z
+  .object({
+    ...paging,
+    name: z.string().max(128).optional(),
+    type: z.enum(['template', 'iso']).optional(),
+    state: z.string().max(32).optional(),
+    zoneId: safeId.optional(),
+  })
+  .strict();
+
+export const UploadIdParam = z
+  .string()
+  .min(1)
+  .max(1024)
+  .regex(/^[A-Za-z0-9._~+/=-]+$/, 'an upload id');

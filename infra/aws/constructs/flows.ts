@@ -1,6 +1,6 @@
 /**
  * One Step Functions Standard state machine per flow, from the same ASL files the embedded stack runs
- * (statemachines/<flow>.asl.json), with the store-tasks function substituted in.
+ * (statemachines/<flow>.asl.json), with the task functions substituted in.
  */
 import { RemovalPolicy, Stack } from 'aws-cdk-lib';
 import * as iam from 'aws-cdk-lib/aws-iam';
@@ -14,6 +14,7 @@ import { acknowledgeWildcard } from './nag.js';
 
 export interface FlowsProps {
   storeTasks: lambda.IFunction;
+  imageTasks: lambda.IFunction;
   logRetention?: logs.RetentionDays;
 }
 
@@ -24,6 +25,7 @@ export class Flows extends Construct {
     super(scope, id);
     const substitutions: Record<FlowSubstitution, string> = {
       StoreTasksFunctionArn: props.storeTasks.functionArn,
+      ImageTasksFunctionArn: props.imageTasks.functionArn,
     };
     const machines = new Map<FlowName, sfn.StateMachine>();
     for (const flow of Object.values(FlowName)) {
@@ -44,7 +46,7 @@ export class Flows extends Construct {
       machine.addToRolePolicy(
         new iam.PolicyStatement({
           actions: ['lambda:InvokeFunction'],
-          resources: [props.storeTasks.functionArn],
+          resources: [props.storeTasks.functionArn, props.imageTasks.functionArn],
         }),
       );
       acknowledgeWildcard(

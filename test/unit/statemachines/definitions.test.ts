@@ -21,7 +21,7 @@ function allStates(definition: Record<string, unknown>): [string, State][] {
 const ARN = 'arn:aws:lambda:us-east-1:123456789012:function:store-tasks';
 
 describe.each(Object.values(FlowName))('flow %s', (flow) => {
-  const definition = loadFlowDefinition(flow, { StoreTasksFunctionArn: ARN });
+  const definition = loadFlowDefinition(flow, { StoreTasksFunctionArn: ARN, ImageTasksFunctionArn: ARN });
   const states = allStates(definition);
 
   it('fills every placeholder', () => {
