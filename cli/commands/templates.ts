@@ -295,6 +295,8 @@ async function sendAndComplete(
   if (after.size !== run.sizeBytes || after.mtimeMs !== mtimeMs) {
     throw new UploadError(`${run.file} changed while it was being uploaded`);
   }
+  // Ctrl-C right after the last part must still abort rather than commit the upload.
+  if (run.signal.aborted) throw run.signal.reason;
   return ctx.client.completeTemplateUpload(template.id, upload.uploadId, completed, stepKey(ctx, 'complete'));
 }
 
@@ -499,7 +501,7 @@ export const templateCommands: CommandSpec[] = [
       const started = await ctx.client.startTemplateUpload(request);
       const { template, upload } = started;
       out.note(
-        `Uploading ${formatBytes(sizeBytes)} to store ${upload.storeId} in ${upload.parts.length} part(s) ` +
+        `Uploading ${formatBytes(sizeBytes)} to store ${upload.storeId} in ${upload.parts?.length ?? 0} part(s) ` +
           `for template ${template.name} (${template.id}).`,
       );
       let accepted: TemplateAccepted;
