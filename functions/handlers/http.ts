@@ -10,6 +10,7 @@ import {
   DriverInputError,
   ObjectNotFoundError,
   ProviderNotFoundError,
+  UnsupportedOperationError,
 } from '../../drivers/sdk/errors.js';
 import {
   ConflictError,
@@ -38,6 +39,7 @@ const STATUS: [new (...args: never[]) => Error, number][] = [
   [ProviderNotFoundError, 400],
   [ObjectNotFoundError, 404],
   [DriverConflictError, 409],
+  [UnsupportedOperationError, 422],
 ];
 
 export function json(

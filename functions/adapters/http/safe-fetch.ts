@@ -91,7 +91,8 @@ const REDIRECTS = new Set([301, 302, 303, 307, 308]);
 const DEFAULT_USER_AGENT = 'strata-template-fetcher/1';
 
 /**
- * Opens `url` for streaming under the SSRF rules.
+ * Opens `url` for streaming under the SSRF rules. A host name the allowlist names is trusted whatever
+ * it resolves to; any other name must resolve only to allowed addresses.
  *
  * @throws InputError (`{ field: 'url' }`) when the URL itself is refused (scheme, credentials, a
  *   blocked IP literal); UnprocessableError (`{ field: 'url' }`) when its host resolves to a blocked

@@ -6,6 +6,7 @@
  */
 import { PassThrough, pipeline, type Readable, Transform } from 'node:stream';
 import { formatChecksum, MultiHasher, parseChecksum } from '../../../drivers/sdk/checksum.js';
+import { UnsupportedOperationError } from '../../../drivers/sdk/errors.js';
 import { assertSafeImage, ImageInspector } from '../../../drivers/sdk/image-inspect.js';
 import type { ProviderRegistry } from '../../../drivers/sdk/registry.js';
 import {
@@ -258,12 +259,23 @@ export class ImageService {
   async abortUpload(templateId: string, uploadId: string): Promise<void> {
     const { row, store, template } = await this.uploadRow(templateId, uploadId);
     const jobId = row.lease!.owner;
-    await this.imageDriver(store).abortUpload({
-      store: toStoreInfo(store),
-      object: { ...templateObject(template), path: row.path },
-      uploadId,
-      ctx: this.deps.driverContext(jobId),
-    });
+    const ctx = this.deps.driverContext(jobId);
+    await this.imageDriver(store)
+      .abortUpload({
+        store: toStoreInfo(store),
+        object: { ...templateObject(template), path: row.path },
+        uploadId,
+        ctx,
+      })
+      .catch((e: unknown) => {
+        // Some S3-compatible stores (the local emulator among them) cannot abort; their parts are
+        // left for the store's own lifecycle rules, and the template is forgotten all the same.
+        if (!(e instanceof UnsupportedOperationError)) throw e;
+        ctx.logger.warn('store cannot abort multipart uploads; parts left behind', {
+          storeId: store.id,
+          uploadId,
+        });
+      });
     await this.repo.transition({
       key: { type: 'TemplateInStore', id: templateId, storeId: store.id },
       machine: objectInStoreMachine,
