@@ -306,7 +306,7 @@ function inspectBuffers(head: Buffer, tail: Buffer, total: number): ImageInspect
   if (isVmdkDescriptor(head)) return { ...base, ...inspectVmdkDescriptor(head) };
   const vhd = findVhdFooter(head, tail);
   if (vhd) return { ...base, ...inspectVhd(head, vhd, total) };
-  const foreign = probeForeign(head, tail);
+  const foreign = probeForeign(head);
   if (foreign) {
     return { ...base, format: 'raw', virtualSizeBytes: total, foreignFormat: foreign, details: {} };
   }
@@ -585,7 +585,8 @@ function inspectVmdkSparse(head: Buffer, tail: Buffer): Parsed {
   const texts: string[] = [];
   if (descOffset > 0 && descSize > 0) {
     const start = descOffset * 512;
-    const end = Math.min(start + descSize * 512, head.length);
+    // Without a capacity qemu reads on past desc_size (up to a MiB), so extents may follow it.
+    const end = capacitySectors === 0 ? head.length : Math.min(start + descSize * 512, head.length);
     if (start >= head.length)
       return { ...result, malformed: 'embedded descriptor outside the inspected first MiB' };
     texts.push(cString(head.subarray(start, end), 'latin1'));
@@ -678,7 +679,8 @@ function isVmdkDescriptor(head: Buffer): boolean {
 }
 
 function inspectVmdkDescriptor(head: Buffer): Parsed {
-  const text = cString(head.subarray(0, VMDK_QEMU_DESC_WINDOW), 'latin1');
+  // qemu reads a descriptor file up to its first MiB, which is exactly the head we keep.
+  const text = cString(head, 'latin1');
   const descriptor = parseVmdkDescriptor(text);
   const details: Record<string, unknown> = { subformat: 'descriptor', extents: descriptor.extents };
   if (descriptor.createType !== undefined) details.createType = descriptor.createType;
@@ -725,7 +727,7 @@ function inspectIso(head: Buffer): Parsed {
 // ---------------------------------------------------------------------------------------------------
 // Formats qemu would recognise (its probe functions) but Strata does not take.
 
-function probeForeign(head: Buffer, tail: Buffer): string | undefined {
+function probeForeign(head: Buffer): string | undefined {
   const start = ascii(head, 0, 16);
   if (start.startsWith('QED\0')) return 'qed';
   if (start.startsWith('vhdxfile')) return 'vhdx';
@@ -734,6 +736,6 @@ function probeForeign(head: Buffer, tail: Buffer): string | undefined {
   if (ascii(head, 0, 22) === 'Bochs Virtual HD Image') return 'bochs';
   if (ascii(head, 0, 23) === '#!/bin/sh\n#V2.0 Format\n') return 'cloop';
   if (head.length >= 0x44 && head.readUInt32LE(0x40) === 0xbeda107f) return 'vdi';
-  if (tail.length >= 512 && ascii(tail, tail.length - 512, 4) === 'koly') return 'dmg';
+  // dmg is left out: qemu probes it by file name only, never by content.
   return undefined;
 }

@@ -427,6 +427,37 @@ describe('ImageInspector', () => {
       expectUnsafe(inspection, 'vmdk', 'external-data-file');
     });
 
+    it('finds extents listed far into a descriptor file, where qemu still reads them', () => {
+      const descriptor = [
+        '# Disk DescriptorFile',
+        'version=1',
+        'CID=fffffffe',
+        'parentCID=ffffffff',
+        'createType="monolithicFlat"',
+        ...Array.from({ length: 600 }, (_, i) => `# padding comment ${i}`),
+        'RW 8192 FLAT "/dev/sda" 0',
+        '',
+      ].join('\n');
+      expect(descriptor.length).toBeGreaterThan(10 * 1024);
+
+      const inspection = inspectImageBuffer(Buffer.from(descriptor, 'latin1'));
+
+      expect(inspection).toMatchObject({
+        format: 'vmdk',
+        externalDataFile: '/dev/sda',
+        virtualSizeBytes: 8192 * 512,
+      });
+      expectUnsafe(inspection, 'vmdk', 'external-data-file');
+      expectMismatch(inspection, 'raw', 'vmdk');
+    });
+
+    it('calls a grain directory at the end without a stream footer malformed', async () => {
+      const data = await readFile(await create('a.vmdk', 'vmdk', '4M', '-o', 'subformat=streamOptimized'));
+      data.writeBigUInt64LE(0xffffffffffffffffn, 56);
+
+      expectUnsafe(inspectImageBuffer(data), 'vmdk', 'malformed');
+    });
+
     it('refuses a sparse header with no capacity, which makes qemu follow the embedded extents', async () => {
       const data = await readFile(await create('a.vmdk', 'vmdk', '4M'));
       data.writeBigUInt64LE(0n, 12);
