@@ -3,10 +3,12 @@
  * is the one exception (`drivers/sdk/conformance.js`, test code only).
  */
 export * from './base-driver.js';
+export * from './checksum.js';
 export * from './confine.js';
 export * from './errors.js';
 export * from './host-protocol.js';
 export * from './host-runtime.js';
+export * from './image-inspect.js';
 export * from './logger.js';
 export * from './qemu.js';
 export * from './registry.js';
