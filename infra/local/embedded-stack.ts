@@ -33,7 +33,7 @@ import {
   startDynamoLocal,
 } from './dynamodb-local.js';
 import { lambdaContext } from './lambda-context.js';
-import { localS3ClientConfig, type S3Emulator, startS3Emulator } from './s3-emulator.js';
+import { localS3ClientConfig, type S3Emulator, startS3EmulatorProcess } from './s3-emulator.js';
 import { LocalWorkflowRunner } from './workflow-runner.js';
 
 export const LOCAL_ZONE = 'zone-1';
@@ -103,7 +103,7 @@ export async function startEmbeddedStack(options: EmbeddedStackOptions): Promise
     }
     let s3: Pick<S3Emulator, 'endpoint'> = { endpoint: options.s3Endpoint ?? '' };
     if (!options.s3Endpoint) {
-      const started = await startS3Emulator({ dir: path.join(dataDir, 's3') });
+      const started = await startS3EmulatorProcess({ dir: path.join(dataDir, 's3') });
       stops.push(() => started.stop());
       s3 = started;
     }

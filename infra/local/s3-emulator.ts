@@ -8,9 +8,12 @@
  * - the SDK's default request checksums frame streamed bodies as aws-chunked, which s3rver stores
  *   verbatim; clients must use {@link localS3ClientConfig} (checksums only when required).
  */
+
+import { spawn } from 'node:child_process';
 import crypto from 'node:crypto';
 import { mkdir } from 'node:fs/promises';
 import type { AddressInfo } from 'node:net';
+import path from 'node:path';
 import type { S3ClientConfig } from '@aws-sdk/client-s3';
 import S3rver from 's3rver';
 
@@ -66,6 +69,58 @@ export async function startS3Emulator(options: {
   return {
     endpoint: `http://127.0.0.1:${address.port}`,
     stop: () => server.close(),
+  };
+}
+
+/**
+ * Starts the emulator in a child process (see s3-emulator-main.ts). Same endpoint contract as
+ * {@link startS3Emulator}; `stop()` ends the process and waits for it.
+ */
+export async function startS3EmulatorProcess(options: { dir: string; port?: number }): Promise<S3Emulator> {
+  await mkdir(options.dir, { recursive: true });
+  const child = spawn(
+    process.execPath,
+    [
+      '--import',
+      'tsx',
+      path.join(__dirname, 's3-emulator-main.ts'),
+      '--dir',
+      options.dir,
+      '--port',
+      String(options.port ?? 0),
+    ],
+    {
+      stdio: ['pipe', 'pipe', 'pipe'],
+      env: { ...process.env, AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true' },
+    },
+  );
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  let stderr = '';
+  child.stderr.on('data', (d: Buffer) => {
+    stderr = (stderr + d.toString()).slice(-4000);
+  });
+  const endpoint = await new Promise<string>((resolve, reject) => {
+    let out = '';
+    const timer = setTimeout(() => reject(new Error(`S3 emulator did not start in 30 s: ${stderr}`)), 30_000);
+    child.stdout.on('data', (d: Buffer) => {
+      out += d.toString();
+      const line = out.split('\n').find((l) => l.startsWith('{'));
+      if (line) {
+        clearTimeout(timer);
+        resolve((JSON.parse(line) as { endpoint: string }).endpoint);
+      }
+    });
+    child.once('exit', (code) => {
+      clearTimeout(timer);
+      reject(new Error(`S3 emulator exited with ${code}: ${stderr}`));
+    });
+  });
+  return {
+    endpoint,
+    stop: async () => {
+      if (child.exitCode === null) child.kill('SIGTERM');
+      await exited;
+    },
   };
 }
 

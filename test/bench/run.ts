@@ -1,0 +1,30 @@
+/**
+ * Runs benchmarks and prints their figures. Never part of `npm test`: figures go to BENCHMARKS.md.
+ *
+ *   npm run bench -- <name> [args…]     e.g. npm run bench -- ingest 256 3
+ */
+import { benchIngest } from './ingest';
+
+process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
+
+const benches: Record<string, (args: number[]) => Promise<unknown>> = {
+  ingest: (a) => benchIngest(a[0], a[1]),
+};
+
+async function main(): Promise<void> {
+  const [name, ...rest] = process.argv.slice(2);
+  const names = name ? [name] : Object.keys(benches);
+  for (const n of names) {
+    const bench = benches[n];
+    if (!bench) throw new Error(`unknown benchmark ${n}; known: ${Object.keys(benches).join(', ')}`);
+    await bench(rest.map(Number));
+  }
+}
+
+main().then(
+  () => process.exit(0),
+  (e: unknown) => {
+    console.error(e);
+    process.exit(1);
+  },
+);
