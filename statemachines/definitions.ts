@@ -32,3 +32,10 @@ export function loadFlowDefinition(
   });
   return JSON.parse(filled) as Record<string, unknown>;
 }
+
+/** The placeholders a flow's ASL uses, e.g. to grant its state machine only the functions it calls. */
+export function flowSubstitutionsUsed(flow: FlowName): FlowSubstitution[] {
+  const raw = readFileSync(flowDefinitionPath(flow), 'utf8');
+  const names = new Set([...raw.matchAll(/\$\{([A-Za-z0-9]+)\}/g)].map((m) => m[1]));
+  return (Object.values(FlowSubstitution) as FlowSubstitution[]).filter((n) => names.has(n));
+}

@@ -34,12 +34,12 @@ function logicalId(construct: { node: { defaultChild?: unknown } }): string {
   return stack.getLogicalId(construct.node.defaultChild as never);
 }
 
-function functionEnv(name: 'api' | 'storeTasks' | 'reconciler'): Record<string, unknown> {
+function functionEnv(name: 'api' | 'storeTasks' | 'imageTasks' | 'reconciler'): Record<string, unknown> {
   const resource = template.toJSON().Resources[logicalId(stack.functions[name])];
   return resource.Properties.Environment.Variables;
 }
 
-function statementsOf(name: 'api' | 'storeTasks' | 'reconciler'): Statement[] {
+function statementsOf(name: 'api' | 'storeTasks' | 'imageTasks' | 'reconciler'): Statement[] {
   const roleId = stack.getLogicalId(stack.functions[name].role.node.defaultChild as never);
   const policies = template.findResources('AWS::IAM::Policy', {
     Properties: { Roles: Match.arrayWith([{ Ref: roleId }]) },
@@ -150,11 +150,11 @@ describe('StrataStack', () => {
   });
 
   describe('functions', () => {
-    it('run Node 20 on arm64 with active tracing', () => {
+    it('run the newest Node runtime on arm64 with active tracing', () => {
       const functions = template.findResources('AWS::Lambda::Function', {
         Properties: { Handler: 'index.handler' },
       });
-      expect(Object.keys(functions)).toHaveLength(3);
+      expect(Object.keys(functions)).toHaveLength(4);
       for (const fn of Object.values(functions)) {
         expect(fn.Properties).toMatchObject({
           Runtime: 'nodejs24.x',
@@ -169,7 +169,7 @@ describe('StrataStack', () => {
     });
 
     it('get the table and image bucket names from EnvName', () => {
-      for (const name of ['api', 'storeTasks', 'reconciler'] as const) {
+      for (const name of ['api', 'storeTasks', 'imageTasks', 'reconciler'] as const) {
         expect(functionEnv(name)).toMatchObject({
           [EnvName.TableName]: { Ref: expect.any(String) },
           [EnvName.ImageBucket]: { Ref: expect.any(String) },
@@ -275,17 +275,20 @@ describe('StrataStack', () => {
       }
     });
 
-    it('may invoke the store-tasks function', () => {
-      template.hasResourceProperties('AWS::IAM::Policy', {
-        PolicyDocument: {
-          Statement: Match.arrayWith([
-            Match.objectLike({
-              Action: 'lambda:InvokeFunction',
-              Resource: { 'Fn::GetAtt': [logicalId(stack.functions.storeTasks), 'Arn'] },
-            }),
-          ]),
-        },
-      });
+    it('may invoke only the task function their ASL names', () => {
+      const policies = Object.entries(template.findResources('AWS::IAM::Policy'));
+      const named = (flow: string) =>
+        policies.filter(([id]) => id.startsWith(`Flows${flow.replace(/-/g, '')}Role`));
+      for (const flow of ['store-attach', 'store-maintenance']) {
+        expect(named(flow)).toHaveLength(1);
+        expect(JSON.stringify(named(flow)[0]![1])).toContain(logicalId(stack.functions.storeTasks));
+        expect(JSON.stringify(named(flow)[0]![1])).not.toContain(logicalId(stack.functions.imageTasks));
+      }
+      for (const flow of ['template-ingest', 'template-copy']) {
+        expect(named(flow)).toHaveLength(1);
+        expect(JSON.stringify(named(flow)[0]![1])).toContain(logicalId(stack.functions.imageTasks));
+        expect(JSON.stringify(named(flow)[0]![1])).not.toContain(logicalId(stack.functions.storeTasks));
+      }
     });
   });
 

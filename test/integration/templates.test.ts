@@ -272,13 +272,24 @@ describe('upload from the operator machine through the CLI', () => {
     const code = await run(
       ['templates', 'upload', image, '--name', 'uploaded', '--zone', 'zone-1', '--json'],
       {
-        stdout: { write: (s: string) => ((out += s), true) } as never,
-        stderr: { write: (s: string) => ((err += s), true) } as never,
+        stdout: {
+          write: (s: string) => {
+            out += s;
+            return true;
+          },
+        } as never,
+        stderr: {
+          write: (s: string) => {
+            err += s;
+            return true;
+          },
+        } as never,
         env: { STRATA_API_URL: t.url },
       },
     );
     expect({ code, err }).toEqual({ code: 0, err: expect.any(String) });
     const list = (await t.call('GET', '/templates?name=uploaded')).body.items;
+    expect(out).toContain(list[0].id);
     expect(list).toHaveLength(1);
     expect(list[0]).toMatchObject({ status: 'Ready', checksum: `{sha256}${imageSha256}` });
     const copy = list[0].copies[0];

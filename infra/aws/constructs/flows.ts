@@ -9,7 +9,11 @@ import * as logs from 'aws-cdk-lib/aws-logs';
 import * as sfn from 'aws-cdk-lib/aws-stepfunctions';
 import { Construct } from 'constructs';
 import { FlowName } from '../../../functions/core/ports.js';
-import { type FlowSubstitution, flowDefinitionPath } from '../../../statemachines/definitions.js';
+import {
+  type FlowSubstitution,
+  flowDefinitionPath,
+  flowSubstitutionsUsed,
+} from '../../../statemachines/definitions.js';
 import { acknowledgeWildcard } from './nag.js';
 
 export interface FlowsProps {
@@ -42,12 +46,11 @@ export class Flows extends Construct {
         logs: { destination: logGroup, level: sfn.LogLevel.ALL, includeExecutionData: true },
         tracingEnabled: true,
       });
-      // The ASL calls the unqualified function ARN only, so no `:*` (versions, aliases) grant.
+      // Each flow may invoke only the task functions its ASL names, and only their unqualified
+      // ARNs, so no `:*` (versions, aliases) grant.
+      const invoked = flowSubstitutionsUsed(flow).map((name) => substitutions[name]);
       machine.addToRolePolicy(
-        new iam.PolicyStatement({
-          actions: ['lambda:InvokeFunction'],
-          resources: [props.storeTasks.functionArn, props.imageTasks.functionArn],
-        }),
+        new iam.PolicyStatement({ actions: ['lambda:InvokeFunction'], resources: invoked }),
       );
       acknowledgeWildcard(
         machine,
