@@ -349,6 +349,11 @@ export interface DataStoreProvider {
   driver: DataStoreDriver;
   /** Host operations, when the provider does work on hypervisor hosts. */
   hostOperations?: HostOperationSet;
+  /**
+   * How templates become usable on this provider's primary stores (cache once per pool, then linked
+   * clones or full copies). Primary providers without one cannot create volumes from templates.
+   */
+  templateInstall?: TemplateInstallStrategy;
 }
 
 /** Priority of a {@link DataMotionStrategy} for a given copy; the highest wins. */

@@ -140,12 +140,19 @@ export interface Volume extends Versioned {
   id: string;
   name: string;
   zoneId: string;
+  /** The primary store it lives on; its size is reserved there (allocatedBytes) from placement on. */
   storeId?: string;
   templateId?: string;
+  /** `linked`: a qcow2 overlay on the pool's template cache entry; `full`: an independent copy. */
+  mode?: 'linked' | 'full' | 'blank';
+  /** Whether this volume holds a reference on its template's cache entry (refCount). */
+  holdsTemplateRef?: boolean;
   sizeBytes: number;
   format: ImageFormat;
   path?: string;
   tags: string[];
+  /** Hosts granted access (grantAccess), e.g. the one running the VM. */
+  accessHostIds: string[];
   status: VolumeStatus;
   statusReason?: string;
 }

@@ -140,6 +140,8 @@ export const FlowName = {
   StoreMaintenance: 'store-maintenance',
   TemplateIngest: 'template-ingest',
   TemplateCopy: 'template-copy',
+  VolumeCreate: 'volume-create',
+  VolumeDelete: 'volume-delete',
 } as const;
 export type FlowName = (typeof FlowName)[keyof typeof FlowName];
 

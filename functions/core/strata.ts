@@ -15,6 +15,7 @@ import { ImageService } from './services/image-service.js';
 import { JobService } from './services/job-service.js';
 import { Reconciler } from './services/reconciler.js';
 import { StoreFlows } from './services/store-flows.js';
+import { VolumeService } from './services/volume-service.js';
 
 export interface StrataPorts {
   repo: Repository;
@@ -40,6 +41,7 @@ export class Strata {
   readonly reconciler: Reconciler;
   readonly motion: DataMotionService;
   readonly images: ImageService;
+  readonly volumes: VolumeService;
 
   constructor(readonly ports: StrataPorts) {
     const clock = ports.clock ?? systemClock;
@@ -69,6 +71,17 @@ export class Strata {
       fetcher: ports.fetcher,
       driverContext: (jobId) => this.driverContext(jobId),
       selectHost: (storeIds) => this.selector.select({ storeIds }),
+      clock,
+    });
+    this.volumes = new VolumeService({
+      repo: ports.repo,
+      registry: ports.registry,
+      workflows: ports.workflows,
+      jobs: this.jobs,
+      driverContext: (jobId) => this.driverContext(jobId),
+      selectHost: (storeIds) => this.selector.select({ storeIds }),
+      installStrategy: (provider) =>
+        ports.registry.has(provider) ? ports.registry.get(provider).templateInstall : undefined,
       clock,
     });
   }

@@ -20,6 +20,7 @@ const attach = z.object({
   mode: z.enum(['initialize', 'attach']),
   hostIds: z.array(id).optional(),
 });
+const volumeStep = z.object({ jobId: id, volumeId: id });
 const maintenance = z.object({ jobId: id, storeId: id, action: z.enum(['enter', 'cancel']) });
 
 const tasks = {
@@ -39,6 +40,15 @@ const tasks = {
     ),
   failMaintenance: (s: Strata, i: unknown) =>
     s.storeFlows.failMaintenance(maintenance.extend({ error: sfnError }).parse(i)),
+  ensureTemplateCache: (s: Strata, i: unknown) => s.volumes.ensureTemplateCache(volumeStep.parse(i)),
+  createOnPool: (s: Strata, i: unknown) => s.volumes.createOnPool(volumeStep.parse(i)),
+  finishCreate: (s: Strata, i: unknown) =>
+    s.volumes.finishCreate(volumeStep.extend({ path: z.string() }).parse(i)),
+  failCreate: (s: Strata, i: unknown) =>
+    s.volumes.failCreate(volumeStep.extend({ error: sfnError }).parse(i)),
+  destroyVolume: (s: Strata, i: unknown) => s.volumes.destroy(volumeStep.parse(i)),
+  failDestroy: (s: Strata, i: unknown) =>
+    s.volumes.failDestroy(volumeStep.extend({ error: sfnError }).parse(i)),
 } satisfies TaskTable;
 
 export function createStoreTasksHandler(getStrata: () => Promise<Strata> | Strata) {

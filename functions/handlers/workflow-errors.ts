@@ -13,6 +13,7 @@ import {
   UnavailableError,
 } from '../core/errors.js';
 import { StoreBusyError } from '../core/services/store-flows.js';
+import { CacheBusyError } from '../core/services/volume-service.js';
 
 export class WorkflowTaskError extends Error {
   constructor(name: string, message: string, options?: { cause?: unknown }) {
@@ -23,6 +24,7 @@ export class WorkflowTaskError extends Error {
 
 export function workflowErrorName(e: unknown): string {
   if (e instanceof StoreBusyError) return 'Strata.StoreBusy';
+  if (e instanceof CacheBusyError) return 'Strata.CacheBusy';
   if (e instanceof UnavailableError) return 'Strata.Unavailable';
   if (e instanceof DriverError) return e.retryable ? 'Strata.Unavailable' : `Strata.${e.code}`;
   if (e instanceof ConflictError) return 'Strata.Conflict';

@@ -58,8 +58,9 @@ export class StrataStack extends Stack {
 
     const storeTasks = new StrataFunction(this, 'StoreTasks', {
       entry: path.join(HANDLERS, 'store-tasks.ts'),
-      description: 'Strata workflow tasks: store lifecycle steps and host operations',
-      timeout: Duration.minutes(5),
+      description: 'Strata workflow tasks: store lifecycle and volume steps, waiting on host operations',
+      // Template installs and copies wait on hosts for as long as a Lambda may run.
+      timeout: Duration.minutes(15),
       logRetention,
     })
       .bindTable(table)

@@ -48,6 +48,7 @@ const PER_STORE: ReadonlySet<EntityType> = new Set(['TemplateInStore', 'Snapshot
 /** Fields stored as DynamoDB string sets (so members can be added and removed atomically). */
 export const SET_FIELDS: Partial<Record<EntityType, readonly string[]>> = {
   Host: ['attachedStoreIds'],
+  Volume: ['accessHostIds'],
 };
 
 export interface ItemKey {

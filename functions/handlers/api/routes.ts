@@ -22,6 +22,10 @@ import {
   TemplateUploadBody,
   UploadCompleteBody,
   UploadIdParam,
+  VolumeAccessBody,
+  VolumeCreateBody,
+  VolumeCreateQuery,
+  VolumeListQuery,
 } from './schemas.js';
 
 export interface ApiContext {
@@ -206,6 +210,41 @@ export const routes: Route<ApiContext>[] = [
       return accepted(await c.strata.images.copy(id(p), input.storeId));
     },
   ),
+
+  route(
+    'POST',
+    '/volumes',
+    'Create a volume, blank or from a template (async); ?dryRun=true explains the placement',
+    { body: VolumeCreateBody, query: VolumeCreateQuery, async: true },
+    async (c) => {
+      const input = parse(VolumeCreateBody, c.body, '');
+      const { dryRun } = parse(VolumeCreateQuery, c.query, 'query');
+      if (dryRun === 'true') return ok(await c.strata.volumes.explain(input));
+      return accepted(await c.strata.volumes.create(input));
+    },
+  ),
+  route('GET', '/volumes', 'List volumes', { query: VolumeListQuery }, async (c) => {
+    const { limit, cursor, ...filter } = parse(VolumeListQuery, c.query, 'query');
+    return ok(await c.strata.volumes.list(filter, { limit, cursor }));
+  }),
+  route('GET', '/volumes/{id}', 'Get a volume', {}, async (c, p) => ok(await c.strata.volumes.get(id(p)))),
+  route('DELETE', '/volumes/{id}', 'Delete a volume (async)', { async: true }, async (c, p) =>
+    accepted(await c.strata.volumes.delete(id(p))),
+  ),
+  route(
+    'POST',
+    '/volumes/{id}/access',
+    'Grant a host access; returns how it reaches the volume',
+    { body: VolumeAccessBody },
+    async (c, p) => {
+      const input = parse(VolumeAccessBody, c.body, '');
+      return ok(await c.strata.volumes.grantAccess(id(p), input.hostId));
+    },
+  ),
+  route('DELETE', '/volumes/{id}/access/{hostId}', "Revoke a host's access", {}, async (c, p) => {
+    await c.strata.volumes.revokeAccess(id(p), parse(IdParam, p.hostId, 'hostId'));
+    return { status: 204 };
+  }),
 
   route('GET', '/jobs', 'List jobs', { query: JobListQuery }, async (c) => {
     const { limit, cursor, ...filter } = parse(JobListQuery, c.query, 'query');

@@ -177,3 +177,30 @@ export const UploadIdParam = z
   .min(1)
   .max(1024)
   .regex(/^[A-Za-z0-9._~+/=-]+$/, 'an upload id');
+
+export const VolumeCreateBody = z
+  .object({
+    name: displayName,
+    zoneId: safeId,
+    sizeBytes: z.number().int().positive().max(Number.MAX_SAFE_INTEGER).optional(),
+    templateId: safeId.optional(),
+    storeId: safeId.optional(),
+    clusterId: safeId.optional(),
+    tags: z.array(tag).max(32).optional(),
+    mode: z.enum(['linked', 'full']).optional(),
+  })
+  .strict();
+
+export const VolumeCreateQuery = z.object({ dryRun: z.enum(['true', 'false']).optional() }).strict();
+
+export const VolumeListQuery = z
+  .object({
+    ...paging,
+    zoneId: safeId.optional(),
+    storeId: safeId.optional(),
+    status: z.string().max(32).optional(),
+    templateId: safeId.optional(),
+  })
+  .strict();
+
+export const VolumeAccessBody = z.object({ hostId: safeId }).strict();

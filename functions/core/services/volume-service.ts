@@ -1,0 +1,638 @@
+/**
+ * VolumeService: volumes on primary storage. Placement and the capacity reservation happen in the
+ * request (so a caller learns at once when nothing fits); the data work runs in the volume-create
+ * and volume-delete workflows, each step idempotent and fenced by the job's lease on the volume.
+ *
+ * Template cache (TemplateInstallStrategy): a template is copied to a pool once, as a TemplateInStore
+ * row with storeRole `primary`; volumes are linked clones (or full copies) of it and each holds one
+ * reference (`refCount`). Of N concurrent creators, the one whose conditional create of the cache row
+ * wins installs it; the others see it Creating and retry (`Strata.CacheBusy`) until it is Ready.
+ *
+ * Eviction rule: when the last volume holding a reference is deleted, the cache entry is removed
+ * from the pool at once. The eviction is a transition conditional on the version the decrement
+ * returned, so a creator that took a new reference in between (which bumps the version) wins and
+ * the entry stays. A creator that finds the entry Destroying gives its reference back and waits for
+ * a fresh install.
+ */
+import type { ProviderRegistry } from '../../../drivers/sdk/registry.js';
+import type { DriverContext, ImageFormat, TemplateInstallStrategy } from '../../../drivers/sdk/types.js';
+import { isImageStoreDriver } from '../../../drivers/sdk/types.js';
+import { type Candidate, type Placement, planPlacement, release, reserve } from '../allocator.js';
+import { ConflictError, InputError, NotFoundError, UnavailableError, UnprocessableError } from '../errors.js';
+import { newId } from '../ids.js';
+import type { DataStore, Job, Template, TemplateInStore, Volume } from '../model.js';
+import { ObjectInStoreStatus as O, VolumeStatus as V } from '../model.js';
+import type { Clock, ListOptions, Page, Repository, WorkflowPort } from '../ports.js';
+import { FlowName, systemClock } from '../ports.js';
+import { objectInStoreMachine, volumeMachine } from '../state-machines.js';
+import { toStoreInfo } from './datastore-service.js';
+import { causeMessage, templateObject } from './image-service.js';
+import type { JobService } from './job-service.js';
+
+export const VOLUME_LEASE_SECONDS = 60 * 60;
+/** Raised while another job installs the template on the pool; the workflow retries with backoff. */
+export class CacheBusyError extends UnavailableError {}
+
+export interface CreateVolumeInput {
+  name: string;
+  zoneId: string;
+  sizeBytes?: number;
+  templateId?: string;
+  storeId?: string;
+  clusterId?: string;
+  tags?: string[];
+  mode?: 'linked' | 'full';
+}
+
+export interface VolumeFilter {
+  zoneId?: string;
+  storeId?: string;
+  status?: string;
+  templateId?: string;
+}
+
+export interface VolumeDeps {
+  repo: Repository;
+  registry: ProviderRegistry;
+  workflows: WorkflowPort;
+  jobs: JobService;
+  driverContext: (jobId: string) => DriverContext;
+  selectHost: (storeIds: string[]) => Promise<{ id: string }>;
+  /** The TemplateInstallStrategy of a primary store's provider, if it has one. */
+  installStrategy: (provider: string) => TemplateInstallStrategy | undefined;
+  clock?: Clock;
+}
+
+interface Step {
+  jobId: string;
+  volumeId: string;
+}
+
+export class VolumeService {
+  private readonly clock: Clock;
+
+  constructor(private readonly deps: VolumeDeps) {
+    this.clock = deps.clock ?? systemClock;
+  }
+
+  private get repo(): Repository {
+    return this.deps.repo;
+  }
+
+  get(id: string): Promise<Volume> {
+    return this.repo.require({ type: 'Volume', id });
+  }
+
+  list(filter: VolumeFilter, options: ListOptions = {}): Promise<Page<Volume>> {
+    const where: Record<string, string> = {};
+    for (const [k, v] of Object.entries(filter)) if (v) where[k] = v;
+    return this.repo.list('Volume', { ...options, filter: where });
+  }
+
+  /** Where a volume would go and why every other store would not take it. Changes nothing. */
+  async explain(input: CreateVolumeInput): Promise<{ placement: Placement }> {
+    const { sizeBytes } = await this.sizing(input);
+    return { placement: await this.plan(input, sizeBytes) };
+  }
+
+  /** Places and reserves, records the volume (Creating, leased), then starts volume-create. */
+  async create(input: CreateVolumeInput): Promise<{ volume: Volume; job: Job }> {
+    const { sizeBytes, template } = await this.sizing(input);
+    const placement = await this.plan(input, sizeBytes);
+    const { store } = await reserve(this.repo, placement, sizeBytes);
+    const jobId = newId('job');
+    const id = newId('vol');
+    let volume: Volume;
+    try {
+      volume = await this.repo.create('Volume', {
+        id,
+        name: input.name,
+        zoneId: input.zoneId,
+        storeId: store.id,
+        ...(template ? { templateId: template.id } : {}),
+        mode: template ? (input.mode ?? 'linked') : 'blank',
+        sizeBytes,
+        format: 'qcow2',
+        tags: input.tags ?? [],
+        accessHostIds: [],
+        status: V.Creating,
+        lease: { owner: jobId, expiresAt: this.expiry(VOLUME_LEASE_SECONDS) },
+      });
+    } catch (e) {
+      await release(this.repo, store.id, sizeBytes);
+      throw e;
+    }
+    const job = await this.deps.jobs.create('volume.create', { type: 'volume', id }, jobId);
+    try {
+      const { executionId } = await this.deps.workflows.start(FlowName.VolumeCreate, jobId, {
+        jobId,
+        volumeId: id,
+        fromTemplate: Boolean(template),
+      });
+      return { volume, job: await this.deps.jobs.started(jobId, executionId) };
+    } catch (e) {
+      await this.failCreate({
+        jobId,
+        volumeId: id,
+        error: { Error: 'WorkflowStartFailed', Cause: (e as Error).message },
+      });
+      throw new UnavailableError(
+        `could not start volume-create: ${(e as Error).message}`,
+        { jobId },
+        { cause: e },
+      );
+    }
+  }
+
+  // ---------------------------------------------------------------- volume-create steps
+
+  /** volume-create: make sure the template is cached on the pool, and take a reference on it. */
+  async ensureTemplateCache(input: Step): Promise<{ cachePath: string }> {
+    const volume = await this.creating(input);
+    if (!volume.templateId || !volume.storeId)
+      throw new InputError('volume has no template', { field: 'templateId' });
+    const template = await this.repo.require({ type: 'Template', id: volume.templateId });
+    const pool = await this.repo.require({ type: 'DataStore', id: volume.storeId });
+    const key = { type: 'TemplateInStore' as const, id: template.id, storeId: pool.id };
+
+    let cache = await this.repo.get(key);
+    if (!cache) {
+      try {
+        cache = await this.repo.create('TemplateInStore', {
+          templateId: template.id,
+          storeId: pool.id,
+          storeRole: 'primary',
+          status: O.Creating,
+          refCount: 0,
+          lease: { owner: input.jobId, expiresAt: this.expiry(VOLUME_LEASE_SECONDS) },
+        });
+      } catch (e) {
+        if (!(e instanceof ConflictError)) throw e;
+        cache = await this.repo.require(key);
+      }
+    } else if (cache.status === O.Failed || cache.status === O.Allocated || cache.status === O.Destroyed) {
+      cache = await this.repo
+        .transition({
+          key,
+          machine: objectInStoreMachine,
+          from: cache.status,
+          to: O.Creating,
+          expectedVersion: cache.version,
+          lease: { owner: input.jobId, ttlSeconds: VOLUME_LEASE_SECONDS },
+          changes: { statusReason: undefined },
+        })
+        .catch(async (e: unknown) => {
+          if (!(e instanceof ConflictError)) throw e;
+          return this.repo.require(key);
+        });
+    }
+
+    if (cache.status === O.Creating && cache.lease?.owner === input.jobId) {
+      cache = await this.installCache(input.jobId, template, pool);
+    }
+    if (cache.status !== O.Ready) {
+      throw new CacheBusyError(
+        `template ${template.id} is ${cache.status} on store ${pool.id}; waiting for it`,
+        {
+          state: cache.status,
+        },
+      );
+    }
+
+    if (!volume.holdsTemplateRef) {
+      const counted = await this.repo.addToCounter(key, 'refCount', 1);
+      if (counted.status !== O.Ready) {
+        // Eviction won the race: give the reference back and wait for a fresh install.
+        await this.repo.addToCounter(key, 'refCount', -1);
+        throw new CacheBusyError(`template cache on ${pool.id} is being evicted; retrying`, {
+          state: counted.status,
+        });
+      }
+      await this.repo.update({ type: 'Volume', id: volume.id }, volume.version, { holdsTemplateRef: true });
+    }
+    return { cachePath: cache.path ?? '' };
+  }
+
+  /** volume-create: create the volume file on a host that mounts the pool. */
+  async createOnPool(input: Step): Promise<{ path: string }> {
+    const volume = await this.creating(input);
+    const pool = await this.repo.require({ type: 'DataStore', id: volume.storeId ?? '' });
+    const provider = this.deps.registry.get(pool.provider);
+    const ctx = this.deps.driverContext(input.jobId);
+    const { id: hostId } = await this.deps.selectHost([pool.id]);
+    const object = { kind: 'volume' as const, id: volume.id, format: 'qcow2' as ImageFormat };
+    let path: string;
+    if (volume.templateId) {
+      const strategy = this.requireStrategy(pool);
+      const template = await this.repo.require({ type: 'Template', id: volume.templateId });
+      const cache = await this.repo.require({ type: 'TemplateInStore', id: template.id, storeId: pool.id });
+      const result = await strategy.createVolume({
+        cache: {
+          store: toStoreInfo(pool),
+          object: { ...templateObject(template), format: 'qcow2', path: cache.path },
+        },
+        volume: object,
+        sizeBytes: volume.sizeBytes,
+        ctx,
+        hostId,
+        ...({ mode: volume.mode === 'full' ? 'full' : 'linked' } as object),
+      } as Parameters<TemplateInstallStrategy['createVolume']>[0]);
+      path = result.path;
+    } else {
+      const result = await provider.driver.createAsync({
+        store: toStoreInfo(pool),
+        object,
+        sizeBytes: volume.sizeBytes,
+        ctx,
+        hostId,
+      });
+      path = result.path;
+    }
+    return { path };
+  }
+
+  /** volume-create, last step. */
+  async finishCreate(input: Step & { path: string }): Promise<void> {
+    const volume = await this.get(input.volumeId);
+    if (volume.status !== V.Ready) {
+      await this.repo.transition({
+        key: { type: 'Volume', id: volume.id },
+        machine: volumeMachine,
+        from: V.Creating,
+        to: V.Ready,
+        leaseOwner: input.jobId,
+        changes: { path: input.path, statusReason: undefined },
+      });
+    }
+    await this.deps.jobs.succeed(input.jobId, {
+      volumeId: volume.id,
+      storeId: volume.storeId,
+      path: input.path,
+    });
+  }
+
+  /** volume-create, on failure: no file, no reservation, no reference left; the volume is Error. */
+  async failCreate(input: Step & { error: { Error?: string; Cause?: string } }): Promise<void> {
+    const reason = causeMessage(input.error);
+    const volume = await this.repo.get({ type: 'Volume', id: input.volumeId });
+    if (volume && volume.status === V.Creating && volume.lease?.owner === input.jobId) {
+      let cleaned = true;
+      await this.cleanUp(volume, input.jobId).catch((e: unknown) => {
+        cleaned = false;
+        this.deps.driverContext(input.jobId).logger.warn('cleanup after failed create was incomplete', {
+          volumeId: volume.id,
+          error: (e as Error).message,
+        });
+      });
+      // Once cleaned, the volume no longer occupies the pool; otherwise a later delete retries the cleanup.
+      await this.repo.transition({
+        key: { type: 'Volume', id: volume.id },
+        machine: volumeMachine,
+        from: V.Creating,
+        to: V.Error,
+        leaseOwner: input.jobId,
+        changes: cleaned
+          ? { statusReason: reason, storeId: undefined, path: undefined, holdsTemplateRef: false }
+          : { statusReason: `${reason} (cleanup incomplete; delete the volume to retry it)` },
+      });
+    }
+    await this.deps.jobs
+      .fail(input.jobId, { code: input.error.Error ?? 'CreateFailed', message: reason })
+      .catch(() => undefined);
+  }
+
+  // ---------------------------------------------------------------- delete
+
+  async delete(id: string): Promise<{ job: Job }> {
+    const volume = await this.get(id);
+    if (volume.accessHostIds.length > 0) {
+      throw new ConflictError(
+        `volume ${id} is still accessible to ${volume.accessHostIds.join(', ')}; revoke first`,
+        {
+          state: volume.status,
+        },
+      );
+    }
+    const jobId = newId('job');
+    await this.repo.transition({
+      key: { type: 'Volume', id },
+      machine: volumeMachine,
+      from: [V.Ready, V.Error, V.Allocated],
+      to: V.Destroying,
+      expectedVersion: volume.version,
+      lease: { owner: jobId, ttlSeconds: VOLUME_LEASE_SECONDS },
+    });
+    const job = await this.deps.jobs.create('volume.delete', { type: 'volume', id }, jobId);
+    const { executionId } = await this.deps.workflows.start(FlowName.VolumeDelete, jobId, {
+      jobId,
+      volumeId: id,
+    });
+    return { job: await this.deps.jobs.started(jobId, executionId) };
+  }
+
+  /** volume-delete: remove the file, release the space and the template reference, forget the row. */
+  async destroy(input: Step): Promise<{ evictedCache: boolean }> {
+    const volume = await this.repo.get({ type: 'Volume', id: input.volumeId });
+    if (!volume) return { evictedCache: false }; // an earlier run finished
+    if (volume.status !== V.Destroying || volume.lease?.owner !== input.jobId) {
+      throw new ConflictError(
+        `volume ${volume.id} is ${volume.status}, not being deleted by ${input.jobId}`,
+        {
+          state: volume.status,
+        },
+      );
+    }
+    const evictedCache = await this.cleanUp(volume, input.jobId);
+    await this.repo.transition({
+      key: { type: 'Volume', id: volume.id },
+      machine: volumeMachine,
+      from: V.Destroying,
+      to: V.Destroyed,
+      leaseOwner: input.jobId,
+    });
+    await this.repo.delete({ type: 'Volume', id: volume.id });
+    await this.deps.jobs.succeed(input.jobId, { volumeId: volume.id, evictedCache });
+    return { evictedCache };
+  }
+
+  async failDestroy(input: Step & { error: { Error?: string; Cause?: string } }): Promise<void> {
+    const reason = causeMessage(input.error);
+    await this.repo
+      .transition({
+        key: { type: 'Volume', id: input.volumeId },
+        machine: volumeMachine,
+        from: V.Destroying,
+        to: V.Error,
+        leaseOwner: input.jobId,
+        changes: { statusReason: `delete failed: ${reason}` },
+      })
+      .catch(() => undefined);
+    await this.deps.jobs
+      .fail(input.jobId, { code: input.error.Error ?? 'DeleteFailed', message: reason })
+      .catch(() => undefined);
+  }
+
+  // ---------------------------------------------------------------- access
+
+  /** Lets a host reach the volume; returns how (for nfs, the file's path under the share's mount). */
+  async grantAccess(
+    id: string,
+    hostId: string,
+  ): Promise<{ uri: string; hostId: string; expiresAt?: string }> {
+    const volume = await this.get(id);
+    if (volume.status !== V.Ready) {
+      throw new ConflictError(`volume ${id} is ${volume.status}`, { state: volume.status });
+    }
+    const host = await this.repo.get({ type: 'Host', id: hostId });
+    if (!host) throw new UnprocessableError(`host ${hostId} is not registered`, { field: 'hostId' });
+    if (!host.attachedStoreIds.includes(volume.storeId ?? '')) {
+      throw new UnprocessableError(`host ${hostId} does not have store ${volume.storeId} attached`, {
+        field: 'hostId',
+      });
+    }
+    const pool = await this.repo.require({ type: 'DataStore', id: volume.storeId ?? '' });
+    const driver = this.deps.registry.get(pool.provider).driver;
+    const access = await driver.grantAccess({
+      store: toStoreInfo(pool),
+      object: { kind: 'volume', id: volume.id, format: volume.format, path: volume.path },
+      host: {
+        id: host.id,
+        name: host.name,
+        zoneId: host.zoneId,
+        clusterId: host.clusterId,
+        hypervisor: host.hypervisor,
+      },
+      hostId: host.id,
+      ctx: this.deps.driverContext(newId('op')),
+    });
+    await this.repo.updateSet({ type: 'Volume', id }, 'accessHostIds', [hostId], []);
+    return { uri: access.uri, hostId, ...(access.expiresAt ? { expiresAt: access.expiresAt } : {}) };
+  }
+
+  async revokeAccess(id: string, hostId: string): Promise<void> {
+    const volume = await this.get(id);
+    if (!volume.accessHostIds.includes(hostId)) {
+      throw new NotFoundError(`host ${hostId} has no access to volume ${id}`, { field: 'hostId' });
+    }
+    const pool = await this.repo.require({ type: 'DataStore', id: volume.storeId ?? '' });
+    const host = await this.repo.get({ type: 'Host', id: hostId });
+    if (host) {
+      await this.deps.registry.get(pool.provider).driver.revokeAccess({
+        store: toStoreInfo(pool),
+        object: { kind: 'volume', id: volume.id, format: volume.format, path: volume.path },
+        host: {
+          id: host.id,
+          name: host.name,
+          zoneId: host.zoneId,
+          clusterId: host.clusterId,
+          hypervisor: host.hypervisor,
+        },
+        hostId: host.id,
+        ctx: this.deps.driverContext(newId('op')),
+      });
+    }
+    await this.repo.updateSet({ type: 'Volume', id }, 'accessHostIds', [], [hostId]);
+  }
+
+  // ---------------------------------------------------------------- helpers
+
+  /** Removes the file, releases the reservation and the template reference. True when the cache was evicted. */
+  private async cleanUp(volume: Volume, jobId: string): Promise<boolean> {
+    const ctx = this.deps.driverContext(jobId);
+    if (!volume.storeId) return false;
+    const pool = await this.repo.get({ type: 'DataStore', id: volume.storeId });
+    if (pool) {
+      const provider = this.deps.registry.get(pool.provider);
+      const path = volume.path ?? `volumes/${volume.id}.qcow2`;
+      const { id: hostId } = await this.deps.selectHost([pool.id]);
+      await provider.driver.deleteAsync({
+        store: toStoreInfo(pool),
+        object: { kind: 'volume', id: volume.id, format: volume.format, path },
+        ctx,
+        hostId,
+      });
+      await release(this.repo, pool.id, volume.sizeBytes);
+    }
+    if (!volume.holdsTemplateRef || !volume.templateId) return false;
+    await this.repo.update({ type: 'Volume', id: volume.id }, (await this.get(volume.id)).version, {
+      holdsTemplateRef: false,
+    });
+    return this.dropTemplateRef(volume.templateId, volume.storeId, jobId);
+  }
+
+  private async dropTemplateRef(templateId: string, storeId: string, jobId: string): Promise<boolean> {
+    const key = { type: 'TemplateInStore' as const, id: templateId, storeId };
+    const after = await this.repo.addToCounter(key, 'refCount', -1);
+    if (after.refCount > 0 || after.status !== O.Ready) return false;
+    try {
+      await this.repo.transition({
+        key,
+        machine: objectInStoreMachine,
+        from: O.Ready,
+        to: O.Destroying,
+        expectedVersion: after.version,
+        lease: { owner: jobId, ttlSeconds: VOLUME_LEASE_SECONDS },
+      });
+    } catch (e) {
+      if (e instanceof ConflictError) return false; // a new volume took a reference: keep the cache
+      throw e;
+    }
+    const pool = await this.repo.require({ type: 'DataStore', id: storeId });
+    const template = await this.repo.require({ type: 'Template', id: templateId });
+    const { id: hostId } = await this.deps.selectHost([storeId]);
+    await this.deps.registry.get(pool.provider).driver.deleteAsync({
+      store: toStoreInfo(pool),
+      object: { ...templateObject(template), format: 'qcow2', path: after.path },
+      ctx: this.deps.driverContext(jobId),
+      hostId,
+    });
+    await this.repo.transition({
+      key,
+      machine: objectInStoreMachine,
+      from: O.Destroying,
+      to: O.Destroyed,
+      leaseOwner: jobId,
+    });
+    await this.repo.delete(key);
+    return true;
+  }
+
+  private async installCache(jobId: string, template: Template, pool: DataStore): Promise<TemplateInStore> {
+    const key = { type: 'TemplateInStore' as const, id: template.id, storeId: pool.id };
+    try {
+      const strategy = this.requireStrategy(pool);
+      const copies = await this.repo.listCopies('TemplateInStore', template.id);
+      const source = copies.find(
+        (c) => c.storeRole === 'image' && (c.status === O.Ready || c.status === O.Copying),
+      );
+      if (!source)
+        throw new ConflictError(`template ${template.id} has no Ready copy on an image store`, {
+          field: 'templateId',
+        });
+      const imageStore = await this.repo.require({ type: 'DataStore', id: source.storeId });
+      const imageDriver = this.deps.registry.get(imageStore.provider).driver;
+      if (!isImageStoreDriver(imageDriver))
+        throw new UnprocessableError(`store ${imageStore.id} cannot serve downloads`);
+      const ctx = this.deps.driverContext(jobId);
+      const object = { ...templateObject(template), path: source.path };
+      const { url } = await imageDriver.presignGet({
+        store: toStoreInfo(imageStore),
+        object,
+        ctx,
+        expiresSeconds: 6 * 3600,
+      });
+      const { id: hostId } = await this.deps.selectHost([pool.id]);
+      const result = await strategy.install({
+        template: { store: toStoreInfo(imageStore), object },
+        pool: toStoreInfo(pool),
+        ctx,
+        hostId,
+        ...({
+          sourceUrl: url,
+          sourceFormat: template.format,
+          ...(source.checksum?.startsWith('{sha256}') ? { expectedSha256: source.checksum.slice(8) } : {}),
+        } as object),
+      });
+      return await this.repo.transition({
+        key,
+        machine: objectInStoreMachine,
+        from: O.Creating,
+        to: O.Ready,
+        leaseOwner: jobId,
+        changes: {
+          path: result.path,
+          sizeBytes: result.sizeBytes,
+          virtualSizeBytes: result.virtualSizeBytes,
+          progress: 100,
+        },
+      });
+    } catch (e) {
+      await this.repo
+        .transition({
+          key,
+          machine: objectInStoreMachine,
+          from: O.Creating,
+          to: O.Failed,
+          leaseOwner: jobId,
+          changes: { statusReason: (e as Error).message },
+        })
+        .catch(() => undefined);
+      throw e;
+    }
+  }
+
+  private requireStrategy(pool: DataStore): TemplateInstallStrategy {
+    const strategy = this.deps.installStrategy(pool.provider);
+    if (!strategy)
+      throw new UnprocessableError(`provider ${pool.provider} cannot install templates`, {
+        field: 'storeId',
+      });
+    return strategy;
+  }
+
+  private async creating(input: Step): Promise<Volume> {
+    const volume = await this.get(input.volumeId);
+    if (volume.status !== V.Creating || volume.lease?.owner !== input.jobId) {
+      throw new ConflictError(
+        `volume ${volume.id} is ${volume.status}, not being created by ${input.jobId}`,
+        {
+          state: volume.status,
+        },
+      );
+    }
+    return volume;
+  }
+
+  private async sizing(input: CreateVolumeInput): Promise<{ sizeBytes: number; template?: Template }> {
+    if (!input.templateId) {
+      if (!input.sizeBytes) throw new InputError('a blank volume needs sizeBytes', { field: 'sizeBytes' });
+      return { sizeBytes: input.sizeBytes };
+    }
+    const template = await this.repo.get({ type: 'Template', id: input.templateId });
+    if (!template)
+      throw new UnprocessableError(`template ${input.templateId} does not exist`, { field: 'templateId' });
+    if (template.type !== 'template') {
+      throw new UnprocessableError(`${input.templateId} is an ISO, not a disk template`, {
+        field: 'templateId',
+      });
+    }
+    const copies = await this.repo.listCopies('TemplateInStore', template.id);
+    if (!copies.some((c) => c.status === O.Ready)) {
+      throw new ConflictError(`template ${template.id} is not Ready`, {
+        field: 'templateId',
+        state: 'NotReady',
+      });
+    }
+    const minimum = template.virtualSizeBytes ?? 0;
+    const sizeBytes = input.sizeBytes ?? minimum;
+    if (sizeBytes < minimum) {
+      throw new InputError(`sizeBytes must be at least the template's virtual size (${minimum})`, {
+        field: 'sizeBytes',
+      });
+    }
+    return { sizeBytes, template };
+  }
+
+  private async plan(input: CreateVolumeInput, sizeBytes: number): Promise<Placement> {
+    const stores: DataStore[] = [];
+    let cursor: string | undefined;
+    do {
+      const page = await this.repo.list('DataStore', { cursor, limit: 100, filter: { role: 'primary' } });
+      stores.push(...page.items);
+      cursor = page.cursor;
+    } while (cursor);
+    return planPlacement(stores, {
+      zoneId: input.zoneId,
+      sizeBytes,
+      ...(input.clusterId ? { clusterId: input.clusterId } : {}),
+      ...(input.tags ? { tags: input.tags } : {}),
+      ...(input.storeId ? { storeId: input.storeId } : {}),
+    });
+  }
+
+  private expiry(seconds: number): string {
+    return new Date(this.clock.now().getTime() + seconds * 1000).toISOString();
+  }
+}
+
+export type { Candidate };

@@ -1,0 +1,236 @@
+/**
+ * VolumeService end to end on the embedded stack: a real qcow2 template registered through the
+ * API, installed once on the nfs pool (a directory every local host mounts) and cloned by 20
+ * concurrent volume creations; blank volumes; placement explanations; access; deletes that evict
+ * the cache and give the capacity back; a failing install that leaves nothing behind.
+ */
+import { execFile } from 'node:child_process';
+import { readdir } from 'node:fs/promises';
+import path from 'node:path';
+import { promisify } from 'node:util';
+import { DeleteObjectCommand } from '@aws-sdk/client-s3';
+import { type ImageServer, startImageServer } from '../support/image-server';
+import { tempDir } from '../support/integration';
+import { startTestStack, type TestStack } from '../support/stack';
+
+const exec = promisify(execFile);
+
+let t: TestStack;
+let server: ImageServer;
+let image: string;
+let templateId: string;
+let pool: { id: string; details: { mountPath: string } };
+
+async function qemuImg(...args: string[]): Promise<{ stdout: string; code: number }> {
+  try {
+    const { stdout } = await exec('qemu-img', args);
+    return { stdout, code: 0 };
+  } catch (e) {
+    return {
+      stdout: String((e as { stdout?: string }).stdout ?? ''),
+      code: Number((e as { code?: number }).code ?? 1),
+    };
+  }
+}
+
+async function filesUnder(dir: string): Promise<string[]> {
+  const out: string[] = [];
+  for (const entry of await readdir(dir, { withFileTypes: true, recursive: true })) {
+    if (entry.isFile() && !entry.name.startsWith('.strata-probe')) {
+      out.push(path.relative(dir, path.join(entry.parentPath, entry.name)));
+    }
+  }
+  return out.sort();
+}
+
+beforeAll(async () => {
+  const dir = await tempDir('strata-volumes-');
+  image = path.join(dir, 'template.qcow2');
+  await qemuImg('create', '-f', 'qcow2', image, '256M');
+  await exec('qemu-io', ['-c', 'write -P 0x5a 0 8M', '-c', 'write -P 0xa5 128M 4M', image]);
+  server = await startImageServer();
+  server.serve('/template.qcow2', { kind: 'file', path: image });
+  t = await startTestStack({ fetchAllowlist: '127.0.0.1' });
+  const reg = await t.call('POST', '/templates', {
+    name: 'vm-template',
+    url: server.url('/template.qcow2'),
+    format: 'qcow2',
+    zoneId: 'zone-1',
+  });
+  expect((await t.waitForJob(reg.body.job.id)).state).toBe('succeeded');
+  templateId = reg.body.template.id;
+  pool = (await t.call('GET', '/stores?role=primary')).body.items.find(
+    (s: { name: string }) => s.name === 'nfs-primary-1',
+  );
+}, 120_000);
+
+afterAll(async () => {
+  await t?.stack.stop();
+  await server?.close();
+});
+
+describe('volumes from a template', () => {
+  const ids: string[] = [];
+
+  it('20 concurrent creations install the template once and make 20 Ready linked clones', async () => {
+    const started = await Promise.all(
+      Array.from({ length: 20 }, (_, i) =>
+        t.call('POST', '/volumes', { name: `vm-${i}`, zoneId: 'zone-1', templateId, storeId: pool.id }),
+      ),
+    );
+    for (const res of started) expect(res.status).toBe(202);
+    const jobs = await Promise.all(started.map((r) => t.waitForJob(r.body.job.id, 180_000)));
+    expect(jobs.map((j) => j.state)).toEqual(Array(20).fill('succeeded'));
+    ids.push(...started.map((r) => r.body.volume.id));
+
+    const tpl = (await t.call('GET', `/templates/${templateId}`)).body;
+    const caches = tpl.copies.filter((c: { storeRole: string }) => c.storeRole === 'primary');
+    expect(caches).toHaveLength(1);
+    expect(caches[0]).toMatchObject({ storeId: pool.id, status: 'Ready', refCount: 20 });
+    const files = await filesUnder(pool.details.mountPath);
+    expect(files.filter((f) => f.startsWith('templates/'))).toHaveLength(1);
+    expect(files.filter((f) => f.startsWith('volumes/'))).toHaveLength(20);
+  }, 240_000);
+
+  it('each clone passes qemu-img check and reads back the template content', async () => {
+    for (const id of ids) {
+      const volume = (await t.call('GET', `/volumes/${id}`)).body;
+      expect(volume).toMatchObject({ status: 'Ready', storeId: pool.id, mode: 'linked' });
+      const file = path.join(pool.details.mountPath, volume.path);
+      expect((await qemuImg('check', file)).code).toBe(0);
+      expect((await qemuImg('compare', image, file)).code).toBe(0);
+      const info = JSON.parse((await qemuImg('info', '--output=json', file)).stdout);
+      expect(info['backing-filename']).toBeDefined();
+    }
+  }, 120_000);
+
+  it('reserves each volume on the pool (allocatedBytes)', async () => {
+    const store = (await t.call('GET', `/stores/${pool.id}`)).body;
+    expect(store.allocatedBytes).toBe(20 * 256 * 2 ** 20);
+  });
+
+  it('grants and revokes a host access to a volume', async () => {
+    const granted = await t.call('POST', `/volumes/${ids[0]}/access`, { hostId: 'host-local-host-1' });
+    expect(granted.status).toBe(200);
+    expect(granted.body.uri).toBe(
+      `file://${path.join(pool.details.mountPath, (await t.call('GET', `/volumes/${ids[0]}`)).body.path)}`,
+    );
+    expect((await t.call('GET', `/volumes/${ids[0]}`)).body.accessHostIds).toEqual(['host-local-host-1']);
+    // a volume with access cannot be deleted
+    expect((await t.call('DELETE', `/volumes/${ids[0]}`)).status).toBe(409);
+    expect((await t.call('DELETE', `/volumes/${ids[0]}/access/host-local-host-1`)).status).toBe(204);
+    expect((await t.call('GET', `/volumes/${ids[0]}`)).body.accessHostIds).toEqual([]);
+    expect((await t.call('DELETE', `/volumes/${ids[0]}/access/host-local-host-1`)).status).toBe(404);
+  });
+
+  it('refuses to delete the template while clones use it', async () => {
+    const res = await t.call('DELETE', `/templates/${templateId}`);
+    expect(res.status).toBe(409);
+    expect(res.body.error.code).toBe('NotAllowed');
+  });
+
+  it('deleting every clone evicts the cache and returns the capacity to zero', async () => {
+    const started = await Promise.all(ids.map((id) => t.call('DELETE', `/volumes/${id}`)));
+    for (const res of started) expect(res.status).toBe(202);
+    const jobs = await Promise.all(started.map((r) => t.waitForJob(r.body.job.id, 120_000)));
+    expect(jobs.map((j) => j.state)).toEqual(Array(20).fill('succeeded'));
+    expect(jobs.filter((j) => j.result.evictedCache)).toHaveLength(1);
+    expect(await filesUnder(pool.details.mountPath)).toEqual([]);
+    const objects = (await t.call('GET', `/stores/${pool.id}/objects`)).body.items;
+    expect(objects).toEqual([]);
+    expect((await t.call('GET', `/stores/${pool.id}`)).body.allocatedBytes).toBe(0);
+    const tpl = (await t.call('GET', `/templates/${templateId}`)).body;
+    expect(tpl.copies.filter((c: { storeRole: string }) => c.storeRole === 'primary')).toEqual([]);
+  }, 180_000);
+});
+
+describe('blank volumes and placement', () => {
+  it('creates a blank qcow2 of the requested size and deletes it', async () => {
+    const res = await t.call('POST', '/volumes', { name: 'blank', zoneId: 'zone-1', sizeBytes: 2 * 2 ** 30 });
+    expect(res.status).toBe(202);
+    expect((await t.waitForJob(res.body.job.id)).state).toBe('succeeded');
+    const volume = (await t.call('GET', `/volumes/${res.body.volume.id}`)).body;
+    const info = JSON.parse(
+      (await qemuImg('info', '--output=json', path.join(pool.details.mountPath, volume.path))).stdout,
+    );
+    expect(info['virtual-size']).toBe(2 * 2 ** 30);
+    expect(info['backing-filename']).toBeUndefined();
+    const del = await t.call('DELETE', `/volumes/${volume.id}`);
+    expect((await t.waitForJob(del.body.job.id)).state).toBe('succeeded');
+    expect((await t.call('GET', `/volumes/${volume.id}`)).status).toBe(404);
+  });
+
+  it('explains the placement on a dry run and changes nothing', async () => {
+    const before = (await t.call('GET', `/stores/${pool.id}`)).body.allocatedBytes;
+    const res = await t.call('POST', '/volumes?dryRun=true', {
+      name: 'x',
+      zoneId: 'zone-1',
+      sizeBytes: 2 ** 30,
+    });
+    expect(res.status).toBe(200);
+    expect(res.body.placement.chosen.storeId).toBe(pool.id);
+    expect(res.body.placement.candidates[0].reason).toMatch(/chosen/);
+    expect((await t.call('GET', `/stores/${pool.id}`)).body.allocatedBytes).toBe(before);
+    expect((await t.call('GET', '/volumes')).body.items).toEqual([]);
+
+    const tooBig = await t.call('POST', '/volumes?dryRun=true', {
+      name: 'x',
+      zoneId: 'zone-1',
+      sizeBytes: 2 ** 52,
+    });
+    expect(tooBig.body.placement.chosen).toBeUndefined();
+    expect(tooBig.body.placement.candidates[0].reason).toMatch(/rejected/);
+  });
+
+  it('answers 422 naming sizeBytes when nothing has room, and reserves nothing', async () => {
+    const res = await t.call('POST', '/volumes', { name: 'huge', zoneId: 'zone-1', sizeBytes: 2 ** 52 });
+    expect(res.status).toBe(422);
+    expect(res.body.error.field).toBe('sizeBytes');
+    expect((await t.call('GET', `/stores/${pool.id}`)).body.allocatedBytes).toBe(0);
+  });
+
+  it.each([
+    ['no size and no template', { name: 'x', zoneId: 'zone-1' }, 'sizeBytes'],
+    ['a negative size', { name: 'x', zoneId: 'zone-1', sizeBytes: -5 }, 'sizeBytes'],
+    ['an unknown template', { name: 'x', zoneId: 'zone-1', templateId: 'tpl-nope' }, 'templateId'],
+    ['an unknown field', { name: 'x', zoneId: 'zone-1', sizeBytes: 1, colour: 'red' }, 'colour'],
+  ])('answers 4xx naming the field for %s', async (_case, body, field) => {
+    const res = await t.call('POST', '/volumes', body);
+    expect(res.status).toBeGreaterThanOrEqual(400);
+    expect(res.status).toBeLessThan(500);
+    expect(res.body.error.field).toBe(field);
+  });
+});
+
+describe('failure', () => {
+  it('an install that fails on the host leaves no Ready volume, no file, no reservation and no stuck state', async () => {
+    const reg = await t.call('POST', '/templates', {
+      name: 'doomed',
+      url: server.url('/template.qcow2'),
+      format: 'qcow2',
+      zoneId: 'zone-1',
+    });
+    await t.waitForJob(reg.body.job.id);
+    const tpl = (await t.call('GET', `/templates/${reg.body.template.id}`)).body;
+    // The image store loses the object: the host's download will fail mid-install.
+    await t.s3.send(new DeleteObjectCommand({ Bucket: t.imageBucket, Key: `images/${tpl.copies[0].path}` }));
+
+    const res = await t.call('POST', '/volumes', { name: 'doomed-vm', zoneId: 'zone-1', templateId: tpl.id });
+    const job = await t.waitForJob(res.body.job.id, 120_000);
+    expect(job.state).toBe('failed');
+    expect(job.error.message.length).toBeGreaterThan(0);
+    const volume = (await t.call('GET', `/volumes/${res.body.volume.id}`)).body;
+    expect(volume.status).toBe('Error');
+    expect(volume.lease).toBeUndefined();
+    expect(await filesUnder(pool.details.mountPath)).toEqual([]);
+    expect((await t.call('GET', `/stores/${pool.id}`)).body.allocatedBytes).toBe(0);
+    const cache = (await t.call('GET', `/templates/${tpl.id}`)).body.copies.find(
+      (c: { storeRole: string }) => c.storeRole === 'primary',
+    );
+    expect(cache?.status ?? 'Failed').toBe('Failed');
+
+    // the Error volume can be deleted
+    const del = await t.call('DELETE', `/volumes/${volume.id}`);
+    expect((await t.waitForJob(del.body.job.id)).state).toBe('succeeded');
+  }, 120_000);
+});
