@@ -142,6 +142,7 @@ export const FlowName = {
   TemplateCopy: 'template-copy',
   VolumeCreate: 'volume-create',
   VolumeDelete: 'volume-delete',
+  VolumeResize: 'volume-resize',
 } as const;
 export type FlowName = (typeof FlowName)[keyof typeof FlowName];
 

@@ -46,6 +46,14 @@ const tasks = {
     s.volumes.finishCreate(volumeStep.extend({ path: z.string() }).parse(i)),
   failCreate: (s: Strata, i: unknown) =>
     s.volumes.failCreate(volumeStep.extend({ error: sfnError }).parse(i)),
+  resizeOnPool: (s: Strata, i: unknown) =>
+    s.volumes.resizeOnPool(
+      volumeStep.extend({ sizeBytes: z.number().int().positive(), allowShrink: z.boolean() }).parse(i),
+    ),
+  failResize: (s: Strata, i: unknown) =>
+    s.volumes.failResize(
+      volumeStep.extend({ sizeBytes: z.number().int().positive(), error: sfnError }).parse(i),
+    ),
   destroyVolume: (s: Strata, i: unknown) => s.volumes.destroy(volumeStep.parse(i)),
   failDestroy: (s: Strata, i: unknown) =>
     s.volumes.failDestroy(volumeStep.extend({ error: sfnError }).parse(i)),

@@ -145,7 +145,7 @@ describe('volumes from a template', () => {
 });
 
 describe('blank volumes and placement', () => {
-  it('creates a blank qcow2 of the requested size and deletes it', async () => {
+  it('creates a blank qcow2 of the requested size, grows and shrinks it, and deletes it', async () => {
     const res = await t.call('POST', '/volumes', { name: 'blank', zoneId: 'zone-1', sizeBytes: 2 * 2 ** 30 });
     expect(res.status).toBe(202);
     expect((await t.waitForJob(res.body.job.id)).state).toBe('succeeded');
@@ -155,6 +155,24 @@ describe('blank volumes and placement', () => {
     );
     expect(info['virtual-size']).toBe(2 * 2 ** 30);
     expect(info['backing-filename']).toBeUndefined();
+
+    // grow: the extra space is reserved on the pool, the file really grows
+    const grow = await t.call('POST', `/volumes/${volume.id}/resize`, { sizeBytes: 3 * 2 ** 30 });
+    expect(grow.status).toBe(202);
+    expect((await t.waitForJob(grow.body.job.id)).state).toBe('succeeded');
+    const file = path.join(pool.details.mountPath, volume.path);
+    expect(JSON.parse((await qemuImg('info', '--output=json', file)).stdout)['virtual-size']).toBe(3 * 2 ** 30);
+    expect((await t.call('GET', `/stores/${pool.id}`)).body.allocatedBytes).toBe(3 * 2 ** 30);
+    // shrinking needs the explicit flag
+    const refused = await t.call('POST', `/volumes/${volume.id}/resize`, { sizeBytes: 2 ** 30 });
+    expect(refused.status).toBe(400);
+    expect(refused.body.error.field).toBe('allowShrink');
+    const shrink = await t.call('POST', `/volumes/${volume.id}/resize`, { sizeBytes: 2 ** 30, allowShrink: true });
+    expect((await t.waitForJob(shrink.body.job.id)).state).toBe('succeeded');
+    expect(JSON.parse((await qemuImg('info', '--output=json', file)).stdout)['virtual-size']).toBe(2 ** 30);
+    expect((await t.call('GET', `/stores/${pool.id}`)).body.allocatedBytes).toBe(2 ** 30);
+    expect((await qemuImg('check', file)).code).toBe(0);
+
     const del = await t.call('DELETE', `/volumes/${volume.id}`);
     expect((await t.waitForJob(del.body.job.id)).state).toBe('succeeded');
     expect((await t.call('GET', `/volumes/${volume.id}`)).status).toBe(404);

@@ -372,6 +372,143 @@ export class VolumeService {
       .catch(() => undefined);
   }
 
+  // ---------------------------------------------------------------- resize
+
+  /**
+   * Grows a volume (or shrinks it, only with `allowShrink`, and never below its template's virtual
+   * size). The extra space is reserved on the pool first, so a grow that does not fit is refused
+   * before anything changes.
+   */
+  async resize(id: string, sizeBytes: number, allowShrink = false): Promise<{ volume: Volume; job: Job }> {
+    const volume = await this.get(id);
+    if (sizeBytes === volume.sizeBytes) {
+      throw new InputError(`volume ${id} is already ${sizeBytes} bytes`, { field: 'sizeBytes' });
+    }
+    if (sizeBytes < volume.sizeBytes) {
+      if (!allowShrink) {
+        throw new InputError('shrinking loses the data past the new end; pass allowShrink to do it anyway', {
+          field: 'allowShrink',
+        });
+      }
+      if (volume.templateId) {
+        const template = await this.repo.get({ type: 'Template', id: volume.templateId });
+        if (template?.virtualSizeBytes && sizeBytes < template.virtualSizeBytes) {
+          throw new UnprocessableError(
+            `a volume cannot be smaller than its template (${template.virtualSizeBytes})`,
+            {
+              field: 'sizeBytes',
+            },
+          );
+        }
+      }
+    }
+    if (volume.status !== V.Ready || !volume.storeId) {
+      throw new ConflictError(`volume ${id} is ${volume.status}`, { state: volume.status });
+    }
+    const jobId = newId('job');
+    const delta = sizeBytes - volume.sizeBytes;
+    const moved = await this.repo.transition({
+      key: { type: 'Volume', id },
+      machine: volumeMachine,
+      from: V.Ready,
+      to: V.Resizing,
+      expectedVersion: volume.version,
+      lease: { owner: jobId, ttlSeconds: VOLUME_LEASE_SECONDS },
+    });
+    try {
+      if (delta > 0) await this.reserveOn(volume.storeId, delta);
+    } catch (e) {
+      await this.repo.transition({
+        key: { type: 'Volume', id },
+        machine: volumeMachine,
+        from: V.Resizing,
+        to: V.Ready,
+        leaseOwner: jobId,
+      });
+      throw e;
+    }
+    const job = await this.deps.jobs.create('volume.resize', { type: 'volume', id }, jobId);
+    const { executionId } = await this.deps.workflows.start(FlowName.VolumeResize, jobId, {
+      jobId,
+      volumeId: id,
+      sizeBytes,
+      allowShrink,
+    });
+    return { volume: moved, job: await this.deps.jobs.started(jobId, executionId) };
+  }
+
+  /** volume-resize: resize the file on a host, then record the new size (and release space on shrink). */
+  async resizeOnPool(input: Step & { sizeBytes: number; allowShrink: boolean }): Promise<void> {
+    const volume = await this.get(input.volumeId);
+    if (volume.status === V.Ready && volume.sizeBytes === input.sizeBytes) return; // done by an earlier run
+    if (volume.status !== V.Resizing || volume.lease?.owner !== input.jobId) {
+      throw new ConflictError(
+        `volume ${volume.id} is ${volume.status}, not being resized by ${input.jobId}`,
+        {
+          state: volume.status,
+        },
+      );
+    }
+    const pool = await this.repo.require({ type: 'DataStore', id: volume.storeId ?? '' });
+    const { id: hostId } = await this.deps.selectHost([pool.id]);
+    await this.deps.registry.get(pool.provider).driver.resize({
+      store: toStoreInfo(pool),
+      object: { kind: 'volume', id: volume.id, format: volume.format, path: volume.path },
+      newSizeBytes: input.sizeBytes,
+      allowShrink: input.allowShrink,
+      ctx: this.deps.driverContext(input.jobId),
+      hostId,
+    });
+    const delta = input.sizeBytes - volume.sizeBytes;
+    await this.repo.transition({
+      key: { type: 'Volume', id: volume.id },
+      machine: volumeMachine,
+      from: V.Resizing,
+      to: V.Ready,
+      leaseOwner: input.jobId,
+      changes: { sizeBytes: input.sizeBytes, statusReason: undefined },
+    });
+    if (delta < 0) await release(this.repo, pool.id, -delta);
+    await this.deps.jobs.succeed(input.jobId, { volumeId: volume.id, sizeBytes: input.sizeBytes });
+  }
+
+  /** volume-resize, on failure: the file keeps its size (qemu-img resize is all or nothing), the volume goes back to Ready. */
+  async failResize(
+    input: Step & { sizeBytes: number; error: { Error?: string; Cause?: string } },
+  ): Promise<void> {
+    const reason = causeMessage(input.error);
+    const volume = await this.repo.get({ type: 'Volume', id: input.volumeId });
+    if (volume && volume.status === V.Resizing && volume.lease?.owner === input.jobId) {
+      const delta = input.sizeBytes - volume.sizeBytes;
+      if (delta > 0 && volume.storeId) await release(this.repo, volume.storeId, delta);
+      await this.repo.transition({
+        key: { type: 'Volume', id: volume.id },
+        machine: volumeMachine,
+        from: V.Resizing,
+        to: V.Ready,
+        leaseOwner: input.jobId,
+        changes: { statusReason: `resize to ${input.sizeBytes} failed: ${reason}` },
+      });
+    }
+    await this.deps.jobs
+      .fail(input.jobId, { code: input.error.Error ?? 'ResizeFailed', message: reason })
+      .catch(() => undefined);
+  }
+
+  /** Reserves more space on a store under its threshold (a resize's growth). */
+  private async reserveOn(storeId: string, bytes: number): Promise<void> {
+    const store = await this.repo.require({ type: 'DataStore', id: storeId });
+    const placement = planPlacement([store], {
+      zoneId: store.scope.zoneId,
+      sizeBytes: bytes,
+      storeId,
+      ...(store.tags.length ? { tags: store.tags } : {}),
+      ...(store.scope.clusterId ? { clusterId: store.scope.clusterId } : {}),
+      ...(store.scope.hostId ? { hostId: store.scope.hostId } : {}),
+    });
+    await reserve(this.repo, placement, bytes);
+  }
+
   // ---------------------------------------------------------------- access
 
   /** Lets a host reach the volume; returns how (for nfs, the file's path under the share's mount). */

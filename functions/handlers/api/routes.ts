@@ -26,6 +26,7 @@ import {
   VolumeCreateBody,
   VolumeCreateQuery,
   VolumeListQuery,
+  VolumeResizeBody,
 } from './schemas.js';
 
 export interface ApiContext {

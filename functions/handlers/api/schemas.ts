@@ -204,3 +204,10 @@ export const VolumeListQuery = z
   .strict();
 
 export const VolumeAccessBody = z.object({ hostId: safeId }).strict();
+
+export const VolumeResizeBody = z
+  .object({
+    sizeBytes: z.number().int().positive().max(Number.MAX_SAFE_INTEGER),
+    allowShrink: z.boolean().default(false),
+  })
+  .strict();
