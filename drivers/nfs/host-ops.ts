@@ -17,12 +17,15 @@ import { z } from 'zod';
 import { isNotFound, isWithin, realRootOf, resolveConfinedPath } from '../sdk/confine.js';
 import {
   DriverConflictError,
+  DriverError,
   DriverInputError,
   DriverUnavailableError,
   ObjectNotFoundError,
 } from '../sdk/errors.js';
 import {
   type QemuImageInfo,
+  qemuCheck,
+  qemuCompare,
   qemuConvert,
   qemuCreate,
   qemuInfo,
@@ -33,6 +36,7 @@ import {
 } from '../sdk/qemu.js';
 import type { HostOperation, HostOperationContext, HostOperationSet } from '../sdk/types.js';
 import { AbsolutePathSchema, RelativePathSchema, SafeIdSchema } from '../sdk/validation.js';
+import { assertHttpUrl, downloadToFile, sha256OfFile } from './download.js';
 
 /** Image formats the NFS host operations read and write. */
 export const NfsImageFormatSchema = z.enum(['qcow2', 'raw']);
@@ -87,6 +91,56 @@ const ResizeArgs = FileRef.extend({
 const InfoArgs = FileRef.extend({ format: NfsImageFormatSchema.optional() }).strict();
 const ListArgs = z.object({ mountPath: AbsolutePathSchema, prefix: RelativePathSchema.optional() }).strict();
 const SnapshotArgs = FileRef.extend({ snapshotId: SafeIdSchema }).strict();
+
+/**
+ * Formats `fetchImage` accepts as a source, and the qemu-img driver that reads each. VMDK is left
+ * out on purpose: a VMDK descriptor names extent files, i.e. paths chosen by the image's author.
+ */
+export const NfsSourceFormatSchema = z.enum(['qcow2', 'raw', 'iso', 'vhd']);
+export type NfsSourceFormat = z.infer<typeof NfsSourceFormatSchema>;
+const QEMU_SOURCE_FORMAT: Record<NfsSourceFormat, string> = {
+  qcow2: 'qcow2',
+  raw: 'raw',
+  iso: 'raw',
+  vhd: 'vpc',
+};
+
+const FetchImageArgs = FileRef.extend({
+  url: z
+    .string()
+    .max(16 * 1024)
+    .refine((u) => {
+      try {
+        assertHttpUrl(u);
+        return true;
+      } catch {
+        return false;
+      }
+    }, 'must be an http(s) URL without credentials'),
+  sourceFormat: NfsSourceFormatSchema,
+  targetFormat: NfsImageFormatSchema.default('qcow2'),
+  expectedSha256: z
+    .string()
+    .regex(/^[0-9a-fA-F]{64}$/, 'must be 64 hex digits')
+    .optional(),
+  /** Exact length of the object behind `url`, when known. */
+  sizeBytes: SizeSchema.optional(),
+  /** Virtual size the installed image must have, when known (checked on an existing file too). */
+  virtualSizeBytes: SizeSchema.optional(),
+  /** Fail the download when no byte arrives for this long. */
+  stallTimeoutSeconds: z.number().int().positive().max(3600).default(60),
+}).strict();
+const ImageRef = FileRef.extend({ format: NfsImageFormatSchema.default('qcow2') }).strict();
+const CompareArgs = z.object({ a: ImageRef, b: ImageRef, strict: z.boolean().default(false) }).strict();
+const CheckArgs = ImageRef;
+const CloneArgs = FileRef.extend({
+  /** The image to clone (typically the pool's template cache entry), on the same mount. */
+  sourcePath: RelativePathSchema,
+  sourceFormat: NfsImageFormatSchema.default('qcow2'),
+  mode: z.enum(['linked', 'full']).default('linked'),
+  /** Virtual size of the clone; default the source's. Never smaller than the source. */
+  sizeBytes: SizeSchema.optional(),
+}).strict();
 
 /**
  * Checks the share is mounted and writable on this host: the mount path exists, is a directory,
@@ -282,7 +336,14 @@ const resize: HostOperation<z.infer<typeof ResizeArgs>, NfsImageResult> = {
 /** Describes one image (sizes, format, base of a linked clone, internal snapshots). */
 const info: HostOperation<
   z.infer<typeof InfoArgs>,
-  NfsImageResult & { backingPath?: string; snapshots: { id: string; name: string; createdAt: string }[] }
+  NfsImageResult & {
+    /** Bytes allocated on the share (qemu-img's `actual-size`), when qemu reports it. */
+    actualSizeBytes?: number;
+    /** The linked clone's base, relative to the share's root. */
+    backingPath?: string;
+    backingFormat?: string;
+    snapshots: { id: string; name: string; createdAt: string }[];
+  }
 > = {
   args: InfoArgs,
   async run(args, ctx) {
@@ -296,7 +357,9 @@ const info: HostOperation<
       : undefined;
     return {
       ...result,
+      ...(details.actualSizeBytes !== undefined ? { actualSizeBytes: details.actualSizeBytes } : {}),
       ...(backingPath !== undefined ? { backingPath } : {}),
+      ...(details.backingFormat !== undefined ? { backingFormat: details.backingFormat } : {}),
       snapshots: details.snapshots.map(({ id, name, createdAt }) => ({ id, name, createdAt })),
     };
   },
@@ -396,6 +459,271 @@ const deleteSnapshot: HostOperation<z.infer<typeof SnapshotArgs>, { deleted: boo
 };
 
 /**
+ * Installs an image from an http(s) URL (a presigned image-store GET) at `path`: streams it to a
+ * hidden `.<name>.partial-<jobId>` next to the target (same share, so the final rename is atomic),
+ * hashing on the way; checks `expectedSha256`; reads the header with the declared `sourceFormat`
+ * (an image naming a backing or data file is refused); converts to `targetFormat` into
+ * `.<name>.convert-<jobId>` when the formats differ; runs `qemu-img check` on qcow2; renames into
+ * place. Temporaries are removed on any failure, so the final name only ever holds a verified image.
+ * An existing final file is the result of an earlier run: it is checked (sha256 for same-format
+ * installs, virtual size when given, qcow2 consistency) and returned without downloading again.
+ * Progress reports carry `{ phase, bytes, totalBytes }`.
+ */
+const fetchImage: HostOperation<z.infer<typeof FetchImageArgs>, NfsImageResult & { sha256?: string }> = {
+  args: FetchImageArgs,
+  async run(args, ctx) {
+    await realRootOf(args.mountPath);
+    const target = await resolveConfinedPath(args.mountPath, args.path, { createParents: true });
+    const sourceFormat = QEMU_SOURCE_FORMAT[args.sourceFormat];
+    const converting = sourceFormat !== args.targetFormat;
+    const existing = await existingFetched(target, args, converting, ctx);
+    if (existing) {
+      ctx.logger.info('image already installed', { path: args.path });
+      ctx.progress(100, { phase: 'done' });
+      return existing;
+    }
+
+    const partial = join(dirname(target), `.${basename(target)}.partial-${ctx.jobId}`);
+    const converted = join(dirname(target), `.${basename(target)}.convert-${ctx.jobId}`);
+    let sha256: string;
+    try {
+      ctx.progress(0, { phase: 'download', bytes: 0 });
+      let lastPercent = -1;
+      let lastBytes = 0;
+      const download = await downloadToFile(args.url, partial, {
+        signal: ctx.signal,
+        stallTimeoutMs: args.stallTimeoutSeconds * 1000,
+        expectedSha256: args.expectedSha256,
+        expectedBytes: args.sizeBytes,
+        onBytes(bytes, totalBytes) {
+          // The download is most of the work; conversion and checks share the last 10 %.
+          const percent = totalBytes ? Math.floor((bytes / totalBytes) * 90) : 0;
+          if (percent !== lastPercent || bytes - lastBytes >= 64 * 1024 * 1024) {
+            lastPercent = percent;
+            lastBytes = bytes;
+            ctx.progress(percent, { phase: 'download', bytes, ...(totalBytes ? { totalBytes } : {}) });
+          }
+        },
+      });
+      sha256 = download.sha256;
+      ctx.progress(90, { phase: 'verify', bytes: download.bytes });
+      // Reading the header with the declared format both proves the bytes are that format and
+      // refuses backing/data files, which would make qemu open paths the image's author chose.
+      await qemuInfo(partial, { format: sourceFormat, signal: ctx.signal });
+      let ready = partial;
+      if (converting) {
+        await qemuConvert(partial, converted, {
+          srcFormat: sourceFormat,
+          dstFormat: args.targetFormat,
+          signal: ctx.signal,
+          onProgress: (p) => ctx.progress(90 + Math.floor(p / 20), { phase: 'convert' }),
+        });
+        await rm(partial, { force: true });
+        ready = converted;
+      }
+      await assertConsistent(ready, args.targetFormat, args.path, ctx);
+      if (args.virtualSizeBytes !== undefined) {
+        const { virtualSizeBytes } = await qemuInfo(ready, { format: args.targetFormat, signal: ctx.signal });
+        if (virtualSizeBytes !== args.virtualSizeBytes) {
+          throw new DriverConflictError(
+            `${args.path}: image has virtual size ${virtualSizeBytes}, expected ${args.virtualSizeBytes}`,
+            { context: { path: args.path } },
+          );
+        }
+      }
+      await rename(ready, target);
+    } finally {
+      await rm(partial, { force: true });
+      await rm(converted, { force: true });
+    }
+    const details = await qemuInfo(target, { format: args.targetFormat, signal: ctx.signal });
+    ctx.progress(100, { phase: 'done' });
+    return { ...(await imageResult(args.path, target, details, args.targetFormat)), sha256 };
+  },
+};
+
+// An earlier run's result, verified, or undefined when there is none.
+async function existingFetched(
+  target: string,
+  args: z.infer<typeof FetchImageArgs>,
+  converting: boolean,
+  ctx: HostOperationContext,
+): Promise<(NfsImageResult & { sha256?: string }) | undefined> {
+  let size: number;
+  try {
+    ({ size } = await stat(target));
+  } catch (error) {
+    if (isNotFound(error)) return undefined;
+    throw error;
+  }
+  const conflict = (why: string) =>
+    new DriverConflictError(`${args.path} exists but ${why}`, { context: { path: args.path } });
+  const details = await qemuInfo(target, { format: args.targetFormat, signal: ctx.signal });
+  if (args.virtualSizeBytes !== undefined && details.virtualSizeBytes !== args.virtualSizeBytes) {
+    throw conflict(`has virtual size ${details.virtualSizeBytes}, not ${args.virtualSizeBytes}`);
+  }
+  let sha256: string | undefined;
+  // Only a same-format install keeps the downloaded bytes, so only then can they be re-hashed.
+  if (!converting) {
+    if (args.sizeBytes !== undefined && size !== args.sizeBytes) {
+      throw conflict(`is ${size} bytes, not ${args.sizeBytes}`);
+    }
+    if (args.expectedSha256 !== undefined) {
+      sha256 = await sha256OfFile(target, { signal: ctx.signal });
+      if (sha256 !== args.expectedSha256.toLowerCase()) throw conflict('has another sha256');
+    }
+  }
+  await assertConsistent(target, args.targetFormat, args.path, ctx);
+  const result = await imageResult(args.path, target, details, args.targetFormat);
+  return sha256 === undefined ? result : { ...result, sha256 };
+}
+
+// qcow2 metadata is checked before an image is published; leaks are harmless, corruption is not.
+async function assertConsistent(
+  file: string,
+  format: NfsImageFormat,
+  path: string,
+  ctx: HostOperationContext,
+): Promise<void> {
+  if (format !== 'qcow2') return;
+  const result = await qemuCheck(file, { format, allowCorrupt: true, signal: ctx.signal });
+  if (result.corruptions > 0 || result.checkErrors > 0 || result.exitCode === 2) {
+    throw new DriverError(`${path}: qemu-img check found ${result.corruptions} corruption(s)`, {
+      code: 'CorruptImage',
+      context: { path, corruptions: result.corruptions, checkErrors: result.checkErrors },
+    });
+  }
+}
+
+/**
+ * Whether two images (on one mount or two) hold the same guest-visible content, reading through
+ * backing chains (`qemu-img compare`). With `strict`, a size difference counts even when the extra
+ * area is zero.
+ */
+const compare: HostOperation<z.infer<typeof CompareArgs>, { identical: boolean }> = {
+  args: CompareArgs,
+  async run({ a, b, strict }, ctx) {
+    const sides = await Promise.all(
+      [a, b].map(async (side) => {
+        const root = await realRootOf(side.mountPath);
+        const file = await resolveConfinedPath(side.mountPath, side.path, { mustExist: true });
+        // Proves any backing chain stays on the share before qemu opens it.
+        await confinedInfo(file, root, side.format, ctx);
+        return file;
+      }),
+    );
+    const identical = await qemuCompare(sides[0]!, sides[1]!, {
+      formatA: a.format,
+      formatB: b.format,
+      strict,
+      signal: ctx.signal,
+    });
+    return { identical };
+  },
+};
+
+/** `qemu-img check`: `ok` unless there is corruption (leaked clusters only waste space). */
+const check: HostOperation<
+  z.infer<typeof CheckArgs>,
+  { ok: boolean; corruptions: number; leaks: number; checkErrors: number }
+> = {
+  args: CheckArgs,
+  async run(args, ctx) {
+    const realRoot = await realRootOf(args.mountPath);
+    const target = await resolveConfinedPath(args.mountPath, args.path, { mustExist: true });
+    await confinedInfo(target, realRoot, args.format, ctx);
+    const result = await qemuCheck(target, { format: args.format, allowCorrupt: true, signal: ctx.signal });
+    return {
+      ok: result.corruptions === 0 && result.checkErrors === 0 && result.exitCode !== 2,
+      corruptions: result.corruptions,
+      leaks: result.leaks,
+      checkErrors: result.checkErrors,
+    };
+  },
+};
+
+/**
+ * A volume from an image on the same mount: `linked` makes a qcow2 overlay whose backing file is
+ * recorded relative to the clone's directory (`../templates/t.qcow2`), so it resolves wherever the
+ * share is mounted; `full` converts the source (through its backing chain) into a standalone
+ * qcow2. Either is grown to `sizeBytes` before it is renamed into place. Repeating it succeeds when
+ * the clone is there with that size and mode; anything else under the name is a conflict.
+ */
+const clone: HostOperation<
+  z.infer<typeof CloneArgs>,
+  NfsImageResult & { mode: 'linked' | 'full'; backingPath?: string }
+> = {
+  args: CloneArgs,
+  async run(args, ctx) {
+    const realRoot = await realRootOf(args.mountPath);
+    const source = await resolveConfinedPath(args.mountPath, args.sourcePath, { mustExist: true });
+    const target = await resolveConfinedPath(args.mountPath, args.path, { createParents: true });
+    if (source === target) throw new DriverInputError('source and clone are the same file');
+    const sourceInfo = await confinedInfo(source, realRoot, args.sourceFormat, ctx);
+    const sizeBytes = args.sizeBytes ?? sourceInfo.virtualSizeBytes;
+    if (sizeBytes < sourceInfo.virtualSizeBytes) {
+      throw new DriverInputError(
+        `a clone cannot be smaller than its source (${sourceInfo.virtualSizeBytes} bytes)`,
+        { context: { field: 'sizeBytes' } },
+      );
+    }
+    const backingPath = args.mode === 'linked' ? relative(realRoot, source) : undefined;
+    const finish = async (details: QemuImageInfo) => ({
+      ...(await imageResult(args.path, target, details, 'qcow2')),
+      mode: args.mode,
+      ...(backingPath !== undefined ? { backingPath } : {}),
+    });
+
+    const existing = await existingInfo(target, realRoot, 'qcow2', ctx);
+    if (existing) {
+      const existingBacking = existing.fullBackingFilename
+        ? relative(realRoot, existing.fullBackingFilename)
+        : undefined;
+      if (existing.virtualSizeBytes !== sizeBytes || existingBacking !== backingPath) {
+        throw new DriverConflictError(`${args.path} exists and is not this ${args.mode} clone`, {
+          context: {
+            path: args.path,
+            virtualSizeBytes: existing.virtualSizeBytes,
+            backingPath: existingBacking,
+          },
+        });
+      }
+      ctx.logger.info('clone already exists', { path: args.path });
+      return finish(existing);
+    }
+
+    const temp = tempPathFor(target, ctx);
+    try {
+      ctx.progress(0);
+      if (args.mode === 'linked') {
+        await qemuCreate(temp, {
+          format: 'qcow2',
+          sizeBytes,
+          backingFile: relative(dirname(target), source),
+          backingFormat: args.sourceFormat,
+          signal: ctx.signal,
+        });
+      } else {
+        await qemuConvert(source, temp, {
+          srcFormat: args.sourceFormat,
+          dstFormat: 'qcow2',
+          signal: ctx.signal,
+          onProgress: (percent) => ctx.progress(Math.min(99, percent)),
+        });
+        if (sizeBytes > sourceInfo.virtualSizeBytes) {
+          await qemuResize(temp, sizeBytes, { format: 'qcow2', signal: ctx.signal });
+        }
+      }
+      await rename(temp, target);
+    } finally {
+      await rm(temp, { force: true });
+    }
+    ctx.progress(100);
+    return finish(await confinedInfo(target, realRoot, 'qcow2', ctx));
+  },
+};
+
+/**
  * The NFS host operations, keyed by the names the control-plane driver calls.
  *
  * @example
@@ -414,6 +742,10 @@ export const nfsHostOperations: HostOperationSet = {
     snapshot,
     revert,
     deleteSnapshot,
+    fetchImage,
+    compare,
+    check,
+    clone,
   },
 };
 
@@ -429,6 +761,10 @@ export const NfsHostOperation = {
   Snapshot: 'snapshot',
   Revert: 'revert',
   DeleteSnapshot: 'deleteSnapshot',
+  FetchImage: 'fetchImage',
+  Compare: 'compare',
+  Check: 'check',
+  Clone: 'clone',
 } as const;
 export type NfsHostOperation = (typeof NfsHostOperation)[keyof typeof NfsHostOperation];
 

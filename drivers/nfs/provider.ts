@@ -3,10 +3,12 @@ import { NfsDetailsSchema } from './details.js';
 import { NfsDriver, type NfsProviderOptions } from './driver.js';
 import { nfsHostOperations } from './host-ops.js';
 import { NfsLifeCycle } from './lifecycle.js';
+import { createNfsTemplateInstallStrategy } from './template-install.js';
 
 /**
  * Builds the `nfs` provider: primary storage on an NFS share mounted at the same path on every host
- * of a cluster, qcow2 images, linked clones, internal snapshots.
+ * of a cluster, qcow2 images, linked clones, internal snapshots, and templates cached per pool by
+ * the `nfs-cache-then-clone` install strategy.
  *
  * @example
  * const registry = new ProviderRegistry().register(createNfsProvider({ copyDeadlineSeconds: 3 * 3600 }));
@@ -19,5 +21,10 @@ export function createNfsProvider(options: NfsProviderOptions = {}): DataStorePr
     lifecycle: new NfsLifeCycle(),
     driver: new NfsDriver(options),
     hostOperations: nfsHostOperations,
+    templateInstall: createNfsTemplateInstallStrategy({
+      copyDeadlineSeconds: options.copyDeadlineSeconds,
+      fetchDeadlineSeconds: options.copyDeadlineSeconds,
+      operationDeadlineSeconds: options.operationDeadlineSeconds,
+    }),
   };
 }

@@ -382,6 +382,39 @@ export interface TemplateInstallOptions {
   pool: DataStoreInfo;
   ctx: DriverContext;
   hostId: string;
+  /**
+   * Where the host downloads the template from: an http(s) URL, typically a presigned GET of the
+   * image-store object (`ImageStoreDriver.presignGet`). Strategies that pull through a host need it.
+   */
+  sourceUrl?: string;
+  /** Format of the bytes behind `sourceUrl`; defaults to `template.object.format`. */
+  sourceFormat?: ImageFormat;
+  /** sha256 (hex) the downloaded bytes must have; a mismatch fails with code `ChecksumMismatch`. */
+  expectedSha256?: string;
+}
+
+/** How a volume is made from a template cache entry: a copy-on-write overlay, or a standalone copy. */
+export const VolumeCloneMode = { Linked: 'linked', Full: 'full' } as const;
+export type VolumeCloneMode = (typeof VolumeCloneMode)[keyof typeof VolumeCloneMode];
+
+/**
+ * Options for {@link TemplateInstallStrategy.createVolume}.
+ *
+ * @example
+ * const opts: TemplateVolumeOptions = {
+ *   cache: { store: pool, object: { kind: 'template', id: 'tpl-1', format: 'qcow2', path: 'templates/tpl-1.qcow2' } },
+ *   volume: { kind: 'volume', id: 'vol-1', format: 'qcow2' }, sizeBytes: 20 << 30, ctx, hostId: 'host-1', mode: 'linked',
+ * };
+ */
+export interface TemplateVolumeOptions {
+  cache: CopyEndpoint;
+  volume: DataObjectRef;
+  /** Virtual size of the volume; strategies grow the clone to it and refuse less than the template. */
+  sizeBytes: number;
+  ctx: DriverContext;
+  hostId: string;
+  /** Default `linked` where the provider supports linked clones. */
+  mode?: VolumeCloneMode;
 }
 
 /**
@@ -393,13 +426,7 @@ export interface TemplateInstallStrategy {
   /** Copies the template into the pool's cache; idempotent. */
   install(options: TemplateInstallOptions): Promise<CreateResult>;
   /** Creates a volume from the pool's cache entry. */
-  createVolume(options: {
-    cache: CopyEndpoint;
-    volume: DataObjectRef;
-    sizeBytes: number;
-    ctx: DriverContext;
-    hostId: string;
-  }): Promise<CreateResult>;
+  createVolume(options: TemplateVolumeOptions): Promise<CreateResult>;
 }
 
 /** Options for {@link EndPointSelector.select}. */
