@@ -209,3 +209,81 @@ export interface TemplateAccepted {
   template: Template;
   job: Job;
 }
+
+export type VolumeStatus =
+  | 'Allocated'
+  | 'Creating'
+  | 'Ready'
+  | 'Resizing'
+  | 'Snapshotting'
+  | 'RevertSnapshotting'
+  | 'Migrating'
+  | 'Destroying'
+  | 'Destroyed'
+  | 'Error';
+
+/** How a volume made from a template shares the template's bytes. */
+export type VolumeMode = 'linked' | 'full';
+
+export interface Volume {
+  id: string;
+  name: string;
+  zoneId: string;
+  storeId?: string;
+  templateId?: string;
+  sizeBytes: number;
+  format: string;
+  path?: string;
+  tags: string[];
+  status: VolumeStatus | string;
+  statusReason?: string;
+  accessHostIds?: string[];
+  version: number;
+  createdAt: string;
+  updatedAt: string;
+}
+
+/** POST /volumes (and its ?dryRun=true twin). */
+export interface NewVolume {
+  name: string;
+  zoneId: string;
+  /** Required for a blank volume; with a template it defaults to the template's virtual size. */
+  sizeBytes?: number;
+  templateId?: string;
+  storeId?: string;
+  clusterId?: string;
+  tags?: string[];
+  mode?: VolumeMode;
+}
+
+/** One primary store the allocator considered for a volume, and what it decided. */
+export interface PlacementCandidate {
+  storeId: string;
+  name: string;
+  accepted: boolean;
+  reason: string;
+  freeBytesAfter?: number;
+}
+
+/** The 200 answer of POST /volumes?dryRun=true: nothing is created. */
+export interface PlacementExplanation {
+  placement: { chosen?: PlacementCandidate; candidates: PlacementCandidate[] };
+}
+
+/** The 202 answer of the asynchronous volume requests. */
+export interface VolumeAccepted {
+  volume: Volume;
+  job: Job;
+}
+
+export interface VolumeResize {
+  sizeBytes: number;
+  allowShrink?: boolean;
+}
+
+/** How a host reaches a volume once granted access. */
+export interface VolumeAccess {
+  uri: string;
+  hostId: string;
+  expiresAt?: string;
+}

@@ -77,6 +77,11 @@ export interface CommandSpec {
   usage?: string;
   options?: Record<string, OptionSpec>;
   examples?: string[];
+  /**
+   * API field → the flag that sets it, for this command only, where the global mapping would point
+   * elsewhere (`sizeBytes` is the <file> argument of an upload but --size of a volume).
+   */
+  fieldFlags?: Record<string, string>;
   run(ctx: CommandContext): Promise<number>;
 }
 
@@ -204,13 +209,15 @@ export function commandHelp(spec: CommandSpec): string {
   return `${lines.join('\n')}\n`;
 }
 
+/** Help for a group of commands; `group` may be nested (`volumes access`). */
 export function groupHelp(group: string, specs: readonly CommandSpec[]): string {
-  const width = Math.max(...specs.map((spec) => spec.path.slice(1).join(' ').length));
+  const depth = group.split(' ').length;
+  const width = Math.max(...specs.map((spec) => spec.path.slice(depth).join(' ').length));
   const lines = [
     `Usage: strata ${group} <command> [options]`,
     '',
     'Commands:',
-    ...specs.map((spec) => `  ${spec.path.slice(1).join(' ').padEnd(width)}  ${spec.summary}`),
+    ...specs.map((spec) => `  ${spec.path.slice(depth).join(' ').padEnd(width)}  ${spec.summary}`),
     '',
     `Run 'strata ${group} <command> --help' for a command's options.`,
   ];

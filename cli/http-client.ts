@@ -13,13 +13,19 @@ import type {
   NewStore,
   NewTemplate,
   NewTemplateUpload,
+  NewVolume,
   Page,
+  PlacementExplanation,
   Store,
   StoreObject,
   StorePatch,
   Template,
   TemplateAccepted,
   TemplateUploadStarted,
+  Volume,
+  VolumeAccepted,
+  VolumeAccess,
+  VolumeResize,
 } from './api-types.js';
 import type { Env, RequestSigner } from './sigv4.js';
 
@@ -234,6 +240,42 @@ export class StrataClient {
   }
   async deleteTemplate(id: string): Promise<void> {
     await this.request('DELETE', `/templates/${seg(id)}`);
+  }
+
+  listVolumes(query: Query = {}): Promise<Page<Volume>> {
+    return this.get('/volumes', query);
+  }
+  getVolume(id: string): Promise<Volume> {
+    return this.get(`/volumes/${seg(id)}`);
+  }
+  async createVolume(volume: NewVolume): Promise<VolumeAccepted> {
+    return (await this.request<VolumeAccepted>('POST', '/volumes', { body: volume })).body;
+  }
+  /** The same request as {@link createVolume} with ?dryRun=true: the API explains where it would go. */
+  async explainVolumePlacement(volume: NewVolume): Promise<PlacementExplanation> {
+    return (
+      await this.request<PlacementExplanation>('POST', '/volumes', {
+        body: volume,
+        query: { dryRun: 'true' },
+      })
+    ).body;
+  }
+  async resizeVolume(id: string, resize: VolumeResize): Promise<VolumeAccepted> {
+    return (await this.request<VolumeAccepted>('POST', `/volumes/${seg(id)}/resize`, { body: resize })).body;
+  }
+  async migrateVolume(id: string, storeId: string): Promise<VolumeAccepted> {
+    return (await this.request<VolumeAccepted>('POST', `/volumes/${seg(id)}/migrate`, { body: { storeId } }))
+      .body;
+  }
+  async deleteVolume(id: string): Promise<{ job: Job }> {
+    return (await this.request<{ job: Job }>('DELETE', `/volumes/${seg(id)}`)).body;
+  }
+  async grantVolumeAccess(id: string, hostId: string): Promise<VolumeAccess> {
+    return (await this.request<VolumeAccess>('POST', `/volumes/${seg(id)}/access`, { body: { hostId } }))
+      .body;
+  }
+  async revokeVolumeAccess(id: string, hostId: string): Promise<void> {
+    await this.request('DELETE', `/volumes/${seg(id)}/access/${seg(hostId)}`);
   }
 
   listJobs(query: Query = {}): Promise<Page<Job>> {

@@ -27,6 +27,7 @@ import { hostCommands } from './commands/hosts.js';
 import { jobCommands } from './commands/jobs.js';
 import { storeCommands } from './commands/stores.js';
 import { templateCommands } from './commands/templates.js';
+import { volumeCommands } from './commands/volumes.js';
 import { CliApiError, CliConnectionError, resolveBaseUrl, StrataClient } from './http-client.js';
 import type { PollOptions } from './progress.js';
 import { type Env, SigningConfigError, signerFor } from './sigv4.js';
@@ -46,6 +47,7 @@ export const COMMANDS: readonly CommandSpec[] = [
   ...hostCommands,
   ...storeCommands,
   ...templateCommands,
+  ...volumeCommands,
   ...jobCommands,
 ];
 
@@ -57,6 +59,7 @@ const GROUPS: ReadonlyArray<readonly [string, string]> = [
     'data stores: list, get, add, update, enable, disable, maintain, cancel-maintenance, delete, objects',
   ],
   ['templates', 'templates and ISOs: list, get, register, upload, copy, delete'],
+  ['volumes', 'volumes: list, get, create, resize, migrate, delete, access grant|revoke'],
   ['jobs', 'asynchronous jobs: list, get, wait'],
 ];
 
@@ -212,10 +215,12 @@ const FIELD_FLAGS: Record<string, string> = {
   sizeBytes: 'the <file> argument',
 };
 
-function flagForField(field: string): string | undefined {
+function flagForField(field: string, spec?: CommandSpec): string | undefined {
   if (field === 'id') return 'the <id> argument';
   // Query parameters come back as `query.zoneId`, array items as `tags.2`.
   const plain = field.replace(/^query\./, '').replace(/(\.\d+)+$/, '');
+  const own = spec?.fieldFlags?.[plain];
+  if (own) return own;
   if (FIELD_FLAGS[plain]) return FIELD_FLAGS[plain];
   const detail = /^details\.(.+)$/.exec(plain)?.[1];
   return detail ? `--detail ${detail}=…` : undefined;
@@ -226,7 +231,7 @@ function extraText(value: unknown): string {
   return typeof value === 'object' && value !== null ? JSON.stringify(value) : String(value);
 }
 
-function reportError(error: unknown, out: Output): number {
+function reportError(error: unknown, out: Output, spec?: CommandSpec): number {
   if (error instanceof UsageError) {
     out.error(`Usage error: ${error.message}`);
     out.error(`Run 'strata ${error.command ? `${error.command} ` : ''}--help' for usage.`);
@@ -235,7 +240,7 @@ function reportError(error: unknown, out: Output): number {
   if (error instanceof CliApiError) {
     out.error(`Error: ${error.message}`);
     if (error.field) {
-      const flag = flagForField(error.field);
+      const flag = flagForField(error.field, spec);
       out.error(`  field: ${error.field}${flag ? ` (set with ${flag})` : ''}`);
     }
     for (const [key, value] of Object.entries(error.extra)) {
@@ -259,8 +264,10 @@ export async function run(argv: readonly string[], options: RunOptions): Promise
   const { stdout, stderr, env } = options;
   // Until the flags are parsed, write plainly.
   let out = new Output(stdout, stderr, false, false);
+  let command: CommandSpec | undefined;
   try {
     const { words, rest, spec } = resolve(argv);
+    command = spec;
     if (!spec) {
       if (words.length === 0) {
         const word = firstPositional(rest);
@@ -280,11 +287,12 @@ export async function run(argv: readonly string[], options: RunOptions): Promise
         stderr.write(rootHelp(GROUPS));
         return ExitCode.Usage;
       }
-      const group = words[0]!;
-      const members = COMMANDS.filter((c) => c.path[0] === group);
+      // The words so far name a group, possibly nested (`volumes access`).
+      const group = words.join(' ');
+      const members = COMMANDS.filter((c) => words.every((w, j) => c.path[j] === w));
       const word = firstPositional(rest);
       if (word !== undefined) {
-        const names = members.map((c) => c.path[1]!);
+        const names = [...new Set(members.map((c) => c.path[words.length]!))];
         throw new UsageError(`unknown command '${group} ${word}'.${suggestion(word, names)}`, group);
       }
       if (wantsHelp(rest)) {
@@ -330,7 +338,7 @@ export async function run(argv: readonly string[], options: RunOptions): Promise
     };
     return await spec.run(ctx);
   } catch (error) {
-    return reportError(error, out);
+    return reportError(error, out, command);
   }
 }
 
