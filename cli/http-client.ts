@@ -252,11 +252,15 @@ export class StrataClient {
     return (await this.request<VolumeAccepted>('POST', '/volumes', { body: volume })).body;
   }
   /** The same request as {@link createVolume} with ?dryRun=true: the API explains where it would go. */
-  async explainVolumePlacement(volume: NewVolume): Promise<PlacementExplanation> {
+  async explainVolumePlacement(
+    volume: NewVolume,
+    options: { idempotencyKey?: string } = {},
+  ): Promise<PlacementExplanation> {
     return (
       await this.request<PlacementExplanation>('POST', '/volumes', {
         body: volume,
         query: { dryRun: 'true' },
+        ...options,
       })
     ).body;
   }

@@ -337,7 +337,13 @@ export const volumeCommands: CommandSpec[] = [
         // Linked is the API's default; only the exception is sent.
         ...(fullCopy ? { mode: 'full' as const } : {}),
       };
-      if (dryRun) return printPlacement(ctx, await ctx.client.explainVolumePlacement(request));
+      if (dryRun) {
+        // The API tells requests apart by method, path and body, not by query: under the same
+        // --idempotency-key the real create would get the dry run's answer replayed. Its own key avoids that.
+        const base = optString(values, 'idempotency-key');
+        const options = base ? { idempotencyKey: `${base}.dry-run` } : {};
+        return printPlacement(ctx, await ctx.client.explainVolumePlacement(request, options));
+      }
       const timeoutMs = waitTimeout(ctx, command);
       const accepted = await ctx.client.createVolume(request);
       return finishAsync(

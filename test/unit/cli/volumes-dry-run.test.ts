@@ -114,6 +114,27 @@ describe('strata volumes create --dry-run', () => {
     expect(JSON.parse(json.stdout)).toEqual(body);
   });
 
+  it('derives its own key from --idempotency-key, so the real create is not answered with the dry run', async () => {
+    api.on('POST', '/volumes', (request) =>
+      request.query['dryRun'] === 'true'
+        ? { status: 200, body: { placement: { chosen: candidate(), candidates: [candidate()] } } }
+        : {
+            status: 202,
+            body: { volume: { id: 'vol-1', name: 'web-1' }, job: { id: 'job-1', state: 'pending' } },
+          },
+    );
+
+    await runCli([...ARGS, '--idempotency-key', 'k-1'], { api });
+    await runCli([...ARGS.filter((a) => a !== '--dry-run'), '--idempotency-key', 'k-1', '--no-wait'], {
+      api,
+    });
+
+    expect(api.requests.map((r) => [r.query['dryRun'], r.headers['idempotency-key']])).toEqual([
+      ['true', 'k-1.dry-run'],
+      [undefined, 'k-1'],
+    ]);
+  });
+
   it('still needs --size or --template', async () => {
     const result = await runCli(['volumes', 'create', '--name', 'd', '--zone', 'z', '--dry-run'], { api });
 
