@@ -234,6 +234,16 @@ export const routes: Route<ApiContext>[] = [
   ),
   route(
     'POST',
+    '/volumes/{id}/resize',
+    'Grow (or, with allowShrink, shrink) a volume (async)',
+    { body: VolumeResizeBody, async: true },
+    async (c, p) => {
+      const input = parse(VolumeResizeBody, c.body, '');
+      return accepted(await c.strata.volumes.resize(id(p), input.sizeBytes, input.allowShrink));
+    },
+  ),
+  route(
+    'POST',
     '/volumes/{id}/access',
     'Grant a host access; returns how it reaches the volume',
     { body: VolumeAccessBody },
