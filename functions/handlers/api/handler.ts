@@ -109,7 +109,7 @@ export function createApiHandler(options: ApiHandlerOptions) {
     const res = await new IdempotencyStore(strata.ports.repo).run(
       caller,
       checked.data,
-      `${method} ${event.path}\n${raw}`,
+      `${method} ${event.path}?${new URLSearchParams(Object.entries(query).sort()).toString()}\n${raw}`,
       run,
     );
     return {
