@@ -378,6 +378,9 @@ describe('request handling', () => {
     const other = await t.call('POST', '/hosts', { ...body, name: 'other' }, headers);
     expect(other.status).toBe(422);
     expect(other.body.error.field).toBe('Idempotency-Key');
+    // the query string is part of the request too (e.g. a dry run is not the real thing)
+    const withQuery = await t.call('POST', '/hosts?dryRun=true', body, headers);
+    expect(withQuery.status).toBe(422);
   });
 
   it('pages job listings with a cursor and filters by target', async () => {
