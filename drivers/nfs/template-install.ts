@@ -4,6 +4,7 @@
  * image-store URL), then every volume is a linked clone of that cache entry (or a full copy) made
  * by the `clone` host operation.
  */
+import { toDriverError } from '../sdk/base-driver.js';
 import { DriverInputError, UnsupportedOperationError } from '../sdk/errors.js';
 import type {
   CreateResult,
@@ -166,5 +167,11 @@ function run<T>(
   args: Record<string, unknown>,
   deadlineSeconds: number,
 ): Promise<T> {
-  return ctx.host.run<T>(hostId, { provider: 'nfs', operation, args, jobId: ctx.jobId, deadlineSeconds });
+  // Typed errors (ObjectNotFoundError, DriverInputError…) come back as they do from the driver;
+  // codes the SDK has no class for (ChecksumMismatch) stay a HostOperationError with that code.
+  return ctx.host
+    .run<T>(hostId, { provider: 'nfs', operation, args, jobId: ctx.jobId, deadlineSeconds })
+    .catch((error: unknown) => {
+      throw toDriverError(error, `${NFS_TEMPLATE_INSTALL_STRATEGY} ${operation}`, { hostId, operation });
+    });
 }

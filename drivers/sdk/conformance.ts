@@ -61,6 +61,28 @@ export interface ConformanceFixture {
   imageStoreGaps?: ImageStoreGap[];
   /** Bytes the image-store section streams; default 10 MiB + 12,345 (several parts, an odd last one). */
   imageStoreStreamBytes?: number;
+  /**
+   * A template the provider's {@link TemplateInstallStrategy} can install, served at an http(s) URL
+   * a host can GET (a local server in tests, as a presigned image-store URL would be). The
+   * template-install checks run only when the provider has a strategy and the fixture gives this.
+   */
+  templateSource?: TemplateSourceFixture;
+}
+
+/**
+ * A template for the template-install checks.
+ *
+ * @example
+ * const templateSource: TemplateSourceFixture = {
+ *   url: `http://127.0.0.1:${port}/t.qcow2`, format: 'qcow2', sha256, virtualSizeBytes: 2 << 20,
+ * };
+ */
+export interface TemplateSourceFixture {
+  url: string;
+  format: ImageFormat;
+  /** sha256 (hex) of the bytes behind `url`. */
+  sha256?: string;
+  virtualSizeBytes: number;
 }
 
 /**
@@ -338,6 +360,93 @@ export function describeDriverConformance(
           await fx.provider.driver.deleteAsync({ store: fx.store, ctx: fx.ctx, hostId, object });
 
           expect((await list()).map((o) => o.path)).not.toContain(created.path);
+        },
+        timeout,
+      );
+    });
+
+    describe('template install (providers with a TemplateInstallStrategy)', () => {
+      const strategyOf = () => fx.provider.templateInstall;
+      const templateRef = (id = 'tpl'): DataObjectRef => ({
+        kind: 'template',
+        id: `${run}-${id}`,
+        format: fx.templateSource?.format ?? 'qcow2',
+      });
+      // The strategy reads only the template's id and format: the source is `sourceUrl`, so the
+      // fixture's store stands in for the image store here.
+      const install = (extra: { expectedSha256?: string } = {}, id = 'tpl') =>
+        strategyOf()!.install({
+          template: { store: fx.secondStore ?? fx.store, object: templateRef(id) },
+          pool: fx.store,
+          ctx: fx.ctx,
+          hostId: host().id,
+          sourceUrl: fx.templateSource!.url,
+          sourceFormat: fx.templateSource!.format,
+          ...(fx.templateSource?.sha256 ? { expectedSha256: fx.templateSource.sha256 } : {}),
+          ...extra,
+        });
+      const skip = () => !strategyOf() || !fx.templateSource;
+
+      it(
+        'installs a template once per pool; linked and full volumes read back its content',
+        async () => {
+          if (skip()) return;
+          const source = fx.templateSource!;
+          const cache = await install();
+          const again = await install();
+          const cacheRef = {
+            store: fx.store,
+            object: { ...templateRef(), format: cache.format, path: cache.path },
+          };
+          const volume = (id: string, mode?: 'linked' | 'full', sizeBytes = source.virtualSizeBytes) =>
+            strategyOf()!.createVolume({
+              cache: cacheRef,
+              volume: ref(id),
+              sizeBytes,
+              ctx: fx.ctx,
+              hostId: host().id,
+              ...(mode ? { mode } : {}),
+            });
+
+          const linked = await volume('from-tpl-linked', undefined, source.virtualSizeBytes * 2);
+          const linkedAgain = await volume('from-tpl-linked', undefined, source.virtualSizeBytes * 2);
+          const full = await volume('from-tpl-full', 'full');
+          const [tpl, linkedBytes, fullBytes] = await Promise.all([
+            fx.readObject(fx.store, cache.path),
+            fx.readObject(fx.store, linked.path),
+            fx.readObject(fx.store, full.path),
+          ]);
+
+          expect(again).toEqual(cache);
+          expect(cache.virtualSizeBytes ?? cache.sizeBytes).toBe(source.virtualSizeBytes);
+          expect(linkedAgain.path).toBe(linked.path);
+          expect(linked.virtualSizeBytes).toBe(source.virtualSizeBytes * 2);
+          expect(linkedBytes.subarray(0, tpl.length).equals(tpl)).toBe(true);
+          expect(linkedBytes.subarray(tpl.length).every((b) => b === 0)).toBe(true);
+          expect(fullBytes.equals(tpl)).toBe(true);
+          await expect(
+            volume('too-small', undefined, Math.floor(source.virtualSizeBytes / 2)),
+          ).rejects.toBeInstanceOf(DriverInputError);
+
+          // A volume made from a template moves like any other: a copy reads the same.
+          const dstStore = fx.secondStore ?? fx.store;
+          const src = { store: fx.store, object: ref('from-tpl-linked', { path: linked.path }) };
+          const dst = { store: dstStore, object: ref('from-tpl-moved') };
+          if (fx.provider.driver.canCopy(src, dst)) {
+            const moved = await fx.provider.driver.copyAsync({ src, dst, ctx: fx.ctx, hostId });
+            expect((await fx.readObject(dstStore, moved.path)).equals(linkedBytes)).toBe(true);
+          }
+        },
+        timeout,
+      );
+
+      it(
+        'refuses a template whose bytes do not match the expected sha256',
+        async () => {
+          if (skip()) return;
+          const error = await install({ expectedSha256: '0'.repeat(64) }, 'tpl-bad').catch((e: unknown) => e);
+
+          expect(error).toMatchObject({ code: 'ChecksumMismatch', retryable: false });
         },
         timeout,
       );

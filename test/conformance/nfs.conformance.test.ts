@@ -9,6 +9,7 @@ import { describeDriverConformance } from '../../drivers/sdk/conformance.js';
 import { createInProcessHostInvoker } from '../../drivers/sdk/host-runtime.js';
 import { createTestDriverContext } from '../../drivers/sdk/testing.js';
 import type { DataStoreInfo, HostInfo } from '../../drivers/sdk/types.js';
+import { makeTestImages, startImageServer } from '../unit/drivers/nfs-image-server.js';
 
 const run = promisify(execFile);
 
@@ -40,6 +41,11 @@ describeDriverConformance('nfs', async () => {
     workDirRoot: join(root, 'hosts'),
   });
   const mountOf = (s: DataStoreInfo) => s.details.mountPath as string;
+  // Templates come from an HTTP server on 127.0.0.1, as a presigned image-store URL would serve them.
+  const fixtures = join(root, 'fixtures');
+  await mkdir(fixtures);
+  const images = await makeTestImages(fixtures);
+  const server = await startImageServer({ 'image.raw': images.raw });
   let n = 0;
 
   return {
@@ -61,6 +67,15 @@ describeDriverConformance('nfs', async () => {
       const pattern = String(0x10 + (n++ % 0xe0));
       await run('qemu-io', ['-f', 'qcow2', '-c', `write -P ${pattern} 0 64k`, join(mountOf(s), path)]);
     },
-    teardown: () => rm(root, { recursive: true, force: true }),
+    templateSource: {
+      url: server.url('/files/image.raw'),
+      format: 'raw',
+      sha256: images.rawSha256,
+      virtualSizeBytes: images.virtualSizeBytes,
+    },
+    teardown: async () => {
+      await server.close();
+      await rm(root, { recursive: true, force: true });
+    },
   };
 });
