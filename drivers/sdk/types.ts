@@ -272,6 +272,11 @@ export interface DataStoreDriver {
   /** Deleting an object that does not exist succeeds. */
   deleteAsync(options: ObjectOptions): Promise<void>;
   copyAsync(options: CopyOptions): Promise<CreateResult>;
+  /**
+   * Compares two images content-wise (e.g. `qemu-img compare` on a host that mounts both stores).
+   * Optional; Strata verifies a migrated volume with it before removing the source.
+   */
+  compareAsync?(options: CopyOptions): Promise<{ identical: boolean }>;
   /** Whether this driver can do the copy itself (e.g. an S3 server-side copy). */
   canCopy(src: CopyEndpoint, dst: CopyEndpoint): boolean;
   resize(options: ResizeOptions): Promise<CreateResult>;

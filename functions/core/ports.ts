@@ -143,6 +143,7 @@ export const FlowName = {
   VolumeCreate: 'volume-create',
   VolumeDelete: 'volume-delete',
   VolumeResize: 'volume-resize',
+  VolumeMigrate: 'volume-migrate',
 } as const;
 export type FlowName = (typeof FlowName)[keyof typeof FlowName];
 

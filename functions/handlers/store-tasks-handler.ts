@@ -54,6 +54,12 @@ const tasks = {
     s.volumes.failResize(
       volumeStep.extend({ sizeBytes: z.number().int().positive(), error: sfnError }).parse(i),
     ),
+  copyToStore: (s: Strata, i: unknown) =>
+    s.volumes.copyToStore(volumeStep.extend({ destStoreId: id }).parse(i)),
+  finishMigrate: (s: Strata, i: unknown) =>
+    s.volumes.finishMigrate(volumeStep.extend({ destStoreId: id, path: z.string() }).parse(i)),
+  failMigrate: (s: Strata, i: unknown) =>
+    s.volumes.failMigrate(volumeStep.extend({ destStoreId: id, error: sfnError }).parse(i)),
   destroyVolume: (s: Strata, i: unknown) => s.volumes.destroy(volumeStep.parse(i)),
   failDestroy: (s: Strata, i: unknown) =>
     s.volumes.failDestroy(volumeStep.extend({ error: sfnError }).parse(i)),

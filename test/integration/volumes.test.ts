@@ -161,13 +161,18 @@ describe('blank volumes and placement', () => {
     expect(grow.status).toBe(202);
     expect((await t.waitForJob(grow.body.job.id)).state).toBe('succeeded');
     const file = path.join(pool.details.mountPath, volume.path);
-    expect(JSON.parse((await qemuImg('info', '--output=json', file)).stdout)['virtual-size']).toBe(3 * 2 ** 30);
+    expect(JSON.parse((await qemuImg('info', '--output=json', file)).stdout)['virtual-size']).toBe(
+      3 * 2 ** 30,
+    );
     expect((await t.call('GET', `/stores/${pool.id}`)).body.allocatedBytes).toBe(3 * 2 ** 30);
     // shrinking needs the explicit flag
     const refused = await t.call('POST', `/volumes/${volume.id}/resize`, { sizeBytes: 2 ** 30 });
     expect(refused.status).toBe(400);
     expect(refused.body.error.field).toBe('allowShrink');
-    const shrink = await t.call('POST', `/volumes/${volume.id}/resize`, { sizeBytes: 2 ** 30, allowShrink: true });
+    const shrink = await t.call('POST', `/volumes/${volume.id}/resize`, {
+      sizeBytes: 2 ** 30,
+      allowShrink: true,
+    });
     expect((await t.waitForJob(shrink.body.job.id)).state).toBe('succeeded');
     expect(JSON.parse((await qemuImg('info', '--output=json', file)).stdout)['virtual-size']).toBe(2 ** 30);
     expect((await t.call('GET', `/stores/${pool.id}`)).body.allocatedBytes).toBe(2 ** 30);
@@ -218,6 +223,58 @@ describe('blank volumes and placement', () => {
     expect(res.status).toBeLessThan(500);
     expect(res.body.error.field).toBe(field);
   });
+});
+
+describe('migrate', () => {
+  it('moves a linked clone to another store with its data intact, keeping its id, then removes the source', async () => {
+    const share = await t.newShare('nfs-b');
+    const added = await t.call('POST', '/stores', {
+      name: 'nfs-b',
+      provider: 'nfs',
+      role: 'primary',
+      scope: { type: 'cluster', zoneId: 'zone-1', clusterId: 'cluster-1' },
+      capacityBytes: 50 * 2 ** 30,
+      details: { server: '127.0.0.1', export: '/b', mountPath: share },
+    });
+    expect((await t.waitForJob(added.body.job.id)).state).toBe('succeeded');
+    const target = added.body.store.id;
+
+    const created = await t.call('POST', '/volumes', {
+      name: 'mover',
+      zoneId: 'zone-1',
+      templateId,
+      storeId: pool.id,
+    });
+    expect((await t.waitForJob(created.body.job.id)).state).toBe('succeeded');
+    const before = (await t.call('GET', `/volumes/${created.body.volume.id}`)).body;
+    const sourceFile = path.join(pool.details.mountPath, before.path);
+    // a VM wrote to it
+    await exec('qemu-io', ['-c', 'write -P 0x77 64M 1M', sourceFile]);
+    const reference = path.join(share, '..', 'reference.qcow2');
+    await qemuImg('convert', '-O', 'qcow2', sourceFile, reference);
+
+    const res = await t.call('POST', `/volumes/${before.id}/migrate`, { storeId: target });
+    expect(res.status).toBe(202);
+    expect(res.body.volume.status).toBe('Migrating');
+    const job = await t.waitForJob(res.body.job.id, 120_000);
+    expect(job.state).toBe('succeeded');
+
+    const after = (await t.call('GET', `/volumes/${before.id}`)).body;
+    expect(after).toMatchObject({ id: before.id, status: 'Ready', storeId: target, mode: 'full' });
+    const destFile = path.join(share, after.path);
+    expect((await qemuImg('compare', reference, destFile)).code).toBe(0);
+    const info = JSON.parse((await qemuImg('info', '--output=json', destFile)).stdout);
+    expect(info['backing-filename']).toBeUndefined();
+    expect(await filesUnder(pool.details.mountPath)).toEqual([]); // source file and the unused cache are gone
+    expect((await t.call('GET', `/stores/${pool.id}`)).body.allocatedBytes).toBe(0);
+    expect((await t.call('GET', `/stores/${target}`)).body.allocatedBytes).toBe(after.sizeBytes);
+
+    // migrating to where it is already is refused
+    expect((await t.call('POST', `/volumes/${before.id}/migrate`, { storeId: target })).status).toBe(400);
+    const del = await t.call('DELETE', `/volumes/${before.id}`);
+    expect((await t.waitForJob(del.body.job.id)).state).toBe('succeeded');
+    expect(await filesUnder(share)).toEqual([]);
+  }, 180_000);
 });
 
 describe('failure', () => {

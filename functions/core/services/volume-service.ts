@@ -509,6 +509,199 @@ export class VolumeService {
     await reserve(this.repo, placement, bytes);
   }
 
+  // ---------------------------------------------------------------- migrate
+
+  /**
+   * Moves a volume to another primary store, keeping its id. Space is reserved on the destination
+   * first; the copy runs on a host that mounts both stores (a linked clone is flattened on the way);
+   * the destination is compared with the source before the volume switches over, and only then is
+   * the source removed.
+   */
+  async migrate(id: string, storeId: string): Promise<{ volume: Volume; job: Job }> {
+    const volume = await this.get(id);
+    if (volume.status !== V.Ready || !volume.storeId) {
+      throw new ConflictError(`volume ${id} is ${volume.status}`, { state: volume.status });
+    }
+    if (storeId === volume.storeId)
+      throw new InputError(`volume ${id} is already on store ${storeId}`, { field: 'storeId' });
+    if (volume.accessHostIds.length > 0) {
+      throw new ConflictError(
+        `volume ${id} is in use by ${volume.accessHostIds.join(', ')}; revoke access first`,
+        {
+          state: volume.status,
+        },
+      );
+    }
+    const placement = await this.plan(
+      { name: volume.name, zoneId: volume.zoneId, storeId, tags: [] },
+      volume.sizeBytes,
+    );
+    const { store } = await reserve(this.repo, placement, volume.sizeBytes);
+    const jobId = newId('job');
+    let moved: Volume;
+    try {
+      moved = await this.repo.transition({
+        key: { type: 'Volume', id },
+        machine: volumeMachine,
+        from: V.Ready,
+        to: V.Migrating,
+        expectedVersion: volume.version,
+        lease: { owner: jobId, ttlSeconds: VOLUME_LEASE_SECONDS },
+      });
+    } catch (e) {
+      await release(this.repo, store.id, volume.sizeBytes);
+      throw e;
+    }
+    const job = await this.deps.jobs.create('volume.migrate', { type: 'volume', id }, jobId);
+    const { executionId } = await this.deps.workflows.start(FlowName.VolumeMigrate, jobId, {
+      jobId,
+      volumeId: id,
+      destStoreId: store.id,
+    });
+    return { volume: moved, job: await this.deps.jobs.started(jobId, executionId) };
+  }
+
+  /** volume-migrate: copy to the destination through a host that mounts both stores, and verify. */
+  async copyToStore(input: Step & { destStoreId: string }): Promise<{ path: string }> {
+    const volume = await this.migrating(input);
+    const src = await this.repo.require({ type: 'DataStore', id: volume.storeId ?? '' });
+    const dst = await this.repo.require({ type: 'DataStore', id: input.destStoreId });
+    const { id: hostId } = await this.deps.selectHost([src.id, dst.id]).catch((e: unknown) => {
+      throw new UnprocessableError(
+        `no Up host mounts both ${src.id} and ${dst.id}; staging through the image store is not available yet`,
+        { field: 'storeId' },
+        { cause: e },
+      );
+    });
+    const driver = this.deps.registry.get(src.provider).driver;
+    const ctx = this.deps.driverContext(input.jobId);
+    const from = {
+      store: toStoreInfo(src),
+      object: { kind: 'volume' as const, id: volume.id, format: volume.format, path: volume.path },
+    };
+    const to = {
+      store: toStoreInfo(dst),
+      object: { kind: 'volume' as const, id: volume.id, format: volume.format },
+    };
+    if (!driver.canCopy(from, to) || !driver.compareAsync) {
+      throw new UnprocessableError(
+        `cannot migrate from a ${src.provider} store to a ${dst.provider} store yet`,
+        {
+          field: 'storeId',
+        },
+      );
+    }
+    const copied = await driver.copyAsync({ src: from, dst: to, ctx, hostId });
+    const { identical } = await driver.compareAsync({
+      src: from,
+      dst: { ...to, object: { ...to.object, path: copied.path } },
+      ctx,
+      hostId,
+    });
+    if (!identical) {
+      throw new UnprocessableError(`the copy on ${dst.id} differs from the source; the source is kept`, {
+        field: 'storeId',
+      });
+    }
+    return { path: copied.path };
+  }
+
+  /** volume-migrate: switch the volume over, then remove the source copy and give back its space. */
+  async finishMigrate(input: Step & { destStoreId: string; path: string }): Promise<void> {
+    const volume = await this.get(input.volumeId);
+    if (volume.status === V.Migrating && volume.lease?.owner === input.jobId) {
+      const source = { storeId: volume.storeId!, path: volume.path, heldRef: volume.holdsTemplateRef };
+      await this.repo.transition({
+        key: { type: 'Volume', id: volume.id },
+        machine: volumeMachine,
+        from: V.Migrating,
+        to: V.Ready,
+        leaseOwner: input.jobId,
+        // The copy is flattened: it no longer depends on the source pool's template cache.
+        changes: {
+          storeId: input.destStoreId,
+          path: input.path,
+          mode: volume.templateId ? 'full' : volume.mode,
+          holdsTemplateRef: false,
+        },
+      });
+      const pool = await this.repo.require({ type: 'DataStore', id: source.storeId });
+      const { id: hostId } = await this.deps.selectHost([pool.id]);
+      await this.deps.registry.get(pool.provider).driver.deleteAsync({
+        store: toStoreInfo(pool),
+        object: { kind: 'volume', id: volume.id, format: volume.format, path: source.path },
+        ctx: this.deps.driverContext(input.jobId),
+        hostId,
+      });
+      await release(this.repo, pool.id, volume.sizeBytes);
+      if (source.heldRef && volume.templateId)
+        await this.dropTemplateRef(volume.templateId, pool.id, input.jobId);
+    }
+    await this.deps.jobs.succeed(input.jobId, {
+      volumeId: volume.id,
+      storeId: input.destStoreId,
+      path: input.path,
+    });
+  }
+
+  /** volume-migrate, on failure: the partial copy and its reservation go; the volume stays where it was. */
+  async failMigrate(
+    input: Step & { destStoreId: string; error: { Error?: string; Cause?: string } },
+  ): Promise<void> {
+    const reason = causeMessage(input.error);
+    const volume = await this.repo.get({ type: 'Volume', id: input.volumeId });
+    if (volume && volume.status === V.Migrating && volume.lease?.owner === input.jobId) {
+      const dst = await this.repo.get({ type: 'DataStore', id: input.destStoreId });
+      if (dst) {
+        const hostId = await this.deps
+          .selectHost([dst.id])
+          .then((h) => h.id)
+          .catch(() => undefined);
+        if (hostId) {
+          await this.deps.registry
+            .get(dst.provider)
+            .driver.deleteAsync({
+              store: toStoreInfo(dst),
+              object: {
+                kind: 'volume',
+                id: volume.id,
+                format: volume.format,
+                path: `volumes/${volume.id}.qcow2`,
+              },
+              ctx: this.deps.driverContext(input.jobId),
+              hostId,
+            })
+            .catch(() => undefined);
+        }
+        await release(this.repo, dst.id, volume.sizeBytes).catch(() => undefined);
+      }
+      await this.repo.transition({
+        key: { type: 'Volume', id: volume.id },
+        machine: volumeMachine,
+        from: V.Migrating,
+        to: V.Ready,
+        leaseOwner: input.jobId,
+        changes: { statusReason: `migration to ${input.destStoreId} failed: ${reason}` },
+      });
+    }
+    await this.deps.jobs
+      .fail(input.jobId, { code: input.error.Error ?? 'MigrateFailed', message: reason })
+      .catch(() => undefined);
+  }
+
+  private async migrating(input: Step): Promise<Volume> {
+    const volume = await this.get(input.volumeId);
+    if (volume.status !== V.Migrating || volume.lease?.owner !== input.jobId) {
+      throw new ConflictError(
+        `volume ${volume.id} is ${volume.status}, not being migrated by ${input.jobId}`,
+        {
+          state: volume.status,
+        },
+      );
+    }
+    return volume;
+  }
+
   // ---------------------------------------------------------------- access
 
   /** Lets a host reach the volume; returns how (for nfs, the file's path under the share's mount). */

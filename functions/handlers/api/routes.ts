@@ -26,6 +26,7 @@ import {
   VolumeCreateBody,
   VolumeCreateQuery,
   VolumeListQuery,
+  VolumeMigrateBody,
   VolumeResizeBody,
 } from './schemas.js';
 
@@ -240,6 +241,16 @@ export const routes: Route<ApiContext>[] = [
     async (c, p) => {
       const input = parse(VolumeResizeBody, c.body, '');
       return accepted(await c.strata.volumes.resize(id(p), input.sizeBytes, input.allowShrink));
+    },
+  ),
+  route(
+    'POST',
+    '/volumes/{id}/migrate',
+    'Move a volume to another primary store, keeping its id (async)',
+    { body: VolumeMigrateBody, async: true },
+    async (c, p) => {
+      const input = parse(VolumeMigrateBody, c.body, '');
+      return accepted(await c.strata.volumes.migrate(id(p), input.storeId));
     },
   ),
   route(

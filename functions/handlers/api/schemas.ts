@@ -211,3 +211,5 @@ export const VolumeResizeBody = z
     allowShrink: z.boolean().default(false),
   })
   .strict();
+
+export const VolumeMigrateBody = z.object({ storeId: safeId }).strict();
