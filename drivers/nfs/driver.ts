@@ -191,6 +191,26 @@ export class NfsDriver extends BasePrimaryDataStoreDriver {
     return this.#run<NfsImageResult>(ctx, hostId!, NfsHostOperation.Copy, args, this.#copyDeadline);
   }
 
+  /**
+   * Compares two images with `qemu-img compare` on a host that mounts both stores (content only:
+   * a flattened copy of a linked clone compares identical to it).
+   *
+   * @example
+   * const { identical } = await driver.compareAsync({ src, dst, ctx, hostId });
+   */
+  async compareAsync({ src, dst, hostId, ctx }: CopyOptions): Promise<{ identical: boolean }> {
+    if (!hostId) throw new DriverInputError('compareAsync needs a hostId that mounts both stores');
+    const side = (e: CopyOptions['src']) => ({
+      mountPath: nfsDetails(e.store).mountPath,
+      path: nfsObjectPath(e.object),
+      format: qemuFormatOf(e.object),
+    });
+    return this.#run<{ identical: boolean }>(ctx, hostId, NfsHostOperation.Compare, {
+      a: side(src),
+      b: side(dst),
+    });
+  }
+
   protected override async doResize({
     store,
     object,
