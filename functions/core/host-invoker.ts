@@ -15,8 +15,13 @@ export interface ChannelHostInvokerOptions {
   /** The job the calls are made for (the fencing token), unless a call names its own. */
   jobId: string;
   defaultDeadlineSeconds?: number;
-  /** First poll interval; doubles up to 2 s. */
+  /** First poll interval; doubles up to `maxPollMs`. */
   pollMs?: number;
+  /**
+   * Longest wait between two polls, which bounds how late a finished command is noticed. SSM's
+   * GetCommandInvocation is rate-limited, so the AWS default is 2 s; a local channel can poll faster.
+   */
+  maxPollMs?: number;
   onProgress?: (hostId: string, percent: number, detail?: Record<string, unknown>) => void | Promise<void>;
   onDispatch?: (hostId: string, delta: 1 | -1) => void;
   sleep?: (ms: number) => Promise<void>;
@@ -76,7 +81,7 @@ export class ChannelHostInvoker implements HostInvoker {
           });
         }
         await sleep(interval);
-        interval = Math.min(interval * 2, 2000);
+        interval = Math.min(interval * 2, this.options.maxPollMs ?? 2000);
       }
     } finally {
       this.options.onDispatch?.(hostId, -1);

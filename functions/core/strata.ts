@@ -28,8 +28,9 @@ export interface StrataPorts {
   /** Handed to drivers as `ctx.services` (e.g. the S3 client factory the s3 provider needs). */
   driverServices: Record<string, unknown>;
   clock?: Clock;
-  /** Host command polling interval in ms (tests shorten it). */
+  /** Host command polling: first interval and the longest one, in ms (the embedded stack shortens them). */
   hostPollMs?: number;
+  hostMaxPollMs?: number;
 }
 
 export class Strata {
@@ -98,6 +99,7 @@ export class Strata {
         channel,
         jobId,
         pollMs: this.ports.hostPollMs,
+        maxPollMs: this.ports.hostMaxPollMs,
         onDispatch: (hostId, delta) => this.selector.track(hostId, delta),
       }),
       progress: async (percent, detail) => {

@@ -166,6 +166,8 @@ export async function startEmbeddedStack(options: EmbeddedStackOptions): Promise
       logger,
       driverServices: { s3Client: () => s3Client },
       hostPollMs: options.hostPollMs ?? 50,
+      // Local commands are child processes: polling them costs nothing, so notice completion quickly.
+      hostMaxPollMs: 200,
     });
 
     const api: LocalApiServer = await startLocalApiServer({
