@@ -183,6 +183,29 @@ describe('blank volumes and placement', () => {
     expect((await t.call('GET', `/volumes/${volume.id}`)).status).toBe(404);
   });
 
+  it('lets exactly one of several conflicting operations on a volume proceed; the others get 409 with the state', async () => {
+    const res = await t.call('POST', '/volumes', { name: 'contended', zoneId: 'zone-1', sizeBytes: 2 ** 30 });
+    await t.waitForJob(res.body.job.id);
+    const id = res.body.volume.id;
+    const answers = await Promise.all([
+      t.call('POST', `/volumes/${id}/resize`, { sizeBytes: 2 * 2 ** 30 }),
+      t.call('POST', `/volumes/${id}/resize`, { sizeBytes: 3 * 2 ** 30 }),
+      t.call('DELETE', `/volumes/${id}`),
+    ]);
+    const accepted = answers.filter((a) => a.status === 202);
+    const refused = answers.filter((a) => a.status === 409);
+    expect(accepted).toHaveLength(1);
+    expect(refused).toHaveLength(2);
+    for (const r of refused) expect(['Resizing', 'Destroying', 'Ready']).toContain(r.body.error.state);
+    await t.waitForJob(accepted[0]!.body.job.id);
+    const now = await t.call('GET', `/volumes/${id}`);
+    if (now.status === 200) {
+      const del = await t.call('DELETE', `/volumes/${id}`);
+      await t.waitForJob(del.body.job.id);
+    }
+    expect((await t.call('GET', `/stores/${pool.id}`)).body.allocatedBytes).toBe(0);
+  });
+
   it('explains the placement on a dry run and changes nothing', async () => {
     const before = (await t.call('GET', `/stores/${pool.id}`)).body.allocatedBytes;
     const res = await t.call('POST', '/volumes?dryRun=true', {
