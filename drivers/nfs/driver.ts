@@ -21,6 +21,7 @@ import type {
   SnapshotOptions,
   StoredObject,
 } from '../sdk/types.js';
+import { assertRelativePath, assertSafeId } from '../sdk/validation.js';
 import { type NfsDetails, NfsDetailsSchema } from './details.js';
 import {
   NfsHostOperation,
@@ -28,6 +29,7 @@ import {
   type NfsImageResult,
   type NfsListedFile,
 } from './host-ops.js';
+import type { NfsExtentsResult, NfsSnapshotResult } from './snapshot-ops.js';
 
 /** Options of the NFS provider. */
 export interface NfsProviderOptions {
@@ -89,7 +91,24 @@ export function nfsDetails(store: DataStoreInfo): NfsDetails {
   return parsed.data;
 }
 
-// A snapshot's locator is `<image path>@<snapshot id>` (an internal qcow2 snapshot).
+/**
+ * Where an external snapshot of `volume` lives on the share: its own `path` when set, else
+ * `snapshots/<volume id>/<snapshot id>.qcow2` (docs/snapshots.md).
+ *
+ * @example
+ * nfsSnapshotPath({ kind: 'volume', id: 'vol-1' }, { kind: 'snapshot', id: 's1' }); // 'snapshots/vol-1/s1.qcow2'
+ */
+export function nfsSnapshotPath(volume: DataObjectRef, snapshot: DataObjectRef): string {
+  return snapshot.path ?? `snapshots/${volume.id}/${snapshot.id}.qcow2`;
+}
+
+// The volume a conventionally placed snapshot belongs to, when the ref names no parent.
+function volumeOfSnapshotPath(path: string | undefined): DataObjectRef | undefined {
+  const match = path ? /^snapshots\/([^/]+)\/[^/]+\.qcow2$/.exec(path) : null;
+  return match?.[1] ? { kind: 'volume', id: match[1], format: 'qcow2' } : undefined;
+}
+
+// A legacy snapshot's locator is `<image path>@<snapshot id>` (an internal qcow2 snapshot).
 function splitSnapshotPath(path: string): { imagePath: string; snapshotId: string } | undefined {
   const at = path.lastIndexOf('@');
   if (at <= 0 || at === path.length - 1) return undefined;
@@ -145,23 +164,40 @@ export class NfsDriver extends BasePrimaryDataStoreDriver {
     return this.#run<NfsImageResult>(ctx, hostId!, NfsHostOperation.Create, args);
   }
 
-  /** Deletes an image file, or an internal snapshot when the path is `<image>@<snapshot>`. */
+  /**
+   * Deletes an image file; a snapshot goes through {@link NfsDriver.deleteSnapshot} semantics (an
+   * internal one when its path is `<image>@<snapshot>`, else an external layer merged into its
+   * children). An external snapshot needs `parent` (its volume) unless its path follows
+   * `snapshots/<volume id>/<snapshot id>.qcow2`, from which the volume is `volumes/<volume id>.qcow2`.
+   */
   protected async doDelete({ store, object, hostId, ctx }: ObjectOptions): Promise<void> {
     const { mountPath } = nfsDetails(store);
     if (object.kind === 'snapshot') {
-      const located = object.path
-        ? splitSnapshotPath(object.path)
-        : object.parent && { imagePath: nfsObjectPath(object.parent), snapshotId: object.id };
-      if (!located) {
-        throw new DriverInputError('a snapshot needs a path `<image>@<id>` or a parent', {
-          context: { field: 'object.path' },
+      const legacy = object.path ? splitSnapshotPath(object.path) : undefined;
+      if (legacy) {
+        await this.#run(ctx, hostId!, NfsHostOperation.DeleteSnapshot, {
+          mountPath,
+          path: legacy.imagePath,
+          snapshotId: legacy.snapshotId,
         });
+        return;
       }
-      await this.#run(ctx, hostId!, NfsHostOperation.DeleteSnapshot, {
-        mountPath,
-        path: located.imagePath,
-        snapshotId: located.snapshotId,
-      });
+      const volume = object.parent ?? volumeOfSnapshotPath(object.path);
+      if (!volume) {
+        throw new DriverInputError(
+          'a snapshot needs a parent volume or a path snapshots/<volume>/<id>.qcow2',
+          {
+            context: { field: 'object.parent' },
+          },
+        );
+      }
+      await this.#run(
+        ctx,
+        hostId!,
+        NfsHostOperation.DeleteChainSnapshot,
+        { mountPath, volumePath: nfsObjectPath(volume), snapshotPath: nfsSnapshotPath(volume, object) },
+        this.#copyDeadline,
+      );
       return;
     }
     await this.#run(ctx, hostId!, NfsHostOperation.Delete, { mountPath, path: nfsObjectPath(object) });
@@ -258,7 +294,11 @@ export class NfsDriver extends BasePrimaryDataStoreDriver {
    */
   protected async doRevokeAccess(): Promise<void> {}
 
-  /** Internal qcow2 snapshot named by `snapshot.id`; the result path is `<image path>@<snapshot id>`. */
+  /**
+   * External snapshot (docs/snapshots.md): the active layer is frozen as
+   * `snapshots/<volume id>/<snapshot id>.qcow2` (the result path) and a new empty overlay on top of
+   * it becomes the volume's file, at the same path. Repeating it returns the existing snapshot.
+   */
   protected async doTakeSnapshot({
     store,
     object,
@@ -267,12 +307,12 @@ export class NfsDriver extends BasePrimaryDataStoreDriver {
     ctx,
   }: SnapshotOptions): Promise<CreateResult> {
     this.#requireQcow2(object);
-    const args = {
-      mountPath: nfsDetails(store).mountPath,
-      path: nfsObjectPath(object),
-      snapshotId: snapshot.id,
-    };
-    const result = await this.#run<NfsImageResult>(ctx, hostId!, NfsHostOperation.Snapshot, args);
+    const result = await this.#run<NfsSnapshotResult>(
+      ctx,
+      hostId!,
+      NfsHostOperation.TakeChainSnapshot,
+      this.#chainArgs(store, object, snapshot),
+    );
     return {
       path: result.path,
       sizeBytes: result.sizeBytes,
@@ -281,14 +321,121 @@ export class NfsDriver extends BasePrimaryDataStoreDriver {
     };
   }
 
+  /**
+   * Puts a new empty overlay on top of the snapshot in place of the active layer: any snapshot of
+   * the volume, not only the latest. A legacy internal snapshot (`<image>@<id>` path) is applied in
+   * place as before.
+   */
   protected async doRevertSnapshot({ store, object, snapshot, hostId, ctx }: SnapshotOptions): Promise<void> {
     this.#requireQcow2(object);
-    const args = {
+    const legacy = snapshot.path ? splitSnapshotPath(snapshot.path) : undefined;
+    if (legacy) {
+      await this.#run(ctx, hostId!, NfsHostOperation.Revert, {
+        mountPath: nfsDetails(store).mountPath,
+        path: legacy.imagePath,
+        snapshotId: legacy.snapshotId,
+      });
+      return;
+    }
+    await this.#run(
+      ctx,
+      hostId!,
+      NfsHostOperation.RevertChainSnapshot,
+      this.#chainArgs(store, object, snapshot),
+    );
+  }
+
+  /**
+   * Deletes a snapshot of `object` without breaking the volume or its other snapshots: each layer
+   * backed by the snapshot is rebased onto the snapshot's own base (its data merged in) before the
+   * file goes. Idempotent; the volume must be offline. A legacy `<image>@<id>` snapshot is deleted
+   * from the image.
+   *
+   * @example
+   * await driver.deleteSnapshot({ store, ctx, hostId, object: volumeRef, snapshot: { kind: 'snapshot', id: 's2' } });
+   */
+  async deleteSnapshot(options: SnapshotOptions): Promise<{ deleted: boolean; rebased: string[] }> {
+    return this.runOperation(options, 'deleteSnapshot', { snapshotId: options?.snapshot?.id }, async () => {
+      this.#validateSnapshotOptions(options);
+      const { store, object, snapshot, hostId, ctx } = options;
+      const legacy = snapshot.path ? splitSnapshotPath(snapshot.path) : undefined;
+      if (legacy) {
+        const { deleted } = await this.#run<{ deleted: boolean }>(
+          ctx,
+          hostId!,
+          NfsHostOperation.DeleteSnapshot,
+          { mountPath: nfsDetails(store).mountPath, path: legacy.imagePath, snapshotId: legacy.snapshotId },
+        );
+        return { deleted, rebased: [] };
+      }
+      return this.#run<{ deleted: boolean; rebased: string[] }>(
+        ctx,
+        hostId!,
+        NfsHostOperation.DeleteChainSnapshot,
+        this.#chainArgs(store, object, snapshot),
+        this.#copyDeadline,
+      );
+    });
+  }
+
+  /**
+   * The guest ranges written between the snapshot's base (the previous snapshot) and the snapshot:
+   * what an incremental backup of it copies. `backingPath` names the base they are relative to.
+   *
+   * @example
+   * const { extents } = await driver.snapshotChanges({ store, ctx, hostId, object: volumeRef, snapshot: snapRef });
+   */
+  async snapshotChanges(options: SnapshotOptions): Promise<NfsExtentsResult> {
+    return this.runOperation(options, 'snapshotChanges', { snapshotId: options?.snapshot?.id }, async () => {
+      this.#validateSnapshotOptions(options);
+      const { store, object, snapshot, hostId, ctx } = options;
+      return this.#run<NfsExtentsResult>(ctx, hostId!, NfsHostOperation.SnapshotChanges, {
+        mountPath: nfsDetails(store).mountPath,
+        snapshotPath: nfsSnapshotPath(object, snapshot),
+      });
+    });
+  }
+
+  /**
+   * Every range holding data in the snapshot as a whole (through its chain, zeros left out): what
+   * a full first backup copies when there is no previous snapshot to be incremental from.
+   *
+   * @example
+   * const { extents } = await driver.snapshotAllocatedExtents({ store, ctx, hostId, object: volumeRef, snapshot: snapRef });
+   */
+  async snapshotAllocatedExtents(options: SnapshotOptions): Promise<NfsExtentsResult> {
+    return this.runOperation(
+      options,
+      'snapshotAllocatedExtents',
+      { snapshotId: options?.snapshot?.id },
+      async () => {
+        this.#validateSnapshotOptions(options);
+        const { store, object, snapshot, hostId, ctx } = options;
+        return this.#run<NfsExtentsResult>(ctx, hostId!, NfsHostOperation.AllocatedExtents, {
+          mountPath: nfsDetails(store).mountPath,
+          path: nfsSnapshotPath(object, snapshot),
+          format: 'qcow2',
+        });
+      },
+    );
+  }
+
+  #chainArgs(store: DataStoreInfo, object: DataObjectRef, snapshot: DataObjectRef) {
+    return {
       mountPath: nfsDetails(store).mountPath,
-      path: nfsObjectPath(object),
-      snapshotId: snapshot.id,
+      volumePath: nfsObjectPath(object),
+      snapshotPath: nfsSnapshotPath(object, snapshot),
     };
-    await this.#run(ctx, hostId!, NfsHostOperation.Revert, args);
+  }
+
+  #validateSnapshotOptions(options: SnapshotOptions): void {
+    this.validateObjectOptions(options);
+    if (options.snapshot?.kind !== 'snapshot') {
+      throw new DriverInputError("snapshot.kind must be 'snapshot'", { context: { field: 'snapshot.kind' } });
+    }
+    assertSafeId(options.snapshot.id, 'snapshot.id');
+    if (options.snapshot.path !== undefined) assertRelativePath(options.snapshot.path, 'snapshot.path');
+    this.#requireQcow2(options.object);
   }
 
   #requireQcow2(object: DataObjectRef): void {

@@ -37,6 +37,7 @@ import {
 import type { HostOperation, HostOperationContext, HostOperationSet } from '../sdk/types.js';
 import { AbsolutePathSchema, RelativePathSchema, SafeIdSchema } from '../sdk/validation.js';
 import { assertHttpUrl, downloadToFile, sha256OfFile } from './download.js';
+import { NfsSnapshotOperation, nfsSnapshotOperations } from './snapshot-ops.js';
 
 /** Image formats the NFS host operations read and write. */
 export const NfsImageFormatSchema = z.enum(['qcow2', 'raw']);
@@ -746,6 +747,8 @@ export const nfsHostOperations: HostOperationSet = {
     compare,
     check,
     clone,
+    // External snapshot chains (./snapshot-ops.ts, docs/snapshots.md).
+    ...nfsSnapshotOperations,
   },
 };
 
@@ -765,6 +768,7 @@ export const NfsHostOperation = {
   Compare: 'compare',
   Check: 'check',
   Clone: 'clone',
+  ...NfsSnapshotOperation,
 } as const;
 export type NfsHostOperation = (typeof NfsHostOperation)[keyof typeof NfsHostOperation];
 
