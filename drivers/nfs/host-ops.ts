@@ -36,6 +36,7 @@ import {
 } from '../sdk/qemu.js';
 import type { HostOperation, HostOperationContext, HostOperationSet } from '../sdk/types.js';
 import { AbsolutePathSchema, RelativePathSchema, SafeIdSchema } from '../sdk/validation.js';
+import { nfsBackupOperations } from './backup-ops.js';
 import { assertHttpUrl, downloadToFile, sha256OfFile } from './download.js';
 import { NfsSnapshotOperation, nfsSnapshotOperations } from './snapshot-ops.js';
 
@@ -749,6 +750,8 @@ export const nfsHostOperations: HostOperationSet = {
     clone,
     // External snapshot chains (./snapshot-ops.ts, docs/snapshots.md).
     ...nfsSnapshotOperations,
+    // Chunked backup to the image store (./backup-ops.ts, docs/backup-format.md).
+    ...nfsBackupOperations,
   },
 };
 
@@ -769,6 +772,8 @@ export const NfsHostOperation = {
   Check: 'check',
   Clone: 'clone',
   ...NfsSnapshotOperation,
+  BackupChunks: 'backupChunks',
+  RestoreChunks: 'restoreChunks',
 } as const;
 export type NfsHostOperation = (typeof NfsHostOperation)[keyof typeof NfsHostOperation];
 

@@ -1,0 +1,335 @@
+import { execFile } from 'node:child_process';
+import { mkdir, mkdtemp, readdir, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { GetObjectCommand, ListObjectsV2Command, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
+import { getSignedUrl } from '@aws-sdk/s3-request-presigner';
+import type {
+  BackupScanResult,
+  BackupUploadResult,
+  RestoreChunksResult,
+} from '../../../drivers/nfs/backup-ops.js';
+import { nfsHostOperations } from '../../../drivers/nfs/host-ops.js';
+import { type BackupManifest, buildManifest, chunkObjectKey } from '../../../drivers/sdk/backup-manifest.js';
+import { HostOperationError } from '../../../drivers/sdk/errors.js';
+import { createInProcessHostInvoker } from '../../../drivers/sdk/host-runtime.js';
+import type { HostInvoker } from '../../../drivers/sdk/types.js';
+import { localS3ClientConfig, type S3Emulator, startS3Emulator } from '../../../infra/local/s3-emulator.js';
+
+jest.setTimeout(60_000);
+
+const run = promisify(execFile);
+const KiB = 1024;
+const CHUNK = 256 * KiB;
+const SIZE = 4 * 1024 * KiB; // 16 chunks
+const BUCKET = 'backups';
+const PREFIX = 'chunks';
+
+let root: string;
+let share: string;
+let s3dir: string;
+let emulator: S3Emulator;
+let s3: S3Client;
+let host: HostInvoker;
+
+beforeAll(async () => {
+  root = await mkdtemp(join(tmpdir(), 'strata-backup-'));
+  share = join(root, 'share');
+  s3dir = join(root, 's3');
+  await mkdir(join(share, 'volumes'), { recursive: true });
+  emulator = await startS3Emulator({ dir: s3dir, buckets: [BUCKET] });
+  s3 = new S3Client(localS3ClientConfig(emulator.endpoint));
+  host = createInProcessHostInvoker({ operationSets: [nfsHostOperations], workDirRoot: join(root, 'hosts') });
+});
+afterAll(async () => {
+  s3?.destroy();
+  await emulator?.stop();
+  await rm(root, { recursive: true, force: true });
+});
+
+const vol = (name: string) => join(share, 'volumes', name);
+const qemuIo = (file: string, ...commands: string[]) =>
+  run('qemu-io', ['-f', 'qcow2', ...commands.flatMap((c) => ['-c', c]), file]);
+const compare = async (a: string, b: string) => {
+  try {
+    await run('qemu-img', ['compare', '-f', 'qcow2', '-F', 'qcow2', a, b]);
+    return true;
+  } catch {
+    return false;
+  }
+};
+const call = <T>(operation: string, args: Record<string, unknown>, jobId = 'job-1') =>
+  host.run<T>('host-1', { provider: 'nfs', operation, args, jobId });
+
+// What the control plane will do: list the store, scan, presign PUTs for what is missing, upload.
+async function knownChunks(): Promise<string[]> {
+  const out = await s3.send(new ListObjectsV2Command({ Bucket: BUCKET, Prefix: `${PREFIX}/` }));
+  return (out.Contents ?? []).map((o) => o.Key!.split('/').pop()!);
+}
+async function backup(
+  path: string,
+  snapshotId: string,
+  previous?: { manifest: BackupManifest; changedExtents: Array<{ start: number; length: number }> },
+) {
+  const common = { mountPath: share, path: `volumes/${path}`, chunkSizeBytes: CHUNK };
+  const scan = await call<BackupScanResult>('backupChunks', {
+    ...common,
+    phase: 'scan',
+    knownChunks: await knownChunks(),
+    ...(previous
+      ? { previousChunks: previous.manifest.chunks, changedExtents: previous.changedExtents }
+      : {}),
+  });
+  const uploads = await Promise.all(
+    scan.missing.map(async ({ index, sha256 }) => ({
+      index,
+      sha256,
+      url: await getSignedUrl(
+        s3,
+        new PutObjectCommand({ Bucket: BUCKET, Key: chunkObjectKey(PREFIX, sha256) }),
+        { expiresIn: 600 },
+      ),
+    })),
+  );
+  const upload = await call<BackupUploadResult>('backupChunks', { ...common, phase: 'upload', uploads });
+  const manifest = buildManifest({
+    volumeId: 'vol-1',
+    snapshotId,
+    virtualSizeBytes: scan.virtualSizeBytes,
+    chunkSizeBytes: scan.chunkSizeBytes,
+    chunks: scan.chunks,
+    ...(previous ? { parentSnapshotId: previous.manifest.snapshotId } : {}),
+  });
+  return { scan, upload, manifest };
+}
+async function restoreArgs(manifest: BackupManifest, path: string) {
+  return {
+    mountPath: share,
+    path: `volumes/${path}`,
+    virtualSizeBytes: manifest.virtualSizeBytes,
+    chunkSizeBytes: manifest.chunkSizeBytes,
+    chunks: await Promise.all(
+      manifest.chunks.map(async (sha256, index) =>
+        sha256 === null
+          ? null
+          : {
+              index,
+              sha256,
+              url: await getSignedUrl(
+                s3,
+                new GetObjectCommand({ Bucket: BUCKET, Key: chunkObjectKey(PREFIX, sha256) }),
+                { expiresIn: 600 },
+              ),
+            },
+      ),
+    ),
+  };
+}
+// Depth-0 data extents of an overlay: what changed since its backing file was frozen.
+async function changedExtents(file: string) {
+  const { stdout } = await run('qemu-img', ['map', '--output=json', '-f', 'qcow2', file]);
+  return (JSON.parse(stdout) as Array<{ start: number; length: number; depth: number; data: boolean }>)
+    .filter((e) => e.depth === 0 && e.data)
+    .map(({ start, length }) => ({ start, length }));
+}
+
+describe('backup to the image store (qemu-nbd + s3rver)', () => {
+  let full: Awaited<ReturnType<typeof backup>>;
+  let incremental: Awaited<ReturnType<typeof backup>>;
+
+  it('full backup: reads allocated extents only, dedups equal chunks, never stores zeros', async () => {
+    await run('qemu-img', ['create', '-q', '-f', 'qcow2', vol('base.qcow2'), String(SIZE)]);
+    await qemuIo(
+      vol('base.qcow2'),
+      `write -P 0x11 0 ${CHUNK}`, // chunk 0
+      `write -P 0x33 ${CHUNK} ${CHUNK}`, // chunk 1
+      `write -P 0x22 ${4 * CHUNK} ${CHUNK}`, // chunk 4
+      `write -P 0x11 ${8 * CHUNK} ${CHUNK}`, // chunk 8, same bytes as chunk 0
+      `write -z ${10 * CHUNK} ${CHUNK}`, // chunk 10: zero cluster, not data
+      `write -P 0x00 ${12 * CHUNK} ${CHUNK}`, // chunk 12: allocated, but zeros
+    );
+
+    full = await backup('base.qcow2', 'snap-1');
+
+    const { chunks, counters, missing } = full.scan;
+    expect(chunks).toHaveLength(16);
+    expect(chunks[0]).toMatch(/^[0-9a-f]{64}$/);
+    expect(chunks[8]).toBe(chunks[0]);
+    expect(new Set([chunks[0], chunks[1], chunks[4]]).size).toBe(3);
+    expect(chunks.filter((c) => c === null)).toHaveLength(12);
+    expect(missing).toHaveLength(3);
+    expect(counters).toEqual({
+      bytesRead: 5 * CHUNK,
+      bytesUploaded: 0,
+      chunksTotal: 16,
+      chunksChanged: 4,
+      chunksReused: 1,
+      zeroChunks: 12,
+    });
+    expect(full.upload).toEqual({
+      phase: 'upload',
+      chunksUploaded: 3,
+      bytesRead: 3 * CHUNK,
+      bytesUploaded: 3 * CHUNK,
+    });
+    expect((await knownChunks()).sort()).toEqual(missing.map((m) => m.sha256).sort());
+  });
+
+  it('restores a full backup into an identical new volume', async () => {
+    const result = await call<RestoreChunksResult>(
+      'restoreChunks',
+      await restoreArgs(full.manifest, 'r1.qcow2'),
+    );
+
+    expect(result).toMatchObject({
+      restored: true,
+      chunksFetched: 4,
+      bytesDownloaded: 4 * CHUNK,
+      zeroChunks: 12,
+    });
+    expect(await compare(vol('base.qcow2'), vol('r1.qcow2'))).toBe(true);
+    const again = await call<RestoreChunksResult>(
+      'restoreChunks',
+      await restoreArgs(full.manifest, 'r1.qcow2'),
+      'job-2',
+    );
+    expect(again.restored).toBe(false);
+  });
+
+  it('incremental backup reads and uploads only the changed chunks', async () => {
+    // The snapshot freezes base; writes go to the overlay, which becomes the next snapshot layer.
+    await run('qemu-img', [
+      'create',
+      '-q',
+      '-f',
+      'qcow2',
+      '-b',
+      'base.qcow2',
+      '-F',
+      'qcow2',
+      vol('snap-2.qcow2'),
+    ]);
+    await qemuIo(
+      vol('snap-2.qcow2'),
+      `write -P 0x44 ${2 * CHUNK} ${CHUNK}`,
+      `write -P 0x55 ${3 * CHUNK} ${CHUNK}`,
+    );
+    const extents = await changedExtents(vol('snap-2.qcow2'));
+
+    incremental = await backup('snap-2.qcow2', 'snap-2', {
+      manifest: full.manifest,
+      changedExtents: extents,
+    });
+
+    const { chunks, counters, missing, computed } = incremental.scan;
+    expect(computed.map((c) => c.index)).toEqual([2, 3]);
+    expect(missing.map((m) => m.index)).toEqual([2, 3]);
+    expect(chunks.filter((_, i) => i !== 2 && i !== 3)).toEqual(
+      full.manifest.chunks.filter((_, i) => i !== 2 && i !== 3),
+    );
+    expect(counters).toEqual({
+      bytesRead: 2 * CHUNK,
+      bytesUploaded: 0,
+      chunksTotal: 16,
+      chunksChanged: 2,
+      chunksReused: 4,
+      zeroChunks: 10,
+    });
+    expect(incremental.upload.bytesUploaded).toBe(2 * CHUNK);
+    expect(incremental.manifest.parentSnapshotId).toBe('snap-1');
+  });
+
+  it('restores the incremental as the volume was at that snapshot, and the full one still', async () => {
+    // Later writes land in a newer overlay and must not show in the restore.
+    await run('qemu-img', [
+      'create',
+      '-q',
+      '-f',
+      'qcow2',
+      '-b',
+      'snap-2.qcow2',
+      '-F',
+      'qcow2',
+      vol('active.qcow2'),
+    ]);
+    await qemuIo(vol('active.qcow2'), `write -P 0x66 0 ${CHUNK}`);
+
+    await call('restoreChunks', await restoreArgs(incremental.manifest, 'r2.qcow2'));
+    await call('restoreChunks', await restoreArgs(full.manifest, 'r3.qcow2'));
+
+    expect(await compare(vol('snap-2.qcow2'), vol('r2.qcow2'))).toBe(true);
+    expect(await compare(vol('active.qcow2'), vol('r2.qcow2'))).toBe(false);
+    expect(await compare(vol('base.qcow2'), vol('r3.qcow2'))).toBe(true);
+  });
+
+  it('backs up an empty volume as all zero chunks without uploading anything', async () => {
+    await run('qemu-img', ['create', '-q', '-f', 'qcow2', vol('empty.qcow2'), String(SIZE + 100 * KiB)]);
+
+    const result = await backup('empty.qcow2', 'snap-e');
+
+    expect(result.scan.chunks).toEqual(new Array(17).fill(null));
+    expect(result.scan.counters).toMatchObject({
+      bytesRead: 0,
+      chunksTotal: 17,
+      zeroChunks: 17,
+      chunksReused: 0,
+    });
+    expect(result.upload.chunksUploaded).toBe(0);
+    await call('restoreChunks', await restoreArgs(result.manifest, 'r-empty.qcow2'));
+    expect(await compare(vol('empty.qcow2'), vol('r-empty.qcow2'))).toBe(true);
+  });
+
+  it('fails a restore whose chunk was corrupted on the server, naming it, and leaves no file', async () => {
+    const victim = incremental.manifest.chunks[3]!;
+    await s3.send(
+      new PutObjectCommand({
+        Bucket: BUCKET,
+        Key: chunkObjectKey(PREFIX, victim),
+        Body: Buffer.alloc(CHUNK, 0x99),
+      }),
+    );
+    const before = await readdir(join(share, 'volumes'));
+
+    const error = await call(
+      'restoreChunks',
+      await restoreArgs(incremental.manifest, 'r4.qcow2'),
+      'job-9',
+    ).then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+
+    expect(error).toBeInstanceOf(HostOperationError);
+    const hostError = (error as HostOperationError).hostError;
+    expect(hostError).toMatchObject({ code: 'ChecksumMismatch', retryable: false });
+    expect(hostError.message).toContain('chunk 3');
+    expect(hostError.message).toContain(victim);
+    expect(await readdir(join(share, 'volumes'))).toEqual(before);
+  });
+
+  it('refuses an upload whose chunk no longer has the scanned hash', async () => {
+    const code = await call('backupChunks', {
+      mountPath: share,
+      path: 'volumes/base.qcow2',
+      chunkSizeBytes: CHUNK,
+      phase: 'upload',
+      uploads: [{ index: 0, sha256: 'f'.repeat(64), url: `${emulator.endpoint}/${BUCKET}/x` }],
+    }).then(
+      () => 'resolved',
+      (e: unknown) => (e as HostOperationError).hostError.code,
+    );
+    expect(code).toBe('Conflict');
+  });
+
+  it('refuses paths outside the share and incremental scans without a previous list', async () => {
+    const codeOf = (args: Record<string, unknown>) =>
+      call('backupChunks', { mountPath: share, chunkSizeBytes: CHUNK, phase: 'scan', ...args }).then(
+        () => 'resolved',
+        (e: unknown) => (e as HostOperationError).hostError.code,
+      );
+    expect(await codeOf({ path: '../outside.qcow2' })).toBe('InvalidArguments');
+    expect(await codeOf({ path: 'volumes/base.qcow2', changedExtents: [] })).toBe('InvalidArguments');
+    expect(await codeOf({ path: 'volumes/base.qcow2', chunkSizeBytes: 1000 })).toBe('InvalidArguments');
+  });
+});
