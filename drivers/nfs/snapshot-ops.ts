@@ -135,6 +135,8 @@ export const takeChainSnapshot: HostOperation<ChainArgs, NfsSnapshotResult> = {
       }
       return snapshotResult(args.snapshotPath, snapshot, realRoot, ctx);
     }
+    // Another snapshot's take was interrupted: the volume file may be missing until it is finished.
+    await assertNoPendingTake(snapshot, args);
     if (!volumeExists) {
       throw new ObjectNotFoundError(`${args.volumePath} not found`, { context: { path: args.volumePath } });
     }
@@ -152,7 +154,7 @@ export const takeChainSnapshot: HostOperation<ChainArgs, NfsSnapshotResult> = {
     };
     const intentTemp = tempPathFor(intentFile, ctx);
     try {
-      await writeFile(intentTemp, `${JSON.stringify(record)}\n`, { flag: 'wx' });
+      await writeFile(intentTemp, `${JSON.stringify(record)}\n`);
       await rename(intentTemp, intentFile);
     } finally {
       await rm(intentTemp, { force: true });
@@ -178,8 +180,8 @@ export const revertChainSnapshot: HostOperation<ChainArgs, NfsSnapshotResult & {
   async run(args, ctx) {
     const realRoot = await realRootOf(args.mountPath);
     const snapshot = await resolveConfinedPath(args.mountPath, args.snapshotPath, { mustExist: true });
-    const volume = await resolveConfinedPath(args.mountPath, args.volumePath, { mustExist: true });
     await assertNoPendingTake(snapshot, args);
+    const volume = await resolveConfinedPath(args.mountPath, args.volumePath, { mustExist: true });
     const snapInfo = await chainInfo(snapshot, realRoot, 'qcow2', ctx);
     await chainInfo(volume, realRoot, 'qcow2', ctx);
     await createOverlay(volume, snapshot, ctx);

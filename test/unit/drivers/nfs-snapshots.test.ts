@@ -291,7 +291,8 @@ describe('nfs external snapshot chains', () => {
       expect(await readdir(join(share, 'volumes'))).toEqual([]);
       expect(await readdir(join(share, 'snapshots/vol-1'))).toContain('.s1.qcow2.take.json');
       // Nothing else may run on the volume until the take is finished.
-      await expect(codeOf(call('revertChainSnapshot', chain(snap('s1'))))).resolves.toBe('ObjectNotFound');
+      await expect(codeOf(call('revertChainSnapshot', chain(snap('s1'))))).resolves.toBe('Conflict');
+      await expect(codeOf(call('takeChainSnapshot', chain(snap('s2'))))).resolves.toBe('Conflict');
       await expect(codeOf(call('deleteChainSnapshot', chain(snap('s1'))))).resolves.toBe('Conflict');
 
       await call('takeChainSnapshot', chain(snap('s1')), 'job-2');
