@@ -22,8 +22,7 @@ module.exports = {
     {
       ...common,
       displayName: 'integration',
-      // Real emulators, workflows and host processes on a 2-core machine: generous, never relied on for speed.
-      testTimeout: 60_000,
+      setupFilesAfterEnv: ['<rootDir>/test/support/setup-integration.ts'],
       testMatch: ['<rootDir>/test/integration/**/*.test.ts'],
       globalSetup: '<rootDir>/test/support/global-setup.ts',
       globalTeardown: '<rootDir>/test/support/global-teardown.ts',

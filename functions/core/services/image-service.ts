@@ -25,7 +25,7 @@ import { FlowName, systemClock } from '../ports.js';
 import { objectInStoreMachine } from '../state-machines.js';
 import type { DataMotionService } from './data-motion.js';
 import { toStoreInfo } from './datastore-service.js';
-import type { JobService } from './job-service.js';
+import { causeMessage, type JobService, type WorkflowFailure } from './job-service.js';
 
 /** A template copy being created may hold its lease this long before the reconciler recovers it. */
 export const INGEST_LEASE_SECONDS = 2 * 60 * 60;
@@ -393,7 +393,7 @@ export class ImageService {
     jobId: string;
     templateId: string;
     storeId: string;
-    error: { Error?: string; Cause?: string };
+    error: WorkflowFailure;
   }): Promise<void> {
     const reason = causeMessage(input.error);
     const row = await this.repo.get({
@@ -424,9 +424,7 @@ export class ImageService {
         });
       }
     }
-    await this.deps.jobs
-      .fail(input.jobId, { code: input.error.Error ?? 'IngestFailed', message: reason })
-      .catch(() => undefined);
+    await this.deps.jobs.failFromFlow(input.jobId, input.error, 'IngestFailed');
   }
 
   // ---------------------------------------------------------------- copies between image stores
@@ -590,7 +588,7 @@ export class ImageService {
     templateId: string;
     sourceStoreId: string;
     storeId: string;
-    error: { Error?: string; Cause?: string };
+    error: WorkflowFailure;
   }): Promise<void> {
     const reason = causeMessage(input.error);
     const dst = await this.repo.get({
@@ -614,9 +612,7 @@ export class ImageService {
       }
     }
     await this.releaseSource(input.templateId, input.sourceStoreId, input.jobId);
-    await this.deps.jobs
-      .fail(input.jobId, { code: input.error.Error ?? 'CopyFailed', message: reason })
-      .catch(() => undefined);
+    await this.deps.jobs.failFromFlow(input.jobId, input.error, 'CopyFailed');
   }
 
   // ---------------------------------------------------------------- delete
@@ -918,16 +914,5 @@ function checkTypeAndFormat(type: 'template' | 'iso', format: ImageFormat): void
         field: 'format',
       },
     );
-  }
-}
-
-/** Step Functions hands a caught error as { Error, Cause }, where Cause may be the JSON of the error. */
-export function causeMessage(error: { Error?: string; Cause?: string }): string {
-  if (!error.Cause) return error.Error ?? 'unknown error';
-  try {
-    const parsed = JSON.parse(error.Cause) as { errorMessage?: string; message?: string };
-    return parsed.errorMessage ?? parsed.message ?? error.Cause;
-  } catch {
-    return error.Cause;
   }
 }

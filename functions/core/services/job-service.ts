@@ -17,6 +17,23 @@ export interface JobFilter {
   targetId?: string;
 }
 
+/** How Step Functions hands a caught error to the compensation step. */
+export interface WorkflowFailure {
+  Error?: string;
+  Cause?: string;
+}
+
+/** A failure's human reason: Cause may be the JSON of the Lambda error (`errorMessage`), or text. */
+export function causeMessage(error: WorkflowFailure): string {
+  if (!error.Cause) return error.Error ?? 'unknown error';
+  try {
+    const parsed = JSON.parse(error.Cause) as { errorMessage?: string; message?: string };
+    return parsed.errorMessage ?? parsed.message ?? error.Cause;
+  } catch {
+    return error.Cause;
+  }
+}
+
 export class JobService {
   constructor(private readonly repo: Repository) {}
 
@@ -59,6 +76,16 @@ export class JobService {
       { field: 'state', oneOf: OPEN },
       { state: JobState.Succeeded, progress: 100, result },
     );
+  }
+
+  /**
+   * Fails a job with what a workflow caught, from its compensation step. A job already finished
+   * (an earlier run of the same step) is left alone. Returns the reason, for the entity's own record.
+   */
+  async failFromFlow(id: string, error: WorkflowFailure, fallbackCode: string): Promise<string> {
+    const message = causeMessage(error);
+    await this.fail(id, { code: error.Error ?? fallbackCode, message }).catch(() => undefined);
+    return message;
   }
 
   fail(id: string, error: JobError): Promise<Job> {

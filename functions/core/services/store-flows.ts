@@ -12,6 +12,7 @@ import { DataStoreStatus as DS, HostStatus } from '../model.js';
 import type { Repository } from '../ports.js';
 import { dataStoreMachine } from '../state-machines.js';
 import { type StoreDeps, toStoreInfo } from './datastore-service.js';
+import { causeMessage, type WorkflowFailure } from './job-service.js';
 
 export interface HostResult {
   hostId: string;
@@ -125,7 +126,7 @@ export class StoreFlows {
   }
 
   /** store-attach, on an unexpected error: the new store goes to Error with the reason; the job fails. */
-  async failAttach(input: AttachInput & { error: { Error?: string; Cause?: string } }): Promise<void> {
+  async failAttach(input: AttachInput & { error: WorkflowFailure }): Promise<void> {
     const message = causeMessage(input.error);
     if (input.mode === 'initialize') {
       await this.moveStore(input.storeId, input.jobId, DS.Initializing, DS.Error, message).catch(
@@ -213,9 +214,7 @@ export class StoreFlows {
   }
 
   /** store-maintenance, on failure: ErrorInMaintenance, from which the operator can retry either way. */
-  async failMaintenance(
-    input: MaintenanceInput & { error: { Error?: string; Cause?: string } },
-  ): Promise<void> {
+  async failMaintenance(input: MaintenanceInput & { error: WorkflowFailure }): Promise<void> {
     const message = causeMessage(input.error);
     const from = input.action === 'enter' ? DS.PrepareForMaintenance : DS.CancelMaintenance;
     await this.moveStore(input.storeId, input.jobId, from, DS.ErrorInMaintenance, message).catch(
@@ -291,17 +290,6 @@ export function toHostInfo(host: Host): HostInfo {
     clusterId: host.clusterId,
     hypervisor: host.hypervisor,
   };
-}
-
-/** Step Functions hands a caught error as { Error, Cause }, where Cause may be the JSON of the error. */
-function causeMessage(error: { Error?: string; Cause?: string }): string {
-  if (!error.Cause) return error.Error ?? 'unknown error';
-  try {
-    const parsed = JSON.parse(error.Cause) as { errorMessage?: string; message?: string };
-    return parsed.errorMessage ?? parsed.message ?? error.Cause;
-  } catch {
-    return error.Cause;
-  }
 }
 
 function ignoreConflict(e: unknown): void {

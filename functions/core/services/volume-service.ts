@@ -26,8 +26,8 @@ import type { Clock, ListOptions, Page, Repository, WorkflowPort } from '../port
 import { FlowName, systemClock } from '../ports.js';
 import { objectInStoreMachine, volumeMachine } from '../state-machines.js';
 import { toStoreInfo } from './datastore-service.js';
-import { causeMessage, templateObject } from './image-service.js';
-import type { JobService } from './job-service.js';
+import { templateObject } from './image-service.js';
+import { causeMessage, type JobService, type WorkflowFailure } from './job-service.js';
 
 export const VOLUME_LEASE_SECONDS = 60 * 60;
 /** Raised while another job installs the template on the pool; the workflow retries with backoff. */
@@ -122,7 +122,7 @@ export class VolumeService {
       await release(this.repo, store.id, sizeBytes);
       throw e;
     }
-    const job = await this.deps.jobs.create('volume.create', { type: 'volume', id }, jobId);
+    await this.deps.jobs.create('volume.create', { type: 'volume', id }, jobId);
     try {
       const { executionId } = await this.deps.workflows.start(FlowName.VolumeCreate, jobId, {
         jobId,
@@ -272,7 +272,7 @@ export class VolumeService {
   }
 
   /** volume-create, on failure: no file, no reservation, no reference left; the volume is Error. */
-  async failCreate(input: Step & { error: { Error?: string; Cause?: string } }): Promise<void> {
+  async failCreate(input: Step & { error: WorkflowFailure }): Promise<void> {
     const reason = causeMessage(input.error);
     const volume = await this.repo.get({ type: 'Volume', id: input.volumeId });
     if (volume && volume.status === V.Creating && volume.lease?.owner === input.jobId) {
@@ -296,9 +296,7 @@ export class VolumeService {
           : { statusReason: `${reason} (cleanup incomplete; delete the volume to retry it)` },
       });
     }
-    await this.deps.jobs
-      .fail(input.jobId, { code: input.error.Error ?? 'CreateFailed', message: reason })
-      .catch(() => undefined);
+    await this.deps.jobs.failFromFlow(input.jobId, input.error, 'CreateFailed');
   }
 
   // ---------------------------------------------------------------- delete
@@ -322,7 +320,7 @@ export class VolumeService {
       expectedVersion: volume.version,
       lease: { owner: jobId, ttlSeconds: VOLUME_LEASE_SECONDS },
     });
-    const job = await this.deps.jobs.create('volume.delete', { type: 'volume', id }, jobId);
+    await this.deps.jobs.create('volume.delete', { type: 'volume', id }, jobId);
     const { executionId } = await this.deps.workflows.start(FlowName.VolumeDelete, jobId, {
       jobId,
       volumeId: id,
@@ -355,7 +353,7 @@ export class VolumeService {
     return { evictedCache };
   }
 
-  async failDestroy(input: Step & { error: { Error?: string; Cause?: string } }): Promise<void> {
+  async failDestroy(input: Step & { error: WorkflowFailure }): Promise<void> {
     const reason = causeMessage(input.error);
     await this.repo
       .transition({
@@ -367,9 +365,7 @@ export class VolumeService {
         changes: { statusReason: `delete failed: ${reason}` },
       })
       .catch(() => undefined);
-    await this.deps.jobs
-      .fail(input.jobId, { code: input.error.Error ?? 'DeleteFailed', message: reason })
-      .catch(() => undefined);
+    await this.deps.jobs.failFromFlow(input.jobId, input.error, 'DeleteFailed');
   }
 
   // ---------------------------------------------------------------- resize
@@ -427,7 +423,7 @@ export class VolumeService {
       });
       throw e;
     }
-    const job = await this.deps.jobs.create('volume.resize', { type: 'volume', id }, jobId);
+    await this.deps.jobs.create('volume.resize', { type: 'volume', id }, jobId);
     const { executionId } = await this.deps.workflows.start(FlowName.VolumeResize, jobId, {
       jobId,
       volumeId: id,
@@ -473,9 +469,7 @@ export class VolumeService {
   }
 
   /** volume-resize, on failure: the file keeps its size (qemu-img resize is all or nothing), the volume goes back to Ready. */
-  async failResize(
-    input: Step & { sizeBytes: number; error: { Error?: string; Cause?: string } },
-  ): Promise<void> {
+  async failResize(input: Step & { sizeBytes: number; error: WorkflowFailure }): Promise<void> {
     const reason = causeMessage(input.error);
     const volume = await this.repo.get({ type: 'Volume', id: input.volumeId });
     if (volume && volume.status === V.Resizing && volume.lease?.owner === input.jobId) {
@@ -490,9 +484,7 @@ export class VolumeService {
         changes: { statusReason: `resize to ${input.sizeBytes} failed: ${reason}` },
       });
     }
-    await this.deps.jobs
-      .fail(input.jobId, { code: input.error.Error ?? 'ResizeFailed', message: reason })
-      .catch(() => undefined);
+    await this.deps.jobs.failFromFlow(input.jobId, input.error, 'ResizeFailed');
   }
 
   /** Reserves more space on a store under its threshold (a resize's growth). */
@@ -552,7 +544,7 @@ export class VolumeService {
       await release(this.repo, store.id, volume.sizeBytes);
       throw e;
     }
-    const job = await this.deps.jobs.create('volume.migrate', { type: 'volume', id }, jobId);
+    await this.deps.jobs.create('volume.migrate', { type: 'volume', id }, jobId);
     const { executionId } = await this.deps.workflows.start(FlowName.VolumeMigrate, jobId, {
       jobId,
       volumeId: id,
@@ -645,9 +637,7 @@ export class VolumeService {
   }
 
   /** volume-migrate, on failure: the partial copy and its reservation go; the volume stays where it was. */
-  async failMigrate(
-    input: Step & { destStoreId: string; error: { Error?: string; Cause?: string } },
-  ): Promise<void> {
+  async failMigrate(input: Step & { destStoreId: string; error: WorkflowFailure }): Promise<void> {
     const reason = causeMessage(input.error);
     const volume = await this.repo.get({ type: 'Volume', id: input.volumeId });
     if (volume && volume.status === V.Migrating && volume.lease?.owner === input.jobId) {
@@ -684,9 +674,7 @@ export class VolumeService {
         changes: { statusReason: `migration to ${input.destStoreId} failed: ${reason}` },
       });
     }
-    await this.deps.jobs
-      .fail(input.jobId, { code: input.error.Error ?? 'MigrateFailed', message: reason })
-      .catch(() => undefined);
+    await this.deps.jobs.failFromFlow(input.jobId, input.error, 'MigrateFailed');
   }
 
   private async migrating(input: Step): Promise<Volume> {

@@ -467,9 +467,10 @@ describe('openSafeStream', () => {
       const { body } = await openSafeStream(`http://127.0.0.1:${port}/ok?size=${size}`, {
         ...base,
         allowlist: loopbackAllowed,
-        noProgressTimeoutMs: 100,
+        // Long enough for a loaded CI machine to answer; the consumer still pauses well past it.
+        noProgressTimeoutMs: 1000,
       });
-      await sleep(400);
+      await sleep(2500);
       const data = await drain(body);
       expect(sha256(data)).toBe(sha256(pattern(size)));
     });
