@@ -53,13 +53,21 @@ export interface NfsExtentsResult {
 
 const Qcow2PathSchema = RelativePathSchema.refine((p) => p.endsWith('.qcow2'), 'must end with .qcow2');
 
+// Snapshot layers live only in `snapshots/<volume>/`: deleting one merges it into the children
+// found there and the volume, so a path elsewhere (a template cache entry with linked clones all
+// over the share) must never reach these operations.
+const SnapshotLayerPathSchema = Qcow2PathSchema.refine(
+  (p) => /^snapshots\/[^/]+\/[^/]+$/.test(p),
+  'must be snapshots/<volume>/<snapshot>.qcow2',
+);
+
 const ChainArgs = z
   .object({
     mountPath: AbsolutePathSchema,
     /** The active layer, e.g. `volumes/vol-1.qcow2`. */
-    volumePath: Qcow2PathSchema,
+    volumePath: Qcow2PathSchema.refine((p) => !p.startsWith('snapshots/'), 'must not be a snapshot layer'),
     /** The snapshot layer, e.g. `snapshots/vol-1/snap-1.qcow2`. */
-    snapshotPath: Qcow2PathSchema,
+    snapshotPath: SnapshotLayerPathSchema,
   })
   .strict()
   .refine((a) => a.volumePath !== a.snapshotPath, {
@@ -68,7 +76,9 @@ const ChainArgs = z
   });
 type ChainArgs = z.infer<typeof ChainArgs>;
 
-const ChangesArgs = z.object({ mountPath: AbsolutePathSchema, snapshotPath: Qcow2PathSchema }).strict();
+const ChangesArgs = z
+  .object({ mountPath: AbsolutePathSchema, snapshotPath: SnapshotLayerPathSchema })
+  .strict();
 const AllocatedArgs = z
   .object({
     mountPath: AbsolutePathSchema,

@@ -424,6 +424,18 @@ describe('nfs external snapshot chains', () => {
     it('refuses a volume that is its own snapshot', async () => {
       await expect(codeOf(call('takeChainSnapshot', chain(VOL)))).resolves.toBe('InvalidArguments');
     });
+
+    it('never treats a file outside snapshots/<volume>/ as a snapshot layer (a template has clones everywhere)', async () => {
+      const codes = await Promise.all([
+        codeOf(call('deleteChainSnapshot', chain('templates/t.qcow2'))),
+        codeOf(call('revertChainSnapshot', chain('templates/t.qcow2'))),
+        codeOf(call('takeChainSnapshot', chain('volumes/other.qcow2'))),
+        codeOf(call('takeChainSnapshot', { ...chain(snap('s1')), volumePath: snap('s0') })),
+        codeOf(call('snapshotChanges', { mountPath: share, snapshotPath: 'templates/t.qcow2' })),
+      ]);
+      expect(codes).toEqual(Array(codes.length).fill('InvalidArguments'));
+      expect(await readdir(join(share, 'templates'))).toEqual(['t.qcow2']);
+    });
   });
 
   describe('NfsDriver', () => {
