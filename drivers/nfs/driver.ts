@@ -23,6 +23,7 @@ import type {
 } from '../sdk/types.js';
 import { assertRelativePath, assertSafeId } from '../sdk/validation.js';
 import { type NfsDetails, NfsDetailsSchema } from './details.js';
+import type { NfsExportOptions, NfsExportPhase, NfsExportResults } from './export-ops.js';
 import {
   NfsHostOperation,
   type NfsImageFormat,
@@ -418,6 +419,81 @@ export class NfsDriver extends BasePrimaryDataStoreDriver {
         });
       },
     );
+  }
+
+  /**
+   * Exports an image to the image store for a migration staged through it (no host mounts both
+   * primary stores), running host operation `exportImage` on `hostId` (./export-ops.ts):
+   * - `prepare` flattens the object (a linked clone reads through its backing chain) into a
+   *   standalone qcow2 temporary on the same share and returns its `tempPath`, `sizeBytes` and
+   *   `sha256`: create the multipart upload with that size;
+   * - `upload` PUTs `tempPath`'s byte ranges to the presigned parts and returns `{ partNumber, etag }`
+   *   for `completeUpload`;
+   * - `cleanup` removes the temporary (idempotent); run it whether the upload succeeded or not.
+   *
+   * @example
+   * const base = { store, object: { kind: 'volume', id: 'vol-1' }, hostId: 'host-1', ctx } as const;
+   * const prep = await driver.exportAsync({ ...base, phase: 'prepare' });
+   * const up = await imageStore.createUpload({ store: staging, object: staged, sizeBytes: prep.sizeBytes, ctx });
+   * try {
+   *   const { parts } = await driver.exportAsync({ ...base, phase: 'upload', tempPath: prep.tempPath, totalBytes: prep.sizeBytes, parts: up.parts });
+   *   await imageStore.completeUpload({ store: staging, object: staged, uploadId: up.uploadId, parts, sizeBytes: prep.sizeBytes, ctx });
+   * } finally {
+   *   await driver.exportAsync({ ...base, phase: 'cleanup', tempPath: prep.tempPath });
+   * }
+   */
+  async exportAsync<P extends NfsExportPhase>(options: NfsExportOptions<P>): Promise<NfsExportResults[P]> {
+    return this.runOperation(options, 'export', { phase: options?.phase }, async () => {
+      this.validateObjectOptions(options);
+      if (!options.hostId) {
+        throw new DriverInputError('exportAsync needs a hostId that mounts the store', {
+          context: { field: 'hostId' },
+        });
+      }
+      if (options.object.kind === 'snapshot') {
+        throw new UnsupportedOperationError('export a volume or a template, not a snapshot', {
+          context: { field: 'object.kind' },
+        });
+      }
+      const { store, object, hostId, ctx } = options;
+      const mountPath = nfsDetails(store).mountPath;
+      // Narrowed by hand: TypeScript does not narrow a generic's indexed option type by `phase`.
+      const o = options as NfsExportOptions;
+      let args: Record<string, unknown>;
+      let deadline = this.#copyDeadline;
+      switch (o.phase) {
+        case 'prepare':
+          args = { phase: o.phase, mountPath, path: nfsObjectPath(object), format: qemuFormatOf(object) };
+          break;
+        case 'upload':
+          assertRelativePath(o.tempPath, 'tempPath');
+          args = {
+            phase: o.phase,
+            mountPath,
+            tempPath: o.tempPath,
+            totalBytes: o.totalBytes,
+            // Only the fields the host operation accepts (it is strict), whatever else a caller passes.
+            parts: (o.parts ?? []).map(({ partNumber, url, offset, sizeBytes }) => ({
+              partNumber,
+              url,
+              offset,
+              sizeBytes,
+            })),
+            ...(o.stallTimeoutSeconds !== undefined ? { stallTimeoutSeconds: o.stallTimeoutSeconds } : {}),
+          };
+          break;
+        case 'cleanup':
+          assertRelativePath(o.tempPath, 'tempPath');
+          args = { phase: o.phase, mountPath, tempPath: o.tempPath };
+          deadline = this.#shortDeadline;
+          break;
+        default:
+          throw new DriverInputError("phase must be 'prepare', 'upload' or 'cleanup'", {
+            context: { field: 'phase' },
+          });
+      }
+      return this.#run<NfsExportResults[P]>(ctx, hostId, NfsHostOperation.ExportImage, args, deadline);
+    });
   }
 
   #chainArgs(store: DataStoreInfo, object: DataObjectRef, snapshot: DataObjectRef) {

@@ -38,6 +38,7 @@ import type { HostOperation, HostOperationContext, HostOperationSet } from '../s
 import { AbsolutePathSchema, RelativePathSchema, SafeIdSchema } from '../sdk/validation.js';
 import { nfsBackupOperations } from './backup-ops.js';
 import { assertHttpUrl, downloadToFile, sha256OfFile } from './download.js';
+import { NfsExportOperation, nfsExportOperations } from './export-ops.js';
 import { NfsSnapshotOperation, nfsSnapshotOperations } from './snapshot-ops.js';
 
 /** Image formats the NFS host operations read and write. */
@@ -752,6 +753,8 @@ export const nfsHostOperations: HostOperationSet = {
     ...nfsSnapshotOperations,
     // Chunked backup to the image store (./backup-ops.ts, docs/backup-format.md).
     ...nfsBackupOperations,
+    // Volume export to the image store for staged migration (./export-ops.ts).
+    ...nfsExportOperations,
   },
 };
 
@@ -774,6 +777,7 @@ export const NfsHostOperation = {
   ...NfsSnapshotOperation,
   BackupChunks: 'backupChunks',
   RestoreChunks: 'restoreChunks',
+  ...NfsExportOperation,
 } as const;
 export type NfsHostOperation = (typeof NfsHostOperation)[keyof typeof NfsHostOperation];
 
