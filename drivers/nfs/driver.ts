@@ -422,6 +422,48 @@ export class NfsDriver extends BasePrimaryDataStoreDriver {
   }
 
   /**
+   * Pulls an image from a presigned URL into this store at the object's path (the other half of a
+   * move staged through the image store), verifying its sha256 on the way when given.
+   *
+   * @example
+   * await driver.importAsync({ store, object: { kind: 'volume', id, format: 'qcow2' }, hostId, ctx,
+   *   sourceUrl: url, sourceFormat: 'qcow2', expectedSha256: sha256 });
+   */
+  async importAsync(
+    options: ObjectOptions & { sourceUrl: string; sourceFormat: 'qcow2' | 'raw'; expectedSha256?: string },
+  ): Promise<CreateResult> {
+    return this.runOperation(options, 'import', {}, async () => {
+      this.validateObjectOptions(options);
+      if (!options.hostId) {
+        throw new DriverInputError('importAsync needs a hostId that mounts the store', {
+          context: { field: 'hostId' },
+        });
+      }
+      const args: Record<string, unknown> = {
+        mountPath: nfsDetails(options.store).mountPath,
+        path: nfsObjectPath(options.object),
+        url: options.sourceUrl,
+        sourceFormat: options.sourceFormat,
+        targetFormat: 'qcow2',
+      };
+      if (options.expectedSha256) args.expectedSha256 = options.expectedSha256;
+      const result = await this.#run<NfsImageResult>(
+        options.ctx,
+        options.hostId,
+        NfsHostOperation.FetchImage,
+        args,
+        this.#copyDeadline,
+      );
+      return {
+        path: result.path,
+        sizeBytes: result.sizeBytes,
+        virtualSizeBytes: result.virtualSizeBytes,
+        format: 'qcow2',
+      };
+    });
+  }
+
+  /**
    * Exports an image to the image store for a migration staged through it (no host mounts both
    * primary stores), running host operation `exportImage` on `hostId` (./export-ops.ts):
    * - `prepare` flattens the object (a linked clone reads through its backing chain) into a

@@ -658,3 +658,38 @@ export function isImageStoreDriver(driver: DataStoreDriver): driver is ImageStor
   const candidate = driver as unknown as Record<string, unknown>;
   return IMAGE_STORE_METHODS.every((method) => typeof candidate[method] === 'function');
 }
+
+/**
+ * Optional: a primary driver that can move an image out to an image store and back in through
+ * presigned URLs, so a volume can move between two stores no single host reaches (staged motion).
+ * `exportAsync` runs in phases: `prepare` (a standalone copy and its size and sha256), `upload`
+ * (PUT the copy's byte ranges to presigned part URLs), `cleanup`.
+ *
+ * @example
+ * if (isStagingDriver(driver)) {
+ *   const prep = await driver.exportAsync({ store, object, hostId, ctx, phase: 'prepare' });
+ * }
+ */
+export interface StagingDriver {
+  exportAsync(
+    options: ObjectOptions & { phase: 'prepare' },
+  ): Promise<{ tempPath: string; sizeBytes: number; sha256: string }>;
+  exportAsync(
+    options: ObjectOptions & {
+      phase: 'upload';
+      tempPath: string;
+      totalBytes: number;
+      parts: UploadPartUrl[];
+    },
+  ): Promise<{ parts: { partNumber: number; etag: string }[] }>;
+  exportAsync(options: ObjectOptions & { phase: 'cleanup'; tempPath: string }): Promise<unknown>;
+  importAsync(
+    options: ObjectOptions & { sourceUrl: string; sourceFormat: 'qcow2' | 'raw'; expectedSha256?: string },
+  ): Promise<CreateResult>;
+}
+
+/** Narrows a driver to a {@link StagingDriver}. */
+export function isStagingDriver(driver: DataStoreDriver): driver is DataStoreDriver & StagingDriver {
+  const d = driver as Partial<StagingDriver>;
+  return typeof d.exportAsync === 'function' && typeof d.importAsync === 'function';
+}

@@ -57,7 +57,9 @@ const tasks = {
   copyToStore: (s: Strata, i: unknown) =>
     s.volumes.copyToStore(volumeStep.extend({ destStoreId: id }).parse(i)),
   finishMigrate: (s: Strata, i: unknown) =>
-    s.volumes.finishMigrate(volumeStep.extend({ destStoreId: id, path: z.string() }).parse(i)),
+    s.volumes.finishMigrate(
+      volumeStep.extend({ destStoreId: id, path: z.string(), via: z.string() }).parse(i),
+    ),
   failMigrate: (s: Strata, i: unknown) =>
     s.volumes.failMigrate(volumeStep.extend({ destStoreId: id, error: sfnError }).parse(i)),
   destroyVolume: (s: Strata, i: unknown) => s.volumes.destroy(volumeStep.parse(i)),

@@ -281,6 +281,7 @@ describe('migrate', () => {
     expect(res.body.volume.status).toBe('Migrating');
     const job = await t.waitForJob(res.body.job.id, 120_000);
     expect(job.state).toBe('succeeded');
+    expect(job.result.via).toMatch(/^host:/);
 
     const after = (await t.call('GET', `/volumes/${before.id}`)).body;
     expect(after).toMatchObject({ id: before.id, status: 'Ready', storeId: target, mode: 'full' });
@@ -297,6 +298,58 @@ describe('migrate', () => {
     const del = await t.call('DELETE', `/volumes/${before.id}`);
     expect((await t.waitForJob(del.body.job.id)).state).toBe('succeeded');
     expect(await filesUnder(share)).toEqual([]);
+  }, 180_000);
+});
+
+describe('migrate between stores no single host reaches', () => {
+  it('stages through the image store: flattened, uploaded, pulled with its sha256 verified, nothing left staged', async () => {
+    const addLocal = async (name: string, hostId: string) => {
+      const share = await t.newShare(name);
+      const res = await t.call('POST', '/stores', {
+        name,
+        provider: 'nfs',
+        role: 'primary',
+        scope: { type: 'host', zoneId: 'zone-1', hostId },
+        capacityBytes: 20 * 2 ** 30,
+        details: { server: '127.0.0.1', export: `/${name}`, mountPath: share },
+      });
+      expect((await t.waitForJob(res.body.job.id)).state).toBe('succeeded');
+      return { id: res.body.store.id as string, share };
+    };
+    const a = await addLocal('local-a', 'host-local-host-1');
+    const b = await addLocal('local-b', 'host-local-host-2');
+    expect((await t.call('GET', '/hosts/host-local-host-1')).body.attachedStoreIds).not.toContain(b.id);
+
+    const created = await t.call('POST', '/volumes', {
+      name: 'roamer',
+      zoneId: 'zone-1',
+      sizeBytes: 64 * 2 ** 20,
+      storeId: a.id,
+    });
+    expect((await t.waitForJob(created.body.job.id)).state).toBe('succeeded');
+    const before = (await t.call('GET', `/volumes/${created.body.volume.id}`)).body;
+    const sourceFile = path.join(a.share, before.path);
+    await exec('qemu-io', ['-c', 'write -P 0x42 1M 3M', sourceFile]);
+    const reference = path.join(a.share, '..', 'roamer-reference.qcow2');
+    await qemuImg('convert', '-O', 'qcow2', sourceFile, reference);
+
+    const res = await t.call('POST', `/volumes/${before.id}/migrate`, { storeId: b.id });
+    expect(res.status).toBe(202);
+    const job = await t.waitForJob(res.body.job.id, 120_000);
+    expect(job.state).toBe('succeeded');
+    expect(job.result.via).toBe('image-store');
+
+    const after = (await t.call('GET', `/volumes/${before.id}`)).body;
+    expect(after).toMatchObject({ status: 'Ready', storeId: b.id });
+    expect((await qemuImg('compare', reference, path.join(b.share, after.path))).code).toBe(0);
+    expect(await filesUnder(a.share)).toEqual([]);
+    const imageStore = (await t.call('GET', '/stores?role=image')).body.items[0];
+    const staged = (await t.call('GET', `/stores/${imageStore.id}/objects`)).body.items.filter(
+      (o: { path: string }) => o.path.includes(before.id),
+    );
+    expect(staged).toEqual([]);
+    const del = await t.call('DELETE', `/volumes/${before.id}`);
+    expect((await t.waitForJob(del.body.job.id)).state).toBe('succeeded');
   }, 180_000);
 });
 

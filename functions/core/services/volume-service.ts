@@ -16,7 +16,7 @@
  */
 import type { ProviderRegistry } from '../../../drivers/sdk/registry.js';
 import type { DriverContext, ImageFormat, TemplateInstallStrategy } from '../../../drivers/sdk/types.js';
-import { isImageStoreDriver } from '../../../drivers/sdk/types.js';
+import { isImageStoreDriver, isStagingDriver } from '../../../drivers/sdk/types.js';
 import { type Candidate, type Placement, planPlacement, release, reserve } from '../allocator.js';
 import { ConflictError, InputError, NotFoundError, UnavailableError, UnprocessableError } from '../errors.js';
 import { newId } from '../ids.js';
@@ -554,17 +554,13 @@ export class VolumeService {
   }
 
   /** volume-migrate: copy to the destination through a host that mounts both stores, and verify. */
-  async copyToStore(input: Step & { destStoreId: string }): Promise<{ path: string }> {
+  async copyToStore(input: Step & { destStoreId: string }): Promise<{ path: string; via: string }> {
     const volume = await this.migrating(input);
     const src = await this.repo.require({ type: 'DataStore', id: volume.storeId ?? '' });
     const dst = await this.repo.require({ type: 'DataStore', id: input.destStoreId });
-    const { id: hostId } = await this.deps.selectHost([src.id, dst.id]).catch((e: unknown) => {
-      throw new UnprocessableError(
-        `no Up host mounts both ${src.id} and ${dst.id}; staging through the image store is not available yet`,
-        { field: 'storeId' },
-        { cause: e },
-      );
-    });
+    const host = await this.deps.selectHost([src.id, dst.id]).catch(() => undefined);
+    if (!host)
+      return { ...(await this.stageThroughImageStore(volume, src, dst, input.jobId)), via: 'image-store' };
     const driver = this.deps.registry.get(src.provider).driver;
     const ctx = this.deps.driverContext(input.jobId);
     const from = {
@@ -583,23 +579,135 @@ export class VolumeService {
         },
       );
     }
-    const copied = await driver.copyAsync({ src: from, dst: to, ctx, hostId });
+    const copied = await driver.copyAsync({ src: from, dst: to, ctx, hostId: host.id });
     const { identical } = await driver.compareAsync({
       src: from,
       dst: { ...to, object: { ...to.object, path: copied.path } },
       ctx,
-      hostId,
+      hostId: host.id,
     });
     if (!identical) {
       throw new UnprocessableError(`the copy on ${dst.id} differs from the source; the source is kept`, {
         field: 'storeId',
       });
     }
-    return { path: copied.path };
+    return { path: copied.path, via: `host:${host.id}` };
+  }
+
+  /**
+   * No host reaches both stores: a host of the source flattens the volume and uploads it to an image
+   * store of the zone through presigned part URLs; a host of the destination pulls it, verifying the
+   * sha256 the source computed. The staged object and the temporary copy are removed either way.
+   */
+  private async stageThroughImageStore(
+    volume: Volume,
+    src: DataStore,
+    dst: DataStore,
+    jobId: string,
+  ): Promise<{ path: string }> {
+    const srcDriver = this.deps.registry.get(src.provider).driver;
+    const dstDriver = this.deps.registry.get(dst.provider).driver;
+    if (!isStagingDriver(srcDriver) || !isStagingDriver(dstDriver)) {
+      throw new UnprocessableError(
+        `no host mounts both ${src.id} and ${dst.id}, and their drivers cannot stage`,
+        {
+          field: 'storeId',
+        },
+      );
+    }
+    const images = await this.repo.list('DataStore', {
+      filter: { role: 'image', status: 'Up', 'scope.zoneId': volume.zoneId },
+    });
+    const imageStore = images.items.find((s) =>
+      isImageStoreDriver(this.deps.registry.get(s.provider).driver),
+    );
+    if (!imageStore) {
+      throw new UnprocessableError(
+        `no host mounts both stores and zone ${volume.zoneId} has no image store to stage through`,
+        {
+          field: 'storeId',
+        },
+      );
+    }
+    const imageDriver = this.deps.registry.get(imageStore.provider).driver;
+    if (!isImageStoreDriver(imageDriver)) throw new UnprocessableError(`store ${imageStore.id} cannot stage`);
+    const ctx = this.deps.driverContext(jobId);
+    const [hostA, hostB] = [await this.deps.selectHost([src.id]), await this.deps.selectHost([dst.id])];
+    const from = {
+      store: toStoreInfo(src),
+      object: { kind: 'volume' as const, id: volume.id, format: volume.format, path: volume.path },
+      ctx,
+      hostId: hostA.id,
+    };
+    const staged = { kind: 'volume' as const, id: volume.id, format: 'qcow2' as const };
+    const imageInfo = toStoreInfo(imageStore);
+    const prepared = await srcDriver.exportAsync({ ...from, phase: 'prepare' });
+    let stagedPath: string | undefined;
+    try {
+      const upload = await imageDriver.createUpload({
+        store: imageInfo,
+        object: staged,
+        sizeBytes: prepared.sizeBytes,
+        ctx,
+      });
+      stagedPath = upload.path;
+      try {
+        const { parts } = await srcDriver.exportAsync({
+          ...from,
+          phase: 'upload',
+          tempPath: prepared.tempPath,
+          totalBytes: prepared.sizeBytes,
+          parts: upload.parts,
+        });
+        await imageDriver.completeUpload({
+          store: imageInfo,
+          object: { ...staged, path: upload.path },
+          uploadId: upload.uploadId,
+          parts,
+          sizeBytes: prepared.sizeBytes,
+          ctx,
+        });
+      } catch (e) {
+        await imageDriver
+          .abortUpload({
+            store: imageInfo,
+            object: { ...staged, path: upload.path },
+            uploadId: upload.uploadId,
+            ctx,
+          })
+          .catch(() => undefined);
+        throw e;
+      }
+      const { url } = await imageDriver.presignGet({
+        store: imageInfo,
+        object: { ...staged, path: upload.path },
+        ctx,
+        expiresSeconds: 6 * 3600,
+      });
+      const imported = await dstDriver.importAsync({
+        store: toStoreInfo(dst),
+        object: { kind: 'volume', id: volume.id, format: 'qcow2' },
+        ctx,
+        hostId: hostB.id,
+        sourceUrl: url,
+        sourceFormat: 'qcow2',
+        expectedSha256: prepared.sha256,
+      });
+      return { path: imported.path };
+    } finally {
+      await srcDriver
+        .exportAsync({ ...from, phase: 'cleanup', tempPath: prepared.tempPath })
+        .catch(() => undefined);
+      if (stagedPath) {
+        await imageDriver
+          .deleteAsync({ store: imageInfo, object: { ...staged, path: stagedPath }, ctx })
+          .catch(() => undefined);
+      }
+    }
   }
 
   /** volume-migrate: switch the volume over, then remove the source copy and give back its space. */
-  async finishMigrate(input: Step & { destStoreId: string; path: string }): Promise<void> {
+  async finishMigrate(input: Step & { destStoreId: string; path: string; via: string }): Promise<void> {
     const volume = await this.get(input.volumeId);
     if (volume.status === V.Migrating && volume.lease?.owner === input.jobId) {
       const source = { storeId: volume.storeId!, path: volume.path, heldRef: volume.holdsTemplateRef };
@@ -633,6 +741,7 @@ export class VolumeService {
       volumeId: volume.id,
       storeId: input.destStoreId,
       path: input.path,
+      via: input.via,
     });
   }
 
