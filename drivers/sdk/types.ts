@@ -291,6 +291,11 @@ export interface SnapshotOptions extends ObjectOptions {
 export interface PrimaryDataStoreDriver extends DataStoreDriver {
   takeSnapshot(options: SnapshotOptions): Promise<CreateResult>;
   revertSnapshot(options: SnapshotOptions): Promise<void>;
+  /**
+   * Removes a snapshot without breaking anything that depends on it (merging its data into its
+   * children). Optional: without it, snapshots can only be removed with their volume.
+   */
+  deleteSnapshot?(options: SnapshotOptions): Promise<unknown>;
 }
 
 /** Narrows a driver to a primary driver. */

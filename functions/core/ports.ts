@@ -144,6 +144,7 @@ export const FlowName = {
   VolumeDelete: 'volume-delete',
   VolumeResize: 'volume-resize',
   VolumeMigrate: 'volume-migrate',
+  SnapshotTake: 'snapshot-take',
 } as const;
 export type FlowName = (typeof FlowName)[keyof typeof FlowName];
 

@@ -14,6 +14,7 @@ import { HostService } from './services/host-service.js';
 import { ImageService } from './services/image-service.js';
 import { JobService } from './services/job-service.js';
 import { Reconciler } from './services/reconciler.js';
+import { SnapshotService } from './services/snapshot-service.js';
 import { StoreFlows } from './services/store-flows.js';
 import { VolumeService } from './services/volume-service.js';
 
@@ -43,6 +44,7 @@ export class Strata {
   readonly motion: DataMotionService;
   readonly images: ImageService;
   readonly volumes: VolumeService;
+  readonly snapshots: SnapshotService;
 
   constructor(readonly ports: StrataPorts) {
     const clock = ports.clock ?? systemClock;
@@ -81,9 +83,19 @@ export class Strata {
       jobs: this.jobs,
       driverContext: (jobId) => this.driverContext(jobId),
       selectHost: (storeIds) => this.selector.select({ storeIds }),
+      hasSnapshots: async (volumeId) =>
+        (await ports.repo.list('Snapshot', { filter: { volumeId }, limit: 25 })).items.map((x) => x.id),
       installStrategy: (provider) =>
         ports.registry.has(provider) ? ports.registry.get(provider).templateInstall : undefined,
       clock,
+    });
+    this.snapshots = new SnapshotService({
+      repo: ports.repo,
+      registry: ports.registry,
+      workflows: ports.workflows,
+      jobs: this.jobs,
+      driverContext: (jobId) => this.driverContext(jobId),
+      selectHost: (storeIds) => this.selector.select({ storeIds }),
     });
   }
 

@@ -21,6 +21,7 @@ const attach = z.object({
   hostIds: z.array(id).optional(),
 });
 const volumeStep = z.object({ jobId: id, volumeId: id });
+const snapshotStep = z.object({ jobId: id, snapshotId: id });
 const maintenance = z.object({ jobId: id, storeId: id, action: z.enum(['enter', 'cancel']) });
 
 const tasks = {
@@ -62,6 +63,13 @@ const tasks = {
     ),
   failMigrate: (s: Strata, i: unknown) =>
     s.volumes.failMigrate(volumeStep.extend({ destStoreId: id, error: sfnError }).parse(i)),
+  takeOnPool: (s: Strata, i: unknown) => s.snapshots.takeOnPool(snapshotStep.parse(i)),
+  finishTake: (s: Strata, i: unknown) =>
+    s.snapshots.finishTake(
+      snapshotStep.extend({ path: z.string(), sizeBytes: z.number().nonnegative() }).parse(i),
+    ),
+  failTake: (s: Strata, i: unknown) =>
+    s.snapshots.failTake(snapshotStep.extend({ error: sfnError }).parse(i)),
   destroyVolume: (s: Strata, i: unknown) => s.volumes.destroy(volumeStep.parse(i)),
   failDestroy: (s: Strata, i: unknown) =>
     s.volumes.failDestroy(volumeStep.extend({ error: sfnError }).parse(i)),

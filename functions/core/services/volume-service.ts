@@ -18,7 +18,14 @@ import type { ProviderRegistry } from '../../../drivers/sdk/registry.js';
 import type { DriverContext, ImageFormat, TemplateInstallStrategy } from '../../../drivers/sdk/types.js';
 import { isImageStoreDriver, isStagingDriver } from '../../../drivers/sdk/types.js';
 import { type Candidate, type Placement, planPlacement, release, reserve } from '../allocator.js';
-import { ConflictError, InputError, NotFoundError, UnavailableError, UnprocessableError } from '../errors.js';
+import {
+  ConflictError,
+  InputError,
+  NotAllowedError,
+  NotFoundError,
+  UnavailableError,
+  UnprocessableError,
+} from '../errors.js';
 import { newId } from '../ids.js';
 import type { DataStore, Job, Template, TemplateInStore, Volume } from '../model.js';
 import { ObjectInStoreStatus as O, VolumeStatus as V } from '../model.js';
@@ -58,6 +65,8 @@ export interface VolumeDeps {
   jobs: JobService;
   driverContext: (jobId: string) => DriverContext;
   selectHost: (storeIds: string[]) => Promise<{ id: string }>;
+  /** Ids of the snapshots a volume has (a volume with snapshots cannot be deleted). */
+  hasSnapshots: (volumeId: string) => Promise<string[]>;
   /** The TemplateInstallStrategy of a primary store's provider, if it has one. */
   installStrategy: (provider: string) => TemplateInstallStrategy | undefined;
   clock?: Clock;
@@ -303,6 +312,12 @@ export class VolumeService {
 
   async delete(id: string): Promise<{ job: Job }> {
     const volume = await this.get(id);
+    const snapshots = await this.deps.hasSnapshots(id);
+    if (snapshots.length > 0) {
+      throw new NotAllowedError(`volume ${id} has snapshots; delete them first: ${snapshots.join(', ')}`, {
+        dependents: snapshots,
+      });
+    }
     if (volume.accessHostIds.length > 0) {
       throw new ConflictError(
         `volume ${id} is still accessible to ${volume.accessHostIds.join(', ')}; revoke first`,
@@ -516,6 +531,16 @@ export class VolumeService {
     }
     if (storeId === volume.storeId)
       throw new InputError(`volume ${id} is already on store ${storeId}`, { field: 'storeId' });
+    const snapshots = await this.deps.hasSnapshots(id);
+    if (snapshots.length > 0) {
+      // Its snapshot layers live on the source pool; moving them along is not built yet.
+      throw new NotAllowedError(
+        `volume ${id} has snapshots and cannot migrate yet: ${snapshots.join(', ')}`,
+        {
+          dependents: snapshots,
+        },
+      );
+    }
     if (volume.accessHostIds.length > 0) {
       throw new ConflictError(
         `volume ${id} is in use by ${volume.accessHostIds.join(', ')}; revoke access first`,

@@ -13,6 +13,8 @@ import {
   HostPatchBody,
   IdParam,
   JobListQuery,
+  SnapshotListQuery,
+  SnapshotTakeBody,
   StoreCreateBody,
   StoreListQuery,
   StorePatchBody,
@@ -267,6 +269,41 @@ export const routes: Route<ApiContext>[] = [
     await c.strata.volumes.revokeAccess(id(p), parse(IdParam, p.hostId, 'hostId'));
     return { status: 204 };
   }),
+
+  route(
+    'POST',
+    '/volumes/{id}/snapshots',
+    'Take a snapshot on primary storage (async)',
+    { body: SnapshotTakeBody, async: true },
+    async (c, p) => {
+      const input = parse(SnapshotTakeBody, c.body, '');
+      return accepted(await c.strata.snapshots.take(id(p), input.name));
+    },
+  ),
+  route('GET', '/snapshots', 'List snapshots (of a volume)', { query: SnapshotListQuery }, async (c) => {
+    const { limit, cursor, volumeId } = parse(SnapshotListQuery, c.query, 'query');
+    return ok(await c.strata.snapshots.list(volumeId, { limit, cursor }));
+  }),
+  route('GET', '/snapshots/{id}', 'Get a snapshot with its copies', {}, async (c, p) =>
+    ok(await c.strata.snapshots.get(id(p))),
+  ),
+  route(
+    'POST',
+    '/snapshots/{id}/revert',
+    'Return the volume to this snapshot (any snapshot, not only the latest)',
+    {},
+    async (c, p) => ok(await c.strata.snapshots.revert(id(p))),
+  ),
+  route(
+    'DELETE',
+    '/snapshots/{id}',
+    'Delete a snapshot, merging it into what depends on it',
+    {},
+    async (c, p) => {
+      await c.strata.snapshots.delete(id(p));
+      return { status: 204 };
+    },
+  ),
 
   route('GET', '/jobs', 'List jobs', { query: JobListQuery }, async (c) => {
     const { limit, cursor, ...filter } = parse(JobListQuery, c.query, 'query');

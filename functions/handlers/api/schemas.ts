@@ -213,3 +213,6 @@ export const VolumeResizeBody = z
   .strict();
 
 export const VolumeMigrateBody = z.object({ storeId: safeId }).strict();
+
+export const SnapshotTakeBody = z.object({ name: displayName }).strict();
+export const SnapshotListQuery = z.object({ ...paging, volumeId: safeId.optional() }).strict();

@@ -1,0 +1,301 @@
+/**
+ * SnapshotService, primary-storage part: take, revert to any snapshot, delete (merging into the
+ * children, never orphaning one). Backup to the image store, restore and policies build on this.
+ *
+ * A snapshot is taken while the volume is Snapshotting (leased by the job), so a volume never has
+ * two snapshot, revert, resize or migrate operations at once. The snapshot's copy on the primary
+ * store is a SnapshotInStore row (the frozen qcow2 layer); its status follows the snapshot machine.
+ */
+import type { ProviderRegistry } from '../../../drivers/sdk/registry.js';
+import { type DriverContext, isPrimaryDriver } from '../../../drivers/sdk/types.js';
+import { ConflictError, UnprocessableError } from '../errors.js';
+import { newId } from '../ids.js';
+import type { Job, Snapshot, SnapshotInStore, Volume } from '../model.js';
+import { ObjectInStoreStatus as O, SnapshotStatus as S, VolumeStatus as V } from '../model.js';
+import type { ListOptions, Page, Repository, WorkflowPort } from '../ports.js';
+import { FlowName } from '../ports.js';
+import { snapshotMachine, volumeMachine } from '../state-machines.js';
+import { toStoreInfo } from './datastore-service.js';
+import { causeMessage, type JobService, type WorkflowFailure } from './job-service.js';
+
+const LEASE_SECONDS = 30 * 60;
+
+export interface SnapshotDeps {
+  repo: Repository;
+  registry: ProviderRegistry;
+  workflows: WorkflowPort;
+  jobs: JobService;
+  driverContext: (jobId: string) => DriverContext;
+  selectHost: (storeIds: string[]) => Promise<{ id: string }>;
+}
+
+export interface SnapshotView extends Snapshot {
+  copies: SnapshotInStore[];
+}
+
+interface Step {
+  jobId: string;
+  snapshotId: string;
+}
+
+export class SnapshotService {
+  constructor(private readonly deps: SnapshotDeps) {}
+
+  private get repo(): Repository {
+    return this.deps.repo;
+  }
+
+  async get(id: string): Promise<SnapshotView> {
+    const snapshot = await this.repo.require({ type: 'Snapshot', id });
+    return { ...snapshot, copies: await this.repo.listCopies('SnapshotInStore', id) };
+  }
+
+  async list(volumeId: string | undefined, options: ListOptions = {}): Promise<Page<Snapshot>> {
+    return this.repo.list('Snapshot', { ...options, filter: volumeId ? { volumeId } : {} });
+  }
+
+  /** Starts snapshot-take: the volume is held in Snapshotting until the layer is frozen. */
+  async take(volumeId: string, name: string): Promise<{ snapshot: Snapshot; job: Job }> {
+    const volume = await this.repo.require({ type: 'Volume', id: volumeId });
+    const pool = volume.storeId ? await this.repo.get({ type: 'DataStore', id: volume.storeId }) : undefined;
+    if (!pool || !isPrimaryDriver(this.deps.registry.get(pool.provider).driver)) {
+      throw new UnprocessableError(`volume ${volumeId} is not on a store that takes snapshots`, {
+        field: 'volumeId',
+      });
+    }
+    const jobId = newId('job');
+    const lease = { owner: jobId, ttlSeconds: LEASE_SECONDS };
+    await this.repo.transition({
+      key: { type: 'Volume', id: volumeId },
+      machine: volumeMachine,
+      from: V.Ready,
+      to: V.Snapshotting,
+      expectedVersion: volume.version,
+      lease,
+    });
+    const id = newId('snap');
+    const snapshot = await this.repo.create('Snapshot', {
+      id,
+      name,
+      volumeId,
+      status: S.Creating,
+      lease: { owner: jobId, expiresAt: new Date(Date.now() + LEASE_SECONDS * 1000).toISOString() },
+    });
+    await this.deps.jobs.create('snapshot.take', { type: 'snapshot', id }, jobId);
+    const { executionId } = await this.deps.workflows.start(FlowName.SnapshotTake, jobId, {
+      jobId,
+      snapshotId: id,
+    });
+    return { snapshot, job: await this.deps.jobs.started(jobId, executionId) };
+  }
+
+  /** snapshot-take: freeze the volume's current layer on a host (the driver's takeSnapshot). */
+  async takeOnPool(input: Step): Promise<{ path: string; sizeBytes: number }> {
+    const { snapshot, volume } = await this.leased(input, S.Creating);
+    const pool = await this.repo.require({ type: 'DataStore', id: volume.storeId ?? '' });
+    const driver = this.deps.registry.get(pool.provider).driver;
+    if (!isPrimaryDriver(driver)) throw new UnprocessableError(`store ${pool.id} takes no snapshots`);
+    const { id: hostId } = await this.deps.selectHost([pool.id]);
+    const result = await driver.takeSnapshot({
+      store: toStoreInfo(pool),
+      object: { kind: 'volume', id: volume.id, format: volume.format, path: volume.path },
+      snapshot: { kind: 'snapshot', id: snapshot.id, format: 'qcow2' },
+      ctx: this.deps.driverContext(input.jobId),
+      hostId,
+    });
+    return { path: result.path, sizeBytes: result.sizeBytes };
+  }
+
+  async finishTake(input: Step & { path: string; sizeBytes: number }): Promise<void> {
+    const snapshot = await this.repo.require({ type: 'Snapshot', id: input.snapshotId });
+    const volume = await this.repo.require({ type: 'Volume', id: snapshot.volumeId });
+    const existing = await this.repo.get({
+      type: 'SnapshotInStore',
+      id: snapshot.id,
+      storeId: volume.storeId ?? '',
+    });
+    if (!existing) {
+      await this.repo.create('SnapshotInStore', {
+        snapshotId: snapshot.id,
+        storeId: volume.storeId ?? '',
+        status: O.Ready,
+        path: input.path,
+        sizeBytes: input.sizeBytes,
+      });
+    }
+    if (snapshot.status === S.Creating) {
+      await this.repo.transition({
+        key: { type: 'Snapshot', id: snapshot.id },
+        machine: snapshotMachine,
+        from: S.Creating,
+        to: S.CreatedOnPrimary,
+        leaseOwner: input.jobId,
+      });
+    }
+    await this.releaseVolume(volume, input.jobId, V.Snapshotting);
+    await this.deps.jobs.succeed(input.jobId, {
+      snapshotId: snapshot.id,
+      volumeId: volume.id,
+      path: input.path,
+    });
+  }
+
+  async failTake(input: Step & { error: WorkflowFailure }): Promise<void> {
+    const reason = causeMessage(input.error);
+    const snapshot = await this.repo.get({ type: 'Snapshot', id: input.snapshotId });
+    if (snapshot?.status === S.Creating && snapshot.lease?.owner === input.jobId) {
+      await this.repo.transition({
+        key: { type: 'Snapshot', id: snapshot.id },
+        machine: snapshotMachine,
+        from: S.Creating,
+        to: S.Error,
+        leaseOwner: input.jobId,
+        changes: { statusReason: reason },
+      });
+    }
+    if (snapshot) {
+      const volume = await this.repo.get({ type: 'Volume', id: snapshot.volumeId });
+      if (volume) await this.releaseVolume(volume, input.jobId, V.Snapshotting);
+    }
+    await this.deps.jobs.failFromFlow(input.jobId, input.error, 'SnapshotFailed');
+  }
+
+  /** Returns the volume to any of its snapshots (not only the latest). */
+  async revert(snapshotId: string): Promise<{ job: Job }> {
+    const snapshot = await this.repo.require({ type: 'Snapshot', id: snapshotId });
+    if (snapshot.status !== S.CreatedOnPrimary && snapshot.status !== S.BackedUp) {
+      throw new ConflictError(`snapshot ${snapshotId} is ${snapshot.status}`, { state: snapshot.status });
+    }
+    const volume = await this.repo.require({ type: 'Volume', id: snapshot.volumeId });
+    const copy = await this.repo.get({
+      type: 'SnapshotInStore',
+      id: snapshotId,
+      storeId: volume.storeId ?? '',
+    });
+    if (!copy) {
+      throw new UnprocessableError(
+        `snapshot ${snapshotId} has no copy on the volume's store ${volume.storeId}`,
+        {
+          field: 'snapshotId',
+        },
+      );
+    }
+    const jobId = newId('job');
+    await this.repo.transition({
+      key: { type: 'Volume', id: volume.id },
+      machine: volumeMachine,
+      from: V.Ready,
+      to: V.RevertSnapshotting,
+      expectedVersion: volume.version,
+      lease: { owner: jobId, ttlSeconds: LEASE_SECONDS },
+    });
+    await this.deps.jobs.create('snapshot.revert', { type: 'snapshot', id: snapshotId }, jobId);
+    try {
+      const pool = await this.repo.require({ type: 'DataStore', id: volume.storeId ?? '' });
+      const driver = this.deps.registry.get(pool.provider).driver;
+      if (!isPrimaryDriver(driver)) throw new UnprocessableError(`store ${pool.id} cannot revert snapshots`);
+      const { id: hostId } = await this.deps.selectHost([pool.id]);
+      await driver.revertSnapshot({
+        store: toStoreInfo(pool),
+        object: { kind: 'volume', id: volume.id, format: volume.format, path: volume.path },
+        snapshot: { kind: 'snapshot', id: snapshotId, format: 'qcow2', path: copy.path },
+        ctx: this.deps.driverContext(jobId),
+        hostId,
+      });
+    } catch (e) {
+      // The driver replaces the active layer atomically: on failure the volume is as it was.
+      await this.releaseVolume(volume, jobId, V.RevertSnapshotting);
+      await this.deps.jobs.fail(jobId, { code: 'RevertFailed', message: (e as Error).message });
+      throw e;
+    }
+    await this.releaseVolume(volume, jobId, V.RevertSnapshotting);
+    return { job: await this.deps.jobs.succeed(jobId, { snapshotId, volumeId: volume.id }) };
+  }
+
+  /** Deletes a snapshot from primary storage, merging its data into whatever depends on it. */
+  async delete(snapshotId: string): Promise<void> {
+    const snapshot = await this.repo.require({ type: 'Snapshot', id: snapshotId });
+    const volume = await this.repo.require({ type: 'Volume', id: snapshot.volumeId });
+    const owner = newId('op');
+    await this.repo.transition({
+      key: { type: 'Snapshot', id: snapshotId },
+      machine: snapshotMachine,
+      from: [S.CreatedOnPrimary, S.BackedUp, S.Error, S.Allocated],
+      to: S.Destroying,
+      expectedVersion: snapshot.version,
+      lease: { owner, ttlSeconds: LEASE_SECONDS },
+    });
+    // The merge rewrites the volume's chain: no other operation on the volume meanwhile.
+    await this.repo
+      .transition({
+        key: { type: 'Volume', id: volume.id },
+        machine: volumeMachine,
+        from: V.Ready,
+        to: V.Snapshotting,
+        expectedVersion: volume.version,
+        lease: { owner, ttlSeconds: LEASE_SECONDS },
+      })
+      .catch(async (e: unknown) => {
+        await this.repo.transition({
+          key: { type: 'Snapshot', id: snapshotId },
+          machine: snapshotMachine,
+          from: S.Destroying,
+          to: S.Error,
+          leaseOwner: owner,
+          changes: { statusReason: `not deleted: ${(e as Error).message}` },
+        });
+        throw e;
+      });
+    try {
+      for (const copy of await this.repo.listCopies('SnapshotInStore', snapshotId)) {
+        const store = await this.repo.require({ type: 'DataStore', id: copy.storeId });
+        const driver = this.deps.registry.get(store.provider).driver;
+        if (store.role === 'primary' && isPrimaryDriver(driver) && driver.deleteSnapshot) {
+          const { id: hostId } = await this.deps.selectHost([store.id]);
+          await driver.deleteSnapshot({
+            store: toStoreInfo(store),
+            object: { kind: 'volume', id: volume.id, format: volume.format, path: volume.path },
+            snapshot: { kind: 'snapshot', id: snapshotId, format: 'qcow2', path: copy.path },
+            ctx: this.deps.driverContext(owner),
+            hostId,
+          });
+        }
+        await this.repo.delete({ type: 'SnapshotInStore', id: snapshotId, storeId: copy.storeId });
+      }
+    } finally {
+      await this.releaseVolume(volume, owner, V.Snapshotting);
+    }
+    await this.repo.transition({
+      key: { type: 'Snapshot', id: snapshotId },
+      machine: snapshotMachine,
+      from: S.Destroying,
+      to: S.Destroyed,
+      leaseOwner: owner,
+    });
+    await this.repo.delete({ type: 'Snapshot', id: snapshotId });
+  }
+
+  private async leased(input: Step, status: S): Promise<{ snapshot: Snapshot; volume: Volume }> {
+    const snapshot = await this.repo.require({ type: 'Snapshot', id: input.snapshotId });
+    if (snapshot.status !== status || snapshot.lease?.owner !== input.jobId) {
+      throw new ConflictError(`snapshot ${snapshot.id} is ${snapshot.status}, not held by ${input.jobId}`, {
+        state: snapshot.status,
+      });
+    }
+    return { snapshot, volume: await this.repo.require({ type: 'Volume', id: snapshot.volumeId }) };
+  }
+
+  private async releaseVolume(volume: Volume, owner: string, from: V): Promise<void> {
+    await this.repo
+      .transition({
+        key: { type: 'Volume', id: volume.id },
+        machine: volumeMachine,
+        from,
+        to: V.Ready,
+        leaseOwner: owner,
+      })
+      .catch((e: unknown) => {
+        if (!(e instanceof ConflictError)) throw e;
+      });
+  }
+}

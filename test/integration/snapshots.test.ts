@@ -1,0 +1,107 @@
+/**
+ * Snapshots on primary storage, end to end on the embedded stack: a volume written by qemu-io (as a
+ * VM would), snapshots taken through the snapshot-take workflow as an external qcow2 chain, reverts
+ * to any snapshot, deletes that merge into what depends on them.
+ */
+import { execFile } from 'node:child_process';
+import path from 'node:path';
+import { promisify } from 'node:util';
+import { tempDir } from '../support/integration';
+import { startTestStack, type TestStack } from '../support/stack';
+
+const exec = promisify(execFile);
+let t: TestStack;
+let refs: string;
+
+async function compare(a: string, b: string): Promise<number> {
+  try {
+    await exec('qemu-img', ['compare', a, b]);
+    return 0;
+  } catch (e) {
+    return Number((e as { code?: number }).code ?? 1);
+  }
+}
+
+beforeAll(async () => {
+  refs = await tempDir('strata-snap-refs-');
+  t = await startTestStack();
+}, 60_000);
+
+afterAll(async () => {
+  await t?.stack.stop();
+});
+
+describe('snapshots on primary storage', () => {
+  it('takes, reverts to any snapshot, and deletes with merging, keeping every survivor intact', async () => {
+    const pool = (await t.call('GET', '/stores?role=primary')).body.items[0];
+    const created = await t.call('POST', '/volumes', {
+      name: 'snappy',
+      zoneId: 'zone-1',
+      sizeBytes: 64 * 2 ** 20,
+    });
+    await t.waitForJob(created.body.job.id);
+    const volume = (await t.call('GET', `/volumes/${created.body.volume.id}`)).body;
+    const file = path.join(pool.details.mountPath, volume.path);
+
+    const snapshots: string[] = [];
+    for (let i = 1; i <= 3; i++) {
+      await exec('qemu-io', ['-c', `write -P ${0x10 * i} ${(i - 1) * 8}M 4M`, file]);
+      await exec('qemu-img', ['convert', '-O', 'qcow2', file, path.join(refs, `s${i}.qcow2`)]);
+      const res = await t.call('POST', `/volumes/${volume.id}/snapshots`, { name: `s${i}` });
+      expect(res.status).toBe(202);
+      const job = await t.waitForJob(res.body.job.id);
+      expect(job.state).toBe('succeeded');
+      snapshots.push(res.body.snapshot.id);
+      const snap = (await t.call('GET', `/snapshots/${res.body.snapshot.id}`)).body;
+      expect(snap.status).toBe('CreatedOnPrimary');
+      expect(snap.copies[0]).toMatchObject({ storeId: pool.id, status: 'Ready' });
+    }
+    await exec('qemu-io', ['-c', 'write -P 0x99 40M 4M', file]);
+    expect((await t.call('GET', `/snapshots?volumeId=${volume.id}`)).body.items).toHaveLength(3);
+
+    // a volume with snapshots is not deleted (nor migrated) from under them
+    const refused = await t.call('DELETE', `/volumes/${volume.id}`);
+    expect(refused.status).toBe(409);
+    expect(refused.body.error.dependents).toHaveLength(3);
+
+    // revert to the oldest, then to the newest: any snapshot, not only the latest
+    expect((await t.call('POST', `/snapshots/${snapshots[0]}/revert`)).status).toBe(200);
+    expect(await compare(path.join(refs, 's1.qcow2'), file)).toBe(0);
+    expect((await t.call('POST', `/snapshots/${snapshots[2]}/revert`)).status).toBe(200);
+    expect(await compare(path.join(refs, 's3.qcow2'), file)).toBe(0);
+    expect((await t.call('GET', `/volumes/${volume.id}`)).body.status).toBe('Ready');
+
+    // delete the middle one: merged into its child, the others still revert correctly
+    expect((await t.call('DELETE', `/snapshots/${snapshots[1]}`)).status).toBe(204);
+    expect((await t.call('GET', `/snapshots/${snapshots[1]}`)).status).toBe(404);
+    expect(await compare(path.join(refs, 's3.qcow2'), file)).toBe(0);
+    await t.call('POST', `/snapshots/${snapshots[0]}/revert`);
+    expect(await compare(path.join(refs, 's1.qcow2'), file)).toBe(0);
+    await t.call('POST', `/snapshots/${snapshots[2]}/revert`);
+    expect(await compare(path.join(refs, 's3.qcow2'), file)).toBe(0);
+
+    for (const id of [snapshots[0], snapshots[2]])
+      expect((await t.call('DELETE', `/snapshots/${id}`)).status).toBe(204);
+    expect(await compare(path.join(refs, 's3.qcow2'), file)).toBe(0);
+    const del = await t.call('DELETE', `/volumes/${volume.id}`);
+    expect((await t.waitForJob(del.body.job.id)).state).toBe('succeeded');
+  }, 180_000);
+
+  it('refuses a snapshot while another operation holds the volume, with 409 and the state', async () => {
+    const created = await t.call('POST', '/volumes', { name: 'busy', zoneId: 'zone-1', sizeBytes: 2 ** 26 });
+    await t.waitForJob(created.body.job.id);
+    const id = created.body.volume.id;
+    const [a, b] = await Promise.all([
+      t.call('POST', `/volumes/${id}/snapshots`, { name: 'a' }),
+      t.call('POST', `/volumes/${id}/snapshots`, { name: 'b' }),
+    ]);
+    expect([a.status, b.status].sort()).toEqual([202, 409]);
+    const winner = a.status === 202 ? a : b;
+    const loser = a.status === 202 ? b : a;
+    expect(loser.body.error.state).toBe('Snapshotting');
+    await t.waitForJob(winner.body.job.id);
+    expect((await t.call('DELETE', `/snapshots/${winner.body.snapshot.id}`)).status).toBe(204);
+    const del = await t.call('DELETE', `/volumes/${id}`);
+    expect((await t.waitForJob(del.body.job.id)).state).toBe('succeeded');
+  });
+});
