@@ -65,38 +65,25 @@ export class Strata {
     this.storeFlows = new StoreFlows(deps);
     this.reconciler = new Reconciler(ports.repo, this.jobs, clock);
     this.motion = new DataMotionService(ports.registry, [streamCopyStrategy(ports.registry)]);
-    this.images = new ImageService({
-      repo: ports.repo,
-      registry: ports.registry,
-      workflows: ports.workflows,
-      jobs: this.jobs,
-      motion: this.motion,
-      fetcher: ports.fetcher,
-      driverContext: (jobId) => this.driverContext(jobId),
-      selectHost: (storeIds) => this.selector.select({ storeIds }),
-      clock,
-    });
+    this.images = new ImageService({ ...deps, motion: this.motion, fetcher: ports.fetcher });
     this.volumes = new VolumeService({
-      repo: ports.repo,
-      registry: ports.registry,
-      workflows: ports.workflows,
-      jobs: this.jobs,
-      driverContext: (jobId) => this.driverContext(jobId),
-      selectHost: (storeIds) => this.selector.select({ storeIds }),
-      hasSnapshots: async (volumeId) =>
-        (await ports.repo.list('Snapshot', { filter: { volumeId }, limit: 25 })).items.map((x) => x.id),
+      ...deps,
+      hasSnapshots: async (volumeId) => {
+        // The filter applies after each page is read, so every page must be looked at.
+        const ids: string[] = [];
+        let cursor: string | undefined;
+        do {
+          const page = await ports.repo.list('Snapshot', { filter: { volumeId }, cursor });
+          ids.push(...page.items.map((x) => x.id));
+          cursor = page.cursor;
+        } while (cursor);
+        return ids;
+      },
       installStrategy: (provider) =>
         ports.registry.has(provider) ? ports.registry.get(provider).templateInstall : undefined,
       clock,
     });
-    this.snapshots = new SnapshotService({
-      repo: ports.repo,
-      registry: ports.registry,
-      workflows: ports.workflows,
-      jobs: this.jobs,
-      driverContext: (jobId) => this.driverContext(jobId),
-      selectHost: (storeIds) => this.selector.select({ storeIds }),
-    });
+    this.snapshots = new SnapshotService(deps);
   }
 
   /** The context a driver call runs with, for one job. */

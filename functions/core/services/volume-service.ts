@@ -157,7 +157,7 @@ export class VolumeService {
 
   /** volume-create: make sure the template is cached on the pool, and take a reference on it. */
   async ensureTemplateCache(input: Step): Promise<{ cachePath: string }> {
-    const volume = await this.creating(input);
+    const volume = await this.held(input, V.Creating, 'created');
     if (!volume.templateId || !volume.storeId)
       throw new InputError('volume has no template', { field: 'templateId' });
     const template = await this.repo.require({ type: 'Template', id: volume.templateId });
@@ -224,7 +224,7 @@ export class VolumeService {
 
   /** volume-create: create the volume file on a host that mounts the pool. */
   async createOnPool(input: Step): Promise<{ path: string }> {
-    const volume = await this.creating(input);
+    const volume = await this.held(input, V.Creating, 'created');
     const pool = await this.repo.require({ type: 'DataStore', id: volume.storeId ?? '' });
     const provider = this.deps.registry.get(pool.provider);
     const ctx = this.deps.driverContext(input.jobId);
@@ -580,7 +580,7 @@ export class VolumeService {
 
   /** volume-migrate: copy to the destination through a host that mounts both stores, and verify. */
   async copyToStore(input: Step & { destStoreId: string }): Promise<{ path: string; via: string }> {
-    const volume = await this.migrating(input);
+    const volume = await this.held(input, V.Migrating, 'migrated');
     const src = await this.repo.require({ type: 'DataStore', id: volume.storeId ?? '' });
     const dst = await this.repo.require({ type: 'DataStore', id: input.destStoreId });
     const host = await this.deps.selectHost([src.id, dst.id]).catch(() => undefined);
@@ -811,19 +811,6 @@ export class VolumeService {
     await this.deps.jobs.failFromFlow(input.jobId, input.error, 'MigrateFailed');
   }
 
-  private async migrating(input: Step): Promise<Volume> {
-    const volume = await this.get(input.volumeId);
-    if (volume.status !== V.Migrating || volume.lease?.owner !== input.jobId) {
-      throw new ConflictError(
-        `volume ${volume.id} is ${volume.status}, not being migrated by ${input.jobId}`,
-        {
-          state: volume.status,
-        },
-      );
-    }
-    return volume;
-  }
-
   // ---------------------------------------------------------------- access
 
   /** Lets a host reach the volume; returns how (for nfs, the file's path under the share's mount). */
@@ -1022,11 +1009,12 @@ export class VolumeService {
     return strategy;
   }
 
-  private async creating(input: Step): Promise<Volume> {
+  /** The volume, if the job `input.jobId` holds it in `status`; a ConflictError otherwise (fencing). */
+  private async held(input: Step, status: V, doing: string): Promise<Volume> {
     const volume = await this.get(input.volumeId);
-    if (volume.status !== V.Creating || volume.lease?.owner !== input.jobId) {
+    if (volume.status !== status || volume.lease?.owner !== input.jobId) {
       throw new ConflictError(
-        `volume ${volume.id} is ${volume.status}, not being created by ${input.jobId}`,
+        `volume ${volume.id} is ${volume.status}, not being ${doing} by ${input.jobId}`,
         {
           state: volume.status,
         },
