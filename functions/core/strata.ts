@@ -6,6 +6,7 @@ import type { ProviderRegistry } from '../../drivers/sdk/registry.js';
 import type { DriverContext, Logger } from '../../drivers/sdk/types.js';
 import { HostEndpointSelector } from './endpoint-selector.js';
 import { ChannelHostInvoker } from './host-invoker.js';
+import { allPages } from './paging.js';
 import type { Clock, EndpointChannel, Repository, UrlFetcher, WorkflowPort } from './ports.js';
 import { systemClock } from './ports.js';
 import { DataMotionService, streamCopyStrategy } from './services/data-motion.js';
@@ -68,17 +69,10 @@ export class Strata {
     this.images = new ImageService({ ...deps, motion: this.motion, fetcher: ports.fetcher });
     this.volumes = new VolumeService({
       ...deps,
-      hasSnapshots: async (volumeId) => {
-        // The filter applies after each page is read, so every page must be looked at.
-        const ids: string[] = [];
-        let cursor: string | undefined;
-        do {
-          const page = await ports.repo.list('Snapshot', { filter: { volumeId }, cursor });
-          ids.push(...page.items.map((x) => x.id));
-          cursor = page.cursor;
-        } while (cursor);
-        return ids;
-      },
+      hasSnapshots: async (volumeId) =>
+        (await allPages((cursor) => ports.repo.list('Snapshot', { filter: { volumeId }, cursor }))).map(
+          (x) => x.id,
+        ),
       installStrategy: (provider) =>
         ports.registry.has(provider) ? ports.registry.get(provider).templateInstall : undefined,
       clock,

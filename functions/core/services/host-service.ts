@@ -5,6 +5,7 @@
 import { ConflictError, NotAllowedError } from '../errors.js';
 import type { Host } from '../model.js';
 import { HostStatus } from '../model.js';
+import { allPages } from '../paging.js';
 import type { ListOptions, Page, Repository } from '../ports.js';
 import { hostMachine } from '../state-machines.js';
 
@@ -60,14 +61,7 @@ export class HostService {
 
   /** All hosts matching the filter, every page. */
   async all(filter: HostFilter = {}): Promise<Host[]> {
-    const hosts: Host[] = [];
-    let cursor: string | undefined;
-    do {
-      const page = await this.list(filter, { cursor, limit: 100 });
-      hosts.push(...page.items);
-      cursor = page.cursor;
-    } while (cursor);
-    return hosts;
+    return allPages((cursor) => this.list(filter, { cursor, limit: 100 }));
   }
 
   async setStatus(id: string, status: 'Up' | 'Disabled', expectedVersion?: number): Promise<Host> {

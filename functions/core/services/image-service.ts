@@ -20,6 +20,7 @@ import { ConflictError, InputError, NotAllowedError, UnprocessableError } from '
 import { newId } from '../ids.js';
 import type { DataStore, Job, Template, TemplateInStore } from '../model.js';
 import { DataStoreStatus, ObjectInStoreStatus as O } from '../model.js';
+import { allPages } from '../paging.js';
 import type { Clock, ListOptions, Page, Repository, UrlFetcher, WorkflowPort } from '../ports.js';
 import { FlowName, systemClock } from '../ports.js';
 import { objectInStoreMachine } from '../state-machines.js';
@@ -714,10 +715,13 @@ export class ImageService {
       return store;
     }
     if (!zoneId) throw new InputError('give zoneId or storeId', { field: 'zoneId' });
-    const page = await this.repo.list('DataStore', {
-      filter: { role: 'image', status: 'Up', 'scope.zoneId': zoneId },
-    });
-    const store = page.items[0];
+    const stores = await allPages((cursor) =>
+      this.repo.list('DataStore', {
+        cursor,
+        filter: { role: 'image', status: 'Up', 'scope.zoneId': zoneId },
+      }),
+    );
+    const store = stores[0];
     if (!store)
       throw new UnprocessableError(`zone ${zoneId} has no image store that is Up`, { field: 'zoneId' });
     return store;

@@ -29,6 +29,7 @@ import {
 import { newId } from '../ids.js';
 import type { DataStore, Job, Template, TemplateInStore, Volume } from '../model.js';
 import { ObjectInStoreStatus as O, VolumeStatus as V } from '../model.js';
+import { allPages } from '../paging.js';
 import type { Clock, ListOptions, Page, Repository, WorkflowPort } from '../ports.js';
 import { FlowName, systemClock } from '../ports.js';
 import { objectInStoreMachine, volumeMachine } from '../state-machines.js';
@@ -640,12 +641,13 @@ export class VolumeService {
         },
       );
     }
-    const images = await this.repo.list('DataStore', {
-      filter: { role: 'image', status: 'Up', 'scope.zoneId': volume.zoneId },
-    });
-    const imageStore = images.items.find((s) =>
-      isImageStoreDriver(this.deps.registry.get(s.provider).driver),
+    const images = await allPages((cursor) =>
+      this.repo.list('DataStore', {
+        cursor,
+        filter: { role: 'image', status: 'Up', 'scope.zoneId': volume.zoneId },
+      }),
     );
+    const imageStore = images.find((s) => isImageStoreDriver(this.deps.registry.get(s.provider).driver));
     if (!imageStore) {
       throw new UnprocessableError(
         `no host mounts both stores and zone ${volume.zoneId} has no image store to stage through`,
@@ -1054,13 +1056,9 @@ export class VolumeService {
   }
 
   private async plan(input: CreateVolumeInput, sizeBytes: number): Promise<Placement> {
-    const stores: DataStore[] = [];
-    let cursor: string | undefined;
-    do {
-      const page = await this.repo.list('DataStore', { cursor, limit: 100, filter: { role: 'primary' } });
-      stores.push(...page.items);
-      cursor = page.cursor;
-    } while (cursor);
+    const stores = await allPages((cursor) =>
+      this.repo.list('DataStore', { cursor, limit: 100, filter: { role: 'primary' } }),
+    );
     return planPlacement(stores, {
       zoneId: input.zoneId,
       sizeBytes,
