@@ -7,6 +7,7 @@
  * of a qcow2 through its whole backing chain, with no /dev/nbd kernel module and no temporary copy
  * of the disk. The image store is reached only through presigned URLs the control plane hands us.
  */
+
 import { type ChildProcess, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { mkdtemp, rename, rm, stat } from 'node:fs/promises';
@@ -36,6 +37,7 @@ import { qemuCheck, qemuCreate, qemuInfo } from '../sdk/qemu.js';
 import type { HostOperation, HostOperationContext } from '../sdk/types.js';
 import { AbsolutePathSchema, RelativePathSchema } from '../sdk/validation.js';
 import { assertHttpUrl, ChecksumMismatchError } from './download.js';
+import { redact, runPool } from './transfer.js';
 
 /** Chunks in flight at once, for reads, uploads and downloads alike. */
 export const BACKUP_CONCURRENCY = 4;
@@ -502,40 +504,6 @@ async function withRetry<T>(signal: AbortSignal, attempt: () => Promise<T>): Pro
 }
 
 // The query string of a presigned URL is a bearer credential: never log or report it.
-function redact(url: string): string {
-  const parsed = new URL(url);
-  return `${parsed.protocol}//${parsed.host}${parsed.pathname}`;
-}
-
-/**
- * Runs `work` on every item, at most `concurrency` at a time. On the first failure no new item
- * starts; the ones in flight are awaited, then the first error is thrown.
- */
-async function runPool<T>(
-  items: readonly T[],
-  concurrency: number,
-  signal: AbortSignal,
-  work: (item: T) => Promise<void>,
-): Promise<void> {
-  let next = 0;
-  let failure: { error: unknown } | undefined;
-  const worker = async () => {
-    while (!failure && next < items.length) {
-      if (signal.aborted) {
-        failure ??= { error: signal.reason };
-        return;
-      }
-      const item = items[next++] as T;
-      try {
-        await work(item);
-      } catch (error) {
-        failure ??= { error };
-      }
-    }
-  };
-  await Promise.all(Array.from({ length: Math.min(concurrency, items.length) }, worker));
-  if (failure) throw failure.error;
-}
 
 // ---------------------------------------------------------------------------------------------
 // Image inspection

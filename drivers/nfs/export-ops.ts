@@ -16,6 +16,7 @@
  * carrying the job id. URLs are data handed to `fetch`; their query strings are bearer credentials
  * and never appear in logs or errors.
  */
+
 import { createReadStream } from 'node:fs';
 import { realpath, rename, rm, stat } from 'node:fs/promises';
 import { basename, posix } from 'node:path';
@@ -32,6 +33,7 @@ import { qemuCheck, qemuConvert, qemuInfo } from '../sdk/qemu.js';
 import type { HostOperation, HostOperationContext, ObjectOptions, UploadPartUrl } from '../sdk/types.js';
 import { AbsolutePathSchema, RelativePathSchema } from '../sdk/validation.js';
 import { assertHttpUrl, sha256OfFile } from './download.js';
+import { redact, runPool } from './transfer.js';
 
 /** Part uploads in flight at once. */
 export const EXPORT_UPLOAD_CONCURRENCY = 4;
@@ -501,10 +503,6 @@ function findCause<T extends Error>(error: unknown, type: new (...a: never[]) =>
 }
 
 // The query string of a presigned URL is a bearer credential: never log or report it.
-function redact(url: string): string {
-  const parsed = new URL(url);
-  return `${parsed.protocol}//${parsed.host}${parsed.pathname}`;
-}
 
 function sleep(ms: number, signal: AbortSignal): Promise<void> {
   return new Promise((resolve, reject) => {
@@ -522,36 +520,6 @@ function sleep(ms: number, signal: AbortSignal): Promise<void> {
     }, ms);
     signal.addEventListener('abort', onAbort, { once: true });
   });
-}
-
-/**
- * Runs `work` on every item, at most `concurrency` at a time. On the first failure no new item
- * starts; the ones in flight are awaited, then the first error is thrown.
- */
-async function runPool<T>(
-  items: readonly T[],
-  concurrency: number,
-  signal: AbortSignal,
-  work: (item: T) => Promise<void>,
-): Promise<void> {
-  let next = 0;
-  let failure: { error: unknown } | undefined;
-  const worker = async () => {
-    while (!failure && next < items.length) {
-      if (signal.aborted) {
-        failure ??= { error: signal.reason };
-        return;
-      }
-      const item = items[next++] as T;
-      try {
-        await work(item);
-      } catch (error) {
-        failure ??= { error };
-      }
-    }
-  };
-  await Promise.all(Array.from({ length: Math.min(concurrency, items.length) }, worker));
-  if (failure) throw failure.error;
 }
 
 // ---------------------------------------------------------------------------------------------
