@@ -140,3 +140,46 @@ export function oneOf<T extends string>(allowed: readonly T[]) {
 export function rejectUnless(condition: boolean, message: string, command: string): void {
   if (!condition) throw new UsageError(message, command);
 }
+
+/** The entity an asynchronous command answered with, and how to read it again once the job ends. */
+export interface AcceptedEntity<T extends { id: string; name: string }> {
+  /** The JSON key it is printed under, e.g. `store` in `{ store, job }`. */
+  key: string;
+  /** The human word for it, e.g. `Store`. */
+  noun: string;
+  entity: T;
+  refetch: (id: string) => Promise<T>;
+}
+
+/**
+ * The shared tail of every asynchronous command that answers with an entity and a job: print the
+ * job at once with --no-wait, otherwise follow it and show the entity as it ended up.
+ */
+export async function finishAccepted<T extends { id: string; name: string }>(
+  ctx: CommandContext,
+  timeoutMs: number,
+  accepted: { job: Job },
+  what: AcceptedEntity<T>,
+  done: (entity: T) => string,
+): Promise<number> {
+  const { out } = ctx;
+  if (optFlag(ctx.values, 'no-wait')) {
+    if (out.json) out.data(accepted);
+    else if (out.quiet) out.print(accepted.job.id);
+    else {
+      out.print(
+        `${what.noun} ${what.entity.name} (${what.entity.id}): job ${accepted.job.id} ${accepted.job.state}.`,
+      );
+      out.note(`Follow it with: strata jobs wait ${accepted.job.id}`);
+    }
+    return ExitCode.Ok;
+  }
+  const { job, exitCode } = await followJob(ctx, accepted.job, timeoutMs);
+  const entity = await what.refetch(what.entity.id).catch(() => what.entity);
+  if (out.json) out.data({ [what.key]: entity, job });
+  else if (exitCode === ExitCode.Ok) {
+    if (out.quiet) out.print(entity.id);
+    else out.print(done(entity));
+  }
+  return exitCode;
+}

@@ -31,7 +31,15 @@ import {
   renderTable,
 } from '../format.js';
 import { CliApiError } from '../http-client.js';
-import { fetchList, followJob, oneOf, PAGE_OPTIONS, printList, WAIT_OPTIONS, waitTimeout } from './shared.js';
+import {
+  fetchList,
+  finishAccepted,
+  oneOf,
+  PAGE_OPTIONS,
+  printList,
+  WAIT_OPTIONS,
+  waitTimeout,
+} from './shared.js';
 
 const parseRole = oneOf<StoreRole>(['primary', 'image']);
 const parseScope = oneOf<ScopeType>(['zone', 'cluster', 'host']);
@@ -159,26 +167,13 @@ async function finishAsync(
   accepted: Accepted<Store>,
   done: (store: Store) => string,
 ): Promise<number> {
-  const { out } = ctx;
-  if (optFlag(ctx.values, 'no-wait')) {
-    if (out.json) out.data(accepted);
-    else if (out.quiet) out.print(accepted.job.id);
-    else {
-      out.print(
-        `Store ${accepted.store.name} (${accepted.store.id}): job ${accepted.job.id} ${accepted.job.state}.`,
-      );
-      out.note(`Follow it with: strata jobs wait ${accepted.job.id}`);
-    }
-    return ExitCode.Ok;
-  }
-  const { job, exitCode } = await followJob(ctx, accepted.job, timeoutMs);
-  const store = await ctx.client.getStore(accepted.store.id).catch(() => accepted.store);
-  if (out.json) out.data({ store, job });
-  else if (exitCode === ExitCode.Ok) {
-    if (out.quiet) out.print(store.id);
-    else out.print(done(store));
-  }
-  return exitCode;
+  const what = {
+    key: 'store',
+    noun: 'Store',
+    entity: accepted.store,
+    refetch: (id: string) => ctx.client.getStore(id),
+  };
+  return finishAccepted(ctx, timeoutMs, accepted, what, done);
 }
 
 const TUNING_OPTIONS: Record<string, OptionSpec> = {

@@ -35,7 +35,15 @@ import {
   UploadInterruptedError,
   uploadParts,
 } from '../upload.js';
-import { fetchList, followJob, oneOf, PAGE_OPTIONS, printList, WAIT_OPTIONS, waitTimeout } from './shared.js';
+import {
+  fetchList,
+  finishAccepted,
+  oneOf,
+  PAGE_OPTIONS,
+  printList,
+  WAIT_OPTIONS,
+  waitTimeout,
+} from './shared.js';
 
 const FORMATS: readonly TemplateFormat[] = ['qcow2', 'raw', 'vhd', 'vmdk', 'iso'];
 const parseFormat = oneOf<TemplateFormat>(FORMATS);
@@ -209,26 +217,13 @@ async function finishAsync(
   accepted: TemplateAccepted,
   done: (template: Template) => string,
 ): Promise<number> {
-  const { out } = ctx;
-  if (optFlag(ctx.values, 'no-wait')) {
-    if (out.json) out.data(accepted);
-    else if (out.quiet) out.print(accepted.job.id);
-    else {
-      out.print(
-        `Template ${accepted.template.name} (${accepted.template.id}): job ${accepted.job.id} ${accepted.job.state}.`,
-      );
-      out.note(`Follow it with: strata jobs wait ${accepted.job.id}`);
-    }
-    return ExitCode.Ok;
-  }
-  const { job, exitCode } = await followJob(ctx, accepted.job, timeoutMs);
-  const template = await ctx.client.getTemplate(accepted.template.id).catch(() => accepted.template);
-  if (out.json) out.data({ template, job });
-  else if (exitCode === ExitCode.Ok) {
-    if (out.quiet) out.print(template.id);
-    else out.print(done(template));
-  }
-  return exitCode;
+  const what = {
+    key: 'template',
+    noun: 'Template',
+    entity: accepted.template,
+    refetch: (id: string) => ctx.client.getTemplate(id),
+  };
+  return finishAccepted(ctx, timeoutMs, accepted, what, done);
 }
 
 const PLACEMENT_OPTIONS: Record<string, OptionSpec> = {

@@ -22,7 +22,16 @@ import {
 } from '../command.js';
 import { formatBytes, parseSize, relativeTime, renderDetails, renderTable } from '../format.js';
 import { CliApiError } from '../http-client.js';
-import { fetchList, followJob, oneOf, PAGE_OPTIONS, printList, WAIT_OPTIONS, waitTimeout } from './shared.js';
+import {
+  fetchList,
+  finishAccepted,
+  followJob,
+  oneOf,
+  PAGE_OPTIONS,
+  printList,
+  WAIT_OPTIONS,
+  waitTimeout,
+} from './shared.js';
 
 const STATUSES: readonly VolumeStatus[] = [
   'Allocated',
@@ -171,26 +180,13 @@ async function finishAsync(
   accepted: VolumeAccepted,
   done: (volume: Volume) => string,
 ): Promise<number> {
-  const { out } = ctx;
-  if (optFlag(ctx.values, 'no-wait')) {
-    if (out.json) out.data(accepted);
-    else if (out.quiet) out.print(accepted.job.id);
-    else {
-      out.print(
-        `Volume ${accepted.volume.name} (${accepted.volume.id}): job ${accepted.job.id} ${accepted.job.state}.`,
-      );
-      out.note(`Follow it with: strata jobs wait ${accepted.job.id}`);
-    }
-    return ExitCode.Ok;
-  }
-  const { job, exitCode } = await followJob(ctx, accepted.job, timeoutMs);
-  const volume = await ctx.client.getVolume(accepted.volume.id).catch(() => accepted.volume);
-  if (out.json) out.data({ volume, job });
-  else if (exitCode === ExitCode.Ok) {
-    if (out.quiet) out.print(volume.id);
-    else out.print(done(volume));
-  }
-  return exitCode;
+  const what = {
+    key: 'volume',
+    noun: 'Volume',
+    entity: accepted.volume,
+    refetch: (id: string) => ctx.client.getVolume(id),
+  };
+  return finishAccepted(ctx, timeoutMs, accepted, what, done);
 }
 
 /**
