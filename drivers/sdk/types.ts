@@ -298,6 +298,108 @@ export interface PrimaryDataStoreDriver extends DataStoreDriver {
   deleteSnapshot?(options: SnapshotOptions): Promise<unknown>;
 }
 
+/** What a chunk scan counted (docs/backup-format.md). */
+export interface ChunkBackupCounters {
+  /** Bytes read from the disk by the scan, or re-read by the upload. */
+  bytesRead: number;
+  /** Bytes PUT to the image store. */
+  bytesUploaded: number;
+  chunksTotal: number;
+  /** Recomputed chunks whose reference differs from the previous manifest's (every non-zero chunk on a full backup). */
+  chunksChanged: number;
+  /** Non-zero chunks of the manifest this backup does not upload. */
+  chunksReused: number;
+  zeroChunks: number;
+}
+
+/** Options of {@link BackupCapableDriver.scanSnapshotChunks}. */
+export interface ChunkScanOptions extends SnapshotOptions {
+  chunkSizeBytes: number;
+  /**
+   * The volume's most recent backup. When it is the snapshot's base (the snapshot holds exactly the
+   * writes made since it), the scan reads only the changed extents and carries every other chunk
+   * over from this manifest; otherwise the scan is full (`incremental: false`).
+   */
+  previous?: {
+    snapshotId: string;
+    /** Presigned GET of the previous manifest (JSON, `BackupManifestSchema`). */
+    manifestUrl: string;
+  };
+}
+
+/** Result of {@link BackupCapableDriver.scanSnapshotChunks}. */
+export interface ChunkScanResult {
+  virtualSizeBytes: number;
+  chunkSizeBytes: number;
+  /** The new manifest's complete chunk list: index → sha256, or null for an all-zero chunk. */
+  chunks: Array<string | null>;
+  /** Distinct hashes computed by this scan, each with one chunk index that holds it. */
+  computed: Array<{ index: number; sha256: string }>;
+  /** True when only the extents changed since `previous` were read. */
+  incremental: boolean;
+  counters: ChunkBackupCounters;
+}
+
+/** Options of {@link BackupCapableDriver.uploadSnapshotChunks}. */
+export interface ChunkUploadOptions extends SnapshotOptions {
+  chunkSizeBytes: number;
+  /** Presigned GET of a JSON array `[{ index, sha256, url }]`: one presigned PUT per chunk to upload. */
+  uploadsUrl: string;
+  /** How many entries the list holds (for progress and sanity checks). */
+  count: number;
+}
+
+/** Result of {@link BackupCapableDriver.uploadSnapshotChunks}. */
+export interface ChunkUploadResult {
+  chunksUploaded: number;
+  bytesRead: number;
+  bytesUploaded: number;
+}
+
+/** Options of {@link BackupCapableDriver.restoreChunks}. */
+export interface ChunkRestoreOptions extends ObjectOptions {
+  virtualSizeBytes: number;
+  chunkSizeBytes: number;
+  /** Presigned GET of a JSON array with one entry per chunk index: `{ index, sha256, url }` or null (zeros). */
+  chunksUrl: string;
+  count: number;
+}
+
+/** Result of {@link BackupCapableDriver.restoreChunks}. */
+export interface ChunkRestoreResult extends CreateResult {
+  /** False when an earlier run had already restored the object (idempotent retry). */
+  restored: boolean;
+  chunksFetched: number;
+  bytesDownloaded: number;
+  zeroChunks: number;
+}
+
+/**
+ * Optional capability of a primary driver: incremental, content-addressed backup of snapshots to
+ * the image store and restore from it (docs/backup-format.md). The host only ever sees presigned
+ * URLs; lists that could outgrow a host request travel as presigned JSON objects.
+ *
+ * A backup is scan, then upload: the control plane learns the hashes from the scan, decides which
+ * chunks the image store lacks (its chunk index), presigns a PUT for each, and writes the manifest
+ * only after every chunk it names is stored.
+ */
+export interface BackupCapableDriver {
+  scanSnapshotChunks(options: ChunkScanOptions): Promise<ChunkScanResult>;
+  uploadSnapshotChunks(options: ChunkUploadOptions): Promise<ChunkUploadResult>;
+  /** Restores a manifest's chunks into a new object (a volume) at `object`'s path, verifying every hash. */
+  restoreChunks(options: ChunkRestoreOptions): Promise<ChunkRestoreResult>;
+}
+
+/** Narrows a driver to one that backs snapshots up in chunks. */
+export function isBackupCapable(driver: DataStoreDriver): driver is DataStoreDriver & BackupCapableDriver {
+  const d = driver as Partial<BackupCapableDriver>;
+  return (
+    typeof d.scanSnapshotChunks === 'function' &&
+    typeof d.uploadSnapshotChunks === 'function' &&
+    typeof d.restoreChunks === 'function'
+  );
+}
+
 /** Narrows a driver to a primary driver. */
 export function isPrimaryDriver(driver: DataStoreDriver): driver is PrimaryDataStoreDriver {
   return (

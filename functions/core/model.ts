@@ -175,24 +175,48 @@ export interface Snapshot extends Versioned {
   volumeId: string;
   status: SnapshotStatus;
   statusReason?: string;
+  /** The policy that took it (retention only ever deletes its own policy's snapshots). */
+  policyId?: string;
+  /** The policy slot (ISO time) it was taken for: one snapshot per policy and slot. */
+  slot?: string;
+  /** Back it up to the image store as soon as it is taken. */
+  backupRequested?: boolean;
+  /** The volume's virtual size when it was taken (a restore creates a volume this big). */
+  sizeBytes?: number;
+  /** The job that took it (an idempotent retake returns this job). */
+  takenByJobId?: string;
 }
 
 export interface SnapshotInStore extends Versioned {
   snapshotId: string;
   storeId: string;
+  /** Role of the store: `primary` holds the snapshot layer, `image` a backup (manifest + chunks). */
+  storeRole?: 'primary' | 'image';
   status: ObjectInStoreStatus;
+  /** Primary: the layer's path on the share. Image: the manifest's key, relative to the store. */
   path?: string;
+  /** Image copies: the backup it was incremental from (informational; every backup is full). */
   parentSnapshotId?: string;
+  /** Primary: the layer's bytes. Image: the bytes of non-zero chunks the manifest names. */
   sizeBytes?: number;
+  virtualSizeBytes?: number;
+  chunkSizeBytes?: number;
+  /** sha256 of the manifest object, `{sha256}hex`. */
+  checksum?: string;
+  statusReason?: string;
 }
 
 export interface SnapshotPolicy extends Versioned {
   id: string;
   volumeId: string;
+  /** `cron(...)` or `rate(...)`, in EventBridge Scheduler syntax. */
   schedule: string;
+  /** IANA time zone the cron fields are read in. */
   timeZone: string;
+  /** Snapshots of this policy kept; older ones are deleted after each new one. */
   keep: number;
   backup: boolean;
+  name?: string;
 }
 
 export const JobState = {

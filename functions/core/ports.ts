@@ -145,6 +145,8 @@ export const FlowName = {
   VolumeResize: 'volume-resize',
   VolumeMigrate: 'volume-migrate',
   SnapshotTake: 'snapshot-take',
+  SnapshotBackup: 'snapshot-backup',
+  SnapshotPolicy: 'snapshot-policy',
 } as const;
 export type FlowName = (typeof FlowName)[keyof typeof FlowName];
 

@@ -38,6 +38,16 @@ interface Step {
   snapshotId: string;
 }
 
+/** Options of {@link SnapshotService.take}. */
+export interface TakeOptions {
+  /** Back the snapshot up to the zone's image store right after taking it (same job). */
+  backup?: boolean;
+  /** A caller-chosen id: taking an id that exists returns that snapshot (idempotent). */
+  id?: string;
+  policyId?: string;
+  slot?: string;
+}
+
 export class SnapshotService {
   constructor(private readonly deps: SnapshotDeps) {}
 
@@ -54,8 +64,22 @@ export class SnapshotService {
     return this.repo.list('Snapshot', { ...options, filter: volumeId ? { volumeId } : {} });
   }
 
-  /** Starts snapshot-take: the volume is held in Snapshotting until the layer is frozen. */
-  async take(volumeId: string, name: string): Promise<{ snapshot: Snapshot; job: Job }> {
+  /**
+   * Starts snapshot-take: the volume is held in Snapshotting until the layer is frozen. With
+   * `backup`, the same job goes on to back the snapshot up to the image store.
+   *
+   * `id` makes the call idempotent (policies pass one per slot): a snapshot with that id that
+   * already exists is returned as it is, with the job that took it, and nothing new starts.
+   */
+  async take(
+    volumeId: string,
+    name: string,
+    options: TakeOptions = {},
+  ): Promise<{ snapshot: Snapshot; job: Job; existing?: boolean }> {
+    if (options.id) {
+      const existing = await this.repo.get({ type: 'Snapshot', id: options.id });
+      if (existing) return { snapshot: existing, job: await this.jobOf(existing), existing: true };
+    }
     const volume = await this.repo.require({ type: 'Volume', id: volumeId });
     const pool = volume.storeId ? await this.repo.get({ type: 'DataStore', id: volume.storeId }) : undefined;
     if (!pool || !isPrimaryDriver(this.deps.registry.get(pool.provider).driver)) {
@@ -73,14 +97,25 @@ export class SnapshotService {
       expectedVersion: volume.version,
       lease,
     });
-    const id = newId('snap');
-    const snapshot = await this.repo.create('Snapshot', {
-      id,
-      name,
-      volumeId,
-      status: S.Creating,
-      lease: { owner: jobId, expiresAt: new Date(Date.now() + LEASE_SECONDS * 1000).toISOString() },
-    });
+    const id = options.id ?? newId('snap');
+    const snapshot = await this.repo
+      .create('Snapshot', {
+        id,
+        name,
+        volumeId,
+        status: S.Creating,
+        sizeBytes: volume.sizeBytes,
+        ...(options.backup ? { backupRequested: true } : {}),
+        ...(options.policyId ? { policyId: options.policyId } : {}),
+        ...(options.slot ? { slot: options.slot } : {}),
+        takenByJobId: jobId,
+        lease: { owner: jobId, expiresAt: new Date(Date.now() + LEASE_SECONDS * 1000).toISOString() },
+      })
+      .catch(async (e: unknown) => {
+        // Lost a race for the same id: give the volume back.
+        await this.releaseVolume({ ...volume, status: V.Snapshotting }, jobId, V.Snapshotting);
+        throw e;
+      });
     await this.deps.jobs.create('snapshot.take', { type: 'snapshot', id }, jobId);
     const { executionId } = await this.deps.workflows.start(FlowName.SnapshotTake, jobId, {
       jobId,
@@ -273,6 +308,13 @@ export class SnapshotService {
       leaseOwner: owner,
     });
     await this.repo.delete({ type: 'Snapshot', id: snapshotId });
+  }
+
+  private async jobOf(snapshot: Snapshot): Promise<Job> {
+    const jobId = snapshot.takenByJobId;
+    const job = jobId ? await this.repo.get({ type: 'Job', id: jobId }) : undefined;
+    if (!job) throw new ConflictError(`snapshot ${snapshot.id} already exists`, { state: snapshot.status });
+    return job;
   }
 
   private async leased(input: Step, status: S): Promise<{ snapshot: Snapshot; volume: Volume }> {
