@@ -3,7 +3,7 @@
  * `functions/adapters/local` implement them; core code imports no AWS SDK.
  */
 import type { HostError, HostRequest } from '../../drivers/sdk/host-protocol.js';
-import type { EntityMap, EntityType, Host, Lease } from './model.js';
+import type { EntityMap, EntityType, Host, Lease, SnapshotPolicy } from './model.js';
 import type { StateMachine } from './state-machines.js';
 
 /** Key of one entity: its type, its id, and for per-store rows the store id. */
@@ -114,6 +114,39 @@ export interface Repository {
     now: Date,
     options?: ListOptions,
   ): Promise<Page<EntityMap[EntityType] & { lease: Lease }>>;
+  /** The backup chunk index, kept in the same table. */
+  readonly chunks: ChunkIndex;
+}
+
+/**
+ * Which backup chunks an image store holds and who needs them (docs/backup-format.md). Each chunk
+ * has a set of holders: the snapshots whose manifests name it, and restores in progress. A chunk
+ * with no holder may be collected; collection first claims the chunk, so a backup that pins it
+ * meanwhile waits (Unavailable) instead of relying on an object about to disappear.
+ */
+export interface ChunkIndex {
+  /**
+   * Adds `holder` to every chunk's holders (idempotent: a set). Returns the hashes whose objects are
+   * not stored yet: the caller uploads those. Throws UnavailableError while one of them is being
+   * collected (retry shortly); a claim older than any collector can live is taken over.
+   */
+  pin(storeId: string, hashes: readonly string[], holder: string): Promise<{ unstored: string[] }>;
+  /** Records that the chunks' objects were uploaded in full. */
+  markStored(storeId: string, hashes: readonly string[]): Promise<void>;
+  /**
+   * Removes `holder` from the chunks. With `collect`, each chunk left with no holder is claimed
+   * for deletion and returned: delete its object, then {@link ChunkIndex.forget} it.
+   */
+  release(
+    storeId: string,
+    hashes: readonly string[],
+    holder: string,
+    options: { collect: boolean },
+  ): Promise<{ collectable: string[] }>;
+  /** Drops claimed chunks from the index once their objects are gone. */
+  forget(storeId: string, hashes: readonly string[]): Promise<void>;
+  /** The holders of one chunk (diagnostics and tests). */
+  holders(storeId: string, hash: string): Promise<{ holders: string[]; stored: boolean } | undefined>;
 }
 
 /** The state a command on a host is in, as the endpoint channel sees it. */
@@ -157,6 +190,18 @@ export interface WorkflowPort {
    * name twice yields the same execution.
    */
   start(flow: FlowName, name: string, input: Record<string, unknown>): Promise<{ executionId: string }>;
+}
+
+/**
+ * Where snapshot-policy schedules live: EventBridge Scheduler on AWS (one schedule per policy), an
+ * in-process timer in the embedded stack. Each firing starts the snapshot-policy flow with
+ * `{ policyId, scheduledTime }`.
+ */
+export interface SchedulerPort {
+  /** Creates the policy's schedule, or replaces it when it exists. */
+  upsert(policy: SnapshotPolicy): Promise<void>;
+  /** Removes the policy's schedule; a schedule that does not exist is not an error. */
+  remove(policyId: string): Promise<void>;
 }
 
 /** An opened download: the body streams; nothing is buffered whole. */

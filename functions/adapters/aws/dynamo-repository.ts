@@ -21,6 +21,7 @@ import { unmarshall } from '@aws-sdk/util-dynamodb';
 import { ConflictError, InputError, NotFoundError } from '../../core/errors.js';
 import type { EntityMap, EntityType, Lease } from '../../core/model.js';
 import type {
+  ChunkIndex,
   EntityKey,
   ListOptions,
   Page,
@@ -30,6 +31,7 @@ import type {
 } from '../../core/ports.js';
 import { type Clock, systemClock } from '../../core/ports.js';
 import { assertTransition, canTransition } from '../../core/state-machines.js';
+import { DynamoChunkIndex } from './dynamo-chunk-index.js';
 import { INTERNAL_ATTRIBUTES, indexAttributes, itemKey, keyOf, SET_FIELDS } from './table-keys.js';
 import { TableSchema } from './table-schema.js';
 
@@ -109,11 +111,19 @@ export class DynamoRepository implements Repository {
   private doc?: DynamoDBDocumentClient;
   private readonly clientConfig?: DynamoDBClientConfig;
 
+  /** The backup chunk index, in the same table (see dynamo-chunk-index.ts). */
+  readonly chunks: ChunkIndex;
+
   constructor(options: DynamoRepositoryOptions) {
     this.tableName = options.tableName;
     this.doc = options.client;
     this.clientConfig = options.clientConfig;
     this.clock = options.clock ?? systemClock;
+    this.chunks = new DynamoChunkIndex({
+      tableName: this.tableName,
+      client: () => this.client,
+      clock: this.clock,
+    });
   }
 
   /** Built on first use, never at import time. */
