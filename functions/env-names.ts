@@ -11,6 +11,8 @@ export const EnvName = {
   SsmOutputBucket: 'STRATA_SSM_OUTPUT_BUCKET',
   SsmOutputPrefix: 'STRATA_SSM_OUTPUT_PREFIX',
   SchedulerGroup: 'STRATA_SCHEDULER_GROUP',
+  /** The role EventBridge Scheduler assumes to start the snapshot-policy flow. */
+  SchedulerRoleArn: 'STRATA_SCHEDULER_ROLE_ARN',
   LogLevel: 'STRATA_LOG_LEVEL',
   /** Operator allowlist for template URLs: comma-separated host names and CIDR ranges (SSRF rules). */
   FetchAllowlist: 'STRATA_FETCH_ALLOWLIST',

@@ -5,9 +5,10 @@
 import type { ProviderRegistry } from '../../drivers/sdk/registry.js';
 import type { DriverContext, Logger } from '../../drivers/sdk/types.js';
 import { HostEndpointSelector } from './endpoint-selector.js';
+import { UnavailableError } from './errors.js';
 import { ChannelHostInvoker } from './host-invoker.js';
 import { allPages } from './paging.js';
-import type { Clock, EndpointChannel, Repository, UrlFetcher, WorkflowPort } from './ports.js';
+import type { Clock, EndpointChannel, Repository, SchedulerPort, UrlFetcher, WorkflowPort } from './ports.js';
 import { systemClock } from './ports.js';
 import { DataMotionService, streamCopyStrategy } from './services/data-motion.js';
 import { DataStoreService, type StoreDeps } from './services/datastore-service.js';
@@ -15,6 +16,7 @@ import { HostService } from './services/host-service.js';
 import { ImageService } from './services/image-service.js';
 import { JobService } from './services/job-service.js';
 import { Reconciler } from './services/reconciler.js';
+import { SnapshotPolicyService } from './services/snapshot-policy-service.js';
 import { SnapshotService } from './services/snapshot-service.js';
 import { StoreFlows } from './services/store-flows.js';
 import { VolumeService } from './services/volume-service.js';
@@ -30,6 +32,11 @@ export interface StrataPorts {
   /** Handed to drivers as `ctx.services` (e.g. the S3 client factory the s3 provider needs). */
   driverServices: Record<string, unknown>;
   clock?: Clock;
+  /**
+   * Snapshot-policy schedules (EventBridge Scheduler on AWS, the in-process scheduler locally).
+   * Functions that never create or delete policies (the workflow tasks) go without one.
+   */
+  scheduler?: SchedulerPort;
   /** Host command polling: first interval and the longest one, in ms (the embedded stack shortens them). */
   hostPollMs?: number;
   hostMaxPollMs?: number;
@@ -46,6 +53,7 @@ export class Strata {
   readonly images: ImageService;
   readonly volumes: VolumeService;
   readonly snapshots: SnapshotService;
+  readonly policies: SnapshotPolicyService;
 
   constructor(readonly ports: StrataPorts) {
     const clock = ports.clock ?? systemClock;
@@ -78,6 +86,14 @@ export class Strata {
       clock,
     });
     this.snapshots = new SnapshotService(deps);
+    this.policies = new SnapshotPolicyService({
+      repo: ports.repo,
+      snapshots: this.snapshots,
+      jobs: this.jobs,
+      scheduler: ports.scheduler ?? noScheduler,
+      logger: ports.logger,
+      clock,
+    });
   }
 
   /** The context a driver call runs with, for one job. */
@@ -101,3 +117,9 @@ export class Strata {
     };
   }
 }
+
+/** Where no scheduler is configured, creating or deleting a policy says so instead of half-working. */
+const noScheduler: SchedulerPort = {
+  upsert: () => Promise.reject(new UnavailableError('snapshot-policy schedules are not configured here')),
+  remove: () => Promise.reject(new UnavailableError('snapshot-policy schedules are not configured here')),
+};

@@ -7,6 +7,7 @@ import { createBuiltinRegistry } from '../../drivers/builtin.js';
 import { S3_CLIENT_SERVICE } from '../../drivers/s3/client.js';
 import { createJsonLogger } from '../../drivers/sdk/logger.js';
 import { DynamoRepository } from '../adapters/aws/dynamo-repository.js';
+import { EventBridgeSchedules } from '../adapters/aws/scheduler-schedules.js';
 import { StepFunctionsWorkflows } from '../adapters/aws/sfn-workflows.js';
 import { SsmEndpointChannel } from '../adapters/aws/ssm-channel.js';
 import { SafeUrlFetcher } from '../adapters/http/url-fetcher.js';
@@ -53,6 +54,8 @@ export function buildAwsStrata(env: NodeJS.ProcessEnv): Strata {
         Record<FlowName, string>
       >,
     }),
+    // Only the api function manages policies (it alone gets the schedule group); the others need none.
+    scheduler: EventBridgeSchedules.fromEnv(env),
     registry: createBuiltinRegistry(),
     fetcher: new SafeUrlFetcher({ allowlist: env[EnvName.FetchAllowlist] }),
     logger,
