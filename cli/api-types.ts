@@ -254,6 +254,8 @@ export interface NewVolume {
   clusterId?: string;
   tags?: string[];
   mode?: VolumeMode;
+  /** Restore: the volume starts as a copy of this snapshot (its size by default). */
+  fromSnapshotId?: string;
 }
 
 /** One primary store the allocator considered for a volume, and what it decided. */
@@ -286,4 +288,98 @@ export interface VolumeAccess {
   uri: string;
   hostId: string;
   expiresAt?: string;
+}
+
+export type SnapshotStatus =
+  | 'Allocated'
+  | 'Creating'
+  | 'CreatedOnPrimary'
+  | 'BackingUp'
+  | 'BackedUp'
+  | 'Destroying'
+  | 'Destroyed'
+  | 'Error';
+
+/** One physical copy of a snapshot: the layer on the primary store, or a backup on an image store. */
+export interface SnapshotCopy {
+  snapshotId: string;
+  storeId: string;
+  storeRole?: StoreRole;
+  status: string;
+  /** Primary: the layer's path on the share. Image: the manifest's key. */
+  path?: string;
+  sizeBytes?: number;
+  virtualSizeBytes?: number;
+  statusReason?: string;
+}
+
+export interface Snapshot {
+  id: string;
+  name: string;
+  volumeId: string;
+  status: SnapshotStatus | string;
+  statusReason?: string;
+  /** The policy that took it, for scheduled snapshots. */
+  policyId?: string;
+  /** The policy slot (ISO time) it was taken for. */
+  slot?: string;
+  /** The volume's virtual size when it was taken. */
+  sizeBytes?: number;
+  /** Present on GET /snapshots/{id}. */
+  copies?: SnapshotCopy[];
+  version?: number;
+  createdAt: string;
+  updatedAt?: string;
+}
+
+/** POST /volumes/{id}/snapshots. */
+export interface NewSnapshot {
+  name: string;
+  /** Back it up to the image store as soon as it is taken. */
+  backup?: boolean;
+}
+
+/** The 202 answer of the asynchronous snapshot requests (take, backup). */
+export interface SnapshotAccepted {
+  snapshot: Snapshot;
+  job: Job;
+}
+
+/** DELETE /snapshots/{id}?from=: which copies go (default all). */
+export type SnapshotCopySelector = 'primary' | 'image' | 'all';
+
+/** What a backup job reports in its result (and progressDetail while it runs). */
+export interface BackupCounters {
+  bytesRead?: number;
+  bytesUploaded?: number;
+  chunksReused?: number;
+  chunksUploaded?: number;
+  /** Only the extents changed since the previous backup were read. */
+  incremental?: boolean;
+}
+
+export interface SnapshotPolicy {
+  id: string;
+  volumeId: string;
+  /** `rate(...)` or `cron(...)`, in EventBridge Scheduler syntax. */
+  schedule: string;
+  /** IANA time zone the cron fields are read in. */
+  timeZone: string;
+  /** Snapshots of this policy kept; older ones are deleted after each new one. */
+  keep: number;
+  backup: boolean;
+  name?: string;
+  version?: number;
+  createdAt?: string;
+  updatedAt?: string;
+}
+
+/** POST /snapshot-policies. */
+export interface NewSnapshotPolicy {
+  volumeId: string;
+  schedule: string;
+  timeZone?: string;
+  keep: number;
+  backup?: boolean;
+  name?: string;
 }

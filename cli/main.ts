@@ -25,6 +25,8 @@ import {
 import { healthCommands } from './commands/health.js';
 import { hostCommands } from './commands/hosts.js';
 import { jobCommands } from './commands/jobs.js';
+import { POLICY_GROUP, snapshotPolicyCommands } from './commands/policies.js';
+import { snapshotCommands } from './commands/snapshots.js';
 import { storeCommands } from './commands/stores.js';
 import { templateCommands } from './commands/templates.js';
 import { volumeCommands } from './commands/volumes.js';
@@ -48,6 +50,8 @@ export const COMMANDS: readonly CommandSpec[] = [
   ...storeCommands,
   ...templateCommands,
   ...volumeCommands,
+  ...snapshotCommands,
+  ...snapshotPolicyCommands,
   ...jobCommands,
 ];
 
@@ -60,8 +64,13 @@ const GROUPS: ReadonlyArray<readonly [string, string]> = [
   ],
   ['templates', 'templates and ISOs: list, get, register, upload, copy, delete'],
   ['volumes', 'volumes: list, get, create, resize, migrate, delete, access grant|revoke'],
+  ['snapshots', 'volume snapshots: list, get, take, backup, revert, delete, restore'],
+  [POLICY_GROUP, 'scheduled snapshots (alias: policies): create, list, get, delete'],
   ['jobs', 'asynchronous jobs: list, get, wait'],
 ];
+
+/** Other names a group answers to; the command runs (and its messages speak) under the real name. */
+const GROUP_ALIASES: Readonly<Record<string, string>> = { policies: POLICY_GROUP };
 
 /** Global options that take a value, so the command-word scan can skip that value. */
 const GLOBAL_VALUE_FLAGS = new Set(
@@ -125,6 +134,21 @@ function firstPositional(tokens: readonly string[]): string | undefined {
     if (GLOBAL_VALUE_FLAGS.has(token)) i++;
   }
   return undefined;
+}
+
+/** Replaces a group alias in the command-word position with the group's name. */
+function expandAlias(argv: readonly string[]): readonly string[] {
+  for (let i = 0; i < argv.length; i++) {
+    const token = argv[i]!;
+    if (token === '--') return argv;
+    if (token.startsWith('-')) {
+      if (GLOBAL_VALUE_FLAGS.has(token)) i++;
+      continue;
+    }
+    const name = GROUP_ALIASES[token];
+    return name ? [...argv.slice(0, i), name, ...argv.slice(i + 1)] : argv;
+  }
+  return argv;
 }
 
 function editDistance(a: string, b: string): number {
@@ -266,7 +290,7 @@ export async function run(argv: readonly string[], options: RunOptions): Promise
   let out = new Output(stdout, stderr, false, false);
   let command: CommandSpec | undefined;
   try {
-    const { words, rest, spec } = resolve(argv);
+    const { words, rest, spec } = resolve(expandAlias(argv));
     command = spec;
     if (!spec) {
       if (words.length === 0) {
@@ -274,10 +298,10 @@ export async function run(argv: readonly string[], options: RunOptions): Promise
         if (word === 'help') return run([...argv.filter((t) => t !== 'help'), '--help'], options);
         if (word !== undefined) {
           throw new UsageError(
-            `unknown command '${word}'.${suggestion(
-              word,
-              GROUPS.map(([name]) => name),
-            )}`,
+            `unknown command '${word}'.${suggestion(word, [
+              ...GROUPS.map(([name]) => name),
+              ...Object.keys(GROUP_ALIASES),
+            ])}`,
           );
         }
         if (wantsHelp(rest)) {

@@ -1,0 +1,722 @@
+import { FakeApi, job, runCli, UUID } from './fake-api.js';
+
+const GiB = 2 ** 30;
+const MiB = 2 ** 20;
+
+function snapshot(overrides: Record<string, unknown> = {}) {
+  return {
+    id: 'snap-1',
+    name: 'nightly',
+    volumeId: 'vol-1',
+    status: 'CreatedOnPrimary',
+    sizeBytes: 10 * GiB,
+    version: 2,
+    createdAt: '2025-06-01T11:00:00.000Z',
+    updatedAt: '2025-06-01T11:55:00.000Z',
+    ...overrides,
+  };
+}
+
+function volume(overrides: Record<string, unknown> = {}) {
+  return {
+    id: 'vol-2',
+    name: 'restored',
+    zoneId: 'zone-1',
+    storeId: 'st-1',
+    sizeBytes: 10 * GiB,
+    format: 'qcow2',
+    tags: [],
+    status: 'Ready',
+    version: 1,
+    createdAt: '2025-06-01T11:00:00.000Z',
+    updatedAt: '2025-06-01T11:55:00.000Z',
+    ...overrides,
+  };
+}
+
+const snapshotJob = (overrides: Record<string, unknown> = {}) =>
+  job({ kind: 'snapshot.take', target: { type: 'snapshot', id: 'snap-1' }, ...overrides });
+
+const COUNTERS = {
+  bytesRead: 2 * GiB,
+  bytesUploaded: 256 * MiB,
+  chunksReused: 448,
+  chunksUploaded: 64,
+  incremental: true,
+};
+
+describe('strata snapshots', () => {
+  let api: FakeApi;
+  beforeEach(async () => {
+    api = await new FakeApi().start();
+  });
+  afterEach(() => api.stop());
+
+  describe('list', () => {
+    it('sends the volume filter and renders id, name, volume, status, size, policy and age', async () => {
+      api.on('GET', '/snapshots', {
+        status: 200,
+        body: {
+          items: [
+            snapshot(),
+            snapshot({
+              id: 'snap-2',
+              name: 'hourly-1',
+              status: 'BackedUp',
+              sizeBytes: undefined,
+              policyId: 'pol-1',
+              createdAt: '2025-06-01T11:58:00.000Z',
+            }),
+          ],
+        },
+      });
+
+      const result = await runCli(['snapshots', 'list', '--volume', 'vol-1', '--limit', '5'], { api });
+
+      expect(result.code).toBe(0);
+      expect(api.last()).toMatchObject({ method: 'GET', path: '/snapshots' });
+      expect(api.last().query).toEqual({ volumeId: 'vol-1', limit: '5' });
+      const [header, first, second] = result.stdout.trimEnd().split('\n');
+      expect(header).toMatch(/^ID\s+NAME\s+VOLUME\s+STATUS\s+SIZE\s+POLICY\s+CREATED$/);
+      expect(first).toMatch(/^snap-1\s+nightly\s+vol-1\s+CreatedOnPrimary\s+10\.0 GiB\s+-\s+1h ago$/);
+      expect(second).toMatch(/^snap-2\s+hourly-1\s+vol-1\s+BackedUp\s+-\s+pol-1\s+2m ago$/);
+    });
+
+    it('prints ids with -q, the page as sent with --json, the cursor hint, and says when there are none', async () => {
+      const page = { items: [snapshot()], cursor: 'c-2' };
+      api.on('GET', '/snapshots', { status: 200, body: page });
+
+      const quiet = await runCli(['snapshots', 'list', '-q'], { api });
+      const json = await runCli(['snapshots', 'list', '--json'], { api });
+      const human = await runCli(['snapshots', 'list'], { api });
+      api.on('GET', '/snapshots', { status: 200, body: { items: [] } });
+      const empty = await runCli(['snapshots', 'list'], { api });
+
+      expect(quiet.stdout).toBe('snap-1\n');
+      expect(JSON.parse(json.stdout)).toEqual(page);
+      expect(human.stderr).toContain('More snapshots: add --cursor c-2 (or --all).');
+      expect(api.requests[0]!.query).toEqual({});
+      expect(empty).toMatchObject({ code: 0, stdout: '', stderr: 'No snapshots found.\n' });
+    });
+
+    it('--all follows the cursors', async () => {
+      api.on(
+        'GET',
+        '/snapshots',
+        { status: 200, body: { items: [snapshot()], cursor: 'c-2' } },
+        { status: 200, body: { items: [snapshot({ id: 'snap-2' })] } },
+      );
+
+      const result = await runCli(['snapshots', 'list', '--volume', 'vol-1', '--all', '-q'], { api });
+
+      expect(result.stdout).toBe('snap-1\nsnap-2\n');
+      expect(api.requests.map((r) => r.query)).toEqual([
+        { volumeId: 'vol-1' },
+        { volumeId: 'vol-1', cursor: 'c-2' },
+      ]);
+    });
+  });
+
+  describe('get', () => {
+    it('shows every field and each copy', async () => {
+      api.on('GET', '/snapshots/snap-1', {
+        status: 200,
+        body: snapshot({
+          status: 'BackedUp',
+          policyId: 'pol-1',
+          slot: '2025-06-01T11:00:00.000Z',
+          copies: [
+            {
+              snapshotId: 'snap-1',
+              storeId: 'st-1',
+              storeRole: 'primary',
+              status: 'Ready',
+              path: 'volumes/vol-1.snap-1.qcow2',
+              sizeBytes: 300 * MiB,
+            },
+            {
+              snapshotId: 'snap-1',
+              storeId: 'st-9',
+              storeRole: 'image',
+              status: 'Ready',
+              path: 'snapshots/snap-1/manifest.json',
+              sizeBytes: 2 * GiB,
+              virtualSizeBytes: 10 * GiB,
+            },
+          ],
+        }),
+      });
+
+      const result = await runCli(['snapshots', 'get', 'snap-1'], { api });
+
+      expect(result.code).toBe(0);
+      expect(api.last()).toMatchObject({ method: 'GET', path: '/snapshots/snap-1' });
+      const lines = [
+        /^ID\s+snap-1$/,
+        /^Name\s+nightly$/,
+        /^Volume\s+vol-1$/,
+        /^Status\s+BackedUp$/,
+        /^Size\s+10\.0 GiB \(10737418240 bytes\)$/,
+        /^Policy\s+pol-1$/,
+        /^Slot\s+2025-06-01T11:00:00\.000Z$/,
+        /^Version\s+2$/,
+        /^Created\s+1h ago \(2025-06-01T11:00:00\.000Z\)$/,
+        /^Updated\s+5m ago \(2025-06-01T11:55:00\.000Z\)$/,
+        /^Copies:$/,
+        /^STORE\s+ROLE\s+STATUS\s+SIZE\s+VIRTUAL SIZE\s+PATH\s+REASON$/,
+        /^st-1\s+primary\s+Ready\s+300\.0 MiB\s+-\s+volumes\/vol-1\.snap-1\.qcow2$/,
+        /^st-9\s+image\s+Ready\s+2\.0 GiB\s+10\.0 GiB\s+snapshots\/snap-1\/manifest\.json$/,
+      ];
+      for (const line of lines) expect(result.stdout).toMatch(new RegExp(line.source, 'm'));
+      expect(result.stdout).not.toMatch(/^Reason/m);
+    });
+
+    it('shows the reason of a snapshot in Error and (none) without copies; --json as received', async () => {
+      const failed = snapshot({ status: 'Error', statusReason: 'qemu-img: lock held', copies: [] });
+      api.on('GET', '/snapshots/a%2Fb', { status: 200, body: failed });
+
+      const human = await runCli(['snapshots', 'get', 'a/b'], { api });
+      const json = await runCli(['snapshots', 'get', 'a/b', '--json'], { api });
+
+      expect(human.stdout).toMatch(/^Reason\s+qemu-img: lock held$/m);
+      expect(human.stdout).toMatch(/Copies:\n\(none\)\n$/);
+      expect(JSON.parse(json.stdout)).toEqual(failed);
+      expect(api.last().path).toBe('/snapshots/a%2Fb');
+    });
+
+    it('a missing snapshot exits 1 with the API message', async () => {
+      api.on('GET', '/snapshots/snap-9', {
+        status: 404,
+        body: { error: { code: 'NotFound', message: 'snapshot snap-9 does not exist' } },
+      });
+
+      const result = await runCli(['snapshots', 'get', 'snap-9'], { api });
+
+      expect(result.code).toBe(1);
+      expect(result.stderr).toBe('Error: snapshot snap-9 does not exist\n  code:  NotFound (HTTP 404)\n');
+    });
+  });
+
+  describe('take', () => {
+    it('POSTs the name to the volume, follows the job with progress and shows the snapshot', async () => {
+      api
+        .on('POST', '/volumes/vol-1/snapshots', {
+          status: 202,
+          body: { snapshot: snapshot({ status: 'Allocated' }), job: snapshotJob() },
+        })
+        .on(
+          'GET',
+          '/jobs/job-1',
+          {
+            status: 200,
+            body: snapshotJob({ state: 'running', progress: 50, progressDetail: { step: 'snapshot' } }),
+          },
+          { status: 200, body: snapshotJob({ state: 'succeeded', progress: 100 }) },
+        )
+        .on('GET', '/snapshots/snap-1', { status: 200, body: snapshot() });
+
+      const result = await runCli(['snapshots', 'take', 'vol-1', '--name', 'nightly'], { api });
+
+      expect(result.code).toBe(0);
+      const post = api.requests[0]!;
+      expect(post).toMatchObject({
+        method: 'POST',
+        path: '/volumes/vol-1/snapshots',
+        body: { name: 'nightly' },
+      });
+      expect(post.headers['idempotency-key']).toMatch(UUID);
+      expect(api.requests.map((r) => `${r.method} ${r.path}`)).toEqual([
+        'POST /volumes/vol-1/snapshots',
+        'GET /jobs/job-1',
+        'GET /jobs/job-1',
+        'GET /snapshots/snap-1',
+      ]);
+      expect(result.stderr).toBe(
+        'job job-1 pending\njob job-1 running 50% (snapshot)\njob job-1 succeeded\n',
+      );
+      expect(result.stdout).toBe(
+        'Took snapshot nightly (snap-1) of volume vol-1, status CreatedOnPrimary.\n',
+      );
+    });
+
+    it('--backup sends backup: true, prints the counters the job reports, and notes a backup still running', async () => {
+      api
+        .on('POST', '/volumes/vol-1/snapshots', {
+          status: 202,
+          body: { snapshot: snapshot({ status: 'Allocated' }), job: snapshotJob() },
+        })
+        .on('GET', '/jobs/job-1', {
+          status: 200,
+          body: snapshotJob({
+            state: 'succeeded',
+            progress: 100,
+            result: { snapshotId: 'snap-1', ...COUNTERS },
+          }),
+        })
+        .on('GET', '/snapshots/snap-1', { status: 200, body: snapshot({ status: 'BackingUp' }) });
+
+      const result = await runCli(['snapshots', 'take', 'vol-1', '--name', 'nightly', '--backup'], { api });
+
+      expect(result.code).toBe(0);
+      expect(api.requests[0]!.body).toEqual({ name: 'nightly', backup: true });
+      expect(result.stdout).toMatch(
+        /^Took snapshot nightly \(snap-1\) of volume vol-1, status BackingUp\.\n/,
+      );
+      expect(result.stdout).toMatch(/^Incremental\s+yes$/m);
+      expect(result.stderr).toContain('Its backup is still running; check with: strata snapshots get snap-1');
+    });
+
+    it('--no-wait prints the job and does not poll; -q its id; --json the answer', async () => {
+      const accepted = { snapshot: snapshot({ status: 'Allocated' }), job: snapshotJob() };
+      api.on('POST', '/volumes/vol-1/snapshots', { status: 202, body: accepted });
+
+      const args = ['snapshots', 'take', 'vol-1', '--name', 'nightly', '--no-wait'];
+      const human = await runCli(args, { api });
+      const quiet = await runCli([...args, '-q'], { api });
+      const json = await runCli([...args, '--json'], { api });
+
+      expect(human).toMatchObject({
+        code: 0,
+        stdout: 'Snapshot nightly (snap-1): job job-1 pending.\n',
+        stderr: 'Follow it with: strata jobs wait job-1\n',
+      });
+      expect(quiet.stdout).toBe('job-1\n');
+      expect(JSON.parse(json.stdout)).toEqual(accepted);
+      expect(api.requests.every((r) => r.method === 'POST')).toBe(true);
+    });
+
+    it('exits 1 with the job error; --json still prints snapshot and job', async () => {
+      const failed = snapshotJob({
+        state: 'failed',
+        error: { code: 'SnapshotFailed', message: 'qemu-img: lock held' },
+      });
+      api
+        .on('POST', '/volumes/vol-1/snapshots', {
+          status: 202,
+          body: { snapshot: snapshot(), job: snapshotJob() },
+        })
+        .on('GET', '/jobs/job-1', { status: 200, body: failed })
+        .on('GET', '/snapshots/snap-1', { status: 200, body: snapshot({ status: 'Error' }) });
+
+      const args = ['snapshots', 'take', 'vol-1', '--name', 'n'];
+      const human = await runCli(args, { api });
+      const json = await runCli([...args, '--json'], { api });
+
+      expect(human.code).toBe(1);
+      expect(human.stderr).toContain(
+        'Error: job job-1 (snapshot.take) failed: SnapshotFailed: qemu-img: lock held',
+      );
+      expect(human.stdout).toBe('');
+      expect(json.code).toBe(1);
+      expect(JSON.parse(json.stdout)).toEqual({ snapshot: snapshot({ status: 'Error' }), job: failed });
+    });
+
+    it('a busy volume gets the state and how to find its job', async () => {
+      api.on('POST', '/volumes/vol-1/snapshots', {
+        status: 409,
+        body: { error: { code: 'Conflict', message: 'volume vol-1 is Migrating', state: 'Migrating' } },
+      });
+
+      const result = await runCli(['snapshots', 'take', 'vol-1', '--name', 'n'], { api });
+
+      expect(result.code).toBe(1);
+      expect(result.stderr).toBe(
+        'Error: volume vol-1 is Migrating\n' +
+          '  state: Migrating\n' +
+          '  code:  Conflict (HTTP 409)\n' +
+          'Hint: volume vol-1 is Migrating; snapshots are taken of Ready volumes ' +
+          '(strata jobs list --target vol-1 --state running)\n',
+      );
+    });
+
+    it.each([
+      [['vol-1'], '--name is required'],
+      [['--name', 'n'], 'missing <volumeId>'],
+      [['vol-1', '--name', 'n', '--timeout', 'soon'], "--timeout: 'soon' is not a duration"],
+    ])('rejects %j with a usage error and sends nothing', async (extra, message) => {
+      const result = await runCli(['snapshots', 'take', ...extra], { api });
+
+      expect(result.code).toBe(2);
+      expect(result.stderr).toContain(message);
+      expect(result.stderr).toContain("Run 'strata snapshots take --help' for usage.");
+      expect(api.requests).toHaveLength(0);
+    });
+  });
+
+  describe('backup', () => {
+    const backupJob = snapshotJob({ kind: 'snapshot.backup' });
+
+    it('POSTs the backup, follows the job and prints the counters', async () => {
+      api
+        .on('POST', '/snapshots/snap-1/backup', {
+          status: 202,
+          body: { snapshot: snapshot({ status: 'BackingUp' }), job: backupJob },
+        })
+        .on(
+          'GET',
+          '/jobs/job-1',
+          {
+            status: 200,
+            body: {
+              ...backupJob,
+              state: 'running',
+              progress: 40,
+              progressDetail: { step: 'upload', bytesRead: GiB, chunksUploaded: 10 },
+            },
+          },
+          { status: 200, body: { ...backupJob, state: 'succeeded', progress: 100, result: COUNTERS } },
+        )
+        .on('GET', '/snapshots/snap-1', { status: 200, body: snapshot({ status: 'BackedUp' }) });
+
+      const result = await runCli(['snapshots', 'backup', 'snap-1'], { api });
+
+      expect(result.code).toBe(0);
+      expect(api.requests[0]).toMatchObject({ method: 'POST', path: '/snapshots/snap-1/backup' });
+      expect(api.requests[0]!.headers['idempotency-key']).toMatch(UUID);
+      expect(result.stderr).toContain('job job-1 running 40% (upload)');
+      expect(result.stdout).toBe(
+        'Backed up snapshot nightly (snap-1) of volume vol-1, status BackedUp.\n' +
+          'Bytes read       2.0 GiB\n' +
+          'Bytes uploaded   256.0 MiB\n' +
+          'Chunks reused    448\n' +
+          'Chunks uploaded  64\n' +
+          'Incremental      yes\n',
+      );
+    });
+
+    it('a full backup says incremental no; counters missing from the result come from the last progress', async () => {
+      api
+        .on('POST', '/snapshots/snap-1/backup', {
+          status: 202,
+          body: { snapshot: snapshot(), job: backupJob },
+        })
+        .on('GET', '/jobs/job-1', {
+          status: 200,
+          body: {
+            ...backupJob,
+            state: 'succeeded',
+            progress: 100,
+            progressDetail: { bytesRead: 3 * GiB },
+            result: { bytesUploaded: 3 * GiB, chunksReused: 0, chunksUploaded: 768, incremental: false },
+          },
+        })
+        .on('GET', '/snapshots/snap-1', { status: 200, body: snapshot({ status: 'BackedUp' }) });
+
+      const result = await runCli(['snapshots', 'backup', 'snap-1'], { api });
+
+      expect(result.stdout).toMatch(/^Bytes read\s+3\.0 GiB$/m);
+      expect(result.stdout).toMatch(/^Chunks reused\s+0$/m);
+      expect(result.stdout).toMatch(/^Incremental\s+no$/m);
+    });
+
+    it('-q prints the id only; --json the snapshot and the job with its counters', async () => {
+      const done = { ...backupJob, state: 'succeeded', progress: 100, result: COUNTERS };
+      api
+        .on('POST', '/snapshots/snap-1/backup', {
+          status: 202,
+          body: { snapshot: snapshot(), job: backupJob },
+        })
+        .on('GET', '/jobs/job-1', { status: 200, body: done })
+        .on('GET', '/snapshots/snap-1', { status: 200, body: snapshot({ status: 'BackedUp' }) });
+
+      const quiet = await runCli(['snapshots', 'backup', 'snap-1', '-q'], { api });
+      const json = await runCli(['snapshots', 'backup', 'snap-1', '--json'], { api });
+
+      expect(quiet).toMatchObject({ code: 0, stdout: 'snap-1\n', stderr: '' });
+      expect(JSON.parse(json.stdout)).toEqual({ snapshot: snapshot({ status: 'BackedUp' }), job: done });
+    });
+
+    it('--no-wait prints the job and does not poll', async () => {
+      api.on('POST', '/snapshots/snap-1/backup', {
+        status: 202,
+        body: { snapshot: snapshot({ status: 'BackingUp' }), job: backupJob },
+      });
+
+      const result = await runCli(['snapshots', 'backup', 'snap-1', '--no-wait'], { api });
+
+      expect(result).toMatchObject({ code: 0, stdout: 'Snapshot nightly (snap-1): job job-1 pending.\n' });
+      expect(api.requests).toHaveLength(1);
+    });
+
+    it('exits 1 when the backup fails, without counters', async () => {
+      api
+        .on('POST', '/snapshots/snap-1/backup', {
+          status: 202,
+          body: { snapshot: snapshot(), job: backupJob },
+        })
+        .on('GET', '/jobs/job-1', {
+          status: 200,
+          body: {
+            ...backupJob,
+            state: 'failed',
+            error: { code: 'BackupFailed', message: 'image store st-9 is down' },
+          },
+        })
+        .on('GET', '/snapshots/snap-1', { status: 200, body: snapshot() });
+
+      const result = await runCli(['snapshots', 'backup', 'snap-1'], { api });
+
+      expect(result.code).toBe(1);
+      expect(result.stderr).toContain(
+        'job job-1 (snapshot.backup) failed: BackupFailed: image store st-9 is down',
+      );
+      expect(result.stdout).toBe('');
+    });
+
+    it('a snapshot being backed up already gets the state and how to find its job', async () => {
+      api.on('POST', '/snapshots/snap-1/backup', {
+        status: 409,
+        body: { error: { code: 'Conflict', message: 'snapshot snap-1 is BackingUp', state: 'BackingUp' } },
+      });
+
+      const result = await runCli(['snapshots', 'backup', 'snap-1'], { api });
+
+      expect(result.code).toBe(1);
+      expect(result.stderr).toContain(
+        'Hint: snapshot snap-1 is BackingUp; try again when its job ends (strata jobs list --target snap-1 --state running)\n',
+      );
+    });
+  });
+
+  describe('revert', () => {
+    const revertJob = snapshotJob({
+      kind: 'snapshot.revert',
+      state: 'succeeded',
+      progress: 100,
+      result: { snapshotId: 'snap-1', volumeId: 'vol-1' },
+    });
+
+    it('POSTs the revert and reports the finished job without polling', async () => {
+      api.on('POST', '/snapshots/snap-1/revert', { status: 200, body: { job: revertJob } });
+
+      const result = await runCli(['snapshots', 'revert', 'snap-1'], { api });
+      const json = await runCli(['snapshots', 'revert', 'snap-1', '--json'], { api });
+
+      expect(result).toMatchObject({ code: 0, stdout: 'Reverted volume vol-1 to snapshot snap-1.\n' });
+      expect(api.requests[0]).toMatchObject({ method: 'POST', path: '/snapshots/snap-1/revert' });
+      expect(api.requests[0]!.headers['idempotency-key']).toMatch(UUID);
+      expect(api.requests.every((r) => r.method === 'POST')).toBe(true);
+      expect(JSON.parse(json.stdout)).toEqual({ job: revertJob });
+    });
+
+    it('follows a job that is still running', async () => {
+      api
+        .on('POST', '/snapshots/snap-1/revert', {
+          status: 200,
+          body: { job: { ...revertJob, state: 'running', progress: 10, result: undefined } },
+        })
+        .on('GET', '/jobs/job-1', { status: 200, body: revertJob });
+
+      const result = await runCli(['snapshots', 'revert', 'snap-1', '-q'], { api });
+
+      expect(result).toMatchObject({ code: 0, stdout: 'snap-1\n' });
+      expect(api.requests.map((r) => `${r.method} ${r.path}`)).toEqual([
+        'POST /snapshots/snap-1/revert',
+        'GET /jobs/job-1',
+      ]);
+    });
+
+    it('exits 1 when the revert job failed', async () => {
+      api.on('POST', '/snapshots/snap-1/revert', {
+        status: 200,
+        body: { job: { ...revertJob, state: 'failed', error: { code: 'RevertFailed', message: 'no host' } } },
+      });
+
+      const result = await runCli(['snapshots', 'revert', 'snap-1'], { api });
+
+      expect(result.code).toBe(1);
+      expect(result.stderr).toContain('job job-1 (snapshot.revert) failed: RevertFailed: no host');
+      expect(result.stdout).toBe('');
+    });
+
+    it('a conflict says what a revert needs', async () => {
+      api.on('POST', '/snapshots/snap-1/revert', {
+        status: 409,
+        body: { error: { code: 'Conflict', message: 'snapshot snap-1 is Destroying', state: 'Destroying' } },
+      });
+
+      const result = await runCli(['snapshots', 'revert', 'snap-1'], { api });
+
+      expect(result.code).toBe(1);
+      expect(result.stderr).toContain(
+        'Hint: a revert needs the snapshot on primary storage (CreatedOnPrimary or BackedUp) and its volume Ready; ' +
+          'see: strata snapshots get snap-1\n',
+      );
+    });
+  });
+
+  describe('delete', () => {
+    it('DELETEs the snapshot (all copies by default)', async () => {
+      api.on('DELETE', '/snapshots/snap-1', { status: 204 });
+
+      const human = await runCli(['snapshots', 'delete', 'snap-1'], { api });
+      const quiet = await runCli(['snapshots', 'delete', 'snap-1', '-q'], { api });
+      const json = await runCli(['snapshots', 'delete', 'snap-1', '--json'], { api });
+
+      expect(human).toMatchObject({ code: 0, stdout: 'Deleted snapshot snap-1.\n' });
+      expect(api.requests[0]).toMatchObject({ method: 'DELETE', path: '/snapshots/snap-1', query: {} });
+      expect(api.requests[0]!.headers['idempotency-key']).toMatch(UUID);
+      expect(quiet.stdout).toBe('snap-1\n');
+      expect(JSON.parse(json.stdout)).toEqual({ id: 'snap-1', deleted: true });
+    });
+
+    it.each([
+      ['primary', 'Deleted the primary copy of snapshot snap-1.\n'],
+      ['image', 'Deleted the backup of snapshot snap-1.\n'],
+      ['all', 'Deleted snapshot snap-1.\n'],
+    ])('--from %s is passed through', async (from, sentence) => {
+      api.on('DELETE', '/snapshots/snap-1', { status: 204 });
+
+      const result = await runCli(['snapshots', 'delete', 'snap-1', '--from', from], { api });
+
+      expect(result).toMatchObject({ code: 0, stdout: sentence });
+      expect(api.last().query).toEqual({ from });
+    });
+
+    it('follows the job of an asynchronous delete', async () => {
+      const deleteJob = snapshotJob({ kind: 'snapshot.delete' });
+      api
+        .on('DELETE', '/snapshots/snap-1', { status: 202, body: { job: deleteJob } })
+        .on('GET', '/jobs/job-1', { status: 200, body: { ...deleteJob, state: 'succeeded', progress: 100 } });
+
+      const result = await runCli(['snapshots', 'delete', 'snap-1'], { api });
+
+      expect(result).toMatchObject({ code: 0, stdout: 'Deleted snapshot snap-1.\n' });
+      expect(api.requests.map((r) => `${r.method} ${r.path}`)).toEqual([
+        'DELETE /snapshots/snap-1',
+        'GET /jobs/job-1',
+      ]);
+    });
+
+    it('refuses an unknown --from and sends nothing', async () => {
+      const result = await runCli(['snapshots', 'delete', 'snap-1', '--from', 'backup'], { api });
+
+      expect(result.code).toBe(2);
+      expect(result.stderr).toContain("--from: 'backup' is not one of primary, image, all");
+      expect(api.requests).toHaveLength(0);
+    });
+
+    it('a refused delete shows the API error', async () => {
+      api.on('DELETE', '/snapshots/snap-1', {
+        status: 409,
+        body: { error: { code: 'Conflict', message: 'snapshot snap-1 is Creating', state: 'Creating' } },
+      });
+
+      const result = await runCli(['snapshots', 'delete', 'snap-1'], { api });
+
+      expect(result.code).toBe(1);
+      expect(result.stderr).toContain('Error: snapshot snap-1 is Creating\n');
+      expect(result.stderr).toContain('Hint: snapshot snap-1 is Creating; try again when its job ends');
+    });
+  });
+
+  describe('restore', () => {
+    const restoreJob = job({ kind: 'volume.create', target: { type: 'volume', id: 'vol-2' } });
+
+    it('POSTs a volume from the snapshot, follows the job and shows the volume', async () => {
+      api
+        .on('POST', '/volumes', {
+          status: 202,
+          body: { volume: volume({ status: 'Allocated' }), job: restoreJob },
+        })
+        .on('GET', '/jobs/job-1', { status: 200, body: { ...restoreJob, state: 'succeeded', progress: 100 } })
+        .on('GET', '/volumes/vol-2', { status: 200, body: volume() });
+
+      const result = await runCli(
+        ['snapshots', 'restore', 'snap-1', '--name', 'restored', '--zone', 'zone-1'],
+        { api },
+      );
+
+      expect(result.code).toBe(0);
+      const post = api.requests[0]!;
+      expect(post).toMatchObject({ method: 'POST', path: '/volumes', query: {} });
+      expect(post.body).toEqual({ name: 'restored', zoneId: 'zone-1', fromSnapshotId: 'snap-1' });
+      expect(post.headers['idempotency-key']).toMatch(UUID);
+      expect(api.requests.map((r) => `${r.method} ${r.path}`)).toEqual([
+        'POST /volumes',
+        'GET /jobs/job-1',
+        'GET /volumes/vol-2',
+      ]);
+      expect(result.stdout).toBe(
+        'Restored snapshot snap-1 to volume restored (vol-2), 10.0 GiB on store st-1, status Ready.\n',
+      );
+    });
+
+    it('sends --store and --size; --no-wait prints the job', async () => {
+      api.on('POST', '/volumes', {
+        status: 202,
+        body: { volume: volume({ status: 'Allocated' }), job: restoreJob },
+      });
+
+      const result = await runCli(
+        [
+          'snapshots',
+          'restore',
+          'snap-1',
+          '--name',
+          'restored',
+          '--zone',
+          'zone-1',
+          '--store',
+          'st-2',
+          '--size',
+          '20G',
+          '--no-wait',
+        ],
+        { api },
+      );
+
+      expect(result).toMatchObject({ code: 0, stdout: 'Volume restored (vol-2): job job-1 pending.\n' });
+      expect(api.requests).toHaveLength(1);
+      expect(api.requests[0]!.body).toEqual({
+        name: 'restored',
+        zoneId: 'zone-1',
+        fromSnapshotId: 'snap-1',
+        storeId: 'st-2',
+        sizeBytes: 20 * GiB,
+      });
+    });
+
+    it('shows an API error on the snapshot as the <id> argument', async () => {
+      api.on('POST', '/volumes', {
+        status: 422,
+        body: {
+          error: {
+            code: 'Unprocessable',
+            message: 'snapshot snap-1 has no Ready copy',
+            field: 'fromSnapshotId',
+          },
+        },
+      });
+
+      const result = await runCli(['snapshots', 'restore', 'snap-1', '--name', 'r', '--zone', 'z'], { api });
+
+      expect(result.code).toBe(1);
+      expect(result.stderr).toContain('  field: fromSnapshotId (set with the <id> argument)\n');
+    });
+
+    it.each([
+      [['snap-1', '--zone', 'z'], '--name is required'],
+      [['snap-1', '--name', 'r'], '--zone is required'],
+      [['snap-1', '--name', 'r', '--zone', 'z', '--size', '0'], "--size: '0' is not a positive size"],
+      [['--name', 'r', '--zone', 'z'], 'missing <id>'],
+    ])('rejects %j with a usage error and sends nothing', async (extra, message) => {
+      const result = await runCli(['snapshots', 'restore', ...extra], { api });
+
+      expect(result.code).toBe(2);
+      expect(result.stderr).toContain(message);
+      expect(result.stderr).toContain("Run 'strata snapshots restore --help' for usage.");
+      expect(api.requests).toHaveLength(0);
+    });
+  });
+
+  it('the group is listed in the root help and its own help lists every command', async () => {
+    const root = await runCli(['--help']);
+    const group = await runCli(['snapshots', '--help']);
+
+    expect(root.stdout).toMatch(/^ {2}snapshots\s+volume snapshots:/m);
+    for (const name of ['list', 'get', 'take', 'backup', 'revert', 'delete', 'restore']) {
+      expect(group.stdout).toMatch(new RegExp(`^ {2}${name}\\s{2,}`, 'm'));
+    }
+  });
+});
