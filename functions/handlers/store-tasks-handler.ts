@@ -23,6 +23,8 @@ const attach = z.object({
 const volumeStep = z.object({ jobId: id, volumeId: id });
 const snapshotStep = z.object({ jobId: id, snapshotId: id });
 const maintenance = z.object({ jobId: id, storeId: id, action: z.enum(['enter', 'cancel']) });
+/** What a policy's schedule starts the snapshot-policy flow with; the time is ISO-8601. */
+const policyRun = z.object({ policyId: id, scheduledTime: z.iso.datetime({ offset: true }) });
 
 const tasks = {
   prepareAttach: (s: Strata, i: unknown) => s.storeFlows.prepareAttach(attach.parse(i)),
@@ -73,6 +75,25 @@ const tasks = {
   destroyVolume: (s: Strata, i: unknown) => s.volumes.destroy(volumeStep.parse(i)),
   failDestroy: (s: Strata, i: unknown) =>
     s.volumes.failDestroy(volumeStep.extend({ error: sfnError }).parse(i)),
+  runPolicy: (s: Strata, i: unknown) => s.policies.runPolicy(policyRun.parse(i)),
+  policyJobStatus: (s: Strata, i: unknown) =>
+    s.policies.policyJobStatus(
+      z
+        .object({
+          jobId: id,
+          polls: z.number().int().nonnegative(),
+          maxPolls: z.number().int().positive(),
+        })
+        .parse(i),
+    ),
+  applyRetention: (s: Strata, i: unknown) => s.policies.applyRetention(z.object({ policyId: id }).parse(i)),
+  failPolicyRun: (s: Strata, i: unknown) =>
+    // Loose on purpose: a run refused for a malformed start still gets its failure recorded.
+    s.policies.failPolicyRun(
+      z
+        .object({ policyId: z.string().max(256), scheduledTime: z.string().max(64), error: sfnError })
+        .parse(i),
+    ),
 } satisfies TaskTable;
 
 export function createStoreTasksHandler(getStrata: () => Promise<Strata> | Strata) {
