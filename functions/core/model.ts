@@ -151,6 +151,9 @@ export interface Volume extends Versioned {
   format: ImageFormat;
   path?: string;
   tags: string[];
+  /** The snapshot it was restored from, and which of its copies the restore reads. */
+  sourceSnapshotId?: string;
+  restoreFrom?: 'auto' | 'primary' | 'backup';
   /** Hosts granted access (grantAccess), e.g. the one running the VM. */
   accessHostIds: string[];
   status: VolumeStatus;

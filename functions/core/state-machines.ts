@@ -106,7 +106,9 @@ export const snapshotMachine: StateMachine<S> = {
     [S.CreatedOnPrimary]: [S.BackingUp, S.Destroying],
     [S.BackingUp]: [S.BackedUp, S.CreatedOnPrimary],
     [S.BackedUp]: [S.Destroying],
-    [S.Destroying]: [S.Destroyed, S.Error],
+    // Back to what the copies left make it, when only one of two copies was deleted or a
+    // delete was refused before touching anything.
+    [S.Destroying]: [S.Destroyed, S.Error, S.CreatedOnPrimary, S.BackedUp],
     [S.Destroyed]: [],
     [S.Error]: [S.Destroying],
   },

@@ -77,10 +77,18 @@ export class Strata {
     this.images = new ImageService({ ...deps, motion: this.motion, fetcher: ports.fetcher });
     this.volumes = new VolumeService({
       ...deps,
-      hasSnapshots: async (volumeId) =>
-        (await allPages((cursor) => ports.repo.list('Snapshot', { filter: { volumeId }, cursor }))).map(
-          (x) => x.id,
-        ),
+      // Snapshots whose only copy is a backup do not hold the volume: backups outlive it.
+      hasSnapshots: async (volumeId) => {
+        const all = await allPages((cursor) => ports.repo.list('Snapshot', { filter: { volumeId }, cursor }));
+        const held: string[] = [];
+        for (const snapshot of all) {
+          const copies = await ports.repo.listCopies('SnapshotInStore', snapshot.id);
+          if (snapshot.status !== 'BackedUp' || copies.some((c) => c.storeRole !== 'image'))
+            held.push(snapshot.id);
+        }
+        return held;
+      },
+      restoreSnapshot: (input) => this.snapshots.backups.restoreInto(input),
       installStrategy: (provider) =>
         ports.registry.has(provider) ? ports.registry.get(provider).templateInstall : undefined,
       clock,

@@ -72,6 +72,22 @@ const tasks = {
     ),
   failTake: (s: Strata, i: unknown) =>
     s.snapshots.failTake(snapshotStep.extend({ error: sfnError }).parse(i)),
+  scanBackup: (s: Strata, i: unknown) => s.snapshots.backups.scanBackup(snapshotStep.parse(i)),
+  uploadBackup: (s: Strata, i: unknown) => s.snapshots.backups.uploadBackup(snapshotStep.parse(i)),
+  commitBackup: (s: Strata, i: unknown) =>
+    s.snapshots.backups.commitBackup(
+      snapshotStep
+        .extend({
+          upload: z.object({
+            chunksUploaded: z.number().int().nonnegative(),
+            bytesRead: z.number().int().nonnegative(),
+            bytesUploaded: z.number().int().nonnegative(),
+          }),
+        })
+        .parse(i),
+    ),
+  failBackup: (s: Strata, i: unknown) =>
+    s.snapshots.backups.failBackup(snapshotStep.extend({ error: sfnError }).parse(i)),
   destroyVolume: (s: Strata, i: unknown) => s.volumes.destroy(volumeStep.parse(i)),
   failDestroy: (s: Strata, i: unknown) =>
     s.volumes.failDestroy(volumeStep.extend({ error: sfnError }).parse(i)),

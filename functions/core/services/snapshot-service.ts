@@ -12,9 +12,11 @@ import { ConflictError, UnprocessableError } from '../errors.js';
 import { newId } from '../ids.js';
 import type { Job, Snapshot, SnapshotInStore, Volume } from '../model.js';
 import { ObjectInStoreStatus as O, SnapshotStatus as S, VolumeStatus as V } from '../model.js';
+import { allPages } from '../paging.js';
 import type { ListOptions, Page, Repository, WorkflowPort } from '../ports.js';
 import { FlowName } from '../ports.js';
 import { snapshotMachine, volumeMachine } from '../state-machines.js';
+import { BackupService, MERGE_OWNER_PREFIX } from './backup-service.js';
 import { toStoreInfo } from './datastore-service.js';
 import { causeMessage, type JobService, type WorkflowFailure } from './job-service.js';
 
@@ -49,7 +51,12 @@ export interface TakeOptions {
 }
 
 export class SnapshotService {
-  constructor(private readonly deps: SnapshotDeps) {}
+  /** Backup to the image store, restore and backup removal. */
+  readonly backups: BackupService;
+
+  constructor(private readonly deps: SnapshotDeps) {
+    this.backups = new BackupService(deps);
+  }
 
   private get repo(): Repository {
     return this.deps.repo;
@@ -168,6 +175,23 @@ export class SnapshotService {
       });
     }
     await this.releaseVolume(volume, input.jobId, V.Snapshotting);
+    if (snapshot.backupRequested) {
+      // The same job goes on with the backup (snapshot-backup finishes it).
+      const now = await this.repo.require({ type: 'Snapshot', id: snapshot.id });
+      if (now.status === S.CreatedOnPrimary) {
+        try {
+          await this.backups.continueAfterTake(snapshot.id, input.jobId);
+          return;
+        } catch (e) {
+          await this.deps.jobs.fail(input.jobId, {
+            code: 'BackupNotStarted',
+            message: `snapshot ${snapshot.id} was taken, but its backup did not start: ${(e as Error).message}`,
+          });
+          return;
+        }
+      }
+      return; // an earlier run of this step started the backup
+    }
     await this.deps.jobs.succeed(input.jobId, {
       snapshotId: snapshot.id,
       volumeId: volume.id,
@@ -247,11 +271,34 @@ export class SnapshotService {
     return { job: await this.deps.jobs.succeed(jobId, { snapshotId, volumeId: volume.id }) };
   }
 
-  /** Deletes a snapshot from primary storage, merging its data into whatever depends on it. */
-  async delete(snapshotId: string): Promise<void> {
+  /**
+   * Deletes a snapshot from primary storage (merging its layer into whatever depends on it), from
+   * the image store (its backup: chunks no other backup holds are collected), or both (`all`).
+   * Removing one copy of a snapshot that has two keeps the snapshot with the other.
+   */
+  async delete(snapshotId: string, from: 'all' | 'primary' | 'image' = 'all'): Promise<void> {
     const snapshot = await this.repo.require({ type: 'Snapshot', id: snapshotId });
-    const volume = await this.repo.require({ type: 'Volume', id: snapshot.volumeId });
-    const owner = newId('op');
+    // A backup outlives its volume: only a layer on primary storage needs the volume.
+    const volume: Volume =
+      (await this.repo.get({ type: 'Volume', id: snapshot.volumeId })) ??
+      ({
+        id: snapshot.volumeId,
+        version: 0,
+        format: 'qcow2' as const,
+        status: V.Destroyed,
+      } as Volume);
+    const copies = await this.repo.listCopies('SnapshotInStore', snapshotId);
+    const isImage = (c: SnapshotInStore) => c.storeRole === 'image';
+    const targets = copies.filter((c) => from === 'all' || (from === 'image') === isImage(c));
+    const kept = copies.filter((c) => !targets.includes(c));
+    if (from !== 'all' && targets.length === 0) {
+      throw new UnprocessableError(`snapshot ${snapshotId} has no copy on ${from} storage`, {
+        field: 'from',
+      });
+    }
+    // What the snapshot is once the targets are gone (none: it is destroyed).
+    const after = kept.some(isImage) ? S.BackedUp : kept.length > 0 ? S.CreatedOnPrimary : undefined;
+    const owner = newId(MERGE_OWNER_PREFIX.slice(0, -1));
     await this.repo.transition({
       key: { type: 'Snapshot', id: snapshotId },
       machine: snapshotMachine,
@@ -260,32 +307,51 @@ export class SnapshotService {
       expectedVersion: snapshot.version,
       lease: { owner, ttlSeconds: LEASE_SECONDS },
     });
-    // The merge rewrites the volume's chain: no other operation on the volume meanwhile.
-    await this.repo
-      .transition({
-        key: { type: 'Volume', id: volume.id },
-        machine: volumeMachine,
-        from: V.Ready,
-        to: V.Snapshotting,
-        expectedVersion: volume.version,
-        lease: { owner, ttlSeconds: LEASE_SECONDS },
-      })
-      .catch(async (e: unknown) => {
-        await this.repo.transition({
-          key: { type: 'Snapshot', id: snapshotId },
-          machine: snapshotMachine,
-          from: S.Destroying,
-          to: S.Error,
-          leaseOwner: owner,
-          changes: { statusReason: `not deleted: ${(e as Error).message}` },
-        });
-        throw e;
+    const giveBack = async (reason: string) =>
+      this.repo.transition({
+        key: { type: 'Snapshot', id: snapshotId },
+        machine: snapshotMachine,
+        from: S.Destroying,
+        to: snapshot.status === S.Error || snapshot.status === S.Allocated ? S.Error : snapshot.status,
+        leaseOwner: owner,
+        changes: { statusReason: reason },
       });
+    // The merge rewrites the volume's chain: no other operation on the volume meanwhile.
+    const mergesLayer = targets.some((c) => !isImage(c));
+    if (mergesLayer) {
+      await this.repo
+        .transition({
+          key: { type: 'Volume', id: volume.id },
+          machine: volumeMachine,
+          from: V.Ready,
+          to: V.Snapshotting,
+          expectedVersion: volume.version,
+          lease: { owner, ttlSeconds: LEASE_SECONDS },
+        })
+        .catch(async (e: unknown) => {
+          await giveBack(`not deleted: ${(e as Error).message}`);
+          throw e;
+        });
+      // A backup reads layers the merge rewrites: if one started, back off (see BackupService.prepare).
+      const siblings = await allPages((cursor) =>
+        this.repo.list('Snapshot', { cursor, limit: 100, filter: { volumeId: volume.id } }),
+      );
+      const backingUp = siblings.find((x) => x.status === S.BackingUp);
+      if (backingUp) {
+        await this.releaseVolume(volume, owner, V.Snapshotting);
+        await giveBack(`not deleted: snapshot ${backingUp.id} is being backed up`);
+        throw new ConflictError(`snapshot ${backingUp.id} of the volume is being backed up; retry after it`, {
+          state: S.BackingUp,
+        });
+      }
+    }
     try {
-      for (const copy of await this.repo.listCopies('SnapshotInStore', snapshotId)) {
+      for (const copy of targets) {
         const store = await this.repo.require({ type: 'DataStore', id: copy.storeId });
         const driver = this.deps.registry.get(store.provider).driver;
-        if (store.role === 'primary' && isPrimaryDriver(driver) && driver.deleteSnapshot) {
+        if (isImage(copy)) {
+          await this.backups.removeBackup(snapshot, copy, owner);
+        } else if (store.role === 'primary' && isPrimaryDriver(driver) && driver.deleteSnapshot) {
           const { id: hostId } = await this.deps.selectHost([store.id]);
           await driver.deleteSnapshot({
             store: toStoreInfo(store),
@@ -297,8 +363,31 @@ export class SnapshotService {
         }
         await this.repo.delete({ type: 'SnapshotInStore', id: snapshotId, storeId: copy.storeId });
       }
+    } catch (e) {
+      await this.repo
+        .transition({
+          key: { type: 'Snapshot', id: snapshotId },
+          machine: snapshotMachine,
+          from: S.Destroying,
+          to: S.Error,
+          leaseOwner: owner,
+          changes: { statusReason: `delete failed (retry it): ${(e as Error).message}` },
+        })
+        .catch(() => undefined);
+      throw e;
     } finally {
-      await this.releaseVolume(volume, owner, V.Snapshotting);
+      if (mergesLayer) await this.releaseVolume(volume, owner, V.Snapshotting);
+    }
+    if (after) {
+      await this.repo.transition({
+        key: { type: 'Snapshot', id: snapshotId },
+        machine: snapshotMachine,
+        from: S.Destroying,
+        to: after,
+        leaseOwner: owner,
+        changes: { statusReason: undefined },
+      });
+      return;
     }
     await this.repo.transition({
       key: { type: 'Snapshot', id: snapshotId },

@@ -27,8 +27,8 @@ import {
   UnprocessableError,
 } from '../errors.js';
 import { newId } from '../ids.js';
-import type { DataStore, Job, Template, TemplateInStore, Volume } from '../model.js';
-import { ObjectInStoreStatus as O, VolumeStatus as V } from '../model.js';
+import type { DataStore, Job, Snapshot, Template, TemplateInStore, Volume } from '../model.js';
+import { ObjectInStoreStatus as O, SnapshotStatus, VolumeStatus as V } from '../model.js';
 import { allPages } from '../paging.js';
 import type { Clock, ListOptions, Page, Repository, WorkflowPort } from '../ports.js';
 import { FlowName, systemClock } from '../ports.js';
@@ -50,6 +50,10 @@ export interface CreateVolumeInput {
   clusterId?: string;
   tags?: string[];
   mode?: 'linked' | 'full';
+  /** Restore this snapshot into the new volume (from its backup or its primary layer). */
+  fromSnapshotId?: string;
+  /** Which copy a restore reads (default `auto`: the primary layer when a host reaches it). */
+  restoreFrom?: 'auto' | 'primary' | 'backup';
 }
 
 export interface VolumeFilter {
@@ -70,6 +74,14 @@ export interface VolumeDeps {
   hasSnapshots: (volumeId: string) => Promise<string[]>;
   /** The TemplateInstallStrategy of a primary store's provider, if it has one. */
   installStrategy: (provider: string) => TemplateInstallStrategy | undefined;
+  /** Restores a snapshot into a new volume's file on its pool (SnapshotService's backups). */
+  restoreSnapshot?: (input: {
+    jobId: string;
+    snapshotId: string;
+    volume: Volume;
+    pool: DataStore;
+    from: 'auto' | 'primary' | 'backup';
+  }) => Promise<{ path: string }>;
   clock?: Clock;
 }
 
@@ -107,7 +119,7 @@ export class VolumeService {
 
   /** Places and reserves, records the volume (Creating, leased), then starts volume-create. */
   async create(input: CreateVolumeInput): Promise<{ volume: Volume; job: Job }> {
-    const { sizeBytes, template } = await this.sizing(input);
+    const { sizeBytes, template, snapshot } = await this.sizing(input);
     const placement = await this.plan(input, sizeBytes);
     const { store } = await reserve(this.repo, placement, sizeBytes);
     const jobId = newId('job');
@@ -120,7 +132,8 @@ export class VolumeService {
         zoneId: input.zoneId,
         storeId: store.id,
         ...(template ? { templateId: template.id } : {}),
-        mode: template ? (input.mode ?? 'linked') : 'blank',
+        ...(snapshot ? { sourceSnapshotId: snapshot.id, restoreFrom: input.restoreFrom ?? 'auto' } : {}),
+        mode: template ? (input.mode ?? 'linked') : snapshot ? 'full' : 'blank',
         sizeBytes,
         format: 'qcow2',
         tags: input.tags ?? [],
@@ -232,7 +245,16 @@ export class VolumeService {
     const { id: hostId } = await this.deps.selectHost([pool.id]);
     const object = { kind: 'volume' as const, id: volume.id, format: 'qcow2' as ImageFormat };
     let path: string;
-    if (volume.templateId) {
+    if (volume.sourceSnapshotId) {
+      if (!this.deps.restoreSnapshot) throw new UnprocessableError('restores are not configured');
+      ({ path } = await this.deps.restoreSnapshot({
+        jobId: input.jobId,
+        snapshotId: volume.sourceSnapshotId,
+        volume,
+        pool,
+        from: volume.restoreFrom ?? 'auto',
+      }));
+    } else if (volume.templateId) {
       const strategy = this.requireStrategy(pool);
       const template = await this.repo.require({ type: 'Template', id: volume.templateId });
       const cache = await this.repo.require({ type: 'TemplateInStore', id: template.id, storeId: pool.id });
@@ -1025,7 +1047,10 @@ export class VolumeService {
     return volume;
   }
 
-  private async sizing(input: CreateVolumeInput): Promise<{ sizeBytes: number; template?: Template }> {
+  private async sizing(
+    input: CreateVolumeInput,
+  ): Promise<{ sizeBytes: number; template?: Template; snapshot?: Snapshot }> {
+    if (input.fromSnapshotId) return this.restoreSizing(input, input.fromSnapshotId);
     if (!input.templateId) {
       if (!input.sizeBytes) throw new InputError('a blank volume needs sizeBytes', { field: 'sizeBytes' });
       return { sizeBytes: input.sizeBytes };
@@ -1053,6 +1078,47 @@ export class VolumeService {
       });
     }
     return { sizeBytes, template };
+  }
+
+  /** A restore makes a volume of the snapshot's size, from a copy that can be read. */
+  private async restoreSizing(
+    input: CreateVolumeInput,
+    snapshotId: string,
+  ): Promise<{ sizeBytes: number; snapshot: Snapshot }> {
+    const snapshot = await this.repo.get({ type: 'Snapshot', id: snapshotId });
+    if (!snapshot) {
+      throw new UnprocessableError(`snapshot ${snapshotId} does not exist`, { field: 'fromSnapshotId' });
+    }
+    const copies = await this.repo.listCopies('SnapshotInStore', snapshotId);
+    const from = input.restoreFrom ?? 'auto';
+    const readable = copies.filter(
+      (c) => c.status === O.Ready && (from === 'auto' || (from === 'backup') === (c.storeRole === 'image')),
+    );
+    if (
+      (snapshot.status !== SnapshotStatus.CreatedOnPrimary && snapshot.status !== SnapshotStatus.BackedUp) ||
+      readable.length === 0
+    ) {
+      throw new ConflictError(
+        `snapshot ${snapshotId} is ${snapshot.status} and has no ${from === 'auto' ? 'readable' : from} copy to restore`,
+        {
+          field: 'fromSnapshotId',
+          state: snapshot.status,
+        },
+      );
+    }
+    const sizeBytes = readable.find((c) => c.virtualSizeBytes)?.virtualSizeBytes ?? snapshot.sizeBytes ?? 0;
+    if (!sizeBytes) {
+      throw new UnprocessableError(`snapshot ${snapshotId} does not record its size`, {
+        field: 'fromSnapshotId',
+      });
+    }
+    if (input.sizeBytes !== undefined && input.sizeBytes !== sizeBytes) {
+      throw new InputError(
+        `a restored volume has the snapshot's size (${sizeBytes}); resize it after the restore`,
+        { field: 'sizeBytes' },
+      );
+    }
+    return { sizeBytes, snapshot };
   }
 
   private async plan(input: CreateVolumeInput, sizeBytes: number): Promise<Placement> {

@@ -13,7 +13,10 @@ import {
   HostPatchBody,
   IdParam,
   JobListQuery,
+  SnapshotDeleteQuery,
   SnapshotListQuery,
+  SnapshotPolicyCreateBody,
+  SnapshotPolicyListQuery,
   SnapshotTakeBody,
   StoreCreateBody,
   StoreListQuery,
@@ -277,7 +280,7 @@ export const routes: Route<ApiContext>[] = [
     { body: SnapshotTakeBody, async: true },
     async (c, p) => {
       const input = parse(SnapshotTakeBody, c.body, '');
-      return accepted(await c.strata.snapshots.take(id(p), input.name));
+      return accepted(await c.strata.snapshots.take(id(p), input.name, { backup: input.backup }));
     },
   ),
   route('GET', '/snapshots', 'List snapshots (of a volume)', { query: SnapshotListQuery }, async (c) => {
@@ -289,6 +292,13 @@ export const routes: Route<ApiContext>[] = [
   ),
   route(
     'POST',
+    '/snapshots/{id}/backup',
+    'Back the snapshot up to the image store: changed chunks only, every backup restorable alone (async)',
+    { async: true },
+    async (c, p) => accepted(await c.strata.snapshots.backups.backup(id(p))),
+  ),
+  route(
+    'POST',
     '/snapshots/{id}/revert',
     'Return the volume to this snapshot (any snapshot, not only the latest)',
     {},
@@ -297,10 +307,45 @@ export const routes: Route<ApiContext>[] = [
   route(
     'DELETE',
     '/snapshots/{id}',
-    'Delete a snapshot, merging it into what depends on it',
+    'Delete a snapshot from primary storage (merged into what depends on it), its backup, or both (?from=)',
+    { query: SnapshotDeleteQuery },
+    async (c, p) => {
+      const { from } = parse(SnapshotDeleteQuery, c.query, 'query');
+      await c.strata.snapshots.delete(id(p), from);
+      return { status: 204 };
+    },
+  ),
+
+  route(
+    'POST',
+    '/snapshot-policies',
+    'Create a snapshot policy: a volume, a schedule (cron or rate, in a time zone), keep N, backup or not',
+    { body: SnapshotPolicyCreateBody },
+    async (c) => {
+      const input = parse(SnapshotPolicyCreateBody, c.body, '');
+      return { status: 201, body: await c.strata.policies.create(input) };
+    },
+  ),
+  route(
+    'GET',
+    '/snapshot-policies',
+    'List snapshot policies (of a volume)',
+    { query: SnapshotPolicyListQuery },
+    async (c) => {
+      const { limit, cursor, volumeId } = parse(SnapshotPolicyListQuery, c.query, 'query');
+      return ok(await c.strata.policies.list(volumeId, { limit, cursor }));
+    },
+  ),
+  route('GET', '/snapshot-policies/{id}', 'Get a snapshot policy', {}, async (c, p) =>
+    ok(await c.strata.policies.get(id(p))),
+  ),
+  route(
+    'DELETE',
+    '/snapshot-policies/{id}',
+    'Delete a snapshot policy and its schedule (its snapshots stay)',
     {},
     async (c, p) => {
-      await c.strata.snapshots.delete(id(p));
+      await c.strata.policies.delete(id(p));
       return { status: 204 };
     },
   ),

@@ -111,6 +111,21 @@ export const JobListQuery = z
   })
   .strict();
 
+export const SnapshotPolicyCreateBody = z
+  .object({
+    volumeId: safeId,
+    /** `cron(<6 fields>)` or `rate(<n> <unit>)`, EventBridge Scheduler syntax (checked by the service). */
+    schedule: z.string().trim().min(1).max(256),
+    /** IANA zone the cron fields are read in. */
+    timeZone: z.string().min(1).max(64).default('UTC'),
+    keep: z.number().int().min(1).max(1000),
+    backup: z.boolean().default(false),
+    name: displayName.optional(),
+  })
+  .strict();
+
+export const SnapshotPolicyListQuery = z.object({ ...paging, volumeId: safeId.optional() }).strict();
+
 export const IdParam = safeId;
 export const IdempotencyKeyHeader = z
   .string()
@@ -188,8 +203,16 @@ export const VolumeCreateBody = z
     clusterId: safeId.optional(),
     tags: z.array(tag).max(32).optional(),
     mode: z.enum(['linked', 'full']).optional(),
+    /** Restore this snapshot (its backup, or its layer on primary storage) into the new volume. */
+    fromSnapshotId: safeId.optional(),
+    /** Which copy a restore reads: `auto` prefers the primary layer when a host reaches it. */
+    restoreFrom: z.enum(['auto', 'primary', 'backup']).optional(),
   })
-  .strict();
+  .strict()
+  .refine((b) => !(b.fromSnapshotId && b.templateId), {
+    message: 'give either templateId or fromSnapshotId, not both',
+    path: ['fromSnapshotId'],
+  });
 
 export const VolumeCreateQuery = z.object({ dryRun: z.enum(['true', 'false']).optional() }).strict();
 
@@ -214,5 +237,8 @@ export const VolumeResizeBody = z
 
 export const VolumeMigrateBody = z.object({ storeId: safeId }).strict();
 
-export const SnapshotTakeBody = z.object({ name: displayName }).strict();
+export const SnapshotTakeBody = z.object({ name: displayName, backup: z.boolean().default(false) }).strict();
+export const SnapshotDeleteQuery = z
+  .object({ from: z.enum(['all', 'primary', 'image']).default('all') })
+  .strict();
 export const SnapshotListQuery = z.object({ ...paging, volumeId: safeId.optional() }).strict();

@@ -1,0 +1,772 @@
+/**
+ * Backup of snapshots to the image store, restore from backups, and removal of backups
+ * (docs/backup-format.md). The snapshot-backup flow runs three steps — scan, upload, commit — with
+ * a compensation; restores run inside volume-create; removal runs inside snapshot delete.
+ *
+ * Image-store layout, relative to the store's prefix:
+ * - `backups/chunks/<ab>/<sha256>`: one object per distinct chunk, shared by every backup in the store;
+ * - `backups/manifests/<volume>/<snapshot>.json`: one manifest per backup, written last;
+ * - `backups/plans/<job>/…`: a job's working lists (scan result, presigned URL lists), removed at the end.
+ *
+ * Invariants:
+ * - a manifest exists only once every chunk it names is stored (it is written after the uploads);
+ * - a chunk is deleted only when no manifest and no running restore holds it (the chunk index);
+ * - a failed backup releases its holds but keeps what it uploaded, so a retry reuses it.
+ */
+import { createHash } from 'node:crypto';
+import { Readable } from 'node:stream';
+import {
+  type BackupManifest,
+  buildManifest,
+  chunkExtent,
+  chunkObjectKey,
+  DEFAULT_CHUNK_SIZE_BYTES,
+  parseManifest,
+} from '../../../drivers/sdk/backup-manifest.js';
+import type { ProviderRegistry } from '../../../drivers/sdk/registry.js';
+import {
+  type BackupCapableDriver,
+  type ChunkBackupCounters,
+  type DataObjectRef,
+  type DataStoreDriver,
+  type DriverContext,
+  type ImageStoreDriver,
+  isBackupCapable,
+  isImageStoreDriver,
+} from '../../../drivers/sdk/types.js';
+import { ConflictError, UnavailableError, UnprocessableError } from '../errors.js';
+import { newId } from '../ids.js';
+import type { DataStore, Job, Snapshot, SnapshotInStore, Volume } from '../model.js';
+import { ObjectInStoreStatus as O, SnapshotStatus as S, VolumeStatus as V } from '../model.js';
+import { allPages } from '../paging.js';
+import { forEachLimit } from '../pool.js';
+import type { Repository, WorkflowPort } from '../ports.js';
+import { FlowName } from '../ports.js';
+import { snapshotMachine, volumeMachine } from '../state-machines.js';
+import { toStoreInfo } from './datastore-service.js';
+import { causeMessage, type JobService, type WorkflowFailure } from './job-service.js';
+
+const LEASE_SECONDS = 60 * 60;
+/** Presigned URLs handed to hosts live this long (a large backup's uploads must fit). */
+const URL_SECONDS = 6 * 60 * 60;
+const PRESIGN_CONCURRENCY = 16;
+/** The lease owner prefix of a snapshot delete (it merges layers a backup may be reading). */
+export const MERGE_OWNER_PREFIX = 'merge-';
+
+export interface BackupDeps {
+  repo: Repository;
+  registry: ProviderRegistry;
+  workflows: WorkflowPort;
+  jobs: JobService;
+  driverContext: (jobId: string) => DriverContext;
+  selectHost: (storeIds: string[]) => Promise<{ id: string }>;
+  chunkSizeBytes?: number;
+}
+
+interface Step {
+  jobId: string;
+  snapshotId: string;
+}
+
+/** What the scan step leaves in the image store for the upload and commit steps. */
+interface ScanPlan {
+  virtualSizeBytes: number;
+  chunkSizeBytes: number;
+  chunks: Array<string | null>;
+  incremental: boolean;
+  parentSnapshotId?: string;
+  counters: ChunkBackupCounters;
+  /** Hashes whose objects the store lacks, each with one index to read it from. */
+  toUpload?: Array<{ index: number; sha256: string }>;
+}
+
+/** The upload step's figures, passed to commit by the flow. */
+export interface UploadFigures {
+  chunksUploaded: number;
+  bytesRead: number;
+  bytesUploaded: number;
+}
+
+type ImageStore = { store: DataStore; driver: ImageStoreDriver };
+
+export function manifestKey(volumeId: string, snapshotId: string): string {
+  return `backups/manifests/${volumeId}/${snapshotId}.json`;
+}
+
+function chunkKey(sha256: string): string {
+  return chunkObjectKey('backups/chunks', sha256);
+}
+
+function planKey(jobId: string, name: string): string {
+  return `backups/plans/${jobId}/${name}.json`;
+}
+
+function blob(path: string): DataObjectRef {
+  const id =
+    path
+      .split('/')
+      .pop()
+      ?.replace(/\.json$/, '') ?? 'object';
+  return { kind: 'snapshot', id, format: 'raw', path };
+}
+
+function distinct(chunks: Array<string | null>): string[] {
+  return [...new Set(chunks.filter((c): c is string => c !== null))];
+}
+
+export class BackupService {
+  constructor(private readonly deps: BackupDeps) {}
+
+  private get repo(): Repository {
+    return this.deps.repo;
+  }
+
+  private get chunkSize(): number {
+    return this.deps.chunkSizeBytes ?? DEFAULT_CHUNK_SIZE_BYTES;
+  }
+
+  // ---------------------------------------------------------------- start
+
+  /** `POST /snapshots/{id}/backup`: a new job backs the snapshot up. */
+  async backup(snapshotId: string): Promise<{ snapshot: Snapshot; job: Job }> {
+    const jobId = newId('job');
+    const prepared = await this.prepare(snapshotId, jobId);
+    await this.deps.jobs.create('snapshot.backup', { type: 'snapshot', id: snapshotId }, jobId);
+    return this.launch(prepared, jobId);
+  }
+
+  /** snapshot-take with `backup: true`: the take's job goes on with the backup. */
+  async continueAfterTake(snapshotId: string, jobId: string): Promise<void> {
+    const prepared = await this.prepare(snapshotId, jobId);
+    await this.launch(prepared, jobId);
+  }
+
+  private async launch(snapshot: Snapshot, jobId: string): Promise<{ snapshot: Snapshot; job: Job }> {
+    try {
+      const { executionId } = await this.deps.workflows.start(FlowName.SnapshotBackup, jobId, {
+        jobId,
+        snapshotId: snapshot.id,
+      });
+      return { snapshot, job: await this.deps.jobs.started(jobId, executionId) };
+    } catch (e) {
+      await this.failBackup({
+        jobId,
+        snapshotId: snapshot.id,
+        error: { Error: 'WorkflowStartFailed', Cause: (e as Error).message },
+      });
+      throw new UnavailableError(`could not start snapshot-backup: ${(e as Error).message}`, { jobId });
+    }
+  }
+
+  /** Checks everything a backup needs, then moves the snapshot to BackingUp (leased by the job). */
+  private async prepare(snapshotId: string, jobId: string): Promise<Snapshot> {
+    const snapshot = await this.repo.require({ type: 'Snapshot', id: snapshotId });
+    if (snapshot.status !== S.CreatedOnPrimary) {
+      throw new ConflictError(
+        snapshot.status === S.BackedUp
+          ? `snapshot ${snapshotId} is already backed up`
+          : `snapshot ${snapshotId} is ${snapshot.status}; only a snapshot on primary storage can be backed up`,
+        { state: snapshot.status },
+      );
+    }
+    const volume = await this.repo.require({ type: 'Volume', id: snapshot.volumeId });
+    await this.primaryCopy(snapshot, volume);
+    const image = await this.zoneImageStore(volume.zoneId, 'snapshotId');
+    const leased = await this.repo.transition({
+      key: { type: 'Snapshot', id: snapshotId },
+      machine: snapshotMachine,
+      from: S.CreatedOnPrimary,
+      to: S.BackingUp,
+      expectedVersion: snapshot.version,
+      lease: { owner: jobId, ttlSeconds: LEASE_SECONDS },
+      changes: { statusReason: undefined },
+    });
+    // A snapshot delete merges layers this backup reads: whichever of the two writes second sees
+    // the other and backs off (the delete checks for BackingUp snapshots after taking the volume).
+    const now = await this.repo.require({ type: 'Volume', id: volume.id });
+    if (now.status === V.Snapshotting && now.lease?.owner.startsWith(MERGE_OWNER_PREFIX)) {
+      await this.backToPrimary(snapshotId, jobId, 'a snapshot of the volume is being deleted');
+      throw new ConflictError(`volume ${volume.id} is merging a deleted snapshot; retry the backup`, {
+        state: now.status,
+      });
+    }
+    const key = { type: 'SnapshotInStore' as const, id: snapshotId, storeId: image.store.id };
+    await this.repo.delete(key).catch(() => undefined); // a failed earlier attempt's row
+    await this.repo.create('SnapshotInStore', {
+      snapshotId,
+      storeId: image.store.id,
+      storeRole: 'image',
+      status: O.Creating,
+      path: manifestKey(volume.id, snapshotId),
+      lease: { owner: jobId, expiresAt: new Date(Date.now() + LEASE_SECONDS * 1000).toISOString() },
+    });
+    return leased;
+  }
+
+  // ---------------------------------------------------------------- flow steps
+
+  /**
+   * Scan: hash the snapshot on a host (only what changed since the previous backup when that
+   * backup is the snapshot's base), pin every chunk of the new manifest, and record which of them
+   * the store lacks.
+   */
+  async scanBackup(input: Step): Promise<{ toUpload: number }> {
+    const { snapshot, volume, image, copy } = await this.leased(input);
+    const { pool, driver } = await this.primaryCopy(snapshot, volume);
+    const ctx = this.deps.driverContext(input.jobId);
+    const previous = await this.previousBackup(snapshot, image);
+    const { id: hostId } = await this.deps.selectHost([pool.id]);
+    const scan = await driver.scanSnapshotChunks({
+      store: toStoreInfo(pool),
+      object: { kind: 'volume', id: volume.id, format: volume.format, path: volume.path },
+      snapshot: { kind: 'snapshot', id: snapshot.id, format: 'qcow2', path: copy.path },
+      chunkSizeBytes: this.chunkSize,
+      ctx,
+      hostId,
+      ...(previous
+        ? {
+            previous: {
+              snapshotId: previous.snapshotId,
+              manifestUrl: (
+                await image.driver.presignGet({
+                  store: toStoreInfo(image.store),
+                  object: blob(previous.path ?? ''),
+                  ctx,
+                  expiresSeconds: URL_SECONDS,
+                })
+              ).url,
+            },
+          }
+        : {}),
+    });
+    const plan: ScanPlan = {
+      virtualSizeBytes: scan.virtualSizeBytes,
+      chunkSizeBytes: scan.chunkSizeBytes,
+      chunks: scan.chunks,
+      incremental: scan.incremental,
+      ...(scan.incremental && previous ? { parentSnapshotId: previous.snapshotId } : {}),
+      counters: scan.counters,
+    };
+    // The plan is written before pinning, so a compensation always knows what to release.
+    await this.writeJson(image, planKey(input.jobId, 'scan'), plan, ctx);
+    const { unstored } = await this.repo.chunks.pin(image.store.id, distinct(scan.chunks), snapshot.id);
+    const where = new Map(scan.computed.map((c) => [c.sha256, c.index]));
+    for (let i = 0; i < scan.chunks.length; i++) {
+      const sha = scan.chunks[i];
+      if (sha && !where.has(sha)) where.set(sha, i);
+    }
+    plan.toUpload = unstored.map((sha256) => ({ index: where.get(sha256) as number, sha256 }));
+    const lost = plan.toUpload.filter((u) => !scan.computed.some((c) => c.sha256 === u.sha256));
+    if (lost.length > 0) {
+      // Carried over from the previous manifest but not stored: the previous backup is damaged.
+      // The chunk is re-read from the snapshot itself (its bytes are the same at that index).
+      this.deps.driverContext(input.jobId).logger.warn('chunks named by the previous backup are missing', {
+        count: lost.length,
+        first: lost[0]?.sha256,
+      });
+    }
+    await this.writeJson(image, planKey(input.jobId, 'scan'), plan, ctx);
+    await this.deps.jobs.progress(input.jobId, 40, {
+      phase: 'scanned',
+      incremental: plan.incremental,
+      chunksTotal: plan.chunks.length,
+      toUpload: plan.toUpload.length,
+      bytesRead: plan.counters.bytesRead,
+    });
+    return { toUpload: plan.toUpload.length };
+  }
+
+  /** Upload: presigned PUTs for exactly the chunks the store lacks; the host PUTs them in parallel. */
+  async uploadBackup(input: Step): Promise<UploadFigures> {
+    const { snapshot, volume, image, copy } = await this.leased(input);
+    const ctx = this.deps.driverContext(input.jobId);
+    const plan = await this.readPlan(image, input.jobId, ctx);
+    const toUpload = plan.toUpload ?? [];
+    if (toUpload.length === 0) return { chunksUploaded: 0, bytesRead: 0, bytesUploaded: 0 };
+    const { pool, driver } = await this.primaryCopy(snapshot, volume);
+    const info = toStoreInfo(image.store);
+    const uploads: Array<{ index: number; sha256: string; url: string }> = new Array(toUpload.length);
+    await forEachLimit(toUpload, PRESIGN_CONCURRENCY, async (u, i) => {
+      const { url } = await image.driver.presignPut({
+        store: info,
+        object: blob(chunkKey(u.sha256)),
+        ctx,
+        expiresSeconds: URL_SECONDS,
+      });
+      uploads[i] = { ...u, url };
+    });
+    const uploadsUrl = await this.writeJson(image, planKey(input.jobId, 'uploads'), uploads, ctx, true);
+    const { id: hostId } = await this.deps.selectHost([pool.id]);
+    const result = await driver.uploadSnapshotChunks({
+      store: toStoreInfo(pool),
+      object: { kind: 'volume', id: volume.id, format: volume.format, path: volume.path },
+      snapshot: { kind: 'snapshot', id: snapshot.id, format: 'qcow2', path: copy.path },
+      chunkSizeBytes: plan.chunkSizeBytes,
+      uploadsUrl: uploadsUrl ?? '',
+      count: uploads.length,
+      ctx,
+      hostId,
+    });
+    await this.repo.chunks.markStored(
+      image.store.id,
+      toUpload.map((u) => u.sha256),
+    );
+    await this.deps.jobs.progress(input.jobId, 90, { phase: 'uploaded', ...result });
+    return {
+      chunksUploaded: result.chunksUploaded,
+      bytesRead: result.bytesRead,
+      bytesUploaded: result.bytesUploaded,
+    };
+  }
+
+  /** Commit: write the manifest (last), then the copy is Ready and the snapshot BackedUp. */
+  async commitBackup(input: Step & { upload: UploadFigures }): Promise<Record<string, unknown>> {
+    const snapshot = await this.repo.require({ type: 'Snapshot', id: input.snapshotId });
+    const volume = await this.repo.require({ type: 'Volume', id: snapshot.volumeId });
+    const image = await this.imageCopy(snapshot.id);
+    if (!image) throw new ConflictError(`snapshot ${snapshot.id} has no backup in progress`);
+    const store = await this.imageStore(image.storeId);
+    const ctx = this.deps.driverContext(input.jobId);
+    if (snapshot.status === S.BackingUp && snapshot.lease?.owner !== input.jobId) {
+      throw new ConflictError(`snapshot ${snapshot.id} is backed up by another job`, {
+        state: snapshot.status,
+      });
+    }
+    const plan = await this.readPlan(store, input.jobId, ctx);
+    const manifest = buildManifest({
+      volumeId: volume.id,
+      snapshotId: snapshot.id,
+      virtualSizeBytes: plan.virtualSizeBytes,
+      chunkSizeBytes: plan.chunkSizeBytes,
+      chunks: plan.chunks,
+      ...(plan.parentSnapshotId ? { parentSnapshotId: plan.parentSnapshotId } : {}),
+    });
+    const text = JSON.stringify(manifest);
+    const path = manifestKey(volume.id, snapshot.id);
+    await this.writeJson(store, path, manifest, ctx);
+    const uploaded = new Set((plan.toUpload ?? []).map((u) => u.sha256));
+    const nonZero = manifest.chunks.filter((c): c is string => c !== null);
+    const figures = {
+      snapshotId: snapshot.id,
+      volumeId: volume.id,
+      storeId: store.store.id,
+      manifest: path,
+      incremental: plan.incremental,
+      ...(plan.parentSnapshotId ? { parentSnapshotId: plan.parentSnapshotId } : {}),
+      bytesRead: plan.counters.bytesRead + input.upload.bytesRead,
+      bytesUploaded: input.upload.bytesUploaded,
+      chunksTotal: manifest.chunks.length,
+      chunksChanged: plan.counters.chunksChanged,
+      chunksUploaded: input.upload.chunksUploaded,
+      chunksReused: nonZero.filter((c) => !uploaded.has(c)).length,
+      zeroChunks: manifest.chunks.length - nonZero.length,
+      distinctChunks: distinct(manifest.chunks).length,
+    };
+    if (image.status === O.Creating) {
+      await this.repo.update(
+        { type: 'SnapshotInStore', id: snapshot.id, storeId: store.store.id },
+        image.version,
+        {
+          status: O.Ready,
+          path,
+          sizeBytes: this.logicalBytes(manifest),
+          virtualSizeBytes: manifest.virtualSizeBytes,
+          chunkSizeBytes: manifest.chunkSizeBytes,
+          checksum: `{sha256}${createHash('sha256').update(text).digest('hex')}`,
+          ...(plan.parentSnapshotId ? { parentSnapshotId: plan.parentSnapshotId } : {}),
+          lease: undefined,
+        },
+      );
+    }
+    if (snapshot.status === S.BackingUp) {
+      await this.repo.transition({
+        key: { type: 'Snapshot', id: snapshot.id },
+        machine: snapshotMachine,
+        from: S.BackingUp,
+        to: S.BackedUp,
+        leaseOwner: input.jobId,
+      });
+    }
+    await this.removePlans(store, input.jobId, ctx);
+    await this.deps.jobs.succeed(input.jobId, figures);
+    return figures;
+  }
+
+  /**
+   * Compensation: release the chunk holds (keeping uploaded chunks for a retry), remove any
+   * manifest and the image copy row, and return the snapshot to CreatedOnPrimary.
+   */
+  async failBackup(input: Step & { error: WorkflowFailure }): Promise<void> {
+    const reason = causeMessage(input.error);
+    const snapshot = await this.repo.get({ type: 'Snapshot', id: input.snapshotId });
+    if (snapshot?.status === S.BackingUp && snapshot.lease?.owner === input.jobId) {
+      const copy = await this.imageCopy(snapshot.id);
+      if (copy) {
+        const store = await this.imageStore(copy.storeId);
+        const ctx = this.deps.driverContext(input.jobId);
+        const plan = await this.readPlan(store, input.jobId, ctx).catch(() => undefined);
+        // The manifest first: once it is gone nothing can point at the chunks released next.
+        await this.deleteObject(store, copy.path ?? manifestKey(snapshot.volumeId, snapshot.id), ctx);
+        if (plan)
+          await this.repo.chunks.release(store.store.id, distinct(plan.chunks), snapshot.id, {
+            collect: false,
+          });
+        await this.removePlans(store, input.jobId, ctx);
+        await this.repo.delete({ type: 'SnapshotInStore', id: snapshot.id, storeId: copy.storeId });
+      }
+      await this.backToPrimary(snapshot.id, input.jobId, `backup failed: ${reason}`);
+    }
+    await this.deps.jobs.failFromFlow(input.jobId, input.error, 'BackupFailed');
+  }
+
+  // ---------------------------------------------------------------- delete and restore
+
+  /**
+   * Removes a backup: releases its chunks, deletes those no other backup or restore holds, then
+   * the manifest. Safe to repeat after a crash (every step is idempotent).
+   */
+  async removeBackup(
+    snapshot: Snapshot,
+    copy: SnapshotInStore,
+    owner: string,
+  ): Promise<{ chunksDeleted: number }> {
+    const store = await this.imageStore(copy.storeId);
+    const ctx = this.deps.driverContext(owner);
+    const path = copy.path ?? manifestKey(snapshot.volumeId, snapshot.id);
+    const manifest = await this.readManifest(store, path, ctx).catch((e: unknown) => {
+      if ((e as { code?: string }).code === 'ObjectNotFound' || /not found/i.test((e as Error).message))
+        return undefined;
+      throw e;
+    });
+    let chunksDeleted = 0;
+    if (manifest) {
+      const { collectable } = await this.repo.chunks.release(
+        store.store.id,
+        distinct(manifest.chunks),
+        snapshot.id,
+        {
+          collect: true,
+        },
+      );
+      await forEachLimit(collectable, PRESIGN_CONCURRENCY, async (sha) => {
+        await this.deleteObject(store, chunkKey(sha), ctx);
+      });
+      await this.repo.chunks.forget(store.store.id, collectable);
+      chunksDeleted = collectable.length;
+    }
+    await this.deleteObject(store, path, ctx);
+    return { chunksDeleted };
+  }
+
+  /** The image copy a restore would read, or why it cannot (for volume placement). */
+  async restorableBackup(snapshotId: string): Promise<SnapshotInStore | undefined> {
+    const copy = await this.imageCopy(snapshotId);
+    return copy?.status === O.Ready ? copy : undefined;
+  }
+
+  /**
+   * Restores a snapshot into a new volume on `pool` (volume-create). Prefers a copy from the
+   * snapshot's layer on primary storage when one host mounts both stores; otherwise fetches the
+   * backup's chunks, verifying each one's hash on the host.
+   */
+  async restoreInto(input: {
+    jobId: string;
+    snapshotId: string;
+    volume: Volume;
+    pool: DataStore;
+    from?: 'auto' | 'primary' | 'backup';
+  }): Promise<{ path: string; via: 'primary' | 'backup' }> {
+    const snapshot = await this.repo.require({ type: 'Snapshot', id: input.snapshotId });
+    const ctx = this.deps.driverContext(input.jobId);
+    const from = input.from ?? 'auto';
+    if (from !== 'backup') {
+      const fromPrimary = await this.tryRestoreFromPrimary(snapshot, input, ctx);
+      if (fromPrimary) return { path: fromPrimary, via: 'primary' };
+      if (from === 'primary') {
+        throw new UnprocessableError(
+          `no host reaches both the store of snapshot ${snapshot.id}'s layer and ${input.pool.id}`,
+          { field: 'restoreFrom' },
+        );
+      }
+    }
+    const copy = await this.restorableBackup(snapshot.id);
+    if (!copy) {
+      throw new UnprocessableError(
+        `snapshot ${snapshot.id} has no backup, and no host reaches both its store and ${input.pool.id}`,
+        { field: 'fromSnapshotId' },
+      );
+    }
+    const driver = this.deps.registry.get(input.pool.provider).driver;
+    if (!isBackupCapable(driver)) {
+      throw new UnprocessableError(`store ${input.pool.id} cannot restore backups`, { field: 'storeId' });
+    }
+    const store = await this.imageStore(copy.storeId);
+    const manifest = await this.readManifest(store, copy.path ?? '', ctx);
+    const hashes = distinct(manifest.chunks);
+    // Held while the host fetches, so deleting the backup meanwhile cannot collect them.
+    const { unstored } = await this.repo.chunks.pin(store.store.id, hashes, input.jobId);
+    try {
+      if (unstored.length > 0) {
+        throw new ConflictError(
+          `backup of ${snapshot.id} names ${unstored.length} chunks the store does not hold`,
+        );
+      }
+      const urls = new Map<string, string>();
+      await forEachLimit(hashes, PRESIGN_CONCURRENCY, async (sha) => {
+        const { url } = await store.driver.presignGet({
+          store: toStoreInfo(store.store),
+          object: blob(chunkKey(sha)),
+          ctx,
+          expiresSeconds: URL_SECONDS,
+        });
+        urls.set(sha, url);
+      });
+      const list = manifest.chunks.map((sha, index) =>
+        sha ? { index, sha256: sha, url: urls.get(sha) } : null,
+      );
+      const chunksUrl = await this.writeJson(store, planKey(input.jobId, 'restore'), list, ctx, true);
+      const { id: hostId } = await this.deps.selectHost([input.pool.id]);
+      const result = await driver.restoreChunks({
+        store: toStoreInfo(input.pool),
+        object: { kind: 'volume', id: input.volume.id, format: 'qcow2' },
+        virtualSizeBytes: manifest.virtualSizeBytes,
+        chunkSizeBytes: manifest.chunkSizeBytes,
+        chunksUrl: chunksUrl ?? '',
+        count: list.length,
+        ctx,
+        hostId,
+      });
+      await this.deps.jobs.progress(input.jobId, 95, {
+        phase: 'restored',
+        chunksFetched: result.chunksFetched,
+        bytesDownloaded: result.bytesDownloaded,
+        zeroChunks: result.zeroChunks,
+      });
+      return { path: result.path, via: 'backup' };
+    } finally {
+      await this.repo.chunks.release(store.store.id, hashes, input.jobId, { collect: false });
+      await this.removePlans(store, input.jobId, ctx).catch(() => undefined);
+    }
+  }
+
+  private async tryRestoreFromPrimary(
+    snapshot: Snapshot,
+    input: { jobId: string; volume: Volume; pool: DataStore },
+    ctx: DriverContext,
+  ): Promise<string | undefined> {
+    const copies = await this.repo.listCopies('SnapshotInStore', snapshot.id);
+    const primary = copies.find((c) => c.storeRole !== 'image' && c.status === O.Ready && c.path);
+    if (!primary) return undefined;
+    const source = await this.repo.get({ type: 'DataStore', id: primary.storeId });
+    if (source?.role !== 'primary') return undefined;
+    const driver = this.deps.registry.get(input.pool.provider).driver;
+    const dst = {
+      store: toStoreInfo(input.pool),
+      object: { kind: 'volume' as const, id: input.volume.id, format: 'qcow2' as const },
+    };
+    const src = {
+      store: toStoreInfo(source),
+      object: { kind: 'snapshot' as const, id: snapshot.id, format: 'qcow2' as const, path: primary.path },
+    };
+    if (!driver.canCopy(src, dst)) return undefined;
+    const host = await this.deps.selectHost([source.id, input.pool.id]).catch(() => undefined);
+    if (!host) return undefined;
+    // The layer must not be merged away while it is read: hold its volume like a snapshot does.
+    const owner = input.jobId;
+    const origin = await this.repo.require({ type: 'Volume', id: snapshot.volumeId });
+    if (origin.status !== V.Ready) {
+      throw new UnavailableError(`volume ${origin.id} is ${origin.status}; the restore will retry`, {
+        state: origin.status,
+      });
+    }
+    await this.repo.transition({
+      key: { type: 'Volume', id: origin.id },
+      machine: volumeMachine,
+      from: V.Ready,
+      to: V.Snapshotting,
+      expectedVersion: origin.version,
+      lease: { owner, ttlSeconds: LEASE_SECONDS },
+    });
+    try {
+      const result = await driver.copyAsync({ src, dst, ctx, hostId: host.id });
+      return result.path;
+    } finally {
+      await this.repo
+        .transition({
+          key: { type: 'Volume', id: origin.id },
+          machine: volumeMachine,
+          from: V.Snapshotting,
+          to: V.Ready,
+          leaseOwner: owner,
+        })
+        .catch(() => undefined);
+    }
+  }
+
+  // ---------------------------------------------------------------- helpers
+
+  private async leased(input: Step): Promise<{
+    snapshot: Snapshot;
+    volume: Volume;
+    image: ImageStore;
+    copy: SnapshotInStore;
+  }> {
+    const snapshot = await this.repo.require({ type: 'Snapshot', id: input.snapshotId });
+    if (snapshot.status !== S.BackingUp || snapshot.lease?.owner !== input.jobId) {
+      throw new ConflictError(
+        `snapshot ${snapshot.id} is ${snapshot.status}, not backed up by ${input.jobId}`,
+        {
+          state: snapshot.status,
+        },
+      );
+    }
+    const volume = await this.repo.require({ type: 'Volume', id: snapshot.volumeId });
+    const imageRow = await this.imageCopy(snapshot.id);
+    if (!imageRow) throw new ConflictError(`snapshot ${snapshot.id} has no backup in progress`);
+    const primary = (await this.repo.listCopies('SnapshotInStore', snapshot.id)).find(
+      (c) => c.storeId === volume.storeId,
+    );
+    if (!primary) throw new ConflictError(`snapshot ${snapshot.id} is no longer on primary storage`);
+    return { snapshot, volume, image: await this.imageStore(imageRow.storeId), copy: primary };
+  }
+
+  private async primaryCopy(
+    snapshot: Snapshot,
+    volume: Volume,
+  ): Promise<{ pool: DataStore; driver: DataStoreDriver & BackupCapableDriver; copy: SnapshotInStore }> {
+    const copy = volume.storeId
+      ? await this.repo.get({ type: 'SnapshotInStore', id: snapshot.id, storeId: volume.storeId })
+      : undefined;
+    if (!copy) {
+      throw new UnprocessableError(`snapshot ${snapshot.id} is not on the volume's primary store`, {
+        field: 'snapshotId',
+      });
+    }
+    const pool = await this.repo.require({ type: 'DataStore', id: copy.storeId });
+    const driver = this.deps.registry.get(pool.provider).driver;
+    if (!isBackupCapable(driver)) {
+      throw new UnprocessableError(`store ${pool.id} (${pool.provider}) cannot back snapshots up`, {
+        field: 'snapshotId',
+      });
+    }
+    return { pool, driver, copy };
+  }
+
+  /** The most recent earlier backup of the same volume in this image store, if any. */
+  private async previousBackup(snapshot: Snapshot, image: ImageStore): Promise<SnapshotInStore | undefined> {
+    const siblings = await allPages((cursor) =>
+      this.repo.list('Snapshot', { cursor, limit: 100, filter: { volumeId: snapshot.volumeId } }),
+    );
+    const earlier = siblings
+      .filter((s) => s.id !== snapshot.id && s.createdAt < snapshot.createdAt && s.status === S.BackedUp)
+      .sort((a, b) => (a.createdAt < b.createdAt ? 1 : -1));
+    for (const candidate of earlier) {
+      const copy = await this.repo.get({
+        type: 'SnapshotInStore',
+        id: candidate.id,
+        storeId: image.store.id,
+      });
+      if (copy?.status === O.Ready && copy.path) return copy;
+    }
+    return undefined;
+  }
+
+  private async imageCopy(snapshotId: string): Promise<SnapshotInStore | undefined> {
+    return (await this.repo.listCopies('SnapshotInStore', snapshotId)).find((c) => c.storeRole === 'image');
+  }
+
+  private async imageStore(storeId: string): Promise<ImageStore> {
+    const store = await this.repo.require({ type: 'DataStore', id: storeId });
+    const driver = this.deps.registry.get(store.provider).driver;
+    if (!isImageStoreDriver(driver)) throw new UnprocessableError(`store ${storeId} is not an image store`);
+    return { store, driver };
+  }
+
+  private async zoneImageStore(zoneId: string, field: string): Promise<ImageStore> {
+    const images = await allPages((cursor) =>
+      this.repo.list('DataStore', {
+        cursor,
+        filter: { role: 'image', status: 'Up', 'scope.zoneId': zoneId },
+      }),
+    );
+    const store = images.find((s) => isImageStoreDriver(this.deps.registry.get(s.provider).driver));
+    if (!store)
+      throw new UnprocessableError(`zone ${zoneId} has no image store that is Up to back up to`, { field });
+    return { store, driver: this.deps.registry.get(store.provider).driver as ImageStoreDriver };
+  }
+
+  private async backToPrimary(snapshotId: string, owner: string, reason: string): Promise<void> {
+    await this.repo
+      .transition({
+        key: { type: 'Snapshot', id: snapshotId },
+        machine: snapshotMachine,
+        from: S.BackingUp,
+        to: S.CreatedOnPrimary,
+        leaseOwner: owner,
+        changes: { statusReason: reason },
+      })
+      .catch((e: unknown) => {
+        if (!(e instanceof ConflictError)) throw e;
+      });
+  }
+
+  /** Bytes of the non-zero chunks a manifest names (its logical size in the store). */
+  private logicalBytes(m: BackupManifest): number {
+    let total = 0;
+    for (let i = 0; i < m.chunks.length; i++) {
+      if (m.chunks[i] !== null) total += chunkExtent(i, m.virtualSizeBytes, m.chunkSizeBytes).length;
+    }
+    return total;
+  }
+
+  /** Writes JSON to the image store; with `presign`, returns a presigned GET of it. */
+  private async writeJson(
+    image: ImageStore,
+    path: string,
+    value: unknown,
+    ctx: DriverContext,
+    presign = false,
+  ): Promise<string | undefined> {
+    const body = Buffer.from(JSON.stringify(value));
+    const store = toStoreInfo(image.store);
+    await image.driver.writeStream({
+      store,
+      object: blob(path),
+      ctx,
+      body: Readable.from([body]),
+      contentLength: body.length,
+    });
+    if (!presign) return undefined;
+    return (await image.driver.presignGet({ store, object: blob(path), ctx, expiresSeconds: URL_SECONDS }))
+      .url;
+  }
+
+  private async readText(image: ImageStore, path: string, ctx: DriverContext): Promise<string> {
+    const { body } = await image.driver.readStream({
+      store: toStoreInfo(image.store),
+      object: blob(path),
+      ctx,
+    });
+    const parts: Buffer[] = [];
+    for await (const part of body) parts.push(Buffer.from(part as Buffer));
+    return Buffer.concat(parts).toString('utf8');
+  }
+
+  private async readPlan(image: ImageStore, jobId: string, ctx: DriverContext): Promise<ScanPlan> {
+    return JSON.parse(await this.readText(image, planKey(jobId, 'scan'), ctx)) as ScanPlan;
+  }
+
+  private async readManifest(image: ImageStore, path: string, ctx: DriverContext): Promise<BackupManifest> {
+    return parseManifest(await this.readText(image, path, ctx));
+  }
+
+  private async deleteObject(image: ImageStore, path: string, ctx: DriverContext): Promise<void> {
+    await image.driver.deleteAsync({ store: toStoreInfo(image.store), object: blob(path), ctx });
+  }
+
+  private async removePlans(image: ImageStore, jobId: string, ctx: DriverContext): Promise<void> {
+    for (const name of ['scan', 'uploads', 'restore']) {
+      await this.deleteObject(image, planKey(jobId, name), ctx).catch(() => undefined);
+    }
+  }
+}
