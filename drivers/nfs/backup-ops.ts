@@ -13,7 +13,7 @@ import { createHash } from 'node:crypto';
 import { mkdtemp, rename, rm, stat } from 'node:fs/promises';
 import { connect, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
-import { basename, dirname, join } from 'node:path';
+import { basename, dirname, join, resolve } from 'node:path';
 import { z } from 'zod';
 import {
   ChunkSizeSchema,
@@ -23,9 +23,10 @@ import {
   chunksOverlapping,
   type Extent,
   ExtentSchema,
+  parseManifest,
   Sha256HexSchema,
 } from '../sdk/backup-manifest.js';
-import { isWithin, realRootOf, resolveConfinedPath } from '../sdk/confine.js';
+import { realRootOf, resolveConfinedPath } from '../sdk/confine.js';
 import {
   DriverConflictError,
   DriverError,
@@ -37,6 +38,7 @@ import { qemuCheck, qemuCreate, qemuInfo } from '../sdk/qemu.js';
 import type { HostOperation, HostOperationContext } from '../sdk/types.js';
 import { AbsolutePathSchema, RelativePathSchema } from '../sdk/validation.js';
 import { assertHttpUrl, ChecksumMismatchError } from './download.js';
+import { chainInfo, qemuMap } from './snapshot-ops.js';
 import { redact, runPool } from './transfer.js';
 
 /** Chunks in flight at once, for reads, uploads and downloads alike. */
@@ -46,6 +48,18 @@ const BACKOFF_MS = 200;
 const SizeSchema = z.number().int().positive().max(Number.MAX_SAFE_INTEGER);
 const ImageFormatSchema = z.enum(['qcow2', 'raw']);
 const UrlSchema = z.string().min(1).max(8192);
+/** Largest JSON document (manifest or chunk list) fetched from a presigned URL. */
+export const MAX_JSON_BYTES = 256 * 1024 * 1024;
+const MAX_UPLOADS = 1_000_000;
+
+const ChunkUrlSchema = z
+  .object({ index: z.number().int().nonnegative(), sha256: Sha256HexSchema, url: UrlSchema })
+  .strict();
+/** What `uploadsUrl` serves: one presigned PUT per chunk to upload. */
+const UploadListSchema = z.array(ChunkUrlSchema).max(MAX_UPLOADS);
+/** What `chunksUrl` serves: one entry per chunk index, `null` for a zero chunk. */
+const RestoreListSchema = z.array(ChunkUrlSchema.nullable());
+const CountSchema = z.number().int().nonnegative().max(Number.MAX_SAFE_INTEGER);
 
 /** What a backup or restore counted. */
 export interface BackupCounters {
@@ -73,31 +87,58 @@ const BackupScanArgs = z
   .object({
     ...BackupCommon,
     phase: z.literal('scan'),
-    /** Absent: a full backup of every allocated extent of the chain. */
+    /** Absent (and no `changesSinceBackingPath`): a full backup of every allocated extent of the chain. */
     changedExtents: z.array(ExtentSchema).optional(),
-    /** The previous manifest's chunk list; required with `changedExtents`. */
+    /**
+     * The host works the changed extents out itself: when `path`'s backing file is exactly this
+     * share-relative file (the previous backup's snapshot layer), they are `path`'s own (depth-0)
+     * extents; otherwise the scan is full.
+     */
+    changesSinceBackingPath: RelativePathSchema.optional(),
+    /** The previous manifest's chunk list, inline (small disks and tests). */
     previousChunks: z.array(Sha256HexSchema.nullable()).optional(),
+    /** Presigned GET of the previous manifest; ignored (full scan) when its sizes differ from this disk's. */
+    previousManifestUrl: UrlSchema.optional(),
     /** Hashes the image store already holds. */
     knownChunks: z.array(Sha256HexSchema).optional(),
   })
   .strict()
-  .refine((a) => a.changedExtents === undefined || a.previousChunks !== undefined, {
-    message: 'an incremental backup (changedExtents) needs previousChunks',
-    path: ['previousChunks'],
-  });
+  .refine((a) => a.previousChunks === undefined || a.previousManifestUrl === undefined, {
+    message: 'give the previous manifest as previousChunks or as previousManifestUrl, not both',
+    path: ['previousManifestUrl'],
+  })
+  .refine((a) => a.changedExtents === undefined || a.changesSinceBackingPath === undefined, {
+    message: 'give changedExtents or changesSinceBackingPath, not both',
+    path: ['changesSinceBackingPath'],
+  })
+  .refine(
+    (a) =>
+      (a.changedExtents === undefined && a.changesSinceBackingPath === undefined) ||
+      a.previousChunks !== undefined ||
+      a.previousManifestUrl !== undefined,
+    {
+      message:
+        'an incremental backup (changedExtents or changesSinceBackingPath) needs previousChunks or previousManifestUrl',
+      path: ['previousChunks'],
+    },
+  );
 
 const BackupUploadArgs = z
   .object({
     ...BackupCommon,
     phase: z.literal('upload'),
     /** Presigned PUTs for the hashes the scan reported missing; `index` is any chunk that has that hash. */
-    uploads: z
-      .array(
-        z.object({ index: z.number().int().nonnegative(), sha256: Sha256HexSchema, url: UrlSchema }).strict(),
-      )
-      .max(1_000_000),
+    uploads: UploadListSchema.optional(),
+    /** Presigned GET of the same list as JSON, for lists too long for a host request. */
+    uploadsUrl: UrlSchema.optional(),
+    /** How many entries the list must hold: a guard against a truncated or wrong list. */
+    count: CountSchema.optional(),
   })
-  .strict();
+  .strict()
+  .refine((a) => (a.uploads === undefined) !== (a.uploadsUrl === undefined), {
+    message: 'give exactly one of uploads (inline) or uploadsUrl',
+    path: ['uploadsUrl'],
+  });
 
 const BackupChunksArgs = z.discriminatedUnion('phase', [BackupScanArgs, BackupUploadArgs]);
 type BackupChunksArgs = z.infer<typeof BackupChunksArgs>;
@@ -107,6 +148,8 @@ export interface BackupScanResult {
   phase: 'scan';
   virtualSizeBytes: number;
   chunkSizeBytes: number;
+  /** True when only the chunks overlapping changed extents were read (the rest carried over). */
+  incremental: boolean;
   /** The new manifest's complete chunk list. */
   chunks: Array<string | null>;
   /** Chunks (re)computed by this scan. */
@@ -128,30 +171,40 @@ export interface BackupUploadResult {
  * Backs up a volume's snapshot layer as content-addressed chunks, in two phases so the control
  * plane can presign PUTs for exactly the chunks the store lacks.
  *
- * `scan` reads the chunks overlapping `changedExtents` (incremental: every other entry is copied
- * from `previousChunks`) or every allocated extent of the chain (`qemu-img map`; full), hashes each,
- * and reports the new chunk list and the hashes missing from `knownChunks`. Unallocated and all-zero
- * chunks are `null` and never read twice or uploaded.
+ * `scan` reads the chunks overlapping the changed extents (incremental: every other entry is copied
+ * from the previous manifest) or every allocated extent of the chain (`qemu-img map`; full), hashes
+ * each, and reports the new chunk list and the hashes missing from `knownChunks`. Unallocated and
+ * all-zero chunks are `null` and never read twice or uploaded. The previous manifest comes inline
+ * (`previousChunks`) or as a presigned GET (`previousManifestUrl`, used only when its chunk and
+ * virtual sizes are this scan's); the changed extents come inline (`changedExtents`) or are worked
+ * out on the host (`changesSinceBackingPath`: `path`'s own extents when its backing file is that
+ * layer, else a full scan). `incremental` in the result says which it was.
  *
- * `upload` re-reads each listed chunk, checks its hash is still the one scanned (the snapshot layer
- * must not change in between), and PUTs it to its presigned URL, {@link BACKUP_CONCURRENCY} at a
- * time, retrying network errors, 429 and 5xx with backoff. Uploading a chunk twice is harmless (the
- * key is its hash), so the phase can be repeated after a failure.
+ * `upload` re-reads each listed chunk (inline `uploads` or the JSON list at `uploadsUrl`), checks its
+ * hash is still the one scanned (the snapshot layer must not change in between), and PUTs it to its
+ * presigned URL, {@link BACKUP_CONCURRENCY} at a time, retrying network errors, 429 and 5xx with
+ * backoff. Uploading a chunk twice is harmless (the key is its hash), so the phase can be repeated
+ * after a failure.
+ *
+ * Host requests are small (16 KiB over SSM), so for real disks the lists travel as presigned JSON
+ * objects: `previousManifestUrl`, `uploadsUrl`, and `chunksUrl` for {@link restoreChunks}.
  *
  * @example
  * const scan = await host.run<BackupScanResult>(hostId, { provider: 'nfs', operation: 'backupChunks',
- *   args: { phase: 'scan', mountPath, path: 'volumes/vol-1.snap-2.qcow2', chunkSizeBytes: 4 << 20, knownChunks } });
+ *   args: { phase: 'scan', mountPath, path: 'snapshots/vol-1/snap-2.qcow2', chunkSizeBytes: 4 << 20,
+ *     previousManifestUrl: presignGet(previousManifestKey), changesSinceBackingPath: 'snapshots/vol-1/snap-1.qcow2' } });
  * await host.run(hostId, { provider: 'nfs', operation: 'backupChunks',
- *   args: { phase: 'upload', mountPath, path, chunkSizeBytes: 4 << 20, uploads: scan.missing.map((m) => ({ ...m, url: presign(m.sha256) })) } });
+ *   args: { phase: 'upload', mountPath, path, chunkSizeBytes: 4 << 20, uploadsUrl: presignGet(planKey), count: plan.length } });
  */
 export const backupChunks: HostOperation<BackupChunksArgs, BackupScanResult | BackupUploadResult> = {
   args: BackupChunksArgs,
   async run(args, ctx) {
     const realRoot = await realRootOf(args.mountPath);
     const source = await resolveConfinedPath(args.mountPath, args.path, { mustExist: true });
-    const virtualSizeBytes = await confinedChainSize(source, realRoot, args.format, ctx);
-    if (args.phase === 'scan') return scan(args, source, virtualSizeBytes, ctx);
-    return upload(args, source, virtualSizeBytes, ctx);
+    // Proves every layer of the chain lies on the share (and names its format) before qemu opens it.
+    const top = await chainInfo(source, realRoot, args.format, ctx);
+    if (args.phase === 'scan') return scan(args, source, top.virtualSizeBytes, top.fullBackingFilename, ctx);
+    return upload(args, source, top.virtualSizeBytes, ctx);
   },
 };
 
@@ -159,21 +212,18 @@ async function scan(
   args: z.infer<typeof BackupScanArgs>,
   source: string,
   virtualSizeBytes: number,
+  backingFile: string | undefined,
   ctx: HostOperationContext,
 ): Promise<BackupScanResult> {
   const size = args.chunkSizeBytes;
   const total = chunkCount(virtualSizeBytes, size);
-  const previous = args.previousChunks;
-  if (previous !== undefined && previous.length !== total) {
-    throw new DriverInputError(`previousChunks lists ${previous.length} chunks; the disk has ${total}`, {
-      context: { field: 'previousChunks' },
-    });
-  }
+  const previous = await previousChunks(args, virtualSizeBytes, total, ctx);
+  const changed = previous === undefined ? undefined : await changedExtents(args, source, backingFile, ctx);
+  const incremental = changed !== undefined && previous !== undefined;
   // Incremental: the previous list is the starting point. Full: everything starts as zero and only
   // allocated extents are read, so unallocated space costs nothing.
-  const chunks: Array<string | null> =
-    args.changedExtents !== undefined && previous ? [...previous] : new Array(total).fill(null);
-  const extents = args.changedExtents ?? (await allocatedExtents(source, args.format, ctx));
+  const chunks: Array<string | null> = incremental ? [...previous] : new Array(total).fill(null);
+  const extents = incremental ? changed : await allocatedExtents(source, args.format, ctx);
   const indexes = chunksOverlapping(extents, virtualSizeBytes, size);
 
   const computed: BackupScanResult['computed'] = [];
@@ -210,6 +260,7 @@ async function scan(
     phase: 'scan',
     virtualSizeBytes,
     chunkSizeBytes: size,
+    incremental,
     chunks,
     computed,
     missing,
@@ -231,21 +282,30 @@ async function upload(
   ctx: HostOperationContext,
 ): Promise<BackupUploadResult> {
   const total = chunkCount(virtualSizeBytes, args.chunkSizeBytes);
-  for (const { index } of args.uploads) {
+  const field = args.uploads ? 'uploads' : 'uploadsUrl';
+  const uploads =
+    args.uploads ??
+    (await fetchList(args.uploadsUrl!, 'uploadsUrl', UploadListSchema, args.stallTimeoutSeconds, ctx));
+  if (args.count !== undefined && uploads.length !== args.count) {
+    throw new DriverInputError(`${field} lists ${uploads.length} chunks, not the ${args.count} expected`, {
+      context: { field },
+    });
+  }
+  // Validated up front so a bad entry or URL fails the call before any byte moves.
+  for (const { index } of uploads) {
     if (index >= total) {
       throw new DriverInputError(`upload names chunk ${index}; the disk has ${total}`, {
-        context: { field: 'uploads' },
+        context: { field },
       });
     }
-    // Validated up front so a bad URL fails the call before any byte moves.
   }
-  for (const { url } of args.uploads) assertHttpUrl(url);
+  for (const { url } of uploads) assertHttpUrl(url);
   let bytesRead = 0;
   let bytesUploaded = 0;
   let done = 0;
-  ctx.progress(0, { phase: 'upload', chunks: args.uploads.length });
+  ctx.progress(0, { phase: 'upload', chunks: uploads.length });
   await withNbd(source, args.format, 'read', ctx, async (nbd) => {
-    await runPool(args.uploads, BACKUP_CONCURRENCY, ctx.signal, async ({ index, sha256, url }) => {
+    await runPool(uploads, BACKUP_CONCURRENCY, ctx.signal, async ({ index, sha256, url }) => {
       const { start, length } = chunkExtent(index, virtualSizeBytes, args.chunkSizeBytes);
       const bytes = await nbd.read(start, length);
       bytesRead += length;
@@ -259,7 +319,7 @@ async function upload(
       await putChunk(url, bytes, index, args.stallTimeoutSeconds * 1000, ctx.signal);
       bytesUploaded += length;
       done++;
-      ctx.progress(Math.floor((done / args.uploads.length) * 100), { phase: 'upload' });
+      ctx.progress(Math.floor((done / uploads.length) * 100), { phase: 'upload' });
     });
   });
   return { phase: 'upload', chunksUploaded: done, bytesRead, bytesUploaded };
@@ -272,23 +332,37 @@ const RestoreChunksArgs = z
     virtualSizeBytes: SizeSchema,
     chunkSizeBytes: ChunkSizeSchema,
     /** One entry per chunk index, in order; `null` is a zero chunk and is never fetched. */
-    chunks: z.array(
-      z
-        .object({ index: z.number().int().nonnegative(), sha256: Sha256HexSchema, url: UrlSchema })
-        .strict()
-        .nullable(),
-    ),
+    chunks: RestoreListSchema.optional(),
+    /** Presigned GET of the same list as JSON, for lists too long for a host request. */
+    chunksUrl: UrlSchema.optional(),
+    /** How many entries the list must hold (every chunk index of the disk): a guard against a wrong list. */
+    count: CountSchema.optional(),
     stallTimeoutSeconds: z.number().int().positive().max(3600).default(60),
   })
   .strict()
-  .refine((a) => a.chunks.length === chunkCount(a.virtualSizeBytes, a.chunkSizeBytes), {
+  .refine((a) => (a.chunks === undefined) !== (a.chunksUrl === undefined), {
+    message: 'give exactly one of chunks (inline) or chunksUrl',
+    path: ['chunksUrl'],
+  })
+  .refine((a) => a.chunks === undefined || restoreListProblem(a.chunks, a) !== 'length', {
     message: 'chunks must list every chunk index of the disk',
     path: ['chunks'],
   })
-  .refine((a) => a.chunks.every((c, i) => c === null || c.index === i), {
+  .refine((a) => a.chunks === undefined || restoreListProblem(a.chunks, a) !== 'order', {
     message: 'each chunk entry must sit at its own index',
     path: ['chunks'],
   });
+type RestoreList = z.infer<typeof RestoreListSchema>;
+
+// Why a restore list does not fit the disk ('length' or 'order'), or undefined when it does.
+function restoreListProblem(
+  list: RestoreList,
+  disk: { virtualSizeBytes: number; chunkSizeBytes: number },
+): 'length' | 'order' | undefined {
+  if (list.length !== chunkCount(disk.virtualSizeBytes, disk.chunkSizeBytes)) return 'length';
+  if (!list.every((c, i) => c === null || c.index === i)) return 'order';
+  return undefined;
+}
 
 /** Result of `restoreChunks`. */
 export interface RestoreChunksResult {
@@ -313,17 +387,27 @@ export interface RestoreChunksResult {
  * sparse. Any failure removes the temporary file. A file already under `path` with the same virtual
  * size is an earlier run's result (only a complete restore is ever renamed there).
  *
+ * The chunk list comes inline (`chunks`) or, for disks whose list would not fit a host request, as
+ * a presigned GET of the same JSON array (`chunksUrl`), fetched with the same retry rules.
+ *
  * @example
  * await host.run(hostId, { provider: 'nfs', operation: 'restoreChunks', args: {
  *   mountPath, path: 'volumes/vol-9.qcow2', virtualSizeBytes: m.virtualSizeBytes, chunkSizeBytes: m.chunkSizeBytes,
- *   chunks: m.chunks.map((sha256, index) => (sha256 ? { index, sha256, url: presignGet(sha256) } : null)) } });
+ *   chunksUrl: presignGet(restorePlanKey), count: m.chunks.length } });
  */
 export const restoreChunks: HostOperation<z.infer<typeof RestoreChunksArgs>, RestoreChunksResult> = {
   args: RestoreChunksArgs,
   async run(args, ctx) {
     await realRootOf(args.mountPath);
     const target = await resolveConfinedPath(args.mountPath, args.path, { createParents: true });
-    const zeroChunks = args.chunks.filter((c) => c === null).length;
+    const chunks = args.chunks ?? (await fetchRestoreList(args, ctx));
+    if (args.count !== undefined && chunks.length !== args.count) {
+      const field = args.chunks ? 'chunks' : 'chunksUrl';
+      throw new DriverInputError(`${field} lists ${chunks.length} chunks, not the ${args.count} expected`, {
+        context: { field },
+      });
+    }
+    const zeroChunks = chunks.filter((c) => c === null).length;
     const result = async (restored: boolean, chunksFetched: number, bytesDownloaded: number) => ({
       path: args.path,
       sizeBytes: (await stat(target)).size,
@@ -345,10 +429,10 @@ export const restoreChunks: HostOperation<z.infer<typeof RestoreChunksArgs>, Res
       ctx.logger.info('backup already restored', { path: args.path });
       return result(false, 0, 0);
     }
-    for (const chunk of args.chunks) if (chunk) assertHttpUrl(chunk.url);
+    for (const chunk of chunks) if (chunk) assertHttpUrl(chunk.url);
 
     const temp = join(dirname(target), `.${basename(target)}.${ctx.hostId}.${ctx.jobId}.tmp`);
-    const wanted = args.chunks.filter((c): c is NonNullable<typeof c> => c !== null);
+    const wanted = chunks.filter((c): c is NonNullable<typeof c> => c !== null);
     let bytesDownloaded = 0;
     let done = 0;
     try {
@@ -389,6 +473,105 @@ export const restoreChunks: HostOperation<z.infer<typeof RestoreChunksArgs>, Res
   },
 };
 
+// The restore list at `chunksUrl`, held to the same rules as an inline one.
+async function fetchRestoreList(
+  args: z.infer<typeof RestoreChunksArgs>,
+  ctx: HostOperationContext,
+): Promise<RestoreList> {
+  const list = await fetchList(
+    args.chunksUrl!,
+    'chunksUrl',
+    RestoreListSchema,
+    args.stallTimeoutSeconds,
+    ctx,
+  );
+  const problem = restoreListProblem(list, args);
+  if (problem === 'length') {
+    const total = chunkCount(args.virtualSizeBytes, args.chunkSizeBytes);
+    throw new DriverInputError(`chunksUrl lists ${list.length} chunks; the disk has ${total}`, {
+      context: { field: 'chunksUrl' },
+    });
+  }
+  if (problem === 'order') {
+    throw new DriverInputError('chunksUrl: each chunk entry must sit at its own index', {
+      context: { field: 'chunksUrl' },
+    });
+  }
+  return list;
+}
+
+// The previous manifest's chunk list: inline, or fetched from `previousManifestUrl`. A fetched
+// manifest of another chunk size or disk size cannot seed this scan: undefined (a full scan).
+async function previousChunks(
+  args: z.infer<typeof BackupScanArgs>,
+  virtualSizeBytes: number,
+  total: number,
+  ctx: HostOperationContext,
+): Promise<Array<string | null> | undefined> {
+  if (args.previousChunks !== undefined) {
+    if (args.previousChunks.length !== total) {
+      throw new DriverInputError(
+        `previousChunks lists ${args.previousChunks.length} chunks; the disk has ${total}`,
+        { context: { field: 'previousChunks' } },
+      );
+    }
+    return args.previousChunks;
+  }
+  if (args.previousManifestUrl === undefined) return undefined;
+  const text = await fetchText(
+    args.previousManifestUrl,
+    'previousManifestUrl',
+    args.stallTimeoutSeconds,
+    ctx,
+  );
+  let manifest: ReturnType<typeof parseManifest>;
+  try {
+    manifest = parseManifest(text);
+  } catch (error) {
+    throw new DriverInputError(`previousManifestUrl: ${(error as Error).message}`, {
+      cause: error,
+      context: { field: 'previousManifestUrl' },
+    });
+  }
+  if (manifest.chunkSizeBytes !== args.chunkSizeBytes || manifest.virtualSizeBytes !== virtualSizeBytes) {
+    ctx.logger.info('previous manifest does not fit this disk; full scan', {
+      previous: { chunkSizeBytes: manifest.chunkSizeBytes, virtualSizeBytes: manifest.virtualSizeBytes },
+      chunkSizeBytes: args.chunkSizeBytes,
+      virtualSizeBytes,
+    });
+    return undefined;
+  }
+  return manifest.chunks;
+}
+
+// The extents changed since the previous backup: inline, or `path`'s own (depth-0) extents when its
+// backing file is exactly `changesSinceBackingPath`. Any other base (the previous snapshot was
+// deleted and merged into this one's base, the volume was reverted, no base at all) means the layer
+// does not hold exactly the writes since that backup: undefined (a full scan).
+async function changedExtents(
+  args: z.infer<typeof BackupScanArgs>,
+  source: string,
+  backingFile: string | undefined,
+  ctx: HostOperationContext,
+): Promise<Extent[] | undefined> {
+  if (args.changedExtents !== undefined) return args.changedExtents;
+  if (args.changesSinceBackingPath === undefined) return undefined;
+  const expected = await resolveConfinedPath(args.mountPath, args.changesSinceBackingPath);
+  if (backingFile === undefined || resolve(backingFile) !== expected) {
+    ctx.logger.info('snapshot layer is not based on the previous backup; full scan', {
+      path: args.path,
+      changesSinceBackingPath: args.changesSinceBackingPath,
+    });
+    return undefined;
+  }
+  // Data and zero extents alike: a range written as zeros since the previous backup changed too
+  // (the same rule as snapshotChanges).
+  const map = await qemuMap(source, args.format, ctx);
+  return map
+    .filter((e) => e.depth === 0 && e.present !== false)
+    .map(({ start, length }) => ({ start, length }));
+}
+
 /**
  * The backup host operations, merged into the NFS operation set.
  *
@@ -421,7 +604,8 @@ async function putChunk(
       `upload of chunk ${index} to ${where}`,
     );
     await response.body?.cancel().catch(() => undefined);
-    if (response.status !== 200 && response.status !== 204) throw statusError(response.status, index, where);
+    if (response.status !== 200 && response.status !== 204)
+      throw statusError(response.status, `chunk ${index}`, where, { index });
   });
 }
 
@@ -443,7 +627,7 @@ async function getChunk(
     );
     if (response.status !== 200) {
       await response.body?.cancel().catch(() => undefined);
-      throw statusError(response.status, index, where);
+      throw statusError(response.status, `chunk ${index}`, where, { index });
     }
     let body: Buffer;
     try {
@@ -482,13 +666,104 @@ async function fetchWithTimeout(
   }
 }
 
-function statusError(status: number, index: number, where: string): DriverError {
-  const context = { index, status, url: where };
-  if (status === 404) return new ObjectNotFoundError(`chunk ${index}: ${where} answered 404`, { context });
+function statusError(
+  status: number,
+  what: string,
+  where: string,
+  extra: Record<string, unknown> = {},
+): DriverError {
+  const context = { ...extra, status, url: where };
+  if (status === 404) return new ObjectNotFoundError(`${what}: ${where} answered 404`, { context });
   if (status === 429 || status >= 500)
-    return new DriverUnavailableError(`chunk ${index}: ${where} answered ${status}`, { context });
+    return new DriverUnavailableError(`${what}: ${where} answered ${status}`, { context });
   // 403 is typically an expired presigned URL: the control plane must presign again.
-  return new DriverError(`chunk ${index}: ${where} answered ${status}`, { code: 'TransferFailed', context });
+  return new DriverError(`${what}: ${where} answered ${status}`, { code: 'TransferFailed', context });
+}
+
+/**
+ * GETs a JSON document (a manifest or a chunk list) from the presigned URL in argument `field`, as
+ * text, with the chunk transfers' retry rules (network errors, 429 and 5xx retried with backoff;
+ * 404 is not-found; 403 and other statuses fail as `TransferFailed`). Bodies over
+ * {@link MAX_JSON_BYTES} are refused.
+ */
+async function fetchText(
+  url: string,
+  field: string,
+  stallTimeoutSeconds: number,
+  ctx: HostOperationContext,
+): Promise<string> {
+  try {
+    assertHttpUrl(url);
+  } catch (error) {
+    throw new DriverInputError(`${field}: ${(error as Error).message}`, { cause: error, context: { field } });
+  }
+  const what = field;
+  const where = redact(url);
+  const signal = ctx.signal;
+  return withRetry(signal, async () => {
+    const response = await fetchWithTimeout(
+      url,
+      {},
+      stallTimeoutSeconds * 1000,
+      signal,
+      `download of ${what} from ${where}`,
+    );
+    if (response.status !== 200) {
+      await response.body?.cancel().catch(() => undefined);
+      throw statusError(response.status, what, where);
+    }
+    if (!response.body) return '';
+    if (Number(response.headers.get('content-length') ?? 0) > MAX_JSON_BYTES) {
+      await response.body.cancel().catch(() => undefined);
+      throw tooLarge(what, where);
+    }
+    const parts: Buffer[] = [];
+    let received = 0;
+    try {
+      for await (const part of response.body) {
+        received += part.byteLength;
+        if (received > MAX_JSON_BYTES) throw tooLarge(what, where);
+        parts.push(Buffer.from(part));
+      }
+    } catch (error) {
+      if (error instanceof DriverError) throw error;
+      if (signal.aborted) throw signal.reason;
+      throw new DriverUnavailableError(`download of ${what} from ${where} broke off`, { cause: error });
+    }
+    return Buffer.concat(parts).toString('utf8');
+  });
+}
+
+function tooLarge(what: string, where: string): DriverError {
+  return new DriverError(`${what} at ${where} is larger than ${MAX_JSON_BYTES} bytes`, {
+    code: 'TransferFailed',
+    context: { url: where },
+  });
+}
+
+// A JSON list at a presigned URL, checked against `schema`; any problem names `field`.
+async function fetchList<S extends z.ZodType>(
+  url: string,
+  field: string,
+  schema: S,
+  stallTimeoutSeconds: number,
+  ctx: HostOperationContext,
+): Promise<z.infer<S>> {
+  const text = await fetchText(url, field, stallTimeoutSeconds, ctx);
+  let raw: unknown;
+  try {
+    raw = JSON.parse(text);
+  } catch {
+    throw new DriverInputError(`${field}: the list is not JSON`, { context: { field } });
+  }
+  const parsed = schema.safeParse(raw);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0];
+    throw new DriverInputError(`${field}: [${issue?.path.join('.')}] ${issue?.message ?? 'invalid list'}`, {
+      context: { field },
+    });
+  }
+  return parsed.data;
 }
 
 // Retries what is worth retrying (DriverUnavailableError) with exponential backoff.
@@ -507,36 +782,6 @@ async function withRetry<T>(signal: AbortSignal, attempt: () => Promise<T>): Pro
 
 // ---------------------------------------------------------------------------------------------
 // Image inspection
-
-// Walks the backing chain, proving every layer sits on the share before qemu-nbd opens it.
-async function confinedChainSize(
-  source: string,
-  realRoot: string,
-  format: 'qcow2' | 'raw',
-  ctx: HostOperationContext,
-): Promise<number> {
-  let info = await qemuInfo(source, { format, allowBackingFile: true, signal: ctx.signal });
-  const virtualSizeBytes = info.virtualSizeBytes;
-  for (let depth = 0; info.fullBackingFilename !== undefined; depth++) {
-    const backing = info.fullBackingFilename;
-    if (depth >= 64 || !isWithin(realRoot, backing)) {
-      throw new DriverConflictError(`${basename(source)} is backed by a file outside the share`, {
-        context: { backing: info.backingFilename },
-      });
-    }
-    if (!info.backingFormat) {
-      throw new DriverConflictError(`${basename(source)}'s backing file has no recorded format`, {
-        context: { backing: info.backingFilename },
-      });
-    }
-    info = await qemuInfo(backing, {
-      format: info.backingFormat,
-      allowBackingFile: true,
-      signal: ctx.signal,
-    });
-  }
-  return virtualSizeBytes;
-}
 
 const MapEntrySchema = z.object({
   start: z.number(),

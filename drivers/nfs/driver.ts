@@ -2,11 +2,19 @@
  * The NFS control-plane driver. It never touches the share itself: every data-plane call runs the
  * matching host operation (./host-ops.ts) on the host Strata chose, through `ctx.host`.
  */
+import { ChunkSizeSchema, chunkCount } from '../sdk/backup-manifest.js';
 import { BasePrimaryDataStoreDriver } from '../sdk/base-driver.js';
 import { DriverInputError, UnsupportedOperationError } from '../sdk/errors.js';
 import type {
   AccessOptions,
   AccessResult,
+  BackupCapableDriver,
+  ChunkRestoreOptions,
+  ChunkRestoreResult,
+  ChunkScanOptions,
+  ChunkScanResult,
+  ChunkUploadOptions,
+  ChunkUploadResult,
   CopyEndpoint,
   CopyOptions,
   CreateOptions,
@@ -21,7 +29,8 @@ import type {
   SnapshotOptions,
   StoredObject,
 } from '../sdk/types.js';
-import { assertRelativePath, assertSafeId } from '../sdk/validation.js';
+import { assertPositiveSize, assertRelativePath, assertSafeId } from '../sdk/validation.js';
+import type { BackupScanResult, BackupUploadResult, RestoreChunksResult } from './backup-ops.js';
 import { type NfsDetails, NfsDetailsSchema } from './details.js';
 import type { NfsExportOptions, NfsExportPhase, NfsExportResults } from './export-ops.js';
 import {
@@ -116,6 +125,35 @@ function splitSnapshotPath(path: string): { imagePath: string; snapshotId: strin
   return { imagePath: path.slice(0, at), snapshotId: path.slice(at + 1) };
 }
 
+// A presigned http(s) URL, short enough for a host request.
+function assertPresignedUrl(url: unknown, field: string): asserts url is string {
+  let protocol: string | undefined;
+  try {
+    protocol = typeof url === 'string' && url.length <= 8192 ? new URL(url).protocol : undefined;
+  } catch {
+    protocol = undefined;
+  }
+  if (protocol !== 'https:' && protocol !== 'http:') {
+    throw new DriverInputError(`${field} must be an http(s) URL`, { context: { field } });
+  }
+}
+
+function assertChunkSize(size: unknown): asserts size is number {
+  if (!ChunkSizeSchema.safeParse(size).success) {
+    throw new DriverInputError('chunkSizeBytes must be a positive multiple of 64 KiB, at most 32 MiB', {
+      context: { field: 'chunkSizeBytes', value: size },
+    });
+  }
+}
+
+function assertCount(count: unknown, field: string): asserts count is number {
+  if (typeof count !== 'number' || !Number.isSafeInteger(count) || count < 0) {
+    throw new DriverInputError(`${field} must be a non-negative integer`, {
+      context: { field, value: count },
+    });
+  }
+}
+
 /**
  * The data plane of an `nfs` primary store.
  *
@@ -123,7 +161,7 @@ function splitSnapshotPath(path: string): { imagePath: string; snapshotId: strin
  * const driver = new NfsDriver();
  * await driver.createAsync({ store, ctx, hostId: 'host-1', object: { kind: 'volume', id: 'vol-1' }, sizeBytes: 1 << 30 });
  */
-export class NfsDriver extends BasePrimaryDataStoreDriver {
+export class NfsDriver extends BasePrimaryDataStoreDriver implements BackupCapableDriver {
   readonly providerName = 'nfs';
   readonly #shortDeadline: number;
   readonly #copyDeadline: number;
@@ -422,6 +460,186 @@ export class NfsDriver extends BasePrimaryDataStoreDriver {
   }
 
   /**
+   * First half of a chunked backup of a snapshot (docs/backup-format.md): host operation
+   * `backupChunks` phase `scan` reads the snapshot layer through its chain with qemu-nbd and hashes
+   * it in `chunkSizeBytes` chunks. With `previous` (the volume's last backup), the host fetches that
+   * manifest from `previous.manifestUrl` and, when the snapshot's base is that backup's snapshot
+   * layer (so the layer holds exactly the writes since it), reads only the changed chunks and
+   * carries every other one over (`incremental: true`); any other base (the previous snapshot was
+   * deleted, the volume reverted) or a manifest of other sizes makes it a full scan. `computed` lists
+   * each distinct non-zero hash the scan read once: the control plane checks them against its chunk
+   * index and presigns PUTs for the missing ones.
+   *
+   * @example
+   * const scan = await driver.scanSnapshotChunks({ store, ctx, hostId, object: volumeRef,
+   *   snapshot: { kind: 'snapshot', id: 'snap-2' }, chunkSizeBytes: 4 << 20,
+   *   previous: { snapshotId: 'snap-1', manifestUrl: presignGet(manifestKey('snap-1')) } });
+   */
+  async scanSnapshotChunks(options: ChunkScanOptions): Promise<ChunkScanResult> {
+    return this.runOperation(
+      options,
+      'scanSnapshotChunks',
+      { snapshotId: options?.snapshot?.id, previousSnapshotId: options?.previous?.snapshotId },
+      async () => {
+        this.#validateBackupOptions(options);
+        const { store, object, snapshot, hostId, ctx, previous } = options;
+        const args: Record<string, unknown> = {
+          phase: 'scan',
+          mountPath: nfsDetails(store).mountPath,
+          path: nfsSnapshotPath(object, snapshot),
+          format: 'qcow2',
+          chunkSizeBytes: options.chunkSizeBytes,
+        };
+        if (previous !== undefined) {
+          if (typeof previous !== 'object' || previous === null) {
+            throw new DriverInputError('previous must be { snapshotId, manifestUrl }', {
+              context: { field: 'previous' },
+            });
+          }
+          assertSafeId(previous.snapshotId, 'previous.snapshotId');
+          assertPresignedUrl(previous.manifestUrl, 'previous.manifestUrl');
+          args.previousManifestUrl = previous.manifestUrl;
+          args.changesSinceBackingPath = nfsSnapshotPath(object, {
+            kind: 'snapshot',
+            id: previous.snapshotId,
+            format: 'qcow2',
+          });
+        }
+        const scan = await this.#run<BackupScanResult>(
+          ctx,
+          hostId!,
+          NfsHostOperation.BackupChunks,
+          args,
+          this.#copyDeadline,
+        );
+        const seen = new Set<string>();
+        const computed: ChunkScanResult['computed'] = [];
+        for (const { index, sha256 } of scan.computed) {
+          if (sha256 === null || seen.has(sha256)) continue;
+          seen.add(sha256);
+          computed.push({ index, sha256 });
+        }
+        return {
+          virtualSizeBytes: scan.virtualSizeBytes,
+          chunkSizeBytes: scan.chunkSizeBytes,
+          chunks: scan.chunks,
+          computed,
+          incremental: scan.incremental,
+          counters: scan.counters,
+        };
+      },
+    );
+  }
+
+  /**
+   * Second half of a chunked backup: host operation `backupChunks` phase `upload` re-reads each
+   * chunk named in the JSON list at `uploadsUrl` (`[{ index, sha256, url }]`, `count` entries),
+   * checks it still hashes as scanned (else `Conflict`: the snapshot changed) and PUTs it to its
+   * presigned URL. Repeating it is harmless: chunk keys are content hashes.
+   *
+   * @example
+   * const { chunksUploaded } = await driver.uploadSnapshotChunks({ store, ctx, hostId, object: volumeRef,
+   *   snapshot: { kind: 'snapshot', id: 'snap-2' }, chunkSizeBytes: 4 << 20, uploadsUrl: presignGet(planKey), count: plan.length });
+   */
+  async uploadSnapshotChunks(options: ChunkUploadOptions): Promise<ChunkUploadResult> {
+    return this.runOperation(
+      options,
+      'uploadSnapshotChunks',
+      { snapshotId: options?.snapshot?.id, count: options?.count },
+      async () => {
+        this.#validateBackupOptions(options);
+        assertPresignedUrl(options.uploadsUrl, 'uploadsUrl');
+        assertCount(options.count, 'count');
+        const { store, object, snapshot, hostId, ctx } = options;
+        const result = await this.#run<BackupUploadResult>(
+          ctx,
+          hostId!,
+          NfsHostOperation.BackupChunks,
+          {
+            phase: 'upload',
+            mountPath: nfsDetails(store).mountPath,
+            path: nfsSnapshotPath(object, snapshot),
+            format: 'qcow2',
+            chunkSizeBytes: options.chunkSizeBytes,
+            uploadsUrl: options.uploadsUrl,
+            count: options.count,
+          },
+          this.#copyDeadline,
+        );
+        return {
+          chunksUploaded: result.chunksUploaded,
+          bytesRead: result.bytesRead,
+          bytesUploaded: result.bytesUploaded,
+        };
+      },
+    );
+  }
+
+  /**
+   * Restores a backup into a new qcow2 at `object`'s path (`object.path`, else
+   * `volumes/<id>.qcow2`): host operation `restoreChunks` fetches the JSON list at `chunksUrl` (one
+   * entry per chunk index, `count` of them: `{ index, sha256, url }`, or null for a zero chunk),
+   * downloads and verifies every non-zero chunk (`ChecksumMismatch` names a bad one), writes it
+   * through qemu-nbd into a temporary file and renames it into place once checked. Repeating it
+   * once the volume exists returns `restored: false`.
+   *
+   * @example
+   * const restored = await driver.restoreChunks({ store, ctx, hostId, object: { kind: 'volume', id: 'vol-9', format: 'qcow2' },
+   *   virtualSizeBytes: m.virtualSizeBytes, chunkSizeBytes: m.chunkSizeBytes, chunksUrl: presignGet(restorePlanKey), count: m.chunks.length });
+   */
+  async restoreChunks(options: ChunkRestoreOptions): Promise<ChunkRestoreResult> {
+    return this.runOperation(options, 'restoreChunks', {}, async () => {
+      this.validateObjectOptions(options);
+      const { store, object, hostId, ctx } = options;
+      if (object.kind !== 'volume' && object.kind !== 'template') {
+        throw new DriverInputError(`a backup restores into a volume or a template, not a ${object.kind}`, {
+          context: { field: 'object.kind' },
+        });
+      }
+      if (qemuFormatOf(object) !== 'qcow2') {
+        throw new DriverInputError('a backup restores into a qcow2 image', {
+          context: { field: 'object.format' },
+        });
+      }
+      assertPositiveSize(options.virtualSizeBytes, 'virtualSizeBytes');
+      assertChunkSize(options.chunkSizeBytes);
+      assertPresignedUrl(options.chunksUrl, 'chunksUrl');
+      assertCount(options.count, 'count');
+      const chunks = chunkCount(options.virtualSizeBytes, options.chunkSizeBytes);
+      if (options.count !== chunks) {
+        throw new DriverInputError(
+          `count must be the number of chunk indexes of the disk (${chunks}), not ${options.count}`,
+          { context: { field: 'count' } },
+        );
+      }
+      const result = await this.#run<RestoreChunksResult>(
+        ctx,
+        hostId!,
+        NfsHostOperation.RestoreChunks,
+        {
+          mountPath: nfsDetails(store).mountPath,
+          path: nfsObjectPath(object),
+          virtualSizeBytes: options.virtualSizeBytes,
+          chunkSizeBytes: options.chunkSizeBytes,
+          chunksUrl: options.chunksUrl,
+          count: options.count,
+        },
+        this.#copyDeadline,
+      );
+      return {
+        path: result.path,
+        sizeBytes: result.sizeBytes,
+        virtualSizeBytes: result.virtualSizeBytes,
+        format: 'qcow2',
+        restored: result.restored,
+        chunksFetched: result.chunksFetched,
+        bytesDownloaded: result.bytesDownloaded,
+        zeroChunks: result.zeroChunks,
+      };
+    });
+  }
+
+  /**
    * Pulls an image from a presigned URL into this store at the object's path (the other half of a
    * move staged through the image store), verifying its sha256 on the way when given.
    *
@@ -554,6 +772,21 @@ export class NfsDriver extends BasePrimaryDataStoreDriver {
     assertSafeId(options.snapshot.id, 'snapshot.id');
     if (options.snapshot.path !== undefined) assertRelativePath(options.snapshot.path, 'snapshot.path');
     this.#requireQcow2(options.object);
+  }
+
+  // A scan or upload reads an external snapshot layer: a legacy internal one (`<image>@<id>`) is
+  // not a file qemu-nbd can serve.
+  #validateBackupOptions(options: ChunkScanOptions | ChunkUploadOptions): void {
+    this.#validateSnapshotOptions(options);
+    if (options.snapshot.path !== undefined && splitSnapshotPath(options.snapshot.path)) {
+      throw new UnsupportedOperationError(
+        'internal (`<image>@<id>`) snapshots cannot be backed up in chunks',
+        {
+          context: { field: 'snapshot.path' },
+        },
+      );
+    }
+    assertChunkSize(options.chunkSizeBytes);
   }
 
   #requireQcow2(object: DataObjectRef): void {

@@ -454,7 +454,7 @@ async function snapshotResult(
  * never opens the backing file), proving every layer stays on the share and names its format, before
  * any command that opens the chain (map, rebase, create) runs. Returns the top layer's info.
  */
-async function chainInfo(
+export async function chainInfo(
   file: string,
   realRoot: string,
   format: string,
@@ -493,7 +493,8 @@ function imageFormat(format: string): 'qcow2' | 'raw' {
   throw new DriverConflictError(`backing format ${format} is not qcow2 or raw`, { context: { format } });
 }
 
-interface MapEntry {
+/** One entry of `qemu-img map --output=json`. */
+export interface MapEntry {
   start: number;
   length: number;
   depth: number;
@@ -502,7 +503,8 @@ interface MapEntry {
   data?: boolean;
 }
 
-async function qemuMap(file: string, format: string, ctx: HostOperationContext): Promise<MapEntry[]> {
+/** `qemu-img map --output=json` of `file` (its chain already proven by {@link chainInfo}). */
+export async function qemuMap(file: string, format: string, ctx: HostOperationContext): Promise<MapEntry[]> {
   const out = await qemuImg(['map', '--output=json', '-f', format, file], ctx);
   return JSON.parse(out) as MapEntry[];
 }

@@ -1,5 +1,7 @@
 import { execFile } from 'node:child_process';
 import { mkdir, mkdtemp, readdir, rm } from 'node:fs/promises';
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -331,5 +333,292 @@ describe('backup to the image store (qemu-nbd + s3rver)', () => {
     expect(await codeOf({ path: '../outside.qcow2' })).toBe('InvalidArguments');
     expect(await codeOf({ path: 'volumes/base.qcow2', changedExtents: [] })).toBe('InvalidArguments');
     expect(await codeOf({ path: 'volumes/base.qcow2', chunkSizeBytes: 1000 })).toBe('InvalidArguments');
+  });
+});
+
+// What the control plane does for real disks: the lists travel as presigned JSON objects.
+async function putJson(key: string, value: unknown): Promise<string> {
+  await s3.send(
+    new PutObjectCommand({
+      Bucket: BUCKET,
+      Key: key,
+      Body: JSON.stringify(value),
+      ContentType: 'application/json',
+    }),
+  );
+  return getSignedUrl(s3, new GetObjectCommand({ Bucket: BUCKET, Key: key }), { expiresIn: 600 });
+}
+const presignPut = (sha256: string) =>
+  getSignedUrl(s3, new PutObjectCommand({ Bucket: BUCKET, Key: chunkObjectKey(PREFIX, sha256) }), {
+    expiresIn: 600,
+  });
+const hostErrorOf = (promise: Promise<unknown>) =>
+  promise.then(
+    () => undefined,
+    (e: unknown) => (e as HostOperationError).hostError,
+  );
+
+describe('lists and manifests as presigned URLs', () => {
+  // A function: `share` is only set once beforeAll has run.
+  const common = () => ({ mountPath: share, chunkSizeBytes: CHUNK });
+  let first: BackupManifest;
+  let second: BackupManifest;
+
+  beforeAll(async () => {
+    await run('qemu-img', ['create', '-q', '-f', 'qcow2', vol('u1.qcow2'), String(SIZE)]);
+    await qemuIo(
+      vol('u1.qcow2'),
+      `write -P 0x71 0 ${CHUNK}`,
+      `write -P 0x72 ${CHUNK} ${CHUNK}`,
+      `write -P 0x75 ${5 * CHUNK} ${CHUNK}`,
+    );
+    first = (await backup('u1.qcow2', 'u-1')).manifest;
+    // The next snapshot layer: chunk 2 written, chunk 0 overwritten with zeros (a change too).
+    await run('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', 'u1.qcow2', '-F', 'qcow2', vol('u2.qcow2')]);
+    await qemuIo(vol('u2.qcow2'), `write -P 0x73 ${2 * CHUNK} ${CHUNK}`, `write -z 0 ${CHUNK}`);
+  });
+
+  it('scans incrementally from previousManifestUrl, uploads from uploadsUrl, restores from chunksUrl', async () => {
+    const previousManifestUrl = await putJson('manifests/u-1.json', first);
+
+    const scan = await call<BackupScanResult>('backupChunks', {
+      ...common(),
+      path: 'volumes/u2.qcow2',
+      phase: 'scan',
+      previousManifestUrl,
+      changedExtents: [
+        { start: 0, length: CHUNK },
+        { start: 2 * CHUNK, length: CHUNK },
+      ],
+    });
+
+    expect(scan.incremental).toBe(true);
+    expect(scan.computed.map((c) => c.index)).toEqual([0, 2]);
+    expect(scan.chunks[0]).toBeNull();
+    expect(scan.chunks[1]).toBe(first.chunks[1]);
+    expect(scan.chunks[5]).toBe(first.chunks[5]);
+    expect(scan.counters).toMatchObject({ bytesRead: 2 * CHUNK, chunksChanged: 2, zeroChunks: 13 });
+
+    const plan = await Promise.all(
+      scan.missing.map(async ({ index, sha256 }) => ({ index, sha256, url: await presignPut(sha256) })),
+    );
+    const upload = await call<BackupUploadResult>('backupChunks', {
+      ...common(),
+      path: 'volumes/u2.qcow2',
+      phase: 'upload',
+      uploadsUrl: await putJson('plans/u-2-upload.json', plan),
+      count: plan.length,
+    });
+    expect(upload).toEqual({ phase: 'upload', chunksUploaded: 1, bytesRead: CHUNK, bytesUploaded: CHUNK });
+
+    second = buildManifest({
+      volumeId: 'vol-u',
+      snapshotId: 'u-2',
+      virtualSizeBytes: scan.virtualSizeBytes,
+      chunkSizeBytes: scan.chunkSizeBytes,
+      chunks: scan.chunks,
+      parentSnapshotId: 'u-1',
+    });
+    const { chunks, ...rest } = await restoreArgs(second, 'ru2.qcow2');
+    const restored = await call<RestoreChunksResult>('restoreChunks', {
+      ...rest,
+      chunksUrl: await putJson('plans/u-2-restore.json', chunks),
+      count: chunks.length,
+    });
+
+    expect(restored).toMatchObject({ restored: true, chunksFetched: 3, zeroChunks: 13 });
+    expect(await compare(vol('u2.qcow2'), vol('ru2.qcow2'))).toBe(true);
+  });
+
+  it('falls back to a full scan when the previous manifest has another chunk or disk size', async () => {
+    const otherChunkSize = buildManifest({
+      ...first,
+      chunkSizeBytes: 2 * CHUNK,
+      chunks: first.chunks.slice(0, 8),
+    });
+    const otherDiskSize = buildManifest({
+      ...first,
+      virtualSizeBytes: 2 * SIZE,
+      chunks: [...first.chunks, ...first.chunks],
+    });
+
+    for (const [name, manifest] of [
+      ['chunk', otherChunkSize],
+      ['disk', otherDiskSize],
+    ] as const) {
+      const scan = await call<BackupScanResult>('backupChunks', {
+        ...common(),
+        path: 'volumes/u2.qcow2',
+        phase: 'scan',
+        previousManifestUrl: await putJson(`manifests/other-${name}.json`, manifest),
+        changedExtents: [{ start: 2 * CHUNK, length: CHUNK }],
+      });
+      expect(scan.incremental).toBe(false);
+      // Only the chunks holding data through the chain were read (0 is a zero cluster on top now).
+      expect(scan.computed.map((c) => c.index)).toEqual([1, 2, 5]);
+      expect(scan.chunks).toEqual(second.chunks);
+      expect(scan.counters.bytesRead).toBe(3 * CHUNK);
+    }
+  });
+
+  it('retries a list answering 503, fails one answering 403 at once, and reports a missing one', async () => {
+    const plan: unknown[] = [];
+    const hits: string[] = [];
+    const server: Server = createServer((req, res) => {
+      hits.push(req.url ?? '');
+      if (req.url === '/flaky' && hits.filter((h) => h === '/flaky').length < 3) {
+        res.writeHead(503).end();
+      } else if (req.url === '/flaky') {
+        res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(plan));
+      } else if (req.url === '/expired?X-Amz-Signature=secret') {
+        res.writeHead(403).end();
+      } else {
+        res.writeHead(404).end();
+      }
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    const base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+    const uploadFrom = (uploadsUrl: string) =>
+      call<BackupUploadResult>('backupChunks', {
+        ...common(),
+        path: 'volumes/u2.qcow2',
+        phase: 'upload',
+        uploadsUrl,
+      });
+    try {
+      await expect(uploadFrom(`${base}/flaky`)).resolves.toMatchObject({ chunksUploaded: 0 });
+      expect(hits).toEqual(['/flaky', '/flaky', '/flaky']);
+
+      const expired = await hostErrorOf(uploadFrom(`${base}/expired?X-Amz-Signature=secret`));
+      expect(expired).toMatchObject({ code: 'TransferFailed', retryable: false });
+      expect(expired?.message).toContain('403');
+      expect(expired?.message).not.toContain('secret');
+      expect(hits.filter((h) => h.startsWith('/expired'))).toHaveLength(1);
+
+      const missing = await hostErrorOf(
+        call('backupChunks', {
+          ...common(),
+          path: 'volumes/u2.qcow2',
+          phase: 'scan',
+          previousManifestUrl: `${base}/gone`,
+          changedExtents: [],
+        }),
+      );
+      expect(missing).toMatchObject({ code: 'ObjectNotFound' });
+      expect(missing?.message).toContain('previousManifestUrl');
+    } finally {
+      await new Promise((resolve) => server.close(resolve));
+    }
+  });
+
+  it('refuses lists that are malformed, of the wrong length, or not as long as count says', async () => {
+    const scanWith = (previousManifestUrl: string) =>
+      call('backupChunks', {
+        ...common(),
+        path: 'volumes/u2.qcow2',
+        phase: 'scan',
+        previousManifestUrl,
+      });
+    const uploadWith = (args: Record<string, unknown>) =>
+      call('backupChunks', { ...common(), path: 'volumes/u2.qcow2', phase: 'upload', ...args });
+    const { chunks, ...restore } = await restoreArgs(second, 'never.qcow2');
+    const before = await readdir(join(share, 'volumes'));
+
+    const errors = [
+      await hostErrorOf(scanWith(await putJson('bad/manifest.json', { version: 1 }))),
+      await hostErrorOf(uploadWith({ uploadsUrl: await putJson('bad/not-a-list.json', { uploads: [] }) })),
+      await hostErrorOf(
+        uploadWith({
+          uploadsUrl: await putJson('bad/bad-entry.json', [{ index: 0, sha256: 'nope', url: 'x' }]),
+        }),
+      ),
+      await hostErrorOf(uploadWith({ uploadsUrl: await putJson('bad/empty.json', []), count: 2 })),
+      await hostErrorOf(
+        call('restoreChunks', { ...restore, chunksUrl: await putJson('bad/short.json', chunks.slice(1)) }),
+      ),
+      await hostErrorOf(
+        call('restoreChunks', {
+          ...restore,
+          chunksUrl: await putJson('bad/shifted.json', [...chunks.slice(1), chunks[0]]),
+        }),
+      ),
+      await hostErrorOf(
+        call('restoreChunks', {
+          ...restore,
+          chunksUrl: await putJson('bad/count.json', chunks),
+          count: chunks.length - 1,
+        }),
+      ),
+    ];
+
+    expect(errors.map((e) => e?.code)).toEqual(Array(errors.length).fill('InvalidInput'));
+    expect(errors.map((e) => e?.message.split(':')[0])).toEqual([
+      'previousManifestUrl',
+      'uploadsUrl',
+      'uploadsUrl',
+      'uploadsUrl lists 0 chunks, not the 2 expected',
+      'chunksUrl lists 15 chunks; the disk has 16',
+      'chunksUrl',
+      'chunksUrl lists 16 chunks, not the 15 expected',
+    ]);
+    expect(await readdir(join(share, 'volumes'))).toEqual(before);
+  });
+
+  it('needs exactly one of each inline list and its URL form', async () => {
+    const url = `${emulator.endpoint}/${BUCKET}/plans/x.json`;
+    const path = 'volumes/u2.qcow2';
+    const { chunks, ...restore } = await restoreArgs(second, 'never.qcow2');
+    const cases: Array<[string, Record<string, unknown>]> = [
+      ['backupChunks', { ...common(), path, phase: 'upload' }],
+      ['backupChunks', { ...common(), path, phase: 'upload', uploads: [], uploadsUrl: url }],
+      [
+        'backupChunks',
+        { ...common(), path, phase: 'scan', previousChunks: first.chunks, previousManifestUrl: url },
+      ],
+      [
+        'backupChunks',
+        {
+          ...common(),
+          path,
+          phase: 'scan',
+          previousManifestUrl: url,
+          changedExtents: [],
+          changesSinceBackingPath: 'volumes/u1.qcow2',
+        },
+      ],
+      ['backupChunks', { ...common(), path, phase: 'scan', changesSinceBackingPath: 'volumes/u1.qcow2' }],
+      [
+        'backupChunks',
+        {
+          ...common(),
+          path,
+          phase: 'scan',
+          previousManifestUrl: url,
+          changesSinceBackingPath: '../u1.qcow2',
+        },
+      ],
+      ['restoreChunks', restore],
+      ['restoreChunks', { ...restore, chunks, chunksUrl: url }],
+    ];
+
+    const messages: string[] = [];
+    for (const [operation, args] of cases) {
+      const error = await hostErrorOf(call(operation, args));
+      expect(error?.code).toBe('InvalidArguments');
+      messages.push(error?.message ?? '');
+    }
+
+    expect(messages[0]).toContain('args.uploadsUrl: give exactly one of uploads (inline) or uploadsUrl');
+    expect(messages[1]).toContain('give exactly one of uploads (inline) or uploadsUrl');
+    expect(messages[2]).toContain(
+      'args.previousManifestUrl: give the previous manifest as previousChunks or as previousManifestUrl, not both',
+    );
+    expect(messages[3]).toContain(
+      'args.changesSinceBackingPath: give changedExtents or changesSinceBackingPath, not both',
+    );
+    expect(messages[4]).toContain('needs previousChunks or previousManifestUrl');
+    expect(messages[5]).toContain('args.changesSinceBackingPath');
+    expect(messages[6]).toContain('args.chunksUrl: give exactly one of chunks (inline) or chunksUrl');
+    expect(messages[7]).toContain('give exactly one of chunks (inline) or chunksUrl');
   });
 });
