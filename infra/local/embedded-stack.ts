@@ -16,7 +16,7 @@ import { SafeUrlFetcher } from '../../functions/adapters/http/url-fetcher.js';
 import { LocalProcessChannel } from '../../functions/adapters/local/process-channel.js';
 import { ConflictError } from '../../functions/core/errors.js';
 import type { Job } from '../../functions/core/model.js';
-import { FlowName } from '../../functions/core/ports.js';
+import { type Clock, FlowName } from '../../functions/core/ports.js';
 import { Strata } from '../../functions/core/strata.js';
 import { EnvName } from '../../functions/env-names.js';
 import { createApiHandler } from '../../functions/handlers/api/handler.js';
@@ -33,6 +33,7 @@ import {
   startDynamoLocal,
 } from './dynamodb-local.js';
 import { lambdaContext } from './lambda-context.js';
+import { LocalPolicyScheduler } from './policy-scheduler.js';
 import { localS3ClientConfig, type S3Emulator, startS3EmulatorProcess } from './s3-emulator.js';
 import { LocalWorkflowRunner } from './workflow-runner.js';
 
@@ -63,6 +64,8 @@ export interface EmbeddedStackOptions {
   hostPollMs?: number;
   /** Extra hosts/CIDRs template URLs may reach (STRATA_FETCH_ALLOWLIST); none by default. */
   fetchAllowlist?: string;
+  /** The clock the in-process snapshot-policy scheduler reads (tests move it to just before a slot). */
+  policyClock?: Clock;
 }
 
 export interface EmbeddedStack {
@@ -70,6 +73,8 @@ export interface EmbeddedStack {
   dataDir: string;
   strata: Strata;
   runner: LocalWorkflowRunner;
+  /** Snapshot-policy schedules (what EventBridge Scheduler is on AWS). */
+  policyScheduler: LocalPolicyScheduler;
   endpoints: { dynamo: string; s3: string };
   /** The jobs the first-start bootstrap ran (empty on later starts). */
   bootstrapJobs: Job[];
@@ -150,6 +155,14 @@ export async function startEmbeddedStack(options: EmbeddedStackOptions): Promise
     });
     stops.push(() => runner.stop());
 
+    // Stopped before the runner (stops run in reverse), so no firing reaches a stopped runner.
+    const policyScheduler = new LocalPolicyScheduler({
+      workflows: runner,
+      clock: options.policyClock,
+      logger,
+    });
+    stops.push(() => policyScheduler.stop());
+
     strata = new Strata({
       repo: new DynamoRepository({
         tableName,
@@ -159,6 +172,7 @@ export async function startEmbeddedStack(options: EmbeddedStackOptions): Promise
       }),
       channel,
       workflows: runner,
+      scheduler: policyScheduler,
       registry,
       fetcher: new SafeUrlFetcher({
         allowlist: options.fetchAllowlist ?? process.env[EnvName.FetchAllowlist],
@@ -169,6 +183,8 @@ export async function startEmbeddedStack(options: EmbeddedStackOptions): Promise
       // Local commands are child processes: polling them costs nothing, so notice completion quickly.
       hostMaxPollMs: 200,
     });
+
+    await policyScheduler.start(await strata.policies.all());
 
     const api: LocalApiServer = await startLocalApiServer({
       handler: createApiHandler({ getStrata: () => strata!, logger }) as unknown as ProxyHandler,
@@ -198,6 +214,7 @@ export async function startEmbeddedStack(options: EmbeddedStackOptions): Promise
       dataDir,
       strata,
       runner,
+      policyScheduler,
       endpoints: { dynamo: dynamo.endpoint, s3: s3.endpoint },
       bootstrapJobs,
       stop: stopAll,
