@@ -8,6 +8,7 @@ import * as events from 'aws-cdk-lib/aws-events';
 import * as targets from 'aws-cdk-lib/aws-events-targets';
 import type * as logs from 'aws-cdk-lib/aws-logs';
 import type { Construct } from 'constructs';
+import { FlowName } from '../../functions/core/ports.js';
 import { EnvName } from '../../functions/env-names.js';
 import { DataTable } from './constructs/data-table.js';
 import { Flows } from './constructs/flows.js';
@@ -41,6 +42,7 @@ export class StrataStack extends Stack {
     reconciler: StrataFunction;
   };
   readonly flows: Flows;
+  readonly scheduling: SnapshotScheduling;
 
   constructor(scope: Construct, id: string, props: StrataStackProps = {}) {
     super(scope, id, props);
@@ -55,6 +57,7 @@ export class StrataStack extends Stack {
       hostRuntimeEntry: props.hostRuntimeEntry,
     });
     const scheduling = new SnapshotScheduling(this, 'SnapshotScheduling');
+    this.scheduling = scheduling;
 
     const storeTasks = new StrataFunction(this, 'StoreTasks', {
       entry: path.join(HANDLERS, 'store-tasks.ts'),
@@ -111,6 +114,10 @@ export class StrataStack extends Stack {
     this.flows.grantStart(api);
     api.addEnvironment(EnvName.StateMachineArns, this.toJsonString(this.flows.arnMap()));
     scheduling.bindManager(api);
+    // Scheduler may start the snapshot-policy flow, and nothing else.
+    const policyFlow = this.flows.stateMachines.get(FlowName.SnapshotPolicy);
+    if (!policyFlow) throw new Error(`no ${FlowName.SnapshotPolicy} state machine`);
+    scheduling.grantStartFlow(policyFlow);
 
     this.api = new StrataApi(this, 'Http', { handler: api, logRetention });
     this.functions = { api, storeTasks, imageTasks, reconciler };

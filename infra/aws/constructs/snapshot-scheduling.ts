@@ -1,5 +1,5 @@
 /**
- * Where snapshot-policy schedules will live: an EventBridge Scheduler group (the api function creates
+ * Where snapshot-policy schedules live: an EventBridge Scheduler group (the api function creates
  * one schedule per policy in it) and the role Scheduler assumes to start the policy flow.
  */
 import { Stack } from 'aws-cdk-lib';
@@ -43,7 +43,10 @@ export class SnapshotScheduling extends Construct {
     stateMachine.grantStartExecution(this.schedulerRole);
   }
 
-  /** Lets a function manage the group's schedules and hand them the scheduler role. */
+  /**
+   * Lets a function manage the group's schedules and hand them the scheduler role, and tells it
+   * both (STRATA_SCHEDULER_GROUP, STRATA_SCHEDULER_ROLE_ARN).
+   */
   bindManager(fn: StrataFunction): void {
     const stack = Stack.of(this);
     fn.role.addToPrincipalPolicy(
@@ -76,5 +79,6 @@ export class SnapshotScheduling extends Construct {
       'One schedule per snapshot policy, named at run time, confined to the Strata schedule group.',
     );
     fn.addEnvironment(EnvName.SchedulerGroup, this.groupName);
+    fn.addEnvironment(EnvName.SchedulerRoleArn, this.schedulerRole.roleArn);
   }
 }
