@@ -31,7 +31,13 @@ export interface TestStack {
 }
 
 export async function startTestStack(
-  options: { bootstrap?: boolean; hostCount?: number; fetchAllowlist?: string } = {},
+  options: {
+    bootstrap?: boolean;
+    hostCount?: number;
+    fetchAllowlist?: string;
+    /** Reach the S3 emulator through this URL instead (e.g. a fault-injecting proxy). */
+    s3Endpoint?: string;
+  } = {},
 ): Promise<TestStack> {
   const endpoints = integrationEndpoints();
   // Not tempDir(): its cleanup may run before the stack has stopped its host processes.
@@ -41,7 +47,7 @@ export async function startTestStack(
     dataDir,
     port: 0,
     dynamoEndpoint: endpoints.dynamo,
-    s3Endpoint: endpoints.s3,
+    s3Endpoint: options.s3Endpoint ?? endpoints.s3,
     tableName: uniqueName('stack'),
     imageBucket,
     fetchAllowlist: options.fetchAllowlist,

@@ -42,7 +42,7 @@ import { allPages } from '../paging.js';
 import { forEachLimit } from '../pool.js';
 import type { Repository, WorkflowPort } from '../ports.js';
 import { FlowName } from '../ports.js';
-import { snapshotMachine, volumeMachine } from '../state-machines.js';
+import { objectInStoreMachine, snapshotMachine, volumeMachine } from '../state-machines.js';
 import { toStoreInfo } from './datastore-service.js';
 import { causeMessage, type JobService, type WorkflowFailure } from './job-service.js';
 
@@ -255,7 +255,22 @@ export class BackupService {
       const sha = scan.chunks[i];
       if (sha && !where.has(sha)) where.set(sha, i);
     }
-    plan.toUpload = unstored.map((sha256) => ({ index: where.get(sha256) as number, sha256 }));
+    // A chunk an interrupted attempt uploaded is in the store but not yet marked: a PUT is atomic
+    // and its key is its hash, so an object of the right length is that chunk. Reuse it.
+    const candidates = unstored.map((sha256) => ({ index: where.get(sha256) as number, sha256 }));
+    const present: string[] = [];
+    await forEachLimit(candidates, PRESIGN_CONCURRENCY, async (c) => {
+      const stat = await image.driver.statObject({
+        store: toStoreInfo(image.store),
+        object: blob(chunkKey(c.sha256)),
+        ctx,
+      });
+      const length = chunkExtent(c.index, scan.virtualSizeBytes, scan.chunkSizeBytes).length;
+      if (stat?.sizeBytes === length) present.push(c.sha256);
+    });
+    if (present.length > 0) await this.repo.chunks.markStored(image.store.id, present);
+    const reused = new Set(present);
+    plan.toUpload = candidates.filter((c) => !reused.has(c.sha256));
     const lost = plan.toUpload.filter((u) => !scan.computed.some((c) => c.sha256 === u.sha256));
     if (lost.length > 0) {
       // Carried over from the previous manifest but not stored: the previous backup is damaged.
@@ -363,20 +378,21 @@ export class BackupService {
       distinctChunks: distinct(manifest.chunks).length,
     };
     if (image.status === O.Creating) {
-      await this.repo.update(
-        { type: 'SnapshotInStore', id: snapshot.id, storeId: store.store.id },
-        image.version,
-        {
-          status: O.Ready,
+      await this.repo.transition({
+        key: { type: 'SnapshotInStore', id: snapshot.id, storeId: store.store.id },
+        machine: objectInStoreMachine,
+        from: O.Creating,
+        to: O.Ready,
+        leaseOwner: input.jobId,
+        changes: {
           path,
           sizeBytes: this.logicalBytes(manifest),
           virtualSizeBytes: manifest.virtualSizeBytes,
           chunkSizeBytes: manifest.chunkSizeBytes,
           checksum: `{sha256}${createHash('sha256').update(text).digest('hex')}`,
           ...(plan.parentSnapshotId ? { parentSnapshotId: plan.parentSnapshotId } : {}),
-          lease: undefined,
         },
-      );
+      });
     }
     if (snapshot.status === S.BackingUp) {
       await this.repo.transition({
