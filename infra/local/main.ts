@@ -44,6 +44,7 @@ async function main(): Promise<void> {
   const { strata } = stack;
   const hosts: Host[] = await strata.hosts.all();
   const stores: DataStore[] = (await strata.stores.list({}, { limit: 100 })).items;
+  const policies = stack.policyScheduler.policyIds().length;
 
   if (stack.bootstrapJobs.length) {
     console.log(
@@ -82,6 +83,7 @@ Strata is up in ${((Date.now() - started) / 1000).toFixed(1)} s.
   API        ${stack.url}  (OpenAPI at ${stack.url}/openapi.json)
   DynamoDB   ${stack.endpoints.dynamo} (DynamoDB Local)
   S3         ${stack.endpoints.s3} (s3rver, files under ${path.join(dataDir, 's3')})
+  Schedules  ${policies} snapshot ${policies === 1 ? 'policy' : 'policies'} scheduled in-process
 
 Try, in another terminal:
   ${env}${cli} hosts list
@@ -89,6 +91,7 @@ Try, in another terminal:
   ${env}${cli} stores maintain <store-id>            # watch the maintenance workflow
   ${env}${cli} stores cancel-maintenance <store-id>
   ${env}${cli} jobs list
+  ${env}${cli} snapshot-policies list
 
 Press Ctrl-C to stop.`);
 }
