@@ -72,7 +72,20 @@ export class Strata {
     };
     this.stores = new DataStoreService(deps);
     this.storeFlows = new StoreFlows(deps);
-    this.reconciler = new Reconciler(ports.repo, this.jobs, clock);
+    // A backup whose workflow was lost runs its own compensation (holds released, image copy removed).
+    const lostBackup = async (snapshotId: string, jobId: string, reason: string) => {
+      await this.snapshots.backups.failBackup({
+        jobId,
+        snapshotId,
+        error: { Error: 'LeaseExpired', Cause: reason },
+      });
+      return true;
+    };
+    this.reconciler = new Reconciler(ports.repo, this.jobs, clock, {
+      'Snapshot:BackingUp': (e, reason) => lostBackup(String(e.id), e.lease.owner, reason),
+      'SnapshotInStore:Creating': async (e, reason) =>
+        e.storeRole === 'image' ? lostBackup(String(e.snapshotId), e.lease.owner, reason) : false,
+    });
     this.motion = new DataMotionService(ports.registry, [streamCopyStrategy(ports.registry)]);
     this.images = new ImageService({ ...deps, motion: this.motion, fetcher: ports.fetcher });
     this.volumes = new VolumeService({

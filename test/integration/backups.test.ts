@@ -9,6 +9,7 @@ import { execFile } from 'node:child_process';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { ListObjectsV2Command, type S3Client } from '@aws-sdk/client-s3';
+import { snapshotMachine } from '../../functions/core/state-machines';
 import { startFaultProxy } from '../support/fault-proxy';
 import { startImageServer } from '../support/image-server';
 import { integrationEndpoints, tempDir } from '../support/integration';
@@ -293,4 +294,66 @@ describe('a backup cut off mid-upload', () => {
     expect(await keys(t.s3, t.imageBucket, 'images/backups/')).toEqual([]);
     await dropVolume(t, volume.id);
   }, 300_000);
+
+  it('the reconciler compensates a backup whose workflow was lost: copy removed, snapshot back on primary, job failed', async () => {
+    const pool = await primaryPool(t);
+    const created = await t.call('POST', '/volumes', {
+      name: 'orphaned',
+      zoneId: 'zone-1',
+      sizeBytes: 16 * MiB,
+      storeId: pool.id,
+    });
+    await t.waitForJob(created.body.job.id);
+    const volume = (await t.call('GET', `/volumes/${created.body.volume.id}`)).body;
+    await exec('qemu-io', ['-c', 'write -P 0x61 0 4M', path.join(pool.details.mountPath, volume.path)]);
+    const taken = await t.call('POST', `/volumes/${volume.id}/snapshots`, { name: 'lost' });
+    await t.waitForJob(taken.body.job.id);
+    const snapshotId = taken.body.snapshot.id as string;
+    const { strata } = t.stack;
+    const image = (await t.call('GET', '/stores?role=image')).body.items[0];
+
+    // As if the flow died after its scan: the snapshot leased for 1 s, a copy row, a chunk held.
+    const jobId = 'job-lost-backup';
+    await strata.jobs.create('snapshot.backup', { type: 'snapshot', id: snapshotId }, jobId);
+    const snap = await strata.ports.repo.require({ type: 'Snapshot', id: snapshotId });
+    await strata.ports.repo.transition({
+      key: { type: 'Snapshot', id: snapshotId },
+      machine: snapshotMachine,
+      from: 'CreatedOnPrimary',
+      to: 'BackingUp',
+      expectedVersion: snap.version,
+      lease: { owner: jobId, ttlSeconds: 1 },
+    });
+    await strata.ports.repo.create('SnapshotInStore', {
+      snapshotId,
+      storeId: image.id,
+      storeRole: 'image',
+      status: 'Creating',
+      path: `backups/manifests/${volume.id}/${snapshotId}.json`,
+      lease: { owner: jobId, expiresAt: new Date(Date.now() + 1000).toISOString() },
+    });
+    const sha = 'ab'.repeat(32);
+    await strata.ports.repo.chunks.pin(image.id, [sha], snapshotId);
+    await new Promise((r) => setTimeout(r, 1500));
+
+    const recovered = await strata.reconciler.recoverExpiredLeases();
+    expect(recovered.map((r) => r.job)).toContain(jobId);
+    const after = (await t.call('GET', `/snapshots/${snapshotId}`)).body;
+    expect(after.status).toBe('CreatedOnPrimary');
+    expect(after.copies.filter((c: { storeRole?: string }) => c.storeRole === 'image')).toEqual([]);
+    expect((await t.call('GET', `/jobs/${jobId}`)).body).toMatchObject({
+      state: 'failed',
+      error: { code: 'LeaseExpired' },
+    });
+    // No plan was written, so nothing knew what to release: the hold is kept (a space leak, not
+    // data loss). With a plan (the scan wrote one), compensation releases exactly its chunks.
+    expect((await strata.ports.repo.chunks.holders(image.id, sha))?.holders).toEqual([snapshotId]);
+    await strata.ports.repo.chunks.release(image.id, [sha], snapshotId, { collect: true });
+
+    // And the snapshot backs up normally afterwards.
+    const retry = await t.call('POST', `/snapshots/${snapshotId}/backup`);
+    expect((await t.waitForJob(retry.body.job.id, 60_000)).state).toBe('succeeded');
+    expect((await t.call('DELETE', `/snapshots/${snapshotId}`)).status).toBe(204);
+    await dropVolume(t, volume.id);
+  }, 120_000);
 });

@@ -415,23 +415,26 @@ export class BackupService {
   async failBackup(input: Step & { error: WorkflowFailure }): Promise<void> {
     const reason = causeMessage(input.error);
     const snapshot = await this.repo.get({ type: 'Snapshot', id: input.snapshotId });
-    if (snapshot?.status === S.BackingUp && snapshot.lease?.owner === input.jobId) {
-      const copy = await this.imageCopy(snapshot.id);
-      if (copy) {
-        const store = await this.imageStore(copy.storeId);
-        const ctx = this.deps.driverContext(input.jobId);
-        const plan = await this.readPlan(store, input.jobId, ctx).catch(() => undefined);
-        // The manifest first: once it is gone nothing can point at the chunks released next.
-        await this.deleteObject(store, copy.path ?? manifestKey(snapshot.volumeId, snapshot.id), ctx);
-        if (plan)
-          await this.repo.chunks.release(store.store.id, distinct(plan.chunks), snapshot.id, {
-            collect: false,
-          });
-        await this.removePlans(store, input.jobId, ctx);
-        await this.repo.delete({ type: 'SnapshotInStore', id: snapshot.id, storeId: copy.storeId });
+    const holding = snapshot?.status === S.BackingUp && snapshot.lease?.owner === input.jobId;
+    const copy = snapshot ? await this.imageCopy(snapshot.id) : undefined;
+    // This job's unfinished image copy (never a Ready one, nor another job's).
+    const ours =
+      copy && copy.status !== O.Ready && (copy.lease?.owner === input.jobId || (holding && !copy.lease));
+    if (snapshot && copy && ours) {
+      const store = await this.imageStore(copy.storeId);
+      const ctx = this.deps.driverContext(input.jobId);
+      const plan = await this.readPlan(store, input.jobId, ctx).catch(() => undefined);
+      // The manifest first: once it is gone nothing can point at the chunks released next.
+      await this.deleteObject(store, copy.path ?? manifestKey(snapshot.volumeId, snapshot.id), ctx);
+      if (plan) {
+        await this.repo.chunks.release(store.store.id, distinct(plan.chunks), snapshot.id, {
+          collect: false,
+        });
       }
-      await this.backToPrimary(snapshot.id, input.jobId, `backup failed: ${reason}`);
+      await this.removePlans(store, input.jobId, ctx);
+      await this.repo.delete({ type: 'SnapshotInStore', id: snapshot.id, storeId: copy.storeId });
     }
+    if (snapshot && holding) await this.backToPrimary(snapshot.id, input.jobId, `backup failed: ${reason}`);
     await this.deps.jobs.failFromFlow(input.jobId, input.error, 'BackupFailed');
   }
 

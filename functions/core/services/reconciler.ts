@@ -34,11 +34,22 @@ export interface Recovery {
   job: string;
 }
 
+/**
+ * A recovery that does more than move one entity: it runs the flow's own compensation (e.g. a backup
+ * whose workflow was lost releases its chunk holds and removes its image copy). Keyed by
+ * `<type>:<status>`; returns false to fall back to the plain move.
+ */
+export type RecoveryHook = (
+  entity: Record<string, unknown> & { lease: Lease },
+  reason: string,
+) => Promise<boolean>;
+
 export class Reconciler {
   constructor(
     private readonly repo: Repository,
     private readonly jobs: JobService,
     private readonly clock: Clock = systemClock,
+    private readonly hooks: Record<string, RecoveryHook> = {},
   ) {}
 
   /** Recovers every entity whose lease expired before now. */
@@ -65,6 +76,17 @@ export class Reconciler {
     if (!to) return undefined;
     const key = keyFor(type, entity as Record<string, unknown>);
     const reason = `lease of ${entity.lease.owner} expired at ${entity.lease.expiresAt} in ${status}`;
+    const hook = this.hooks[`${type}:${status}`];
+    if (hook && (await hook(entity as Record<string, unknown> & { lease: Lease }, reason))) {
+      return {
+        type,
+        id: key.id,
+        ...(key.storeId ? { storeId: key.storeId } : {}),
+        from: status,
+        to: 'compensated',
+        job: entity.lease.owner,
+      };
+    }
     try {
       await this.repo.transition({
         key,
