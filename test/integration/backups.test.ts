@@ -53,7 +53,7 @@ async function primaryPool(t: TestStack): Promise<Pool> {
 }
 
 /** Restores a snapshot into a new volume and returns the file on the pool. */
-async function restore(t: TestStack, pool: Pool, snapshotId: string, from: 'backup' | 'primary') {
+async function restore(t: TestStack, pool: Pool, snapshotId: string, from: 'backup' | 'primary' | 'auto') {
   const res = await t.call('POST', '/volumes', {
     name: `restore-${snapshotId.slice(-6)}`,
     zoneId: 'zone-1',
@@ -290,9 +290,18 @@ describe('a backup cut off mid-upload', () => {
     const restored = await restore(t, pool, snapshotId, 'backup');
     expect(await compare(path.join(refs, 'ref.qcow2'), restored.file)).toBe(0);
     await dropVolume(t, restored.id);
+
+    // Drop the primary layer and then the volume itself: the backup outlives both and restores.
+    expect((await t.call('DELETE', `/snapshots/${snapshotId}?from=primary`)).status).toBe(204);
+    const backupOnly = (await t.call('GET', `/snapshots/${snapshotId}`)).body;
+    expect(backupOnly.status).toBe('BackedUp');
+    expect(backupOnly.copies.map((c: { storeRole?: string }) => c.storeRole)).toEqual(['image']);
+    await dropVolume(t, volume.id);
+    const afterVolume = await restore(t, pool, snapshotId, 'auto');
+    expect(await compare(path.join(refs, 'ref.qcow2'), afterVolume.file)).toBe(0);
+    await dropVolume(t, afterVolume.id);
     expect((await t.call('DELETE', `/snapshots/${snapshotId}`)).status).toBe(204);
     expect(await keys(t.s3, t.imageBucket, 'images/backups/')).toEqual([]);
-    await dropVolume(t, volume.id);
   }, 300_000);
 
   it('the reconciler compensates a backup whose workflow was lost: copy removed, snapshot back on primary, job failed', async () => {
