@@ -110,6 +110,15 @@ function blob(path: string): DataObjectRef {
   return { kind: 'snapshot', id, format: 'raw', path };
 }
 
+/** The driver's view of a snapshot's layer on its pool. */
+function layer(pool: DataStore, volume: Volume, snapshot: Snapshot, copy: SnapshotInStore) {
+  return {
+    store: toStoreInfo(pool),
+    object: { kind: 'volume' as const, id: volume.id, format: volume.format, path: volume.path },
+    snapshot: { kind: 'snapshot' as const, id: snapshot.id, format: 'qcow2' as const, path: copy.path },
+  };
+}
+
 function distinct(chunks: Array<string | null>): string[] {
   return [...new Set(chunks.filter((c): c is string => c !== null))];
 }
@@ -217,9 +226,7 @@ export class BackupService {
     const previous = await this.previousBackup(snapshot, image);
     const { id: hostId } = await this.deps.selectHost([pool.id]);
     const scan = await driver.scanSnapshotChunks({
-      store: toStoreInfo(pool),
-      object: { kind: 'volume', id: volume.id, format: volume.format, path: volume.path },
-      snapshot: { kind: 'snapshot', id: snapshot.id, format: 'qcow2', path: copy.path },
+      ...layer(pool, volume, snapshot, copy),
       chunkSizeBytes: this.chunkSize,
       ctx,
       hostId,
@@ -313,9 +320,7 @@ export class BackupService {
     const uploadsUrl = await this.writeJson(image, planKey(input.jobId, 'uploads'), uploads, ctx, true);
     const { id: hostId } = await this.deps.selectHost([pool.id]);
     const result = await driver.uploadSnapshotChunks({
-      store: toStoreInfo(pool),
-      object: { kind: 'volume', id: volume.id, format: volume.format, path: volume.path },
-      snapshot: { kind: 'snapshot', id: snapshot.id, format: 'qcow2', path: copy.path },
+      ...layer(pool, volume, snapshot, copy),
       chunkSizeBytes: plan.chunkSizeBytes,
       uploadsUrl: uploadsUrl ?? '',
       count: uploads.length,

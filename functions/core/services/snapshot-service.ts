@@ -16,20 +16,14 @@ import { allPages } from '../paging.js';
 import type { ListOptions, Page, Repository, WorkflowPort } from '../ports.js';
 import { FlowName } from '../ports.js';
 import { snapshotMachine, volumeMachine } from '../state-machines.js';
-import { BackupService, MERGE_OWNER_PREFIX } from './backup-service.js';
+import { type BackupDeps, BackupService, MERGE_OWNER_PREFIX } from './backup-service.js';
 import { toStoreInfo } from './datastore-service.js';
 import { causeMessage, type JobService, type WorkflowFailure } from './job-service.js';
 
 const LEASE_SECONDS = 30 * 60;
 
-export interface SnapshotDeps {
-  repo: Repository;
-  registry: ProviderRegistry;
-  workflows: WorkflowPort;
-  jobs: JobService;
-  driverContext: (jobId: string) => DriverContext;
-  selectHost: (storeIds: string[]) => Promise<{ id: string }>;
-}
+/** What SnapshotService needs: the same as its BackupService. */
+export type SnapshotDeps = BackupDeps;
 
 export interface SnapshotView extends Snapshot {
   copies: SnapshotInStore[];
