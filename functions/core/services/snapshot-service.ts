@@ -1,24 +1,15 @@
-/**
- * SnapshotService, primary-storage part: take, revert to any snapshot, delete (merging into the
- * children, never orphaning one). Backup to the image store, restore and policies build on this.
- *
- * A snapshot is taken while the volume is Snapshotting (leased by the job), so a volume never has
- * two snapshot, revert, resize or migrate operations at once. The snapshot's copy on the primary
- * store is a SnapshotInStore row (the frozen qcow2 layer); its status follows the snapshot machine.
- */
-import type { ProviderRegistry } from '../../../drivers/sdk/registry.js';
-import { type DriverContext, isPrimaryDriver } from '../../../drivers/sdk/types.js';
+import { isPrimaryDriver } from '../../../drivers/sdk/types.js';
 import { ConflictError, UnprocessableError } from '../errors.js';
 import { newId } from '../ids.js';
 import type { Job, Snapshot, SnapshotInStore, Volume } from '../model.js';
 import { ObjectInStoreStatus as O, SnapshotStatus as S, VolumeStatus as V } from '../model.js';
 import { allPages } from '../paging.js';
-import type { ListOptions, Page, Repository, WorkflowPort } from '../ports.js';
+import type { ListOptions, Page, Repository } from '../ports.js';
 import { FlowName } from '../ports.js';
 import { snapshotMachine, volumeMachine } from '../state-machines.js';
 import { type BackupDeps, BackupService, MERGE_OWNER_PREFIX } from './backup-service.js';
 import { toStoreInfo } from './datastore-service.js';
-import { causeMessage, type JobService, type WorkflowFailure } from './job-service.js';
+import { causeMessage, type WorkflowFailure } from './job-service.js';
 
 const LEASE_SECONDS = 30 * 60;
 
