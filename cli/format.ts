@@ -99,6 +99,26 @@ export function relativeTime(iso: string | undefined, now: Date): string {
   return `${Math.floor(seconds / 86_400)}d ago`;
 }
 
+/** A moment in a details view: how long ago, then exactly: "1h ago (2025-06-01T11:00:00.000Z)". */
+export function timestamp(iso: string, now: Date): string {
+  return `${relativeTime(iso, now)} (${iso})`;
+}
+
+/** The value, or "-" when it is missing or empty, so that no cell or details line is left blank. */
+export function orDash(value: string | undefined): string {
+  return value || '-';
+}
+
+/** A size, or "-" when it is not known. */
+export function bytesOrDash(bytes: number | undefined): string {
+  return bytes === undefined ? '-' : formatBytes(bytes);
+}
+
+/** A size with its exact byte count, "10.0 GiB (10737418240 bytes)", for sizes compared to the byte. */
+export function exactBytes(bytes: number): string {
+  return `${formatBytes(bytes)} (${bytes} bytes)`;
+}
+
 /** "20%" of a whole; "-" when the whole is unknown. */
 export function percent(part: number, whole: number): string {
   if (!whole || !Number.isFinite(part)) return '-';
@@ -136,6 +156,20 @@ export function renderDetails(pairs: ReadonlyArray<readonly [string, string | un
   const shown = pairs.filter((pair): pair is readonly [string, string] => pair[1] !== undefined);
   const width = Math.max(0, ...shown.map(([label]) => label.length));
   return shown.map(([label, value]) => `${label.padEnd(width)}  ${clean(value)}`.trimEnd()).join('\n');
+}
+
+/**
+ * Details followed by a titled table of related rows (a template's or a snapshot's copies), or by
+ * `(none)` when there are no rows.
+ */
+export function withSection<T>(
+  details: string,
+  title: string,
+  rows: T[] | undefined,
+  table: (rows: T[]) => string,
+): string {
+  const shown = rows ?? [];
+  return `${details}\n\n${title}:\n${shown.length ? table(shown) : '(none)'}`;
 }
 
 // Names and reasons come from the API; keep a stray newline or escape sequence from breaking the layout.

@@ -1,4 +1,5 @@
 import { type CommandSpec, ExitCode } from '../command.js';
+import { printResult } from './shared.js';
 
 export const healthCommands: CommandSpec[] = [
   {
@@ -8,11 +9,15 @@ export const healthCommands: CommandSpec[] = [
       'strata health',
       'strata health --api-url https://abc123.execute-api.eu-west-1.amazonaws.com/prod',
     ],
-    async run({ client, out }) {
+    async run(ctx) {
+      const { client } = ctx;
       const health = await client.health();
-      if (out.json) out.data(health);
-      else if (out.quiet) out.print(health.status);
-      else out.print(`${health.status}  version ${health.version ?? 'unknown'}  ${client.baseUrl}`);
+      printResult(
+        ctx,
+        health,
+        health.status,
+        `${health.status}  version ${health.version ?? 'unknown'}  ${client.baseUrl}`,
+      );
       return health.status === 'ok' ? ExitCode.Ok : ExitCode.Failure;
     },
   },

@@ -1,14 +1,7 @@
 import type { Host } from '../api-types.js';
-import {
-  type CommandContext,
-  type CommandSpec,
-  ExitCode,
-  optString,
-  parseFlag,
-  requireString,
-} from '../command.js';
-import { relativeTime, renderDetails, renderTable } from '../format.js';
-import { fetchList, oneOf, PAGE_OPTIONS, printList } from './shared.js';
+import { type CommandSpec, ExitCode, optString, parseFlag, requireString } from '../command.js';
+import { relativeTime, renderDetails, renderTable, timestamp } from '../format.js';
+import { fetchList, oneOf, PAGE_OPTIONS, printList, printResult } from './shared.js';
 
 const parseHostStatus = oneOf(['Up', 'Disabled', 'Down'] as const);
 
@@ -37,15 +30,9 @@ function hostDetails(host: Host, now: Date): string {
     ['Status', host.status],
     ['Stores', host.attachedStoreIds?.length ? host.attachedStoreIds.join(', ') : '-'],
     ['Version', String(host.version)],
-    ['Created', `${relativeTime(host.createdAt, now)} (${host.createdAt})`],
-    ['Updated', `${relativeTime(host.updatedAt, now)} (${host.updatedAt})`],
+    ['Created', timestamp(host.createdAt, now)],
+    ['Updated', timestamp(host.updatedAt, now)],
   ]);
-}
-
-function printHost(ctx: CommandContext, host: Host, sentence: string): void {
-  if (ctx.out.json) ctx.out.data(host);
-  else if (ctx.out.quiet) ctx.out.print(host.id);
-  else ctx.out.print(sentence);
 }
 
 function statusCommand(verb: 'enable' | 'disable'): CommandSpec {
@@ -59,7 +46,7 @@ function statusCommand(verb: 'enable' | 'disable'): CommandSpec {
     args: ['id'],
     async run(ctx) {
       const host = await ctx.client.setHostStatus(ctx.args[0]!, status);
-      printHost(ctx, host, `Host ${host.name} (${host.id}) is now ${host.status}.`);
+      printResult(ctx, host, host.id, `Host ${host.name} (${host.id}) is now ${host.status}.`);
       return ExitCode.Ok;
     },
   };
@@ -83,13 +70,7 @@ export const hostCommands: CommandSpec[] = [
         status: parseFlag(ctx.values, 'status', 'hosts list', parseHostStatus),
       };
       const page = await fetchList(ctx, 'hosts list', filters, (q) => ctx.client.listHosts(q));
-      printList(
-        ctx,
-        page,
-        'hosts',
-        (items) => hostTable(items, ctx.now),
-        (h) => h.id,
-      );
+      printList(ctx, page, 'hosts', hostTable, (h) => h.id);
       return ExitCode.Ok;
     },
   },
@@ -99,7 +80,7 @@ export const hostCommands: CommandSpec[] = [
     args: ['id'],
     async run(ctx) {
       const host = await ctx.client.getHost(ctx.args[0]!);
-      printHost(ctx, host, hostDetails(host, ctx.now));
+      printResult(ctx, host, host.id, hostDetails(host, ctx.now));
       return ExitCode.Ok;
     },
   },
@@ -135,7 +116,7 @@ export const hostCommands: CommandSpec[] = [
         instanceId: requireString(ctx.values, 'instance-id', command),
         ...(hypervisor ? { hypervisor } : {}),
       });
-      printHost(ctx, host, `Added host ${host.name} (${host.id}), status ${host.status}.`);
+      printResult(ctx, host, host.id, `Added host ${host.name} (${host.id}), status ${host.status}.`);
       return ExitCode.Ok;
     },
   },
@@ -148,9 +129,7 @@ export const hostCommands: CommandSpec[] = [
     async run(ctx) {
       const id = ctx.args[0]!;
       await ctx.client.deleteHost(id);
-      if (ctx.out.json) ctx.out.data({ id, removed: true });
-      else if (ctx.out.quiet) ctx.out.print(id);
-      else ctx.out.print(`Removed host ${id}.`);
+      printResult(ctx, { id, removed: true }, id, `Removed host ${id}.`);
       return ExitCode.Ok;
     },
   },

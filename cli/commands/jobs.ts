@@ -1,7 +1,16 @@
 import type { Job } from '../api-types.js';
-import { type CommandContext, type CommandSpec, ExitCode, optString, parseFlag } from '../command.js';
-import { jobStateLabel, relativeTime, renderDetails, renderTable } from '../format.js';
-import { fetchList, followJob, oneOf, PAGE_OPTIONS, printList, WAIT_OPTIONS, waitTimeout } from './shared.js';
+import { type CommandSpec, ExitCode, optString, parseFlag } from '../command.js';
+import { jobStateLabel, relativeTime, renderDetails, renderTable, timestamp } from '../format.js';
+import {
+  fetchList,
+  followJob,
+  oneOf,
+  PAGE_OPTIONS,
+  printList,
+  printResult,
+  WAIT_OPTIONS,
+  waitTimeout,
+} from './shared.js';
 
 const parseJobState = oneOf(['pending', 'running', 'succeeded', 'failed'] as const);
 
@@ -31,15 +40,9 @@ function jobDetails(job: Job, now: Date): string {
     ['Error', job.error ? `${job.error.code}: ${job.error.message}` : undefined],
     ['Result', compact(job.result)],
     ['Execution', job.executionId],
-    ['Created', `${relativeTime(job.createdAt, now)} (${job.createdAt})`],
-    ['Updated', `${relativeTime(job.updatedAt, now)} (${job.updatedAt})`],
+    ['Created', timestamp(job.createdAt, now)],
+    ['Updated', timestamp(job.updatedAt, now)],
   ]);
-}
-
-function printJob(ctx: CommandContext, job: Job): void {
-  if (ctx.out.json) ctx.out.data(job);
-  else if (ctx.out.quiet) ctx.out.print(job.id);
-  else ctx.out.print(jobDetails(job, ctx.now));
 }
 
 export const jobCommands: CommandSpec[] = [
@@ -61,13 +64,7 @@ export const jobCommands: CommandSpec[] = [
         targetId: optString(ctx.values, 'target'),
       };
       const page = await fetchList(ctx, command, filters, (q) => ctx.client.listJobs(q));
-      printList(
-        ctx,
-        page,
-        'jobs',
-        (items) => jobTable(items, ctx.now),
-        (j) => j.id,
-      );
+      printList(ctx, page, 'jobs', jobTable, (j) => j.id);
       return ExitCode.Ok;
     },
   },
@@ -76,7 +73,8 @@ export const jobCommands: CommandSpec[] = [
     summary: 'Show one job.',
     args: ['id'],
     async run(ctx) {
-      printJob(ctx, await ctx.client.getJob(ctx.args[0]!));
+      const job = await ctx.client.getJob(ctx.args[0]!);
+      printResult(ctx, job, job.id, () => jobDetails(job, ctx.now));
       return ExitCode.Ok;
     },
   },
@@ -90,11 +88,7 @@ export const jobCommands: CommandSpec[] = [
       const timeoutMs = waitTimeout(ctx, 'jobs wait');
       const first = await ctx.client.getJob(ctx.args[0]!);
       const { job, exitCode } = await followJob(ctx, first, timeoutMs);
-      if (ctx.out.json) ctx.out.data(job);
-      else if (exitCode === ExitCode.Ok) {
-        if (ctx.out.quiet) ctx.out.print(job.id);
-        else ctx.out.print(`Job ${job.id} (${job.kind}) succeeded.`);
-      }
+      printResult(ctx, job, job.id, `Job ${job.id} (${job.kind}) succeeded.`, exitCode);
       return exitCode;
     },
   },

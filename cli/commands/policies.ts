@@ -1,6 +1,5 @@
 import type { NewSnapshotPolicy, Page, SnapshotPolicy } from '../api-types.js';
 import {
-  type CommandContext,
   type CommandSpec,
   ExitCode,
   optFlag,
@@ -9,9 +8,9 @@ import {
   requireFlag,
   requireString,
 } from '../command.js';
-import { relativeTime, renderDetails, renderTable } from '../format.js';
+import { orDash, renderDetails, renderTable, timestamp } from '../format.js';
 import type { Query, StrataClient } from '../http-client.js';
-import { fetchList, PAGE_OPTIONS, printList } from './shared.js';
+import { fetchList, PAGE_OPTIONS, printList, printResult } from './shared.js';
 
 /** The group's name; `policies` is accepted for it (see GROUP_ALIASES in cli/main.ts). */
 export const POLICY_GROUP = 'snapshot-policies';
@@ -91,10 +90,6 @@ function parseTimeZone(text: string): string {
   return text;
 }
 
-function orDash(value: string | undefined): string {
-  return value || '-';
-}
-
 function yesNo(value: boolean | undefined): string {
   return value ? 'yes' : 'no';
 }
@@ -111,10 +106,6 @@ function policyTable(policies: SnapshotPolicy[]): string {
   ]);
 }
 
-function when(iso: string | undefined, now: Date): string | undefined {
-  return iso && `${relativeTime(iso, now)} (${iso})`;
-}
-
 function policyDetails(policy: SnapshotPolicy, now: Date): string {
   return renderDetails([
     ['ID', policy.id],
@@ -125,15 +116,9 @@ function policyDetails(policy: SnapshotPolicy, now: Date): string {
     ['Keep', `${policy.keep} snapshot(s)`],
     ['Backup', yesNo(policy.backup)],
     ['Version', policy.version === undefined ? undefined : String(policy.version)],
-    ['Created', when(policy.createdAt, now)],
-    ['Updated', when(policy.updatedAt, now)],
+    ['Created', policy.createdAt && timestamp(policy.createdAt, now)],
+    ['Updated', policy.updatedAt && timestamp(policy.updatedAt, now)],
   ]);
-}
-
-function printPolicy(ctx: CommandContext, policy: SnapshotPolicy, sentence: string): void {
-  if (ctx.out.json) ctx.out.data(policy);
-  else if (ctx.out.quiet) ctx.out.print(policy.id);
-  else ctx.out.print(sentence);
 }
 
 function label(policy: SnapshotPolicy): string {
@@ -189,9 +174,10 @@ function policyCommands(group: string): CommandSpec[] {
         });
         const zone = policy.timeZone ? ` (${policy.timeZone})` : '';
         const backed = policy.backup ? ', backed up' : '';
-        printPolicy(
+        printResult(
           ctx,
           policy,
+          policy.id,
           `Created snapshot policy ${label(policy)} for volume ${policy.volumeId}: ` +
             `${policy.schedule}${zone}, keep ${policy.keep}${backed}.`,
         );
@@ -223,7 +209,7 @@ function policyCommands(group: string): CommandSpec[] {
       fieldFlags: FIELD_FLAGS,
       async run(ctx) {
         const policy = await policyApi(ctx.client).get(ctx.args[0]!);
-        printPolicy(ctx, policy, policyDetails(policy, ctx.now));
+        printResult(ctx, policy, policy.id, policyDetails(policy, ctx.now));
         return ExitCode.Ok;
       },
     },
@@ -235,9 +221,7 @@ function policyCommands(group: string): CommandSpec[] {
       async run(ctx) {
         const id = ctx.args[0]!;
         await policyApi(ctx.client).delete(id);
-        if (ctx.out.json) ctx.out.data({ id, deleted: true });
-        else if (ctx.out.quiet) ctx.out.print(id);
-        else ctx.out.print(`Deleted snapshot policy ${id}.`);
+        printResult(ctx, { id, deleted: true }, id, `Deleted snapshot policy ${id}.`);
         return ExitCode.Ok;
       },
     },

@@ -1,8 +1,10 @@
 /**
- * Pieces several commands share: paging through lists and following an asynchronous job.
+ * Pieces several commands share: paging through lists, printing an answer, following an
+ * asynchronous job, and hints on refused requests.
  */
 import type { Job, Page } from '../api-types.js';
 import {
+  addHint,
   type CommandContext,
   ExitCode,
   type OptionSpec,
@@ -12,7 +14,7 @@ import {
   UsageError,
 } from '../command.js';
 import { parseDuration } from '../format.js';
-import type { Query } from '../http-client.js';
+import { CliApiError, type Query } from '../http-client.js';
 import { JobWaitTimeoutError, waitForJob } from '../progress.js';
 
 export const PAGE_OPTIONS: Record<string, OptionSpec> = {
@@ -64,12 +66,15 @@ export async function fetchList<T>(
   }
 }
 
-/** Prints a page: JSON as received, else the rendered table (or ids with --quiet). */
+/**
+ * Prints a page: JSON as received, else the rendered table (or ids with --quiet). `render` gets the
+ * command's clock for tables that show ages.
+ */
 export function printList<T extends object>(
   ctx: CommandContext,
   page: Page<T>,
   noun: string,
-  render: (items: T[]) => string,
+  render: (items: T[], now: Date) => string,
   idOf: (item: T) => string,
 ): void {
   const { out } = ctx;
@@ -80,11 +85,45 @@ export function printList<T extends object>(
   } else if (page.items.length === 0) {
     out.note(`No ${noun} found.`);
   } else {
-    out.print(render(page.items));
+    out.print(render(page.items, ctx.now));
   }
   if (page.cursor && !out.json) {
     out.note(`More ${noun}: add --cursor ${page.cursor} (or --all).`);
   }
+}
+
+/**
+ * Prints what a command answers: `data` as JSON with --json; otherwise, if it succeeded, `id` alone
+ * with --quiet, else the sentence. After a failure (a failed or timed-out job, already reported on
+ * stderr) only the JSON is printed. A `sentence` function is called only when the sentence is shown.
+ */
+export function printResult(
+  ctx: CommandContext,
+  data: unknown,
+  id: string,
+  sentence: string | (() => string),
+  exitCode: number = ExitCode.Ok,
+): void {
+  const { out } = ctx;
+  if (out.json) out.data(data);
+  else if (exitCode !== ExitCode.Ok) return;
+  else if (out.quiet) out.print(id);
+  else out.print(typeof sentence === 'function' ? sentence() : sentence);
+}
+
+/**
+ * The answer of an asynchronous command run with --no-wait: the accepted body with --json, the job
+ * id with --quiet, else `<subject>: job <id> <state>.` and how to follow the job.
+ */
+export function printStarted(ctx: CommandContext, accepted: { job: Job }, subject: string): number {
+  const { out } = ctx;
+  if (out.json) out.data(accepted);
+  else if (out.quiet) out.print(accepted.job.id);
+  else {
+    out.print(`${subject}: job ${accepted.job.id} ${accepted.job.state}.`);
+    out.note(`Follow it with: strata jobs wait ${accepted.job.id}`);
+  }
+  return ExitCode.Ok;
 }
 
 export function waitTimeout(ctx: CommandContext, command: string): number {
@@ -141,6 +180,35 @@ export function rejectUnless(condition: boolean, message: string, command: strin
   if (!condition) throw new UsageError(message, command);
 }
 
+/** What {@link finishJob} prints about a command that answers with a bare job. */
+export interface JobOutcome {
+  /** The id the command acted on, printed alone with --quiet. */
+  id: string;
+  /** The subject of the --no-wait line, e.g. `Deleting volume vol-1`. */
+  started: string;
+  /** The sentence once the job has succeeded. */
+  done: (job: Job) => string;
+  /** Return at once instead of following the job (default: the --no-wait flag). */
+  noWait?: boolean;
+}
+
+/**
+ * The tail of an asynchronous command that answers with a bare job (`{ job }`): print it at once
+ * with --no-wait ({@link printStarted}), otherwise follow it and print `{ job }` with --json, the
+ * id with --quiet, or the sentence.
+ */
+export async function finishJob(
+  ctx: CommandContext,
+  timeoutMs: number,
+  accepted: { job: Job },
+  what: JobOutcome,
+): Promise<number> {
+  if (what.noWait ?? optFlag(ctx.values, 'no-wait')) return printStarted(ctx, accepted, what.started);
+  const { job, exitCode } = await followJob(ctx, accepted.job, timeoutMs);
+  printResult(ctx, { job }, what.id, () => what.done(job), exitCode);
+  return exitCode;
+}
+
 /** The entity an asynchronous command answered with, and how to read it again once the job ends. */
 export interface AcceptedEntity<T extends { id: string; name: string }> {
   /** The JSON key it is printed under, e.g. `store` in `{ store, job }`. */
@@ -153,33 +221,66 @@ export interface AcceptedEntity<T extends { id: string; name: string }> {
 
 /**
  * The shared tail of every asynchronous command that answers with an entity and a job: print the
- * job at once with --no-wait, otherwise follow it and show the entity as it ended up.
+ * job at once with --no-wait, otherwise follow it and show the entity as it ended up. `done` gets
+ * the finished job too, for commands that report what it did.
  */
 export async function finishAccepted<T extends { id: string; name: string }>(
   ctx: CommandContext,
   timeoutMs: number,
   accepted: { job: Job },
   what: AcceptedEntity<T>,
-  done: (entity: T) => string,
+  done: (entity: T, job: Job) => string,
 ): Promise<number> {
-  const { out } = ctx;
   if (optFlag(ctx.values, 'no-wait')) {
-    if (out.json) out.data(accepted);
-    else if (out.quiet) out.print(accepted.job.id);
-    else {
-      out.print(
-        `${what.noun} ${what.entity.name} (${what.entity.id}): job ${accepted.job.id} ${accepted.job.state}.`,
-      );
-      out.note(`Follow it with: strata jobs wait ${accepted.job.id}`);
-    }
-    return ExitCode.Ok;
+    return printStarted(ctx, accepted, `${what.noun} ${what.entity.name} (${what.entity.id})`);
   }
   const { job, exitCode } = await followJob(ctx, accepted.job, timeoutMs);
   const entity = await what.refetch(what.entity.id).catch(() => what.entity);
-  if (out.json) out.data({ [what.key]: entity, job });
-  else if (exitCode === ExitCode.Ok) {
-    if (out.quiet) out.print(entity.id);
-    else out.print(done(entity));
-  }
+  printResult(ctx, { [what.key]: entity, job }, entity.id, () => done(entity, job), exitCode);
   return exitCode;
+}
+
+/**
+ * Runs an API request and, when the API refuses it with an error for which `hint` has advice,
+ * attaches that advice (printed under the error) before passing the error on.
+ */
+export async function withHint<T>(
+  request: () => Promise<T>,
+  hint: (error: CliApiError) => string | undefined,
+): Promise<T> {
+  try {
+    return await request();
+  } catch (error) {
+    if (error instanceof CliApiError) {
+      const advice = hint(error);
+      if (advice !== undefined) addHint(error, advice);
+    }
+    throw error;
+  }
+}
+
+/** The state a 409 answer says the entity is in, if it says one. */
+export function conflictState(error: CliApiError): string | undefined {
+  const state = error.status === 409 ? error.extra['state'] : undefined;
+  return typeof state === 'string' ? state : undefined;
+}
+
+/** How to find the job that holds an entity. */
+export function runningJobs(id: string): string {
+  return `strata jobs list --target ${id} --state running`;
+}
+
+/**
+ * Makes the guard for requests against one kind of entity: when the API refuses a request because
+ * the entity is in the middle of something (409 with one of the `busy` states), the hint says so
+ * and how to find the job it waits for.
+ */
+export function busyGuard(noun: string, busy: ReadonlySet<string>) {
+  return <T>(id: string, request: () => Promise<T>): Promise<T> =>
+    withHint(request, (error) => {
+      const state = conflictState(error);
+      return state !== undefined && busy.has(state)
+        ? `${noun} ${id} is ${state}; try again when its job ends (${runningJobs(id)})`
+        : undefined;
+    });
 }

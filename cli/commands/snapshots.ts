@@ -8,10 +8,8 @@ import type {
   SnapshotAccepted,
   SnapshotCopy,
   SnapshotCopySelector,
-  Volume,
 } from '../api-types.js';
 import {
-  addHint,
   type CommandContext,
   type CommandSpec,
   ExitCode,
@@ -20,18 +18,35 @@ import {
   parseFlag,
   requireString,
 } from '../command.js';
-import { formatBytes, parseSize, relativeTime, renderDetails, renderTable } from '../format.js';
-import { CliApiError, type Query, type StrataClient } from '../http-client.js';
 import {
+  bytesOrDash,
+  exactBytes,
+  formatBytes,
+  orDash,
+  relativeTime,
+  renderDetails,
+  renderTable,
+  timestamp,
+  withSection,
+} from '../format.js';
+import type { Query, StrataClient } from '../http-client.js';
+import {
+  busyGuard,
+  conflictState,
   fetchList,
   finishAccepted,
+  finishJob,
   followJob,
   oneOf,
   PAGE_OPTIONS,
   printList,
+  printResult,
+  runningJobs,
   WAIT_OPTIONS,
   waitTimeout,
+  withHint,
 } from './shared.js';
+import { finishVolume, parseVolumeSize, volumeSummary } from './volumes.js';
 
 const parseFrom = oneOf<SnapshotCopySelector>(['primary', 'image', 'all']);
 
@@ -72,28 +87,13 @@ function snapshotApi(client: StrataClient) {
   };
 }
 
-/** A disk of zero bytes is refused here rather than by the API, with the flag named. */
-function parseVolumeSize(text: string): number {
-  const bytes = parseSize(text);
-  if (bytes <= 0) throw new Error(`'${text}' is not a positive size`);
-  return bytes;
-}
-
-function orDash(value: string | undefined): string {
-  return value || '-';
-}
-
-function size(bytes: number | undefined): string {
-  return bytes === undefined ? '-' : formatBytes(bytes);
-}
-
 function snapshotTable(snapshots: Snapshot[], now: Date): string {
   return renderTable(snapshots, [
     { header: 'ID', value: (s) => s.id },
     { header: 'NAME', value: (s) => s.name },
     { header: 'VOLUME', value: (s) => s.volumeId },
     { header: 'STATUS', value: (s) => s.status },
-    { header: 'SIZE', value: (s) => size(s.sizeBytes), align: 'right' },
+    { header: 'SIZE', value: (s) => bytesOrDash(s.sizeBytes), align: 'right' },
     { header: 'POLICY', value: (s) => orDash(s.policyId) },
     { header: 'CREATED', value: (s) => relativeTime(s.createdAt, now) },
   ]);
@@ -104,8 +104,8 @@ function copyTable(copies: SnapshotCopy[]): string {
     { header: 'STORE', value: (c) => c.storeId },
     { header: 'ROLE', value: (c) => orDash(c.storeRole) },
     { header: 'STATUS', value: (c) => c.status },
-    { header: 'SIZE', value: (c) => size(c.sizeBytes), align: 'right' },
-    { header: 'VIRTUAL SIZE', value: (c) => size(c.virtualSizeBytes), align: 'right' },
+    { header: 'SIZE', value: (c) => bytesOrDash(c.sizeBytes), align: 'right' },
+    { header: 'VIRTUAL SIZE', value: (c) => bytesOrDash(c.virtualSizeBytes), align: 'right' },
     { header: 'PATH', value: (c) => orDash(c.path) },
     { header: 'REASON', value: (c) => c.statusReason ?? '' },
   ]);
@@ -119,20 +119,14 @@ function snapshotDetails(snapshot: Snapshot, now: Date): string {
     ['Status', snapshot.status],
     ['Reason', snapshot.statusReason],
     // Exact bytes too: a restore makes a volume at least this big.
-    [
-      'Size',
-      snapshot.sizeBytes === undefined
-        ? '-'
-        : `${formatBytes(snapshot.sizeBytes)} (${snapshot.sizeBytes} bytes)`,
-    ],
+    ['Size', snapshot.sizeBytes === undefined ? '-' : exactBytes(snapshot.sizeBytes)],
     ['Policy', snapshot.policyId],
     ['Slot', snapshot.slot],
     ['Version', snapshot.version === undefined ? undefined : String(snapshot.version)],
-    ['Created', `${relativeTime(snapshot.createdAt, now)} (${snapshot.createdAt})`],
-    ['Updated', snapshot.updatedAt && `${relativeTime(snapshot.updatedAt, now)} (${snapshot.updatedAt})`],
+    ['Created', timestamp(snapshot.createdAt, now)],
+    ['Updated', snapshot.updatedAt && timestamp(snapshot.updatedAt, now)],
   ]);
-  const copies = snapshot.copies ?? [];
-  return `${details}\n\nCopies:\n${copies.length ? copyTable(copies) : '(none)'}`;
+  return withSection(details, 'Copies', snapshot.copies, copyTable);
 }
 
 /** The backup counters of a job: its result, else what its last progress report said. */
@@ -173,48 +167,23 @@ async function finishSnapshot(
   accepted: SnapshotAccepted,
   done: (snapshot: Snapshot) => string,
 ): Promise<number> {
-  const api = snapshotApi(ctx.client);
-  const what = { key: 'snapshot', noun: 'Snapshot', entity: accepted.snapshot, refetch: api.get };
-  if (optFlag(ctx.values, 'no-wait')) return finishAccepted(ctx, timeoutMs, accepted, what, done);
-  const { out } = ctx;
-  const { job, exitCode } = await followJob(ctx, accepted.job, timeoutMs);
-  const snapshot = await api.get(accepted.snapshot.id).catch(() => accepted.snapshot);
-  if (out.json) out.data({ snapshot, job });
-  else if (exitCode === ExitCode.Ok) {
-    if (out.quiet) out.print(snapshot.id);
-    else {
-      out.print(done(snapshot));
-      const counters = countersText(backupCounters(job));
-      if (counters) out.print(counters);
-    }
-  }
-  return exitCode;
+  const what = {
+    key: 'snapshot',
+    noun: 'Snapshot',
+    entity: accepted.snapshot,
+    refetch: snapshotApi(ctx.client).get,
+  };
+  return finishAccepted(ctx, timeoutMs, accepted, what, (snapshot, job) => {
+    const counters = countersText(backupCounters(job));
+    return counters ? `${done(snapshot)}\n${counters}` : done(snapshot);
+  });
 }
 
 /**
- * Runs a request against one snapshot and, when the API refuses it because the snapshot (or its
- * volume) is in the middle of something (409 with its state), says how to find what it waits for.
+ * Runs a request against one snapshot, with a hint when the API refuses it because the snapshot (or
+ * its volume) is busy.
  */
-async function onSnapshot<T>(id: string, request: () => Promise<T>): Promise<T> {
-  try {
-    return await request();
-  } catch (error) {
-    if (error instanceof CliApiError && error.status === 409) {
-      const state = error.extra['state'];
-      if (typeof state === 'string' && BUSY.has(state)) {
-        addHint(
-          error,
-          `snapshot ${id} is ${state}; try again when its job ends (strata jobs list --target ${id} --state running)`,
-        );
-      }
-    }
-    throw error;
-  }
-}
-
-function where(volume: Volume): string {
-  return volume.storeId ? ` on store ${volume.storeId}` : '';
-}
+const onSnapshot = busyGuard('snapshot', BUSY);
 
 const COPY_WORDS: Record<SnapshotCopySelector, string> = {
   primary: 'the primary copy of ',
@@ -237,13 +206,7 @@ export const snapshotCommands: CommandSpec[] = [
       const api = snapshotApi(ctx.client);
       const filters = { volumeId: optString(ctx.values, 'volume') };
       const page = await fetchList(ctx, command, filters, (q) => api.list(q));
-      printList(
-        ctx,
-        page,
-        'snapshots',
-        (items) => snapshotTable(items, ctx.now),
-        (s) => s.id,
-      );
+      printList(ctx, page, 'snapshots', snapshotTable, (s) => s.id);
       return ExitCode.Ok;
     },
   },
@@ -254,9 +217,7 @@ export const snapshotCommands: CommandSpec[] = [
     fieldFlags: FIELD_FLAGS,
     async run(ctx) {
       const snapshot = await snapshotApi(ctx.client).get(ctx.args[0]!);
-      if (ctx.out.json) ctx.out.data(snapshot);
-      else if (ctx.out.quiet) ctx.out.print(snapshot.id);
-      else ctx.out.print(snapshotDetails(snapshot, ctx.now));
+      printResult(ctx, snapshot, snapshot.id, () => snapshotDetails(snapshot, ctx.now));
       return ExitCode.Ok;
     },
   },
@@ -281,21 +242,15 @@ export const snapshotCommands: CommandSpec[] = [
       const name = requireString(ctx.values, 'name', command);
       const backup = optFlag(ctx.values, 'backup');
       const timeoutMs = waitTimeout(ctx, command);
-      let accepted: SnapshotAccepted;
-      try {
-        accepted = await snapshotApi(ctx.client).take(volumeId, { name, ...(backup ? { backup } : {}) });
-      } catch (error) {
-        if (error instanceof CliApiError && error.status === 409) {
-          const state = error.extra['state'];
-          if (typeof state === 'string' && state !== 'Ready') {
-            addHint(
-              error,
-              `volume ${volumeId} is ${state}; snapshots are taken of Ready volumes (strata jobs list --target ${volumeId} --state running)`,
-            );
-          }
-        }
-        throw error;
-      }
+      const accepted = await withHint(
+        () => snapshotApi(ctx.client).take(volumeId, { name, ...(backup ? { backup } : {}) }),
+        (error) => {
+          const state = conflictState(error);
+          return state !== undefined && state !== 'Ready'
+            ? `volume ${volumeId} is ${state}; snapshots are taken of Ready volumes (${runningJobs(volumeId)})`
+            : undefined;
+        },
+      );
       let final: Snapshot | undefined;
       const code = await finishSnapshot(ctx, timeoutMs, accepted, (s) => {
         final = s;
@@ -337,41 +292,28 @@ export const snapshotCommands: CommandSpec[] = [
     examples: ['strata snapshots revert snap-1'],
     async run(ctx) {
       const command = 'snapshots revert';
-      const { out } = ctx;
       const id = ctx.args[0]!;
       const timeoutMs = waitTimeout(ctx, command);
-      let accepted: { job: Job };
-      try {
-        accepted = await snapshotApi(ctx.client).revert(id);
-      } catch (error) {
+      const accepted = await withHint(
+        () => snapshotApi(ctx.client).revert(id),
         // The conflict may be the snapshot's state or its volume's; both are one command away.
-        if (error instanceof CliApiError && error.status === 409) {
-          addHint(
-            error,
-            `a revert needs the snapshot on primary storage (CreatedOnPrimary or BackedUp) and its volume Ready; see: strata snapshots get ${id}`,
-          );
-        }
-        throw error;
-      }
-      // The API reverts synchronously today and answers with the finished job; follow it if it is not.
-      if (optFlag(ctx.values, 'no-wait') && !['succeeded', 'failed'].includes(accepted.job.state)) {
-        if (out.json) out.data(accepted);
-        else if (out.quiet) out.print(accepted.job.id);
-        else {
-          out.print(`Reverting to snapshot ${id}: job ${accepted.job.id} ${accepted.job.state}.`);
-          out.note(`Follow it with: strata jobs wait ${accepted.job.id}`);
-        }
-        return ExitCode.Ok;
-      }
-      const { job, exitCode } = await followJob(ctx, accepted.job, timeoutMs);
-      if (out.json) out.data({ job });
-      else if (exitCode === ExitCode.Ok) {
-        const volumeId = job.result?.['volumeId'];
-        if (out.quiet) out.print(id);
-        else if (typeof volumeId === 'string') out.print(`Reverted volume ${volumeId} to snapshot ${id}.`);
-        else out.print(`Reverted to snapshot ${id}.`);
-      }
-      return exitCode;
+        (error) =>
+          error.status === 409
+            ? `a revert needs the snapshot on primary storage (CreatedOnPrimary or BackedUp) and its volume Ready; see: strata snapshots get ${id}`
+            : undefined,
+      );
+      return finishJob(ctx, timeoutMs, accepted, {
+        id,
+        started: `Reverting to snapshot ${id}`,
+        done: (job) => {
+          const volumeId = job.result?.['volumeId'];
+          return typeof volumeId === 'string'
+            ? `Reverted volume ${volumeId} to snapshot ${id}.`
+            : `Reverted to snapshot ${id}.`;
+        },
+        // The API reverts synchronously today and answers with the finished job; follow it if it is not.
+        noWait: optFlag(ctx.values, 'no-wait') && !['succeeded', 'failed'].includes(accepted.job.state),
+      });
     },
   },
   {
@@ -390,24 +332,19 @@ export const snapshotCommands: CommandSpec[] = [
     examples: ['strata snapshots delete snap-1', 'strata snapshots delete snap-1 --from primary'],
     async run(ctx) {
       const command = 'snapshots delete';
-      const { out } = ctx;
       const id = ctx.args[0]!;
       const from = parseFlag(ctx.values, 'from', command, parseFrom);
       const answer = await onSnapshot(id, () => snapshotApi(ctx.client).delete(id, from));
       let exitCode: number = ExitCode.Ok;
       let job: Job | undefined;
       if (answer?.job) ({ job, exitCode } = await followJob(ctx, answer.job, waitTimeout(ctx, command)));
-      if (out.json)
-        out.data({
-          id,
-          deleted: exitCode === ExitCode.Ok,
-          ...(from ? { from } : {}),
-          ...(job ? { job } : {}),
-        });
-      else if (exitCode === ExitCode.Ok) {
-        if (out.quiet) out.print(id);
-        else out.print(`Deleted ${COPY_WORDS[from ?? 'all']}snapshot ${id}.`);
-      }
+      const data = {
+        id,
+        deleted: exitCode === ExitCode.Ok,
+        ...(from ? { from } : {}),
+        ...(job ? { job } : {}),
+      };
+      printResult(ctx, data, id, `Deleted ${COPY_WORDS[from ?? 'all']}snapshot ${id}.`, exitCode);
       return exitCode;
     },
   },
@@ -451,20 +388,7 @@ export const snapshotCommands: CommandSpec[] = [
       };
       const timeoutMs = waitTimeout(ctx, command);
       const accepted = await onSnapshot(id, () => ctx.client.createVolume(request));
-      const what = {
-        key: 'volume',
-        noun: 'Volume',
-        entity: accepted.volume,
-        refetch: (volumeId: string) => ctx.client.getVolume(volumeId),
-      };
-      return finishAccepted(
-        ctx,
-        timeoutMs,
-        accepted,
-        what,
-        (v) =>
-          `Restored snapshot ${id} to volume ${v.name} (${v.id}), ${formatBytes(v.sizeBytes)}${where(v)}, status ${v.status}.`,
-      );
+      return finishVolume(ctx, timeoutMs, accepted, (v) => `Restored snapshot ${id} to ${volumeSummary(v)}.`);
     },
   },
 ];

@@ -8,7 +8,6 @@ import type {
   StoreRole,
 } from '../api-types.js';
 import {
-  addHint,
   type CommandContext,
   type CommandSpec,
   ExitCode,
@@ -29,16 +28,18 @@ import {
   relativeTime,
   renderDetails,
   renderTable,
+  timestamp,
 } from '../format.js';
-import { CliApiError } from '../http-client.js';
 import {
   fetchList,
   finishAccepted,
   oneOf,
   PAGE_OPTIONS,
   printList,
+  printResult,
   WAIT_OPTIONS,
   waitTimeout,
+  withHint,
 } from './shared.js';
 
 const parseRole = oneOf<StoreRole>(['primary', 'image']);
@@ -137,8 +138,8 @@ function storeDetails(store: Store, now: Date): string {
     ['Tags', store.tags?.length ? store.tags.join(', ') : '-'],
     ['Details', formatDetails(store.details ?? {})],
     ['Version', String(store.version)],
-    ['Created', `${relativeTime(store.createdAt, now)} (${store.createdAt})`],
-    ['Updated', `${relativeTime(store.updatedAt, now)} (${store.updatedAt})`],
+    ['Created', timestamp(store.createdAt, now)],
+    ['Updated', timestamp(store.updatedAt, now)],
   ]);
 }
 
@@ -149,12 +150,6 @@ function objectTable(objects: StoreObject[], now: Date): string {
     { header: 'MODIFIED', value: (o) => relativeTime(o.modifiedAt, now) },
     { header: 'OWNER', value: (o) => (o.owner ? `${o.owner.type} ${o.owner.id}` : '-') },
   ]);
-}
-
-function printStore(ctx: CommandContext, store: Store, sentence: string): void {
-  if (ctx.out.json) ctx.out.data(store);
-  else if (ctx.out.quiet) ctx.out.print(store.id);
-  else ctx.out.print(sentence);
 }
 
 /**
@@ -223,7 +218,7 @@ function statusCommand(verb: 'enable' | 'disable'): CommandSpec {
     args: ['id'],
     async run(ctx) {
       const store = await ctx.client.updateStore(ctx.args[0]!, { status });
-      printStore(ctx, store, `Store ${store.name} (${store.id}) is now ${store.status}.`);
+      printResult(ctx, store, store.id, `Store ${store.name} (${store.id}) is now ${store.status}.`);
       return ExitCode.Ok;
     },
   };
@@ -260,7 +255,7 @@ export const storeCommands: CommandSpec[] = [
     args: ['id'],
     async run(ctx) {
       const store = await ctx.client.getStore(ctx.args[0]!);
-      printStore(ctx, store, storeDetails(store, ctx.now));
+      printResult(ctx, store, store.id, storeDetails(store, ctx.now));
       return ExitCode.Ok;
     },
   },
@@ -374,7 +369,7 @@ export const storeCommands: CommandSpec[] = [
         throw new UsageError('nothing to update: give at least one of the options', command);
       }
       const store = await ctx.client.updateStore(ctx.args[0]!, patch);
-      printStore(ctx, store, `Updated store ${store.name} (${store.id}).`);
+      printResult(ctx, store, store.id, `Updated store ${store.name} (${store.id}).`);
       return ExitCode.Ok;
     },
   },
@@ -408,17 +403,12 @@ export const storeCommands: CommandSpec[] = [
     args: ['id'],
     async run(ctx) {
       const id = ctx.args[0]!;
-      try {
-        await ctx.client.deleteStore(id);
-      } catch (error) {
-        if (error instanceof CliApiError && error.status === 409) {
-          addHint(error, `see what it still holds with: strata stores objects ${id}`);
-        }
-        throw error;
-      }
-      if (ctx.out.json) ctx.out.data({ id, deleted: true });
-      else if (ctx.out.quiet) ctx.out.print(id);
-      else ctx.out.print(`Deleted store ${id}.`);
+      await withHint(
+        () => ctx.client.deleteStore(id),
+        (error) =>
+          error.status === 409 ? `see what it still holds with: strata stores objects ${id}` : undefined,
+      );
+      printResult(ctx, { id, deleted: true }, id, `Deleted store ${id}.`);
       return ExitCode.Ok;
     },
   },
@@ -430,13 +420,7 @@ export const storeCommands: CommandSpec[] = [
     async run(ctx) {
       const id = ctx.args[0]!;
       const page = await fetchList(ctx, 'stores objects', {}, (q) => ctx.client.listStoreObjects(id, q));
-      printList(
-        ctx,
-        page,
-        'objects',
-        (items) => objectTable(items, ctx.now),
-        (o) => o.path,
-      );
+      printList(ctx, page, 'objects', objectTable, (o) => o.path);
       return ExitCode.Ok;
     },
   },

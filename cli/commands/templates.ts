@@ -24,8 +24,7 @@ import {
   requireString,
   UsageError,
 } from '../command.js';
-import { formatBytes, relativeTime, renderDetails, renderTable } from '../format.js';
-import { CliApiError } from '../http-client.js';
+import { bytesOrDash, formatBytes, renderDetails, renderTable, timestamp, withSection } from '../format.js';
 import { DEFAULT_POLL } from '../progress.js';
 import {
   PartUploadError,
@@ -41,8 +40,10 @@ import {
   oneOf,
   PAGE_OPTIONS,
   printList,
+  printResult,
   WAIT_OPTIONS,
   waitTimeout,
+  withHint,
 } from './shared.js';
 
 const FORMATS: readonly TemplateFormat[] = ['qcow2', 'raw', 'vhd', 'vmdk', 'iso'];
@@ -144,10 +145,6 @@ function copiesText(template: Template): string {
   return `${copies.filter((copy) => copy.status === 'Ready').length}/${copies.length} Ready`;
 }
 
-function size(bytes: number | undefined): string {
-  return bytes === undefined ? '-' : formatBytes(bytes);
-}
-
 function templateTable(templates: Template[]): string {
   return renderTable(templates, [
     { header: 'ID', value: (t) => t.id },
@@ -155,7 +152,7 @@ function templateTable(templates: Template[]): string {
     { header: 'TYPE', value: (t) => t.type },
     { header: 'FORMAT', value: (t) => t.format },
     { header: 'STATUS', value: (t) => t.status },
-    { header: 'VIRTUAL SIZE', value: (t) => size(t.virtualSizeBytes), align: 'right' },
+    { header: 'VIRTUAL SIZE', value: (t) => bytesOrDash(t.virtualSizeBytes), align: 'right' },
     { header: 'COPIES', value: copiesText },
   ]);
 }
@@ -180,7 +177,7 @@ function copyTable(copies: TemplateCopy[]): string {
   return renderTable(copies, [
     { header: 'STORE', value: (c) => c.storeId },
     { header: 'STATUS', value: (c) => c.status },
-    { header: 'SIZE', value: (c) => size(c.sizeBytes), align: 'right' },
+    { header: 'SIZE', value: (c) => bytesOrDash(c.sizeBytes), align: 'right' },
     { header: 'CHECKSUM', value: (c) => shortChecksum(c.checksum) },
     { header: 'PROGRESS', value: copyProgress },
     { header: 'REFS', value: (c) => String(c.refCount ?? 0), align: 'right' },
@@ -195,16 +192,15 @@ function templateDetails(template: Template, now: Date): string {
     ['Type', template.type],
     ['Format', template.format],
     ['Status', template.status],
-    ['Virtual size', size(template.virtualSizeBytes)],
+    ['Virtual size', bytesOrDash(template.virtualSizeBytes)],
     ['Zone', template.zoneId],
     ['URL', template.url],
     ['Checksum', template.checksum],
     ['Version', String(template.version)],
-    ['Created', `${relativeTime(template.createdAt, now)} (${template.createdAt})`],
-    ['Updated', `${relativeTime(template.updatedAt, now)} (${template.updatedAt})`],
+    ['Created', timestamp(template.createdAt, now)],
+    ['Updated', timestamp(template.updatedAt, now)],
   ]);
-  const copies = template.copies ?? [];
-  return `${details}\n\nCopies:\n${copies.length ? copyTable(copies) : '(none)'}`;
+  return withSection(details, 'Copies', template.copies, copyTable);
 }
 
 /**
@@ -354,9 +350,7 @@ export const templateCommands: CommandSpec[] = [
     args: ['id'],
     async run(ctx) {
       const template = await ctx.client.getTemplate(ctx.args[0]!);
-      if (ctx.out.json) ctx.out.data(template);
-      else if (ctx.out.quiet) ctx.out.print(template.id);
-      else ctx.out.print(templateDetails(template, ctx.now));
+      printResult(ctx, template, template.id, () => templateDetails(template, ctx.now));
       return ExitCode.Ok;
     },
   },
@@ -556,17 +550,14 @@ export const templateCommands: CommandSpec[] = [
     args: ['id'],
     async run(ctx) {
       const id = ctx.args[0]!;
-      try {
-        await ctx.client.deleteTemplate(id);
-      } catch (error) {
-        if (error instanceof CliApiError && error.status === 409 && error.extra['dependents'] !== undefined) {
-          addHint(error, 'the volumes listed under dependents still use it; delete them first');
-        }
-        throw error;
-      }
-      if (ctx.out.json) ctx.out.data({ id, deleted: true });
-      else if (ctx.out.quiet) ctx.out.print(id);
-      else ctx.out.print(`Deleted template ${id}.`);
+      await withHint(
+        () => ctx.client.deleteTemplate(id),
+        (error) =>
+          error.status === 409 && error.extra['dependents'] !== undefined
+            ? 'the volumes listed under dependents still use it; delete them first'
+            : undefined,
+      );
+      printResult(ctx, { id, deleted: true }, id, `Deleted template ${id}.`);
       return ExitCode.Ok;
     },
   },

@@ -1,5 +1,4 @@
 import type {
-  Job,
   NewVolume,
   PlacementCandidate,
   PlacementExplanation,
@@ -8,7 +7,6 @@ import type {
   VolumeStatus,
 } from '../api-types.js';
 import {
-  addHint,
   type CommandContext,
   type CommandSpec,
   ExitCode,
@@ -20,17 +18,27 @@ import {
   requireString,
   UsageError,
 } from '../command.js';
-import { formatBytes, parseSize, relativeTime, renderDetails, renderTable } from '../format.js';
-import { CliApiError } from '../http-client.js';
 import {
+  exactBytes,
+  formatBytes,
+  orDash,
+  parseSize,
+  renderDetails,
+  renderTable,
+  timestamp,
+} from '../format.js';
+import {
+  busyGuard,
   fetchList,
   finishAccepted,
-  followJob,
+  finishJob,
   oneOf,
   PAGE_OPTIONS,
   printList,
+  printResult,
   WAIT_OPTIONS,
   waitTimeout,
+  withHint,
 } from './shared.js';
 
 const STATUSES: readonly VolumeStatus[] = [
@@ -68,7 +76,7 @@ const FIELD_FLAGS: Record<string, string> = {
 };
 
 /** A disk of zero bytes is refused here rather than by the API, with the flag named. */
-function parseVolumeSize(text: string): number {
+export function parseVolumeSize(text: string): number {
   const bytes = parseSize(text);
   if (bytes <= 0) throw new Error(`'${text}' is not a positive size`);
   return bytes;
@@ -81,10 +89,6 @@ function collectTags(values: CommandContext['values']): string[] {
     .map((tag) => tag.trim())
     .filter(Boolean);
   return [...new Set(tags)];
-}
-
-function orDash(value: string | undefined): string {
-  return value || '-';
 }
 
 function volumeTable(volumes: Volume[]): string {
@@ -108,7 +112,7 @@ function volumeDetails(volume: Volume, now: Date): string {
     ['Store', orDash(volume.storeId)],
     ['Template', orDash(volume.templateId)],
     // Exact bytes too: resize targets and template minimums are compared to the byte.
-    ['Size', `${formatBytes(volume.sizeBytes)} (${volume.sizeBytes} bytes)`],
+    ['Size', exactBytes(volume.sizeBytes)],
     ['Format', volume.format],
     ['Path', orDash(volume.path)],
     ['Tags', volume.tags?.length ? volume.tags.join(', ') : '-'],
@@ -116,8 +120,8 @@ function volumeDetails(volume: Volume, now: Date): string {
     ['Reason', volume.statusReason],
     ['Access', hosts.length ? hosts.join(', ') : '-'],
     ['Version', String(volume.version)],
-    ['Created', `${relativeTime(volume.createdAt, now)} (${volume.createdAt})`],
-    ['Updated', `${relativeTime(volume.updatedAt, now)} (${volume.updatedAt})`],
+    ['Created', timestamp(volume.createdAt, now)],
+    ['Updated', timestamp(volume.updatedAt, now)],
   ]);
 }
 
@@ -164,17 +168,12 @@ function printPlacement(ctx: CommandContext, explanation: PlacementExplanation):
   return ExitCode.Failure;
 }
 
-function printVolume(ctx: CommandContext, volume: Volume, sentence: string): void {
-  if (ctx.out.json) ctx.out.data(volume);
-  else if (ctx.out.quiet) ctx.out.print(volume.id);
-  else ctx.out.print(sentence);
-}
-
 /**
- * The shared tail of every asynchronous volume command that answers with the volume: print the job
- * at once with --no-wait, otherwise follow it and show the volume as it ended up.
+ * The shared tail of every asynchronous command that answers with a volume (the volume commands,
+ * and a restore from a snapshot): print the job at once with --no-wait, otherwise follow it and
+ * show the volume as it ended up.
  */
-async function finishAsync(
+export async function finishVolume(
   ctx: CommandContext,
   timeoutMs: number,
   accepted: VolumeAccepted,
@@ -189,29 +188,16 @@ async function finishAsync(
   return finishAccepted(ctx, timeoutMs, accepted, what, done);
 }
 
-/**
- * Runs a request against one volume and, when the API refuses it because the volume is in the middle
- * of something (409 with its state), says how to find what it is waiting for.
- */
-async function onVolume<T>(id: string, request: () => Promise<T>): Promise<T> {
-  try {
-    return await request();
-  } catch (error) {
-    if (error instanceof CliApiError && error.status === 409) {
-      const state = error.extra['state'];
-      if (typeof state === 'string' && BUSY.has(state)) {
-        addHint(
-          error,
-          `volume ${id} is ${state}; try again when its job ends (strata jobs list --target ${id} --state running)`,
-        );
-      }
-    }
-    throw error;
-  }
-}
+/** Runs a request against one volume, with a hint when the API refuses it because the volume is busy. */
+const onVolume = busyGuard('volume', BUSY);
 
 function where(volume: Volume): string {
   return volume.storeId ? ` on store ${volume.storeId}` : '';
+}
+
+/** A new volume in a sentence: `volume data-1 (vol-1), 10.0 GiB on store st-1, status Ready`. */
+export function volumeSummary(volume: Volume): string {
+  return `volume ${volume.name} (${volume.id}), ${formatBytes(volume.sizeBytes)}${where(volume)}, status ${volume.status}`;
 }
 
 export const volumeCommands: CommandSpec[] = [
@@ -255,7 +241,7 @@ export const volumeCommands: CommandSpec[] = [
     fieldFlags: FIELD_FLAGS,
     async run(ctx) {
       const volume = await ctx.client.getVolume(ctx.args[0]!);
-      printVolume(ctx, volume, volumeDetails(volume, ctx.now));
+      printResult(ctx, volume, volume.id, volumeDetails(volume, ctx.now));
       return ExitCode.Ok;
     },
   },
@@ -342,13 +328,7 @@ export const volumeCommands: CommandSpec[] = [
       }
       const timeoutMs = waitTimeout(ctx, command);
       const accepted = await ctx.client.createVolume(request);
-      return finishAsync(
-        ctx,
-        timeoutMs,
-        accepted,
-        (v) =>
-          `Created volume ${v.name} (${v.id}), ${formatBytes(v.sizeBytes)}${where(v)}, status ${v.status}.`,
-      );
+      return finishVolume(ctx, timeoutMs, accepted, (v) => `Created ${volumeSummary(v)}.`);
     },
   },
   {
@@ -372,19 +352,18 @@ export const volumeCommands: CommandSpec[] = [
       const sizeBytes = requireFlag(ctx.values, 'size', command, parseVolumeSize);
       const allowShrink = optFlag(ctx.values, 'allow-shrink');
       const timeoutMs = waitTimeout(ctx, command);
-      let accepted: VolumeAccepted;
-      try {
-        accepted = await onVolume(id, () =>
-          ctx.client.resizeVolume(id, { sizeBytes, ...(allowShrink ? { allowShrink } : {}) }),
-        );
-      } catch (error) {
+      const accepted = await withHint(
+        () =>
+          onVolume(id, () =>
+            ctx.client.resizeVolume(id, { sizeBytes, ...(allowShrink ? { allowShrink } : {}) }),
+          ),
         // The API refuses a shrink unless told; the flag that tells it is ours to name.
-        if (error instanceof CliApiError && error.field === 'sizeBytes' && /shrink/i.test(error.message)) {
-          addHint(error, 'add --allow-shrink to shrink it anyway (the data past the new end is lost)');
-        }
-        throw error;
-      }
-      return finishAsync(
+        (error) =>
+          error.field === 'sizeBytes' && /shrink/i.test(error.message)
+            ? 'add --allow-shrink to shrink it anyway (the data past the new end is lost)'
+            : undefined,
+      );
+      return finishVolume(
         ctx,
         timeoutMs,
         accepted,
@@ -409,7 +388,7 @@ export const volumeCommands: CommandSpec[] = [
       const storeId = requireString(ctx.values, 'store', command);
       const timeoutMs = waitTimeout(ctx, command);
       const accepted = await onVolume(id, () => ctx.client.migrateVolume(id, storeId));
-      return finishAsync(
+      return finishVolume(
         ctx,
         timeoutMs,
         accepted,
@@ -425,37 +404,20 @@ export const volumeCommands: CommandSpec[] = [
     fieldFlags: FIELD_FLAGS,
     async run(ctx) {
       const command = 'volumes delete';
-      const { out } = ctx;
       const id = ctx.args[0]!;
       const timeoutMs = waitTimeout(ctx, command);
-      let accepted: { job: Job };
-      try {
-        accepted = await onVolume(id, () => ctx.client.deleteVolume(id));
-      } catch (error) {
-        if (error instanceof CliApiError && error.status === 409 && /access/i.test(error.message)) {
-          addHint(
-            error,
-            `revoke each host's access first: strata volumes access revoke ${id} --host <hostId>`,
-          );
-        }
-        throw error;
-      }
-      if (optFlag(ctx.values, 'no-wait')) {
-        if (out.json) out.data(accepted);
-        else if (out.quiet) out.print(accepted.job.id);
-        else {
-          out.print(`Deleting volume ${id}: job ${accepted.job.id} ${accepted.job.state}.`);
-          out.note(`Follow it with: strata jobs wait ${accepted.job.id}`);
-        }
-        return ExitCode.Ok;
-      }
-      const { job, exitCode } = await followJob(ctx, accepted.job, timeoutMs);
-      if (out.json) out.data({ job });
-      else if (exitCode === ExitCode.Ok) {
-        if (out.quiet) out.print(id);
-        else out.print(`Deleted volume ${id}.`);
-      }
-      return exitCode;
+      const accepted = await withHint(
+        () => onVolume(id, () => ctx.client.deleteVolume(id)),
+        (error) =>
+          error.status === 409 && /access/i.test(error.message)
+            ? `revoke each host's access first: strata volumes access revoke ${id} --host <hostId>`
+            : undefined,
+      );
+      return finishJob(ctx, timeoutMs, accepted, {
+        id,
+        started: `Deleting volume ${id}`,
+        done: () => `Deleted volume ${id}.`,
+      });
     },
   },
   {
@@ -470,14 +432,14 @@ export const volumeCommands: CommandSpec[] = [
       const id = ctx.args[0]!;
       const hostId = requireString(ctx.values, 'host', 'volumes access grant');
       const access = await onVolume(id, () => ctx.client.grantVolumeAccess(id, hostId));
-      const { out } = ctx;
+      const until = access.expiresAt ? ` (until ${access.expiresAt})` : '';
       // -q prints the URI: it is what a script passes on to the host.
-      if (out.json) out.data(access);
-      else if (out.quiet) out.print(access.uri);
-      else {
-        const until = access.expiresAt ? ` (until ${access.expiresAt})` : '';
-        out.print(`Host ${access.hostId} can reach volume ${id} at ${access.uri}${until}.`);
-      }
+      printResult(
+        ctx,
+        access,
+        access.uri,
+        `Host ${access.hostId} can reach volume ${id} at ${access.uri}${until}.`,
+      );
       return ExitCode.Ok;
     },
   },
@@ -493,10 +455,12 @@ export const volumeCommands: CommandSpec[] = [
       const id = ctx.args[0]!;
       const hostId = requireString(ctx.values, 'host', 'volumes access revoke');
       await onVolume(id, () => ctx.client.revokeVolumeAccess(id, hostId));
-      const { out } = ctx;
-      if (out.json) out.data({ id, hostId, revoked: true });
-      else if (out.quiet) out.print(id);
-      else out.print(`Revoked access of host ${hostId} to volume ${id}.`);
+      printResult(
+        ctx,
+        { id, hostId, revoked: true },
+        id,
+        `Revoked access of host ${hostId} to volume ${id}.`,
+      );
       return ExitCode.Ok;
     },
   },

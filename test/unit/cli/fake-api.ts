@@ -153,6 +153,17 @@ export async function runCli(
   return { code, stdout: stdout.text, stderr: stderr.text };
 }
 
+/**
+ * Asserts that a command line was refused before any request: exit 2, the message, and the pointer
+ * to the help of `command` (e.g. `volumes create`).
+ */
+export function expectUsageError(result: CliResult, api: FakeApi, command: string, message: string): void {
+  expect(result.code).toBe(2);
+  expect(result.stderr).toContain(message);
+  expect(result.stderr).toContain(`Run 'strata ${command} --help' for usage.`);
+  expect(api.requests).toHaveLength(0);
+}
+
 export function host(overrides: Record<string, unknown> = {}) {
   return {
     id: 'h-1',

@@ -1,12 +1,17 @@
 import {
+  bytesOrDash,
+  exactBytes,
   formatBytes,
   formatDuration,
   jobStateLabel,
+  orDash,
   parseDuration,
   parseSize,
   relativeTime,
   renderDetails,
   renderTable,
+  timestamp,
+  withSection,
 } from '../../../cli/format.js';
 
 describe('parseSize', () => {
@@ -89,6 +94,48 @@ describe('relativeTime', () => {
     ['yesterday', 'yesterday'],
   ])('%s → %s', (iso, text) => {
     expect(relativeTime(iso, now)).toBe(text);
+  });
+});
+
+describe('timestamp', () => {
+  it('says how long ago, then the exact time', () => {
+    expect(timestamp('2025-06-01T11:00:00.000Z', new Date('2025-06-01T12:00:00Z'))).toBe(
+      '1h ago (2025-06-01T11:00:00.000Z)',
+    );
+  });
+});
+
+describe('orDash / bytesOrDash / exactBytes', () => {
+  it.each([
+    [undefined, '-'],
+    ['', '-'],
+    ['st-1', 'st-1'],
+  ])('orDash(%j) → %s', (value, text) => {
+    expect(orDash(value)).toBe(text);
+  });
+
+  it.each([
+    [undefined, '-'],
+    [0, '0 B'],
+    [10 * 2 ** 30, '10.0 GiB'],
+  ])('bytesOrDash(%j) → %s', (bytes, text) => {
+    expect(bytesOrDash(bytes)).toBe(text);
+  });
+
+  it('exactBytes gives the byte count after the size', () => {
+    expect(exactBytes(10 * 2 ** 30)).toBe('10.0 GiB (10737418240 bytes)');
+  });
+});
+
+describe('withSection', () => {
+  const table = (rows: string[]) => rows.join(',');
+
+  it('puts the titled table under the details', () => {
+    expect(withSection('ID  x', 'Copies', ['a', 'b'], table)).toBe('ID  x\n\nCopies:\na,b');
+  });
+
+  it.each([[undefined], [[]]])('says (none) for %j rows', (rows) => {
+    expect(withSection('ID  x', 'Copies', rows, table)).toBe('ID  x\n\nCopies:\n(none)');
   });
 });
 

@@ -1,4 +1,4 @@
-import { FakeApi, runCli, UUID } from './fake-api.js';
+import { expectUsageError, FakeApi, runCli, UUID } from './fake-api.js';
 
 function policy(overrides: Record<string, unknown> = {}) {
   return {
@@ -14,6 +14,12 @@ function policy(overrides: Record<string, unknown> = {}) {
     updatedAt: '2025-06-01T11:55:00.000Z',
     ...overrides,
   };
+}
+
+/** A valid `create` command line with some flags changed, added, or (as undefined) left out. */
+function createArgs(changes: Record<string, string | undefined>): string[] {
+  const flags = { '--volume': 'vol-1', '--schedule': 'rate(1 hour)', '--keep': '7', ...changes };
+  return Object.entries(flags).flatMap(([flag, value]) => (value === undefined ? [] : [flag, value]));
 }
 
 describe('strata snapshot-policies (alias policies)', () => {
@@ -73,16 +79,7 @@ describe('strata snapshot-policies (alias policies)', () => {
       });
       api.on('POST', '/snapshot-policies', { status: 201, body: created });
 
-      const args = [
-        'snapshot-policies',
-        'create',
-        '--volume',
-        'vol-1',
-        '--schedule',
-        'rate(1 hour)',
-        '--keep',
-        '24',
-      ];
+      const args = ['snapshot-policies', 'create', ...createArgs({ '--keep': '24' })];
       const human = await runCli(args, { api });
       const quiet = await runCli([...args, '-q'], { api });
       const json = await runCli([...args, '--json'], { api });
@@ -96,48 +93,21 @@ describe('strata snapshot-policies (alias policies)', () => {
     });
 
     it.each([
-      [['--schedule', 'rate(1 hour)', '--keep', '7'], '--volume is required'],
-      [['--volume', 'vol-1', '--keep', '7'], '--schedule is required'],
-      [['--volume', 'vol-1', '--schedule', 'rate(1 hour)'], '--keep is required'],
-      [
-        ['--volume', 'vol-1', '--schedule', 'hourly', '--keep', '7'],
-        "--schedule: 'hourly' is not a schedule",
-      ],
-      [
-        ['--volume', 'vol-1', '--schedule', 'rate(2 hour)', '--keep', '7'],
-        "--schedule: 'rate(2 hour)': write rate(1 hour) or rate(2 hours)",
-      ],
-      [
-        ['--volume', 'vol-1', '--schedule', 'rate(1 days)', '--keep', '7'],
-        "--schedule: 'rate(1 days)': write rate(1 day) or rate(2 days)",
-      ],
-      [
-        ['--volume', 'vol-1', '--schedule', 'rate(0 hours)', '--keep', '7'],
-        "--schedule: 'rate(0 hours)' is not a positive rate",
-      ],
-      [
-        ['--volume', 'vol-1', '--schedule', 'cron(0 3 * *)', '--keep', '7'],
-        "--schedule: 'cron(0 3 * *)' is not a schedule",
-      ],
-      [
-        ['--volume', 'vol-1', '--schedule', 'rate(1 hour)', '--keep', '0'],
-        "--keep: '0' is not a positive whole number",
-      ],
-      [
-        ['--volume', 'vol-1', '--schedule', 'rate(1 hour)', '--keep', '2.5'],
-        "--keep: '2.5' is not a positive whole number",
-      ],
-      [
-        ['--volume', 'vol-1', '--schedule', 'rate(1 hour)', '--keep', '7', '--time-zone', 'Mars/Olympus'],
-        "--time-zone: 'Mars/Olympus' is not a time zone",
-      ],
-    ])('rejects %j with a usage error and sends nothing', async (extra, message) => {
-      const result = await runCli(['policies', 'create', ...extra], { api });
+      [{ '--volume': undefined }, '--volume is required'],
+      [{ '--schedule': undefined }, '--schedule is required'],
+      [{ '--keep': undefined }, '--keep is required'],
+      [{ '--schedule': 'hourly' }, "--schedule: 'hourly' is not a schedule"],
+      [{ '--schedule': 'rate(2 hour)' }, "--schedule: 'rate(2 hour)': write rate(1 hour) or rate(2 hours)"],
+      [{ '--schedule': 'rate(1 days)' }, "--schedule: 'rate(1 days)': write rate(1 day) or rate(2 days)"],
+      [{ '--schedule': 'rate(0 hours)' }, "--schedule: 'rate(0 hours)' is not a positive rate"],
+      [{ '--schedule': 'cron(0 3 * *)' }, "--schedule: 'cron(0 3 * *)' is not a schedule"],
+      [{ '--keep': '0' }, "--keep: '0' is not a positive whole number"],
+      [{ '--keep': '2.5' }, "--keep: '2.5' is not a positive whole number"],
+      [{ '--time-zone': 'Mars/Olympus' }, "--time-zone: 'Mars/Olympus' is not a time zone"],
+    ])('rejects a create with %p as a usage error (%s) and sends nothing', async (changes, message) => {
+      const result = await runCli(['policies', 'create', ...createArgs(changes)], { api });
 
-      expect(result.code).toBe(2);
-      expect(result.stderr).toContain(message);
-      expect(result.stderr).toContain("Run 'strata snapshot-policies create --help' for usage.");
-      expect(api.requests).toHaveLength(0);
+      expectUsageError(result, api, 'snapshot-policies create', message);
     });
 
     it('shows an API error with its field as the flag that sets it', async () => {
@@ -146,10 +116,7 @@ describe('strata snapshot-policies (alias policies)', () => {
         body: { error: { code: 'InvalidInput', message: 'keep must be at most 100', field: 'keep' } },
       });
 
-      const result = await runCli(
-        ['policies', 'create', '--volume', 'vol-1', '--schedule', 'rate(1 hour)', '--keep', '500'],
-        { api },
-      );
+      const result = await runCli(['policies', 'create', ...createArgs({ '--keep': '500' })], { api });
 
       expect(result.code).toBe(1);
       expect(result.stderr).toBe(

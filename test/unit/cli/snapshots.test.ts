@@ -1,4 +1,4 @@
-import { FakeApi, job, runCli, UUID } from './fake-api.js';
+import { expectUsageError, FakeApi, job, runCli, UUID } from './fake-api.js';
 
 const GiB = 2 ** 30;
 const MiB = 2 ** 20;
@@ -285,7 +285,7 @@ describe('strata snapshots', () => {
       expect(api.requests.every((r) => r.method === 'POST')).toBe(true);
     });
 
-    it('exits 1 with the job error; --json still prints snapshot and job', async () => {
+    it('--json still prints the snapshot and the job when the job fails', async () => {
       const failed = snapshotJob({
         state: 'failed',
         error: { code: 'SnapshotFailed', message: 'qemu-img: lock held' },
@@ -298,35 +298,10 @@ describe('strata snapshots', () => {
         .on('GET', '/jobs/job-1', { status: 200, body: failed })
         .on('GET', '/snapshots/snap-1', { status: 200, body: snapshot({ status: 'Error' }) });
 
-      const args = ['snapshots', 'take', 'vol-1', '--name', 'n'];
-      const human = await runCli(args, { api });
-      const json = await runCli([...args, '--json'], { api });
+      const json = await runCli(['snapshots', 'take', 'vol-1', '--name', 'n', '--json'], { api });
 
-      expect(human.code).toBe(1);
-      expect(human.stderr).toContain(
-        'Error: job job-1 (snapshot.take) failed: SnapshotFailed: qemu-img: lock held',
-      );
-      expect(human.stdout).toBe('');
       expect(json.code).toBe(1);
       expect(JSON.parse(json.stdout)).toEqual({ snapshot: snapshot({ status: 'Error' }), job: failed });
-    });
-
-    it('a busy volume gets the state and how to find its job', async () => {
-      api.on('POST', '/volumes/vol-1/snapshots', {
-        status: 409,
-        body: { error: { code: 'Conflict', message: 'volume vol-1 is Migrating', state: 'Migrating' } },
-      });
-
-      const result = await runCli(['snapshots', 'take', 'vol-1', '--name', 'n'], { api });
-
-      expect(result.code).toBe(1);
-      expect(result.stderr).toBe(
-        'Error: volume vol-1 is Migrating\n' +
-          '  state: Migrating\n' +
-          '  code:  Conflict (HTTP 409)\n' +
-          'Hint: volume vol-1 is Migrating; snapshots are taken of Ready volumes ' +
-          '(strata jobs list --target vol-1 --state running)\n',
-      );
     });
 
     it.each([
@@ -336,10 +311,7 @@ describe('strata snapshots', () => {
     ])('rejects %j with a usage error and sends nothing', async (extra, message) => {
       const result = await runCli(['snapshots', 'take', ...extra], { api });
 
-      expect(result.code).toBe(2);
-      expect(result.stderr).toContain(message);
-      expect(result.stderr).toContain("Run 'strata snapshots take --help' for usage.");
-      expect(api.requests).toHaveLength(0);
+      expectUsageError(result, api, 'snapshots take', message);
     });
   });
 
@@ -437,45 +409,6 @@ describe('strata snapshots', () => {
       expect(result).toMatchObject({ code: 0, stdout: 'Snapshot nightly (snap-1): job job-1 pending.\n' });
       expect(api.requests).toHaveLength(1);
     });
-
-    it('exits 1 when the backup fails, without counters', async () => {
-      api
-        .on('POST', '/snapshots/snap-1/backup', {
-          status: 202,
-          body: { snapshot: snapshot(), job: backupJob },
-        })
-        .on('GET', '/jobs/job-1', {
-          status: 200,
-          body: {
-            ...backupJob,
-            state: 'failed',
-            error: { code: 'BackupFailed', message: 'image store st-9 is down' },
-          },
-        })
-        .on('GET', '/snapshots/snap-1', { status: 200, body: snapshot() });
-
-      const result = await runCli(['snapshots', 'backup', 'snap-1'], { api });
-
-      expect(result.code).toBe(1);
-      expect(result.stderr).toContain(
-        'job job-1 (snapshot.backup) failed: BackupFailed: image store st-9 is down',
-      );
-      expect(result.stdout).toBe('');
-    });
-
-    it('a snapshot being backed up already gets the state and how to find its job', async () => {
-      api.on('POST', '/snapshots/snap-1/backup', {
-        status: 409,
-        body: { error: { code: 'Conflict', message: 'snapshot snap-1 is BackingUp', state: 'BackingUp' } },
-      });
-
-      const result = await runCli(['snapshots', 'backup', 'snap-1'], { api });
-
-      expect(result.code).toBe(1);
-      expect(result.stderr).toContain(
-        'Hint: snapshot snap-1 is BackingUp; try again when its job ends (strata jobs list --target snap-1 --state running)\n',
-      );
-    });
   });
 
   describe('revert', () => {
@@ -514,34 +447,6 @@ describe('strata snapshots', () => {
         'POST /snapshots/snap-1/revert',
         'GET /jobs/job-1',
       ]);
-    });
-
-    it('exits 1 when the revert job failed', async () => {
-      api.on('POST', '/snapshots/snap-1/revert', {
-        status: 200,
-        body: { job: { ...revertJob, state: 'failed', error: { code: 'RevertFailed', message: 'no host' } } },
-      });
-
-      const result = await runCli(['snapshots', 'revert', 'snap-1'], { api });
-
-      expect(result.code).toBe(1);
-      expect(result.stderr).toContain('job job-1 (snapshot.revert) failed: RevertFailed: no host');
-      expect(result.stdout).toBe('');
-    });
-
-    it('a conflict says what a revert needs', async () => {
-      api.on('POST', '/snapshots/snap-1/revert', {
-        status: 409,
-        body: { error: { code: 'Conflict', message: 'snapshot snap-1 is Destroying', state: 'Destroying' } },
-      });
-
-      const result = await runCli(['snapshots', 'revert', 'snap-1'], { api });
-
-      expect(result.code).toBe(1);
-      expect(result.stderr).toContain(
-        'Hint: a revert needs the snapshot on primary storage (CreatedOnPrimary or BackedUp) and its volume Ready; ' +
-          'see: strata snapshots get snap-1\n',
-      );
     });
   });
 
@@ -594,19 +499,6 @@ describe('strata snapshots', () => {
       expect(result.code).toBe(2);
       expect(result.stderr).toContain("--from: 'backup' is not one of primary, image, all");
       expect(api.requests).toHaveLength(0);
-    });
-
-    it('a refused delete shows the API error', async () => {
-      api.on('DELETE', '/snapshots/snap-1', {
-        status: 409,
-        body: { error: { code: 'Conflict', message: 'snapshot snap-1 is Creating', state: 'Creating' } },
-      });
-
-      const result = await runCli(['snapshots', 'delete', 'snap-1'], { api });
-
-      expect(result.code).toBe(1);
-      expect(result.stderr).toContain('Error: snapshot snap-1 is Creating\n');
-      expect(result.stderr).toContain('Hint: snapshot snap-1 is Creating; try again when its job ends');
     });
   });
 
@@ -703,10 +595,83 @@ describe('strata snapshots', () => {
     ])('rejects %j with a usage error and sends nothing', async (extra, message) => {
       const result = await runCli(['snapshots', 'restore', ...extra], { api });
 
-      expect(result.code).toBe(2);
-      expect(result.stderr).toContain(message);
-      expect(result.stderr).toContain("Run 'strata snapshots restore --help' for usage.");
-      expect(api.requests).toHaveLength(0);
+      expectUsageError(result, api, 'snapshots restore', message);
+    });
+  });
+
+  describe('a job that fails', () => {
+    it.each([
+      ['take', ['vol-1', '--name', 'n'], '/volumes/vol-1/snapshots', 'SnapshotFailed', 'qemu-img: lock held'],
+      ['backup', ['snap-1'], '/snapshots/snap-1/backup', 'BackupFailed', 'image store st-9 is down'],
+      ['revert', ['snap-1'], '/snapshots/snap-1/revert', 'RevertFailed', 'no host'],
+    ])('%s exits 1 with the job error and prints nothing', async (verb, args, path, code, message) => {
+      const kind = `snapshot.${verb}`;
+      const failed = snapshotJob({ kind, state: 'failed', error: { code, message } });
+      // A revert answers with its finished job; the others with the snapshot and a job to follow.
+      const answer =
+        verb === 'revert'
+          ? { status: 200, body: { job: failed } }
+          : { status: 202, body: { snapshot: snapshot(), job: snapshotJob({ kind }) } };
+      api
+        .on('POST', path, answer)
+        .on('GET', '/jobs/job-1', { status: 200, body: failed })
+        .on('GET', '/snapshots/snap-1', { status: 200, body: snapshot() });
+
+      const result = await runCli(['snapshots', verb, ...args], { api });
+
+      expect(result.code).toBe(1);
+      expect(result.stderr).toContain(`Error: job job-1 (${kind}) failed: ${code}: ${message}\n`);
+      expect(result.stdout).toBe('');
+    });
+  });
+
+  describe('a request refused with a conflict (409)', () => {
+    it.each([
+      [
+        'take',
+        ['vol-1', '--name', 'n'],
+        'POST /volumes/vol-1/snapshots',
+        'volume vol-1',
+        'Migrating',
+        'volume vol-1 is Migrating; snapshots are taken of Ready volumes (strata jobs list --target vol-1 --state running)',
+      ],
+      [
+        'backup',
+        ['snap-1'],
+        'POST /snapshots/snap-1/backup',
+        'snapshot snap-1',
+        'BackingUp',
+        'snapshot snap-1 is BackingUp; try again when its job ends (strata jobs list --target snap-1 --state running)',
+      ],
+      [
+        'revert',
+        ['snap-1'],
+        'POST /snapshots/snap-1/revert',
+        'snapshot snap-1',
+        'Destroying',
+        'a revert needs the snapshot on primary storage (CreatedOnPrimary or BackedUp) and its volume Ready; see: strata snapshots get snap-1',
+      ],
+      [
+        'delete',
+        ['snap-1'],
+        'DELETE /snapshots/snap-1',
+        'snapshot snap-1',
+        'Creating',
+        'snapshot snap-1 is Creating; try again when its job ends (strata jobs list --target snap-1 --state running)',
+      ],
+    ])('%s shows the error and its state, with a hint', async (verb, args, route, subject, state, hint) => {
+      const [method, path] = route.split(' ') as [string, string];
+      api.on(method, path, {
+        status: 409,
+        body: { error: { code: 'Conflict', message: `${subject} is ${state}`, state } },
+      });
+
+      const result = await runCli(['snapshots', verb, ...args], { api });
+
+      expect(result.code).toBe(1);
+      expect(result.stderr).toBe(
+        `Error: ${subject} is ${state}\n  state: ${state}\n  code:  Conflict (HTTP 409)\nHint: ${hint}\n`,
+      );
     });
   });
 

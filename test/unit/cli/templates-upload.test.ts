@@ -2,7 +2,15 @@ import { createHash, randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { type Answer, FakeApi, job, type RecordedRequest, runCli, UUID } from './fake-api.js';
+import {
+  type Answer,
+  expectUsageError,
+  FakeApi,
+  job,
+  type RecordedRequest,
+  runCli,
+  UUID,
+} from './fake-api.js';
 
 const MiB = 2 ** 20;
 const PART_SIZE = 5 * MiB;
@@ -456,10 +464,7 @@ describe('strata templates upload', () => {
   ])('rejects %j with a usage error and sends nothing', async (extra, message) => {
     const result = await runCli(['templates', 'upload', file, '--name', 'n', ...extra], { api });
 
-    expect(result.code).toBe(2);
-    expect(result.stderr).toContain(message);
-    expect(result.stderr).toContain("Run 'strata templates upload --help' for usage.");
-    expect(api.requests).toHaveLength(0);
+    expectUsageError(result, api, 'templates upload', message);
   });
 
   it.each([

@@ -1,4 +1,4 @@
-import { FakeApi, job, runCli, UUID } from './fake-api.js';
+import { expectUsageError, FakeApi, job, runCli, UUID } from './fake-api.js';
 
 const GiB = 2 ** 30;
 const SHA = 'a'.repeat(64);
@@ -283,10 +283,7 @@ describe('strata templates', () => {
 
       const result = await runCli([...withoutFlag, ...extra], { api });
 
-      expect(result.code).toBe(2);
-      expect(result.stderr).toContain(message);
-      expect(result.stderr).toContain("Run 'strata templates register --help' for usage.");
-      expect(api.requests).toHaveLength(0);
+      expectUsageError(result, api, 'templates register', message);
     });
 
     it.each([

@@ -1,4 +1,4 @@
-import { FakeApi, job, runCli, UUID } from './fake-api.js';
+import { expectUsageError, FakeApi, job, runCli, UUID } from './fake-api.js';
 
 const GiB = 2 ** 30;
 
@@ -360,10 +360,7 @@ describe('strata volumes', () => {
     ])('rejects %j with a usage error and sends nothing', async (extra, message) => {
       const result = await runCli(['volumes', 'create', ...extra], { api });
 
-      expect(result.code).toBe(2);
-      expect(result.stderr).toContain(message);
-      expect(result.stderr).toContain("Run 'strata volumes create --help' for usage.");
-      expect(api.requests).toHaveLength(0);
+      expectUsageError(result, api, 'volumes create', message);
     });
 
     it('shows an API error with its field as the flag that sets it', async () => {
@@ -716,10 +713,7 @@ describe('strata volumes', () => {
     ])('%s %j is a usage error', async (verb, extra, message) => {
       const result = await runCli(['volumes', 'access', verb, ...extra], { api });
 
-      expect(result.code).toBe(2);
-      expect(result.stderr).toContain(message);
-      expect(result.stderr).toContain(`Run 'strata volumes access ${verb} --help' for usage.`);
-      expect(api.requests).toHaveLength(0);
+      expectUsageError(result, api, `volumes access ${verb}`, message);
     });
 
     it('an unknown access verb names the nested group and suggests the right one', async () => {
