@@ -54,6 +54,18 @@ describe('backup manifest', () => {
     expect(isAllZero(odd.subarray(0, 20))).toBe(true);
   });
 
+  it('finds one non-zero byte anywhere in a chunk larger than the zero page, or none', () => {
+    const chunk = new Uint8Array(4 * MiB + 7);
+    expect(isAllZero(chunk)).toBe(true);
+    expect(isAllZero(new Uint8Array(0))).toBe(true);
+    for (const at of [0, 65535, 65536, 2 * MiB + 3, 4 * MiB + 6]) {
+      chunk[at] = 0x80;
+      expect(isAllZero(chunk)).toBe(false);
+      expect(isAllZero(chunk.subarray(at + 1))).toBe(true);
+      chunk[at] = 0;
+    }
+  });
+
   it('validates that every chunk index is listed', () => {
     const manifest = buildManifest({
       volumeId: 'vol-1',
