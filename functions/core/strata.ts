@@ -66,7 +66,7 @@ export class Strata {
       workflows: ports.workflows,
       jobs: this.jobs,
       hosts: this.hosts,
-      driverContext: (jobId) => this.driverContext(jobId),
+      driverContext: (jobId, progressRange) => this.driverContext(jobId, progressRange),
       selectHost: (storeIds) => this.selector.select({ storeIds }),
       clock,
     };
@@ -118,7 +118,7 @@ export class Strata {
   }
 
   /** The context a driver call runs with, for one job. */
-  driverContext(jobId: string): DriverContext {
+  driverContext(jobId: string, progressRange?: readonly [number, number]): DriverContext {
     const { repo, channel, logger, driverServices } = this.ports;
     return {
       jobId,
@@ -131,6 +131,16 @@ export class Strata {
         pollMs: this.ports.hostPollMs,
         maxPollMs: this.ports.hostMaxPollMs,
         onDispatch: (hostId, delta) => this.selector.track(hostId, delta),
+        ...(progressRange
+          ? {
+              onProgress: async (hostId: string, percent: number, detail?: Record<string, unknown>) => {
+                const [lo, hi] = progressRange;
+                await this.jobs
+                  .progress(jobId, lo + ((hi - lo) * percent) / 100, { ...detail, hostId })
+                  .catch(() => undefined);
+              },
+            }
+          : {}),
       }),
       progress: async (percent, detail) => {
         await this.jobs.progress(jobId, percent, detail).catch(() => undefined);

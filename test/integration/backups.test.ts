@@ -68,6 +68,21 @@ async function restore(t: TestStack, pool: Pool, snapshotId: string, from: 'back
   return { id: volume.id as string, file: path.join(pool.details.mountPath, volume.path) };
 }
 
+/** Waits for a job, checking on the way that its progress never goes backwards. */
+async function watchJob(t: TestStack, jobId: string) {
+  const seen: number[] = [];
+  for (let i = 0; i < 1200; i++) {
+    const job = (await t.call('GET', `/jobs/${jobId}`)).body;
+    seen.push(job.progress);
+    if (job.state === 'succeeded' || job.state === 'failed') {
+      expect({ jobId, seen }).toEqual({ jobId, seen: [...seen].sort((a, b) => a - b) });
+      return job;
+    }
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  throw new Error(`job ${jobId} did not finish`);
+}
+
 async function dropVolume(t: TestStack, id: string): Promise<void> {
   const del = await t.call('DELETE', `/volumes/${id}`);
   expect((await t.waitForJob(del.body.job.id)).state).toBe('succeeded');
@@ -128,12 +143,12 @@ describe('incremental backup to the image store, and restore', () => {
         backup: viaTake,
       });
       expect(taken.status).toBe(202);
-      let job = await t.waitForJob(taken.body.job.id, 60_000);
+      let job = await watchJob(t, taken.body.job.id);
       expect({ state: job.state, error: job.error }).toEqual({ state: 'succeeded', error: undefined });
       if (!viaTake) {
         const started = await t.call('POST', `/snapshots/${taken.body.snapshot.id}/backup`);
         expect(started.status).toBe(202);
-        job = await t.waitForJob(started.body.job.id, 60_000);
+        job = await watchJob(t, started.body.job.id);
         expect({ state: job.state, error: job.error }).toEqual({ state: 'succeeded', error: undefined });
       }
       snapshots.push(taken.body.snapshot.id);

@@ -58,7 +58,8 @@ export interface BackupDeps {
   registry: ProviderRegistry;
   workflows: WorkflowPort;
   jobs: JobService;
-  driverContext: (jobId: string) => DriverContext;
+  /** With `progressRange`, host progress moves the job within that range. */
+  driverContext: (jobId: string, progressRange?: readonly [number, number]) => DriverContext;
   selectHost: (storeIds: string[]) => Promise<{ id: string }>;
   chunkSizeBytes?: number;
 }
@@ -222,7 +223,7 @@ export class BackupService {
   async scanBackup(input: Step): Promise<{ toUpload: number }> {
     const { snapshot, volume, image, copy } = await this.leased(input);
     const { pool, driver } = await this.primaryCopy(snapshot, volume);
-    const ctx = this.deps.driverContext(input.jobId);
+    const ctx = this.deps.driverContext(input.jobId, [5, 35]);
     const previous = await this.previousBackup(snapshot, image);
     const { id: hostId } = await this.deps.selectHost([pool.id]);
     const scan = await driver.scanSnapshotChunks({
@@ -301,7 +302,7 @@ export class BackupService {
   /** Upload: presigned PUTs for exactly the chunks the store lacks; the host PUTs them in parallel. */
   async uploadBackup(input: Step): Promise<UploadFigures> {
     const { snapshot, volume, image, copy } = await this.leased(input);
-    const ctx = this.deps.driverContext(input.jobId);
+    const ctx = this.deps.driverContext(input.jobId, [40, 90]);
     const plan = await this.readPlan(image, input.jobId, ctx);
     const toUpload = plan.toUpload ?? [];
     if (toUpload.length === 0) return { chunksUploaded: 0, bytesRead: 0, bytesUploaded: 0 };
@@ -501,7 +502,7 @@ export class BackupService {
     from?: 'auto' | 'primary' | 'backup';
   }): Promise<{ path: string; via: 'primary' | 'backup' }> {
     const snapshot = await this.repo.require({ type: 'Snapshot', id: input.snapshotId });
-    const ctx = this.deps.driverContext(input.jobId);
+    const ctx = this.deps.driverContext(input.jobId, [10, 95]);
     const from = input.from ?? 'auto';
     if (from !== 'backup') {
       const fromPrimary = await this.tryRestoreFromPrimary(snapshot, input, ctx);
@@ -753,10 +754,11 @@ export class BackupService {
   ): Promise<string | undefined> {
     const body = Buffer.from(JSON.stringify(value));
     const store = toStoreInfo(image.store);
+    // A plan or manifest is not the job's payload: its upload must not move the job's progress.
     await image.driver.writeStream({
       store,
       object: blob(path),
-      ctx,
+      ctx: { ...ctx, progress: async () => undefined },
       body: Readable.from([body]),
       contentLength: body.length,
     });

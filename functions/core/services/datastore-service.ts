@@ -71,7 +71,14 @@ export interface StoreDeps {
   jobs: JobService;
   hosts: HostService;
   /** Builds the context a driver call needs (host invoker, logger, services) for one job. */
-  driverContext: (jobId: string) => import('../../../drivers/sdk/types.js').DriverContext;
+  /**
+   * The context of a driver call for one job. With `progressRange`, the host's progress reports
+   * move the job's progress within that range (a step of a longer flow).
+   */
+  driverContext: (
+    jobId: string,
+    progressRange?: readonly [number, number],
+  ) => import('../../../drivers/sdk/types.js').DriverContext;
   /** Picks a host that has the given stores attached. */
   selectHost: (storeIds: string[]) => Promise<{ id: string }>;
   clock?: Clock;
