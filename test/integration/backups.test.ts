@@ -155,7 +155,7 @@ describe('incremental backup to the image store, and restore', () => {
       results.push(job.result);
       const snap = (await t.call('GET', `/snapshots/${taken.body.snapshot.id}`)).body;
       expect(snap.status).toBe('BackedUp');
-      expect(snap.copies.map((c: { storeRole?: string }) => c.storeRole ?? 'primary').sort()).toEqual([
+      expect(snap.copies.map((c: { storeRole?: string }) => c.storeRole).sort()).toEqual([
         'image',
         'primary',
       ]);

@@ -145,6 +145,7 @@ export class SnapshotService {
       await this.repo.create('SnapshotInStore', {
         snapshotId: snapshot.id,
         storeId: volume.storeId ?? '',
+        storeRole: 'primary',
         status: O.Ready,
         path: input.path,
         sizeBytes: input.sizeBytes,
