@@ -35,7 +35,7 @@ import {
   ObjectNotFoundError,
 } from '../sdk/errors.js';
 import { qemuCheck, qemuCreate, qemuInfo } from '../sdk/qemu.js';
-import type { HostOperation, HostOperationContext } from '../sdk/types.js';
+import type { ChunkBackupCounters, HostOperation, HostOperationContext } from '../sdk/types.js';
 import { AbsolutePathSchema, RelativePathSchema } from '../sdk/validation.js';
 import { assertHttpUrl, ChecksumMismatchError } from './download.js';
 import { chainInfo, qemuMap } from './snapshot-ops.js';
@@ -61,19 +61,8 @@ const UploadListSchema = z.array(ChunkUrlSchema).max(MAX_UPLOADS);
 const RestoreListSchema = z.array(ChunkUrlSchema.nullable());
 const CountSchema = z.number().int().nonnegative().max(Number.MAX_SAFE_INTEGER);
 
-/** What a backup or restore counted. */
-export interface BackupCounters {
-  /** Bytes read from the disk (scan) or re-read to upload (upload). */
-  bytesRead: number;
-  /** Bytes PUT to the image store. */
-  bytesUploaded: number;
-  chunksTotal: number;
-  /** Chunks recomputed whose reference differs from the previous manifest's (all non-zero ones on a full backup). */
-  chunksChanged: number;
-  /** Non-zero chunks of the manifest whose bytes this backup does not upload. */
-  chunksReused: number;
-  zeroChunks: number;
-}
+/** What a backup counted: the SDK's {@link ChunkBackupCounters}. */
+export type BackupCounters = ChunkBackupCounters;
 
 const BackupCommon = {
   mountPath: AbsolutePathSchema,

@@ -13,20 +13,12 @@ import { snapshotMachine } from '../../functions/core/state-machines';
 import { startFaultProxy } from '../support/fault-proxy';
 import { startImageServer } from '../support/image-server';
 import { integrationEndpoints, tempDir } from '../support/integration';
+import { qemuCompare } from '../support/qemu-compare';
 import { startTestStack, type TestStack } from '../support/stack';
 
 const exec = promisify(execFile);
 const MiB = 2 ** 20;
 const CHUNK = 4 * MiB;
-
-async function compare(a: string, b: string): Promise<number> {
-  try {
-    await exec('qemu-img', ['compare', a, b]);
-    return 0;
-  } catch (e) {
-    return Number((e as { code?: number }).code ?? 1);
-  }
-}
 
 async function keys(s3: S3Client, bucket: string, prefix: string): Promise<string[]> {
   const out: string[] = [];
@@ -179,11 +171,11 @@ describe('incremental backup to the image store, and restore', () => {
     // Every backup restores on its own, byte for byte; and from primary storage too.
     for (const [i, id] of snapshots.entries()) {
       const restored = await restore(t, pool, id, 'backup');
-      expect(await compare(path.join(refs, `r${i + 1}.qcow2`), restored.file)).toBe(0);
+      expect(await qemuCompare(path.join(refs, `r${i + 1}.qcow2`), restored.file)).toBe(0);
       await dropVolume(t, restored.id);
     }
     const fromPrimary = await restore(t, pool, snapshots[1] as string, 'primary');
-    expect(await compare(path.join(refs, 'r2.qcow2'), fromPrimary.file)).toBe(0);
+    expect(await qemuCompare(path.join(refs, 'r2.qcow2'), fromPrimary.file)).toBe(0);
     await dropVolume(t, fromPrimary.id);
 
     // Delete backups in a scrambled order; after each, every survivor still restores exactly.
@@ -197,7 +189,7 @@ describe('incremental backup to the image store, and restore', () => {
       expect(snap.status).toBe('CreatedOnPrimary');
       for (const survivor of alive) {
         const restored = await restore(t, pool, snapshots[survivor] as string, 'backup');
-        expect(await compare(path.join(refs, `r${survivor + 1}.qcow2`), restored.file)).toBe(0);
+        expect(await qemuCompare(path.join(refs, `r${survivor + 1}.qcow2`), restored.file)).toBe(0);
         await dropVolume(t, restored.id);
       }
     }
@@ -206,7 +198,7 @@ describe('incremental backup to the image store, and restore', () => {
 
     // Revert the volume to an older snapshot (its layer on primary storage) and check it.
     expect((await t.call('POST', `/snapshots/${snapshots[1]}/revert`)).status).toBe(200);
-    expect(await compare(path.join(refs, 'r2.qcow2'), file)).toBe(0);
+    expect(await qemuCompare(path.join(refs, 'r2.qcow2'), file)).toBe(0);
 
     // With the last backups gone, no chunk is left behind, and no plan either.
     for (const survivor of alive) {
@@ -294,7 +286,7 @@ describe('a backup cut off mid-upload', () => {
     expect(await keys(t.s3, t.imageBucket, 'images/backups/chunks/')).toHaveLength(3);
 
     const fromPrimary = await restore(t, pool, snapshotId, 'primary');
-    expect(await compare(path.join(refs, 'ref.qcow2'), fromPrimary.file)).toBe(0);
+    expect(await qemuCompare(path.join(refs, 'ref.qcow2'), fromPrimary.file)).toBe(0);
     await dropVolume(t, fromPrimary.id);
 
     proxy.setRule(undefined);
@@ -303,7 +295,7 @@ describe('a backup cut off mid-upload', () => {
     expect(done.state).toBe('succeeded');
     expect(done.result).toMatchObject({ chunksUploaded: 5, bytesUploaded: 5 * 4 * MiB, chunksReused: 3 });
     const restored = await restore(t, pool, snapshotId, 'backup');
-    expect(await compare(path.join(refs, 'ref.qcow2'), restored.file)).toBe(0);
+    expect(await qemuCompare(path.join(refs, 'ref.qcow2'), restored.file)).toBe(0);
     await dropVolume(t, restored.id);
 
     // Drop the primary layer and then the volume itself: the backup outlives both and restores.
@@ -313,7 +305,7 @@ describe('a backup cut off mid-upload', () => {
     expect(backupOnly.copies.map((c: { storeRole?: string }) => c.storeRole)).toEqual(['image']);
     await dropVolume(t, volume.id);
     const afterVolume = await restore(t, pool, snapshotId, 'auto');
-    expect(await compare(path.join(refs, 'ref.qcow2'), afterVolume.file)).toBe(0);
+    expect(await qemuCompare(path.join(refs, 'ref.qcow2'), afterVolume.file)).toBe(0);
     await dropVolume(t, afterVolume.id);
     expect((await t.call('DELETE', `/snapshots/${snapshotId}`)).status).toBe(204);
     expect(await keys(t.s3, t.imageBucket, 'images/backups/')).toEqual([]);

@@ -7,20 +7,12 @@ import { execFile } from 'node:child_process';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { tempDir } from '../support/integration';
+import { qemuCompare } from '../support/qemu-compare';
 import { startTestStack, type TestStack } from '../support/stack';
 
 const exec = promisify(execFile);
 let t: TestStack;
 let refs: string;
-
-async function compare(a: string, b: string): Promise<number> {
-  try {
-    await exec('qemu-img', ['compare', a, b]);
-    return 0;
-  } catch (e) {
-    return Number((e as { code?: number }).code ?? 1);
-  }
-}
 
 beforeAll(async () => {
   refs = await tempDir('strata-snap-refs-');
@@ -66,23 +58,23 @@ describe('snapshots on primary storage', () => {
 
     // revert to the oldest, then to the newest: any snapshot, not only the latest
     expect((await t.call('POST', `/snapshots/${snapshots[0]}/revert`)).status).toBe(200);
-    expect(await compare(path.join(refs, 's1.qcow2'), file)).toBe(0);
+    expect(await qemuCompare(path.join(refs, 's1.qcow2'), file)).toBe(0);
     expect((await t.call('POST', `/snapshots/${snapshots[2]}/revert`)).status).toBe(200);
-    expect(await compare(path.join(refs, 's3.qcow2'), file)).toBe(0);
+    expect(await qemuCompare(path.join(refs, 's3.qcow2'), file)).toBe(0);
     expect((await t.call('GET', `/volumes/${volume.id}`)).body.status).toBe('Ready');
 
     // delete the middle one: merged into its child, the others still revert correctly
     expect((await t.call('DELETE', `/snapshots/${snapshots[1]}`)).status).toBe(204);
     expect((await t.call('GET', `/snapshots/${snapshots[1]}`)).status).toBe(404);
-    expect(await compare(path.join(refs, 's3.qcow2'), file)).toBe(0);
+    expect(await qemuCompare(path.join(refs, 's3.qcow2'), file)).toBe(0);
     await t.call('POST', `/snapshots/${snapshots[0]}/revert`);
-    expect(await compare(path.join(refs, 's1.qcow2'), file)).toBe(0);
+    expect(await qemuCompare(path.join(refs, 's1.qcow2'), file)).toBe(0);
     await t.call('POST', `/snapshots/${snapshots[2]}/revert`);
-    expect(await compare(path.join(refs, 's3.qcow2'), file)).toBe(0);
+    expect(await qemuCompare(path.join(refs, 's3.qcow2'), file)).toBe(0);
 
     for (const id of [snapshots[0], snapshots[2]])
       expect((await t.call('DELETE', `/snapshots/${id}`)).status).toBe(204);
-    expect(await compare(path.join(refs, 's3.qcow2'), file)).toBe(0);
+    expect(await qemuCompare(path.join(refs, 's3.qcow2'), file)).toBe(0);
     const del = await t.call('DELETE', `/volumes/${volume.id}`);
     expect((await t.waitForJob(del.body.job.id)).state).toBe('succeeded');
   }, 180_000);
