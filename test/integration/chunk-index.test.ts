@@ -83,4 +83,22 @@ describe('DynamoChunkIndex on DynamoDB Local', () => {
       }
     }
   });
+
+  it('handles many chunks at once (several transactions), and a claimed one among them', async () => {
+    const many = Array.from({ length: 250 }, (_, i) => h(1000 + i));
+    expect((await chunks.pin('img-7', many, 'snap-big')).unstored.sort()).toEqual([...many].sort());
+    await chunks.markStored('img-7', many.slice(0, 240));
+    expect((await chunks.pin('img-7', many, 'snap-big')).unstored.sort()).toEqual(many.slice(240).sort());
+    await chunks.pin('img-7', many.slice(0, 10), 'snap-other');
+    const released = await chunks.release('img-7', many, 'snap-big', { collect: true });
+    expect(released.collectable.sort()).toEqual(many.slice(10).sort());
+    await chunks.forget('img-7', released.collectable);
+    // One chunk of the next big pin is being collected: the pin says to retry, the rest are held.
+    const claimed = many[0] as string;
+    await chunks.release('img-7', [claimed], 'snap-other', { collect: true });
+    await expect(chunks.pin('img-7', many.slice(0, 120), 'snap-next')).rejects.toBeInstanceOf(
+      UnavailableError,
+    );
+    expect((await chunks.holders('img-7', many[5] as string))?.holders).toEqual(['snap-next', 'snap-other']);
+  });
 });

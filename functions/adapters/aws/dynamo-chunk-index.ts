@@ -12,8 +12,17 @@
  * than any collector can run (a Lambda runs at most 15 minutes), after which the pin takes it over
  * and asks for the chunk to be uploaded again.
  */
-import { ConditionalCheckFailedException } from '@aws-sdk/client-dynamodb';
-import { DeleteCommand, type DynamoDBDocumentClient, GetCommand, UpdateCommand } from '@aws-sdk/lib-dynamodb';
+import { ConditionalCheckFailedException, TransactionCanceledException } from '@aws-sdk/client-dynamodb';
+import {
+  BatchGetCommand,
+  DeleteCommand,
+  type DynamoDBDocumentClient,
+  GetCommand,
+  TransactWriteCommand,
+  type TransactWriteCommandInput,
+  UpdateCommand,
+  type UpdateCommandOutput,
+} from '@aws-sdk/lib-dynamodb';
 import { UnavailableError } from '../../core/errors.js';
 import { forEachLimit } from '../../core/pool.js';
 import type { ChunkIndex, Clock } from '../../core/ports.js';
@@ -21,6 +30,15 @@ import type { ChunkIndex, Clock } from '../../core/ports.js';
 /** A claim older than this belongs to a collector that died (Lambda's 15-minute limit, plus margin). */
 export const STALE_CLAIM_MS = 20 * 60 * 1000;
 const CONCURRENCY = 16;
+/** DynamoDB's limit of items in one transaction. */
+const TRANSACTION_ITEMS = 100;
+const GROUP_CONCURRENCY = 4;
+
+function groups<T>(items: readonly T[], size: number): T[][] {
+  const out: T[][] = [];
+  for (let i = 0; i < items.length; i += size) out.push(items.slice(i, i + size));
+  return out;
+}
 
 export interface DynamoChunkIndexOptions {
   tableName: string;
@@ -39,18 +57,90 @@ export class DynamoChunkIndex implements ChunkIndex {
     return this.options.client();
   }
 
+  /**
+   * Pins in transactions of up to 100 chunks (one round trip each instead of one per chunk), then
+   * reads which are stored with batched consistent reads. A transaction cancelled for any reason
+   * (a chunk being collected, a concurrent transaction on the same chunk) is redone chunk by chunk,
+   * where a claimed chunk gets its precise answer (wait, or take over a stale claim).
+   */
   async pin(storeId: string, hashes: readonly string[], holder: string): Promise<{ unstored: string[] }> {
     const unstored: string[] = [];
-    await forEachLimit([...new Set(hashes)], CONCURRENCY, async (hash) => {
-      if (!(await this.pinOne(storeId, hash, holder))) unstored.push(hash);
+    await forEachLimit(groups([...new Set(hashes)], TRANSACTION_ITEMS), GROUP_CONCURRENCY, async (group) => {
+      const pinned = await this.transact(
+        group.map((hash) => ({
+          Update: {
+            TableName: this.options.tableName,
+            Key: key(storeId, hash),
+            UpdateExpression: 'ADD holders :h',
+            ConditionExpression: 'attribute_not_exists(gcState)',
+            ExpressionAttributeValues: { ':h': new Set([holder]) },
+          },
+        })),
+      );
+      if (!pinned) {
+        await forEachLimit(group, CONCURRENCY, async (hash) => {
+          if (!(await this.pinOne(storeId, hash, holder))) unstored.push(hash);
+        });
+        return;
+      }
+      const items = await this.readMany(storeId, group);
+      for (const hash of group) if (items.get(hash)?.isStored !== true) unstored.push(hash);
     });
     return { unstored };
+  }
+
+  /**
+   * One single-item write. A write that meets a transaction in flight on the same item is refused
+   * (TransactionConflictException) without having happened: it is sent again after a short pause.
+   */
+  private async send(command: UpdateCommand | DeleteCommand): Promise<UpdateCommandOutput> {
+    for (let attempt = 0; ; attempt++) {
+      try {
+        return await this.doc.send(command as UpdateCommand);
+      } catch (e) {
+        if ((e as Error).name !== 'TransactionConflictException' || attempt >= 8) throw e;
+        await new Promise((r) => setTimeout(r, 20 * 2 ** attempt * Math.random()));
+      }
+    }
+  }
+
+  /** Runs one transaction; false when DynamoDB cancelled it (nothing was written). */
+  private async transact(items: NonNullable<TransactWriteCommandInput['TransactItems']>): Promise<boolean> {
+    try {
+      await this.doc.send(new TransactWriteCommand({ TransactItems: items }));
+      return true;
+    } catch (e) {
+      if (e instanceof TransactionCanceledException) return false;
+      throw e;
+    }
+  }
+
+  /** Consistent reads of up to 100 chunks, following unprocessed keys. */
+  private async readMany(
+    storeId: string,
+    hashes: readonly string[],
+  ): Promise<Map<string, Record<string, unknown>>> {
+    const found = new Map<string, Record<string, unknown>>();
+    let keys: Array<Record<string, unknown>> = hashes.map((h) => key(storeId, h));
+    for (let attempt = 0; keys.length > 0; attempt++) {
+      if (attempt > 0) await new Promise((r) => setTimeout(r, Math.min(1000, 50 * 2 ** attempt)));
+      const out = await this.doc.send(
+        new BatchGetCommand({
+          RequestItems: { [this.options.tableName]: { Keys: keys, ConsistentRead: true } },
+        }),
+      );
+      for (const item of out.Responses?.[this.options.tableName] ?? []) {
+        found.set(String(item.pk).split('#').pop() ?? '', item);
+      }
+      keys = (out.UnprocessedKeys?.[this.options.tableName]?.Keys ?? []) as Array<Record<string, unknown>>;
+    }
+    return found;
   }
 
   /** True when the chunk's object is stored. */
   private async pinOne(storeId: string, hash: string, holder: string): Promise<boolean> {
     try {
-      const out = await this.doc.send(
+      const out = await this.send(
         new UpdateCommand({
           TableName: this.options.tableName,
           Key: key(storeId, hash),
@@ -71,7 +161,7 @@ export class DynamoChunkIndex implements ChunkIndex {
       }
       // The collector that claimed it is gone: its object may or may not exist, so upload it again.
       try {
-        await this.doc.send(
+        await this.send(
           new UpdateCommand({
             TableName: this.options.tableName,
             Key: key(storeId, hash),
@@ -91,8 +181,24 @@ export class DynamoChunkIndex implements ChunkIndex {
   }
 
   async markStored(storeId: string, hashes: readonly string[]): Promise<void> {
-    await forEachLimit([...new Set(hashes)], CONCURRENCY, async (hash) => {
-      await this.doc.send(
+    const pending: string[] = [];
+    await forEachLimit(groups([...new Set(hashes)], TRANSACTION_ITEMS), GROUP_CONCURRENCY, async (group) => {
+      const done = await this.transact(
+        group.map((hash) => ({
+          Update: {
+            TableName: this.options.tableName,
+            Key: key(storeId, hash),
+            UpdateExpression: 'SET isStored = :t',
+            ConditionExpression: 'attribute_exists(pk) AND attribute_not_exists(gcState)',
+            ExpressionAttributeValues: { ':t': true },
+          },
+        })),
+      );
+      if (!done) pending.push(...group);
+    });
+    // Chunk by chunk, so that a chunk that vanished or is being collected fails loudly.
+    await forEachLimit(pending, CONCURRENCY, async (hash) => {
+      await this.send(
         new UpdateCommand({
           TableName: this.options.tableName,
           Key: key(storeId, hash),
@@ -104,6 +210,11 @@ export class DynamoChunkIndex implements ChunkIndex {
     });
   }
 
+  /**
+   * Removes the holder in transactions of up to 100 chunks (chunk by chunk when one is cancelled,
+   * e.g. a chunk not in the index). With `collect`, the chunks left without any holder are then
+   * claimed one by one, each under the condition that it still has none.
+   */
   async release(
     storeId: string,
     hashes: readonly string[],
@@ -111,49 +222,84 @@ export class DynamoChunkIndex implements ChunkIndex {
     options: { collect: boolean },
   ): Promise<{ collectable: string[] }> {
     const collectable: string[] = [];
-    await forEachLimit([...new Set(hashes)], CONCURRENCY, async (hash) => {
-      let left: Set<string> | undefined;
-      try {
-        const out = await this.doc.send(
-          new UpdateCommand({
+    await forEachLimit(groups([...new Set(hashes)], TRANSACTION_ITEMS), GROUP_CONCURRENCY, async (group) => {
+      const done = await this.transact(
+        group.map((hash) => ({
+          Update: {
             TableName: this.options.tableName,
             Key: key(storeId, hash),
             UpdateExpression: 'DELETE holders :h',
             ConditionExpression: 'attribute_exists(pk)',
             ExpressionAttributeValues: { ':h': new Set([holder]) },
-            ReturnValues: 'ALL_NEW',
-          }),
-        );
-        left = out.Attributes?.holders as Set<string> | undefined;
-      } catch (e) {
-        if (e instanceof ConditionalCheckFailedException) return; // not indexed: nothing held
-        throw e;
+          },
+        })),
+      );
+      if (!done) {
+        await forEachLimit(group, CONCURRENCY, async (hash) => {
+          if ((await this.releaseOne(storeId, hash, holder)) && options.collect) {
+            if (await this.claim(storeId, hash)) collectable.push(hash);
+          }
+        });
+        return;
       }
-      if (!options.collect || (left && left.size > 0)) return;
-      try {
-        await this.doc.send(
-          new UpdateCommand({
-            TableName: this.options.tableName,
-            Key: key(storeId, hash),
-            UpdateExpression: 'SET gcState = :d, gcAt = :now',
-            ConditionExpression:
-              'attribute_exists(pk) AND attribute_not_exists(holders) AND attribute_not_exists(gcState)',
-            ExpressionAttributeValues: { ':d': 'deleting', ':now': this.options.clock.now().toISOString() },
-          }),
-        );
-        collectable.push(hash);
-      } catch (e) {
-        // Pinned again meanwhile, or another collector claimed it first: not ours to delete.
-        if (!(e instanceof ConditionalCheckFailedException)) throw e;
-      }
+      if (!options.collect) return;
+      const items = await this.readMany(storeId, group);
+      const empty = group.filter((hash) => {
+        const held = items.get(hash)?.holders as Set<string> | undefined;
+        return items.has(hash) && !(held && held.size > 0);
+      });
+      await forEachLimit(empty, CONCURRENCY, async (hash) => {
+        if (await this.claim(storeId, hash)) collectable.push(hash);
+      });
     });
     return { collectable };
+  }
+
+  /** Removes one holder; true when the chunk is left with none. */
+  private async releaseOne(storeId: string, hash: string, holder: string): Promise<boolean> {
+    try {
+      const out = await this.send(
+        new UpdateCommand({
+          TableName: this.options.tableName,
+          Key: key(storeId, hash),
+          UpdateExpression: 'DELETE holders :h',
+          ConditionExpression: 'attribute_exists(pk)',
+          ExpressionAttributeValues: { ':h': new Set([holder]) },
+          ReturnValues: 'ALL_NEW',
+        }),
+      );
+      const left = out.Attributes?.holders as Set<string> | undefined;
+      return !(left && left.size > 0);
+    } catch (e) {
+      if (e instanceof ConditionalCheckFailedException) return false; // not indexed: nothing held
+      throw e;
+    }
+  }
+
+  /** Claims an unheld chunk for deletion; false when it was pinned again or claimed by another. */
+  private async claim(storeId: string, hash: string): Promise<boolean> {
+    try {
+      await this.send(
+        new UpdateCommand({
+          TableName: this.options.tableName,
+          Key: key(storeId, hash),
+          UpdateExpression: 'SET gcState = :d, gcAt = :now',
+          ConditionExpression:
+            'attribute_exists(pk) AND attribute_not_exists(holders) AND attribute_not_exists(gcState)',
+          ExpressionAttributeValues: { ':d': 'deleting', ':now': this.options.clock.now().toISOString() },
+        }),
+      );
+      return true;
+    } catch (e) {
+      if (e instanceof ConditionalCheckFailedException) return false;
+      throw e;
+    }
   }
 
   async forget(storeId: string, hashes: readonly string[]): Promise<void> {
     await forEachLimit([...new Set(hashes)], CONCURRENCY, async (hash) => {
       try {
-        await this.doc.send(
+        await this.send(
           new DeleteCommand({
             TableName: this.options.tableName,
             Key: key(storeId, hash),
