@@ -669,7 +669,7 @@ export class S3Driver extends BaseDataStoreDriver implements ImageStoreDriver {
     return this.runOperation(options, 'presignGet', {}, async () => {
       this.validateObjectOptions(options);
       const at = this.#locate(options.ctx, options.store, s3ObjectPath(options.object));
-      if (!(await this.#head(at))) {
+      if (!options.knownToExist && !(await this.#head(at))) {
         throw new ObjectNotFoundError(`${at.path} not found in store ${options.store.id}`, {
           context: { key: at.key },
         });

@@ -678,6 +678,12 @@ export interface PendingUpload {
 /** Options for {@link ImageStoreDriver.presignGet} and {@link ImageStoreDriver.presignPut}. */
 export interface PresignOptions extends ObjectOptions {
   expiresSeconds?: number;
+  /**
+   * presignGet: the caller already knows the object exists (e.g. the chunk index says it is stored
+   * and holds it), so the driver signs without checking. Default false: a missing object is an
+   * ObjectNotFoundError.
+   */
+  knownToExist?: boolean;
 }
 
 /** A presigned URL and when it stops working. */

@@ -572,5 +572,12 @@ describe('S3Driver as an ImageStoreDriver', () => {
       expect(put.url).not.toMatch(/checksum/i);
       await expect(driver.presignGet({ store, ctx, object })).rejects.toBeInstanceOf(ObjectNotFoundError);
     });
+
+    it('signs without a HEAD when the caller knows the object exists', async () => {
+      s3.on(HeadObjectCommand).rejects(s3Error('NotFound', 404));
+      const get = await driver.presignGet({ store, ctx, object, knownToExist: true });
+      expect(new URL(get.url).pathname).toBe(`/${key}`);
+      expect(s3.commandCalls(HeadObjectCommand)).toHaveLength(0);
+    });
   });
 });
