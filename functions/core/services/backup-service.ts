@@ -201,15 +201,21 @@ export class BackupService {
       });
     }
     const key = { type: 'SnapshotInStore' as const, id: snapshotId, storeId: image.store.id };
-    await this.repo.delete(key).catch(() => undefined); // a failed earlier attempt's row
-    await this.repo.create('SnapshotInStore', {
-      snapshotId,
-      storeId: image.store.id,
-      storeRole: 'image',
-      status: O.Creating,
-      path: manifestKey(volume.id, snapshotId),
-      lease: { owner: jobId, expiresAt: new Date(Date.now() + LEASE_SECONDS * 1000).toISOString() },
-    });
+    try {
+      // A CreatedOnPrimary snapshot has no live image copy: a row here is a failed attempt's.
+      await this.repo.delete(key).catch(() => undefined);
+      await this.repo.create('SnapshotInStore', {
+        snapshotId,
+        storeId: image.store.id,
+        storeRole: 'image',
+        status: O.Creating,
+        path: manifestKey(volume.id, snapshotId),
+        lease: { owner: jobId, expiresAt: new Date(Date.now() + LEASE_SECONDS * 1000).toISOString() },
+      });
+    } catch (e) {
+      await this.backToPrimary(snapshotId, jobId, `backup not started: ${(e as Error).message}`);
+      throw e;
+    }
     return leased;
   }
 
@@ -279,7 +285,8 @@ export class BackupService {
     if (present.length > 0) await this.repo.chunks.markStored(image.store.id, present);
     const reused = new Set(present);
     plan.toUpload = candidates.filter((c) => !reused.has(c.sha256));
-    const lost = plan.toUpload.filter((u) => !scan.computed.some((c) => c.sha256 === u.sha256));
+    const computed = new Set(scan.computed.map((c) => c.sha256));
+    const lost = plan.toUpload.filter((u) => !computed.has(u.sha256));
     if (lost.length > 0) {
       // Carried over from the previous manifest but not stored: the previous backup is damaged.
       // The chunk is re-read from the snapshot itself (its bytes are the same at that index).
