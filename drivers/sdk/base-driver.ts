@@ -12,6 +12,7 @@ import {
   DriverUnavailableError,
   driverErrorFromHostError,
   HostOperationError,
+  HostStillRunningError,
   ObjectNotFoundError,
   UnsupportedOperationError,
 } from './errors.js';
@@ -111,7 +112,8 @@ async function runLogged<T>(
     return result;
   } catch (error) {
     const wrapped = toDriverError(error, operation, fields);
-    const level = wrapped.retryable ? 'warn' : 'error';
+    // A handover to a resuming retry is not a failure.
+    const level = wrapped instanceof HostStillRunningError ? 'info' : wrapped.retryable ? 'warn' : 'error';
     ctx?.logger[level](`${operation} failed`, {
       ...fields,
       durationMs: Date.now() - started,

@@ -247,6 +247,11 @@ export interface Job extends Versioned {
   error?: JobError;
   /** The workflow execution that runs it (a Step Functions execution ARN on AWS). */
   executionId?: string;
+  /**
+   * Host commands of resumable steps, by call key: a step retried after its function ran out of
+   * time waits for the same command instead of starting the operation again.
+   */
+  hostCommands?: Record<string, { hostId: string; commandId: string; sentAt: string }>;
 }
 
 /** A stored answer to a mutating request carrying an `Idempotency-Key`. */

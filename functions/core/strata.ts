@@ -11,7 +11,7 @@ import { allPages } from './paging.js';
 import type { Clock, EndpointChannel, Repository, SchedulerPort, UrlFetcher, WorkflowPort } from './ports.js';
 import { systemClock } from './ports.js';
 import { DataMotionService, streamCopyStrategy } from './services/data-motion.js';
-import { DataStoreService, type StoreDeps } from './services/datastore-service.js';
+import { DataStoreService, type DriverContextOptions, type StoreDeps } from './services/datastore-service.js';
 import { HostService } from './services/host-service.js';
 import { ImageService } from './services/image-service.js';
 import { JobService } from './services/job-service.js';
@@ -40,6 +40,11 @@ export interface StrataPorts {
   /** Host command polling: first interval and the longest one, in ms (the embedded stack shortens them). */
   hostPollMs?: number;
   hostMaxPollMs?: number;
+  /**
+   * How long a resumable step waits for its host command before handing over to a retry of the
+   * step (the AWS runtime: under the task function's 15-minute limit). Unset: no limit.
+   */
+  hostWaitBudgetMs?: number;
 }
 
 export class Strata {
@@ -66,7 +71,7 @@ export class Strata {
       workflows: ports.workflows,
       jobs: this.jobs,
       hosts: this.hosts,
-      driverContext: (jobId, progressRange) => this.driverContext(jobId, progressRange),
+      driverContext: (jobId, options) => this.driverContext(jobId, options),
       selectHost: (storeIds) => this.selector.select({ storeIds }),
       clock,
     };
@@ -118,7 +123,8 @@ export class Strata {
   }
 
   /** The context a driver call runs with, for one job. */
-  driverContext(jobId: string, progressRange?: readonly [number, number]): DriverContext {
+  driverContext(jobId: string, options: DriverContextOptions = {}): DriverContext {
+    const { progressRange, resumeKey } = options;
     const { repo, channel, logger, driverServices } = this.ports;
     return {
       jobId,
@@ -131,6 +137,7 @@ export class Strata {
         pollMs: this.ports.hostPollMs,
         maxPollMs: this.ports.hostMaxPollMs,
         onDispatch: (hostId, delta) => this.selector.track(hostId, delta),
+        ...(resumeKey ? { resumeKey, waitBudgetMs: this.ports.hostWaitBudgetMs } : {}),
         ...(progressRange
           ? {
               onProgress: async (hostId: string, percent: number, detail?: Record<string, unknown>) => {

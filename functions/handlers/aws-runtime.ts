@@ -60,5 +60,7 @@ export function buildAwsStrata(env: NodeJS.ProcessEnv): Strata {
     fetcher: new SafeUrlFetcher({ allowlist: env[EnvName.FetchAllowlist] }),
     logger,
     driverServices: { [S3_CLIENT_SERVICE]: () => s3 },
+    // The task function may run 15 minutes: a resumable step hands over to its retry well before.
+    hostWaitBudgetMs: 12 * 60 * 1000,
   });
 }

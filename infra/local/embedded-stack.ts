@@ -62,6 +62,8 @@ export interface EmbeddedStackOptions {
   waitTimeScale?: number;
   /** Host command polling interval in ms. */
   hostPollMs?: number;
+  /** How long a resumable step waits for its host command before a retry resumes it (tests). */
+  hostWaitBudgetMs?: number;
   /** Extra hosts/CIDRs template URLs may reach (STRATA_FETCH_ALLOWLIST); none by default. */
   fetchAllowlist?: string;
   /** The clock the in-process snapshot-policy scheduler reads (tests move it to just before a slot). */
@@ -180,6 +182,7 @@ export async function startEmbeddedStack(options: EmbeddedStackOptions): Promise
       logger,
       driverServices: { s3Client: () => s3Client },
       hostPollMs: options.hostPollMs ?? 50,
+      ...(options.hostWaitBudgetMs !== undefined ? { hostWaitBudgetMs: options.hostWaitBudgetMs } : {}),
       // Local commands are child processes: polling them costs nothing, so notice completion quickly.
       hostMaxPollMs: 200,
     });

@@ -92,7 +92,9 @@ describe('incremental backup to the image store, and restore', () => {
     await exec('qemu-io', ['-c', 'write -P 0x5a 0 6M', '-c', 'write -P 0xa5 40M 2M', template]);
     server = await startImageServer();
     server.serve('/template.qcow2', { kind: 'file', path: template });
-    t = await startTestStack({ fetchAllowlist: '127.0.0.1' });
+    // Steps hand over to a retry after 300 ms of waiting on a host, so most scans, uploads and
+    // restores below are resumed at least once through the workflow's Strata.StillRunning retry.
+    t = await startTestStack({ fetchAllowlist: '127.0.0.1', hostWaitBudgetMs: 300 });
   }, 120_000);
 
   afterAll(async () => {

@@ -37,6 +37,8 @@ export async function startTestStack(
     fetchAllowlist?: string;
     /** Reach the S3 emulator through this URL instead (e.g. a fault-injecting proxy). */
     s3Endpoint?: string;
+    /** Resumable steps hand over to a retry after this long (exercises resumption). */
+    hostWaitBudgetMs?: number;
   } = {},
 ): Promise<TestStack> {
   const endpoints = integrationEndpoints();
@@ -56,6 +58,7 @@ export async function startTestStack(
     reconcileEverySeconds: 0,
     waitTimeScale: 0.01,
     hostPollMs: 20,
+    ...(options.hostWaitBudgetMs !== undefined ? { hostWaitBudgetMs: options.hostWaitBudgetMs } : {}),
   });
   const call: TestStack['call'] = async (method, route, body, headers = {}) => {
     const res = await fetch(`${stack.url}${route}`, {

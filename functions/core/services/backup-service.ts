@@ -23,6 +23,7 @@ import {
   DEFAULT_CHUNK_SIZE_BYTES,
   parseManifest,
 } from '../../../drivers/sdk/backup-manifest.js';
+import { HostStillRunningError } from '../../../drivers/sdk/errors.js';
 import type { ProviderRegistry } from '../../../drivers/sdk/registry.js';
 import {
   type BackupCapableDriver,
@@ -43,7 +44,7 @@ import { forEachLimit } from '../pool.js';
 import type { Repository, WorkflowPort } from '../ports.js';
 import { FlowName } from '../ports.js';
 import { objectInStoreMachine, snapshotMachine, volumeMachine } from '../state-machines.js';
-import { toStoreInfo } from './datastore-service.js';
+import { type DriverContextOptions, toStoreInfo } from './datastore-service.js';
 import { causeMessage, type JobService, type WorkflowFailure } from './job-service.js';
 
 const LEASE_SECONDS = 60 * 60;
@@ -58,8 +59,8 @@ export interface BackupDeps {
   registry: ProviderRegistry;
   workflows: WorkflowPort;
   jobs: JobService;
-  /** With `progressRange`, host progress moves the job within that range. */
-  driverContext: (jobId: string, progressRange?: readonly [number, number]) => DriverContext;
+  /** See StoreDeps.driverContext: progress within a range, resumable host calls. */
+  driverContext: (jobId: string, options?: DriverContextOptions) => DriverContext;
   selectHost: (storeIds: string[]) => Promise<{ id: string }>;
   chunkSizeBytes?: number;
 }
@@ -229,7 +230,7 @@ export class BackupService {
   async scanBackup(input: Step): Promise<{ toUpload: number }> {
     const { snapshot, volume, image, copy } = await this.leased(input);
     const { pool, driver } = await this.primaryCopy(snapshot, volume);
-    const ctx = this.deps.driverContext(input.jobId, [5, 35]);
+    const ctx = this.deps.driverContext(input.jobId, { progressRange: [5, 35], resumeKey: 'scan' });
     const previous = await this.previousBackup(snapshot, image);
     const { id: hostId } = await this.deps.selectHost([pool.id]);
     const scan = await driver.scanSnapshotChunks({
@@ -309,7 +310,7 @@ export class BackupService {
   /** Upload: presigned PUTs for exactly the chunks the store lacks; the host PUTs them in parallel. */
   async uploadBackup(input: Step): Promise<UploadFigures> {
     const { snapshot, volume, image, copy } = await this.leased(input);
-    const ctx = this.deps.driverContext(input.jobId, [40, 90]);
+    const ctx = this.deps.driverContext(input.jobId, { progressRange: [40, 90], resumeKey: 'upload' });
     const plan = await this.readPlan(image, input.jobId, ctx);
     const toUpload = plan.toUpload ?? [];
     if (toUpload.length === 0) return { chunksUploaded: 0, bytesRead: 0, bytesUploaded: 0 };
@@ -509,7 +510,7 @@ export class BackupService {
     from?: 'auto' | 'primary' | 'backup';
   }): Promise<{ path: string; via: 'primary' | 'backup' }> {
     const snapshot = await this.repo.require({ type: 'Snapshot', id: input.snapshotId });
-    const ctx = this.deps.driverContext(input.jobId, [10, 95]);
+    const ctx = this.deps.driverContext(input.jobId, { progressRange: [10, 95], resumeKey: 'restore' });
     const from = input.from ?? 'auto';
     if (from !== 'backup') {
       const fromPrimary = await this.tryRestoreFromPrimary(snapshot, input, ctx);
@@ -576,11 +577,18 @@ export class BackupService {
         bytesDownloaded: result.bytesDownloaded,
         zeroChunks: result.zeroChunks,
       });
+      await this.finishRestore(store, hashes, input.jobId, ctx);
       return { path: result.path, via: 'backup' };
-    } finally {
-      await this.repo.chunks.release(store.store.id, hashes, input.jobId, { collect: false });
-      await this.removePlans(store, input.jobId, ctx).catch(() => undefined);
+    } catch (e) {
+      // Still running on the host: keep the holds and the list for the retry that resumes it.
+      if (!(e instanceof HostStillRunningError)) await this.finishRestore(store, hashes, input.jobId, ctx);
+      throw e;
     }
+  }
+
+  private async finishRestore(store: ImageStore, hashes: string[], jobId: string, ctx: DriverContext) {
+    await this.repo.chunks.release(store.store.id, hashes, jobId, { collect: false });
+    await this.removePlans(store, jobId, ctx).catch(() => undefined);
   }
 
   private async tryRestoreFromPrimary(
@@ -608,32 +616,41 @@ export class BackupService {
     // The layer must not be merged away while it is read: hold its volume like a snapshot does.
     const owner = input.jobId;
     const origin = await this.repo.require({ type: 'Volume', id: snapshot.volumeId });
-    if (origin.status !== V.Ready) {
+    const resumed = origin.status === V.Snapshotting && origin.lease?.owner === owner;
+    if (origin.status !== V.Ready && !resumed) {
       throw new UnavailableError(`volume ${origin.id} is ${origin.status}; the restore will retry`, {
         state: origin.status,
       });
     }
-    await this.repo.transition({
-      key: { type: 'Volume', id: origin.id },
-      machine: volumeMachine,
-      from: V.Ready,
-      to: V.Snapshotting,
-      expectedVersion: origin.version,
-      lease: { owner, ttlSeconds: LEASE_SECONDS },
-    });
+    if (!resumed) {
+      await this.repo.transition({
+        key: { type: 'Volume', id: origin.id },
+        machine: volumeMachine,
+        from: V.Ready,
+        to: V.Snapshotting,
+        expectedVersion: origin.version,
+        lease: { owner, ttlSeconds: LEASE_SECONDS },
+      });
+    }
+    let stillRunning = false;
     try {
       const result = await driver.copyAsync({ src, dst, ctx, hostId: host.id });
       return result.path;
+    } catch (e) {
+      // Still copying: the volume stays held for the retry that resumes the copy.
+      stillRunning = e instanceof HostStillRunningError;
+      throw e;
     } finally {
-      await this.repo
-        .transition({
-          key: { type: 'Volume', id: origin.id },
-          machine: volumeMachine,
-          from: V.Snapshotting,
-          to: V.Ready,
-          leaseOwner: owner,
-        })
-        .catch(() => undefined);
+      if (!stillRunning)
+        await this.repo
+          .transition({
+            key: { type: 'Volume', id: origin.id },
+            machine: volumeMachine,
+            from: V.Snapshotting,
+            to: V.Ready,
+            leaseOwner: owner,
+          })
+          .catch(() => undefined);
     }
   }
 

@@ -72,16 +72,23 @@ export interface StoreDeps {
   hosts: HostService;
   /** Builds the context a driver call needs (host invoker, logger, services) for one job. */
   /**
-   * The context of a driver call for one job. With `progressRange`, the host's progress reports
-   * move the job's progress within that range (a step of a longer flow).
+   * The context of a driver call for one job. `progressRange`: the host's progress reports move the
+   * job's progress within that range (a step of a longer flow). `resumeKey`: host calls are resumable
+   * across retries of the step (see ChannelHostInvoker).
    */
   driverContext: (
     jobId: string,
-    progressRange?: readonly [number, number],
+    options?: DriverContextOptions,
   ) => import('../../../drivers/sdk/types.js').DriverContext;
   /** Picks a host that has the given stores attached. */
   selectHost: (storeIds: string[]) => Promise<{ id: string }>;
   clock?: Clock;
+}
+
+/** Options of a driver context: see StoreDeps.driverContext. */
+export interface DriverContextOptions {
+  progressRange?: readonly [number, number];
+  resumeKey?: string;
 }
 
 export function toStoreInfo(store: DataStore): DataStoreInfo {
