@@ -65,18 +65,8 @@ export class DynamoChunkIndex implements ChunkIndex {
    */
   async pin(storeId: string, hashes: readonly string[], holder: string): Promise<{ unstored: string[] }> {
     const unstored: string[] = [];
-    await forEachLimit(groups([...new Set(hashes)], TRANSACTION_ITEMS), GROUP_CONCURRENCY, async (group) => {
-      const pinned = await this.transact(
-        group.map((hash) => ({
-          Update: {
-            TableName: this.options.tableName,
-            Key: key(storeId, hash),
-            UpdateExpression: 'ADD holders :h',
-            ConditionExpression: 'attribute_not_exists(gcState)',
-            ExpressionAttributeValues: { ':h': new Set([holder]) },
-          },
-        })),
-      );
+    const update = { expression: 'ADD holders :h', condition: 'attribute_not_exists(gcState)' };
+    await this.inTransactions(storeId, hashes, update, { ':h': new Set([holder]) }, async (group, pinned) => {
       if (!pinned) {
         await forEachLimit(group, CONCURRENCY, async (hash) => {
           if (!(await this.pinOne(storeId, hash, holder))) unstored.push(hash);
@@ -102,6 +92,33 @@ export class DynamoChunkIndex implements ChunkIndex {
         await new Promise((r) => setTimeout(r, 20 * 2 ** attempt * Math.random()));
       }
     }
+  }
+
+  /**
+   * Applies one update to every chunk, in transactions of up to 100 (a few at once), and hands each
+   * group to `then` with whether its transaction was applied (cancelled: nothing of it was written).
+   */
+  private async inTransactions(
+    storeId: string,
+    hashes: readonly string[],
+    update: { expression: string; condition: string },
+    values: Record<string, unknown>,
+    then: (group: string[], applied: boolean) => Promise<void>,
+  ): Promise<void> {
+    await forEachLimit(groups([...new Set(hashes)], TRANSACTION_ITEMS), GROUP_CONCURRENCY, async (group) => {
+      const applied = await this.transact(
+        group.map((hash) => ({
+          Update: {
+            TableName: this.options.tableName,
+            Key: key(storeId, hash),
+            UpdateExpression: update.expression,
+            ConditionExpression: update.condition,
+            ExpressionAttributeValues: values,
+          },
+        })),
+      );
+      await then(group, applied);
+    });
   }
 
   /** Runs one transaction; false when DynamoDB cancelled it (nothing was written). */
@@ -182,18 +199,11 @@ export class DynamoChunkIndex implements ChunkIndex {
 
   async markStored(storeId: string, hashes: readonly string[]): Promise<void> {
     const pending: string[] = [];
-    await forEachLimit(groups([...new Set(hashes)], TRANSACTION_ITEMS), GROUP_CONCURRENCY, async (group) => {
-      const done = await this.transact(
-        group.map((hash) => ({
-          Update: {
-            TableName: this.options.tableName,
-            Key: key(storeId, hash),
-            UpdateExpression: 'SET isStored = :t',
-            ConditionExpression: 'attribute_exists(pk) AND attribute_not_exists(gcState)',
-            ExpressionAttributeValues: { ':t': true },
-          },
-        })),
-      );
+    const update = {
+      expression: 'SET isStored = :t',
+      condition: 'attribute_exists(pk) AND attribute_not_exists(gcState)',
+    };
+    await this.inTransactions(storeId, hashes, update, { ':t': true }, async (group, done) => {
       if (!done) pending.push(...group);
     });
     // Chunk by chunk, so that a chunk that vanished or is being collected fails loudly.
@@ -222,18 +232,8 @@ export class DynamoChunkIndex implements ChunkIndex {
     options: { collect: boolean },
   ): Promise<{ collectable: string[] }> {
     const collectable: string[] = [];
-    await forEachLimit(groups([...new Set(hashes)], TRANSACTION_ITEMS), GROUP_CONCURRENCY, async (group) => {
-      const done = await this.transact(
-        group.map((hash) => ({
-          Update: {
-            TableName: this.options.tableName,
-            Key: key(storeId, hash),
-            UpdateExpression: 'DELETE holders :h',
-            ConditionExpression: 'attribute_exists(pk)',
-            ExpressionAttributeValues: { ':h': new Set([holder]) },
-          },
-        })),
-      );
+    const update = { expression: 'DELETE holders :h', condition: 'attribute_exists(pk)' };
+    await this.inTransactions(storeId, hashes, update, { ':h': new Set([holder]) }, async (group, done) => {
       if (!done) {
         await forEachLimit(group, CONCURRENCY, async (hash) => {
           if ((await this.releaseOne(storeId, hash, holder)) && options.collect) {
