@@ -8,32 +8,17 @@
  * fetch, hashing, inspection, multipart upload, state changes). The baseline does only the two
  * transfers, one after the other. The ratio is Strata / baseline; the target is ≤ 1.2.
  */
-import { randomBytes } from 'node:crypto';
 import { createReadStream, createWriteStream } from 'node:fs';
-import { mkdtemp, open, rm } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { CreateBucketCommand, S3Client } from '@aws-sdk/client-s3';
 import { Upload } from '@aws-sdk/lib-storage';
-import { startEmbeddedStack } from '../../infra/local/embedded-stack';
 import { localS3ClientConfig } from '../../infra/local/s3-emulator';
 import { startImageServer } from '../support/image-server';
-
-async function writeRandomFile(file: string, bytes: number): Promise<void> {
-  const fh = await open(file, 'w');
-  const chunk = 4 * 2 ** 20;
-  for (let written = 0; written < bytes; written += chunk) {
-    await fh.write(randomBytes(Math.min(chunk, bytes - written)));
-  }
-  await fh.close();
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)]!;
-}
+import { median, startBenchStack, writeRandomFile } from './harness';
 
 export async function benchIngest(sizeMiB = 256, rounds = 3): Promise<Record<string, number>> {
   const dir = await mkdtemp(path.join(os.tmpdir(), 'strata-bench-ingest-'));
@@ -41,22 +26,9 @@ export async function benchIngest(sizeMiB = 256, rounds = 3): Promise<Record<str
   await writeRandomFile(image, sizeMiB * 2 ** 20);
   const server = await startImageServer();
   server.serve('/image.raw', { kind: 'file', path: image });
-  const stack = await startEmbeddedStack({
-    dataDir: path.join(dir, 'stack'),
-    port: 0,
-    fetchAllowlist: '127.0.0.1',
-    reconcileEverySeconds: 0,
-  });
+  const { stack, api, waitJob } = await startBenchStack(dir, { fetchAllowlist: '127.0.0.1' });
   const s3 = new S3Client(localS3ClientConfig(stack.endpoints.s3));
   await s3.send(new CreateBucketCommand({ Bucket: 'baseline' }));
-  const api = async (method: string, route: string, body?: unknown) => {
-    const res = await fetch(`${stack.url}${route}`, {
-      method,
-      headers: { 'content-type': 'application/json' },
-      body: body === undefined ? undefined : JSON.stringify(body),
-    });
-    return (await res.json()) as any;
-  };
 
   const strataTimes: number[] = [];
   const baselineTimes: number[] = [];
@@ -84,13 +56,7 @@ export async function benchIngest(sizeMiB = 256, rounds = 3): Promise<Record<str
         format: 'raw',
         zoneId: 'zone-1',
       });
-      for (;;) {
-        const job = await api('GET', `/jobs/${started.job.id}`);
-        if (job.state === 'succeeded') break;
-        if (job.state === 'failed') throw new Error(`ingest failed: ${job.error.message}`);
-        // Poll gently: the poller shares the machine with the flow it measures.
-        await new Promise((r) => setTimeout(r, 100));
-      }
+      await waitJob(started.job.id);
       strataTimes.push(performance.now() - t1);
     }
   } finally {

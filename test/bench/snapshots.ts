@@ -24,7 +24,6 @@
  * restore's host work ends at `restored`. Everything a round creates is deleted at its end.
  */
 import { execFile } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
 import { mkdtemp, open, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -38,38 +37,15 @@ import {
   S3Client,
 } from '@aws-sdk/client-s3';
 import { getSignedUrl } from '@aws-sdk/s3-request-presigner';
-import { startEmbeddedStack } from '../../infra/local/embedded-stack';
+import { forEachLimit } from '../../functions/core/pool';
 import { localS3ClientConfig } from '../../infra/local/s3-emulator';
+import { median, startBenchStack, writeRandomFile } from './harness';
 
 const exec = promisify(execFile);
 const MiB = 2 ** 20;
 const CHUNK = 4 * MiB;
 const IN_FLIGHT = 4;
 const POLL_MS = 100;
-
-async function writeRandomFile(file: string, bytes: number): Promise<void> {
-  const fh = await open(file, 'w');
-  for (let written = 0; written < bytes; written += CHUNK) {
-    await fh.write(randomBytes(Math.min(CHUNK, bytes - written)));
-  }
-  await fh.close();
-}
-
-/** The median; with an even count (the default 2 rounds), the mean of the middle two. */
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const mid = Math.floor(s.length / 2);
-  return s.length % 2 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
-}
-
-/** Runs `work` over 0..n-1 with `limit` in flight. */
-async function pool(n: number, limit: number, work: (i: number) => Promise<void>): Promise<void> {
-  let next = 0;
-  const worker = async () => {
-    while (next < n) await work(next++);
-  };
-  await Promise.all(Array.from({ length: Math.min(limit, n) }, worker));
-}
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -109,30 +85,11 @@ export async function benchSnapshots(
   const changedBytes = changedMiB * MiB;
   const pieces = dataBytes / CHUNK;
   const changedPieces = changedBytes / CHUNK;
+  const indexes = Array.from({ length: pieces }, (_, i) => i);
   const dir = await mkdtemp(path.join(os.tmpdir(), 'strata-bench-snapshots-'));
-  const stack = await startEmbeddedStack({
-    dataDir: path.join(dir, 'stack'),
-    port: 0,
-    reconcileEverySeconds: 0,
-  });
+  const { stack, api, waitJob } = await startBenchStack(dir, { pollMs: POLL_MS });
   const s3 = new S3Client(localS3ClientConfig(stack.endpoints.s3));
   await s3.send(new CreateBucketCommand({ Bucket: 'baseline' }));
-  const api = async (method: string, route: string, body?: unknown) => {
-    const res = await fetch(`${stack.url}${route}`, {
-      method,
-      headers: { 'content-type': 'application/json' },
-      body: body === undefined ? undefined : JSON.stringify(body),
-    });
-    return res.status === 204 ? undefined : ((await res.json()) as any);
-  };
-  const waitJob = async (id: string) => {
-    for (;;) {
-      const job = await api('GET', `/jobs/${id}`);
-      if (job.state === 'succeeded') return job;
-      if (job.state === 'failed') throw new Error(`job ${id} failed: ${job.error.message}`);
-      await sleep(POLL_MS);
-    }
-  };
   /** Snapshot+backup, timed from the POST; marks when the take, the scan and the upload ended. */
   const timedBackup = async (volumeId: string, name: string) => {
     const t0 = performance.now();
@@ -194,7 +151,7 @@ export async function benchSnapshots(
       const prefix = `round-${round}/`;
       let t0 = performance.now();
       const src = await open(data, 'r');
-      await pool(pieces, IN_FLIGHT, async (i) => {
+      await forEachLimit(indexes, IN_FLIGHT, async (i) => {
         const body = Buffer.allocUnsafe(CHUNK);
         await src.read(body, 0, CHUNK, i * CHUNK);
         const url = await getSignedUrl(
@@ -229,7 +186,7 @@ export async function benchSnapshots(
       const copy = path.join(dir, 'download.raw');
       t0 = performance.now();
       const dst = await open(copy, 'w');
-      await pool(pieces, IN_FLIGHT, async (i) => {
+      await forEachLimit(indexes, IN_FLIGHT, async (i) => {
         const url = await getSignedUrl(
           s3,
           new GetObjectCommand({ Bucket: 'baseline', Key: `${prefix}${i}` }),
@@ -314,7 +271,7 @@ export async function benchSnapshots(
         if (res.status !== 204) throw new Error(`DELETE /snapshots/${id}: ${res.status} ${await res.text()}`);
       }
       await dropVolume(volume.id);
-      await pool(pieces, 8, async (i) => {
+      await forEachLimit(indexes, 8, async (i) => {
         await s3.send(new DeleteObjectCommand({ Bucket: 'baseline', Key: `${prefix}${i}` }));
       });
       const left = await s3.send(

@@ -15,8 +15,8 @@ import { mkdtemp, rm, stat, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import { startEmbeddedStack } from '../../infra/local/embedded-stack';
 import { startImageServer } from '../support/image-server';
+import { median, startBenchStack } from './harness';
 
 const exec = promisify(execFile);
 
@@ -33,11 +33,6 @@ async function coldCache(): Promise<boolean> {
   } catch {
     return false;
   }
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)]!;
 }
 
 async function makeTemplate(file: string, mib: number): Promise<void> {
@@ -58,28 +53,7 @@ export async function benchVolumes(
   const server = await startImageServer();
   server.serve('/small.qcow2', { kind: 'file', path: files.small });
   server.serve('/large.qcow2', { kind: 'file', path: files.large });
-  const stack = await startEmbeddedStack({
-    dataDir: path.join(dir, 'stack'),
-    port: 0,
-    fetchAllowlist: '127.0.0.1',
-    reconcileEverySeconds: 0,
-  });
-  const api = async (method: string, route: string, body?: unknown) => {
-    const res = await fetch(`${stack.url}${route}`, {
-      method,
-      headers: { 'content-type': 'application/json' },
-      body: body === undefined ? undefined : JSON.stringify(body),
-    });
-    return (await res.json()) as any;
-  };
-  const waitJob = async (id: string) => {
-    for (;;) {
-      const job = await api('GET', `/jobs/${id}`);
-      if (job.state === 'succeeded') return job;
-      if (job.state === 'failed') throw new Error(`job ${id} failed: ${job.error.message}`);
-      await new Promise((r) => setTimeout(r, 50));
-    }
-  };
+  const { stack, api, waitJob } = await startBenchStack(dir, { fetchAllowlist: '127.0.0.1', pollMs: 50 });
   const timedVolume = async (templateId: string, name: string) => {
     const t0 = performance.now();
     const res = await api('POST', '/volumes', { name, zoneId: 'zone-1', templateId });
