@@ -6,7 +6,7 @@ import { driverErrorFromHostError, HostStillRunningError } from '../../drivers/s
 import type { HostCall, HostInvoker } from '../../drivers/sdk/types.js';
 import { UnavailableError } from './errors.js';
 import { newId } from './ids.js';
-import { HostStatus } from './model.js';
+import { HostStatus, JobState } from './model.js';
 import type { EndpointChannel, Repository } from './ports.js';
 
 export interface ChannelHostInvokerOptions {
@@ -81,7 +81,7 @@ export class ChannelHostInvoker implements HostInvoker {
         if (key) {
           await repo.updateWhere(
             { type: 'Job', id: jobId },
-            { field: 'state', oneOf: ['pending', 'running'] },
+            { field: 'state', oneOf: [JobState.Pending, JobState.Running] },
             {
               hostCommands: {
                 ...(job?.hostCommands ?? {}),

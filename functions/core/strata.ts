@@ -7,7 +7,6 @@ import type { DriverContext, Logger } from '../../drivers/sdk/types.js';
 import { HostEndpointSelector } from './endpoint-selector.js';
 import { UnavailableError } from './errors.js';
 import { ChannelHostInvoker } from './host-invoker.js';
-import { allPages } from './paging.js';
 import type { Clock, EndpointChannel, Repository, SchedulerPort, UrlFetcher, WorkflowPort } from './ports.js';
 import { systemClock } from './ports.js';
 import { DataMotionService, streamCopyStrategy } from './services/data-motion.js';
@@ -95,17 +94,7 @@ export class Strata {
     this.images = new ImageService({ ...deps, motion: this.motion, fetcher: ports.fetcher });
     this.volumes = new VolumeService({
       ...deps,
-      // Snapshots whose only copy is a backup do not hold the volume: backups outlive it.
-      hasSnapshots: async (volumeId) => {
-        const all = await allPages((cursor) => ports.repo.list('Snapshot', { filter: { volumeId }, cursor }));
-        const held: string[] = [];
-        for (const snapshot of all) {
-          const copies = await ports.repo.listCopies('SnapshotInStore', snapshot.id);
-          if (snapshot.status !== 'BackedUp' || copies.some((c) => c.storeRole !== 'image'))
-            held.push(snapshot.id);
-        }
-        return held;
-      },
+      hasSnapshots: (volumeId) => this.snapshots.holdingVolume(volumeId),
       restoreSnapshot: (input) => this.snapshots.backups.restoreInto(input),
       installStrategy: (provider) =>
         ports.registry.has(provider) ? ports.registry.get(provider).templateInstall : undefined,

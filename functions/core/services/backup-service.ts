@@ -228,8 +228,7 @@ export class BackupService {
    * the store lacks.
    */
   async scanBackup(input: Step): Promise<{ toUpload: number }> {
-    const { snapshot, volume, image, copy } = await this.leased(input);
-    const { pool, driver } = await this.primaryCopy(snapshot, volume);
+    const { snapshot, volume, image, copy, pool, driver } = await this.leased(input);
     const ctx = this.deps.driverContext(input.jobId, { progressRange: [5, 35], resumeKey: 'scan' });
     const previous = await this.previousBackup(snapshot, image);
     const { id: hostId } = await this.deps.selectHost([pool.id]);
@@ -309,12 +308,11 @@ export class BackupService {
 
   /** Upload: presigned PUTs for exactly the chunks the store lacks; the host PUTs them in parallel. */
   async uploadBackup(input: Step): Promise<UploadFigures> {
-    const { snapshot, volume, image, copy } = await this.leased(input);
+    const { snapshot, volume, image, copy, pool, driver } = await this.leased(input);
     const ctx = this.deps.driverContext(input.jobId, { progressRange: [40, 90], resumeKey: 'upload' });
     const plan = await this.readPlan(image, input.jobId, ctx);
     const toUpload = plan.toUpload ?? [];
     if (toUpload.length === 0) return { chunksUploaded: 0, bytesRead: 0, bytesUploaded: 0 };
-    const { pool, driver } = await this.primaryCopy(snapshot, volume);
     const info = toStoreInfo(image.store);
     const uploads: Array<{ index: number; sha256: string; url: string }> = new Array(toUpload.length);
     await forEachLimit(toUpload, PRESIGN_CONCURRENCY, async (u, i) => {
@@ -656,11 +654,14 @@ export class BackupService {
 
   // ---------------------------------------------------------------- helpers
 
+  /** The snapshot this job backs up, with its volume, both copies, and the pool's driver. */
   private async leased(input: Step): Promise<{
     snapshot: Snapshot;
     volume: Volume;
     image: ImageStore;
     copy: SnapshotInStore;
+    pool: DataStore;
+    driver: DataStoreDriver & BackupCapableDriver;
   }> {
     const snapshot = await this.repo.require({ type: 'Snapshot', id: input.snapshotId });
     if (snapshot.status !== S.BackingUp || snapshot.lease?.owner !== input.jobId) {
@@ -672,13 +673,18 @@ export class BackupService {
       );
     }
     const volume = await this.repo.require({ type: 'Volume', id: snapshot.volumeId });
-    const imageRow = await this.imageCopy(snapshot.id);
+    const copies = await this.repo.listCopies('SnapshotInStore', snapshot.id);
+    const imageRow = copies.find((c) => c.storeRole === 'image');
     if (!imageRow) throw new ConflictError(`snapshot ${snapshot.id} has no backup in progress`);
-    const primary = (await this.repo.listCopies('SnapshotInStore', snapshot.id)).find(
-      (c) => c.storeId === volume.storeId,
-    );
-    if (!primary) throw new ConflictError(`snapshot ${snapshot.id} is no longer on primary storage`);
-    return { snapshot, volume, image: await this.imageStore(imageRow.storeId), copy: primary };
+    const copy = copies.find((c) => c.storeId === volume.storeId);
+    if (!copy) throw new ConflictError(`snapshot ${snapshot.id} is no longer on primary storage`);
+    return {
+      snapshot,
+      volume,
+      image: await this.imageStore(imageRow.storeId),
+      copy,
+      ...(await this.backupPool(copy)),
+    };
   }
 
   private async primaryCopy(
@@ -693,6 +699,13 @@ export class BackupService {
         field: 'snapshotId',
       });
     }
+    return { copy, ...(await this.backupPool(copy)) };
+  }
+
+  /** The pool holding a snapshot's layer, and its driver, which must back snapshots up. */
+  private async backupPool(
+    copy: SnapshotInStore,
+  ): Promise<{ pool: DataStore; driver: DataStoreDriver & BackupCapableDriver }> {
     const pool = await this.repo.require({ type: 'DataStore', id: copy.storeId });
     const driver = this.deps.registry.get(pool.provider).driver;
     if (!isBackupCapable(driver)) {
@@ -700,7 +713,7 @@ export class BackupService {
         field: 'snapshotId',
       });
     }
-    return { pool, driver, copy };
+    return { pool, driver };
   }
 
   /** The most recent earlier backup of the same volume in this image store, if any. */

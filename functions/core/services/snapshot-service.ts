@@ -52,6 +52,21 @@ export class SnapshotService {
     return { ...snapshot, copies: await this.repo.listCopies('SnapshotInStore', id) };
   }
 
+  /**
+   * Ids of the snapshots that keep a volume from being deleted or moved: every snapshot with a
+   * layer on primary storage, or in any state but BackedUp. A backup-only snapshot outlives its volume.
+   */
+  async holdingVolume(volumeId: string): Promise<string[]> {
+    const all = await allPages((cursor) => this.repo.list('Snapshot', { cursor, filter: { volumeId } }));
+    const held: string[] = [];
+    for (const snapshot of all) {
+      const copies = await this.repo.listCopies('SnapshotInStore', snapshot.id);
+      if (snapshot.status !== S.BackedUp || copies.some((c) => c.storeRole !== 'image'))
+        held.push(snapshot.id);
+    }
+    return held;
+  }
+
   async list(volumeId: string | undefined, options: ListOptions = {}): Promise<Page<Snapshot>> {
     return this.repo.list('Snapshot', { ...options, filter: volumeId ? { volumeId } : {} });
   }
