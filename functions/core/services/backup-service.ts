@@ -46,6 +46,7 @@ import { FlowName } from '../ports.js';
 import { objectInStoreMachine, snapshotMachine, volumeMachine } from '../state-machines.js';
 import { type DriverContextOptions, toStoreInfo } from './datastore-service.js';
 import { causeMessage, type JobService, type WorkflowFailure } from './job-service.js';
+import { volumeObject } from './volume-service.js';
 
 const LEASE_SECONDS = 60 * 60;
 /** Presigned URLs handed to hosts live this long (a large backup's uploads must fit). */
@@ -116,7 +117,7 @@ function blob(path: string): DataObjectRef {
 function layer(pool: DataStore, volume: Volume, snapshot: Snapshot, copy: SnapshotInStore) {
   return {
     store: toStoreInfo(pool),
-    object: { kind: 'volume' as const, id: volume.id, format: volume.format, path: volume.path },
+    object: volumeObject(volume),
     snapshot: { kind: 'snapshot' as const, id: snapshot.id, format: 'qcow2' as const, path: copy.path },
   };
 }

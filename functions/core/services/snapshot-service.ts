@@ -10,6 +10,7 @@ import { snapshotMachine, volumeMachine } from '../state-machines.js';
 import { type BackupDeps, BackupService, MERGE_OWNER_PREFIX } from './backup-service.js';
 import { toStoreInfo } from './datastore-service.js';
 import { causeMessage, type WorkflowFailure } from './job-service.js';
+import { volumeObject } from './volume-service.js';
 
 const LEASE_SECONDS = 30 * 60;
 
@@ -140,7 +141,7 @@ export class SnapshotService {
     const { id: hostId } = await this.deps.selectHost([pool.id]);
     const result = await driver.takeSnapshot({
       store: toStoreInfo(pool),
-      object: { kind: 'volume', id: volume.id, format: volume.format, path: volume.path },
+      object: volumeObject(volume),
       snapshot: { kind: 'snapshot', id: snapshot.id, format: 'qcow2' },
       ctx: this.deps.driverContext(input.jobId),
       hostId,
@@ -257,7 +258,7 @@ export class SnapshotService {
       const { id: hostId } = await this.deps.selectHost([pool.id]);
       await driver.revertSnapshot({
         store: toStoreInfo(pool),
-        object: { kind: 'volume', id: volume.id, format: volume.format, path: volume.path },
+        object: volumeObject(volume),
         snapshot: { kind: 'snapshot', id: snapshotId, format: 'qcow2', path: copy.path },
         ctx: this.deps.driverContext(jobId),
         hostId,
@@ -356,7 +357,7 @@ export class SnapshotService {
           const { id: hostId } = await this.deps.selectHost([store.id]);
           await driver.deleteSnapshot({
             store: toStoreInfo(store),
-            object: { kind: 'volume', id: volume.id, format: volume.format, path: volume.path },
+            object: volumeObject(volume),
             snapshot: { kind: 'snapshot', id: snapshotId, format: 'qcow2', path: copy.path },
             ctx: this.deps.driverContext(owner),
             hostId,

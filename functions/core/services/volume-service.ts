@@ -15,7 +15,13 @@
  * a fresh install.
  */
 import type { ProviderRegistry } from '../../../drivers/sdk/registry.js';
-import type { DriverContext, ImageFormat, TemplateInstallStrategy } from '../../../drivers/sdk/types.js';
+import type {
+  DataObjectRef,
+  DriverContext,
+  HostInfo,
+  ImageFormat,
+  TemplateInstallStrategy,
+} from '../../../drivers/sdk/types.js';
 import { isImageStoreDriver, isStagingDriver } from '../../../drivers/sdk/types.js';
 import { type Candidate, type Placement, planPlacement, release, reserve } from '../allocator.js';
 import {
@@ -27,7 +33,7 @@ import {
   UnprocessableError,
 } from '../errors.js';
 import { newId } from '../ids.js';
-import type { DataStore, Job, Snapshot, Template, TemplateInStore, Volume } from '../model.js';
+import type { DataStore, Host, Job, Snapshot, Template, TemplateInStore, Volume } from '../model.js';
 import { ObjectInStoreStatus as O, SnapshotStatus, VolumeStatus as V } from '../model.js';
 import { allPages } from '../paging.js';
 import type { Clock, ListOptions, Page, Repository, WorkflowPort } from '../ports.js';
@@ -487,7 +493,7 @@ export class VolumeService {
     const { id: hostId } = await this.deps.selectHost([pool.id]);
     await this.deps.registry.get(pool.provider).driver.resize({
       store: toStoreInfo(pool),
-      object: { kind: 'volume', id: volume.id, format: volume.format, path: volume.path },
+      object: volumeObject(volume),
       newSizeBytes: input.sizeBytes,
       allowShrink: input.allowShrink,
       ctx: this.deps.driverContext(input.jobId),
@@ -613,7 +619,7 @@ export class VolumeService {
     const ctx = this.deps.driverContext(input.jobId);
     const from = {
       store: toStoreInfo(src),
-      object: { kind: 'volume' as const, id: volume.id, format: volume.format, path: volume.path },
+      object: volumeObject(volume),
     };
     const to = {
       store: toStoreInfo(dst),
@@ -684,7 +690,7 @@ export class VolumeService {
     const [hostA, hostB] = [await this.deps.selectHost([src.id]), await this.deps.selectHost([dst.id])];
     const from = {
       store: toStoreInfo(src),
-      object: { kind: 'volume' as const, id: volume.id, format: volume.format, path: volume.path },
+      object: volumeObject(volume),
       ctx,
       hostId: hostA.id,
     };
@@ -857,14 +863,8 @@ export class VolumeService {
     const driver = this.deps.registry.get(pool.provider).driver;
     const access = await driver.grantAccess({
       store: toStoreInfo(pool),
-      object: { kind: 'volume', id: volume.id, format: volume.format, path: volume.path },
-      host: {
-        id: host.id,
-        name: host.name,
-        zoneId: host.zoneId,
-        clusterId: host.clusterId,
-        hypervisor: host.hypervisor,
-      },
+      object: volumeObject(volume),
+      host: hostInfo(host),
       hostId: host.id,
       ctx: this.deps.driverContext(newId('op')),
     });
@@ -882,14 +882,8 @@ export class VolumeService {
     if (host) {
       await this.deps.registry.get(pool.provider).driver.revokeAccess({
         store: toStoreInfo(pool),
-        object: { kind: 'volume', id: volume.id, format: volume.format, path: volume.path },
-        host: {
-          id: host.id,
-          name: host.name,
-          zoneId: host.zoneId,
-          clusterId: host.clusterId,
-          hypervisor: host.hypervisor,
-        },
+        object: volumeObject(volume),
+        host: hostInfo(host),
         hostId: host.id,
         ctx: this.deps.driverContext(newId('op')),
       });
@@ -1140,3 +1134,19 @@ export class VolumeService {
 }
 
 export type { Candidate };
+
+/** How drivers see a volume: its ref on its pool. */
+export function volumeObject(volume: Volume): DataObjectRef {
+  return { kind: 'volume', id: volume.id, format: volume.format, path: volume.path };
+}
+
+/** How drivers see a host that is granted or refused access. */
+function hostInfo(host: Host): HostInfo {
+  return {
+    id: host.id,
+    name: host.name,
+    zoneId: host.zoneId,
+    clusterId: host.clusterId,
+    hypervisor: host.hypervisor,
+  };
+}
