@@ -396,35 +396,24 @@ export class ImageService {
     storeId: string;
     error: WorkflowFailure;
   }): Promise<void> {
-    const reason = causeMessage(input.error);
-    const row = await this.repo.get({
-      type: 'TemplateInStore',
-      id: input.templateId,
-      storeId: input.storeId,
-    });
-    const store = await this.repo.get({ type: 'DataStore', id: input.storeId });
-    const template = await this.repo.get({ type: 'Template', id: input.templateId });
-    if (row && store && template) {
-      const object = { ...templateObject(template), path: row.path };
-      const driver = this.imageDriver(store);
-      const ctx = this.deps.driverContext(input.jobId);
-      if (row.uploadId) {
-        await driver
-          .abortUpload({ store: toStoreInfo(store), object, uploadId: row.uploadId, ctx })
-          .catch(() => undefined);
-      }
-      await this.discard(store, object, input.jobId);
-      if (row.status === O.Creating && row.lease?.owner === input.jobId) {
-        await this.repo.transition({
-          key: { type: 'TemplateInStore', id: input.templateId, storeId: input.storeId },
-          machine: objectInStoreMachine,
-          from: O.Creating,
-          to: O.Failed,
-          leaseOwner: input.jobId,
-          changes: { statusReason: reason, uploadId: undefined, progress: undefined },
-        });
-      }
-    }
+    await this.failNewCopy(
+      input,
+      async (row, store, template) => {
+        const object = { ...templateObject(template), path: row.path };
+        if (row.uploadId) {
+          await this.imageDriver(store)
+            .abortUpload({
+              store: toStoreInfo(store),
+              object,
+              uploadId: row.uploadId,
+              ctx: this.deps.driverContext(input.jobId),
+            })
+            .catch(() => undefined);
+        }
+        await this.discard(store, object, input.jobId);
+      },
+      { uploadId: undefined, progress: undefined },
+    );
     await this.deps.jobs.failFromFlow(input.jobId, input.error, 'IngestFailed');
   }
 
@@ -591,27 +580,9 @@ export class ImageService {
     storeId: string;
     error: WorkflowFailure;
   }): Promise<void> {
-    const reason = causeMessage(input.error);
-    const dst = await this.repo.get({
-      type: 'TemplateInStore',
-      id: input.templateId,
-      storeId: input.storeId,
-    });
-    const store = await this.repo.get({ type: 'DataStore', id: input.storeId });
-    const template = await this.repo.get({ type: 'Template', id: input.templateId });
-    if (dst && store && template) {
-      await this.discard(store, templateObject(template), input.jobId);
-      if (dst.status === O.Creating && dst.lease?.owner === input.jobId) {
-        await this.repo.transition({
-          key: { type: 'TemplateInStore', id: input.templateId, storeId: input.storeId },
-          machine: objectInStoreMachine,
-          from: O.Creating,
-          to: O.Failed,
-          leaseOwner: input.jobId,
-          changes: { statusReason: reason },
-        });
-      }
-    }
+    await this.failNewCopy(input, (_row, store, template) =>
+      this.discard(store, templateObject(template), input.jobId),
+    );
     await this.releaseSource(input.templateId, input.sourceStoreId, input.jobId);
     await this.deps.jobs.failFromFlow(input.jobId, input.error, 'CopyFailed');
   }
@@ -844,6 +815,33 @@ export class ImageService {
       checksum: formatChecksum({ algorithm: 'sha256', hex: facts.digests.sha256 }),
       virtualSizeBytes: facts.inspection.virtualSizeBytes,
     };
+  }
+
+  /**
+   * The shared end of a failed ingest or copy: whatever reached the destination store is removed
+   * (`discard`), and the copy row, while this job still holds it, goes Creating → Failed with the reason.
+   */
+  private async failNewCopy(
+    input: { jobId: string; templateId: string; storeId: string; error: WorkflowFailure },
+    discard: (row: TemplateInStore, store: DataStore, template: Template) => Promise<void>,
+    changes: Partial<TemplateInStore> = {},
+  ): Promise<void> {
+    const key = { type: 'TemplateInStore' as const, id: input.templateId, storeId: input.storeId };
+    const row = await this.repo.get(key);
+    const store = await this.repo.get({ type: 'DataStore', id: input.storeId });
+    const template = await this.repo.get({ type: 'Template', id: input.templateId });
+    if (!row || !store || !template) return;
+    await discard(row, store, template);
+    if (row.status === O.Creating && row.lease?.owner === input.jobId) {
+      await this.repo.transition({
+        key,
+        machine: objectInStoreMachine,
+        from: O.Creating,
+        to: O.Failed,
+        leaseOwner: input.jobId,
+        changes: { statusReason: causeMessage(input.error), ...changes },
+      });
+    }
   }
 
   private async discard(store: DataStore, object: DataObjectRef, jobId: string): Promise<void> {
