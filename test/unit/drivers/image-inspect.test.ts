@@ -81,8 +81,17 @@ async function create(name: string, format: string, size: string | undefined, ..
   const path = join(dir, name);
   const args = ['create', '-q', '-f', format, ...options, path];
   if (size !== undefined) args.push(size);
-  await exec('qemu-img', args);
-  return path;
+  // LUKS key setup times a PBKDF run by the thread's CPU time; on a busy machine qemu-img sometimes
+  // measures nothing and gives up ("Unable to get accurate CPU usage"). That is the tool, not the
+  // image: try again.
+  for (let attempt = 1; ; attempt++) {
+    try {
+      await exec('qemu-img', args);
+      return path;
+    } catch (e) {
+      if (attempt >= 5 || !/Unable to get accurate CPU usage/.test(String((e as Error).message))) throw e;
+    }
+  }
 }
 
 async function writePattern(path: string, format: string, offset = 0, length = '1M') {
