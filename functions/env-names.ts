@@ -14,9 +14,26 @@ export const EnvName = {
   /** The role EventBridge Scheduler assumes to start the snapshot-policy flow. */
   SchedulerRoleArn: 'STRATA_SCHEDULER_ROLE_ARN',
   LogLevel: 'STRATA_LOG_LEVEL',
+  /**
+   * Every bucket the functions hold an IAM grant for (comma-separated; the stack's image bucket and
+   * any the operator added): an s3 image store in another bucket is refused with 422 when added.
+   */
+  ImageBuckets: 'STRATA_IMAGE_BUCKETS',
+  /** The host runtime build this control plane was deployed with; hosts of another build refuse work. */
+  HostBuild: 'STRATA_HOST_BUILD',
+  /**
+   * Host command polling (first interval, longest interval) and how long a resumable step waits before
+   * handing over to its retry, in ms. Production defaults suit SSM; the embedded stack sets shorter ones.
+   */
+  HostPollMs: 'STRATA_HOST_POLL_MS',
+  HostMaxPollMs: 'STRATA_HOST_MAX_POLL_MS',
+  HostWaitBudgetMs: 'STRATA_HOST_WAIT_BUDGET_MS',
   /** Operator allowlist for template URLs: comma-separated host names and CIDR ranges (SSRF rules). */
   FetchAllowlist: 'STRATA_FETCH_ALLOWLIST',
-  /** Embedded stack and tests only: endpoint URLs of the local emulators. */
+  /**
+   * Integration test harness only (never read by a function): the shared emulators' endpoints. The
+   * functions reach services through the SDK's standard AWS_ENDPOINT_URL_<SERVICE> settings.
+   */
   DynamoEndpoint: 'STRATA_DYNAMODB_ENDPOINT',
   S3Endpoint: 'STRATA_S3_ENDPOINT',
 } as const;

@@ -8,9 +8,13 @@ import { buildSync } from 'esbuild';
 
 export const HOST_RUNTIME_ENTRY = path.join(__dirname, '..', 'drivers', 'host-main.ts');
 
-/** Writes the bundle to `outfile` and returns its path. */
-export function bundleHostRuntime(outfile: string, entry = HOST_RUNTIME_ENTRY): string {
+/**
+ * Writes the bundle to `outfile` and returns its path. `build` is baked in as the runtime's build id
+ * (drivers/sdk/host-build.ts), which it reports and checks every request against.
+ */
+export function bundleHostRuntime(outfile: string, entry = HOST_RUNTIME_ENTRY, build?: string): string {
   buildSync({
+    ...(build ? { define: { STRATA_HOST_BUILD: JSON.stringify(build) } } : {}),
     entryPoints: [entry],
     outfile,
     bundle: true,

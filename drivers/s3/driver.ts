@@ -98,6 +98,11 @@ export interface S3ProviderOptions {
   streamMemoryBytes?: number;
   /** Default part size of presigned client uploads (`createUpload`), default 64 MiB. */
   presignedPartSizeBytes?: number;
+  /**
+   * The buckets the control plane may use (it holds IAM grants for these): a store in any other
+   * bucket is refused when it is added. Default: any bucket.
+   */
+  allowedBuckets?: readonly string[];
 }
 
 interface Located {
@@ -126,7 +131,7 @@ interface Located {
  */
 export class S3Driver extends BaseDataStoreDriver implements ImageStoreDriver {
   readonly providerName = 's3';
-  readonly #options: Required<Omit<S3ProviderOptions, 's3Client'>> & { s3Client?: S3ClientFactory };
+  readonly #options: Required<Omit<S3ProviderOptions, 's3Client' | 'allowedBuckets'>> & { s3Client?: S3ClientFactory };
 
   constructor(options: S3ProviderOptions = {}) {
     super();

@@ -90,7 +90,14 @@ export function toDriverError(
 
 function isTransient(error: unknown): boolean {
   if (typeof error !== 'object' || error === null) return false;
-  const e = error as { code?: unknown; name?: unknown; $metadata?: { httpStatusCode?: number } };
+  const e = error as {
+    code?: unknown;
+    name?: unknown;
+    $retryable?: unknown;
+    $metadata?: { httpStatusCode?: number };
+  };
+  // The AWS SDK marks throttling and transient service errors itself.
+  if (e.$retryable) return true;
   if (typeof e.code === 'string' && TRANSIENT_CODES.has(e.code)) return true;
   if (e.name === 'TimeoutError') return true;
   const status = e.$metadata?.httpStatusCode;

@@ -24,6 +24,14 @@ export const HostRequestSchema = z.object({
   args: z.record(z.string(), z.unknown()),
   /** The runtime aborts the operation after this many seconds. */
   deadlineSeconds: z.number().int().positive().max(86_400),
+  /**
+   * The host runtime build the control plane was deployed with. A runtime of another build refuses
+   * the request with `HostBuildMismatch` (except the probe, which reports the build). Absent: no check.
+   */
+  build: z
+    .string()
+    .regex(/^[A-Za-z0-9._-]{1,80}$/)
+    .optional(),
 });
 export type HostRequest = z.infer<typeof HostRequestSchema>;
 

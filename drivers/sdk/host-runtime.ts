@@ -10,6 +10,8 @@ import { join } from 'node:path';
 import type { ZodError } from 'zod';
 import { toDriverError } from './base-driver.js';
 import { DriverError, DriverInputError, DuplicateProviderError, HostOperationError } from './errors.js';
+import { HOST_BUILD, PROBE_OPERATION, RUNTIME_PROVIDER } from './host-build.js';
+import { probeHost } from './host-probe.js';
 import { type HostError, type HostEvent, type HostRequest, HostRequestSchema } from './host-protocol.js';
 import { noopLogger } from './logger.js';
 import type { HostInvoker, HostOperation, HostOperationContext, HostOperationSet, Logger } from './types.js';
@@ -32,6 +34,8 @@ export const HostRuntimeErrorCode = {
   DeadlineExceeded: 'DeadlineExceeded',
   Aborted: 'Aborted',
   HostOperationFailed: 'HostOperationFailed',
+  /** The request was made for another build of the host runtime: upgrade the host. */
+  HostBuildMismatch: 'HostBuildMismatch',
 } as const;
 export type HostRuntimeErrorCode = (typeof HostRuntimeErrorCode)[keyof typeof HostRuntimeErrorCode];
 
@@ -61,6 +65,8 @@ export interface RunHostRequestOptions {
   onEvent?: (event: HostEvent) => void;
   /** Stops the operation early (e.g. the runtime got SIGTERM); reported as retryable `Aborted`. */
   signal?: AbortSignal;
+  /** This runtime's build id (default: the one baked into the bundle, `dev` from sources). */
+  build?: string;
 }
 
 /**
@@ -102,6 +108,18 @@ export async function runHostRequest(
     operation: req.operation,
   });
 
+  const build = options.build ?? HOST_BUILD;
+  if (req.provider === RUNTIME_PROVIDER && req.operation === PROBE_OPERATION) {
+    // Answers whatever build asked: the probe is how the control plane learns a host's build.
+    return finish({ type: 'result', ok: true, result: await probeHost(build) });
+  }
+  if (req.build !== undefined && req.build !== build) {
+    return fail(
+      HostRuntimeErrorCode.HostBuildMismatch,
+      `this host runs Strata host runtime build ${build}, but the control plane expects build ${req.build}: ` +
+        'upgrade the host (run the InstallHostRuntime association, see docs/host-onboarding.md)',
+    );
+  }
   const set = sets.get(req.provider);
   if (!set) return fail(HostRuntimeErrorCode.UnknownProvider, `this host has no provider '${req.provider}'`);
   const operation: HostOperation | undefined = Object.hasOwn(set.operations, req.operation)

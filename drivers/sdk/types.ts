@@ -457,6 +457,15 @@ export interface DataStoreProvider {
   roles: readonly DataStoreRole[];
   /** Validates `details` when an operator adds a store of this provider. */
   detailsSchema: ZodType<Record<string, string>>;
+  /**
+   * Refuses a store this deployment cannot serve although its details are well-formed: for example
+   * an S3 bucket the control plane holds no IAM grant for. Called when a store is added, before
+   * anything is recorded; return the field at fault and why, or undefined to accept.
+   *
+   * @example
+   * admit: (details) => (allowed.includes(details.bucket!) ? undefined : { field: 'bucket', message: 'not granted' }),
+   */
+  admit?(details: Record<string, string>): { field: string; message: string } | undefined;
   lifecycle: DataStoreLifeCycle;
   driver: DataStoreDriver;
   /** Host operations, when the provider does work on hypervisor hosts. */

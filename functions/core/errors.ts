@@ -51,6 +51,15 @@ export class UnavailableError extends StrataError {
   readonly code = 'Unavailable';
 }
 
+/**
+ * This function was deployed without a capability the call needs (a table, a bucket, the host
+ * channel, a flow's ARN): a wiring defect of the deployment, not of the request. Only the call that
+ * needs the capability fails, with a message naming what is missing (500 at the API, never retried).
+ */
+export class NotConfiguredError extends StrataError {
+  readonly code = 'NotConfigured';
+}
+
 /** The request body is larger than the API accepts (413). */
 export class PayloadTooLargeError extends StrataError {
   readonly code = 'PayloadTooLarge';

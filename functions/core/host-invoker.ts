@@ -15,6 +15,8 @@ export interface ChannelHostInvokerOptions {
   /** The job the calls are made for (the fencing token), unless a call names its own. */
   jobId: string;
   defaultDeadlineSeconds?: number;
+  /** The host runtime build the control plane expects (sent as the request's `build`). */
+  build?: string;
   /** First poll interval; doubles up to `maxPollMs`. */
   pollMs?: number;
   /**
@@ -69,6 +71,7 @@ export class ChannelHostInvoker implements HostInvoker {
       operation: call.operation,
       args: call.args,
       deadlineSeconds,
+      ...(this.options.build ? { build: this.options.build } : {}),
     };
     const sleep = this.options.sleep ?? defaultSleep;
     this.options.onDispatch?.(hostId, 1);

@@ -63,12 +63,26 @@ export interface Host extends Versioned {
   name: string;
   zoneId: string;
   clusterId: string;
-  /** The SSM managed-instance id (`mi-…` or `i-…`); in the embedded stack, the local host's name. */
+  /** The SSM managed-instance id (`mi-…` or `i-…`), in the embedded stack as on AWS. */
   instanceId: string;
   hypervisor: string;
   status: HostStatus;
   /** Stores this host has attached (mounted, logged in to, …). */
   attachedStoreIds: string[];
+  /** What the host's runtime last reported about itself (the host-probe flow). */
+  runtime?: HostRuntime;
+}
+
+/** A host runtime's report: its build and prerequisites (see drivers/sdk/host-probe.ts). */
+export interface HostRuntime {
+  build: string;
+  platform: string;
+  arch: string;
+  prerequisites: Record<string, { ok: boolean; version?: string; problem?: string }>;
+  ready: boolean;
+  /** Whether the build is the one this control plane was deployed with (no expected build: true). */
+  current: boolean;
+  checkedAt: string;
 }
 
 /** Object-in-store states, as in CloudStack's ObjectInDataStoreStateMachine. */
@@ -188,6 +202,8 @@ export interface Snapshot extends Versioned {
   sizeBytes?: number;
   /** The job that took it (an idempotent retake returns this job). */
   takenByJobId?: string;
+  /** While Destroying: the state to return to when the delete is refused before removing anything. */
+  statusBeforeDelete?: SnapshotStatus;
 }
 
 export interface SnapshotInStore extends Versioned {

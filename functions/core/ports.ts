@@ -180,6 +180,11 @@ export const FlowName = {
   SnapshotTake: 'snapshot-take',
   SnapshotBackup: 'snapshot-backup',
   SnapshotPolicy: 'snapshot-policy',
+  SnapshotRevert: 'snapshot-revert',
+  SnapshotDelete: 'snapshot-delete',
+  StoreInventory: 'store-inventory',
+  HostProbe: 'host-probe',
+  VolumeAccess: 'volume-access',
 } as const;
 export type FlowName = (typeof FlowName)[keyof typeof FlowName];
 

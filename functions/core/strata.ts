@@ -11,6 +11,7 @@ import type { Clock, EndpointChannel, Repository, SchedulerPort, UrlFetcher, Wor
 import { systemClock } from './ports.js';
 import { DataMotionService, streamCopyStrategy } from './services/data-motion.js';
 import { DataStoreService, type DriverContextOptions, type StoreDeps } from './services/datastore-service.js';
+import { HostProbeService } from './services/host-probe-service.js';
 import { HostService } from './services/host-service.js';
 import { ImageService } from './services/image-service.js';
 import { JobService } from './services/job-service.js';
@@ -36,6 +37,11 @@ export interface StrataPorts {
    * Functions that never create or delete policies (the workflow tasks) go without one.
    */
   scheduler?: SchedulerPort;
+  /**
+   * The host runtime build this control plane was deployed with. Sent with every host request; a
+   * host running another build refuses it with HostBuildMismatch (upgrade the host). Unset: no check.
+   */
+  hostBuild?: string;
   /** Host command polling: first interval and the longest one, in ms (the embedded stack shortens them). */
   hostPollMs?: number;
   hostMaxPollMs?: number;
@@ -49,6 +55,7 @@ export interface StrataPorts {
 export class Strata {
   readonly jobs: JobService;
   readonly hosts: HostService;
+  readonly probes: HostProbeService;
   readonly selector: HostEndpointSelector;
   readonly stores: DataStoreService;
   readonly storeFlows: StoreFlows;
@@ -64,6 +71,14 @@ export class Strata {
     this.jobs = new JobService(ports.repo);
     this.hosts = new HostService(ports.repo);
     this.selector = new HostEndpointSelector(this.hosts);
+    this.probes = new HostProbeService({
+      repo: ports.repo,
+      workflows: ports.workflows,
+      jobs: this.jobs,
+      driverContext: (jobId) => this.driverContext(jobId),
+      ...(ports.hostBuild ? { expectedBuild: ports.hostBuild } : {}),
+      clock,
+    });
     const deps: StoreDeps = {
       repo: ports.repo,
       registry: ports.registry,
@@ -124,6 +139,7 @@ export class Strata {
         channel,
         jobId,
         pollMs: this.ports.hostPollMs,
+        ...(this.ports.hostBuild ? { build: this.ports.hostBuild } : {}),
         maxPollMs: this.ports.hostMaxPollMs,
         onDispatch: (hostId, delta) => this.selector.track(hostId, delta),
         ...(resumeKey ? { resumeKey, waitBudgetMs: this.ports.hostWaitBudgetMs } : {}),

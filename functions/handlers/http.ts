@@ -16,6 +16,7 @@ import {
   ConflictError,
   InputError,
   NotAllowedError,
+  NotConfiguredError,
   NotFoundError,
   PayloadTooLargeError,
   StrataError,
@@ -40,6 +41,8 @@ const STATUS: [new (...args: never[]) => Error, number][] = [
   [ObjectNotFoundError, 404],
   [DriverConflictError, 409],
   [UnsupportedOperationError, 422],
+  // A deployment defect, not the caller's: a 500 that says what the function lacks.
+  [NotConfiguredError, 500],
 ];
 
 export function json(

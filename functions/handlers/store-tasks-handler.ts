@@ -1,7 +1,7 @@
 /**
- * The store workflows' task function: one Lambda serving every step of store-attach and
- * store-maintenance, chosen by `task`. Step inputs are validated, and errors leave with a stable
- * name for the state machine's Retry and Catch.
+ * The store workflows' task function: one Lambda serving every step of the store, host, volume and
+ * snapshot flows, chosen by `task`. Step inputs are validated, and errors leave with a stable name
+ * for the state machine's Retry and Catch.
  */
 import { z } from 'zod';
 import type { Strata } from '../core/strata.js';
@@ -23,6 +23,10 @@ const attach = z.object({
 const volumeStep = z.object({ jobId: id, volumeId: id });
 const snapshotStep = z.object({ jobId: id, snapshotId: id });
 const maintenance = z.object({ jobId: id, storeId: id, action: z.enum(['enter', 'cancel']) });
+const snapshotDelete = snapshotStep.extend({ from: z.enum(['all', 'primary', 'image']) });
+const storeStep = z.object({ jobId: id, storeId: id });
+const hostStep = z.object({ jobId: id, hostId: id });
+const volumeAccess = volumeStep.extend({ hostId: id, action: z.enum(['grant', 'revoke']) });
 /** What a policy's schedule starts the snapshot-policy flow with; the time is ISO-8601. */
 const policyRun = z.object({ policyId: id, scheduledTime: z.iso.datetime({ offset: true }) });
 
@@ -88,6 +92,20 @@ const tasks = {
     ),
   failBackup: (s: Strata, i: unknown) =>
     s.snapshots.backups.failBackup(snapshotStep.extend({ error: sfnError }).parse(i)),
+  revertOnPool: (s: Strata, i: unknown) => s.snapshots.revertOnPool(snapshotStep.parse(i)),
+  failRevert: (s: Strata, i: unknown) =>
+    s.snapshots.failRevert(snapshotStep.extend({ error: sfnError }).parse(i)),
+  deleteSnapshot: (s: Strata, i: unknown) => s.snapshots.deleteCopies(snapshotDelete.parse(i)),
+  failSnapshotDelete: (s: Strata, i: unknown) =>
+    s.snapshots.failDelete(snapshotDelete.extend({ error: sfnError }).parse(i)),
+  inventoryStore: (s: Strata, i: unknown) => s.stores.inventoryStore(storeStep.parse(i)),
+  failInventory: (s: Strata, i: unknown) =>
+    s.stores.failInventory(storeStep.extend({ error: sfnError }).parse(i)),
+  volumeAccess: (s: Strata, i: unknown) => s.volumes.changeAccess(volumeAccess.parse(i)),
+  failVolumeAccess: (s: Strata, i: unknown) =>
+    s.volumes.failAccess(volumeAccess.extend({ error: sfnError }).parse(i)),
+  probeHost: (s: Strata, i: unknown) => s.probes.probeHost(hostStep.parse(i)),
+  failProbe: (s: Strata, i: unknown) => s.probes.failProbe(hostStep.extend({ error: sfnError }).parse(i)),
   destroyVolume: (s: Strata, i: unknown) => s.volumes.destroy(volumeStep.parse(i)),
   failDestroy: (s: Strata, i: unknown) =>
     s.volumes.failDestroy(volumeStep.extend({ error: sfnError }).parse(i)),

@@ -1,9 +1,11 @@
 /**
  * The workflow edge: errors thrown by task handlers get a stable `name`, which is what Step Functions
- * matches in Retry/Catch `ErrorEquals`. `Strata.Unavailable` and `Strata.StoreBusy` are retried with
- * backoff; everything else goes to the flow's Catch and compensation.
+ * matches in Retry/Catch `ErrorEquals`. `Strata.Unavailable` (which includes AWS throttling and
+ * server errors) and `Strata.StoreBusy` are retried with backoff; everything else goes to the flow's
+ * Catch and compensation.
  */
 import { DriverError } from '../../drivers/sdk/errors.js';
+import { isTransientAwsError } from '../adapters/aws/clients.js';
 import {
   ConflictError,
   InputError,
@@ -32,6 +34,8 @@ export function workflowErrorName(e: unknown): string {
   if (e instanceof NotAllowedError) return 'Strata.NotAllowed';
   if (e instanceof InputError) return 'Strata.InvalidInput';
   if (e instanceof StrataError) return `Strata.${e.code}`;
+  // Throttling and 5xx from AWS (DynamoDB, S3, SSM, Step Functions): the flow retries with backoff.
+  if (isTransientAwsError(e)) return 'Strata.Unavailable';
   // Adapters' own errors (e.g. a download that stalled) say whether trying again may help.
   if ((e as { retryable?: unknown } | undefined)?.retryable === true) return 'Strata.Unavailable';
   const code = (e as { code?: unknown } | undefined)?.code;

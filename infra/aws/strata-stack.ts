@@ -3,10 +3,11 @@
  * that reach on-prem hosts, the REST API, the reconciler schedule and the snapshot-policy schedule group.
  */
 import path from 'node:path';
-import { CfnOutput, Duration, Stack, type StackProps } from 'aws-cdk-lib';
+import { CfnOutput, Duration, Fn, Stack, type StackProps } from 'aws-cdk-lib';
 import * as events from 'aws-cdk-lib/aws-events';
 import * as targets from 'aws-cdk-lib/aws-events-targets';
 import type * as logs from 'aws-cdk-lib/aws-logs';
+import * as s3 from 'aws-cdk-lib/aws-s3';
 import type { Construct } from 'constructs';
 import { FlowName } from '../../functions/core/ports.js';
 import { EnvName } from '../../functions/env-names.js';
@@ -31,7 +32,21 @@ export interface StrataStackProps extends StackProps {
    * (STRATA_FETCH_ALLOWLIST, comma-separated). @default none: only public addresses
    */
   fetchAllowlist?: string;
+  /**
+   * Buckets besides the stack's own that operators may add as s3 image stores: the functions get
+   * object access to each, and adding an s3 store in any other bucket is refused with 422.
+   * @default none
+   */
+  extraImageBuckets?: string[];
 }
+
+/** Flows the api function starts for operators (the snapshot-policy flow only its schedules start). */
+const API_FLOWS = Object.values(FlowName).filter((flow) => flow !== FlowName.SnapshotPolicy);
+/**
+ * Flows started from inside other flows' steps: a policy run takes a snapshot, a take with backup
+ * goes on to the backup, retention deletes the oldest snapshots.
+ */
+const STORE_TASK_FLOWS = [FlowName.SnapshotTake, FlowName.SnapshotBackup, FlowName.SnapshotDelete];
 
 export class StrataStack extends Stack {
   readonly api: StrataApi;
@@ -58,26 +73,36 @@ export class StrataStack extends Stack {
     });
     const scheduling = new SnapshotScheduling(this, 'SnapshotScheduling');
     this.scheduling = scheduling;
+    const extraBuckets = (props.extraImageBuckets ?? []).map((name, i) =>
+      s3.Bucket.fromBucketName(this, `ExtraImageBucket${i}`, name),
+    );
+    const imageBucketNames = [buckets.imageBucket.bucketName, ...(props.extraImageBuckets ?? [])];
+    /** Object access to every image bucket, and their names (the stack's own first). */
+    const bindImageBuckets = (fn: StrataFunction): StrataFunction => {
+      fn.bindBucket(buckets.imageBucket, { envName: EnvName.ImageBucket });
+      for (const bucket of extraBuckets) fn.bindBucket(bucket);
+      fn.addEnvironment(EnvName.ImageBuckets, Fn.join(',', imageBucketNames));
+      return fn;
+    };
 
     const storeTasks = new StrataFunction(this, 'StoreTasks', {
       entry: path.join(HANDLERS, 'store-tasks.ts'),
-      description: 'Strata workflow tasks: store lifecycle and volume steps, waiting on host operations',
+      description:
+        'Strata workflow tasks: store, host, volume and snapshot steps, waiting on host operations',
       // Template installs and copies wait on hosts for as long as a Lambda may run.
       timeout: Duration.minutes(15),
       logRetention,
-    })
-      .bindTable(table)
-      .bindBucket(buckets.imageBucket, { envName: EnvName.ImageBucket });
+    }).bindTable(table);
+    bindImageBuckets(storeTasks);
     hosts.bindSender(storeTasks);
 
     const reconciler = new StrataFunction(this, 'Reconciler', {
       entry: path.join(HANDLERS, 'reconciler.ts'),
-      description: 'Strata reconciler: expired leases, orphans, abandoned multipart uploads',
+      description: 'Strata reconciler: recovers entities whose lease expired in a transitional state',
       timeout: Duration.minutes(5),
       logRetention,
-    })
-      .bindTable(table)
-      .bindBucket(buckets.imageBucket, { envName: EnvName.ImageBucket });
+    }).bindTable(table);
+    bindImageBuckets(reconciler);
     hosts.bindSender(reconciler);
     new events.Rule(this, 'ReconcilerSchedule', {
       description: 'Runs the Strata reconciler every five minutes',
@@ -94,12 +119,12 @@ export class StrataStack extends Stack {
       memorySize: 1769,
       logRetention,
       environment: { [EnvName.FetchAllowlist]: props.fetchAllowlist ?? '' },
-    })
-      .bindTable(table)
-      .bindBucket(buckets.imageBucket, { envName: EnvName.ImageBucket });
+    }).bindTable(table);
+    bindImageBuckets(imageTasks);
     hosts.bindSender(imageTasks);
 
     this.flows = new Flows(this, 'Flows', { storeTasks, imageTasks, logRetention });
+    this.flows.bindStarter(storeTasks, STORE_TASK_FLOWS);
 
     const api = new StrataFunction(this, 'Api', {
       entry: path.join(HANDLERS, 'api.ts'),
@@ -108,16 +133,12 @@ export class StrataStack extends Stack {
       timeout: Duration.seconds(29),
       logRetention,
       environment: { [EnvName.FetchAllowlist]: props.fetchAllowlist ?? '' },
-    })
-      .bindTable(table)
-      .bindBucket(buckets.imageBucket, { envName: EnvName.ImageBucket });
-    this.flows.grantStart(api);
-    api.addEnvironment(EnvName.StateMachineArns, this.toJsonString(this.flows.arnMap()));
+    }).bindTable(table);
+    bindImageBuckets(api);
+    this.flows.bindStarter(api, API_FLOWS);
     scheduling.bindManager(api);
     // Scheduler may start the snapshot-policy flow, and nothing else.
-    const policyFlow = this.flows.stateMachines.get(FlowName.SnapshotPolicy);
-    if (!policyFlow) throw new Error(`no ${FlowName.SnapshotPolicy} state machine`);
-    scheduling.grantStartFlow(policyFlow);
+    this.flows.grantStart(scheduling.schedulerRole, FlowName.SnapshotPolicy);
 
     this.api = new StrataApi(this, 'Http', { handler: api, logRetention });
     this.functions = { api, storeTasks, imageTasks, reconciler };

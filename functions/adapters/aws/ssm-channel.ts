@@ -50,6 +50,11 @@ const DEFAULT_DELIVERY_TIMEOUT_SECONDS = 600;
 const MIN_DELIVERY_TIMEOUT_SECONDS = 30;
 const MAX_DELIVERY_TIMEOUT_SECONDS = 2_592_000;
 const INSTANCE_ID = /^(mi-[0-9a-f]{17}|i-[0-9a-f]{8}([0-9a-f]{9})?)$/;
+/**
+ * How long after a command ended its full output may still be on its way to S3 (the agent uploads
+ * it after reporting the status). Past this a missing object is an error, not "still running".
+ */
+export const OUTPUT_UPLOAD_GRACE_MS = 60_000;
 /** The shell's "command not found": the host runtime is not installed on that host. */
 const EXIT_COMMAND_NOT_FOUND = 127;
 
@@ -70,6 +75,8 @@ export interface SsmEndpointChannelOptions {
    * `TimeoutSeconds`). How long the operation may run is the request's own `deadlineSeconds`.
    */
   timeoutSeconds?: number;
+  /** What "now" is (tests). */
+  now?: () => number;
 }
 
 /**
@@ -91,6 +98,7 @@ export class SsmEndpointChannel implements EndpointChannel {
   private readonly outputBucket?: string;
   private readonly outputPrefix: string;
   private readonly timeoutSeconds: number;
+  private readonly now: () => number;
 
   constructor(options: SsmEndpointChannelOptions) {
     if (!options.documentName)
@@ -113,6 +121,7 @@ export class SsmEndpointChannel implements EndpointChannel {
     this.outputBucket = options.outputBucket || undefined;
     this.outputPrefix = (options.outputPrefix ?? '').replace(/^\/+|\/+$/g, '');
     this.timeoutSeconds = timeout;
+    this.now = options.now ?? Date.now;
   }
 
   /**
@@ -193,6 +202,19 @@ export class SsmEndpointChannel implements EndpointChannel {
   ): Promise<CommandStatus> {
     const stdout = await this.fullStdout(host, commandId, invocation);
     if (stdout === undefined) {
+      const ended = Date.parse(invocation.ExecutionEndDateTime ?? '');
+      if (Number.isFinite(ended) && this.now() - ended > OUTPUT_UPLOAD_GRACE_MS) {
+        return {
+          state: 'failed',
+          error: {
+            code: 'SsmOutputMissing',
+            message:
+              `command ${commandId} ended ${invocation.Status} but its full output never reached ` +
+              `s3://${this.outputBucket}/${this.outputPrefix}: the host role needs s3:PutObject there`,
+            retryable: false,
+          },
+        };
+      }
       // The output was truncated and its S3 copy has not landed yet: ask again shortly.
       return withProgress({ state: 'running' }, invocation.StandardOutputContent ?? '');
     }

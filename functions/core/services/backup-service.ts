@@ -52,8 +52,6 @@ const LEASE_SECONDS = 60 * 60;
 /** Presigned URLs handed to hosts live this long (a large backup's uploads must fit). */
 const URL_SECONDS = 6 * 60 * 60;
 const PRESIGN_CONCURRENCY = 16;
-/** The lease owner prefix of a snapshot delete (it merges layers a backup may be reading). */
-export const MERGE_OWNER_PREFIX = 'merge-';
 
 export interface BackupDeps {
   repo: Repository;
@@ -196,7 +194,13 @@ export class BackupService {
     // A snapshot delete merges layers this backup reads: whichever of the two writes second sees
     // the other and backs off (the delete checks for BackingUp snapshots after taking the volume).
     const now = await this.repo.require({ type: 'Volume', id: volume.id });
-    if (now.status === V.Snapshotting && now.lease?.owner.startsWith(MERGE_OWNER_PREFIX)) {
+    const holder =
+      now.status === V.Snapshotting && now.lease
+        ? await this.repo.get({ type: 'Job', id: now.lease.owner })
+        : undefined;
+    // Takes hold the volume too and rewrite nothing a backup reads; any other holder (a delete's
+    // merge, or a job not written yet) makes the backup back off.
+    if (now.status === V.Snapshotting && holder?.kind !== 'snapshot.take') {
       await this.backToPrimary(snapshotId, jobId, 'a snapshot of the volume is being deleted');
       throw new ConflictError(`volume ${volume.id} is merging a deleted snapshot; retry the backup`, {
         state: now.status,

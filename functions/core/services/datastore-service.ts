@@ -26,7 +26,7 @@ import type { Clock, FlowName, ListOptions, Page, Repository, WorkflowPort } fro
 import { FlowName as Flow, systemClock } from '../ports.js';
 import { dataStoreMachine } from '../state-machines.js';
 import type { HostService } from './host-service.js';
-import type { JobService } from './job-service.js';
+import type { JobService, WorkflowFailure } from './job-service.js';
 
 /** How long a store may sit in a transitional state before the reconciler recovers it. */
 export const STORE_LEASE_SECONDS = 30 * 60;
@@ -62,6 +62,20 @@ export interface StoreFilter {
 /** An object found on a store, with the row that owns it when Strata knows one. */
 export interface StoreObject extends StoredObject {
   owner?: { type: EntityType; id: string };
+}
+
+/** Objects an inventory job keeps in its result (a job item must stay well under 400 KB). */
+export const INVENTORY_LIMIT = 1000;
+
+/** The result of a store-inventory job. */
+export interface StoreInventory {
+  storeId: string;
+  /** Objects found; `objects` holds the first {@link INVENTORY_LIMIT}. */
+  total: number;
+  /** How many of them a row owns. */
+  owned: number;
+  truncated: boolean;
+  objects: StoreObject[];
 }
 
 export interface StoreDeps {
@@ -141,6 +155,12 @@ export class DataStoreService {
     }
     const details = provider.detailsSchema.safeParse(input.details);
     if (!details.success) throw detailsError(details.error);
+    const refused = provider.admit?.(details.data);
+    if (refused) {
+      throw new UnprocessableError(`details.${refused.field}: ${refused.message}`, {
+        field: `details.${refused.field}`,
+      });
+    }
     await this.validateScope(input.role, input.scope);
 
     const jobId = newId('job');
@@ -291,7 +311,47 @@ export class DataStoreService {
   }
 
   /** What the storage holds, each object matched with the row that owns it when there is one. */
-  async listObjects(id: string): Promise<StoreObject[]> {
+  /**
+   * Starts the store-inventory flow: what the storage holds, matched with the rows that own it. A
+   * job, because host-mounted stores are listed through a host.
+   */
+  async inventory(id: string): Promise<{ job: Job }> {
+    const store = await this.get(id);
+    const jobId = newId('job');
+    await this.deps.jobs.create('store.inventory', { type: 'store', id: store.id }, jobId);
+    try {
+      const { executionId } = await this.deps.workflows.start(Flow.StoreInventory, jobId, {
+        jobId,
+        storeId: store.id,
+      });
+      return { job: await this.deps.jobs.started(jobId, executionId) };
+    } catch (e) {
+      const reason = `could not start ${Flow.StoreInventory}: ${(e as Error).message}`;
+      await this.deps.jobs.fail(jobId, { code: 'WorkflowStartFailed', message: reason });
+      throw new UnavailableError(reason, { jobId }, { cause: e });
+    }
+  }
+
+  /** store-inventory: lists the store (at most {@link INVENTORY_LIMIT} objects in the job result). */
+  async inventoryStore(input: { jobId: string; storeId: string }): Promise<StoreInventory> {
+    const objects = await this.listObjects(input.storeId, input.jobId);
+    const inventory: StoreInventory = {
+      storeId: input.storeId,
+      total: objects.length,
+      owned: objects.filter((o) => o.owner).length,
+      truncated: objects.length > INVENTORY_LIMIT,
+      objects: objects.slice(0, INVENTORY_LIMIT),
+    };
+    await this.deps.jobs.succeed(input.jobId, inventory as unknown as Record<string, unknown>);
+    return { ...inventory, objects: [] };
+  }
+
+  async failInventory(input: { jobId: string; storeId: string; error: WorkflowFailure }): Promise<void> {
+    await this.deps.jobs.failFromFlow(input.jobId, input.error, 'StoreInventoryFailed');
+  }
+
+  /** What the storage holds, each object with the row that owns it when Strata knows one. */
+  async listObjects(id: string, jobId: string = newId('op')): Promise<StoreObject[]> {
     const { registry } = this.deps;
     const store = await this.get(id);
     const provider = registry.get(store.provider);
@@ -299,7 +359,7 @@ export class DataStoreService {
     const hostId = needsHost ? (await this.deps.selectHost([id])).id : undefined;
     const objects = await provider.driver.listObjects({
       store: toStoreInfo(store),
-      ctx: this.deps.driverContext(newId('op')),
+      ctx: this.deps.driverContext(jobId),
       ...(hostId ? { hostId } : {}),
     });
     const owners = new Map<string, { type: EntityType; id: string }>();

@@ -63,7 +63,8 @@ const GOOD: ReadonlySet<string> = new Set([S.CreatedOnPrimary, S.BackingUp, S.Ba
 export interface RetentionReport {
   policyId: string;
   kept: string[];
-  deleted: string[];
+  /** Snapshots whose delete job started (snapshot-delete runs on its own), with their jobs. */
+  deleting: { snapshotId: string; jobId: string }[];
   skipped: { snapshotId: string; status: string; reason: string }[];
 }
 
@@ -213,7 +214,7 @@ export class SnapshotPolicyService {
    * snapshots and other policies' snapshots are never looked at.
    */
   async applyRetention(input: { policyId: string }): Promise<RetentionReport> {
-    const report: RetentionReport = { policyId: input.policyId, kept: [], deleted: [], skipped: [] };
+    const report: RetentionReport = { policyId: input.policyId, kept: [], deleting: [], skipped: [] };
     const policy = await this.repo.get({ type: 'SnapshotPolicy', id: input.policyId });
     if (!policy) return report;
     const own = (await allPages((cursor) => this.deps.snapshots.list(policy.volumeId, { cursor }))).filter(
@@ -235,15 +236,15 @@ export class SnapshotPolicyService {
         continue;
       }
       try {
-        await this.deps.snapshots.delete(s.id);
-        report.deleted.push(s.id);
+        const { job } = await this.deps.snapshots.delete(s.id);
+        report.deleting.push({ snapshotId: s.id, jobId: job.id });
       } catch (e) {
         if (e instanceof NotFoundError) continue; // a concurrent run deleted it
         if (!(e instanceof ConflictError)) throw e;
         report.skipped.push({ snapshotId: s.id, status: s.status, reason: e.message });
       }
     }
-    if (report.deleted.length || report.skipped.length) {
+    if (report.deleting.length || report.skipped.length) {
       this.deps.logger.info('snapshot policy retention', { ...report });
     }
     return report;

@@ -1,5 +1,5 @@
 import { isPrimaryDriver } from '../../../drivers/sdk/types.js';
-import { ConflictError, UnprocessableError } from '../errors.js';
+import { ConflictError, UnavailableError, UnprocessableError } from '../errors.js';
 import { newId } from '../ids.js';
 import type { Job, Snapshot, SnapshotInStore, Volume } from '../model.js';
 import { ObjectInStoreStatus as O, SnapshotStatus as S, VolumeStatus as V } from '../model.js';
@@ -7,12 +7,17 @@ import { allPages } from '../paging.js';
 import type { ListOptions, Page, Repository } from '../ports.js';
 import { FlowName } from '../ports.js';
 import { snapshotMachine, volumeMachine } from '../state-machines.js';
-import { type BackupDeps, BackupService, MERGE_OWNER_PREFIX } from './backup-service.js';
+import { type BackupDeps, BackupService } from './backup-service.js';
 import { toStoreInfo } from './datastore-service.js';
 import { causeMessage, type WorkflowFailure } from './job-service.js';
 import { volumeObject } from './volume-service.js';
 
 const LEASE_SECONDS = 30 * 60;
+
+/** Which copies a snapshot delete removes. */
+export type DeleteFrom = 'all' | 'primary' | 'image';
+
+const isImage = (c: SnapshotInStore) => c.storeRole === 'image';
 
 /** What SnapshotService needs: the same as its BackupService. */
 export type SnapshotDeps = BackupDeps;
@@ -221,7 +226,11 @@ export class SnapshotService {
     await this.deps.jobs.failFromFlow(input.jobId, input.error, 'SnapshotFailed');
   }
 
-  /** Returns the volume to any of its snapshots (not only the latest). */
+  /**
+   * Returns the volume to any of its snapshots (not only the latest): the volume is held in
+   * RevertSnapshotting at once (so of two racing requests one wins), and the snapshot-revert flow
+   * swaps the layers on a host.
+   */
   async revert(snapshotId: string): Promise<{ job: Job }> {
     const snapshot = await this.repo.require({ type: 'Snapshot', id: snapshotId });
     if (snapshot.status !== S.CreatedOnPrimary && snapshot.status !== S.BackedUp) {
@@ -236,10 +245,12 @@ export class SnapshotService {
     if (!copy) {
       throw new UnprocessableError(
         `snapshot ${snapshotId} has no copy on the volume's store ${volume.storeId}`,
-        {
-          field: 'snapshotId',
-        },
+        { field: 'snapshotId' },
       );
+    }
+    const pool = await this.repo.require({ type: 'DataStore', id: volume.storeId ?? '' });
+    if (!isPrimaryDriver(this.deps.registry.get(pool.provider).driver)) {
+      throw new UnprocessableError(`store ${pool.id} cannot revert snapshots`, { field: 'snapshotId' });
     }
     const jobId = newId('job');
     await this.repo.transition({
@@ -251,76 +262,83 @@ export class SnapshotService {
       lease: { owner: jobId, ttlSeconds: LEASE_SECONDS },
     });
     await this.deps.jobs.create('snapshot.revert', { type: 'snapshot', id: snapshotId }, jobId);
-    try {
-      const pool = await this.repo.require({ type: 'DataStore', id: volume.storeId ?? '' });
-      const driver = this.deps.registry.get(pool.provider).driver;
-      if (!isPrimaryDriver(driver)) throw new UnprocessableError(`store ${pool.id} cannot revert snapshots`);
-      const { id: hostId } = await this.deps.selectHost([pool.id]);
-      await driver.revertSnapshot({
-        store: toStoreInfo(pool),
-        object: volumeObject(volume),
-        snapshot: { kind: 'snapshot', id: snapshotId, format: 'qcow2', path: copy.path },
-        ctx: this.deps.driverContext(jobId),
-        hostId,
+    return this.startJob(FlowName.SnapshotRevert, jobId, { snapshotId }, (error) =>
+      this.failRevert({ jobId, snapshotId, error }),
+    );
+  }
+
+  /** snapshot-revert: the driver makes the snapshot the base of a fresh active layer, on a host. */
+  async revertOnPool(input: Step): Promise<{ snapshotId: string; volumeId: string }> {
+    const snapshot = await this.repo.require({ type: 'Snapshot', id: input.snapshotId });
+    const volume = await this.repo.require({ type: 'Volume', id: snapshot.volumeId });
+    if (volume.status !== V.RevertSnapshotting || volume.lease?.owner !== input.jobId) {
+      throw new ConflictError(`volume ${volume.id} is ${volume.status}, not held by ${input.jobId}`, {
+        state: volume.status,
       });
-    } catch (e) {
-      // The driver replaces the active layer atomically: on failure the volume is as it was.
-      await this.releaseVolume(volume, jobId, V.RevertSnapshotting);
-      await this.deps.jobs.fail(jobId, { code: 'RevertFailed', message: (e as Error).message });
-      throw e;
     }
-    await this.releaseVolume(volume, jobId, V.RevertSnapshotting);
-    return { job: await this.deps.jobs.succeed(jobId, { snapshotId, volumeId: volume.id }) };
+    const copy = await this.repo.require({
+      type: 'SnapshotInStore',
+      id: snapshot.id,
+      storeId: volume.storeId ?? '',
+    });
+    const pool = await this.repo.require({ type: 'DataStore', id: volume.storeId ?? '' });
+    const driver = this.deps.registry.get(pool.provider).driver;
+    if (!isPrimaryDriver(driver)) throw new UnprocessableError(`store ${pool.id} cannot revert snapshots`);
+    const { id: hostId } = await this.deps.selectHost([pool.id]);
+    await driver.revertSnapshot({
+      store: toStoreInfo(pool),
+      object: volumeObject(volume),
+      snapshot: { kind: 'snapshot', id: snapshot.id, format: 'qcow2', path: copy.path },
+      ctx: this.deps.driverContext(input.jobId),
+      hostId,
+    });
+    await this.releaseVolume(volume, input.jobId, V.RevertSnapshotting);
+    const result = { snapshotId: snapshot.id, volumeId: volume.id };
+    await this.deps.jobs.succeed(input.jobId, result);
+    return result;
+  }
+
+  /** The driver swaps layers atomically: on failure the volume is as it was, and is released. */
+  async failRevert(input: Step & { error: WorkflowFailure }): Promise<void> {
+    const snapshot = await this.repo.get({ type: 'Snapshot', id: input.snapshotId });
+    const volume = snapshot ? await this.repo.get({ type: 'Volume', id: snapshot.volumeId }) : undefined;
+    if (volume) await this.releaseVolume(volume, input.jobId, V.RevertSnapshotting);
+    await this.deps.jobs.failFromFlow(input.jobId, input.error, 'RevertFailed');
   }
 
   /**
    * Deletes a snapshot from primary storage (merging its layer into whatever depends on it), from
    * the image store (its backup: chunks no other backup holds are collected), or both (`all`).
    * Removing one copy of a snapshot that has two keeps the snapshot with the other.
+   *
+   * What can be decided at once is: the snapshot is held in Destroying (and the volume in
+   * Snapshotting when a layer is merged, after checking no backup reads it), so a conflicting
+   * request gets its 409 here. The snapshot-delete flow then removes the copies.
    */
-  async delete(snapshotId: string, from: 'all' | 'primary' | 'image' = 'all'): Promise<void> {
+  async delete(snapshotId: string, from: DeleteFrom = 'all'): Promise<{ job: Job }> {
     const snapshot = await this.repo.require({ type: 'Snapshot', id: snapshotId });
-    // A backup outlives its volume: only a layer on primary storage needs the volume.
-    const volume: Volume =
-      (await this.repo.get({ type: 'Volume', id: snapshot.volumeId })) ??
-      ({
-        id: snapshot.volumeId,
-        version: 0,
-        format: 'qcow2' as const,
-        status: V.Destroyed,
-      } as Volume);
+    const volume = await this.volumeOf(snapshot);
     const copies = await this.repo.listCopies('SnapshotInStore', snapshotId);
-    const isImage = (c: SnapshotInStore) => c.storeRole === 'image';
     const targets = copies.filter((c) => from === 'all' || (from === 'image') === isImage(c));
-    const kept = copies.filter((c) => !targets.includes(c));
     if (from !== 'all' && targets.length === 0) {
       throw new UnprocessableError(`snapshot ${snapshotId} has no copy on ${from} storage`, {
         field: 'from',
       });
     }
-    // What the snapshot is once the targets are gone (none: it is destroyed).
-    const after = kept.some(isImage) ? S.BackedUp : kept.length > 0 ? S.CreatedOnPrimary : undefined;
-    const owner = newId(MERGE_OWNER_PREFIX.slice(0, -1));
+    const jobId = newId('job');
     await this.repo.transition({
       key: { type: 'Snapshot', id: snapshotId },
       machine: snapshotMachine,
       from: [S.CreatedOnPrimary, S.BackedUp, S.Error, S.Allocated],
       to: S.Destroying,
       expectedVersion: snapshot.version,
-      lease: { owner, ttlSeconds: LEASE_SECONDS },
+      lease: { owner: jobId, ttlSeconds: LEASE_SECONDS },
+      // Where the snapshot goes back to if this delete is refused before it removes anything.
+      changes: { statusBeforeDelete: snapshot.status },
     });
-    const giveBack = async (reason: string) =>
-      this.repo.transition({
-        key: { type: 'Snapshot', id: snapshotId },
-        machine: snapshotMachine,
-        from: S.Destroying,
-        to: snapshot.status === S.Error || snapshot.status === S.Allocated ? S.Error : snapshot.status,
-        leaseOwner: owner,
-        changes: { statusReason: reason },
-      });
+    const giveBack = (reason: string) => this.giveBack(snapshotId, jobId, reason);
     // The merge rewrites the volume's chain: no other operation on the volume meanwhile.
-    const mergesLayer = targets.some((c) => !isImage(c));
-    if (mergesLayer) {
+    if (targets.some((c) => !isImage(c))) {
       await this.repo
         .transition({
           key: { type: 'Volume', id: volume.id },
@@ -328,7 +346,7 @@ export class SnapshotService {
           from: V.Ready,
           to: V.Snapshotting,
           expectedVersion: volume.version,
-          lease: { owner, ttlSeconds: LEASE_SECONDS },
+          lease: { owner: jobId, ttlSeconds: LEASE_SECONDS },
         })
         .catch(async (e: unknown) => {
           await giveBack(`not deleted: ${(e as Error).message}`);
@@ -340,65 +358,144 @@ export class SnapshotService {
       );
       const backingUp = siblings.find((x) => x.status === S.BackingUp);
       if (backingUp) {
-        await this.releaseVolume(volume, owner, V.Snapshotting);
+        await this.releaseVolume(volume, jobId, V.Snapshotting);
         await giveBack(`not deleted: snapshot ${backingUp.id} is being backed up`);
         throw new ConflictError(`snapshot ${backingUp.id} of the volume is being backed up; retry after it`, {
           state: S.BackingUp,
         });
       }
     }
-    try {
-      for (const copy of targets) {
-        const store = await this.repo.require({ type: 'DataStore', id: copy.storeId });
-        const driver = this.deps.registry.get(store.provider).driver;
-        if (isImage(copy)) {
-          await this.backups.removeBackup(snapshot, copy, owner);
-        } else if (store.role === 'primary' && isPrimaryDriver(driver) && driver.deleteSnapshot) {
-          const { id: hostId } = await this.deps.selectHost([store.id]);
-          await driver.deleteSnapshot({
-            store: toStoreInfo(store),
-            object: volumeObject(volume),
-            snapshot: { kind: 'snapshot', id: snapshotId, format: 'qcow2', path: copy.path },
-            ctx: this.deps.driverContext(owner),
-            hostId,
-          });
-        }
-        await this.repo.delete({ type: 'SnapshotInStore', id: snapshotId, storeId: copy.storeId });
-      }
-    } catch (e) {
-      await this.repo
-        .transition({
-          key: { type: 'Snapshot', id: snapshotId },
-          machine: snapshotMachine,
-          from: S.Destroying,
-          to: S.Error,
-          leaseOwner: owner,
-          changes: { statusReason: `delete failed (retry it): ${(e as Error).message}` },
-        })
-        .catch(() => undefined);
-      throw e;
-    } finally {
-      if (mergesLayer) await this.releaseVolume(volume, owner, V.Snapshotting);
+    await this.deps.jobs.create('snapshot.delete', { type: 'snapshot', id: snapshotId }, jobId);
+    return this.startJob(FlowName.SnapshotDelete, jobId, { snapshotId, from }, (error) =>
+      this.failDelete({ jobId, snapshotId, from, error }),
+    );
+  }
+
+  /** snapshot-delete: removes each targeted copy, then settles the snapshot (kept or destroyed). */
+  async deleteCopies(input: Step & { from: DeleteFrom }): Promise<{ snapshotId: string; removed: string[] }> {
+    const snapshot = await this.repo.require({ type: 'Snapshot', id: input.snapshotId });
+    if (snapshot.status !== S.Destroying || snapshot.lease?.owner !== input.jobId) {
+      throw new ConflictError(`snapshot ${snapshot.id} is ${snapshot.status}, not held by ${input.jobId}`, {
+        state: snapshot.status,
+      });
     }
+    const volume = await this.volumeOf(snapshot);
+    const copies = await this.repo.listCopies('SnapshotInStore', snapshot.id);
+    const targets = copies.filter((c) => input.from === 'all' || (input.from === 'image') === isImage(c));
+    const kept = copies.filter((c) => !targets.includes(c));
+    const removed: string[] = [];
+    for (const copy of targets) {
+      const store = await this.repo.require({ type: 'DataStore', id: copy.storeId });
+      const driver = this.deps.registry.get(store.provider).driver;
+      if (isImage(copy)) {
+        await this.backups.removeBackup(snapshot, copy, input.jobId);
+      } else if (store.role === 'primary' && isPrimaryDriver(driver) && driver.deleteSnapshot) {
+        const { id: hostId } = await this.deps.selectHost([store.id]);
+        await driver.deleteSnapshot({
+          store: toStoreInfo(store),
+          object: volumeObject(volume),
+          snapshot: { kind: 'snapshot', id: snapshot.id, format: 'qcow2', path: copy.path },
+          ctx: this.deps.driverContext(input.jobId),
+          hostId,
+        });
+      }
+      await this.repo.delete({ type: 'SnapshotInStore', id: snapshot.id, storeId: copy.storeId });
+      removed.push(copy.storeId);
+    }
+    await this.releaseVolume(volume, input.jobId, V.Snapshotting);
+    // What the snapshot is once the targets are gone (none: it is destroyed).
+    const after = kept.some(isImage) ? S.BackedUp : kept.length > 0 ? S.CreatedOnPrimary : undefined;
     if (after) {
       await this.repo.transition({
-        key: { type: 'Snapshot', id: snapshotId },
+        key: { type: 'Snapshot', id: snapshot.id },
         machine: snapshotMachine,
         from: S.Destroying,
         to: after,
-        leaseOwner: owner,
-        changes: { statusReason: undefined },
+        leaseOwner: input.jobId,
+        changes: { statusReason: undefined, statusBeforeDelete: undefined },
       });
-      return;
+    } else {
+      await this.repo.transition({
+        key: { type: 'Snapshot', id: snapshot.id },
+        machine: snapshotMachine,
+        from: S.Destroying,
+        to: S.Destroyed,
+        leaseOwner: input.jobId,
+      });
+      await this.repo.delete({ type: 'Snapshot', id: snapshot.id });
     }
+    const result = { snapshotId: snapshot.id, removed };
+    await this.deps.jobs.succeed(input.jobId, result);
+    return result;
+  }
+
+  /**
+   * A delete that failed part-way: the snapshot is Error with the reason (deleting it again retries
+   * what is left), the volume is released, the job failed.
+   */
+  async failDelete(input: Step & { from: DeleteFrom; error: WorkflowFailure }): Promise<void> {
+    const reason = causeMessage(input.error);
+    const snapshot = await this.repo.get({ type: 'Snapshot', id: input.snapshotId });
+    if (snapshot?.status === S.Destroying && snapshot.lease?.owner === input.jobId) {
+      await this.repo
+        .transition({
+          key: { type: 'Snapshot', id: snapshot.id },
+          machine: snapshotMachine,
+          from: S.Destroying,
+          to: S.Error,
+          leaseOwner: input.jobId,
+          changes: { statusReason: `delete failed (retry it): ${reason}`, statusBeforeDelete: undefined },
+        })
+        .catch(() => undefined);
+    }
+    if (snapshot) {
+      const volume = await this.repo.get({ type: 'Volume', id: snapshot.volumeId });
+      if (volume) await this.releaseVolume(volume, input.jobId, V.Snapshotting);
+    }
+    await this.deps.jobs.failFromFlow(input.jobId, input.error, 'SnapshotDeleteFailed');
+  }
+
+  /** Starts a job's flow; when the start fails, the job's own compensation runs and the caller gets 503. */
+  private async startJob(
+    flow: FlowName,
+    jobId: string,
+    input: Record<string, unknown>,
+    compensate: (error: WorkflowFailure) => Promise<void>,
+  ): Promise<{ job: Job }> {
+    try {
+      const { executionId } = await this.deps.workflows.start(flow, jobId, { jobId, ...input });
+      return { job: await this.deps.jobs.started(jobId, executionId) };
+    } catch (e) {
+      await compensate({ Error: 'WorkflowStartFailed', Cause: (e as Error).message });
+      throw new UnavailableError(`could not start ${flow}: ${(e as Error).message}`, { jobId }, { cause: e });
+    }
+  }
+
+  /** Back to the state it had before a refused delete. */
+  private async giveBack(snapshotId: string, owner: string, reason: string): Promise<void> {
+    const now = await this.repo.require({ type: 'Snapshot', id: snapshotId });
+    const before = now.statusBeforeDelete;
     await this.repo.transition({
       key: { type: 'Snapshot', id: snapshotId },
       machine: snapshotMachine,
       from: S.Destroying,
-      to: S.Destroyed,
+      to: before === S.Error || before === S.Allocated || !before ? S.Error : before,
       leaseOwner: owner,
+      changes: { statusReason: reason, statusBeforeDelete: undefined },
     });
-    await this.repo.delete({ type: 'Snapshot', id: snapshotId });
+  }
+
+  /** A backup outlives its volume: a stand-in for a volume that is gone (only image copies remain). */
+  private async volumeOf(snapshot: Snapshot): Promise<Volume> {
+    return (
+      (await this.repo.get({ type: 'Volume', id: snapshot.volumeId })) ??
+      ({
+        id: snapshot.volumeId,
+        version: 0,
+        format: 'qcow2' as const,
+        status: V.Destroyed,
+      } as Volume)
+    );
   }
 
   private async jobOf(snapshot: Snapshot): Promise<Job> {

@@ -45,6 +45,9 @@ import { causeMessage, type JobService, type WorkflowFailure } from './job-servi
 
 export const VOLUME_LEASE_SECONDS = 60 * 60;
 /** Raised while another job installs the template on the pool; the workflow retries with backoff. */
+/** What a volume-access job does. */
+export type AccessAction = 'grant' | 'revoke';
+
 export class CacheBusyError extends UnavailableError {}
 
 export interface CreateVolumeInput {
@@ -843,11 +846,11 @@ export class VolumeService {
 
   // ---------------------------------------------------------------- access
 
-  /** Lets a host reach the volume; returns how (for nfs, the file's path under the share's mount). */
-  async grantAccess(
-    id: string,
-    hostId: string,
-  ): Promise<{ uri: string; hostId: string; expiresAt?: string }> {
+  /**
+   * Lets a host reach the volume (volume-access flow; the job result says how: for nfs, the file's
+   * path under the share's mount). Checked at once: the volume is Ready and the host has its store.
+   */
+  async grantAccess(id: string, hostId: string): Promise<{ job: Job }> {
     const volume = await this.get(id);
     if (volume.status !== V.Ready) {
       throw new ConflictError(`volume ${id} is ${volume.status}`, { state: volume.status });
@@ -859,36 +862,73 @@ export class VolumeService {
         field: 'hostId',
       });
     }
-    const pool = await this.repo.require({ type: 'DataStore', id: volume.storeId ?? '' });
-    const driver = this.deps.registry.get(pool.provider).driver;
-    const access = await driver.grantAccess({
-      store: toStoreInfo(pool),
-      object: volumeObject(volume),
-      host: hostInfo(host),
-      hostId: host.id,
-      ctx: this.deps.driverContext(newId('op')),
-    });
-    await this.repo.updateSet({ type: 'Volume', id }, 'accessHostIds', [hostId], []);
-    return { uri: access.uri, hostId, ...(access.expiresAt ? { expiresAt: access.expiresAt } : {}) };
+    return this.startAccess(id, hostId, 'grant');
   }
 
-  async revokeAccess(id: string, hostId: string): Promise<void> {
+  /** Withdraws a host's access (volume-access flow). */
+  async revokeAccess(id: string, hostId: string): Promise<{ job: Job }> {
     const volume = await this.get(id);
     if (!volume.accessHostIds.includes(hostId)) {
       throw new NotFoundError(`host ${hostId} has no access to volume ${id}`, { field: 'hostId' });
     }
+    return this.startAccess(id, hostId, 'revoke');
+  }
+
+  /** volume-access: the driver's grantAccess or revokeAccess, then the volume's access list. */
+  async changeAccess(input: Step & { hostId: string; action: AccessAction }): Promise<Record<string, unknown>> {
+    const volume = await this.get(input.volumeId);
     const pool = await this.repo.require({ type: 'DataStore', id: volume.storeId ?? '' });
-    const host = await this.repo.get({ type: 'Host', id: hostId });
-    if (host) {
-      await this.deps.registry.get(pool.provider).driver.revokeAccess({
+    const driver = this.deps.registry.get(pool.provider).driver;
+    const host = await this.repo.get({ type: 'Host', id: input.hostId });
+    const ctx = this.deps.driverContext(input.jobId);
+    let result: Record<string, unknown> = { volumeId: volume.id, hostId: input.hostId, action: input.action };
+    if (input.action === 'grant') {
+      if (!host) throw new UnprocessableError(`host ${input.hostId} is not registered`, { field: 'hostId' });
+      const access = await driver.grantAccess({
         store: toStoreInfo(pool),
         object: volumeObject(volume),
         host: hostInfo(host),
         hostId: host.id,
-        ctx: this.deps.driverContext(newId('op')),
+        ctx,
       });
+      await this.repo.updateSet({ type: 'Volume', id: volume.id }, 'accessHostIds', [host.id], []);
+      result = { ...result, uri: access.uri, ...(access.expiresAt ? { expiresAt: access.expiresAt } : {}) };
+    } else {
+      if (host) {
+        await driver.revokeAccess({
+          store: toStoreInfo(pool),
+          object: volumeObject(volume),
+          host: hostInfo(host),
+          hostId: host.id,
+          ctx,
+        });
+      }
+      await this.repo.updateSet({ type: 'Volume', id: volume.id }, 'accessHostIds', [], [input.hostId]);
     }
-    await this.repo.updateSet({ type: 'Volume', id }, 'accessHostIds', [], [hostId]);
+    await this.deps.jobs.succeed(input.jobId, result);
+    return result;
+  }
+
+  async failAccess(input: Step & { hostId: string; action: AccessAction; error: WorkflowFailure }): Promise<void> {
+    await this.deps.jobs.failFromFlow(input.jobId, input.error, 'VolumeAccessFailed');
+  }
+
+  private async startAccess(volumeId: string, hostId: string, action: AccessAction): Promise<{ job: Job }> {
+    const jobId = newId('job');
+    await this.deps.jobs.create(`volume.${action}Access`, { type: 'volume', id: volumeId }, jobId);
+    try {
+      const { executionId } = await this.deps.workflows.start(FlowName.VolumeAccess, jobId, {
+        jobId,
+        volumeId,
+        hostId,
+        action,
+      });
+      return { job: await this.deps.jobs.started(jobId, executionId) };
+    } catch (e) {
+      const reason = `could not start ${FlowName.VolumeAccess}: ${(e as Error).message}`;
+      await this.deps.jobs.fail(jobId, { code: 'WorkflowStartFailed', message: reason });
+      throw new UnavailableError(reason, { jobId }, { cause: e });
+    }
   }
 
   // ---------------------------------------------------------------- helpers

@@ -88,13 +88,17 @@ export const routes: Route<ApiContext>[] = [
   route(
     'POST',
     '/hosts',
-    'Register a hypervisor host; it is attached to the stores in its scope (attachJobIds)',
+    'Register a hypervisor host; it is probed (probeJobId) and attached to the stores in its scope (attachJobIds)',
     { body: HostCreateBody },
     async (c) => {
       const input = parse(HostCreateBody, c.body, '');
       const host = await c.strata.hosts.register(input);
       const jobs = await c.strata.stores.attachJoiningHost(host);
-      return { status: 201, body: { ...host, attachJobIds: jobs.map((j) => j.id) } };
+      const probe = await c.strata.probes.probe(host.id);
+      return {
+        status: 201,
+        body: { ...host, attachJobIds: jobs.map((j) => j.id), probeJobId: probe.job.id },
+      };
     },
   ),
   route('GET', '/hosts', 'List hosts', { query: HostListQuery }, async (c) => {
@@ -110,6 +114,13 @@ export const routes: Route<ApiContext>[] = [
     await c.strata.hosts.remove(id(p));
     return { status: 204 };
   }),
+  route(
+    'POST',
+    '/hosts/{id}/probe',
+    "Ask the host's runtime for its build and prerequisites (async; recorded on the host)",
+    { async: true },
+    async (c, p) => accepted(await c.strata.probes.probe(id(p))),
+  ),
 
   route(
     'POST',
@@ -146,8 +157,12 @@ export const routes: Route<ApiContext>[] = [
   route('DELETE', '/stores/{id}/maintenance', 'Cancel maintenance (async)', { async: true }, async (c, p) =>
     accepted(await c.strata.stores.cancelMaintenance(id(p))),
   ),
-  route('GET', '/stores/{id}/objects', 'What the storage holds, with owning rows', {}, async (c, p) =>
-    ok({ items: await c.strata.stores.listObjects(id(p)) }),
+  route(
+    'POST',
+    '/stores/{id}/inventory',
+    'List what the storage holds, each object with the row that owns it (async; the job result)',
+    { async: true },
+    async (c, p) => accepted(await c.strata.stores.inventory(id(p))),
   ),
 
   route(
@@ -261,17 +276,20 @@ export const routes: Route<ApiContext>[] = [
   route(
     'POST',
     '/volumes/{id}/access',
-    'Grant a host access; returns how it reaches the volume',
-    { body: VolumeAccessBody },
+    'Grant a host access (async; the job result says how the host reaches the volume)',
+    { body: VolumeAccessBody, async: true },
     async (c, p) => {
       const input = parse(VolumeAccessBody, c.body, '');
-      return ok(await c.strata.volumes.grantAccess(id(p), input.hostId));
+      return accepted(await c.strata.volumes.grantAccess(id(p), input.hostId));
     },
   ),
-  route('DELETE', '/volumes/{id}/access/{hostId}', "Revoke a host's access", {}, async (c, p) => {
-    await c.strata.volumes.revokeAccess(id(p), parse(IdParam, p.hostId, 'hostId'));
-    return { status: 204 };
-  }),
+  route(
+    'DELETE',
+    '/volumes/{id}/access/{hostId}',
+    "Revoke a host's access (async)",
+    { async: true },
+    async (c, p) => accepted(await c.strata.volumes.revokeAccess(id(p), parse(IdParam, p.hostId, 'hostId'))),
+  ),
 
   route(
     'POST',
@@ -300,19 +318,18 @@ export const routes: Route<ApiContext>[] = [
   route(
     'POST',
     '/snapshots/{id}/revert',
-    'Return the volume to this snapshot (any snapshot, not only the latest)',
-    {},
-    async (c, p) => ok(await c.strata.snapshots.revert(id(p))),
+    'Return the volume to this snapshot, any snapshot, not only the latest (async)',
+    { async: true },
+    async (c, p) => accepted(await c.strata.snapshots.revert(id(p))),
   ),
   route(
     'DELETE',
     '/snapshots/{id}',
-    'Delete a snapshot from primary storage (merged into what depends on it), its backup, or both (?from=)',
-    { query: SnapshotDeleteQuery },
+    'Delete a snapshot from primary storage (merged into what depends on it), its backup, or both (?from=; async)',
+    { query: SnapshotDeleteQuery, async: true },
     async (c, p) => {
       const { from } = parse(SnapshotDeleteQuery, c.query, 'query');
-      await c.strata.snapshots.delete(id(p), from);
-      return { status: 204 };
+      return accepted(await c.strata.snapshots.delete(id(p), from));
     },
   ),
 

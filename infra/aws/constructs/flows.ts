@@ -1,20 +1,30 @@
 /**
- * One Step Functions Standard state machine per flow, from the same ASL files the embedded stack runs
- * (statemachines/<flow>.asl.json), with the task functions substituted in.
+ * One Step Functions Standard state machine per flow, from the definitions in statemachines/, with
+ * the task functions substituted in.
+ *
+ * Each state machine has a fixed name, `<stack>-<flow>`, so its ARN is known without referring to the
+ * state machine resource. That is what lets a task function start flows (a policy run starts a take,
+ * a take with backup starts the backup): the function's environment and policy name the ARNs by
+ * name, while the state machines refer to the function, and no dependency cycle arises.
  */
-import { RemovalPolicy, Stack } from 'aws-cdk-lib';
+import { ArnFormat, RemovalPolicy, Stack } from 'aws-cdk-lib';
 import * as iam from 'aws-cdk-lib/aws-iam';
 import type * as lambda from 'aws-cdk-lib/aws-lambda';
 import * as logs from 'aws-cdk-lib/aws-logs';
 import * as sfn from 'aws-cdk-lib/aws-stepfunctions';
 import { Construct } from 'constructs';
 import { FlowName } from '../../../functions/core/ports.js';
+import { EnvName } from '../../../functions/env-names.js';
 import {
   type FlowSubstitution,
-  flowDefinitionPath,
+  flowDefinitionText,
   flowSubstitutionsUsed,
 } from '../../../statemachines/definitions.js';
 import { acknowledgeWildcard } from './nag.js';
+import type { StrataFunction } from './strata-function.js';
+
+/** Step Functions state machine names: 1–80 characters. */
+const MAX_NAME = 80;
 
 export interface FlowsProps {
   storeTasks: lambda.IFunction;
@@ -40,7 +50,8 @@ export class Flows extends Construct {
         removalPolicy: RemovalPolicy.DESTROY,
       });
       const machine = new sfn.StateMachine(this, flow, {
-        definitionBody: sfn.DefinitionBody.fromFile(flowDefinitionPath(flow)),
+        stateMachineName: Flows.stateMachineName(this, flow),
+        definitionBody: sfn.DefinitionBody.fromString(flowDefinitionText(flow)),
         definitionSubstitutions: substitutions,
         stateMachineType: sfn.StateMachineType.STANDARD,
         logs: { destination: logGroup, level: sfn.LogLevel.ALL, includeExecutionData: true },
@@ -63,14 +74,49 @@ export class Flows extends Construct {
     this.stateMachines = machines;
   }
 
-  /** Flow name → state machine ARN, as the api function reads it from STRATA_STATE_MACHINE_ARNS. */
-  arnMap(): Record<string, string> {
-    return Object.fromEntries(
-      [...this.stateMachines].map(([flow, machine]) => [flow, machine.stateMachineArn]),
-    );
+  /** `<stack>-<flow>`: the fixed name of a flow's state machine. */
+  static stateMachineName(scope: Construct, flow: FlowName): string {
+    const name = `${Stack.of(scope).stackName}-${flow}`;
+    if (name.length > MAX_NAME) {
+      throw new Error(`state machine name ${name} is longer than ${MAX_NAME} characters: use a shorter stack name`);
+    }
+    return name;
   }
 
-  grantStart(grantee: iam.IGrantable): void {
-    for (const machine of this.stateMachines.values()) machine.grantStartExecution(grantee);
+  /** A flow's state machine ARN, built from its fixed name (no reference to the resource). */
+  arnOf(flow: FlowName): string {
+    return Stack.of(this).formatArn({
+      service: 'states',
+      resource: 'stateMachine',
+      resourceName: Flows.stateMachineName(this, flow),
+      arnFormat: ArnFormat.COLON_RESOURCE_NAME,
+    });
+  }
+
+  /** Flow name → state machine ARN, as functions read it from STRATA_STATE_MACHINE_ARNS. */
+  arnMap(flows: readonly FlowName[] = Object.values(FlowName)): Record<string, string> {
+    return Object.fromEntries(flows.map((flow) => [flow, this.arnOf(flow)]));
+  }
+
+  /**
+   * Lets `fn` start exactly `flows` (states:StartExecution on their ARNs) and gives it every flow's
+   * ARN in STRATA_STATE_MACHINE_ARNS (knowing an ARN grants nothing; the api function names the
+   * snapshot-policy flow as its schedules' target, which only the Scheduler role may start).
+   */
+  bindStarter(fn: StrataFunction, flows: readonly FlowName[]): void {
+    fn.role.addToPrincipalPolicy(
+      new iam.PolicyStatement({
+        actions: ['states:StartExecution'],
+        resources: flows.map((flow) => this.arnOf(flow)),
+      }),
+    );
+    fn.addEnvironment(EnvName.StateMachineArns, Stack.of(this).toJsonString(this.arnMap()));
+  }
+
+  /** Lets `grantee` start one flow (e.g. the Scheduler role, the snapshot-policy flow). */
+  grantStart(grantee: iam.IGrantable, flow: FlowName): void {
+    grantee.grantPrincipal.addToPrincipalPolicy(
+      new iam.PolicyStatement({ actions: ['states:StartExecution'], resources: [this.arnOf(flow)] }),
+    );
   }
 }

@@ -1,13 +1,22 @@
 /**
- * How work reaches on-prem hosts: two SSM Command documents and the host runtime distribution.
+ * How work reaches on-prem hosts: two SSM Command documents, the host runtime distribution and the
+ * State Manager association that installs and upgrades it (docs/host-onboarding.md).
  *
  * - `<stack>-RunHostOperation` runs the host runtime with one parameter, `Request`, whose allowedPattern
  *   only admits base64 (what encodeHostRequest produces). SSM rejects anything else before it reaches
  *   the host, so no request text is ever interpreted by a shell.
- * - `<stack>-InstallHostRuntime` installs drivers/host-main.ts, bundled by esbuild into one JS file and
- *   shipped as an S3 asset, at /opt/strata. Hosts need Node.js 20+ on PATH (the bundle is plain JS).
+ * - `<stack>-InstallHostRuntime` checks the prerequisites (Node.js 20+, qemu-img, qemu-nbd) and installs
+ *   drivers/host-main.ts, bundled by esbuild into one JS file and shipped as an S3 asset, into
+ *   /opt/strata/versions/<build>; `current` is switched atomically and older versions are removed once
+ *   no host process runs them.
+ * - An association runs the install document on every managed instance tagged as a Strata host; its
+ *   `BuildId` parameter is the bundle's build, so each deploy of a new build re-runs it (the upgrade).
  * - A role for SSM hybrid activations (`aws ssm create-activation --iam-role <HostRoleName>`), letting
  *   registered hosts fetch the runtime and write command output.
+ *
+ * Every host path in the documents is under `${STRATA_HOST_ROOT:-}`: unset on a real host (so `/`),
+ * a host's own directory for the embedded stack's local hosts. It comes from the SSM agent's
+ * environment on the host, never from a command parameter.
  */
 import { createHash } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
@@ -40,8 +49,15 @@ import { REPO_ROOT, type StrataFunction } from './strata-function.js';
 export const SKIP_HOST_RUNTIME_CONTEXT = 'strata:skipHostRuntime';
 
 export const HOST_RUNTIME_ENTRY = path.join(REPO_ROOT, 'drivers/host-main.ts');
-const HOST_INSTALL_DIR = '/opt/strata';
-const HOST_WORK_DIR = '/var/lib/strata';
+/** The root every host path is under: `/` on real hosts (the variable is unset there). */
+const ROOT = '${STRATA_HOST_ROOT:-}';
+const HOST_INSTALL_DIR = `${ROOT}/opt/strata`;
+const HOST_WORK_DIR = `${ROOT}/var/lib/strata`;
+/** The install document's one parameter: the build to install (a hex hash). */
+export const BUILD_ID_PARAMETER = 'BuildId';
+export const BUILD_ID_PATTERN = '^[0-9a-f]{64}$';
+/** Where association runs write their output, under the command-output prefix. */
+const ASSOCIATION_OUTPUT_FOLDER = 'associations';
 /** The runtime enforces each request's deadlineSeconds (≤ 86,400); the step limit sits just above it. */
 const RUN_STEP_TIMEOUT_SECONDS = 90_000;
 
@@ -62,6 +78,8 @@ export interface HostChannelProps {
 export class HostChannel extends Construct {
   readonly runDocumentName: string;
   readonly installDocumentName?: string;
+  /** The host runtime build this stack deploys (undefined when the runtime asset is left out). */
+  readonly hostBuild?: string;
   readonly hostRole: iam.Role;
   private readonly props: HostChannelProps;
 
@@ -96,7 +114,7 @@ export class HostChannel extends Construct {
               timeoutSeconds: String(RUN_STEP_TIMEOUT_SECONDS),
               workingDirectory: '/',
               runCommand: [
-                `exec ${HOST_INSTALL_DIR}/bin/strata-host --request-b64 {{ ${HOST_REQUEST_PARAMETER} }} --work-dir ${HOST_WORK_DIR}`,
+                `exec "${HOST_INSTALL_DIR}/bin/strata-host" --request-b64 {{ ${HOST_REQUEST_PARAMETER} }} --work-dir "${HOST_WORK_DIR}"`,
               ],
             },
           },
@@ -117,11 +135,18 @@ export class HostChannel extends Construct {
         'AmazonSSMManagedInstanceCore is the AWS-maintained minimum for an SSM managed node (agent ' +
         'registration, messages, Run Command); copying it inline would drift from what the agent needs.',
     });
-    // The SSM agent on the host writes command output with the host's credentials.
+    // The SSM agent on the host writes command output with the host's credentials: it reads the
+    // bucket's default encryption first and uploads with the bucket-owner-full-control ACL.
     this.hostRole.addToPrincipalPolicy(
       new iam.PolicyStatement({
-        actions: ['s3:PutObject'],
+        actions: ['s3:PutObject', 's3:PutObjectAcl'],
         resources: [props.outputBucket.arnForObjects(`${props.outputPrefix}/*`)],
+      }),
+    );
+    this.hostRole.addToPrincipalPolicy(
+      new iam.PolicyStatement({
+        actions: ['s3:GetEncryptionConfiguration'],
+        resources: [props.outputBucket.bucketArn],
       }),
     );
     acknowledgeWildcard(
@@ -130,7 +155,9 @@ export class HostChannel extends Construct {
       'SSM writes output under <prefix>/<command id>/<instance id>/..., ids known only at run time.',
     );
 
-    this.installDocumentName = this.addHostRuntime(stack);
+    const runtime = this.addHostRuntime(stack);
+    this.installDocumentName = runtime?.documentName;
+    this.hostBuild = runtime?.build;
   }
 
   /** ssm:SendCommand with Strata's run document to tagged hosts only, reading results, and the env vars. */
@@ -173,11 +200,12 @@ export class HostChannel extends Construct {
     }
     fn.bindBucket(this.props.outputBucket, { access: 'read', prefix: `${this.props.outputPrefix}/` });
     fn.addEnvironment(EnvName.SsmDocumentName, this.runDocumentName);
+    if (this.hostBuild) fn.addEnvironment(EnvName.HostBuild, this.hostBuild);
     fn.addEnvironment(EnvName.SsmOutputBucket, this.props.outputBucket.bucketName);
     fn.addEnvironment(EnvName.SsmOutputPrefix, this.props.outputPrefix);
   }
 
-  private addHostRuntime(stack: Stack): string | undefined {
+  private addHostRuntime(stack: Stack): { documentName: string; build: string } | undefined {
     if (
       stack.node.tryGetContext(SKIP_HOST_RUNTIME_CONTEXT) === true ||
       stack.node.tryGetContext(SKIP_HOST_RUNTIME_CONTEXT) === 'true'
@@ -194,22 +222,24 @@ export class HostChannel extends Construct {
       return undefined;
     }
 
+    // drivers/ imports nothing outside itself but npm packages: its sources plus the lockfile say
+    // exactly when the bundle changes, keep a stale bundle from being reused, and name the build.
+    const build = createHash('sha256')
+      .update(FileSystem.fingerprint(path.join(REPO_ROOT, 'drivers')))
+      .update(readFileSync(path.join(REPO_ROOT, 'package-lock.json')))
+      .update(readFileSync(entry))
+      .digest('hex');
     const runtime = new Asset(this, 'HostRuntime', {
       path: path.join(REPO_ROOT, 'drivers'),
-      // drivers/ imports nothing outside itself but npm packages: its sources plus the lockfile say
-      // exactly when the bundle changes, and keep a stale bundle from being reused.
       assetHashType: AssetHashType.CUSTOM,
-      assetHash: createHash('sha256')
-        .update(FileSystem.fingerprint(path.join(REPO_ROOT, 'drivers')))
-        .update(readFileSync(path.join(REPO_ROOT, 'package-lock.json')))
-        .digest('hex'),
+      assetHash: build,
       bundling: {
         // Never pulled: local bundling always succeeds, and there is no Docker here.
         image: DockerImage.fromRegistry('strata-local-bundling-only'),
         outputType: BundlingOutput.SINGLE_FILE,
         local: {
           tryBundle(outputDir: string): boolean {
-            bundleHostRuntime(path.join(outputDir, 'strata-host.js'), entry);
+            bundleHostRuntime(path.join(outputDir, 'strata-host.js'), entry, build);
             return true;
           },
         },
@@ -231,6 +261,9 @@ export class HostChannel extends Construct {
     );
 
     const name = `${stack.stackName}-InstallHostRuntime`;
+    // aws:downloadContent takes a plain path (no shell expansion): the real one, which the embedded
+    // stack's local agent places under the host's root as it does every path it handles itself.
+    const download = '/opt/strata/staging';
     const staging = `${HOST_INSTALL_DIR}/staging`;
     new ssm.CfnDocument(this, 'InstallHostRuntime', {
       name,
@@ -239,8 +272,24 @@ export class HostChannel extends Construct {
       updateMethod: 'NewVersion',
       content: {
         schemaVersion: '2.2',
-        description: `Installs the Strata host runtime at ${HOST_INSTALL_DIR}. Requires Node.js 20 or newer on PATH.`,
+        description:
+          'Checks the Strata host prerequisites (Node.js 20+, qemu-img, qemu-nbd) and installs the host runtime ' +
+          `build {{ ${BUILD_ID_PARAMETER} }} under /opt/strata/versions, switching /opt/strata/current atomically.`,
+        parameters: {
+          [BUILD_ID_PARAMETER]: {
+            type: 'String',
+            description: 'The host runtime build to install (the bundle baked it in; the install checks it).',
+            allowedPattern: BUILD_ID_PATTERN,
+            default: build,
+          },
+        },
         mainSteps: [
+          {
+            action: 'aws:runShellScript',
+            name: 'checkPrerequisites',
+            precondition: { StringEquals: ['platformType', 'Linux'] },
+            inputs: { timeoutSeconds: '60', runCommand: prerequisiteScript() },
+          },
           {
             action: 'aws:downloadContent',
             name: 'downloadHostRuntime',
@@ -248,7 +297,7 @@ export class HostChannel extends Construct {
             inputs: {
               sourceType: 'S3',
               sourceInfo: stack.toJsonString({ path: runtime.httpUrl }),
-              destinationPath: staging,
+              destinationPath: download,
             },
           },
           {
@@ -260,26 +309,81 @@ export class HostChannel extends Construct {
         ],
       },
     });
-    return name;
+
+    // State Manager: every tagged host gets the runtime, and a new build (a new parameter value)
+    // makes CloudFormation update the association, which runs it again: that is the upgrade.
+    const association = new ssm.CfnAssociation(this, 'InstallHostRuntimeAssociation', {
+      name,
+      associationName: `${stack.stackName}-host-runtime`,
+      targets: [{ key: `tag:${this.props.hostTag.key}`, values: [this.props.hostTag.value] }],
+      parameters: { [BUILD_ID_PARAMETER]: [build] },
+      // Re-checked daily: a host that lost a prerequisite shows up as non-compliant.
+      scheduleExpression: 'rate(1 day)',
+      applyOnlyAtCronInterval: false,
+      // Rolls out to a quarter of the hosts at a time and stops when a quarter of them fail.
+      maxConcurrency: '25%',
+      maxErrors: '25%',
+      complianceSeverity: 'HIGH',
+      outputLocation: {
+        s3Location: {
+          outputS3BucketName: this.props.outputBucket.bucketName,
+          outputS3KeyPrefix: `${this.props.outputPrefix}/${ASSOCIATION_OUTPUT_FOLDER}`,
+        },
+      },
+    });
+    association.node.addDependency(this.hostRole);
+    return { documentName: name, build };
   }
 }
 
-/** Fixed install steps: checks Node, puts the bundle in lib/ and a launcher in bin/. */
+/** Fails with one line per missing prerequisite, so the association's output says what to install. */
+function prerequisiteScript(): string[] {
+  return [
+    'set -u',
+    'missing=0',
+    'if ! command -v node >/dev/null 2>&1; then echo "Strata host prerequisite missing: Node.js 20+ (node on PATH)" >&2; missing=1;',
+    'else major=$(node -p "process.versions.node.split(\'.\')[0]"); if [ "$major" -lt 20 ]; then echo "Strata host prerequisite: Node.js 20+ is required, found $(node --version)" >&2; missing=1; fi; fi',
+    'if ! command -v qemu-img >/dev/null 2>&1; then echo "Strata host prerequisite missing: qemu-img (Debian/Ubuntu: apt-get install qemu-utils)" >&2; missing=1; fi',
+    'if ! command -v qemu-nbd >/dev/null 2>&1; then echo "Strata host prerequisite missing: qemu-nbd (Debian/Ubuntu: apt-get install qemu-utils)" >&2; missing=1; fi',
+    'if [ "$missing" -ne 0 ]; then exit 1; fi',
+    'echo "prerequisites: node $(node --version), $(qemu-img --version | head -1)"',
+  ];
+}
+
+/**
+ * Fixed install steps: the downloaded bundle goes to versions/<build>/ (checked to carry that build),
+ * `current` is switched with an atomic rename, and every other version that no running host process
+ * uses (none in /proc/<pid>/cmdline) is removed, except the previous one.
+ */
 function installScript(staging: string): string[] {
+  const dir = HOST_INSTALL_DIR;
   return [
     'set -eu',
-    'if ! command -v node >/dev/null 2>&1; then echo "Strata host runtime needs Node.js 20+ on PATH" >&2; exit 1; fi',
-    'major=$(node -p "process.versions.node.split(\'.\')[0]")',
-    'if [ "$major" -lt 20 ]; then echo "Strata host runtime needs Node.js 20+, found $(node --version)" >&2; exit 1; fi',
-    `set -- ${staging}/*.js`,
+    `build="{{ ${BUILD_ID_PARAMETER} }}"`,
+    `set -- "${staging}"/*.js`,
     'if [ "$#" -ne 1 ] || [ ! -f "$1" ]; then echo "expected one downloaded bundle" >&2; exit 1; fi',
-    `install -d -m 0755 ${HOST_INSTALL_DIR}/bin ${HOST_INSTALL_DIR}/lib`,
-    `install -d -m 0700 ${HOST_WORK_DIR}`,
-    `install -m 0644 "$1" ${HOST_INSTALL_DIR}/lib/strata-host.js.new`,
-    `mv -f ${HOST_INSTALL_DIR}/lib/strata-host.js.new ${HOST_INSTALL_DIR}/lib/strata-host.js`,
-    `printf '#!/bin/sh\\nexec node ${HOST_INSTALL_DIR}/lib/strata-host.js "$@"\\n' > ${HOST_INSTALL_DIR}/bin/strata-host`,
-    `chmod 0755 ${HOST_INSTALL_DIR}/bin/strata-host`,
-    `rm -rf ${staging}`,
-    `echo "installed $(sha256sum ${HOST_INSTALL_DIR}/lib/strata-host.js)"`,
+    'if ! grep -q "$build" "$1"; then echo "the downloaded bundle is not build $build" >&2; exit 1; fi',
+    `install -d -m 0755 "${dir}/bin" "${dir}/versions"`,
+    `install -d -m 0700 "${HOST_WORK_DIR}"`,
+    `target="${dir}/versions/$build"`,
+    'if [ ! -f "$target/strata-host.js" ]; then',
+    '  install -d -m 0755 "$target.new"',
+    '  install -m 0644 "$1" "$target.new/strata-host.js"',
+    '  rm -rf "$target" && mv "$target.new" "$target"',
+    'fi',
+    `previous=$(readlink "${dir}/current" 2>/dev/null || true)`,
+    `ln -sfn "versions/$build" "${dir}/current.new" && mv -T "${dir}/current.new" "${dir}/current"`,
+    // The launcher resolves `current` once, so a running command keeps the version it started with.
+    `printf '%s\n' '#!/bin/sh' 'here=$(dirname "$(dirname "$(readlink -f "$0")")")' 'exec node "$(readlink -f "$here/current")/strata-host.js" "$@"' > "${dir}/bin/strata-host.new"`,
+    `chmod 0755 "${dir}/bin/strata-host.new" && mv -f "${dir}/bin/strata-host.new" "${dir}/bin/strata-host"`,
+    `for old in "${dir}"/versions/*; do`,
+    '  [ -d "$old" ] || continue',
+    '  name=$(basename "$old")',
+    '  if [ "$name" = "$build" ] || [ "versions/$name" = "$previous" ]; then continue; fi',
+    '  if grep -qs "$old/" /proc/[0-9]*/cmdline; then echo "keeping $name: still running"; continue; fi',
+    '  rm -rf "$old" && echo "removed $name"',
+    'done',
+    `rm -rf "${staging}"`,
+    `echo "installed build $build at $target"`,
   ];
 }

@@ -5,7 +5,6 @@
 import { Stack } from 'aws-cdk-lib';
 import * as iam from 'aws-cdk-lib/aws-iam';
 import * as scheduler from 'aws-cdk-lib/aws-scheduler';
-import type * as sfn from 'aws-cdk-lib/aws-stepfunctions';
 import { Construct } from 'constructs';
 import { EnvName } from '../../../functions/env-names.js';
 import { acknowledgeWildcard, regionalArnFinding } from './nag.js';
@@ -14,7 +13,7 @@ import type { StrataFunction } from './strata-function.js';
 export class SnapshotScheduling extends Construct {
   readonly groupName: string;
   readonly group: scheduler.CfnScheduleGroup;
-  /** Assumed by Scheduler for the group's schedules; give it the policy flow with grantStartFlow. */
+  /** Assumed by Scheduler for the group's schedules; the stack lets it start the policy flow. */
   readonly schedulerRole: iam.Role;
 
   constructor(scope: Construct, id: string) {
@@ -37,10 +36,6 @@ export class SnapshotScheduling extends Construct {
         },
       }),
     });
-  }
-
-  grantStartFlow(stateMachine: sfn.IStateMachine): void {
-    stateMachine.grantStartExecution(this.schedulerRole);
   }
 
   /**

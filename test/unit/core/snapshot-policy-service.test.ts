@@ -96,6 +96,7 @@ function setup(options: { snapshots?: Snapshot[]; scheduler?: Partial<SchedulerP
         stored.findIndex((s) => s.id === id),
         1,
       );
+      return { job: { id: `job-delete-${id}` } as Job };
     }),
   };
   const scheduler: SchedulerPort = {
@@ -269,7 +270,8 @@ describe('SnapshotPolicyService', () => {
 
       const report = await service.applyRetention({ policyId: policy.id });
 
-      expect(report).toMatchObject({ kept: ['s4', 's3'], deleted: ['s1', 's2'], skipped: [] });
+      expect(report).toMatchObject({ kept: ['s4', 's3'], skipped: [] });
+      expect(report.deleting.map((d) => d.snapshotId)).toEqual(['s1', 's2']);
       expect(snapshots.delete.mock.calls.map(([id]) => id)).toEqual(['s1', 's2']);
     });
 
@@ -299,7 +301,7 @@ describe('SnapshotPolicyService', () => {
       const report = await service.applyRetention({ policyId: policy.id });
 
       expect(report.kept).toEqual(['good-2', 'good-1']);
-      expect(report.deleted).toEqual(['old-error']);
+      expect(report.deleting.map((d) => d.snapshotId)).toEqual(['old-error']);
       expect(report.skipped).toEqual([
         expect.objectContaining({ snapshotId: 'old-creating', status: 'Creating' }),
       ]);
@@ -313,7 +315,7 @@ describe('SnapshotPolicyService', () => {
         snapshot('c', 'CreatedOnPrimary', { policyId: p, slot: at(3) }),
       ]);
 
-      expect((await service.applyRetention({ policyId: policy.id })).deleted).toEqual([]);
+      expect((await service.applyRetention({ policyId: policy.id })).deleting).toEqual([]);
       expect(snapshots.delete).not.toHaveBeenCalled();
     });
 
@@ -333,7 +335,7 @@ describe('SnapshotPolicyService', () => {
       expect(report.skipped).toEqual([
         expect.objectContaining({ snapshotId: 'a', reason: 'volume is Resizing' }),
       ]);
-      expect(report.deleted).toEqual(['c']);
+      expect(report.deleting.map((d) => d.snapshotId)).toEqual(['c']);
     });
 
     it('is a no-op for a deleted policy', async () => {
@@ -341,7 +343,7 @@ describe('SnapshotPolicyService', () => {
         snapshots: [snapshot('x', 'CreatedOnPrimary', { policyId: 'p' })],
       });
 
-      expect(await service.applyRetention({ policyId: 'p' })).toMatchObject({ deleted: [], kept: [] });
+      expect(await service.applyRetention({ policyId: 'p' })).toMatchObject({ deleting: [], kept: [] });
       expect(snapshots.list).not.toHaveBeenCalled();
     });
   });
