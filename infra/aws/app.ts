@@ -4,6 +4,7 @@
  */
 import { App, Validations } from 'aws-cdk-lib';
 import { AwsSolutionsChecks } from 'cdk-nag';
+import { stampAssembly } from '../sources-fingerprint.js';
 import { StrataStack, type StrataStackProps } from './strata-stack.js';
 
 /** Builds the app with its one stack and cdk-nag registered; tests pass their own App and props. */
@@ -21,5 +22,8 @@ export function buildApp(
 }
 
 if (require.main === module) {
-  buildApp().app.synth();
+  const { app } = buildApp();
+  const assembly = app.synth();
+  // Says which sources this assembly was built from, so the embedded stack knows when to rebuild.
+  stampAssembly(assembly.directory);
 }

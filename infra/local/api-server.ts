@@ -1,89 +1,201 @@
 /**
- * The embedded stack's API: a plain node:http server that turns each request into the API Gateway
- * proxy event the Lambda receives on AWS and calls the very same handler.
+ * The embedded stack's API Gateway: serves the synthesized REST API's methods (resource path +
+ * method → integration) on a plain node:http server, turns each request into the proxy event API
+ * Gateway gives a Lambda integration, and invokes the integration's function. A path or method the
+ * API does not define is refused as API Gateway refuses it, so a route that is not deployed is not
+ * served locally either.
+ *
+ * Differences from API Gateway: no stage prefix in the path (the stage is in the event), no IAM
+ * (SigV4) authorization of callers, and plain HTTP on loopback.
  */
 import { randomUUID } from 'node:crypto';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
-import type { APIGatewayProxyEvent, APIGatewayProxyResult, Context } from 'aws-lambda';
-import { MAX_BODY_BYTES } from '../../functions/handlers/api/handler.js';
-import { lambdaContext } from './lambda-context.js';
+import type { APIGatewayProxyEvent } from 'aws-lambda';
+import type { LocalApi, LocalApiMethod } from './assembly/deployment.js';
 
-export type ProxyHandler = (event: APIGatewayProxyEvent, context: Context) => Promise<APIGatewayProxyResult>;
+/** API Gateway's payload limit for REST APIs. */
+const MAX_PAYLOAD_BYTES = 10 * 1024 * 1024;
+/** API Gateway's integration timeout. */
+const INTEGRATION_TIMEOUT_MS = 29_000;
 
 export interface LocalApiServer {
   url: string;
   close(): Promise<void>;
 }
 
-function toEvent(req: http.IncomingMessage, body: string): APIGatewayProxyEvent {
+export interface LocalApiServerOptions {
+  api: LocalApi;
+  accountId: string;
+  /** Invokes an integration's function; rejects when the function fails. */
+  invoke: (functionArn: string, event: APIGatewayProxyEvent) => Promise<unknown>;
+  port: number;
+}
+
+interface Match {
+  method: LocalApiMethod;
+  pathParameters: Record<string, string> | null;
+}
+
+/** Finds the method a request path and HTTP method reach, as API Gateway's resource tree does. */
+export function matchRoute(methods: readonly LocalApiMethod[], httpMethod: string, path: string): Match | undefined {
+  const segments = path.split('/').filter(Boolean);
+  let best: { match: Match; score: number } | undefined;
+  for (const method of methods) {
+    if (method.httpMethod !== 'ANY' && method.httpMethod !== httpMethod) continue;
+    const parts = method.path.split('/').filter(Boolean);
+    const params: Record<string, string> = {};
+    let ok = true;
+    let score = 0;
+    for (let i = 0; i < parts.length; i++) {
+      const part = parts[i]!;
+      const greedy = /^\{(.+)\+\}$/.exec(part);
+      if (greedy) {
+        if (i >= segments.length) ok = false;
+        else params[greedy[1]!] = segments.slice(i).join('/');
+        i = parts.length;
+        break;
+      }
+      const segment = segments[i];
+      if (segment === undefined) {
+        ok = false;
+        break;
+      }
+      const named = /^\{(.+)\}$/.exec(part);
+      if (named) params[named[1]!] = segment;
+      else if (part !== segment) ok = false;
+      else score += 2;
+      score += 1;
+      if (!ok) break;
+    }
+    const greedyLast = parts.length > 0 && /^\{.+\+\}$/.test(parts[parts.length - 1]!);
+    if (ok && !greedyLast && parts.length !== segments.length) ok = false;
+    if (!ok) continue;
+    if (method.httpMethod !== 'ANY') score += 1;
+    if (!best || score > best.score) {
+      best = { match: { method, pathParameters: Object.keys(params).length ? params : null }, score };
+    }
+  }
+  return best?.match;
+}
+
+function toEvent(
+  req: http.IncomingMessage,
+  body: Buffer,
+  match: Match,
+  api: LocalApi,
+  accountId: string,
+): APIGatewayProxyEvent {
   const url = new URL(req.url ?? '/', 'http://local');
   const headers: Record<string, string> = {};
-  for (const [k, v] of Object.entries(req.headers)) if (typeof v === 'string') headers[k] = v;
+  const multiValueHeaders: Record<string, string[]> = {};
+  for (const [k, v] of Object.entries(req.headers)) {
+    if (v === undefined) continue;
+    headers[k] = Array.isArray(v) ? v.join(',') : v;
+    multiValueHeaders[k] = Array.isArray(v) ? v : [v];
+  }
   const query: Record<string, string> = {};
-  for (const [k, v] of url.searchParams) query[k] = v;
+  const multiQuery: Record<string, string[]> = {};
+  for (const [k, v] of url.searchParams) {
+    query[k] = v;
+    (multiQuery[k] ??= []).push(v);
+  }
+  const requestId = randomUUID();
   return {
     httpMethod: req.method ?? 'GET',
     path: url.pathname,
-    resource: '/{proxy+}',
+    resource: match.method.path,
     headers,
-    multiValueHeaders: {},
+    multiValueHeaders,
     queryStringParameters: Object.keys(query).length ? query : null,
-    multiValueQueryStringParameters: null,
-    pathParameters: { proxy: url.pathname.slice(1) },
+    multiValueQueryStringParameters: Object.keys(multiQuery).length ? multiQuery : null,
+    pathParameters: match.pathParameters,
     stageVariables: null,
-    body: body.length ? body : null,
+    body: body.length ? body.toString('utf8') : null,
     isBase64Encoded: false,
     requestContext: {
-      identity: { caller: 'local', userArn: 'arn:aws:iam::000000000000:user/local' },
-      requestId: randomUUID(),
-    } as APIGatewayProxyEvent['requestContext'],
+      accountId,
+      apiId: api.restApiId,
+      stage: api.stageName,
+      httpMethod: req.method ?? 'GET',
+      path: `/${api.stageName}${url.pathname}`,
+      resourcePath: match.method.path,
+      resourceId: 'local',
+      requestId,
+      requestTimeEpoch: Date.now(),
+      protocol: 'HTTP/1.1',
+      identity: {
+        caller: 'local-operator',
+        userArn: `arn:aws:iam::${accountId}:user/local-operator`,
+        sourceIp: req.socket.remoteAddress ?? '127.0.0.1',
+        userAgent: headers['user-agent'] ?? null,
+      },
+    } as unknown as APIGatewayProxyEvent['requestContext'],
   };
 }
 
-/** Serves `handler` on 127.0.0.1:`port` (0 picks a free port). */
-export async function startLocalApiServer(options: {
-  handler: ProxyHandler;
-  port: number;
-}): Promise<LocalApiServer> {
+function send(res: http.ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}): void {
+  const text = JSON.stringify(body);
+  res.writeHead(status, { 'content-type': 'application/json', 'x-amzn-requestid': randomUUID(), ...headers });
+  res.end(text);
+}
+
+/** Serves the API on 127.0.0.1:`port` (0 picks a free port). */
+export async function startLocalApiServer(options: LocalApiServerOptions): Promise<LocalApiServer> {
   const server = http.createServer((req, res) => {
     const chunks: Buffer[] = [];
     let size = 0;
     let refused = false;
     req.on('data', (chunk: Buffer) => {
       size += chunk.length;
-      if (size > MAX_BODY_BYTES) {
-        if (!refused) {
-          refused = true;
-          res.writeHead(413, { 'content-type': 'application/json', connection: 'close' });
-          res.end(
-            JSON.stringify({
-              error: {
-                code: 'PayloadTooLarge',
-                message: `request body is larger than ${MAX_BODY_BYTES} bytes`,
-                field: 'body',
-              },
-            }),
-          );
-          req.destroy();
-        }
+      if (size > MAX_PAYLOAD_BYTES && !refused) {
+        refused = true;
+        send(res, 413, { message: 'Request Too Long' }, { connection: 'close' });
+        req.destroy();
         return;
       }
-      chunks.push(chunk);
+      if (!refused) chunks.push(chunk);
     });
     req.on('end', () => {
       if (refused) return;
-      const event = toEvent(req, Buffer.concat(chunks).toString('utf8'));
-      options
-        .handler(event, lambdaContext('strata-api', 30_000))
+      const path = new URL(req.url ?? '/', 'http://local').pathname;
+      const match = matchRoute(options.api.methods, (req.method ?? 'GET').toUpperCase(), path);
+      if (!match) {
+        send(res, 403, { message: 'Missing Authentication Token' }, { 'x-amzn-errortype': 'MissingAuthenticationTokenException' });
+        return;
+      }
+      const functionArn = match.method.functionArn;
+      if (!functionArn) {
+        send(res, 500, { message: 'Internal server error' });
+        return;
+      }
+      const event = toEvent(req, Buffer.concat(chunks), match, options.api, options.accountId);
+      let timer: NodeJS.Timeout | undefined;
+      const timeout = new Promise<'timeout'>((resolve) => {
+        timer = setTimeout(() => resolve('timeout'), INTEGRATION_TIMEOUT_MS);
+      });
+      Promise.race([options.invoke(functionArn, event), timeout])
         .then((result) => {
-          res.writeHead(result.statusCode, result.headers as http.OutgoingHttpHeaders);
-          res.end(result.body);
+          if (result === 'timeout') {
+            send(res, 504, { message: 'Endpoint request timed out' });
+            return;
+          }
+          const proxy = result as {
+            statusCode?: number;
+            headers?: Record<string, string>;
+            body?: string;
+            isBase64Encoded?: boolean;
+          } | null;
+          if (!proxy || typeof proxy.statusCode !== 'number') {
+            // API Gateway's answer to a malformed Lambda proxy response.
+            send(res, 502, { message: 'Internal server error' });
+            return;
+          }
+          res.writeHead(proxy.statusCode, proxy.headers ?? {});
+          res.end(proxy.isBase64Encoded && proxy.body ? Buffer.from(proxy.body, 'base64') : (proxy.body ?? ''));
         })
-        .catch((e: unknown) => {
-          res.writeHead(500, { 'content-type': 'application/json' });
-          res.end(JSON.stringify({ error: { code: 'Internal', message: (e as Error).message } }));
-        });
+        .catch(() => send(res, 502, { message: 'Internal server error' }))
+        .finally(() => clearTimeout(timer));
     });
   });
   await new Promise<void>((resolve, reject) => {

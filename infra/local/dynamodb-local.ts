@@ -253,16 +253,37 @@ export function tableDefinition(tableName: string): CreateTableCommandInput {
 export async function ensureTable(
   client: DynamoDBClient,
   tableName: string,
-  options: { timeoutMs?: number } = {},
+  options: { timeoutMs?: number; definition?: CreateTableCommandInput; ttlAttribute?: string } = {},
 ): Promise<void> {
-  const definition = tableDefinition(tableName);
+  const definition = options.definition ?? tableDefinition(tableName);
   try {
     await client.send(new CreateTableCommand(definition));
   } catch (error) {
     if (!(error instanceof ResourceInUseException)) throw error;
   }
   await waitForActive(client, tableName, definition, options.timeoutMs ?? 30_000);
-  await enableTtl(client, tableName);
+  const ttl = options.definition ? options.ttlAttribute : TableSchema.ttlAttribute;
+  if (ttl) await enableTtl(client, tableName, ttl);
+}
+
+/**
+ * CreateTable input from an AWS::DynamoDB::Table's (resolved) properties: what CloudFormation
+ * creates. Billing and encryption settings have no local meaning and are left to DynamoDB Local.
+ */
+export function tableFromTemplate(
+  tableName: string,
+  properties: Record<string, unknown>,
+): { definition: CreateTableCommandInput; ttlAttribute?: string } {
+  const ttl = properties.TimeToLiveSpecification as { AttributeName?: string; Enabled?: boolean } | undefined;
+  const definition = {
+    TableName: tableName,
+    KeySchema: properties.KeySchema,
+    AttributeDefinitions: properties.AttributeDefinitions,
+    BillingMode: 'PAY_PER_REQUEST',
+    ...(properties.GlobalSecondaryIndexes ? { GlobalSecondaryIndexes: properties.GlobalSecondaryIndexes } : {}),
+    ...(properties.LocalSecondaryIndexes ? { LocalSecondaryIndexes: properties.LocalSecondaryIndexes } : {}),
+  } as CreateTableCommandInput;
+  return { definition, ...(ttl?.Enabled && ttl.AttributeName ? { ttlAttribute: ttl.AttributeName } : {}) };
 }
 
 async function waitForActive(
@@ -293,7 +314,7 @@ async function waitForActive(
   }
 }
 
-async function enableTtl(client: DynamoDBClient, tableName: string): Promise<void> {
+async function enableTtl(client: DynamoDBClient, tableName: string, attribute: string): Promise<void> {
   const { TimeToLiveDescription: ttl } = await client.send(
     new DescribeTimeToLiveCommand({ TableName: tableName }),
   );
@@ -302,7 +323,7 @@ async function enableTtl(client: DynamoDBClient, tableName: string): Promise<voi
     await client.send(
       new UpdateTimeToLiveCommand({
         TableName: tableName,
-        TimeToLiveSpecification: { AttributeName: TableSchema.ttlAttribute, Enabled: true },
+        TimeToLiveSpecification: { AttributeName: attribute, Enabled: true },
       }),
     );
   } catch (error) {

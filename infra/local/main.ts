@@ -27,7 +27,12 @@ async function main(): Promise<void> {
 
   console.log(`Starting Strata (data in ${dataDir}) …`);
   const started = Date.now();
-  const stack = await startEmbeddedStack({ dataDir, port, logger });
+  const stack = await startEmbeddedStack({
+    dataDir,
+    port,
+    logger,
+    ...(process.env.STRATA_FETCH_ALLOWLIST !== undefined ? { fetchAllowlist: process.env.STRATA_FETCH_ALLOWLIST } : {}),
+  });
 
   let stopping = false;
   const shutdown = async (signal: string) => {
@@ -41,14 +46,14 @@ async function main(): Promise<void> {
   process.on('SIGINT', () => void shutdown('SIGINT'));
   process.on('SIGTERM', () => void shutdown('SIGTERM'));
 
-  const { strata } = stack;
-  const hosts: Host[] = await strata.hosts.all();
-  const stores: DataStore[] = (await strata.stores.list({}, { limit: 100 })).items;
-  const policies = stack.policyScheduler.policyIds().length;
+  const get = async <T>(route: string): Promise<T> => (await (await fetch(`${stack.url}${route}`)).json()) as T;
+  const hosts = (await get<{ items: Host[] }>('/hosts?limit=100')).items;
+  const stores = (await get<{ items: DataStore[] }>('/stores?limit=100')).items;
+  const policies = stack.scheduler.names().length;
 
   if (stack.bootstrapJobs.length) {
     console.log(
-      '\nFirst start: registered the default hosts and added the default stores through real workflows:',
+      '\nFirst start: registered (and probed) the default hosts and added the default stores through real workflows:',
     );
     console.log(
       table([
@@ -57,7 +62,11 @@ async function main(): Promise<void> {
           j.id,
           j.kind,
           j.state,
-          j.error ? j.error.message : JSON.stringify(j.result?.attachedHosts ?? []),
+          j.error
+            ? j.error.message
+            : j.kind === 'host.probe'
+              ? `build ${String(j.result?.build ?? '?').slice(0, 12)}, ready ${String(j.result?.ready)}`
+              : JSON.stringify(j.result?.attachedHosts ?? []),
         ]),
       ]),
     );
@@ -65,8 +74,14 @@ async function main(): Promise<void> {
   console.log('\nHosts:');
   console.log(
     table([
-      ['ID', 'ZONE/CLUSTER', 'STATUS', 'ATTACHED STORES'],
-      ...hosts.map((h) => [h.id, `${h.zoneId}/${h.clusterId}`, h.status, String(h.attachedStoreIds.length)]),
+      ['ID', 'ZONE/CLUSTER', 'STATUS', 'ATTACHED STORES', 'RUNTIME'],
+      ...hosts.map((h) => [
+        h.id,
+        `${h.zoneId}/${h.clusterId}`,
+        h.status,
+        String(h.attachedStoreIds.length),
+        h.runtime ? `build ${h.runtime.build.slice(0, 12)}${h.runtime.current ? '' : ' (upgrade!)'}` : 'not probed',
+      ]),
     ]),
   );
   console.log('\nData stores:');
@@ -81,9 +96,12 @@ async function main(): Promise<void> {
   console.log(`
 Strata is up in ${((Date.now() - started) / 1000).toFixed(1)} s.
   API        ${stack.url}  (OpenAPI at ${stack.url}/openapi.json)
-  DynamoDB   ${stack.endpoints.dynamo} (DynamoDB Local)
-  S3         ${stack.endpoints.s3} (s3rver, files under ${path.join(dataDir, 's3')})
-  Schedules  ${policies} snapshot ${policies === 1 ? 'policy' : 'policies'} scheduled in-process
+  Assembly   ${stack.deployment.assembly.dir} (stack ${stack.deployment.stackName}, account ${stack.account.accountId}, ${stack.account.region})
+  DynamoDB   ${stack.endpoints.dynamoProxy} (IAM-checked, in front of DynamoDB Local at ${stack.endpoints.dynamo})
+  S3         ${stack.endpoints.s3Proxy} (IAM-checked, in front of s3rver, files under ${path.join(dataDir, 's3')})
+  Step Fns   ${stack.endpoints.sfn}   SSM ${stack.endpoints.ssm}   Scheduler ${stack.endpoints.scheduler}
+  Functions  ${stack.functions.size}, logs under ${path.join(dataDir, 'logs')}
+  Schedules  ${policies} snapshot ${policies === 1 ? 'policy' : 'policies'} in the local EventBridge Scheduler
 
 Try, in another terminal:
   ${env}${cli} hosts list

@@ -1,11 +1,15 @@
 /**
- * The embedded stack's Step Functions: the same ASL definitions the CDK stack deploys, run in-process
- * by aws-local-stepfunctions, with every Lambda Task bound to a local function.
+ * The embedded stack's Step Functions engine: the state machines' synthesized definitions, run
+ * in-process by aws-local-stepfunctions, with every Lambda Task handed to `invokeLambda` (which
+ * checks the state machine role's IAM policy and calls the function's local process).
  *
  * What the runner adds to the library, and why:
  * - bindings by Lambda ARN: the library overrides Tasks by *state name*, so we walk each definition
- *   (including Map and Parallel bodies), resolve every Task's function up front and fail at
- *   construction when one is missing, rather than on the first execution that reaches it;
+ *   (including Map and Parallel bodies), check every Task's function up front and fail at
+ *   construction when one is unknown, rather than on the first execution that reaches it;
+ * - the service integrations Strata's flows use besides Lambda: `states:startExecution` (a flow
+ *   starting another) and `.waitForTaskToken` (the token travels in the payload; SendTaskSuccess or
+ *   SendTaskFailure ends the wait). The library has no task token, so the runner makes one;
  * - Lambda semantics: payloads go through JSON both ways (as on the wire), a thrown error becomes a
  *   Task failure named like the Lambda runtime names it (`error.name`, so ErrorEquals sees e.g.
  *   `HostUnavailableError`) with a Lambda-style JSON Cause, and `lambda:invoke` Tasks get their result
@@ -22,14 +26,32 @@ import {
   type StateMachineDefinition,
 } from 'aws-local-stepfunctions';
 import type { Logger } from '../../drivers/sdk/types.js';
-import { toExecutionName } from '../../functions/adapters/aws/sfn-workflows.js';
+import { randomBytes, randomUUID } from 'node:crypto';
 import { NotFoundError } from '../../functions/core/errors.js';
-import type { FlowName, WorkflowPort } from '../../functions/core/ports.js';
 
 installPromiseWithResolvers();
 
-/** A local stand-in for a Lambda function: receives the event, returns the result (JSON values). */
-export type LocalLambda = (payload: unknown) => Promise<unknown>;
+/** A state machine the runner can run. */
+export interface LocalStateMachineDefinition {
+  name: string;
+  arn: string;
+  /** The role Step Functions assumes for its integrations (checked by the callbacks). */
+  roleArn: string;
+  definition: Record<string, unknown>;
+}
+
+/** Invokes a Lambda function for a Task of `machine`; resolves with its result, rejects with its error. */
+export type InvokeLambda = (
+  functionArn: string,
+  payload: unknown,
+  machine: LocalStateMachineDefinition,
+) => Promise<unknown>;
+
+/** Starts an execution for a `states:startExecution` Task of `machine` (as its role). */
+export type StartChildExecution = (
+  request: { stateMachineArn: string; name?: string; input?: unknown },
+  machine: LocalStateMachineDefinition,
+) => Promise<{ executionArn: string; startDate: string }>;
 
 export const ExecutionStatus = {
   Running: 'RUNNING',
@@ -43,7 +65,7 @@ export type ExecutionStatus = (typeof ExecutionStatus)[keyof typeof ExecutionSta
 /** What DescribeExecution would say. */
 export interface ExecutionDescription {
   executionId: string;
-  flow: FlowName;
+  stateMachineArn: string;
   name: string;
   status: ExecutionStatus;
   input: unknown;
@@ -60,10 +82,11 @@ export type WorkflowEvent =
   ReturnType<StateMachine['run']>['eventLogs'] extends AsyncGenerator<infer E> ? E : never;
 
 export interface LocalWorkflowRunnerOptions {
-  /** Flow definitions with placeholders already substituted (see `loadFlowDefinition`). */
-  definitions: Partial<Record<FlowName, Record<string, unknown>>>;
-  /** Local functions by Lambda function ARN. */
-  lambdas: Record<string, LocalLambda>;
+  machines: readonly LocalStateMachineDefinition[];
+  invokeLambda: InvokeLambda;
+  /** The Lambda functions that exist (a Task naming another fails at construction). */
+  functionArns: readonly string[];
+  startExecution?: StartChildExecution;
   /**
    * Multiplies Wait state durations and Retry pauses (tests use 0 or 0.01). Waits given as
    * `SecondsPath`/`Timestamp(Path)` are only shortened when the scale is 0. Retry pauses become
@@ -79,9 +102,13 @@ export interface LocalWorkflowRunnerOptions {
   maxEventsPerExecution?: number;
 }
 
-const REGION = 'local';
-const ACCOUNT = '000000000000';
 const LAMBDA_INVOKE = 'arn:aws:states:::lambda:invoke';
+const LAMBDA_INVOKE_WAIT = 'arn:aws:states:::lambda:invoke.waitForTaskToken';
+const START_EXECUTION = 'arn:aws:states:::states:startExecution';
+/** Stands in for `$$.Task.Token` in Parameters; replaced by a fresh token when the Task runs. */
+const TOKEN_PLACEHOLDER = '__strata_local_task_token__';
+/** Execution names: 1–80 characters. */
+const EXECUTION_NAME = /^[A-Za-z0-9_-]{1,80}$/;
 const LAMBDA_ARN = /^arn:aws[a-z-]*:lambda:[^:]*:[0-9]*:function:([A-Za-z0-9_-]+)(?::([A-Za-z0-9_$-]+))?$/;
 /** Step Functions' state output limit; exceeding it on AWS fails the Task with this error. */
 const MAX_PAYLOAD_BYTES = 256 * 1024;
@@ -89,7 +116,12 @@ const MAX_PAYLOAD_BYTES = 256 * 1024;
 interface PreparedFlow {
   machine: StateMachine;
   overrides: NonNullable<RunOptions['overrides']>;
-  stateMachineArn: string;
+  definition: LocalStateMachineDefinition;
+}
+
+/** Thrown by the start of an execution whose name is taken (another input, or it has ended). */
+export class ExecutionAlreadyExistsError extends Error {
+  override readonly name = 'ExecutionAlreadyExists';
 }
 
 interface ExecutionRecord {
@@ -103,18 +135,20 @@ interface ExecutionRecord {
 type TaskHandler = (input: unknown) => Promise<unknown>;
 
 /**
- * Runs Strata's flows locally.
+ * Runs state machines locally.
  *
  * @example
  * const runner = new LocalWorkflowRunner({
- *   definitions: { 'store-attach': loadFlowDefinition('store-attach', { StoreTasksFunctionArn: arn }) },
- *   lambdas: { [arn]: (event) => storeTasks(event) },
+ *   machines: [{ name, arn, roleArn, definition }],
+ *   functionArns: [storeTasksArn],
+ *   invokeLambda: (arn, payload) => functions.invoke(arn, payload),
  * });
- * const { executionId } = await runner.start('store-attach', jobId, { storeId });
+ * const { executionId } = await runner.start(arn, jobId, { storeId });
  * const final = await runner.waitFor(executionId);
  */
-export class LocalWorkflowRunner implements WorkflowPort {
-  private readonly flows = new Map<FlowName, PreparedFlow>();
+export class LocalWorkflowRunner {
+  private readonly flows = new Map<string, PreparedFlow>();
+  private readonly tokens = new Map<string, { resolve: (v: unknown) => void; reject: (e: Error) => void }>();
   private readonly executions = new Map<string, ExecutionRecord>();
   private readonly logger?: Logger;
   private readonly onEvent?: LocalWorkflowRunnerOptions['onEvent'];
@@ -127,37 +161,50 @@ export class LocalWorkflowRunner implements WorkflowPort {
     this.onEvent = options.onEvent;
     this.maxFinished = options.maxFinishedExecutions ?? 1000;
     this.maxEvents = options.maxEventsPerExecution ?? 500;
-    const functions = new FunctionIndex(options.lambdas);
-    for (const [flow, definition] of Object.entries(options.definitions) as [
-      FlowName,
-      Record<string, unknown>,
-    ][]) {
-      this.flows.set(flow, prepareFlow(flow, definition, functions, options.waitTimeScale));
+    const integrations: Integrations = {
+      invokeLambda: options.invokeLambda,
+      functionArns: new Set(options.functionArns),
+      ...(options.startExecution ? { startExecution: options.startExecution } : {}),
+      waitForToken: (token) =>
+        new Promise<unknown>((resolve, reject) => {
+          this.tokens.set(token, { resolve, reject });
+        }),
+    };
+    for (const machine of options.machines) {
+      this.flows.set(machine.arn, prepareFlow(machine, integrations, options.waitTimeScale));
     }
   }
 
+  /** The state machines this runner runs. */
+  machines(): LocalStateMachineDefinition[] {
+    return [...this.flows.values()].map((f) => f.definition);
+  }
+
+  /**
+   * StartExecution: names are unique per state machine. The same name with the same input while the
+   * execution runs returns it again; another input, or an ended execution, is ExecutionAlreadyExists.
+   */
   async start(
-    flow: FlowName,
-    name: string,
-    input: Record<string, unknown>,
-  ): Promise<{ executionId: string }> {
+    stateMachineArn: string,
+    name: string | undefined,
+    input: unknown,
+  ): Promise<{ executionId: string; startDate: string }> {
     if (this.stopped) throw new Error('the workflow runner is stopped');
-    const prepared = this.flows.get(flow);
-    if (!prepared) throw new Error(`no definition for flow ${flow} in the local workflow runner`);
-    // Same name mapping as the AWS adapter, so a job id names its execution identically on both stacks.
-    const executionName = toExecutionName(name);
-    const executionId = `arn:aws:states:${REGION}:${ACCOUNT}:execution:${flow}:${executionName}`;
-    const inputJson = JSON.stringify(input);
+    const prepared = this.flows.get(stateMachineArn);
+    if (!prepared) throw new NotFoundError(`state machine ${stateMachineArn} does not exist`, { stateMachineArn });
+    const executionName = name ?? randomUUID();
+    if (!EXECUTION_NAME.test(executionName)) {
+      throw new Error(`execution name ${JSON.stringify(executionName)} is not 1–80 letters, digits, - or _`);
+    }
+    const executionId = `${stateMachineArn.replace(':stateMachine:', ':execution:')}:${executionName}`;
+    const inputJson = JSON.stringify(input ?? {});
 
     const existing = this.executions.get(executionId);
     if (existing) {
-      // Step Functions refuses a reused name with other input; callers rely on same-name-same-run.
-      if (existing.inputJson !== inputJson) {
-        this.logger?.warn('execution name reused with different input; keeping the first execution', {
-          executionId,
-        });
+      if (existing.inputJson === inputJson && existing.description.status === ExecutionStatus.Running) {
+        return { executionId, startDate: existing.description.startDate };
       }
-      return { executionId };
+      throw new ExecutionAlreadyExistsError(`Execution Already Exists: '${executionId}'`);
     }
 
     const startDate = new Date().toISOString();
@@ -166,17 +213,19 @@ export class LocalWorkflowRunner implements WorkflowPort {
       context: {
         Execution: {
           Id: executionId,
-          Name: name,
-          RoleArn: `arn:aws:iam::${ACCOUNT}:role/strata-local-workflows`,
+          Name: executionName,
+          RoleArn: prepared.definition.roleArn,
+          StartTime: startDate,
+          Input: JSON.parse(inputJson),
         },
-        StateMachine: { Id: prepared.stateMachineArn, Name: flow },
-      },
+        StateMachine: { Id: prepared.definition.arn, Name: prepared.definition.name },
+      } as never,
     });
     const record: ExecutionRecord = {
       description: {
         executionId,
-        flow,
-        name,
+        stateMachineArn,
+        name: executionName,
         status: ExecutionStatus.Running,
         input: JSON.parse(inputJson),
         startDate,
@@ -193,7 +242,29 @@ export class LocalWorkflowRunner implements WorkflowPort {
       (error: unknown) => this.finish(record, describeFailure(error)),
     );
     this.logger?.info('workflow execution started', { executionId });
-    return { executionId };
+    return { executionId, startDate };
+  }
+
+  /** SendTaskSuccess: ends a `.waitForTaskToken` wait with `output`. */
+  sendTaskSuccess(token: string, output: unknown): void {
+    this.takeToken(token).resolve(output);
+  }
+
+  /** SendTaskFailure: ends a `.waitForTaskToken` wait with an error the Task's Retry/Catch see. */
+  sendTaskFailure(token: string, error: string | undefined, cause: string | undefined): void {
+    this.takeToken(token).reject(taskError(error ?? 'States.TaskFailed', cause ?? ''));
+  }
+
+  /** SendTaskHeartbeat: the token must still be waited on (HeartbeatSeconds is not enforced locally). */
+  sendTaskHeartbeat(token: string): void {
+    if (!this.tokens.has(token)) throw new TaskDoesNotExistError('Task Timed Out or does not exist');
+  }
+
+  private takeToken(token: string): { resolve: (v: unknown) => void; reject: (e: Error) => void } {
+    const waiting = this.tokens.get(token);
+    if (!waiting) throw new TaskDoesNotExistError('Task Timed Out or does not exist');
+    this.tokens.delete(token);
+    return waiting;
   }
 
   /** The current state of an execution; NotFoundError for ids this runner never started (or evicted). */
@@ -217,6 +288,15 @@ export class LocalWorkflowRunner implements WorkflowPort {
       clearTimeout(timer);
     }
     return this.describe(executionId);
+  }
+
+  /** The executions of one state machine this runner still holds, newest first. */
+  list(stateMachineArn: string): ExecutionDescription[] {
+    return [...this.executions.values()]
+      .map((r) => r.description)
+      .filter((d) => d.stateMachineArn === stateMachineArn)
+      .reverse()
+      .map((d) => ({ ...d }));
   }
 
   /** The execution's history so far (the most recent events when it is long). */
@@ -299,29 +379,25 @@ function describeFailure(error: unknown): Partial<ExecutionDescription> & { stat
   return { status: ExecutionStatus.Failed, error: 'States.Runtime', cause: String(inner) };
 }
 
-/** Finds a local function by full ARN, by unqualified ARN, or by bare function name. */
-class FunctionIndex {
-  private readonly byName = new Map<string, { arn: string; fn: LocalLambda }>();
+/** What Task states reach beyond the engine. */
+interface Integrations {
+  invokeLambda: InvokeLambda;
+  functionArns: ReadonlySet<string>;
+  startExecution?: StartChildExecution;
+  /** Registers a task token and resolves when SendTaskSuccess names it. */
+  waitForToken: (token: string) => Promise<unknown>;
+}
 
-  constructor(private readonly byArn: Record<string, LocalLambda>) {
-    for (const [arn, fn] of Object.entries(byArn)) {
-      const match = LAMBDA_ARN.exec(arn);
-      if (!match?.[1])
-        throw new Error(`local lambda key ${JSON.stringify(arn)} is not a Lambda function ARN`);
-      this.byName.set(match[1], { arn, fn });
-    }
-  }
+/** SendTask* for a token no Task waits on. */
+export class TaskDoesNotExistError extends Error {
+  override readonly name = 'TaskDoesNotExist';
+}
 
-  find(reference: string): { arn: string; fn: LocalLambda } | undefined {
-    const match = LAMBDA_ARN.exec(reference);
-    if (!match) return this.byName.get(reference);
-    const unqualified = match[2] ? reference.slice(0, -(match[2].length + 1)) : reference;
-    for (const arn of [reference, unqualified]) {
-      const fn = this.byArn[arn];
-      if (fn) return { arn, fn };
-    }
-    return undefined;
-  }
+/** The unqualified ARN of a function reference (ARN, ARN:alias or version). */
+function unqualified(reference: string): string | undefined {
+  const match = LAMBDA_ARN.exec(reference);
+  if (!match) return undefined;
+  return match[2] ? reference.slice(0, -(match[2].length + 1)) : reference;
 }
 
 interface LooseState {
@@ -335,25 +411,47 @@ interface LooseState {
   Branches?: { States?: Record<string, LooseState> }[];
 }
 
+/** Replaces `"X.$": "$$.Task.Token"` with a literal placeholder the Task handler fills in. */
+function withTokenPlaceholder(value: unknown): unknown {
+  if (Array.isArray(value)) return value.map(withTokenPlaceholder);
+  if (value === null || typeof value !== 'object') return value;
+  const out: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(value as Record<string, unknown>)) {
+    if (k.endsWith('.$') && v === '$$.Task.Token') out[k.slice(0, -2)] = TOKEN_PLACEHOLDER;
+    else out[k] = withTokenPlaceholder(v);
+  }
+  return out;
+}
+
+function fillToken(value: unknown, token: string): unknown {
+  if (value === TOKEN_PLACEHOLDER) return token;
+  if (Array.isArray(value)) return value.map((v) => fillToken(v, token));
+  if (value === null || typeof value !== 'object') return value;
+  return Object.fromEntries(Object.entries(value as Record<string, unknown>).map(([k, v]) => [k, fillToken(v, token)]));
+}
+
 function prepareFlow(
-  flow: FlowName,
-  definition: Record<string, unknown>,
-  functions: FunctionIndex,
+  machine: LocalStateMachineDefinition,
+  integrations: Integrations,
   waitTimeScale: number | undefined,
 ): PreparedFlow {
   const taskHandlers: Record<string, TaskHandler> = {};
   const bindingKeys = new Map<string, string>();
   const waitTimeOverrides: Record<string, number> = {};
   const retryIntervalOverrides: Record<string, number[]> = {};
+  const definition = JSON.parse(JSON.stringify(machine.definition)) as { States?: Record<string, LooseState> };
 
   const visit = (states: Record<string, LooseState> | undefined) => {
     for (const [stateName, state] of Object.entries(states ?? {})) {
       if (state.Type === 'Task') {
-        const { key, handler } = bindTask(flow, stateName, state, functions);
+        if (state.Resource === LAMBDA_INVOKE_WAIT && state.Parameters) {
+          state.Parameters = withTokenPlaceholder(state.Parameters) as Record<string, unknown>;
+        }
+        const { key, handler } = bindTask(machine, stateName, state, integrations);
         const previous = bindingKeys.get(stateName);
         // The library finds overrides by state name across nested Map/Parallel bodies too.
         if (previous !== undefined && previous !== key) {
-          throw new Error(`flow ${flow}: two Task states named ${stateName} call different functions`);
+          throw new Error(`${machine.name}: two Task states named ${stateName} call different resources`);
         }
         bindingKeys.set(stateName, key);
         taskHandlers[stateName] = handler;
@@ -374,16 +472,16 @@ function prepareFlow(
       }
     }
   };
-  visit((definition as { States?: Record<string, LooseState> }).States);
+  visit(definition.States);
 
   return {
-    machine: validatedMachine(definition),
+    machine: validatedMachine(definition as Record<string, unknown>),
     overrides: {
       taskResourceLocalHandlers: taskHandlers,
       waitTimeOverrides,
       retryIntervalOverrides,
     } as NonNullable<RunOptions['overrides']>,
-    stateMachineArn: `arn:aws:states:${REGION}:${ACCOUNT}:stateMachine:${flow}`,
+    definition: machine,
   };
 }
 
@@ -393,8 +491,8 @@ const MACHINE_CACHE_SIZE = 64;
 
 /**
  * The library validates the ASL (structure, JSONPaths, ARNs) when a StateMachine is built, so a broken
- * file fails at start. That validation compiles JSON schemas and takes ~0.4 s a definition (the runs
- * themselves take milliseconds), so runners built from the same definitions share it.
+ * definition fails at start. That validation compiles JSON schemas and takes ~0.4 s a definition (the
+ * runs themselves take milliseconds), so runners built from the same definitions share it.
  */
 function validatedMachine(definition: Record<string, unknown>): StateMachine {
   const key = JSON.stringify(definition);
@@ -409,18 +507,22 @@ function validatedMachine(definition: Record<string, unknown>): StateMachine {
 }
 
 function bindTask(
-  flow: FlowName,
+  machine: LocalStateMachineDefinition,
   stateName: string,
   state: LooseState,
-  functions: FunctionIndex,
+  integrations: Integrations,
 ): { key: string; handler: TaskHandler } {
-  const where = `flow ${flow}, state ${stateName}`;
+  const where = `${machine.name}, state ${stateName}`;
   const resource = typeof state.Resource === 'string' ? state.Resource : '';
+  const known = (reference: string) => {
+    const arn = unqualified(reference);
+    return arn !== undefined && integrations.functionArns.has(arn) ? arn : undefined;
+  };
 
-  if (resource === LAMBDA_INVOKE) {
+  if (resource === LAMBDA_INVOKE || resource === LAMBDA_INVOKE_WAIT) {
     const staticName = state.Parameters?.FunctionName;
-    if (typeof staticName === 'string' && !functions.find(staticName)) {
-      throw new Error(`${where}: no local function bound for ${staticName}`);
+    if (typeof staticName === 'string' && !known(staticName)) {
+      throw new Error(`${where}: no function ${staticName} in the stack`);
     }
     if (typeof staticName !== 'string' && typeof state.Parameters?.['FunctionName.$'] !== 'string') {
       throw new Error(`${where}: lambda:invoke without Parameters.FunctionName`);
@@ -431,37 +533,66 @@ function bindTask(
         FunctionName?: unknown;
         Payload?: unknown;
       };
-      const target = typeof reference === 'string' ? functions.find(reference) : undefined;
-      if (!target) {
-        throw taskError(
-          'Lambda.ResourceNotFoundException',
-          `no local function bound for ${String(reference)}`,
-        );
+      const arn = typeof reference === 'string' ? known(reference) : undefined;
+      if (!arn) {
+        throw taskError('Lambda.ResourceNotFoundException', `Function not found: ${String(reference)}`);
       }
-      const result = await invokeLocal(target.fn, payload === undefined ? {} : payload);
+      if (resource === LAMBDA_INVOKE_WAIT) {
+        const token = randomBytes(32).toString('base64url');
+        const waiting = integrations.waitForToken(token);
+        await invokeLocal(integrations, arn, fillToken(payload ?? {}, token), machine);
+        return waiting;
+      }
+      const result = await invokeLocal(integrations, arn, payload === undefined ? {} : payload, machine);
       return { ExecutedVersion: '$LATEST', Payload: result, StatusCode: 200 };
     };
-    return { key: 'lambda:invoke', handler };
+    return { key: resource, handler };
+  }
+
+  if (resource === START_EXECUTION) {
+    const start = integrations.startExecution;
+    if (!start) throw new Error(`${where}: states:startExecution is not available here`);
+    const handler: TaskHandler = async (input) => {
+      const { StateMachineArn, Name, Input } = (input ?? {}) as {
+        StateMachineArn?: unknown;
+        Name?: unknown;
+        Input?: unknown;
+      };
+      if (typeof StateMachineArn !== 'string') {
+        throw taskError('States.Runtime', 'states:startExecution needs Parameters.StateMachineArn');
+      }
+      const started = await start(
+        { stateMachineArn: StateMachineArn, ...(typeof Name === 'string' ? { name: Name } : {}), input: Input },
+        machine,
+      );
+      return { ExecutionArn: started.executionArn, StartDate: started.startDate };
+    };
+    return { key: resource, handler };
   }
 
   if (LAMBDA_ARN.test(resource)) {
-    const target = functions.find(resource);
-    if (!target) throw new Error(`${where}: no local function bound for ${resource}`);
-    return { key: target.arn, handler: (input) => invokeLocal(target.fn, input) };
+    const arn = known(resource);
+    if (!arn) throw new Error(`${where}: no function ${resource} in the stack`);
+    return { key: arn, handler: (input) => invokeLocal(integrations, arn, input, machine) };
   }
 
   throw new Error(
     `${where}: resource ${JSON.stringify(state.Resource)} is not supported locally ` +
-      '(only Lambda function ARNs and arn:aws:states:::lambda:invoke)',
+      '(Lambda function ARNs, lambda:invoke[.waitForTaskToken] and states:startExecution are)',
   );
 }
 
-async function invokeLocal(fn: LocalLambda, payload: unknown): Promise<unknown> {
+async function invokeLocal(
+  integrations: Integrations,
+  functionArn: string,
+  payload: unknown,
+  machine: LocalStateMachineDefinition,
+): Promise<unknown> {
   // Round-trip through JSON like the Lambda wire does: no shared references, no undefined, no Dates.
   const event = JSON.parse(JSON.stringify(payload ?? null)) as unknown;
   let result: unknown;
   try {
-    result = await fn(event);
+    result = await integrations.invokeLambda(functionArn, event, machine);
   } catch (thrown) {
     throw lambdaError(thrown);
   }

@@ -44,14 +44,20 @@ function functionEnv(name: 'api' | 'storeTasks'): Record<string, unknown> {
 
 describe('snapshot scheduling', () => {
   const schedulerRoleId = () => logicalId(stack.scheduling.schedulerRole);
-  const policyFlowId = () => logicalId(stack.flows.stateMachines.get(FlowName.SnapshotPolicy)!);
+  it('names the policy flow state machine as its schedules expect', () => {
+    const machine = template.toJSON().Resources[logicalId(stack.flows.stateMachines.get(FlowName.SnapshotPolicy)!)];
+    expect(machine.Properties.StateMachineName).toBe('Strata-snapshot-policy');
+  });
 
   it('lets the scheduler role start the snapshot-policy flow and no other', () => {
     const statements = statementsOfRole(schedulerRoleId());
     const starts = statements.filter((s) => actionsOf(s).includes('states:StartExecution'));
 
     expect(starts).toHaveLength(1);
-    expect(starts[0]!.Resource).toEqual({ Ref: policyFlowId() });
+    // By its fixed name: Strata-snapshot-policy, and no other state machine.
+    const resource = JSON.stringify(starts[0]!.Resource);
+    expect(resource).toContain(':stateMachine:Strata-snapshot-policy"');
+    expect(resource.match(/stateMachine:/g)).toHaveLength(1);
     expect(statements.flatMap(actionsOf)).toEqual(['states:StartExecution']);
   });
 
@@ -92,7 +98,7 @@ describe('snapshot scheduling', () => {
 
     expect(env[EnvName.SchedulerGroup]).toBe('Strata-snapshot-policies');
     expect(env[EnvName.SchedulerRoleArn]).toEqual({ 'Fn::GetAtt': [schedulerRoleId(), 'Arn'] });
-    expect(JSON.stringify(env[EnvName.StateMachineArns])).toContain(policyFlowId());
+    expect(JSON.stringify(env[EnvName.StateMachineArns])).toContain(':stateMachine:Strata-snapshot-policy');
   });
 
   it('leaves the task functions without scheduler access', () => {

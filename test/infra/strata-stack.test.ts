@@ -168,32 +168,44 @@ describe('StrataStack', () => {
       }
     });
 
-    it('get the table and image bucket names from EnvName', () => {
+    it('get the table and image bucket names from EnvName, and the buckets they may use', () => {
       for (const name of ['api', 'storeTasks', 'imageTasks', 'reconciler'] as const) {
         expect(functionEnv(name)).toMatchObject({
           [EnvName.TableName]: { Ref: expect.any(String) },
           [EnvName.ImageBucket]: { Ref: expect.any(String) },
         });
+        expect(JSON.stringify(functionEnv(name)[EnvName.ImageBuckets])).toContain('StorageImages');
       }
     });
 
-    it('give the api function every flow ARN as a JSON map, and the schedule group', () => {
-      const env = functionEnv('api');
-      const json = JSON.stringify(env[EnvName.StateMachineArns]);
-      for (const flow of Object.values(FlowName)) expect(json).toContain(`\\"${flow}\\"`);
-      for (const machine of stack.flows.stateMachines.values()) expect(json).toContain(logicalId(machine));
-      expect(env[EnvName.SchedulerGroup]).toBe('Strata-snapshot-policies');
+    it('give every flow starter every flow ARN by its fixed name, with no reference to the machines', () => {
+      for (const name of ['api', 'storeTasks'] as const) {
+        const json = JSON.stringify(functionEnv(name)[EnvName.StateMachineArns]);
+        for (const flow of Object.values(FlowName)) expect(json).toContain(`:stateMachine:Strata-${flow}\\"`);
+        // A Ref or GetAtt to a state machine here would make store-tasks → machine → store-tasks a cycle.
+        for (const machine of stack.flows.stateMachines.values()) expect(json).not.toContain(logicalId(machine));
+      }
+      expect(functionEnv('api')[EnvName.SchedulerGroup]).toBe('Strata-snapshot-policies');
     });
 
-    it('give the command senders the SSM document and output location', () => {
-      for (const name of ['storeTasks', 'reconciler'] as const) {
+    it('give the command senders the SSM document, output location and host build', () => {
+      for (const name of ['storeTasks', 'imageTasks', 'reconciler'] as const) {
         expect(functionEnv(name)).toMatchObject({
           [EnvName.SsmDocumentName]: 'Strata-RunHostOperation',
           [EnvName.SsmOutputBucket]: { Ref: expect.any(String) },
           [EnvName.SsmOutputPrefix]: 'ssm',
+          [EnvName.HostBuild]: expect.stringMatching(/^[0-9a-f]{64}$/),
         });
       }
+      // The API runs no host work: every host-touching route is a flow run by store-tasks.
       expect(functionEnv('api')).not.toHaveProperty(EnvName.SsmDocumentName);
+    });
+
+    it('describe what each function does, and the reconciler only what it does', () => {
+      const fns = template.findResources('AWS::Lambda::Function');
+      const reconciler = fns[logicalId(stack.functions.reconciler)]!;
+      expect(reconciler.Properties.Description).toMatch(/expired in a transitional state/);
+      expect(reconciler.Properties.Description).not.toMatch(/orphan|multipart/i);
     });
 
     it('run the reconciler every five minutes', () => {
@@ -218,6 +230,21 @@ describe('StrataStack', () => {
       expect(toInstances.Condition).toEqual({ StringEquals: { 'ssm:resourceTag/StrataHost': 'true' } });
     });
 
+    it('lets hosts write command output as the SSM agent does, only under the SSM prefix', () => {
+      const roleId = stack.getLogicalId(stack.node.findChild('Hosts').node.findChild('HostRole').node.defaultChild as never);
+      const policies = template.findResources('AWS::IAM::Policy', {
+        Properties: { Roles: Match.arrayWith([{ Ref: roleId }]) },
+      }) as Resources;
+      const statements = Object.values(policies).flatMap(
+        (p) => (p.Properties.PolicyDocument as { Statement: Statement[] }).Statement,
+      );
+      const put = statements.find((s) => actionsOf(s).includes('s3:PutObject'))!;
+      expect(actionsOf(put).sort()).toEqual(['s3:PutObject', 's3:PutObjectAcl']);
+      expect(JSON.stringify(put.Resource)).toContain('/ssm/*');
+      const encryption = statements.find((s) => actionsOf(s).includes('s3:GetEncryptionConfiguration'))!;
+      expect(JSON.stringify(encryption.Resource)).not.toContain('/*');
+    });
+
     it('lets senders read command output only under the SSM prefix', () => {
       const reads = statementsOf('storeTasks').filter(
         (s) => actionsOf(s).includes('s3:GetObject') && JSON.stringify(s.Resource).includes('/ssm/*'),
@@ -226,16 +253,28 @@ describe('StrataStack', () => {
       expect(actionsOf(reads[0]!)).toEqual(['s3:GetObject']);
     });
 
-    it('lets only the api function start executions, on the flow state machines', () => {
-      const starts = statementsOf('api').filter((s) => actionsOf(s).includes('states:StartExecution'));
-      expect(starts.length).toBeGreaterThan(0);
-      const resources = JSON.stringify(starts.map((s) => s.Resource));
-      for (const machine of stack.flows.stateMachines.values())
-        expect(resources).toContain(logicalId(machine));
-      expect(statementsOf('api').some((s) => actionsOf(s).includes('ssm:SendCommand'))).toBe(false);
-      expect(statementsOf('storeTasks').some((s) => actionsOf(s).includes('states:StartExecution'))).toBe(
-        false,
+    const startable = (name: 'api' | 'storeTasks' | 'imageTasks' | 'reconciler') =>
+      statementsOf(name)
+        .filter((s) => actionsOf(s).includes('states:StartExecution'))
+        .flatMap((s) => JSON.stringify(s.Resource).match(/stateMachine:Strata-[a-z-]+/g) ?? [])
+        .map((m) => m.replace('stateMachine:Strata-', ''))
+        .sort();
+
+    it('lets the api function start every operator flow but the policy flow, and send no host command', () => {
+      expect(startable('api')).toEqual(
+        Object.values(FlowName)
+          .filter((f) => f !== FlowName.SnapshotPolicy)
+          .sort(),
       );
+      expect(statementsOf('api').some((s) => actionsOf(s).includes('ssm:SendCommand'))).toBe(false);
+    });
+
+    it('lets store-tasks start exactly the flows its steps start (take, backup, retention deletes)', () => {
+      expect(startable('storeTasks')).toEqual(
+        [FlowName.SnapshotBackup, FlowName.SnapshotDelete, FlowName.SnapshotTake].sort(),
+      );
+      expect(startable('imageTasks')).toEqual([]);
+      expect(startable('reconciler')).toEqual([]);
     });
 
     it('grants no service-wide wildcard actions', () => {
@@ -267,7 +306,8 @@ describe('StrataStack', () => {
           StateMachineType: 'STANDARD',
           LoggingConfiguration: { Level: 'ALL', IncludeExecutionData: true },
           TracingConfiguration: { Enabled: true },
-          DefinitionS3Location: expect.anything(),
+          StateMachineName: expect.stringMatching(/^Strata-[a-z-]+$/),
+          DefinitionString: expect.anything(),
           DefinitionSubstitutions: {
             StoreTasksFunctionArn: { 'Fn::GetAtt': [logicalId(stack.functions.storeTasks), 'Arn'] },
           },
@@ -312,7 +352,7 @@ describe('StrataStack', () => {
       };
       expect(Object.keys(content.parameters)).toEqual(['Request']);
       expect(content.mainSteps[0]!.inputs.runCommand.join('\n')).toMatch(
-        /\/opt\/strata\/bin\/strata-host --request-b64 \{\{ Request \}\}/,
+        /\/opt\/strata\/bin\/strata-host" --request-b64 \{\{ Request \}\}/,
       );
     });
 
@@ -335,12 +375,54 @@ describe('StrataStack', () => {
       }
     });
 
+    it('run the host runtime under the host root the agent sets, never a path from a parameter', () => {
+      const [doc] = Object.values(runDocument());
+      const command = (doc!.Properties.Content as { mainSteps: { inputs: { runCommand: string[] } }[] })
+        .mainSteps[0]!.inputs.runCommand.join('\n');
+      expect(command).toContain('"${STRATA_HOST_ROOT:-}/opt/strata/bin/strata-host"');
+      expect(command).toContain('--work-dir "${STRATA_HOST_ROOT:-}/var/lib/strata"');
+    });
+
+    it('install the host runtime into a versioned directory, checking prerequisites first', () => {
+      const docs = template.findResources('AWS::SSM::Document', {
+        Properties: { Name: 'Strata-InstallHostRuntime' },
+      });
+      const content = Object.values(docs)[0]!.Properties.Content as {
+        parameters: Record<string, { allowedPattern: string }>;
+        mainSteps: { name: string; inputs: { runCommand?: string[] } }[];
+      };
+      expect(content.parameters.BuildId?.allowedPattern).toBe('^[0-9a-f]{64}$');
+      expect(content.mainSteps.map((s) => s.name)).toEqual([
+        'checkPrerequisites',
+        'downloadHostRuntime',
+        'installHostRuntime',
+      ]);
+      const check = content.mainSteps[0]!.inputs.runCommand!.join('\n');
+      for (const tool of ['node', 'qemu-img', 'qemu-nbd']) expect(check).toContain(`command -v ${tool}`);
+      const install = content.mainSteps[2]!.inputs.runCommand!.join('\n');
+      expect(install).toContain('/opt/strata/versions/$build');
+      expect(install).toMatch(/mv -T .*current\.new.*current/);
+      expect(install).toContain('/proc/[0-9]*/cmdline');
+    });
+
+    it('runs the install document on every tagged host, again for each new build', () => {
+      const build = functionEnv('storeTasks')[EnvName.HostBuild];
+      template.hasResourceProperties('AWS::SSM::Association', {
+        Name: 'Strata-InstallHostRuntime',
+        Targets: [{ Key: 'tag:StrataHost', Values: ['true'] }],
+        Parameters: { BuildId: [build] },
+        MaxConcurrency: '25%',
+        MaxErrors: '25%',
+      });
+    });
+
     it('install the host runtime from the bundled asset', () => {
       template.hasResourceProperties('AWS::SSM::Document', {
         Name: 'Strata-InstallHostRuntime',
         DocumentType: 'Command',
         Content: Match.objectLike({
           mainSteps: [
+            Match.objectLike({ action: 'aws:runShellScript', name: 'checkPrerequisites' }),
             Match.objectLike({
               action: 'aws:downloadContent',
               inputs: Match.objectLike({ sourceType: 'S3' }),

@@ -256,7 +256,7 @@ describe('stores: add, maintain, cancel, delete', () => {
     const res = await addNfsStore('nfs-held', share);
     await t.waitForJob(res.body.job.id);
     const storeId = res.body.store.id;
-    await t.stack.strata.ports.repo.create('TemplateInStore', {
+    await t.repo.create('TemplateInStore', {
       templateId: 'tpl-held',
       storeId,
       storeRole: 'primary',

@@ -249,7 +249,7 @@ describe('register from a URL', () => {
     await t.waitForJob(res.body.job.id);
     const id = res.body.template.id;
     const primary = (await t.call('GET', '/stores?role=primary')).body.items[0];
-    await t.stack.strata.ports.repo.create('TemplateInStore', {
+    await t.repo.create('TemplateInStore', {
       templateId: id,
       storeId: primary.id,
       storeRole: 'primary',

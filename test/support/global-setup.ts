@@ -12,6 +12,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { require as tsxRequire } from 'tsx/cjs/api';
 import type * as EnvNames from '../../functions/env-names.js';
+import type * as CloudAssembly from '../../infra/local/assembly/cloud-assembly.js';
 import type * as DynamoLocal from '../../infra/local/dynamodb-local.js';
 import type * as S3Emulator from '../../infra/local/s3-emulator.js';
 
@@ -32,6 +33,9 @@ export default async function globalSetup(): Promise<void> {
   const { startDynamoLocal } = load<typeof DynamoLocal>('../../infra/local/dynamodb-local.ts');
   const { startS3Emulator } = load<typeof S3Emulator>('../../infra/local/s3-emulator.ts');
   process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED = 'true';
+  // Every test stack runs the synthesized assembly: synthesize it once, here, when the sources changed.
+  const { ensureAssembly } = load<typeof CloudAssembly>('../../infra/local/assembly/cloud-assembly.ts');
+  await ensureAssembly();
   const s3Dir = await mkdtemp(path.join(os.tmpdir(), 'strata-it-s3-'));
   const [dynamo, s3] = await Promise.allSettled([startDynamoLocal(), startS3Emulator({ dir: s3Dir })]);
   const stop = async () => {

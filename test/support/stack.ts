@@ -1,22 +1,31 @@
 /**
- * An embedded stack for integration tests: the real handlers, workflows and host processes, on the
- * emulators the integration project's global setup started, with its own table, bucket and dirs.
+ * An embedded stack for integration tests: the synthesized assembly (bundled functions, state
+ * machine definitions, API routes, SSM documents, IAM policies) run on the emulators the
+ * integration project's global setup started, with its own account, table, buckets and dirs.
  */
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
+import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
 import { S3Client } from '@aws-sdk/client-s3';
-import { type EmbeddedStack, startEmbeddedStack } from '../../infra/local/embedded-stack';
+import { DynamoDBDocumentClient } from '@aws-sdk/lib-dynamodb';
+import { DynamoRepository } from '../../functions/adapters/aws/dynamo-repository';
+import type { Repository } from '../../functions/core/ports';
+import { EnvName } from '../../functions/env-names';
+import { localDynamoClientConfig } from '../../infra/local/dynamodb-local';
+import { type EmbeddedStack, type EmbeddedStackOptions, startEmbeddedStack } from '../../infra/local/embedded-stack';
 import { localS3ClientConfig } from '../../infra/local/s3-emulator';
-import { integrationEndpoints, uniqueName } from './integration';
+import { integrationEndpoints } from './integration';
 
 export interface TestStack {
   stack: EmbeddedStack;
   url: string;
   dataDir: string;
-  /** The default image store's bucket in the S3 emulator, and a client for it. */
+  /** The default image store's bucket in the S3 emulator, and a client for it (direct, not IAM-checked). */
   imageBucket: string;
   s3: S3Client;
+  /** The stack's table, read and written directly (as an administrator would, not through a role). */
+  repo: Repository;
   /** JSON over real HTTP; returns status, headers and parsed body. */
   call(
     method: string,
@@ -39,27 +48,33 @@ export async function startTestStack(
     s3Endpoint?: string;
     /** Resumable steps hand over to a retry after this long (exercises resumption). */
     hostWaitBudgetMs?: number;
+    /** Test-only policy narrowing (see EmbeddedStackOptions.narrowPolicies). */
+    narrowPolicies?: EmbeddedStackOptions['narrowPolicies'];
+    schedulerClock?: EmbeddedStackOptions['schedulerClock'];
   } = {},
 ): Promise<TestStack> {
   const endpoints = integrationEndpoints();
   // Not tempDir(): its cleanup may run before the stack has stopped its host processes.
   const dataDir = await mkdtemp(path.join(os.tmpdir(), 'strata-stack-'));
-  const imageBucket = uniqueName('images');
   const stack = await startEmbeddedStack({
     dataDir,
     port: 0,
     dynamoEndpoint: endpoints.dynamo,
     s3Endpoint: options.s3Endpoint ?? endpoints.s3,
-    tableName: uniqueName('stack'),
-    imageBucket,
-    fetchAllowlist: options.fetchAllowlist,
+    ...(options.fetchAllowlist !== undefined ? { fetchAllowlist: options.fetchAllowlist } : {}),
     bootstrap: options.bootstrap ?? true,
     hostCount: options.hostCount ?? 2,
     reconcileEverySeconds: 0,
     waitTimeScale: 0.01,
-    hostPollMs: 20,
-    ...(options.hostWaitBudgetMs !== undefined ? { hostWaitBudgetMs: options.hostWaitBudgetMs } : {}),
+    functionEnvironment: {
+      [EnvName.HostPollMs]: '20',
+      [EnvName.HostMaxPollMs]: '100',
+      ...(options.hostWaitBudgetMs !== undefined ? { [EnvName.HostWaitBudgetMs]: String(options.hostWaitBudgetMs) } : {}),
+    },
+    ...(options.narrowPolicies ? { narrowPolicies: options.narrowPolicies } : {}),
+    ...(options.schedulerClock ? { schedulerClock: options.schedulerClock } : {}),
   });
+  const imageBucket = stack.imageBucket;
   const call: TestStack['call'] = async (method, route, body, headers = {}) => {
     const res = await fetch(`${stack.url}${route}`, {
       method,
@@ -70,9 +85,15 @@ export async function startTestStack(
     return { status: res.status, headers: res.headers, body: text ? JSON.parse(text) : undefined };
   };
   const s3 = new S3Client(localS3ClientConfig(endpoints.s3));
+  const dynamo = new DynamoDBClient(localDynamoClientConfig(endpoints.dynamo));
+  const repo = new DynamoRepository({
+    tableName: stack.tableName,
+    client: DynamoDBDocumentClient.from(dynamo, { marshallOptions: { removeUndefinedValues: true } }),
+  });
   const stop = stack.stop;
   stack.stop = async () => {
     s3.destroy();
+    dynamo.destroy();
     await stop();
     await rm(dataDir, { recursive: true, force: true });
   };
@@ -82,6 +103,7 @@ export async function startTestStack(
     dataDir,
     imageBucket,
     s3,
+    repo,
     call,
     async waitForJob(jobId, timeoutMs = 30_000) {
       const until = Date.now() + timeoutMs;
