@@ -1,16 +1,27 @@
 import { NotFoundError } from '../../functions/core/errors.js';
 import { FlowName } from '../../functions/core/ports.js';
 import {
-  type LocalLambda,
+  ExecutionAlreadyExistsError,
+  type LocalStateMachineDefinition,
   LocalWorkflowRunner,
+  TaskDoesNotExistError,
   type WorkflowEvent,
 } from '../../infra/local/workflow-runner.js';
 import { loadFlowDefinition } from '../../statemachines/definitions.js';
 
-const fn = (name: string) => `arn:aws:lambda:local:000000000000:function:${name}`;
-// The flows under test are ours, not the product's: any FlowName key will do for the runner.
-const PIPELINE = FlowName.StoreAttach;
-const PLAIN = FlowName.StoreMaintenance;
+type LocalLambda = (payload: any) => Promise<unknown>;
+
+const ACCOUNT = '123456789012';
+const fn = (name: string) => `arn:aws:lambda:us-east-1:${ACCOUNT}:function:${name}`;
+const machineArn = (name: string) => `arn:aws:states:us-east-1:${ACCOUNT}:stateMachine:${name}`;
+const PIPELINE = machineArn('pipeline');
+const PLAIN = machineArn('plain');
+const machine = (arn: string, definition: Record<string, unknown>): LocalStateMachineDefinition => ({
+  name: arn.split(':').pop()!,
+  arn,
+  roleArn: `arn:aws:iam::${ACCOUNT}:role/test-workflows`,
+  definition,
+});
 
 /** Task with Retry on a named error, Catch to a compensating Task, Choice, Map (lambda:invoke), Wait. */
 const pipeline = {
@@ -95,20 +106,37 @@ function namedError(name: string, message: string): Error {
   return error;
 }
 
+/** A runner over local stand-ins for Lambda functions, with the machines' role seen by each call. */
+function runnerFor(
+  machines: LocalStateMachineDefinition[],
+  lambdas: Record<string, LocalLambda>,
+  options: { waitTimeScale?: number; onEvent?: (event: WorkflowEvent) => void; roles?: string[] } = {},
+) {
+  return new LocalWorkflowRunner({
+    machines,
+    functionArns: Object.keys(lambdas),
+    invokeLambda: async (arn, payload, calledBy) => {
+      options.roles?.push(calledBy.roleArn);
+      return lambdas[arn]!(payload);
+    },
+    ...(options.waitTimeScale !== undefined ? { waitTimeScale: options.waitTimeScale } : {}),
+    ...(options.onEvent ? { onEvent: (_: string, event: WorkflowEvent) => options.onEvent!(event) } : {}),
+  });
+}
+
 function setup(lambdas: Record<string, LocalLambda>, waitTimeScale: number | undefined = 0.01) {
   const events: WorkflowEvent[] = [];
-  const runner = new LocalWorkflowRunner({
-    definitions: { [PIPELINE]: pipeline, [PLAIN]: plain },
-    lambdas: {
+  const runner = runnerFor(
+    [machine(PIPELINE, pipeline), machine(PLAIN, plain)],
+    {
       [fn('prepare')]: async () => ({ kind: 'single' }),
       [fn('copy')]: async (item) => ({ copied: item }),
       [fn('compensate')]: async () => 'undone',
       [fn('work')]: async () => 'worked',
       ...lambdas,
     },
-    waitTimeScale,
-    onEvent: (_, event) => events.push(event),
-  });
+    { ...(waitTimeScale !== undefined ? { waitTimeScale } : {}), onEvent: (event) => events.push(event) },
+  );
   return { runner, events };
 }
 
@@ -257,28 +285,42 @@ describe('LocalWorkflowRunner', () => {
   });
 
   describe('start', () => {
-    it('is idempotent on the name and returns an execution ARN', async () => {
+    it('returns a running execution for its name and input, and refuses the name otherwise, as StartExecution does', async () => {
       let calls = 0;
       const { runner } = track(
-        setup({
-          [fn('work')]: async () => {
-            calls++;
-            return 'worked';
+        setup(
+          {
+            [fn('work')]: async () => {
+              calls++;
+              return 'worked';
+            },
           },
-        }),
+          undefined,
+        ),
       );
 
-      const first = await runner.start(PLAIN, 'job-7', {});
-      const second = await runner.start(PLAIN, 'job-7', {});
-      await runner.waitFor(first.executionId);
-      const third = await runner.start(PLAIN, 'job-7', {});
+      const first = await runner.start(PLAIN, 'job-7', { wait: true });
+      const second = await runner.start(PLAIN, 'job-7', { wait: true });
+      await expect(runner.start(PLAIN, 'job-7', { wait: false })).rejects.toBeInstanceOf(
+        ExecutionAlreadyExistsError,
+      );
       const otherFlow = await runner.start(PIPELINE, 'job-7', { items: [] });
+      await runner.abort(first.executionId);
+      await expect(runner.start(PLAIN, 'job-7', { wait: true })).rejects.toBeInstanceOf(
+        ExecutionAlreadyExistsError,
+      );
 
-      expect(first.executionId).toBe(`arn:aws:states:local:000000000000:execution:${PLAIN}:job-7`);
+      expect(first.executionId).toBe(`arn:aws:states:us-east-1:${ACCOUNT}:execution:plain:job-7`);
       expect(second.executionId).toBe(first.executionId);
-      expect(third.executionId).toBe(first.executionId);
       expect(otherFlow.executionId).not.toBe(first.executionId);
-      expect(calls).toBe(1);
+      expect(calls).toBe(0);
+    });
+
+    it('names an execution it starts without a name', async () => {
+      const { runner } = track(setup({}));
+      const { executionId } = await runner.start(PLAIN, undefined, {});
+      expect(executionId).toMatch(/:execution:plain:[0-9a-f-]{36}$/);
+      expect((await runner.waitFor(executionId)).status).toBe('SUCCEEDED');
     });
 
     it('describes running executions and refuses unknown ones', async () => {
@@ -306,14 +348,83 @@ describe('LocalWorkflowRunner', () => {
   });
 
   describe('bindings', () => {
-    it('fails at construction when a Task has no local function', () => {
-      expect(
-        () =>
-          new LocalWorkflowRunner({
-            definitions: { [PIPELINE]: pipeline },
-            lambdas: { [fn('prepare')]: async () => 1 },
-          }),
-      ).toThrow(/no local function bound for .*function:(copy|compensate)/);
+    it('fails at construction when a Task names a function the stack does not have', () => {
+      expect(() => runnerFor([machine(PIPELINE, pipeline)], { [fn('prepare')]: async () => 1 })).toThrow(
+        /no function .*function:(copy|compensate) in the stack/,
+      );
+    });
+
+    it('tells each function call which state machine (and so which role) makes it', async () => {
+      const roles: string[] = [];
+      const runner = runnerFor([machine(PLAIN, plain)], { [fn('work')]: async () => 'ok' }, { roles });
+      await runner.waitFor((await runner.start(PLAIN, 'r1', {})).executionId);
+      await runner.stop();
+      expect(roles).toEqual([`arn:aws:iam::${ACCOUNT}:role/test-workflows`]);
+    });
+
+    it('starts another execution for a states:startExecution Task, as the calling machine', async () => {
+      const parent = {
+        StartAt: 'Child',
+        States: {
+          Child: {
+            Type: 'Task',
+            Resource: 'arn:aws:states:::states:startExecution',
+            Parameters: { StateMachineArn: PLAIN, 'Input.$': '$' },
+            TimeoutSeconds: 5,
+            End: true,
+          },
+        },
+      };
+      const calls: string[] = [];
+      let runner!: LocalWorkflowRunner;
+      runner = new LocalWorkflowRunner({
+        machines: [machine(PLAIN, plain), machine(PIPELINE, parent)],
+        functionArns: [fn('work')],
+        invokeLambda: async () => 'worked',
+        startExecution: async (request, calledBy) => {
+          calls.push(`${calledBy.name}->${request.stateMachineArn}`);
+          const started = await runner.start(request.stateMachineArn, request.name, request.input);
+          return { executionArn: started.executionId, startDate: started.startDate };
+        },
+      });
+      const final = await runner.waitFor((await runner.start(PIPELINE, 'p1', { go: 1 })).executionId);
+      await runner.stop();
+      expect(final.status).toBe('SUCCEEDED');
+      expect((final.output as { ExecutionArn: string }).ExecutionArn).toMatch(/:execution:plain:/);
+      expect(calls).toEqual([`pipeline->${PLAIN}`]);
+    });
+
+    it('waits on a task token until SendTaskSuccess or SendTaskFailure names it', async () => {
+      const waiting = {
+        StartAt: 'Wait',
+        States: {
+          Wait: {
+            Type: 'Task',
+            Resource: 'arn:aws:states:::lambda:invoke.waitForTaskToken',
+            Parameters: { FunctionName: fn('work'), Payload: { 'token.$': '$$.Task.Token', 'n.$': '$.n' } },
+            TimeoutSeconds: 30,
+            End: true,
+          },
+        },
+      };
+      const tokens: string[] = [];
+      const runner = runnerFor([machine(PLAIN, waiting)], {
+        [fn('work')]: async (payload: { token: string }) => {
+          tokens.push(payload.token);
+          return null;
+        },
+      });
+      const ok = await runner.start(PLAIN, 't1', { n: 1 });
+      const bad = await runner.start(PLAIN, 't2', { n: 2 });
+      while (tokens.length < 2) await new Promise((r) => setTimeout(r, 10));
+      expect(() => runner.sendTaskSuccess('not-a-token', {})).toThrow(TaskDoesNotExistError);
+      runner.sendTaskHeartbeat(tokens[0]!);
+      runner.sendTaskSuccess(tokens[0]!, { done: true });
+      runner.sendTaskFailure(tokens[1]!, 'Host.Failed', 'the host said no');
+      expect(await runner.waitFor(ok.executionId)).toMatchObject({ status: 'SUCCEEDED', output: { done: true } });
+      expect(await runner.waitFor(bad.executionId)).toMatchObject({ status: 'FAILED', error: 'Host.Failed' });
+      expect(() => runner.sendTaskSuccess(tokens[0]!, {})).toThrow(TaskDoesNotExistError);
+      await runner.stop();
     });
 
     it('fails at construction on a resource it cannot run locally', () => {
@@ -321,23 +432,16 @@ describe('LocalWorkflowRunner', () => {
         StartAt: 'Put',
         States: { Put: { Type: 'Task', Resource: 'arn:aws:states:::dynamodb:putItem', End: true } },
       };
-      expect(() => new LocalWorkflowRunner({ definitions: { [PLAIN]: definition }, lambdas: {} })).toThrow(
-        /not supported locally/,
-      );
+      expect(() => runnerFor([machine(PLAIN, definition)], {})).toThrow(/not supported locally/);
     });
 
     it("binds every Task of the repository's own flow definitions", () => {
       const arn = fn('store-tasks');
-      const definitions = Object.fromEntries(
-        Object.values(FlowName).map((flow) => [
-          flow,
-          loadFlowDefinition(flow, { StoreTasksFunctionArn: arn, ImageTasksFunctionArn: arn }),
-        ]),
+      const machines = Object.values(FlowName).map((flow) =>
+        machine(machineArn(flow), loadFlowDefinition(flow, { StoreTasksFunctionArn: arn, ImageTasksFunctionArn: arn })),
       );
 
-      expect(
-        () => new LocalWorkflowRunner({ definitions, lambdas: { [arn]: async () => ({}) } }),
-      ).not.toThrow();
+      expect(() => runnerFor(machines, { [arn]: async () => ({}) })).not.toThrow();
     });
   });
 });

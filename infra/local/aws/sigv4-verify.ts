@@ -220,12 +220,17 @@ export function verifySignature(
   const path = rawPath || '/';
   // S3 signs the path as sent; the other services normalise it and encode it once more.
   const canonicalPath = service === 's3' ? path : doubleEncodedPath(path);
-  const declaredPayload = presigned
-    ? (queryValue('X-Amz-Content-Sha256') ?? 'UNSIGNED-PAYLOAD')
-    : headerValue(request.headers, 'x-amz-content-sha256');
-  const payloadHash = declaredPayload ?? sha256Hex(request.body ?? Buffer.alloc(0));
-  if (!presigned && declaredPayload === undefined && service === 's3') {
-    throw new SignatureError('IncompleteSignature', 'x-amz-content-sha256 is required');
+  // S3 signs the payload hash the client declares (or UNSIGNED-PAYLOAD); every other service the
+  // hash of the body it received, whatever a header says.
+  let payloadHash: string;
+  if (service === 's3') {
+    const declared = presigned
+      ? (queryValue('X-Amz-Content-Sha256') ?? 'UNSIGNED-PAYLOAD')
+      : headerValue(request.headers, 'x-amz-content-sha256');
+    if (declared === undefined) throw new SignatureError('IncompleteSignature', 'x-amz-content-sha256 is required');
+    payloadHash = declared;
+  } else {
+    payloadHash = sha256Hex(request.body ?? Buffer.alloc(0));
   }
   const canonicalRequest = [
     request.method.toUpperCase(),
