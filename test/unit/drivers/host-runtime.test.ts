@@ -219,3 +219,47 @@ describe('createInProcessHostInvoker', () => {
     expect((error as HostOperationError).hostError.code).toBe('ObjectNotFound');
   });
 });
+
+describe('runHostRequest: builds and the probe', () => {
+  it('refuses a request made for another build, saying to upgrade the host', async () => {
+    const result = await runHostRequest(request({ build: 'b'.repeat(64) }), {
+      operationSets: [acme],
+      workDir: root,
+      build: 'a'.repeat(64),
+    });
+    expect(result).toMatchObject({ ok: false, error: { code: 'HostBuildMismatch', retryable: false } });
+    expect(result.ok === false && result.error.message).toMatch(/upgrade the host/);
+  });
+
+  it('runs a request made for its own build, or one that names none', async () => {
+    for (const build of ['a'.repeat(64), undefined]) {
+      const result = await runHostRequest(request(build ? { build } : {}), {
+        operationSets: [acme],
+        workDir: root,
+        build: 'a'.repeat(64),
+      });
+      expect(result.ok).toBe(true);
+    }
+  });
+
+  it('answers the probe whatever build asks, with its build and prerequisites', async () => {
+    const result = await runHostRequest(
+      request({ provider: 'runtime', operation: 'probe', args: {}, build: 'b'.repeat(64) }),
+      { operationSets: [acme], workDir: root, build: 'a'.repeat(64) },
+    );
+    expect(result).toMatchObject({
+      ok: true,
+      result: {
+        build: 'a'.repeat(64),
+        platform: process.platform,
+        prerequisites: {
+          node: { ok: true, version: process.versions.node },
+          // This machine has qemu-utils (the test suite needs it).
+          qemuImg: { ok: true, version: expect.stringMatching(/^\d+\.\d+/) },
+          qemuNbd: { ok: true },
+        },
+        ready: true,
+      },
+    });
+  });
+});

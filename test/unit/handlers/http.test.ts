@@ -79,4 +79,23 @@ describe('workflowErrorName', () => {
     expect(workflowErrorName(new ConflictError('x'))).toBe('Strata.Conflict');
     expect(workflowErrorName(new Error('x'))).toBe('Strata.Internal');
   });
+
+  it('retries AWS throttling and server errors instead of failing the flow', () => {
+    const sdkError = (name: string, fields: Record<string, unknown>) =>
+      Object.assign(new Error(name), { name, $metadata: {}, ...fields });
+    expect(workflowErrorName(sdkError('ProvisionedThroughputExceededException', { $retryable: { throttling: true } }))).toBe(
+      'Strata.Unavailable',
+    );
+    expect(workflowErrorName(sdkError('ThrottlingException', {}))).toBe('Strata.Unavailable');
+    expect(workflowErrorName(sdkError('InternalServerError', { $metadata: { httpStatusCode: 500 } }))).toBe(
+      'Strata.Unavailable',
+    );
+    expect(workflowErrorName(Object.assign(new Error('socket hang up'), { code: 'ECONNRESET' }))).toBe(
+      'Strata.Unavailable',
+    );
+    // A refusal is not passing trouble: it goes to the flow's Catch.
+    expect(workflowErrorName(sdkError('AccessDeniedException', { $metadata: { httpStatusCode: 400 } }))).toBe(
+      'Strata.Internal',
+    );
+  });
 });

@@ -12,6 +12,7 @@ import {
   HOST_REQUEST_ALLOWED_PATTERN,
   HOST_REQUEST_MAX_BASE64_CHARS,
   HOST_STEP_NAME,
+  OUTPUT_UPLOAD_GRACE_MS,
   parseS3Url,
   SSM_INLINE_OUTPUT_LIMIT,
   SsmEndpointChannel,
@@ -322,10 +323,32 @@ describe('SsmEndpointChannel', () => {
       });
 
       it('keeps reporting running until the S3 copy exists', async () => {
-        invocation({ Status: 'Success', StandardOutputContent: truncated });
+        invocation({
+          Status: 'Success',
+          StandardOutputContent: truncated,
+          ExecutionEndDateTime: new Date(Date.now() - 5_000).toISOString(),
+        });
         s3.on(GetObjectCommand).rejects(new NoSuchKey({ message: 'not yet', $metadata: {} }));
 
         await expect(channel().status(host, COMMAND_ID)).resolves.toEqual({ state: 'running' });
+      });
+
+      it('fails the command when the S3 copy never arrives (the host role cannot write it)', async () => {
+        const ended = Date.parse('2030-01-01T00:00:00.000Z');
+        invocation({
+          Status: 'Success',
+          StandardOutputContent: truncated,
+          ExecutionEndDateTime: new Date(ended).toISOString(),
+        });
+        s3.on(GetObjectCommand).rejects(new NoSuchKey({ message: 'missing', $metadata: {} }));
+
+        const status = await channel({ now: () => ended + OUTPUT_UPLOAD_GRACE_MS + 1 }).status(host, COMMAND_ID);
+
+        expect(status).toEqual({
+          state: 'failed',
+          error: expect.objectContaining({ code: 'SsmOutputMissing', retryable: false }),
+        });
+        expect(status.error?.message).toMatch(/s3:PutObject/);
       });
 
       it('does not read S3 for output that fits inline', async () => {
