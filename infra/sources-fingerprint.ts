@@ -58,7 +58,9 @@ export function stampAssembly(outdir: string, root: string = REPO_ROOT): void {
 /** The fingerprint an assembly was stamped with, if any. */
 export function assemblyStamp(outdir: string): string | undefined {
   try {
-    const parsed = JSON.parse(readFileSync(path.join(outdir, SOURCES_STAMP), 'utf8')) as { fingerprint?: unknown };
+    const parsed = JSON.parse(readFileSync(path.join(outdir, SOURCES_STAMP), 'utf8')) as {
+      fingerprint?: unknown;
+    };
     return typeof parsed.fingerprint === 'string' ? parsed.fingerprint : undefined;
   } catch {
     return undefined;

@@ -37,7 +37,12 @@ function retry(intervalSeconds: number, maxAttempts: number) {
   ];
 }
 
-function invoke(placeholder: string, task: string, fields: readonly string[], extra: Record<string, string> = {}) {
+function invoke(
+  placeholder: string,
+  task: string,
+  fields: readonly string[],
+  extra: Record<string, string> = {},
+) {
   const input: Record<string, string> = {};
   for (const field of fields) input[`${field}.$`] = `$.${field}`;
   for (const [k, v] of Object.entries(extra)) input[`${k}.$`] = v;

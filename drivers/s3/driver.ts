@@ -131,7 +131,9 @@ interface Located {
  */
 export class S3Driver extends BaseDataStoreDriver implements ImageStoreDriver {
   readonly providerName = 's3';
-  readonly #options: Required<Omit<S3ProviderOptions, 's3Client' | 'allowedBuckets'>> & { s3Client?: S3ClientFactory };
+  readonly #options: Required<Omit<S3ProviderOptions, 's3Client' | 'allowedBuckets'>> & {
+    s3Client?: S3ClientFactory;
+  };
 
   constructor(options: S3ProviderOptions = {}) {
     super();

@@ -31,7 +31,10 @@ function firstLine(binary: string, args: string[]): Promise<Prerequisite> {
     execFile(binary, args, { timeout: 10_000 }, (error, stdout) => {
       if (error) {
         const missing = (error as NodeJS.ErrnoException).code === 'ENOENT';
-        resolve({ ok: false, problem: missing ? `${binary} is not on PATH` : `${binary} failed: ${error.message}` });
+        resolve({
+          ok: false,
+          problem: missing ? `${binary} is not on PATH` : `${binary} failed: ${error.message}`,
+        });
         return;
       }
       const version = /\d+\.\d+(\.\d+)?/.exec(stdout)?.[0];

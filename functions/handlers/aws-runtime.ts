@@ -78,7 +78,11 @@ export function buildAwsStrata(env: NodeJS.ProcessEnv): Strata {
   });
   // Presigned URLs and streamed uploads need checksums only where S3 requires them (see TOOLCHAIN.md).
   const s3 = lazy(
-    () => new S3Client({ requestChecksumCalculation: 'WHEN_REQUIRED', responseChecksumValidation: 'WHEN_REQUIRED' }),
+    () =>
+      new S3Client({
+        requestChecksumCalculation: 'WHEN_REQUIRED',
+        responseChecksumValidation: 'WHEN_REQUIRED',
+      }),
   );
 
   const repo = deferred<Repository>(

@@ -38,7 +38,11 @@ interface Match {
 }
 
 /** Finds the method a request path and HTTP method reach, as API Gateway's resource tree does. */
-export function matchRoute(methods: readonly LocalApiMethod[], httpMethod: string, path: string): Match | undefined {
+export function matchRoute(
+  methods: readonly LocalApiMethod[],
+  httpMethod: string,
+  path: string,
+): Match | undefined {
   const segments = path.split('/').filter(Boolean);
   let best: { match: Match; score: number } | undefined;
   for (const method of methods) {
@@ -98,7 +102,7 @@ function toEvent(
   const multiQuery: Record<string, string[]> = {};
   for (const [k, v] of url.searchParams) {
     query[k] = v;
-    (multiQuery[k] ??= []).push(v);
+    multiQuery[k] = [...(multiQuery[k] ?? []), v];
   }
   const requestId = randomUUID();
   return {
@@ -134,7 +138,12 @@ function toEvent(
   };
 }
 
-function send(res: http.ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}): void {
+function send(
+  res: http.ServerResponse,
+  status: number,
+  body: unknown,
+  headers: Record<string, string> = {},
+): void {
   const text = JSON.stringify(body);
   res.writeHead(status, { 'content-type': 'application/json', 'x-amzn-requestid': randomUUID(), ...headers });
   res.end(text);
@@ -161,7 +170,12 @@ export async function startLocalApiServer(options: LocalApiServerOptions): Promi
       const path = new URL(req.url ?? '/', 'http://local').pathname;
       const match = matchRoute(options.api.methods, (req.method ?? 'GET').toUpperCase(), path);
       if (!match) {
-        send(res, 403, { message: 'Missing Authentication Token' }, { 'x-amzn-errortype': 'MissingAuthenticationTokenException' });
+        send(
+          res,
+          403,
+          { message: 'Missing Authentication Token' },
+          { 'x-amzn-errortype': 'MissingAuthenticationTokenException' },
+        );
         return;
       }
       const functionArn = match.method.functionArn;
@@ -192,7 +206,9 @@ export async function startLocalApiServer(options: LocalApiServerOptions): Promi
             return;
           }
           res.writeHead(proxy.statusCode, proxy.headers ?? {});
-          res.end(proxy.isBase64Encoded && proxy.body ? Buffer.from(proxy.body, 'base64') : (proxy.body ?? ''));
+          res.end(
+            proxy.isBase64Encoded && proxy.body ? Buffer.from(proxy.body, 'base64') : (proxy.body ?? ''),
+          );
         })
         .catch(() => send(res, 502, { message: 'Internal server error' }))
         .finally(() => clearTimeout(timer));

@@ -280,7 +280,9 @@ export function tableFromTemplate(
     KeySchema: properties.KeySchema,
     AttributeDefinitions: properties.AttributeDefinitions,
     BillingMode: 'PAY_PER_REQUEST',
-    ...(properties.GlobalSecondaryIndexes ? { GlobalSecondaryIndexes: properties.GlobalSecondaryIndexes } : {}),
+    ...(properties.GlobalSecondaryIndexes
+      ? { GlobalSecondaryIndexes: properties.GlobalSecondaryIndexes }
+      : {}),
     ...(properties.LocalSecondaryIndexes ? { LocalSecondaryIndexes: properties.LocalSecondaryIndexes } : {}),
   } as CreateTableCommandInput;
   return { definition, ...(ttl?.Enabled && ttl.AttributeName ? { ttlAttribute: ttl.AttributeName } : {}) };

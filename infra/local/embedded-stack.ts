@@ -30,16 +30,26 @@ import type { Job } from '../../functions/core/model.js';
 import { EnvName } from '../../functions/env-names.js';
 import { startLocalApiServer } from './api-server.js';
 import { DEFAULT_ASSEMBLY_DIR, ensureAssembly, loadAssembly } from './assembly/cloud-assembly.js';
-import { type LocalFunction, type LocalRole, LocalDeployment } from './assembly/deployment.js';
-import type { LocalEndpoint } from './aws/aws-server.js';
+import { LocalDeployment, type LocalFunction, type LocalRole } from './assembly/deployment.js';
 import { startDynamoProxy } from './aws/dynamodb-proxy.js';
 import { IamAuthorizer, type NamedPolicy } from './aws/iam-authorizer.js';
-import { type LocalAccount, type LocalAwsCredentials, LocalCredentialStore, principalOf } from './aws/principals.js';
+import {
+  type LocalAccount,
+  type LocalAwsCredentials,
+  LocalCredentialStore,
+  principalOf,
+} from './aws/principals.js';
 import { startS3Proxy } from './aws/s3-proxy.js';
 import { type LocalScheduler, startSchedulerService } from './aws/scheduler-service.js';
 import { LocalStepFunctions } from './aws/sfn-service.js';
 import { LocalSsm } from './aws/ssm-service.js';
-import { type DynamoLocal, ensureTable, localDynamoClientConfig, startDynamoLocal, tableFromTemplate } from './dynamodb-local.js';
+import {
+  type DynamoLocal,
+  ensureTable,
+  localDynamoClientConfig,
+  startDynamoLocal,
+  tableFromTemplate,
+} from './dynamodb-local.js';
 import { LocalHost } from './hosts/local-host.js';
 import { LocalLambdaFunction } from './lambda/local-function.js';
 import { localS3ClientConfig, type S3Emulator, startS3EmulatorProcess } from './s3-emulator.js';
@@ -91,7 +101,15 @@ export interface EmbeddedStack {
   tableName: string;
   imageBucket: string;
   commandOutputBucket: string;
-  endpoints: { dynamo: string; s3: string; dynamoProxy: string; s3Proxy: string; sfn: string; ssm: string; scheduler: string };
+  endpoints: {
+    dynamo: string;
+    s3: string;
+    dynamoProxy: string;
+    s3Proxy: string;
+    sfn: string;
+    ssm: string;
+    scheduler: string;
+  };
   stepFunctions: LocalStepFunctions;
   ssm: LocalSsm;
   scheduler: LocalScheduler;
@@ -135,7 +153,8 @@ function instanceIdFor(suffix: string, name: string): string {
 
 function byPrefix<T extends { logicalId: string }>(items: readonly T[], prefix: string, what: string): T {
   const found = items.filter((i) => i.logicalId.startsWith(prefix));
-  if (found.length !== 1) throw new Error(`expected one ${what} whose logical id starts with ${prefix}, found ${found.length}`);
+  if (found.length !== 1)
+    throw new Error(`expected one ${what} whose logical id starts with ${prefix}, found ${found.length}`);
   return found[0]!;
 }
 
@@ -161,7 +180,11 @@ export async function startEmbeddedStack(options: EmbeddedStackOptions): Promise
     const { dir } = await ensureAssembly({ dir: options.assemblyDir ?? DEFAULT_ASSEMBLY_DIR, logger });
     const assembly = loadAssembly(dir);
     const state = await deploymentState(dataDir);
-    const account: LocalAccount = { accountId: state.accountId, region: assembly.region ?? REGION_FALLBACK, partition: 'aws' };
+    const account: LocalAccount = {
+      accountId: state.accountId,
+      region: assembly.region ?? REGION_FALLBACK,
+      partition: 'aws',
+    };
     const deployment = new LocalDeployment(assembly, account, state.suffix);
 
     // The emulators the proxies front.
@@ -193,22 +216,41 @@ export async function startEmbeddedStack(options: EmbeddedStackOptions): Promise
       // Function code runs from the asset directory itself; file assets are published as cdk deploy does.
       if (asset.packaging !== 'file') continue;
       await ensureBucket(adminS3, asset.bucket);
-      await adminS3.send(new PutObjectCommand({ Bucket: asset.bucket, Key: asset.key, Body: await readFile(asset.source) }));
+      await adminS3.send(
+        new PutObjectCommand({ Bucket: asset.bucket, Key: asset.key, Body: await readFile(asset.source) }),
+      );
     }
 
     // IAM: each role's synthesized policies, and credentials standing for the roles.
     const roles = deployment.roles();
     const authorizer = new IamAuthorizer({
-      roles: new Map(roles.map((role) => [role.arn, options.narrowPolicies ? options.narrowPolicies(role) : role.policies])),
+      roles: new Map(
+        roles.map((role) => [
+          role.arn,
+          options.narrowPolicies ? options.narrowPolicies(role) : role.policies,
+        ]),
+      ),
       onDecision: (request, allowed, reason) => {
-        if (!allowed) logger.warn('local IAM denied a call', { principal: request.principal.arn, action: request.action, resource: request.resource, reason });
+        if (!allowed)
+          logger.warn('local IAM denied a call', {
+            principal: request.principal.arn,
+            action: request.action,
+            resource: request.resource,
+            reason,
+          });
       },
     });
     const credentials = new LocalCredentialStore();
     const credentialsFor = (prefix: string, session = 'local') =>
       credentials.issue(byPrefix(roles, prefix, 'role').arn, session);
 
-    const dynamoProxy = await startDynamoProxy({ upstream: dynamo.endpoint, credentials, authorizer, account, logger });
+    const dynamoProxy = await startDynamoProxy({
+      upstream: dynamo.endpoint,
+      credentials,
+      authorizer,
+      account,
+      logger,
+    });
     stops.push(() => dynamoProxy.close());
     const policies = new Map(buckets.flatMap((b) => (b.policy ? [[b.name, b.policy] as const] : [])));
     const s3Proxy = await startS3Proxy({
@@ -247,7 +289,14 @@ export async function startEmbeddedStack(options: EmbeddedStackOptions): Promise
         }),
       );
     }
-    const ssm = new LocalSsm({ account, credentials, authorizer, documents: deployment.documents(), hosts, logger });
+    const ssm = new LocalSsm({
+      account,
+      credentials,
+      authorizer,
+      documents: deployment.documents(),
+      hosts,
+      logger,
+    });
     await ssm.start();
     stops.push(() => ssm.stop());
 
@@ -255,7 +304,10 @@ export async function startEmbeddedStack(options: EmbeddedStackOptions): Promise
     const functions = new Map<string, LocalLambdaFunction>();
     const invoke = (functionArn: string, payload: unknown) => {
       const fn = functions.get(functionArn);
-      if (!fn) throw Object.assign(new Error(`Function not found: ${functionArn}`), { name: 'ResourceNotFoundException' });
+      if (!fn)
+        throw Object.assign(new Error(`Function not found: ${functionArn}`), {
+          name: 'ResourceNotFoundException',
+        });
       return fn.invoke(payload);
     };
     const stepFunctions = new LocalStepFunctions({
@@ -302,7 +354,13 @@ export async function startEmbeddedStack(options: EmbeddedStackOptions): Promise
     for (const fn of deployment.functions()) {
       const local = new LocalLambdaFunction({
         fn,
-        environment: functionEnvironment(fn, credentials.issue(fn.roleArn, fn.name), account, endpoints, options),
+        environment: functionEnvironment(
+          fn,
+          credentials.issue(fn.roleArn, fn.name),
+          account,
+          endpoints,
+          options,
+        ),
         logFile: path.join(dataDir, 'logs', `${fn.name}.log`),
         logger,
       });
@@ -318,7 +376,10 @@ export async function startEmbeddedStack(options: EmbeddedStackOptions): Promise
       const failed = invocations.filter((i) => i.status !== 'Success');
       if (failed.length) {
         const detail = failed
-          .map((i) => `${i.instanceId}: ${i.plugins.map((p) => `${p.name} ${p.status} ${p.stderr.trim()}`).join('; ')}`)
+          .map(
+            (i) =>
+              `${i.instanceId}: ${i.plugins.map((p) => `${p.name} ${p.status} ${p.stderr.trim()}`).join('; ')}`,
+          )
           .join('\n');
         throw new Error(`association ${association.name} failed on ${failed.length} host(s):\n${detail}`);
       }
@@ -326,7 +387,12 @@ export async function startEmbeddedStack(options: EmbeddedStackOptions): Promise
 
     const api = deployment.api();
     if (!api) throw new Error('the template has no REST API');
-    const server = await startLocalApiServer({ api, accountId: account.accountId, invoke, port: options.port });
+    const server = await startLocalApiServer({
+      api,
+      accountId: account.accountId,
+      invoke,
+      port: options.port,
+    });
     stops.push(() => server.close());
 
     // The scheduled rule that runs the reconciler.
@@ -336,7 +402,10 @@ export async function startEmbeddedStack(options: EmbeddedStackOptions): Promise
       const timer = setInterval(() => {
         for (const arn of rule.targetArns) {
           invoke(arn, scheduledEvent(account, rule.logicalId)).catch((e: unknown) =>
-            logger.error('scheduled rule target failed', { rule: rule.logicalId, error: (e as Error).message }),
+            logger.error('scheduled rule target failed', {
+              rule: rule.logicalId,
+              error: (e as Error).message,
+            }),
           );
         }
       }, every * 1000);
@@ -436,7 +505,19 @@ function scheduledEvent(account: LocalAccount, rule: string): Record<string, unk
   };
 }
 
-async function api(stack: Pick<EmbeddedStack, 'url'>, method: string, route: string, body?: unknown): Promise<any> {
+/** A call to the stack's own API, as an operator makes it (bootstrap only). */
+interface ApiAnswer {
+  status: number;
+  // biome-ignore lint/suspicious/noExplicitAny: the API's JSON, read field by field right here
+  body: any;
+}
+
+async function api(
+  stack: Pick<EmbeddedStack, 'url'>,
+  method: string,
+  route: string,
+  body?: unknown,
+): Promise<ApiAnswer> {
   const res = await fetch(`${stack.url}${route}`, {
     method,
     headers: { 'content-type': 'application/json' },
@@ -514,7 +595,9 @@ async function takeLock(dataDir: string): Promise<void> {
   const lock = path.join(dataDir, 'stack.pid');
   const pid = Number.parseInt(await readFile(lock, 'utf8').catch(() => ''), 10);
   if (pid && pid !== process.pid && isAlive(pid)) {
-    throw new Error(`another Strata stack (pid ${pid}) is using ${dataDir}; set STRATA_DATA_DIR to run a second one`);
+    throw new Error(
+      `another Strata stack (pid ${pid}) is using ${dataDir}; set STRATA_DATA_DIR to run a second one`,
+    );
   }
   await writeFile(lock, String(process.pid));
 }

@@ -31,7 +31,9 @@ async function main(): Promise<void> {
     dataDir,
     port,
     logger,
-    ...(process.env.STRATA_FETCH_ALLOWLIST !== undefined ? { fetchAllowlist: process.env.STRATA_FETCH_ALLOWLIST } : {}),
+    ...(process.env.STRATA_FETCH_ALLOWLIST !== undefined
+      ? { fetchAllowlist: process.env.STRATA_FETCH_ALLOWLIST }
+      : {}),
   });
 
   let stopping = false;
@@ -46,7 +48,8 @@ async function main(): Promise<void> {
   process.on('SIGINT', () => void shutdown('SIGINT'));
   process.on('SIGTERM', () => void shutdown('SIGTERM'));
 
-  const get = async <T>(route: string): Promise<T> => (await (await fetch(`${stack.url}${route}`)).json()) as T;
+  const get = async <T>(route: string): Promise<T> =>
+    (await (await fetch(`${stack.url}${route}`)).json()) as T;
   const hosts = (await get<{ items: Host[] }>('/hosts?limit=100')).items;
   const stores = (await get<{ items: DataStore[] }>('/stores?limit=100')).items;
   const policies = stack.scheduler.names().length;
@@ -80,7 +83,9 @@ async function main(): Promise<void> {
         `${h.zoneId}/${h.clusterId}`,
         h.status,
         String(h.attachedStoreIds.length),
-        h.runtime ? `build ${h.runtime.build.slice(0, 12)}${h.runtime.current ? '' : ' (upgrade!)'}` : 'not probed',
+        h.runtime
+          ? `build ${h.runtime.build.slice(0, 12)}${h.runtime.current ? '' : ' (upgrade!)'}`
+          : 'not probed',
       ]),
     ]),
   );

@@ -17,6 +17,8 @@
  * - StartExecution semantics: executions are named, ARN-shaped and idempotent on the name;
  * - the library buffers every event until someone reads them, so we always drain the event log.
  */
+
+import { randomBytes, randomUUID } from 'node:crypto';
 import {
   ExecutionAbortedError,
   ExecutionError,
@@ -26,7 +28,6 @@ import {
   type StateMachineDefinition,
 } from 'aws-local-stepfunctions';
 import type { Logger } from '../../drivers/sdk/types.js';
-import { randomBytes, randomUUID } from 'node:crypto';
 import { NotFoundError } from '../../functions/core/errors.js';
 
 installPromiseWithResolvers();
@@ -191,7 +192,8 @@ export class LocalWorkflowRunner {
   ): Promise<{ executionId: string; startDate: string }> {
     if (this.stopped) throw new Error('the workflow runner is stopped');
     const prepared = this.flows.get(stateMachineArn);
-    if (!prepared) throw new NotFoundError(`state machine ${stateMachineArn} does not exist`, { stateMachineArn });
+    if (!prepared)
+      throw new NotFoundError(`state machine ${stateMachineArn} does not exist`, { stateMachineArn });
     const executionName = name ?? randomUUID();
     if (!EXECUTION_NAME.test(executionName)) {
       throw new Error(`execution name ${JSON.stringify(executionName)} is not 1–80 letters, digits, - or _`);
@@ -427,7 +429,9 @@ function fillToken(value: unknown, token: string): unknown {
   if (value === TOKEN_PLACEHOLDER) return token;
   if (Array.isArray(value)) return value.map((v) => fillToken(v, token));
   if (value === null || typeof value !== 'object') return value;
-  return Object.fromEntries(Object.entries(value as Record<string, unknown>).map(([k, v]) => [k, fillToken(v, token)]));
+  return Object.fromEntries(
+    Object.entries(value as Record<string, unknown>).map(([k, v]) => [k, fillToken(v, token)]),
+  );
 }
 
 function prepareFlow(
@@ -439,7 +443,9 @@ function prepareFlow(
   const bindingKeys = new Map<string, string>();
   const waitTimeOverrides: Record<string, number> = {};
   const retryIntervalOverrides: Record<string, number[]> = {};
-  const definition = JSON.parse(JSON.stringify(machine.definition)) as { States?: Record<string, LooseState> };
+  const definition = JSON.parse(JSON.stringify(machine.definition)) as {
+    States?: Record<string, LooseState>;
+  };
 
   const visit = (states: Record<string, LooseState> | undefined) => {
     for (const [stateName, state] of Object.entries(states ?? {})) {
@@ -562,7 +568,11 @@ function bindTask(
         throw taskError('States.Runtime', 'states:startExecution needs Parameters.StateMachineArn');
       }
       const started = await start(
-        { stateMachineArn: StateMachineArn, ...(typeof Name === 'string' ? { name: Name } : {}), input: Input },
+        {
+          stateMachineArn: StateMachineArn,
+          ...(typeof Name === 'string' ? { name: Name } : {}),
+          input: Input,
+        },
         machine,
       );
       return { ExecutionArn: started.executionArn, StartDate: started.startDate };

@@ -45,7 +45,8 @@ function functionEnv(name: 'api' | 'storeTasks'): Record<string, unknown> {
 describe('snapshot scheduling', () => {
   const schedulerRoleId = () => logicalId(stack.scheduling.schedulerRole);
   it('names the policy flow state machine as its schedules expect', () => {
-    const machine = template.toJSON().Resources[logicalId(stack.flows.stateMachines.get(FlowName.SnapshotPolicy)!)];
+    const machine =
+      template.toJSON().Resources[logicalId(stack.flows.stateMachines.get(FlowName.SnapshotPolicy)!)];
     expect(machine.Properties.StateMachineName).toBe('Strata-snapshot-policy');
   });
 

@@ -183,7 +183,8 @@ describe('StrataStack', () => {
         const json = JSON.stringify(functionEnv(name)[EnvName.StateMachineArns]);
         for (const flow of Object.values(FlowName)) expect(json).toContain(`:stateMachine:Strata-${flow}\\"`);
         // A Ref or GetAtt to a state machine here would make store-tasks → machine → store-tasks a cycle.
-        for (const machine of stack.flows.stateMachines.values()) expect(json).not.toContain(logicalId(machine));
+        for (const machine of stack.flows.stateMachines.values())
+          expect(json).not.toContain(logicalId(machine));
       }
       expect(functionEnv('api')[EnvName.SchedulerGroup]).toBe('Strata-snapshot-policies');
     });
@@ -231,7 +232,9 @@ describe('StrataStack', () => {
     });
 
     it('lets hosts write command output as the SSM agent does, only under the SSM prefix', () => {
-      const roleId = stack.getLogicalId(stack.node.findChild('Hosts').node.findChild('HostRole').node.defaultChild as never);
+      const roleId = stack.getLogicalId(
+        stack.node.findChild('Hosts').node.findChild('HostRole').node.defaultChild as never,
+      );
       const policies = template.findResources('AWS::IAM::Policy', {
         Properties: { Roles: Match.arrayWith([{ Ref: roleId }]) },
       }) as Resources;
@@ -377,8 +380,9 @@ describe('StrataStack', () => {
 
     it('run the host runtime under the host root the agent sets, never a path from a parameter', () => {
       const [doc] = Object.values(runDocument());
-      const command = (doc!.Properties.Content as { mainSteps: { inputs: { runCommand: string[] } }[] })
-        .mainSteps[0]!.inputs.runCommand.join('\n');
+      const command = (
+        doc!.Properties.Content as { mainSteps: { inputs: { runCommand: string[] } }[] }
+      ).mainSteps[0]!.inputs.runCommand.join('\n');
       expect(command).toContain('"${STRATA_HOST_ROOT:-}/opt/strata/bin/strata-host"');
       expect(command).toContain('--work-dir "${STRATA_HOST_ROOT:-}/var/lib/strata"');
     });

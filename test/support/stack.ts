@@ -13,7 +13,11 @@ import { DynamoRepository } from '../../functions/adapters/aws/dynamo-repository
 import type { Repository } from '../../functions/core/ports';
 import { EnvName } from '../../functions/env-names';
 import { localDynamoClientConfig } from '../../infra/local/dynamodb-local';
-import { type EmbeddedStack, type EmbeddedStackOptions, startEmbeddedStack } from '../../infra/local/embedded-stack';
+import {
+  type EmbeddedStack,
+  type EmbeddedStackOptions,
+  startEmbeddedStack,
+} from '../../infra/local/embedded-stack';
 import { localS3ClientConfig } from '../../infra/local/s3-emulator';
 import { integrationEndpoints } from './integration';
 
@@ -69,7 +73,9 @@ export async function startTestStack(
     functionEnvironment: {
       [EnvName.HostPollMs]: '20',
       [EnvName.HostMaxPollMs]: '100',
-      ...(options.hostWaitBudgetMs !== undefined ? { [EnvName.HostWaitBudgetMs]: String(options.hostWaitBudgetMs) } : {}),
+      ...(options.hostWaitBudgetMs !== undefined
+        ? { [EnvName.HostWaitBudgetMs]: String(options.hostWaitBudgetMs) }
+        : {}),
     },
     ...(options.narrowPolicies ? { narrowPolicies: options.narrowPolicies } : {}),
     ...(options.schedulerClock ? { schedulerClock: options.schedulerClock } : {}),

@@ -49,7 +49,14 @@ const TRANSIENT_NAMES = new Set([
   'RequestTimeoutException',
 ]);
 /** Node's socket errors: the request may not have arrived; SDK calls here are idempotent or guarded. */
-const TRANSIENT_CODES = new Set(['ECONNRESET', 'ECONNREFUSED', 'EPIPE', 'ETIMEDOUT', 'EAI_AGAIN', 'ENOTFOUND']);
+const TRANSIENT_CODES = new Set([
+  'ECONNRESET',
+  'ECONNREFUSED',
+  'EPIPE',
+  'ETIMEDOUT',
+  'EAI_AGAIN',
+  'ENOTFOUND',
+]);
 
 /**
  * Whether an SDK (or socket) error is passing trouble that a later retry may not meet: marked

@@ -47,15 +47,13 @@ export class HostProbeService {
 
   /** host-probe: runs the runtime's probe on the host and records the report. */
   async probeHost(input: Step): Promise<HostRuntime> {
-    const report = await this.deps
-      .driverContext(input.jobId)
-      .host.run<HostRuntimeReport>(input.hostId, {
-        provider: RUNTIME_PROVIDER,
-        operation: PROBE_OPERATION,
-        args: {},
-        jobId: input.jobId,
-        deadlineSeconds: 120,
-      });
+    const report = await this.deps.driverContext(input.jobId).host.run<HostRuntimeReport>(input.hostId, {
+      provider: RUNTIME_PROVIDER,
+      operation: PROBE_OPERATION,
+      args: {},
+      jobId: input.jobId,
+      deadlineSeconds: 120,
+    });
     const runtime: HostRuntime = {
       ...report,
       current: !this.deps.expectedBuild || report.build === this.deps.expectedBuild,

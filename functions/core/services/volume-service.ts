@@ -875,7 +875,9 @@ export class VolumeService {
   }
 
   /** volume-access: the driver's grantAccess or revokeAccess, then the volume's access list. */
-  async changeAccess(input: Step & { hostId: string; action: AccessAction }): Promise<Record<string, unknown>> {
+  async changeAccess(
+    input: Step & { hostId: string; action: AccessAction },
+  ): Promise<Record<string, unknown>> {
     const volume = await this.get(input.volumeId);
     const pool = await this.repo.require({ type: 'DataStore', id: volume.storeId ?? '' });
     const driver = this.deps.registry.get(pool.provider).driver;
@@ -909,7 +911,9 @@ export class VolumeService {
     return result;
   }
 
-  async failAccess(input: Step & { hostId: string; action: AccessAction; error: WorkflowFailure }): Promise<void> {
+  async failAccess(
+    input: Step & { hostId: string; action: AccessAction; error: WorkflowFailure },
+  ): Promise<void> {
     await this.deps.jobs.failFromFlow(input.jobId, input.error, 'VolumeAccessFailed');
   }
 

@@ -78,7 +78,9 @@ export class Flows extends Construct {
   static stateMachineName(scope: Construct, flow: FlowName): string {
     const name = `${Stack.of(scope).stackName}-${flow}`;
     if (name.length > MAX_NAME) {
-      throw new Error(`state machine name ${name} is longer than ${MAX_NAME} characters: use a shorter stack name`);
+      throw new Error(
+        `state machine name ${name} is longer than ${MAX_NAME} characters: use a shorter stack name`,
+      );
     }
     return name;
   }

@@ -50,6 +50,7 @@ export const SKIP_HOST_RUNTIME_CONTEXT = 'strata:skipHostRuntime';
 
 export const HOST_RUNTIME_ENTRY = path.join(REPO_ROOT, 'drivers/host-main.ts');
 /** The root every host path is under: `/` on real hosts (the variable is unset there). */
+// biome-ignore lint/suspicious/noTemplateCurlyInString: a shell expansion, written into the documents
 const ROOT = '${STRATA_HOST_ROOT:-}';
 const HOST_INSTALL_DIR = `${ROOT}/opt/strata`;
 const HOST_WORK_DIR = `${ROOT}/var/lib/strata`;

@@ -49,12 +49,15 @@ export interface CloudAssembly {
 }
 
 /** Loads a synthesized stack from an assembly directory. */
-export function loadAssembly(dir: string = DEFAULT_ASSEMBLY_DIR, stackName = DEFAULT_STACK_NAME): CloudAssembly {
+export function loadAssembly(
+  dir: string = DEFAULT_ASSEMBLY_DIR,
+  stackName = DEFAULT_STACK_NAME,
+): CloudAssembly {
   const manifest = JSON.parse(readFileSync(path.join(dir, 'manifest.json'), 'utf8')) as {
     artifacts?: Record<string, { type: string; environment?: string; properties?: Record<string, unknown> }>;
   };
   const artifact = manifest.artifacts?.[stackName];
-  if (!artifact || artifact.type !== 'aws:cloudformation:stack') {
+  if (artifact?.type !== 'aws:cloudformation:stack') {
     throw new Error(`the assembly in ${dir} has no stack ${stackName}`);
   }
   const templateFile = String(artifact.properties?.templateFile ?? `${stackName}.template.json`);
@@ -130,7 +133,11 @@ function synthesize(dir: string): Promise<void> {
   return new Promise((resolve, reject) => {
     const child = spawn(cdk, ['synth', '--quiet', '--output', dir], {
       cwd: REPO_ROOT,
-      env: { ...process.env, CDK_VALIDATION: 'false', AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true' },
+      env: {
+        ...process.env,
+        CDK_VALIDATION: 'false',
+        AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true',
+      },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     let output = '';

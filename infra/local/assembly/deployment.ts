@@ -65,7 +65,10 @@ export interface LocalBucket {
 export interface SsmDocumentContent {
   schemaVersion: string;
   description?: string;
-  parameters?: Record<string, { type: string; description?: string; allowedPattern?: string; default?: unknown }>;
+  parameters?: Record<
+    string,
+    { type: string; description?: string; allowedPattern?: string; default?: unknown }
+  >;
   mainSteps: { action: string; name: string; precondition?: unknown; inputs: Record<string, unknown> }[];
 }
 
@@ -129,7 +132,8 @@ export class LocalDeployment {
     /** Twelve uppercase letters or digits, stable for one data directory. */
     readonly suffix: string,
   ) {
-    if (!SUFFIX.test(suffix)) throw new Error(`deployment suffix must be 12 uppercase letters or digits: ${suffix}`);
+    if (!SUFFIX.test(suffix))
+      throw new Error(`deployment suffix must be 12 uppercase letters or digits: ${suffix}`);
     this.stackName = assembly.stackName;
     const pseudo = {
       'AWS::Region': account.region,
@@ -278,9 +282,10 @@ export class LocalDeployment {
     return this.ofType('AWS::Lambda::Function').map(([id, r]) => {
       const p = this.resolve<Record<string, unknown>>(r.Properties ?? {}, id);
       const assetPath = r.Metadata?.['aws:asset:path'];
-      if (typeof assetPath !== 'string') throw new Error(`function ${id} has no bundled asset in the assembly`);
-      const environment = ((p.Environment as { Variables?: Record<string, unknown> } | undefined)?.Variables ?? {}) as
-        Record<string, unknown>;
+      if (typeof assetPath !== 'string')
+        throw new Error(`function ${id} has no bundled asset in the assembly`);
+      const environment = ((p.Environment as { Variables?: Record<string, unknown> } | undefined)
+        ?.Variables ?? {}) as Record<string, unknown>;
       return {
         logicalId: id,
         name: this.ref(id),
@@ -299,9 +304,9 @@ export class LocalDeployment {
     const roles = new Map<string, LocalRole>();
     for (const [id, r] of this.ofType('AWS::IAM::Role')) {
       const p = this.resolve<Record<string, unknown>>(r.Properties ?? {}, id);
-      const inline = ((p.Policies as { PolicyName: string; PolicyDocument: PolicyDocument }[] | undefined) ?? []).map(
-        (policy) => ({ name: policy.PolicyName, document: policy.PolicyDocument }),
-      );
+      const inline = (
+        (p.Policies as { PolicyName: string; PolicyDocument: PolicyDocument }[] | undefined) ?? []
+      ).map((policy) => ({ name: policy.PolicyName, document: policy.PolicyDocument }));
       roles.set(id, {
         logicalId: id,
         name: this.ref(id),
@@ -316,7 +321,8 @@ export class LocalDeployment {
       const name = String(p.PolicyName ?? p.ManagedPolicyName ?? id);
       for (const roleName of (p.Roles as string[] | undefined) ?? []) {
         const role = byName.get(roleName);
-        if (!role) throw new Error(`policy ${id} is attached to a role the template does not define: ${roleName}`);
+        if (!role)
+          throw new Error(`policy ${id} is attached to a role the template does not define: ${roleName}`);
         role.policies.push({ name, document: p.PolicyDocument as PolicyDocument });
       }
     }
@@ -332,7 +338,10 @@ export class LocalDeployment {
       } else if (p.DefinitionS3Location !== undefined) {
         const location = this.resolve<{ Bucket: string; Key: string }>(p.DefinitionS3Location, id);
         const asset = this.assets().find((a) => a.bucket === location.Bucket && a.key === location.Key);
-        if (!asset) throw new Error(`state machine ${id}: its definition ${location.Key} is not an asset of the assembly`);
+        if (!asset)
+          throw new Error(
+            `state machine ${id}: its definition ${location.Key} is not an asset of the assembly`,
+          );
         text = readFileSync(asset.source, 'utf8');
       } else if (p.Definition !== undefined) {
         text = JSON.stringify(this.resolve(p.Definition, `${id}.Definition`));
@@ -378,7 +387,8 @@ export class LocalDeployment {
   documents(): LocalDocument[] {
     return this.ofType('AWS::SSM::Document').map(([id, r]) => {
       const p = this.resolve<Record<string, unknown>>(r.Properties ?? {}, id);
-      const content = typeof p.Content === 'string' ? (JSON.parse(p.Content) as SsmDocumentContent) : p.Content;
+      const content =
+        typeof p.Content === 'string' ? (JSON.parse(p.Content) as SsmDocumentContent) : p.Content;
       return {
         logicalId: id,
         name: this.ref(id),
@@ -391,8 +401,9 @@ export class LocalDeployment {
   associations(): LocalAssociation[] {
     return this.ofType('AWS::SSM::Association').map(([id, r]) => {
       const p = this.resolve<Record<string, unknown>>(r.Properties ?? {}, id);
-      const s3 = (p.OutputLocation as { S3Location?: { OutputS3BucketName?: string; OutputS3KeyPrefix?: string } })
-        ?.S3Location;
+      const s3 = (
+        p.OutputLocation as { S3Location?: { OutputS3BucketName?: string; OutputS3KeyPrefix?: string } }
+      )?.S3Location;
       return {
         logicalId: id,
         name: String(p.AssociationName ?? id),
@@ -400,7 +411,12 @@ export class LocalDeployment {
         targets: (p.Targets as { Key: string; Values: string[] }[] | undefined) ?? [],
         parameters: (p.Parameters as Record<string, string[]> | undefined) ?? {},
         ...(s3?.OutputS3BucketName
-          ? { outputLocation: { bucket: s3.OutputS3BucketName, ...(s3.OutputS3KeyPrefix ? { prefix: s3.OutputS3KeyPrefix } : {}) } }
+          ? {
+              outputLocation: {
+                bucket: s3.OutputS3BucketName,
+                ...(s3.OutputS3KeyPrefix ? { prefix: s3.OutputS3KeyPrefix } : {}),
+              },
+            }
           : {}),
       };
     });
@@ -473,7 +489,10 @@ export class LocalDeployment {
   /** The stack's outputs, resolved. */
   outputs(): Record<string, string> {
     return Object.fromEntries(
-      Object.entries(this.assembly.template.Outputs ?? {}).map(([k, o]) => [k, String(this.resolve(o.Value, k))]),
+      Object.entries(this.assembly.template.Outputs ?? {}).map(([k, o]) => [
+        k,
+        String(this.resolve(o.Value, k)),
+      ]),
     );
   }
 }

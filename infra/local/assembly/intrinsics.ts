@@ -12,7 +12,10 @@ export interface ResolveEnv {
 }
 
 export class ResolveError extends Error {
-  constructor(message: string, readonly path: string) {
+  constructor(
+    message: string,
+    readonly path: string,
+  ) {
     super(`${path}: ${message}`);
     this.name = 'ResolveError';
   }

@@ -75,7 +75,10 @@ export function jsonError(error: unknown): { status: number; body: Record<string
     const status = error.code === 'MissingAuthenticationToken' ? 403 : 400;
     return { status, body: { __type: error.code, message: error.message } };
   }
-  return { status: 500, body: { __type: 'InternalFailure', message: (error as Error)?.message ?? 'internal error' } };
+  return {
+    status: 500,
+    body: { __type: 'InternalFailure', message: (error as Error)?.message ?? 'internal error' },
+  };
 }
 
 /** What an operation sees of its caller. */
@@ -128,7 +131,10 @@ export async function startJsonService(options: JsonServiceOptions): Promise<Loc
         );
         const operation = Object.hasOwn(options.operations, name) ? options.operations[name] : undefined;
         if (!operation) {
-          throw new AwsServiceError('UnknownOperationException', `${options.targetPrefix}.${name} is not served locally`);
+          throw new AwsServiceError(
+            'UnknownOperationException',
+            `${options.targetPrefix}.${name} is not served locally`,
+          );
         }
         let input: Record<string, unknown>;
         try {
@@ -139,7 +145,11 @@ export async function startJsonService(options: JsonServiceOptions): Promise<Loc
         send(200, await operation(input, { caller }));
       } catch (error) {
         const { status, body } = jsonError(error);
-        if (status >= 500) options.logger?.error('local AWS endpoint failed', { service: options.signingName, error: body.message });
+        if (status >= 500)
+          options.logger?.error('local AWS endpoint failed', {
+            service: options.signingName,
+            error: body.message,
+          });
         send(status, body);
       }
     })();

@@ -129,7 +129,10 @@ export class IamAuthorizer {
     );
     if (result.resultType === 'error') {
       // An action or condition key the evaluator does not know is a defect to see, not a pass.
-      return { allowed: false, reason: `the request could not be evaluated: ${JSON.stringify(result.errors)}` };
+      return {
+        allowed: false,
+        reason: `the request could not be evaluated: ${JSON.stringify(result.errors)}`,
+      };
     }
     const overall = result.overallResult;
     if (overall === 'Allowed') return { allowed: true, reason: 'allowed' };

@@ -68,9 +68,17 @@ export class LocalStepFunctions {
   }
 
   /** Step Functions reports an integration its role may not call as a failed Task. */
-  private async authorizeTask(machine: LocalStateMachineDefinition, action: string, resource: string): Promise<void> {
+  private async authorizeTask(
+    machine: LocalStateMachineDefinition,
+    action: string,
+    resource: string,
+  ): Promise<void> {
     try {
-      await this.options.authorizer.authorize({ principal: principalOf(machine.roleArn, 'states'), action, resource });
+      await this.options.authorizer.authorize({
+        principal: principalOf(machine.roleArn, 'states'),
+        action,
+        resource,
+      });
     } catch (error) {
       const failure = new Error((error as Error).message);
       failure.name = 'Lambda.AWSLambdaException';
@@ -109,7 +117,10 @@ export class LocalStepFunctions {
       return this.runner.describe(String(executionArn));
     } catch (error) {
       if (error instanceof NotFoundError) {
-        throw new AwsServiceError('ExecutionDoesNotExist', `Execution Does Not Exist: '${String(executionArn)}'`);
+        throw new AwsServiceError(
+          'ExecutionDoesNotExist',
+          `Execution Does Not Exist: '${String(executionArn)}'`,
+        );
       }
       throw error;
     }
@@ -117,7 +128,11 @@ export class LocalStepFunctions {
 
   private async startExecution(input: Record<string, unknown>, ctx: CallContext): Promise<unknown> {
     const arn = String(input.stateMachineArn ?? '');
-    await this.options.authorizer.authorize({ principal: ctx.caller.principal, action: 'states:StartExecution', resource: arn });
+    await this.options.authorizer.authorize({
+      principal: ctx.caller.principal,
+      action: 'states:StartExecution',
+      resource: arn,
+    });
     let parsed: unknown = {};
     if (typeof input.input === 'string' && input.input) {
       try {
@@ -127,10 +142,15 @@ export class LocalStepFunctions {
       }
     }
     try {
-      const started = await this.runner.start(arn, typeof input.name === 'string' ? input.name : undefined, parsed);
+      const started = await this.runner.start(
+        arn,
+        typeof input.name === 'string' ? input.name : undefined,
+        parsed,
+      );
       return { executionArn: started.executionId, startDate: seconds(started.startDate) };
     } catch (error) {
-      if (error instanceof ExecutionAlreadyExistsError) throw new AwsServiceError('ExecutionAlreadyExists', error.message);
+      if (error instanceof ExecutionAlreadyExistsError)
+        throw new AwsServiceError('ExecutionAlreadyExists', error.message);
       if (error instanceof NotFoundError) {
         throw new AwsServiceError('StateMachineDoesNotExist', `State Machine Does Not Exist: '${arn}'`);
       }
@@ -143,7 +163,11 @@ export class LocalStepFunctions {
 
   private async describeExecution(input: Record<string, unknown>, ctx: CallContext): Promise<unknown> {
     const arn = String(input.executionArn ?? '');
-    await this.options.authorizer.authorize({ principal: ctx.caller.principal, action: 'states:DescribeExecution', resource: arn });
+    await this.options.authorizer.authorize({
+      principal: ctx.caller.principal,
+      action: 'states:DescribeExecution',
+      resource: arn,
+    });
     const d = this.describeOrThrow(arn);
     return {
       executionArn: d.executionId,
@@ -161,7 +185,11 @@ export class LocalStepFunctions {
 
   private async stopExecution(input: Record<string, unknown>, ctx: CallContext): Promise<unknown> {
     const arn = String(input.executionArn ?? '');
-    await this.options.authorizer.authorize({ principal: ctx.caller.principal, action: 'states:StopExecution', resource: arn });
+    await this.options.authorizer.authorize({
+      principal: ctx.caller.principal,
+      action: 'states:StopExecution',
+      resource: arn,
+    });
     this.describeOrThrow(arn);
     await this.runner.abort(arn);
     return { stopDate: Date.now() / 1000 };
@@ -185,7 +213,11 @@ export class LocalStepFunctions {
 
   private async listExecutions(input: Record<string, unknown>, ctx: CallContext): Promise<unknown> {
     const arn = String(input.stateMachineArn ?? '');
-    await this.options.authorizer.authorize({ principal: ctx.caller.principal, action: 'states:ListExecutions', resource: arn });
+    await this.options.authorizer.authorize({
+      principal: ctx.caller.principal,
+      action: 'states:ListExecutions',
+      resource: arn,
+    });
     const executions = this.runner
       .list(arn)
       .filter((d) => !input.statusFilter || d.status === input.statusFilter)
@@ -205,7 +237,11 @@ export class LocalStepFunctions {
     input: Record<string, unknown>,
     ctx: CallContext,
   ): Promise<unknown> {
-    await this.options.authorizer.authorize({ principal: ctx.caller.principal, action: `states:${operation}`, resource: '*' });
+    await this.options.authorizer.authorize({
+      principal: ctx.caller.principal,
+      action: `states:${operation}`,
+      resource: '*',
+    });
     const token = String(input.taskToken ?? '');
     try {
       if (operation === 'SendTaskSuccess') {
@@ -226,7 +262,8 @@ export class LocalStepFunctions {
         this.runner.sendTaskHeartbeat(token);
       }
     } catch (error) {
-      if (error instanceof TaskDoesNotExistError) throw new AwsServiceError('TaskDoesNotExist', error.message);
+      if (error instanceof TaskDoesNotExistError)
+        throw new AwsServiceError('TaskDoesNotExist', error.message);
       throw error;
     }
     return {};
@@ -246,14 +283,25 @@ function historyEvent(event: WorkflowEvent, id: number): Record<string, unknown>
   const base = { id, timestamp, previousEventId: id - 1 };
   switch (e.type) {
     case 'ExecutionStarted':
-      return { ...base, type: 'ExecutionStarted', executionStartedEventDetails: { input: JSON.stringify(e.input) } };
+      return {
+        ...base,
+        type: 'ExecutionStarted',
+        executionStartedEventDetails: { input: JSON.stringify(e.input) },
+      };
     case 'ExecutionSucceeded':
-      return { ...base, type: 'ExecutionSucceeded', executionSucceededEventDetails: { output: JSON.stringify(e.output) } };
+      return {
+        ...base,
+        type: 'ExecutionSucceeded',
+        executionSucceededEventDetails: { output: JSON.stringify(e.output) },
+      };
     case 'ExecutionFailed':
       return {
         ...base,
         type: 'ExecutionFailed',
-        executionFailedEventDetails: { error: e.Error, cause: typeof e.Cause === 'string' ? e.Cause : JSON.stringify(e.Cause) },
+        executionFailedEventDetails: {
+          error: e.Error,
+          cause: typeof e.Cause === 'string' ? e.Cause : JSON.stringify(e.Cause),
+        },
       };
     case 'ExecutionAborted':
       return { ...base, type: 'ExecutionAborted', executionAbortedEventDetails: {} };

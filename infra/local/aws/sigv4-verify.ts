@@ -56,7 +56,10 @@ export interface VerifiedCaller {
 
 /** RFC 3986 encoding as SigV4 uses it: everything but unreserved characters. */
 function encode(value: string): string {
-  return encodeURIComponent(value).replace(/[!'()*]/g, (c) => `%${c.charCodeAt(0).toString(16).toUpperCase()}`);
+  return encodeURIComponent(value).replace(
+    /[!'()*]/g,
+    (c) => `%${c.charCodeAt(0).toString(16).toUpperCase()}`,
+  );
 }
 
 function sha256Hex(data: string | Buffer): string {
@@ -84,14 +87,18 @@ function parseAuthorization(value: string): { credential: string; signedHeaders:
   }
   const { Credential: credential, SignedHeaders: signedHeaders, Signature: signature } = parts;
   if (!credential || !signedHeaders || !signature) {
-    throw new SignatureError('IncompleteSignature', 'Authorization header lacks Credential, SignedHeaders or Signature');
+    throw new SignatureError(
+      'IncompleteSignature',
+      'Authorization header lacks Credential, SignedHeaders or Signature',
+    );
   }
   return { credential, signedHeaders, signature };
 }
 
 function parseAmzDate(value: string): Date {
   const m = /^(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})(\d{2})Z$/.exec(value);
-  if (!m) throw new SignatureError('IncompleteSignature', `X-Amz-Date ${value} is not in ISO 8601 basic format`);
+  if (!m)
+    throw new SignatureError('IncompleteSignature', `X-Amz-Date ${value} is not in ISO 8601 basic format`);
   return new Date(Date.UTC(+m[1]!, +m[2]! - 1, +m[3]!, +m[4]!, +m[5]!, +m[6]!));
 }
 
@@ -171,7 +178,10 @@ export function verifySignature(
     throw new SignatureError('IncompleteSignature', `malformed credential scope ${credential}`);
   }
   if (service !== options.service) {
-    throw new SignatureError('InvalidSignatureException', `credential should be scoped to service ${options.service}, not ${service}`);
+    throw new SignatureError(
+      'InvalidSignatureException',
+      `credential should be scoped to service ${options.service}, not ${service}`,
+    );
   }
   const issued = credentials.lookup(accessKeyId);
   if (!issued) {
@@ -181,7 +191,10 @@ export function verifySignature(
     );
   }
   if (token !== issued.sessionToken) {
-    throw new SignatureError('UnrecognizedClientException', 'The security token included in the request is invalid.');
+    throw new SignatureError(
+      'UnrecognizedClientException',
+      'The security token included in the request is invalid.',
+    );
   }
   const signedAt = parseAmzDate(amzDate);
   if (!amzDate.startsWith(scopeDate)) {
@@ -203,11 +216,13 @@ export function verifySignature(
   }
 
   const names = signedHeaders.split(';');
-  if (!names.includes('host')) throw new SignatureError('IncompleteSignature', 'the host header must be signed');
+  if (!names.includes('host'))
+    throw new SignatureError('IncompleteSignature', 'the host header must be signed');
   const canonicalHeaders = names
     .map((name) => {
       const value = headerValue(request.headers, name);
-      if (value === undefined) throw new SignatureError('SignatureDoesNotMatch', `signed header ${name} is missing`);
+      if (value === undefined)
+        throw new SignatureError('SignatureDoesNotMatch', `signed header ${name} is missing`);
       return `${name}:${value.trim().replace(/\s+/g, ' ')}\n`;
     })
     .join('');
@@ -227,7 +242,8 @@ export function verifySignature(
     const declared = presigned
       ? (queryValue('X-Amz-Content-Sha256') ?? 'UNSIGNED-PAYLOAD')
       : headerValue(request.headers, 'x-amz-content-sha256');
-    if (declared === undefined) throw new SignatureError('IncompleteSignature', 'x-amz-content-sha256 is required');
+    if (declared === undefined)
+      throw new SignatureError('IncompleteSignature', 'x-amz-content-sha256 is required');
     payloadHash = declared;
   } else {
     payloadHash = sha256Hex(request.body ?? Buffer.alloc(0));
@@ -242,7 +258,10 @@ export function verifySignature(
   ].join('\n');
   const scope = `${scopeDate}/${region}/${service}/aws4_request`;
   const stringToSign = [ALGORITHM, amzDate, scope, sha256Hex(canonicalRequest)].join('\n');
-  const key = hmac(hmac(hmac(hmac(`AWS4${issued.secretAccessKey}`, scopeDate), region), service), 'aws4_request');
+  const key = hmac(
+    hmac(hmac(hmac(`AWS4${issued.secretAccessKey}`, scopeDate), region), service),
+    'aws4_request',
+  );
   const expected = createHmac('sha256', key).update(stringToSign, 'utf8').digest();
   const given = Buffer.from(signature, 'hex');
   if (given.length !== expected.length || !timingSafeEqual(given, expected)) {

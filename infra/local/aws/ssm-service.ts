@@ -109,7 +109,10 @@ export class LocalSsm {
     const out: Record<string, string> = {};
     for (const name of Object.keys(given)) {
       if (!(name in declared)) {
-        throw new AwsServiceError('InvalidParameters', `parameter ${name} is not a parameter of ${document.name}`);
+        throw new AwsServiceError(
+          'InvalidParameters',
+          `parameter ${name} is not a parameter of ${document.name}`,
+        );
       }
     }
     for (const [name, spec] of Object.entries(declared)) {
@@ -142,7 +145,10 @@ export class LocalSsm {
     const document = this.document(input.DocumentName);
     const instanceIds = (input.InstanceIds as unknown[] | undefined)?.map(String) ?? [];
     if (instanceIds.length === 0) {
-      throw new AwsServiceError('ValidationException', 'SendCommand needs InstanceIds (Targets are not served locally)');
+      throw new AwsServiceError(
+        'ValidationException',
+        'SendCommand needs InstanceIds (Targets are not served locally)',
+      );
     }
     const { principal } = ctx.caller;
     await this.options.authorizer.authorize({
@@ -153,7 +159,8 @@ export class LocalSsm {
     const targets: LocalHost[] = [];
     for (const instanceId of instanceIds) {
       const host = this.hosts.get(instanceId);
-      if (!host) throw new AwsServiceError('InvalidInstanceId', `Instances [${instanceId}] not in a valid state`);
+      if (!host)
+        throw new AwsServiceError('InvalidInstanceId', `Instances [${instanceId}] not in a valid state`);
       const context: Record<string, string> = {};
       for (const [key, value] of Object.entries(host.tags)) context[`ssm:resourceTag/${key}`] = value;
       await this.options.authorizer.authorize({
@@ -247,7 +254,8 @@ export class LocalSsm {
   private plugin(invocation: Invocation, name: unknown): PluginRun | undefined {
     if (typeof name === 'string' && name) {
       const plugin = invocation.plugins.find((p) => p.name === name);
-      if (!plugin && invocation.status !== 'Pending') throw new AwsServiceError('InvalidPluginName', `no plugin ${name}`);
+      if (!plugin && invocation.status !== 'Pending')
+        throw new AwsServiceError('InvalidPluginName', `no plugin ${name}`);
       return plugin;
     }
     return invocation.plugins[invocation.plugins.length - 1];
@@ -258,7 +266,8 @@ export class LocalSsm {
       throw new AwsServiceError('InvalidCommandId', `invalid command id ${String(commandId)}`);
     }
     const invocation = this.commands.get(commandId)?.invocations.get(String(instanceId));
-    if (!invocation) throw new AwsServiceError('InvocationDoesNotExist', 'An error occurred (InvocationDoesNotExist)');
+    if (!invocation)
+      throw new AwsServiceError('InvocationDoesNotExist', 'An error occurred (InvocationDoesNotExist)');
     return invocation;
   }
 
@@ -300,7 +309,9 @@ export class LocalSsm {
       resource: '*',
     });
     const command = typeof input.CommandId === 'string' ? this.commands.get(input.CommandId) : undefined;
-    const all = command ? [...command.invocations.values()] : [...this.commands.values()].flatMap((c) => [...c.invocations.values()]);
+    const all = command
+      ? [...command.invocations.values()]
+      : [...this.commands.values()].flatMap((c) => [...c.invocations.values()]);
     const invocations = all.filter((i) => !input.InstanceId || i.instanceId === input.InstanceId);
     return {
       CommandInvocations: invocations.map((i) => ({
@@ -361,7 +372,8 @@ export class LocalSsm {
     const hosts = [...this.hosts.values()].filter((host) =>
       association.targets.some((target) => {
         if (target.Key === 'InstanceIds') return target.Values.includes(host.instanceId);
-        if (target.Key.startsWith('tag:')) return target.Values.includes(host.tags[target.Key.slice(4)] ?? '');
+        if (target.Key.startsWith('tag:'))
+          return target.Values.includes(host.tags[target.Key.slice(4)] ?? '');
         return false;
       }),
     );
@@ -370,7 +382,12 @@ export class LocalSsm {
       comment: `association ${association.name}`,
       deliveryTimeoutSeconds: 600,
       ...(association.outputLocation
-        ? { output: { bucket: association.outputLocation.bucket, prefix: association.outputLocation.prefix ?? '' } }
+        ? {
+            output: {
+              bucket: association.outputLocation.bucket,
+              prefix: association.outputLocation.prefix ?? '',
+            },
+          }
         : {}),
     });
     return this.waitFor(command.commandId);

@@ -15,21 +15,23 @@ import { createWriteStream } from 'node:fs';
 import { mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { pipeline } from 'node:stream/promises';
-import {
-  GetBucketEncryptionCommand,
-  GetObjectCommand,
-  PutObjectCommand,
-  S3Client,
-} from '@aws-sdk/client-s3';
+import { GetBucketEncryptionCommand, GetObjectCommand, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import type { Logger } from '../../../drivers/sdk/types.js';
-import type { LocalAwsCredentials } from '../aws/principals.js';
 import type { SsmDocumentContent } from '../assembly/deployment.js';
+import type { LocalAwsCredentials } from '../aws/principals.js';
 
 /** SSM's limits on what GetCommandInvocation returns inline. */
 export const INLINE_STDOUT_CHARS = 24_000;
 export const INLINE_STDERR_CHARS = 8_000;
 
-export type InvocationStatus = 'Pending' | 'InProgress' | 'Success' | 'Failed' | 'TimedOut' | 'Cancelling' | 'Cancelled';
+export type InvocationStatus =
+  | 'Pending'
+  | 'InProgress'
+  | 'Success'
+  | 'Failed'
+  | 'TimedOut'
+  | 'Cancelling'
+  | 'Cancelled';
 
 /** One plugin (step) run of an invocation. */
 export interface PluginRun {
@@ -191,7 +193,8 @@ export class LocalHost {
           this.finishPlugin(plugin, 'Failed', 'Failed', 1);
         }
         current = undefined;
-        if (cancelled && plugin.status === 'InProgress') this.finishPlugin(plugin, 'Cancelled', 'Cancelled', -1);
+        if (cancelled && plugin.status === 'InProgress')
+          this.finishPlugin(plugin, 'Cancelled', 'Cancelled', -1);
         await this.uploadOutput(invocation, plugin);
         if (plugin.status !== 'Success') {
           // Later steps are not run once one failed, as SSM does for schema 2.2 documents by default.
@@ -232,7 +235,8 @@ export class LocalHost {
   private preconditionHolds(precondition: unknown): boolean {
     if (!precondition) return true;
     const equals = (precondition as { StringEquals?: unknown[] }).StringEquals;
-    if (Array.isArray(equals) && equals[0] === 'platformType') return equals[1] === 'Linux' && process.platform === 'linux';
+    if (Array.isArray(equals) && equals[0] === 'platformType')
+      return equals[1] === 'Linux' && process.platform === 'linux';
     return false;
   }
 
@@ -249,7 +253,9 @@ export class LocalHost {
     inputs: Record<string, unknown>,
     onCancel: (cancel: () => void) => void,
   ): Promise<void> {
-    const lines = Array.isArray(inputs.runCommand) ? inputs.runCommand.map(String) : [String(inputs.runCommand ?? '')];
+    const lines = Array.isArray(inputs.runCommand)
+      ? inputs.runCommand.map(String)
+      : [String(inputs.runCommand ?? '')];
     const folder = this.hostPath(
       `/var/lib/amazon/ssm/${this.instanceId}/document/orchestration/${invocation.commandId}/${plugin.name}`,
     );
@@ -318,7 +324,8 @@ export class LocalHost {
 
   /** aws:downloadContent from S3: `sourceInfo` is JSON `{ "path": "https://s3…/bucket/key" }`. */
   private async download(plugin: PluginRun, inputs: Record<string, unknown>): Promise<void> {
-    if (inputs.sourceType !== 'S3') throw new Error(`sourceType ${String(inputs.sourceType)} is not supported locally`);
+    if (inputs.sourceType !== 'S3')
+      throw new Error(`sourceType ${String(inputs.sourceType)} is not supported locally`);
     const info = typeof inputs.sourceInfo === 'string' ? JSON.parse(inputs.sourceInfo) : inputs.sourceInfo;
     const location = parseS3HttpUrl(String((info as { path?: unknown }).path ?? ''));
     if (!location) throw new Error(`sourceInfo.path is not an S3 URL: ${JSON.stringify(info)}`);
@@ -346,7 +353,12 @@ export class LocalHost {
       ] as const) {
         if (!text) continue;
         await this.s3.send(
-          new PutObjectCommand({ Bucket: bucket, Key: `${base}/${stream}`, Body: text, ACL: 'bucket-owner-full-control' }),
+          new PutObjectCommand({
+            Bucket: bucket,
+            Key: `${base}/${stream}`,
+            Body: text,
+            ACL: 'bucket-owner-full-control',
+          }),
         );
       }
       plugin.outputUrl = `${this.options.s3Endpoint}/${bucket}/${base}/stdout`;

@@ -188,9 +188,17 @@ export class LocalLambdaFunction {
       const timer = setTimeout(() => {
         if (container.pending?.id !== id) return;
         container.pending = undefined;
-        this.options.logger?.warn('local function timed out', { function: fn.name, timeoutSeconds: fn.timeoutSeconds });
+        this.options.logger?.warn('local function timed out', {
+          function: fn.name,
+          timeoutSeconds: fn.timeoutSeconds,
+        });
         void this.kill(container, 'SIGKILL');
-        reject(new LambdaInvocationError('Sandbox.Timedout', `Task timed out after ${fn.timeoutSeconds.toFixed(2)} seconds`));
+        reject(
+          new LambdaInvocationError(
+            'Sandbox.Timedout',
+            `Task timed out after ${fn.timeoutSeconds.toFixed(2)} seconds`,
+          ),
+        );
       }, timeoutMs);
       container.pending = {
         id,

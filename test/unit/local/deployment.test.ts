@@ -1,7 +1,7 @@
+import { matchRoute } from '../../../infra/local/api-server.js';
 import type { CloudAssembly } from '../../../infra/local/assembly/cloud-assembly.js';
 import { LocalDeployment } from '../../../infra/local/assembly/deployment.js';
 import { ResolveError, resolve } from '../../../infra/local/assembly/intrinsics.js';
-import { matchRoute } from '../../../infra/local/api-server.js';
 
 const account = { accountId: '123456789012', region: 'eu-west-1', partition: 'aws' as const };
 
@@ -65,7 +65,9 @@ describe('LocalDeployment', () => {
         PolicyName: 'p',
         Roles: [{ Ref: 'Role' }],
         PolicyDocument: {
-          Statement: [{ Effect: 'Allow', Action: 'dynamodb:GetItem', Resource: { 'Fn::GetAtt': ['Table', 'Arn'] } }],
+          Statement: [
+            { Effect: 'Allow', Action: 'dynamodb:GetItem', Resource: { 'Fn::GetAtt': ['Table', 'Arn'] } },
+          ],
         },
       },
     },
@@ -76,7 +78,12 @@ describe('LocalDeployment', () => {
         Handler: 'index.handler',
         Timeout: 29,
         Role: { 'Fn::GetAtt': ['Role', 'Arn'] },
-        Environment: { Variables: { TABLE: { Ref: 'Table' }, FLOWS: { 'Fn::Join': ['', ['{"a":"', { Ref: 'Machine' }, '"}']] } } },
+        Environment: {
+          Variables: {
+            TABLE: { Ref: 'Table' },
+            FLOWS: { 'Fn::Join': ['', ['{"a":"', { Ref: 'Machine' }, '"}']] },
+          },
+        },
       },
     },
     Machine: {
@@ -91,7 +98,11 @@ describe('LocalDeployment', () => {
     Api: { Type: 'AWS::ApiGateway::RestApi' },
     Proxy: {
       Type: 'AWS::ApiGateway::Resource',
-      Properties: { ParentId: { 'Fn::GetAtt': ['Api', 'RootResourceId'] }, PathPart: 'hosts', RestApiId: { Ref: 'Api' } },
+      Properties: {
+        ParentId: { 'Fn::GetAtt': ['Api', 'RootResourceId'] },
+        PathPart: 'hosts',
+        RestApiId: { Ref: 'Api' },
+      },
     },
     Child: {
       Type: 'AWS::ApiGateway::Resource',
@@ -105,7 +116,16 @@ describe('LocalDeployment', () => {
         AuthorizationType: 'AWS_IAM',
         Integration: {
           Type: 'AWS_PROXY',
-          Uri: { 'Fn::Join': ['', ['arn:aws:apigateway:eu-west-1:lambda:path/2015-03-31/functions/', { 'Fn::GetAtt': ['Fn', 'Arn'] }, '/invocations']] },
+          Uri: {
+            'Fn::Join': [
+              '',
+              [
+                'arn:aws:apigateway:eu-west-1:lambda:path/2015-03-31/functions/',
+                { 'Fn::GetAtt': ['Fn', 'Arn'] },
+                '/invocations',
+              ],
+            ],
+          },
         },
       },
     },
@@ -118,7 +138,9 @@ describe('LocalDeployment', () => {
       arn: 'arn:aws:dynamodb:eu-west-1:123456789012:table/Strata-Table-ABCDEF123456',
     });
     expect(deployment.buckets()[0]!.name).toBe('strata-bucket-abcdef123456');
-    expect(deployment.stateMachines()[0]!.arn).toBe('arn:aws:states:eu-west-1:123456789012:stateMachine:Strata-flow');
+    expect(deployment.stateMachines()[0]!.arn).toBe(
+      'arn:aws:states:eu-west-1:123456789012:stateMachine:Strata-flow',
+    );
   });
 
   it('gives a function its resolved environment, role and code directory', () => {
@@ -152,7 +174,9 @@ describe('LocalDeployment', () => {
       },
     ]);
     const definition = deployment.stateMachines()[0]!.definition as { States: { A: { Resource: string } } };
-    expect(definition.States.A.Resource).toBe('arn:aws:lambda:eu-west-1:123456789012:function:Strata-Fn-ABCDEF123456');
+    expect(definition.States.A.Resource).toBe(
+      'arn:aws:lambda:eu-west-1:123456789012:function:Strata-Fn-ABCDEF123456',
+    );
   });
 
   it("builds the API's method paths from its resource tree", () => {

@@ -36,7 +36,9 @@ const principal = principalOf(ROLE, 'test');
 
 describe('IamAuthorizer', () => {
   it('allows what the role policy allows', async () => {
-    await expect(authorizer.authorize({ principal, action: 'dynamodb:GetItem', resource: TABLE })).resolves.toBeUndefined();
+    await expect(
+      authorizer.authorize({ principal, action: 'dynamodb:GetItem', resource: TABLE }),
+    ).resolves.toBeUndefined();
   });
 
   it('denies actions and resources the policy does not name, saying why as AWS does', async () => {
@@ -63,7 +65,9 @@ describe('IamAuthorizer', () => {
   });
 
   it('lets an explicit deny win over an allow', async () => {
-    await expect(authorizer.authorize({ principal, action: 's3:GetObject', resource: 'arn:aws:s3:::b/a' })).resolves.toBeUndefined();
+    await expect(
+      authorizer.authorize({ principal, action: 's3:GetObject', resource: 'arn:aws:s3:::b/a' }),
+    ).resolves.toBeUndefined();
     await expect(
       authorizer.authorize({ principal, action: 's3:GetObject', resource: 'arn:aws:s3:::b/secret/a' }),
     ).rejects.toThrow(/explicit deny/);
@@ -75,16 +79,25 @@ describe('IamAuthorizer', () => {
       Statement: [{ Effect: 'Deny', Principal: '*', Action: 's3:*', Resource: 'arn:aws:s3:::b/*' }],
     };
     await expect(
-      authorizer.authorize({ principal, action: 's3:GetObject', resource: 'arn:aws:s3:::b/a', resourcePolicy: denyAll }),
+      authorizer.authorize({
+        principal,
+        action: 's3:GetObject',
+        resource: 'arn:aws:s3:::b/a',
+        resourcePolicy: denyAll,
+      }),
     ).rejects.toBeInstanceOf(AccessDeniedError);
   });
 
   it('denies an unknown role and an action IAM does not have', async () => {
     await expect(
-      authorizer.authorize({ principal: principalOf(`arn:aws:iam::${ACCOUNT}:role/Nobody`, 'x'), action: 'dynamodb:GetItem', resource: TABLE }),
+      authorizer.authorize({
+        principal: principalOf(`arn:aws:iam::${ACCOUNT}:role/Nobody`, 'x'),
+        action: 'dynamodb:GetItem',
+        resource: TABLE,
+      }),
     ).rejects.toThrow(/no role/);
-    await expect(authorizer.authorize({ principal, action: 'dynamodb:GetItm', resource: TABLE })).rejects.toThrow(
-      /could not be evaluated/,
-    );
+    await expect(
+      authorizer.authorize({ principal, action: 'dynamodb:GetItm', resource: TABLE }),
+    ).rejects.toThrow(/could not be evaluated/);
   });
 });

@@ -4,7 +4,11 @@ import { GetObjectCommand, PutObjectCommand, S3Client } from '@aws-sdk/client-s3
 import { SFNClient, StartExecutionCommand } from '@aws-sdk/client-sfn';
 import { getSignedUrl } from '@aws-sdk/s3-request-presigner';
 import { LocalCredentialStore } from '../../../infra/local/aws/principals.js';
-import { SignatureError, type SignedRequest, verifySignature } from '../../../infra/local/aws/sigv4-verify.js';
+import {
+  SignatureError,
+  type SignedRequest,
+  verifySignature,
+} from '../../../infra/local/aws/sigv4-verify.js';
 
 const ROLE = 'arn:aws:iam::123456789012:role/Strata-ApiRole-ABC';
 
@@ -15,7 +19,12 @@ async function recorder(credentials: LocalCredentialStore, service: string) {
     const chunks: Buffer[] = [];
     req.on('data', (c: Buffer) => chunks.push(c));
     req.on('end', () => {
-      const request = { method: req.method!, url: req.url!, headers: req.headers, body: Buffer.concat(chunks) };
+      const request = {
+        method: req.method!,
+        url: req.url!,
+        headers: req.headers,
+        body: Buffer.concat(chunks),
+      };
       let outcome: string;
       try {
         outcome = `ok:${verifySignature(request, credentials, { service }).principal.arn}`;
@@ -24,7 +33,14 @@ async function recorder(credentials: LocalCredentialStore, service: string) {
       }
       seen.push({ request, outcome });
       res.writeHead(200, { 'content-type': 'application/x-amz-json-1.0', etag: '"e"' });
-      res.end(service === 's3' ? '' : JSON.stringify({ executionArn: 'arn:aws:states:us-east-1:123456789012:execution:m:n', startDate: 1 }));
+      res.end(
+        service === 's3'
+          ? ''
+          : JSON.stringify({
+              executionArn: 'arn:aws:states:us-east-1:123456789012:execution:m:n',
+              startDate: 1,
+            }),
+      );
     });
   });
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
@@ -39,7 +55,12 @@ describe('verifySignature', () => {
   it('accepts what the SDK signs for a JSON-protocol service and names the role session', async () => {
     const server = await recorder(credentials, 'states');
     const sfn = new SFNClient({ region: 'us-east-1', endpoint: server.url, credentials: issued });
-    await sfn.send(new StartExecutionCommand({ stateMachineArn: 'arn:aws:states:us-east-1:123456789012:stateMachine:m', input: '{"a":"b c"}' }));
+    await sfn.send(
+      new StartExecutionCommand({
+        stateMachineArn: 'arn:aws:states:us-east-1:123456789012:stateMachine:m',
+        input: '{"a":"b c"}',
+      }),
+    );
     sfn.destroy();
     await server.close();
     expect(server.seen.map((s) => s.outcome)).toEqual([
@@ -51,15 +72,25 @@ describe('verifySignature', () => {
     const server = await recorder(credentials, 'states');
     const send = (creds: typeof issued) =>
       new SFNClient({ region: 'us-east-1', endpoint: server.url, credentials: creds, maxAttempts: 1 })
-        .send(new StartExecutionCommand({ stateMachineArn: 'arn:aws:states:us-east-1:123456789012:stateMachine:m' }))
+        .send(
+          new StartExecutionCommand({
+            stateMachineArn: 'arn:aws:states:us-east-1:123456789012:stateMachine:m',
+          }),
+        )
         .catch(() => undefined);
     await send({ ...issued, secretAccessKey: 'wrong' });
     await send({ ...issued, accessKeyId: 'ASIAUNKNOWNUNKNOWN00' });
     await send({ ...issued, sessionToken: 'stolen' });
     await send(issued);
     const good = server.seen[3]!.request;
-    const tampered = { ...good, body: Buffer.from(good.body!.toString().replace('stateMachine:m', 'stateMachine:x')) };
-    const unsignedClaim = { ...good, headers: { ...good.headers, 'x-amz-content-sha256': 'UNSIGNED-PAYLOAD' } };
+    const tampered = {
+      ...good,
+      body: Buffer.from(good.body!.toString().replace('stateMachine:m', 'stateMachine:x')),
+    };
+    const unsignedClaim = {
+      ...good,
+      headers: { ...good.headers, 'x-amz-content-sha256': 'UNSIGNED-PAYLOAD' },
+    };
     await server.close();
     expect(server.seen.slice(0, 3).map((s) => s.outcome)).toEqual([
       'refused:InvalidSignatureException',
@@ -69,13 +100,15 @@ describe('verifySignature', () => {
     expect(() => verifySignature(good, credentials, { service: 'states' })).not.toThrow();
     expect(() => verifySignature(tampered, credentials, { service: 'states' })).toThrow(SignatureError);
     // Outside S3 the body's own hash is what was signed, whatever a header claims.
-    expect(() => verifySignature({ ...unsignedClaim, body: tampered.body }, credentials, { service: 'states' })).toThrow(
-      SignatureError,
-    );
+    expect(() =>
+      verifySignature({ ...unsignedClaim, body: tampered.body }, credentials, { service: 'states' }),
+    ).toThrow(SignatureError);
     expect(() => verifySignature(good, credentials, { service: 'ssm' })).toThrow(/scoped to service ssm/);
-    expect(() => verifySignature({ ...good, headers: { ...good.headers, authorization: undefined } }, credentials, { service: 'states' })).toThrow(
-      /missing Authentication Token/,
-    );
+    expect(() =>
+      verifySignature({ ...good, headers: { ...good.headers, authorization: undefined } }, credentials, {
+        service: 'states',
+      }),
+    ).toThrow(/missing Authentication Token/);
   });
 
   it('accepts S3 header signatures over keys that need encoding, and streamed bodies', async () => {
@@ -97,8 +130,15 @@ describe('verifySignature', () => {
 
   it('accepts a presigned URL until it expires, and refuses it tampered or late', async () => {
     const server = await recorder(credentials, 's3');
-    const s3 = new S3Client({ region: 'us-east-1', endpoint: server.url, forcePathStyle: true, credentials: issued });
-    const url = await getSignedUrl(s3, new GetObjectCommand({ Bucket: 'b', Key: 'x y/z' }), { expiresIn: 60 });
+    const s3 = new S3Client({
+      region: 'us-east-1',
+      endpoint: server.url,
+      forcePathStyle: true,
+      credentials: issued,
+    });
+    const url = await getSignedUrl(s3, new GetObjectCommand({ Bucket: 'b', Key: 'x y/z' }), {
+      expiresIn: 60,
+    });
     await fetch(url);
     await fetch(url.replace('x%20y', 'x%20q'));
     s3.destroy();
@@ -108,8 +148,8 @@ describe('verifySignature', () => {
       'refused:SignatureDoesNotMatch',
     ]);
     const later = new Date(Date.now() + 61_000);
-    expect(() => verifySignature(server.seen[0]!.request, credentials, { service: 's3', now: later })).toThrow(
-      /Request has expired/,
-    );
+    expect(() =>
+      verifySignature(server.seen[0]!.request, credentials, { service: 's3', now: later }),
+    ).toThrow(/Request has expired/);
   });
 });
