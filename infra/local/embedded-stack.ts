@@ -64,6 +64,8 @@ export interface EmbeddedStackOptions {
   /** API port on 127.0.0.1; 0 picks a free one. */
   port: number;
   hostCount?: number;
+  /** How many of the local hosts the first start registers with Strata (default: all of them). */
+  registerHosts?: number;
   /** Reuse running emulators instead of starting them (tests). */
   dynamoEndpoint?: string;
   s3Endpoint?: string;
@@ -433,7 +435,9 @@ export async function startEmbeddedStack(options: EmbeddedStackOptions): Promise
       bootstrapJobs: [],
       stop: stopAll,
     };
-    if (options.bootstrap !== false) stack.bootstrapJobs = await bootstrap(stack, options.hostCount ?? 2);
+    if (options.bootstrap !== false) {
+      stack.bootstrapJobs = await bootstrap(stack, options.registerHosts ?? options.hostCount ?? 2);
+    }
     return stack;
   } catch (e) {
     await stopAll();

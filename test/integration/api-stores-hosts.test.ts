@@ -9,16 +9,22 @@ import { startTestStack, type TestStack } from '../support/stack';
 let t: TestStack;
 
 beforeAll(async () => {
-  t = await startTestStack();
+  // Three local hosts, two registered at the start: the third joins in a test.
+  t = await startTestStack({ hostCount: 3, registerHosts: 2 });
 }, 60_000);
 
 afterAll(async () => {
   await t?.stack.stop();
 });
 
-const HOST_1 = 'host-local-host-1';
-const HOST_3 = 'host-local-host-3';
-const HOST_2 = 'host-local-host-2';
+let HOST_1: string;
+let HOST_2: string;
+let HOST_3: string;
+beforeAll(() => {
+  HOST_1 = t.hostId(1);
+  HOST_2 = t.hostId(2);
+  HOST_3 = t.hostId(3);
+});
 
 async function addNfsStore(name: string, share: string, extra: Record<string, unknown> = {}) {
   const res = await t.call('POST', '/stores', {
@@ -43,7 +49,20 @@ describe('bootstrap', () => {
     expect(byName['nfs-primary-1']).toMatchObject({ status: 'Up', provider: 'nfs', role: 'primary' });
     expect(byName['images-1']).toMatchObject({ status: 'Up', provider: 's3', role: 'image' });
     for (const h of hosts.body.items) expect(h.attachedStoreIds).toContain(byName['nfs-primary-1'].id);
-    expect(t.stack.bootstrapJobs.map((j) => j.state)).toEqual(['succeeded', 'succeeded']);
+    // Both hosts probed (their runtime is this build, ready), both stores added.
+    expect(t.stack.bootstrapJobs.map((j) => `${j.kind} ${j.state}`)).toEqual([
+      'host.probe succeeded',
+      'host.probe succeeded',
+      'store.add succeeded',
+      'store.add succeeded',
+    ]);
+    for (const h of hosts.body.items) {
+      expect(h.runtime).toMatchObject({
+        current: true,
+        ready: true,
+        build: expect.stringMatching(/^[0-9a-f]{64}$/),
+      });
+    }
   });
 });
 
@@ -65,7 +84,8 @@ describe('GET /health and /openapi.json', () => {
       expect.arrayContaining([
         '/hosts/{id}',
         '/stores/{id}/maintenance',
-        '/stores/{id}/objects',
+        '/stores/{id}/inventory',
+        '/hosts/{id}/probe',
         '/jobs/{id}',
       ]),
     );
@@ -100,13 +120,14 @@ describe('hosts', () => {
       name: 'local-host-3',
       zoneId: 'zone-1',
       clusterId: 'cluster-1',
-      instanceId: 'local-host-3',
+      instanceId: t.stack.hosts[2]!.instanceId,
     });
     expect(res.status).toBe(201);
     expect(res.body.attachJobIds).toHaveLength(1);
     const job = await t.waitForJob(res.body.attachJobIds[0]);
     expect(job).toMatchObject({ state: 'succeeded', kind: 'store.attachHost' });
-    expect(job.result.attachedHosts).toEqual(['host-local-host-3']);
+    expect(job.result.attachedHosts).toEqual([HOST_3]);
+    expect((await t.waitForJob(res.body.probeJobId)).state).toBe('succeeded');
     const primary = (await t.call('GET', '/stores?role=primary')).body.items.find(
       (s: { name: string }) => s.name === 'nfs-primary-1',
     );
@@ -116,9 +137,13 @@ describe('hosts', () => {
       name: 'elsewhere',
       zoneId: 'zone-1',
       clusterId: 'cluster-2',
-      instanceId: 'local-host-4',
+      instanceId: 'mi-0000000000000abcd',
     });
     expect(other.body.attachJobIds).toEqual([]);
+    // Not a managed instance SSM knows: its probe fails, and says so.
+    const probe = await t.waitForJob(other.body.probeJobId);
+    expect(probe.state).toBe('failed');
+    expect(probe.error.message).toMatch(/mi-0000000000000abcd/);
   });
 
   it('refuses a second host with the same instance id', async () => {
@@ -271,12 +296,14 @@ describe('stores: add, maintain, cancel, delete', () => {
     expect((await t.call('GET', `/stores/${storeId}`)).body.status).toBe('Up');
   });
 
-  it('lists what the share holds through a host', async () => {
+  it('lists what the share holds through a host, as an inventory job', async () => {
     const stores = (await t.call('GET', '/stores?role=primary&zoneId=zone-1')).body.items;
     const primary = stores.find((s: { name: string }) => s.name === 'nfs-primary-1');
-    const res = await t.call('GET', `/stores/${primary.id}/objects`);
-    expect(res.status).toBe(200);
-    expect(Array.isArray(res.body.items)).toBe(true);
+    const { status, job } = await t.run('POST', `/stores/${primary.id}/inventory`);
+    expect(status).toBe(202);
+    expect(job).toMatchObject({ state: 'succeeded', kind: 'store.inventory' });
+    expect(job.result).toMatchObject({ storeId: primary.id, truncated: false, total: expect.any(Number) });
+    expect(Array.isArray(job.result.objects)).toBe(true);
   });
 
   it.each([
@@ -327,7 +354,7 @@ describe('stores: add, maintain, cancel, delete', () => {
       ['DELETE', '/stores/store-nope'],
       ['POST', '/stores/store-nope/maintenance'],
       ['DELETE', '/stores/store-nope/maintenance'],
-      ['GET', '/stores/store-nope/objects'],
+      ['POST', '/stores/store-nope/inventory'],
     ] as const) {
       const res = await t.call(method, route, method === 'PATCH' ? { name: 'x' } : undefined);
       expect({ route, method, status: res.status }).toEqual({ route, method, status: 404 });

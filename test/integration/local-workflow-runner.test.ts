@@ -421,7 +421,10 @@ describe('LocalWorkflowRunner', () => {
       runner.sendTaskHeartbeat(tokens[0]!);
       runner.sendTaskSuccess(tokens[0]!, { done: true });
       runner.sendTaskFailure(tokens[1]!, 'Host.Failed', 'the host said no');
-      expect(await runner.waitFor(ok.executionId)).toMatchObject({ status: 'SUCCEEDED', output: { done: true } });
+      expect(await runner.waitFor(ok.executionId)).toMatchObject({
+        status: 'SUCCEEDED',
+        output: { done: true },
+      });
       expect(await runner.waitFor(bad.executionId)).toMatchObject({ status: 'FAILED', error: 'Host.Failed' });
       expect(() => runner.sendTaskSuccess(tokens[0]!, {})).toThrow(TaskDoesNotExistError);
       await runner.stop();
@@ -438,7 +441,10 @@ describe('LocalWorkflowRunner', () => {
     it("binds every Task of the repository's own flow definitions", () => {
       const arn = fn('store-tasks');
       const machines = Object.values(FlowName).map((flow) =>
-        machine(machineArn(flow), loadFlowDefinition(flow, { StoreTasksFunctionArn: arn, ImageTasksFunctionArn: arn })),
+        machine(
+          machineArn(flow),
+          loadFlowDefinition(flow, { StoreTasksFunctionArn: arn, ImageTasksFunctionArn: arn }),
+        ),
       );
 
       expect(() => runnerFor(machines, { [arn]: async () => ({}) })).not.toThrow();

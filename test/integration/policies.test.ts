@@ -1,14 +1,17 @@
 /**
  * Snapshot policies end to end on the embedded stack: the API validates and stores policies and
- * arms the in-process scheduler; the snapshot-policy flow takes one snapshot per slot however often
- * the slot is delivered, and retention keeps the newest N of the policy's own snapshots; the
- * scheduler really fires (its clock is moved to just before a slot); deleting a policy removes its
- * schedule but not its snapshots.
+ * creates their schedules in the local EventBridge Scheduler; the snapshot-policy flow, started as
+ * Scheduler starts it (StartExecution signed as the scheduler role), takes one snapshot per slot
+ * however often the slot is delivered, and retention keeps the newest N of the policy's own
+ * snapshots; the scheduler really fires (its clock is moved to just before a slot); deleting a
+ * policy removes its schedule but not its snapshots.
  */
 import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
+import { SFNClient, StartExecutionCommand } from '@aws-sdk/client-sfn';
 import { nextFireTime, parseSchedule } from '../../functions/core/schedule';
+import { EnvName } from '../../functions/env-names';
 import { type EmbeddedStack, startEmbeddedStack } from '../../infra/local/embedded-stack';
 import { integrationEndpoints, uniqueName } from '../support/integration';
 
@@ -61,11 +64,33 @@ async function snapshotsOf(volumeId: string): Promise<any[]> {
   return (await call('GET', `/snapshots?volumeId=${volumeId}&limit=100`)).body.items;
 }
 
-/** One delivery of a slot, as Scheduler makes it: its own execution, the slot's time as input. */
+/**
+ * One delivery of a slot, as Scheduler makes it: its own execution of the policy flow, started with
+ * the scheduler role's credentials, the slot's time as input.
+ */
 async function deliver(policyId: string, scheduledTime: string, execution = uniqueName('delivery')) {
-  const { executionId } = await stack.runner.start('snapshot-policy', execution, { policyId, scheduledTime });
-  return stack.runner.waitFor(executionId, 60_000);
+  const machine = stack.deployment.stateMachines().find((m) => m.name.endsWith('-snapshot-policy'))!;
+  const sfn = new SFNClient({
+    region: stack.account.region,
+    endpoint: stack.endpoints.sfn,
+    credentials: stack.credentialsFor('SnapshotSchedulingSchedulerRole', 'scheduler'),
+  });
+  try {
+    const { executionArn } = await sfn.send(
+      new StartExecutionCommand({
+        stateMachineArn: machine.arn,
+        name: execution.slice(0, 80),
+        input: JSON.stringify({ policyId, scheduledTime }),
+      }),
+    );
+    return await stack.stepFunctions.runner.waitFor(executionArn!, 60_000);
+  } finally {
+    sfn.destroy();
+  }
 }
+
+const group = () => stack.deployment.scheduleGroups()[0]!;
+const scheduled = () => stack.scheduler.names();
 
 async function createPolicy(body: Record<string, unknown>): Promise<any> {
   const res = await call('POST', '/snapshot-policies', body);
@@ -81,13 +106,11 @@ beforeAll(async () => {
     port: 0,
     dynamoEndpoint: endpoints.dynamo,
     s3Endpoint: endpoints.s3,
-    tableName: uniqueName('policies'),
-    imageBucket: uniqueName('images'),
     hostCount: 2,
     reconcileEverySeconds: 0,
     waitTimeScale: 0.01,
-    hostPollMs: 20,
-    policyClock: clock,
+    functionEnvironment: { [EnvName.HostPollMs]: '20', [EnvName.HostMaxPollMs]: '100' },
+    schedulerClock: clock,
   });
 }, 90_000);
 
@@ -128,7 +151,7 @@ describe('snapshot policies', () => {
       expect(res.status).toBe(status);
       expect(res.body.error.field).toBe(field);
       expect((await call('GET', `/snapshot-policies?volumeId=${volumeId}`)).body.items).toEqual([]);
-      expect(stack.policyScheduler.policyIds()).toEqual([]);
+      expect(scheduled()).toEqual([]);
     });
 
     it('creates a policy with its defaults and arms its schedule', async () => {
@@ -142,7 +165,7 @@ describe('snapshot policies', () => {
         keep: 3,
         backup: false,
       });
-      expect(stack.policyScheduler.nextFire(policy.id)).toEqual(
+      expect(stack.scheduler.nextFire(group(), policy.id)).toEqual(
         nextFireTime(parseSchedule(policy.schedule), { after: clock.now(), timeZone: 'UTC' }),
       );
       expect((await call('GET', `/snapshot-policies/${policy.id}`)).body).toEqual(policy);
@@ -197,13 +220,20 @@ describe('snapshot policies', () => {
         outputs.push(run.output);
       }
 
+      // Retention starts a snapshot-delete job per expired snapshot: wait for them.
+      for (const output of outputs) {
+        for (const { jobId } of output.retention.deleting)
+          expect((await waitForJob(jobId)).state).toBe('succeeded');
+      }
       const all = await snapshotsOf(volumeId);
       const mine = all.filter((s) => s.policyId === policy.id);
       expect(mine.map((s) => s.slot).sort()).toEqual([
         '2024-06-03T03:00:00.000Z',
         '2024-06-04T03:00:00.000Z',
       ]);
-      expect(outputs[2].retention.deleted).toEqual([outputs[0].run.snapshotId]);
+      expect(outputs[2].retention.deleting.map((d: { snapshotId: string }) => d.snapshotId)).toEqual([
+        outputs[0].run.snapshotId,
+      ]);
       expect((await call('GET', `/snapshots/${outputs[0].run.snapshotId}`)).status).toBe(404);
       // the manual snapshot and the other policy's are untouched
       expect(all.map((s) => s.id)).toContain(manualId);
@@ -221,7 +251,7 @@ describe('snapshot policies', () => {
     clock.offsetMs = slot.getTime() - 2_000 - Date.now();
     try {
       const policy = await createPolicy({ volumeId, schedule, timeZone, keep: 3, name: 'tokyo' });
-      expect(stack.policyScheduler.nextFire(policy.id)).toEqual(slot);
+      expect(stack.scheduler.nextFire(group(), policy.id)).toEqual(slot);
 
       const taken = await waitFor('the scheduled snapshot', async () =>
         (await snapshotsOf(volumeId)).find((s) => s.policyId === policy.id),
@@ -229,7 +259,7 @@ describe('snapshot policies', () => {
 
       expect(taken.slot).toBe(slot.toISOString());
       expect((await waitForJob(taken.takenByJobId)).state).toBe('succeeded');
-      expect(stack.policyScheduler.nextFire(policy.id)).toEqual(new Date(slot.getTime() + 86_400_000));
+      expect(stack.scheduler.nextFire(group(), policy.id)).toEqual(new Date(slot.getTime() + 86_400_000));
       await call('DELETE', `/snapshot-policies/${policy.id}`);
     } finally {
       clock.offsetMs = 0;
@@ -239,14 +269,14 @@ describe('snapshot policies', () => {
   it('DELETE removes the policy and its schedule, keeps its snapshots, and a late run is a no-op', async () => {
     const policy = await createPolicy({ volumeId, schedule: 'rate(1 hour)', keep: 2, name: 'doomed' });
     expect((await deliver(policy.id, '2024-06-10T00:00:00Z')).status).toBe('SUCCEEDED');
-    expect(stack.policyScheduler.policyIds()).toContain(policy.id);
+    expect(scheduled()).toContain(`${group()}/${policy.id}`);
 
     expect((await call('DELETE', `/snapshot-policies/${policy.id}`)).status).toBe(204);
 
     expect((await call('GET', `/snapshot-policies/${policy.id}`)).status).toBe(404);
     expect((await call('DELETE', `/snapshot-policies/${policy.id}`)).status).toBe(404);
-    expect(stack.policyScheduler.policyIds()).not.toContain(policy.id);
-    expect(stack.policyScheduler.nextFire(policy.id)).toBeUndefined();
+    expect(scheduled()).not.toContain(`${group()}/${policy.id}`);
+    expect(stack.scheduler.nextFire(group(), policy.id)).toBeUndefined();
     const before = (await snapshotsOf(volumeId)).filter((s) => s.policyId === policy.id);
     expect(before).toHaveLength(1);
 

@@ -57,23 +57,23 @@ describe('snapshots on primary storage', () => {
     expect(refused.body.error.dependents).toHaveLength(3);
 
     // revert to the oldest, then to the newest: any snapshot, not only the latest
-    expect((await t.call('POST', `/snapshots/${snapshots[0]}/revert`)).status).toBe(200);
+    expect((await t.run('POST', `/snapshots/${snapshots[0]}/revert`)).job?.state).toBe('succeeded');
     expect(await qemuCompare(path.join(refs, 's1.qcow2'), file)).toBe(0);
-    expect((await t.call('POST', `/snapshots/${snapshots[2]}/revert`)).status).toBe(200);
+    expect((await t.run('POST', `/snapshots/${snapshots[2]}/revert`)).job?.state).toBe('succeeded');
     expect(await qemuCompare(path.join(refs, 's3.qcow2'), file)).toBe(0);
     expect((await t.call('GET', `/volumes/${volume.id}`)).body.status).toBe('Ready');
 
     // delete the middle one: merged into its child, the others still revert correctly
-    expect((await t.call('DELETE', `/snapshots/${snapshots[1]}`)).status).toBe(204);
+    expect((await t.run('DELETE', `/snapshots/${snapshots[1]}`)).job?.state).toBe('succeeded');
     expect((await t.call('GET', `/snapshots/${snapshots[1]}`)).status).toBe(404);
     expect(await qemuCompare(path.join(refs, 's3.qcow2'), file)).toBe(0);
-    await t.call('POST', `/snapshots/${snapshots[0]}/revert`);
+    await t.run('POST', `/snapshots/${snapshots[0]}/revert`);
     expect(await qemuCompare(path.join(refs, 's1.qcow2'), file)).toBe(0);
-    await t.call('POST', `/snapshots/${snapshots[2]}/revert`);
+    await t.run('POST', `/snapshots/${snapshots[2]}/revert`);
     expect(await qemuCompare(path.join(refs, 's3.qcow2'), file)).toBe(0);
 
     for (const id of [snapshots[0], snapshots[2]])
-      expect((await t.call('DELETE', `/snapshots/${id}`)).status).toBe(204);
+      expect((await t.run('DELETE', `/snapshots/${id}`)).job?.state).toBe('succeeded');
     expect(await qemuCompare(path.join(refs, 's3.qcow2'), file)).toBe(0);
     const del = await t.call('DELETE', `/volumes/${volume.id}`);
     expect((await t.waitForJob(del.body.job.id)).state).toBe('succeeded');
@@ -92,7 +92,7 @@ describe('snapshots on primary storage', () => {
     const loser = a.status === 202 ? b : a;
     expect(loser.body.error.state).toBe('Snapshotting');
     await t.waitForJob(winner.body.job.id);
-    expect((await t.call('DELETE', `/snapshots/${winner.body.snapshot.id}`)).status).toBe(204);
+    expect((await t.run('DELETE', `/snapshots/${winner.body.snapshot.id}`)).job?.state).toBe('succeeded');
     const del = await t.call('DELETE', `/volumes/${id}`);
     expect((await t.waitForJob(del.body.job.id)).state).toBe('succeeded');
   });

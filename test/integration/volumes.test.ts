@@ -110,17 +110,18 @@ describe('volumes from a template', () => {
   });
 
   it('grants and revokes a host access to a volume', async () => {
-    const granted = await t.call('POST', `/volumes/${ids[0]}/access`, { hostId: 'host-local-host-1' });
-    expect(granted.status).toBe(200);
-    expect(granted.body.uri).toBe(
+    const granted = await t.run('POST', `/volumes/${ids[0]}/access`, { hostId: t.hostId(1) });
+    expect(granted.status).toBe(202);
+    expect(granted.job).toMatchObject({ state: 'succeeded', kind: 'volume.grantAccess' });
+    expect(granted.job.result.uri).toBe(
       `file://${path.join(pool.details.mountPath, (await t.call('GET', `/volumes/${ids[0]}`)).body.path)}`,
     );
-    expect((await t.call('GET', `/volumes/${ids[0]}`)).body.accessHostIds).toEqual(['host-local-host-1']);
+    expect((await t.call('GET', `/volumes/${ids[0]}`)).body.accessHostIds).toEqual([t.hostId(1)]);
     // a volume with access cannot be deleted
     expect((await t.call('DELETE', `/volumes/${ids[0]}`)).status).toBe(409);
-    expect((await t.call('DELETE', `/volumes/${ids[0]}/access/host-local-host-1`)).status).toBe(204);
+    expect((await t.run('DELETE', `/volumes/${ids[0]}/access/${t.hostId(1)}`)).job?.state).toBe('succeeded');
     expect((await t.call('GET', `/volumes/${ids[0]}`)).body.accessHostIds).toEqual([]);
-    expect((await t.call('DELETE', `/volumes/${ids[0]}/access/host-local-host-1`)).status).toBe(404);
+    expect((await t.call('DELETE', `/volumes/${ids[0]}/access/${t.hostId(1)}`)).status).toBe(404);
   });
 
   it('refuses to delete the template while clones use it', async () => {
@@ -316,9 +317,9 @@ describe('migrate between stores no single host reaches', () => {
       expect((await t.waitForJob(res.body.job.id)).state).toBe('succeeded');
       return { id: res.body.store.id as string, share };
     };
-    const a = await addLocal('local-a', 'host-local-host-1');
-    const b = await addLocal('local-b', 'host-local-host-2');
-    expect((await t.call('GET', '/hosts/host-local-host-1')).body.attachedStoreIds).not.toContain(b.id);
+    const a = await addLocal('local-a', t.hostId(1));
+    const b = await addLocal('local-b', t.hostId(2));
+    expect((await t.call('GET', `/hosts/${t.hostId(1)}`)).body.attachedStoreIds).not.toContain(b.id);
 
     const created = await t.call('POST', '/volumes', {
       name: 'roamer',

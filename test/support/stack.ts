@@ -39,6 +39,13 @@ export interface TestStack {
   ): Promise<{ status: number; headers: Headers; body: any }>;
   /** Polls a job until it finishes. */
   waitForJob(jobId: string, timeoutMs?: number): Promise<any>;
+  /**
+   * Calls an asynchronous route and waits for its job: the final job, or the error answer when the
+   * route refused (no job).
+   */
+  run(method: string, route: string, body?: unknown): Promise<{ status: number; job?: any; body: any }>;
+  /** The id Strata gives local host n (1-based): `host-<its managed-instance id>`. */
+  hostId(n: number): string;
   /** A new directory acting as an NFS share every local host mounts. */
   newShare(name: string): Promise<string>;
 }
@@ -47,6 +54,8 @@ export async function startTestStack(
   options: {
     bootstrap?: boolean;
     hostCount?: number;
+    /** How many of the hosts the bootstrap registers (the rest can join in a test). */
+    registerHosts?: number;
     fetchAllowlist?: string;
     /** Reach the S3 emulator through this URL instead (e.g. a fault-injecting proxy). */
     s3Endpoint?: string;
@@ -68,6 +77,7 @@ export async function startTestStack(
     ...(options.fetchAllowlist !== undefined ? { fetchAllowlist: options.fetchAllowlist } : {}),
     bootstrap: options.bootstrap ?? true,
     hostCount: options.hostCount ?? 2,
+    ...(options.registerHosts !== undefined ? { registerHosts: options.registerHosts } : {}),
     reconcileEverySeconds: 0,
     waitTimeScale: 0.01,
     functionEnvironment: {
@@ -103,6 +113,15 @@ export async function startTestStack(
     await stop();
     await rm(dataDir, { recursive: true, force: true });
   };
+  const waitForJob: TestStack['waitForJob'] = async (jobId, timeoutMs = 30_000) => {
+    const until = Date.now() + timeoutMs;
+    for (;;) {
+      const { body } = await call('GET', `/jobs/${jobId}`);
+      if (body.state === 'succeeded' || body.state === 'failed') return body;
+      if (Date.now() > until) throw new Error(`job ${jobId} still ${body.state} after ${timeoutMs} ms`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  };
   return {
     stack,
     url: stack.url,
@@ -111,14 +130,17 @@ export async function startTestStack(
     s3,
     repo,
     call,
-    async waitForJob(jobId, timeoutMs = 30_000) {
-      const until = Date.now() + timeoutMs;
-      for (;;) {
-        const { body } = await call('GET', `/jobs/${jobId}`);
-        if (body.state === 'succeeded' || body.state === 'failed') return body;
-        if (Date.now() > until) throw new Error(`job ${jobId} still ${body.state} after ${timeoutMs} ms`);
-        await new Promise((r) => setTimeout(r, 50));
-      }
+    waitForJob,
+    hostId(n) {
+      const host = stack.hosts[n - 1];
+      if (!host) throw new Error(`the stack has no local host ${n}`);
+      return `host-${host.instanceId}`;
+    },
+    async run(method, route, body) {
+      const answer = await call(method, route, body);
+      if (answer.status !== 202) return { status: answer.status, body: answer.body };
+      const job = await waitForJob(answer.body.job.id, 60_000);
+      return { status: answer.status, job, body: answer.body };
     },
     async newShare(name) {
       const dir = path.join(dataDir, 'shares', name);

@@ -22,7 +22,9 @@ describe('buildAwsStrata', () => {
     await expect((async () => strata.ports.workflows.start('store-attach', 'job-1', {}))()).rejects.toThrow(
       /starting workflows is not available .*STRATA_STATE_MACHINE_ARNS/,
     );
-    await expect(strata.policies.create({ volumeId: 'v', schedule: 'rate(1 hour)', keep: 1 } as never)).rejects.toThrow();
+    await expect(
+      strata.policies.create({ volumeId: 'v', schedule: 'rate(1 hour)', keep: 1 } as never),
+    ).rejects.toThrow();
   });
 });
 

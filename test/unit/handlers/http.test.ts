@@ -83,9 +83,11 @@ describe('workflowErrorName', () => {
   it('retries AWS throttling and server errors instead of failing the flow', () => {
     const sdkError = (name: string, fields: Record<string, unknown>) =>
       Object.assign(new Error(name), { name, $metadata: {}, ...fields });
-    expect(workflowErrorName(sdkError('ProvisionedThroughputExceededException', { $retryable: { throttling: true } }))).toBe(
-      'Strata.Unavailable',
-    );
+    expect(
+      workflowErrorName(
+        sdkError('ProvisionedThroughputExceededException', { $retryable: { throttling: true } }),
+      ),
+    ).toBe('Strata.Unavailable');
     expect(workflowErrorName(sdkError('ThrottlingException', {}))).toBe('Strata.Unavailable');
     expect(workflowErrorName(sdkError('InternalServerError', { $metadata: { httpStatusCode: 500 } }))).toBe(
       'Strata.Unavailable',

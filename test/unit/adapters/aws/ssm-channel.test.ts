@@ -342,7 +342,10 @@ describe('SsmEndpointChannel', () => {
         });
         s3.on(GetObjectCommand).rejects(new NoSuchKey({ message: 'missing', $metadata: {} }));
 
-        const status = await channel({ now: () => ended + OUTPUT_UPLOAD_GRACE_MS + 1 }).status(host, COMMAND_ID);
+        const status = await channel({ now: () => ended + OUTPUT_UPLOAD_GRACE_MS + 1 }).status(
+          host,
+          COMMAND_ID,
+        );
 
         expect(status).toEqual({
           state: 'failed',
