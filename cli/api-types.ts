@@ -17,9 +17,45 @@ export interface Host {
   hypervisor: string;
   status: HostStatus | string;
   attachedStoreIds: string[];
+  /** What the host's runtime last reported about itself; absent until a probe has succeeded. */
+  runtime?: HostRuntime;
   version: number;
   createdAt: string;
   updatedAt: string;
+}
+
+/** One tool a host operation needs: whether it is usable, its version, and what is wrong if not. */
+export interface Prerequisite {
+  ok: boolean;
+  version?: string;
+  problem?: string;
+}
+
+/**
+ * A host runtime's report: its build and prerequisites. Keyed by name (today `node`, `qemuImg`,
+ * `qemuNbd`) rather than a fixed shape, so that a server checking one more tool does not need a new CLI.
+ */
+export interface HostRuntime {
+  build: string;
+  platform: string;
+  arch: string;
+  prerequisites: Record<string, Prerequisite>;
+  /** Every prerequisite is usable. */
+  ready: boolean;
+  /** The build is the one the control plane was deployed with. */
+  current: boolean;
+  checkedAt: string;
+}
+
+/** The result of a host.probe job (POST /hosts/{id}/probe); the same report is kept on the host. */
+export interface HostProbeResult extends HostRuntime {
+  hostId: string;
+}
+
+/** The 201 answer of POST /hosts: the host and the jobs registration started. */
+export interface HostCreated extends Host {
+  attachJobIds?: string[];
+  probeJobId?: string;
 }
 
 export interface NewHost {
@@ -89,6 +125,18 @@ export interface StoreObject {
   owner?: { type: string; id: string };
 }
 
+/** The result of a store.inventory job (POST /stores/{id}/inventory). */
+export interface StoreInventory {
+  storeId: string;
+  /** Objects the storage holds, all of them, also past the ones listed. */
+  total: number;
+  /** How many of the `total` a row (volume, template, snapshot) owns. */
+  owned: number;
+  /** `objects` stops at the API's limit (1000) and `total` is more. */
+  truncated: boolean;
+  objects: StoreObject[];
+}
+
 export type JobState = 'pending' | 'running' | 'succeeded' | 'failed';
 
 export interface Job {
@@ -103,6 +151,11 @@ export interface Job {
   executionId?: string;
   createdAt: string;
   updatedAt: string;
+}
+
+/** The 202 answer of an asynchronous request that has no entity to show: the job to follow. */
+export interface JobAccepted {
+  job: Job;
 }
 
 /** What the API answers to an asynchronous request: the entity as it is now and the job that finishes it. */
@@ -283,10 +336,12 @@ export interface VolumeResize {
   allowShrink?: boolean;
 }
 
-/** How a host reaches a volume once granted access. */
-export interface VolumeAccess {
-  uri: string;
+/** The result of a volume.grantAccess job: how the host reaches the volume. */
+export interface VolumeAccessGranted {
+  volumeId: string;
   hostId: string;
+  action: 'grant';
+  uri: string;
   expiresAt?: string;
 }
 
@@ -347,6 +402,18 @@ export interface SnapshotAccepted {
 
 /** DELETE /snapshots/{id}?from=: which copies go (default all). */
 export type SnapshotCopySelector = 'primary' | 'image' | 'all';
+
+/** The result of a snapshot.revert job. */
+export interface SnapshotReverted {
+  snapshotId: string;
+  volumeId: string;
+}
+
+/** The result of a snapshot.delete job: the stores a copy was removed from. */
+export interface SnapshotDeleted {
+  snapshotId: string;
+  removed: string[];
+}
 
 /** What a backup job reports in its result (and progressDetail while it runs). */
 export interface BackupCounters {

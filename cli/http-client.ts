@@ -8,7 +8,9 @@ import type {
   ErrorEnvelope,
   Health,
   Host,
+  HostCreated,
   Job,
+  JobAccepted,
   NewHost,
   NewStore,
   NewTemplate,
@@ -17,14 +19,12 @@ import type {
   Page,
   PlacementExplanation,
   Store,
-  StoreObject,
   StorePatch,
   Template,
   TemplateAccepted,
   TemplateUploadStarted,
   Volume,
   VolumeAccepted,
-  VolumeAccess,
   VolumeResize,
 } from './api-types.js';
 import type { Env, RequestSigner } from './sigv4.js';
@@ -165,8 +165,12 @@ export class StrataClient {
   getHost(id: string): Promise<Host> {
     return this.get(`/hosts/${seg(id)}`);
   }
-  async createHost(host: NewHost): Promise<Host> {
-    return (await this.request<Host>('POST', '/hosts', { body: host })).body;
+  async createHost(host: NewHost): Promise<HostCreated> {
+    return (await this.request<HostCreated>('POST', '/hosts', { body: host })).body;
+  }
+  /** Asks the host's runtime for its build and prerequisites; the job's result is a HostProbeResult. */
+  probeHost(id: string): Promise<JobAccepted> {
+    return this.requestJob('POST', `/hosts/${seg(id)}/probe`);
   }
   async setHostStatus(id: string, status: 'Up' | 'Disabled'): Promise<Host> {
     return (await this.request<Host>('PATCH', `/hosts/${seg(id)}`, { body: { status } })).body;
@@ -196,8 +200,9 @@ export class StrataClient {
   async cancelMaintenance(id: string): Promise<Accepted<Store>> {
     return (await this.request<Accepted<Store>>('DELETE', `/stores/${seg(id)}/maintenance`)).body;
   }
-  listStoreObjects(id: string, query: Query = {}): Promise<Page<StoreObject>> {
-    return this.get(`/stores/${seg(id)}/objects`, query);
+  /** Lists what the storage holds, on a host; the job's result is a StoreInventory. */
+  inventoryStore(id: string): Promise<JobAccepted> {
+    return this.requestJob('POST', `/stores/${seg(id)}/inventory`);
   }
 
   listTemplates(query: Query = {}): Promise<Page<Template>> {
@@ -271,15 +276,15 @@ export class StrataClient {
     return (await this.request<VolumeAccepted>('POST', `/volumes/${seg(id)}/migrate`, { body: { storeId } }))
       .body;
   }
-  async deleteVolume(id: string): Promise<{ job: Job }> {
-    return (await this.request<{ job: Job }>('DELETE', `/volumes/${seg(id)}`)).body;
+  deleteVolume(id: string): Promise<JobAccepted> {
+    return this.requestJob('DELETE', `/volumes/${seg(id)}`);
   }
-  async grantVolumeAccess(id: string, hostId: string): Promise<VolumeAccess> {
-    return (await this.request<VolumeAccess>('POST', `/volumes/${seg(id)}/access`, { body: { hostId } }))
-      .body;
+  /** The job's result is a VolumeAccessGranted: the URI the host reaches the volume at. */
+  grantVolumeAccess(id: string, hostId: string): Promise<JobAccepted> {
+    return this.requestJob('POST', `/volumes/${seg(id)}/access`, { body: { hostId } });
   }
-  async revokeVolumeAccess(id: string, hostId: string): Promise<void> {
-    await this.request('DELETE', `/volumes/${seg(id)}/access/${seg(hostId)}`);
+  revokeVolumeAccess(id: string, hostId: string): Promise<JobAccepted> {
+    return this.requestJob('DELETE', `/volumes/${seg(id)}/access/${seg(hostId)}`);
   }
 
   listJobs(query: Query = {}): Promise<Page<Job>> {
@@ -287,6 +292,23 @@ export class StrataClient {
   }
   getJob(id: string): Promise<Job> {
     return this.get(`/jobs/${seg(id)}`);
+  }
+
+  /**
+   * Sends a request the API answers with 202 and `{ job }`. An answer without a job is an error here,
+   * not a crash later: it is what an API older than this contract answers (200 or 204).
+   */
+  async requestJob(method: string, path: string, options: RequestOptions = {}): Promise<JobAccepted> {
+    const { status, body } = await this.request<Partial<JobAccepted> | undefined>(method, path, options);
+    const job = body?.job;
+    if (typeof job !== 'object' || job === null || typeof job.id !== 'string') {
+      throw new CliApiError(
+        status,
+        'BAD_RESPONSE',
+        `the API answered ${method} ${path} with ${status} but no job to follow; is it older than this CLI?`,
+      );
+    }
+    return { job };
   }
 
   private async get<T>(path: string, query?: Query): Promise<T> {

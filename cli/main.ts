@@ -57,7 +57,7 @@ export const COMMANDS: readonly CommandSpec[] = [
 
 const GROUPS: ReadonlyArray<readonly [string, string]> = [
   ['health', 'check that the API answers'],
-  ['hosts', 'hypervisor hosts: list, get, add, disable, enable, remove'],
+  ['hosts', 'hypervisor hosts: list, get, add, probe, disable, enable, remove'],
   [
     'stores',
     'data stores: list, get, add, update, enable, disable, maintain, cancel-maintenance, delete, objects',

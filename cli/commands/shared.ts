@@ -2,7 +2,7 @@
  * Pieces several commands share: paging through lists, printing an answer, following an
  * asynchronous job, and hints on refused requests.
  */
-import type { Job, Page } from '../api-types.js';
+import type { Job, JobAccepted, Page } from '../api-types.js';
 import {
   addHint,
   type CommandContext,
@@ -207,6 +207,40 @@ export async function finishJob(
   const { job, exitCode } = await followJob(ctx, accepted.job, timeoutMs);
   printResult(ctx, { job }, what.id, () => what.done(job), exitCode);
   return exitCode;
+}
+
+/**
+ * A finished job's result as the shape its kind documents. Partial: the CLI reads what a server sent
+ * and must not crash on a field an older or newer one leaves out.
+ */
+export function resultAs<T>(job: Job): Partial<T> {
+  return (job.result ?? {}) as Partial<T>;
+}
+
+/** What {@link followForResult} hands back: the result only when the job succeeded. */
+export interface JobResult<T> {
+  exitCode: number;
+  result?: Partial<T>;
+}
+
+/**
+ * The first half of an asynchronous command whose job's result is what the command asked for (a
+ * URI, an inventory, a probe report): print the job at once with --no-wait ({@link printStarted}),
+ * otherwise follow it. When the job fails or the wait times out it is reported on stderr and, with
+ * --json, printed as `{ job }` so that scripts see its error; the caller prints a result only when
+ * one comes back.
+ */
+export async function followForResult<T>(
+  ctx: CommandContext,
+  timeoutMs: number,
+  accepted: JobAccepted,
+  started: string,
+): Promise<JobResult<T>> {
+  if (optFlag(ctx.values, 'no-wait')) return { exitCode: printStarted(ctx, accepted, started) };
+  const { job, exitCode } = await followJob(ctx, accepted.job, timeoutMs);
+  if (exitCode === ExitCode.Ok) return { exitCode, result: resultAs<T>(job) };
+  if (ctx.out.json) ctx.out.data({ job });
+  return { exitCode };
 }
 
 /** The entity an asynchronous command answered with, and how to read it again once the job ends. */

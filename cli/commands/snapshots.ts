@@ -1,6 +1,7 @@
 import type {
   BackupCounters,
   Job,
+  JobAccepted,
   NewSnapshot,
   NewVolume,
   Page,
@@ -8,6 +9,8 @@ import type {
   SnapshotAccepted,
   SnapshotCopy,
   SnapshotCopySelector,
+  SnapshotDeleted,
+  SnapshotReverted,
 } from '../api-types.js';
 import {
   type CommandContext,
@@ -36,11 +39,11 @@ import {
   fetchList,
   finishAccepted,
   finishJob,
-  followJob,
   oneOf,
   PAGE_OPTIONS,
   printList,
   printResult,
+  resultAs,
   runningJobs,
   WAIT_OPTIONS,
   waitTimeout,
@@ -65,7 +68,8 @@ const FIELD_FLAGS: Record<string, string> = {
 
 /**
  * The snapshot routes. StrataClient has no methods for them, so they go through its generic
- * request(), which adds the idempotency key, the retry and the error envelope all the same.
+ * request() (and requestJob() for the routes that answer with a bare job), which add the
+ * idempotency key, the retry and the error envelope all the same.
  */
 function snapshotApi(client: StrataClient) {
   const path = (id: string) => `/snapshots/${encodeURIComponent(id)}`;
@@ -79,11 +83,11 @@ function snapshotApi(client: StrataClient) {
         })
       ).body,
     backup: async (id: string) => (await client.request<SnapshotAccepted>('POST', `${path(id)}/backup`)).body,
-    revert: async (id: string) => (await client.request<{ job: Job }>('POST', `${path(id)}/revert`)).body,
-    /** 204 as the contract says; a `{ job }` answer (an asynchronous delete) is passed back to follow. */
-    delete: async (id: string, from: SnapshotCopySelector | undefined) =>
-      (await client.request<{ job?: Job } | undefined>('DELETE', path(id), from ? { query: { from } } : {}))
-        .body,
+    /** The job's result is a SnapshotReverted. */
+    revert: (id: string): Promise<JobAccepted> => client.requestJob('POST', `${path(id)}/revert`),
+    /** The job's result is a SnapshotDeleted. The query is sent only when --from is given. */
+    delete: (id: string, from: SnapshotCopySelector | undefined): Promise<JobAccepted> =>
+      client.requestJob('DELETE', path(id), from ? { query: { from } } : {}),
   };
 }
 
@@ -306,13 +310,9 @@ export const snapshotCommands: CommandSpec[] = [
         id,
         started: `Reverting to snapshot ${id}`,
         done: (job) => {
-          const volumeId = job.result?.['volumeId'];
-          return typeof volumeId === 'string'
-            ? `Reverted volume ${volumeId} to snapshot ${id}.`
-            : `Reverted to snapshot ${id}.`;
+          const { volumeId } = resultAs<SnapshotReverted>(job);
+          return volumeId ? `Reverted volume ${volumeId} to snapshot ${id}.` : `Reverted to snapshot ${id}.`;
         },
-        // The API reverts synchronously today and answers with the finished job; follow it if it is not.
-        noWait: optFlag(ctx.values, 'no-wait') && !['succeeded', 'failed'].includes(accepted.job.state),
       });
     },
   },
@@ -320,13 +320,14 @@ export const snapshotCommands: CommandSpec[] = [
     path: ['snapshots', 'delete'],
     summary: 'Delete a snapshot, or only its primary copy or its backup (--from).',
     args: ['id'],
-    usage: '<id> [--from primary|image|all]',
+    usage: '<id> [--from primary|image|all] [options]',
     options: {
       from: {
         type: 'string',
         valueName: '<where>',
         description: 'primary (the layer), image (the backup) or all (default)',
       },
+      ...WAIT_OPTIONS,
     },
     fieldFlags: FIELD_FLAGS,
     examples: ['strata snapshots delete snap-1', 'strata snapshots delete snap-1 --from primary'],
@@ -334,18 +335,19 @@ export const snapshotCommands: CommandSpec[] = [
       const command = 'snapshots delete';
       const id = ctx.args[0]!;
       const from = parseFlag(ctx.values, 'from', command, parseFrom);
-      const answer = await onSnapshot(id, () => snapshotApi(ctx.client).delete(id, from));
-      let exitCode: number = ExitCode.Ok;
-      let job: Job | undefined;
-      if (answer?.job) ({ job, exitCode } = await followJob(ctx, answer.job, waitTimeout(ctx, command)));
-      const data = {
+      const timeoutMs = waitTimeout(ctx, command);
+      const accepted = await onSnapshot(id, () => snapshotApi(ctx.client).delete(id, from));
+      const what = `${COPY_WORDS[from ?? 'all']}snapshot ${id}`;
+      return finishJob(ctx, timeoutMs, accepted, {
         id,
-        deleted: exitCode === ExitCode.Ok,
-        ...(from ? { from } : {}),
-        ...(job ? { job } : {}),
-      };
-      printResult(ctx, data, id, `Deleted ${COPY_WORDS[from ?? 'all']}snapshot ${id}.`, exitCode);
-      return exitCode;
+        started: `Deleting ${what}`,
+        done: (job) => {
+          const removed = resultAs<SnapshotDeleted>(job).removed ?? [];
+          if (removed.length === 0) return `Deleted ${what}; no store held a copy to remove.`;
+          const stores = removed.length === 1 ? 'store' : 'stores';
+          return `Deleted ${what} from ${stores} ${removed.join(', ')}.`;
+        },
+      });
     },
   },
   {

@@ -3,6 +3,7 @@ import type {
   NewStore,
   ScopeType,
   Store,
+  StoreInventory,
   StoreObject,
   StorePatch,
   StoreRole,
@@ -33,6 +34,7 @@ import {
 import {
   fetchList,
   finishAccepted,
+  followForResult,
   oneOf,
   PAGE_OPTIONS,
   printList,
@@ -143,6 +145,9 @@ function storeDetails(store: Store, now: Date): string {
   ]);
 }
 
+/** How many objects an inventory job lists at most; past that its result says `truncated`. */
+const INVENTORY_LIMIT = 1000;
+
 function objectTable(objects: StoreObject[], now: Date): string {
   return renderTable(objects, [
     { header: 'PATH', value: (o) => o.path },
@@ -150,6 +155,23 @@ function objectTable(objects: StoreObject[], now: Date): string {
     { header: 'MODIFIED', value: (o) => relativeTime(o.modifiedAt, now) },
     { header: 'OWNER', value: (o) => (o.owner ? `${o.owner.type} ${o.owner.id}` : '-') },
   ]);
+}
+
+/**
+ * Prints an inventory: the job's result as JSON, the paths with --quiet, else the table, and when the
+ * API stopped at its limit, how much of the store the table shows.
+ */
+function printInventory(ctx: CommandContext, inventory: Partial<StoreInventory>): void {
+  const { out } = ctx;
+  const objects = inventory.objects ?? [];
+  if (out.json) out.data(inventory);
+  else if (out.quiet) for (const object of objects) out.print(object.path);
+  else if (objects.length === 0) out.note('No objects found.');
+  else out.print(objectTable(objects, ctx.now));
+  // On stdout with the table: a listing cut short must not read as the whole store when saved to a file.
+  if (inventory.truncated && !out.json && !out.quiet) {
+    out.print(`${objects.length} of ${inventory.total ?? '?'} objects (truncated)`);
+  }
 }
 
 /**
@@ -414,14 +436,27 @@ export const storeCommands: CommandSpec[] = [
   },
   {
     path: ['stores', 'objects'],
-    summary: 'List what a store physically holds, and which entity owns each object.',
+    summary: `List what a store physically holds (up to ${INVENTORY_LIMIT} objects), and which entity owns each.`,
     args: ['id'],
-    options: { ...PAGE_OPTIONS },
+    options: { ...WAIT_OPTIONS },
+    examples: [
+      'strata stores objects st-1',
+      "strata stores objects st-1 --json | jq -r '.objects[] | select(.owner == null) | .path'",
+    ],
     async run(ctx) {
+      const command = 'stores objects';
       const id = ctx.args[0]!;
-      const page = await fetchList(ctx, 'stores objects', {}, (q) => ctx.client.listStoreObjects(id, q));
-      printList(ctx, page, 'objects', objectTable, (o) => o.path);
-      return ExitCode.Ok;
+      const timeoutMs = waitTimeout(ctx, command);
+      // The listing is host work (it reads the storage itself), hence a job rather than a paged GET.
+      const accepted = await ctx.client.inventoryStore(id);
+      const { exitCode, result } = await followForResult<StoreInventory>(
+        ctx,
+        timeoutMs,
+        accepted,
+        `Inventory of store ${id}`,
+      );
+      if (result) printInventory(ctx, result);
+      return exitCode;
     },
   },
 ];

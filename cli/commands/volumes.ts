@@ -4,6 +4,7 @@ import type {
   PlacementExplanation,
   Volume,
   VolumeAccepted,
+  VolumeAccessGranted,
   VolumeStatus,
 } from '../api-types.js';
 import {
@@ -32,6 +33,7 @@ import {
   fetchList,
   finishAccepted,
   finishJob,
+  followForResult,
   oneOf,
   PAGE_OPTIONS,
   printList,
@@ -424,44 +426,64 @@ export const volumeCommands: CommandSpec[] = [
     path: ['volumes', 'access', 'grant'],
     summary: 'Let a host reach a volume; prints how (the URI the host uses).',
     args: ['id'],
-    usage: '<id> --host <hostId>',
-    options: { host: { type: 'string', valueName: '<hostId>', description: 'the host to grant access' } },
+    usage: '<id> --host <hostId> [options]',
+    options: {
+      host: { type: 'string', valueName: '<hostId>', description: 'the host to grant access' },
+      ...WAIT_OPTIONS,
+    },
     fieldFlags: FIELD_FLAGS,
-    examples: ['strata volumes access grant vol-1 --host h-1'],
+    examples: [
+      'strata volumes access grant vol-1 --host h-1',
+      'URI=$(strata volumes access grant vol-1 --host h-1 -q)',
+    ],
     async run(ctx) {
+      const command = 'volumes access grant';
       const id = ctx.args[0]!;
-      const hostId = requireString(ctx.values, 'host', 'volumes access grant');
-      const access = await onVolume(id, () => ctx.client.grantVolumeAccess(id, hostId));
-      const until = access.expiresAt ? ` (until ${access.expiresAt})` : '';
-      // -q prints the URI: it is what a script passes on to the host.
+      const hostId = requireString(ctx.values, 'host', command);
+      const timeoutMs = waitTimeout(ctx, command);
+      const accepted = await onVolume(id, () => ctx.client.grantVolumeAccess(id, hostId));
+      const { exitCode, result } = await followForResult<VolumeAccessGranted>(
+        ctx,
+        timeoutMs,
+        accepted,
+        `Granting host ${hostId} access to volume ${id}`,
+      );
+      if (!result) return exitCode;
+      const uri = result.uri ?? '';
+      const until = result.expiresAt ? ` (until ${result.expiresAt})` : '';
+      // -q prints the URI: it is what a script passes on to the host. --json the job's result, which
+      // holds the same uri, hostId and expiresAt that the synchronous answer used to.
       printResult(
         ctx,
-        access,
-        access.uri,
-        `Host ${access.hostId} can reach volume ${id} at ${access.uri}${until}.`,
+        result,
+        uri,
+        `Host ${result.hostId ?? hostId} can reach volume ${id} at ${uri}${until}.`,
       );
-      return ExitCode.Ok;
+      return exitCode;
     },
   },
   {
     path: ['volumes', 'access', 'revoke'],
     summary: "Withdraw a host's access to a volume.",
     args: ['id'],
-    usage: '<id> --host <hostId>',
-    options: { host: { type: 'string', valueName: '<hostId>', description: 'the host whose access ends' } },
+    usage: '<id> --host <hostId> [options]',
+    options: {
+      host: { type: 'string', valueName: '<hostId>', description: 'the host whose access ends' },
+      ...WAIT_OPTIONS,
+    },
     fieldFlags: FIELD_FLAGS,
     examples: ['strata volumes access revoke vol-1 --host h-1'],
     async run(ctx) {
+      const command = 'volumes access revoke';
       const id = ctx.args[0]!;
-      const hostId = requireString(ctx.values, 'host', 'volumes access revoke');
-      await onVolume(id, () => ctx.client.revokeVolumeAccess(id, hostId));
-      printResult(
-        ctx,
-        { id, hostId, revoked: true },
+      const hostId = requireString(ctx.values, 'host', command);
+      const timeoutMs = waitTimeout(ctx, command);
+      const accepted = await onVolume(id, () => ctx.client.revokeVolumeAccess(id, hostId));
+      return finishJob(ctx, timeoutMs, accepted, {
         id,
-        `Revoked access of host ${hostId} to volume ${id}.`,
-      );
-      return ExitCode.Ok;
+        started: `Revoking access of host ${hostId} to volume ${id}`,
+        done: () => `Revoked access of host ${hostId} to volume ${id}.`,
+      });
     },
   },
 ];

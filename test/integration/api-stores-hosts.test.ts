@@ -1,7 +1,8 @@
 /**
- * The REST API end to end on the embedded stack: real HTTP, real handlers, DynamoDB Local, the
- * store workflows run as ASL by aws-local-stepfunctions, and the host runtime as child processes
- * checking a real directory standing in for the NFS share.
+ * The REST API end to end on the embedded stack: the synthesized API function behind real HTTP,
+ * DynamoDB Local, the store workflows' synthesized definitions run by aws-local-stepfunctions, and
+ * the host runtime, reached through the run document, checking a directory standing in for the
+ * NFS share.
  */
 import { chmod, rm } from 'node:fs/promises';
 import { startTestStack, type TestStack } from '../support/stack';
@@ -43,7 +44,7 @@ describe('bootstrap', () => {
   it('registered two hosts and brought the default stores Up through the attach workflow', async () => {
     const hosts = await t.call('GET', '/hosts');
     expect(hosts.status).toBe(200);
-    expect(hosts.body.items.map((h: { id: string }) => h.id).sort()).toEqual([HOST_1, HOST_2]);
+    expect(hosts.body.items.map((h: { id: string }) => h.id).sort()).toEqual([HOST_1, HOST_2].sort());
     const stores = await t.call('GET', '/stores');
     const byName = Object.fromEntries(stores.body.items.map((s: { name: string }) => [s.name, s]));
     expect(byName['nfs-primary-1']).toMatchObject({ status: 'Up', provider: 'nfs', role: 'primary' });
@@ -206,8 +207,8 @@ describe('stores: add, maintain, cancel, delete', () => {
     expect(res.body.store.status).toBe('Initializing');
     const job = await t.waitForJob(res.body.job.id);
     expect(job).toMatchObject({ state: 'succeeded', kind: 'store.add', progress: 100 });
-    expect(job.executionId).toMatch(/^arn:aws:states:local:/);
-    expect(job.result.attachedHosts.sort()).toEqual([HOST_1, HOST_2, HOST_3]);
+    expect(job.executionId).toMatch(/^arn:aws:states:us-east-1:\d{12}:execution:Strata-store-attach:job-/);
+    expect(job.result.attachedHosts.sort()).toEqual([HOST_1, HOST_2, HOST_3].sort());
 
     const storeId = res.body.store.id;
     const store = (await t.call('GET', `/stores/${storeId}`)).body;

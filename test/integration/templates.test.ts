@@ -40,8 +40,8 @@ async function sha256(file: string): Promise<string> {
     .digest('hex');
 }
 
-async function objectsIn(bucket: string): Promise<string[]> {
-  const out = await t.s3.send(new ListObjectsV2Command({ Bucket: bucket }));
+async function objectsIn(bucket: string, prefix?: string): Promise<string[]> {
+  const out = await t.s3.send(new ListObjectsV2Command({ Bucket: bucket, ...(prefix ? { Prefix: prefix } : {}) }));
   return (out.Contents ?? []).map((o) => o.Key!).filter((k) => !k.includes('.strata-probe'));
 }
 
@@ -76,14 +76,15 @@ beforeAll(async () => {
   server.serve('/base.qcow2', { kind: 'file', path: image });
   t = await startTestStack({ fetchAllowlist: '127.0.0.1' });
 
-  secondBucket = uniqueName('images-b');
-  await t.s3.send(new CreateBucketCommand({ Bucket: secondBucket }));
+  // The deployment grants its functions the stack's own image bucket (and any extraImageBuckets):
+  // a second image store lives there under its own prefix.
+  secondBucket = t.imageBucket;
   const res = await t.call('POST', '/stores', {
     name: 'images-b',
     provider: 's3',
     role: 'image',
     scope: { type: 'zone', zoneId: 'zone-1' },
-    details: { bucket: secondBucket },
+    details: { bucket: secondBucket, prefix: 'second/' },
   });
   expect((await t.waitForJob(res.body.job.id)).state).toBe('succeeded');
   secondStoreId = res.body.store.id;
@@ -218,6 +219,23 @@ describe('register from a URL', () => {
     expect(res.body.error.field).toBe(field);
   });
 
+  it('refuses with 422 an s3 image store in a bucket the deployment holds no grant for, and adds nothing', async () => {
+    const foreign = uniqueName('images-x');
+    await t.s3.send(new CreateBucketCommand({ Bucket: foreign }));
+    const before = (await t.call('GET', '/stores?limit=100')).body.items.length;
+    const res = await t.call('POST', '/stores', {
+      name: 'images-x',
+      provider: 's3',
+      role: 'image',
+      scope: { type: 'zone', zoneId: 'zone-1' },
+      details: { bucket: foreign },
+    });
+    expect(res.status).toBe(422);
+    expect(res.body.error.field).toBe('details.bucket');
+    expect(res.body.error.message).toContain('extraImageBuckets');
+    expect((await t.call('GET', '/stores?limit=100')).body.items.length).toBe(before);
+  });
+
   it('copies a Ready template to a second image store with identical bytes, then deletes it from both', async () => {
     const res = await t.call('POST', `/templates/${templateId}/copies`, { storeId: secondStoreId });
     expect(res.status).toBe(202);
@@ -227,7 +245,7 @@ describe('register from a URL', () => {
     const tpl = (await t.call('GET', `/templates/${templateId}`)).body;
     const second = tpl.copies.find((c: { storeId: string }) => c.storeId === secondStoreId);
     expect(second.status).toBe('Ready');
-    const keys = await objectsIn(secondBucket);
+    const keys = await objectsIn(secondBucket, 'second/');
     expect(keys).toHaveLength(1);
     expect(await objectSha256(secondBucket, keys[0]!)).toBe(imageSha256);
     expect(tpl.copies.every((c: { status: string }) => c.status === 'Ready')).toBe(true);
@@ -239,8 +257,8 @@ describe('register from a URL', () => {
 
     expect((await t.call('DELETE', `/templates/${templateId}`)).status).toBe(204);
     expect((await t.call('GET', `/templates/${templateId}`)).status).toBe(404);
-    expect(await objectsIn(secondBucket)).toEqual([]);
-    const firstKeys = await objectsIn(t.imageBucket);
+    expect(await objectsIn(secondBucket, 'second/')).toEqual([]);
+    const firstKeys = await objectsIn(t.imageBucket, 'images/');
     expect(firstKeys.some((k) => k.includes(templateId))).toBe(false);
   });
 

@@ -137,8 +137,8 @@ describe('volumes from a template', () => {
     expect(jobs.map((j) => j.state)).toEqual(Array(20).fill('succeeded'));
     expect(jobs.filter((j) => j.result.evictedCache)).toHaveLength(1);
     expect(await filesUnder(pool.details.mountPath)).toEqual([]);
-    const objects = (await t.call('GET', `/stores/${pool.id}/objects`)).body.items;
-    expect(objects).toEqual([]);
+    const inventory = (await t.run('POST', `/stores/${pool.id}/inventory`)).job;
+    expect(inventory.result.objects).toEqual([]);
     expect((await t.call('GET', `/stores/${pool.id}`)).body.allocatedBytes).toBe(0);
     const tpl = (await t.call('GET', `/templates/${templateId}`)).body;
     expect(tpl.copies.filter((c: { storeRole: string }) => c.storeRole === 'primary')).toEqual([]);
@@ -345,7 +345,7 @@ describe('migrate between stores no single host reaches', () => {
     expect((await qemuImg('compare', reference, path.join(b.share, after.path))).code).toBe(0);
     expect(await filesUnder(a.share)).toEqual([]);
     const imageStore = (await t.call('GET', '/stores?role=image')).body.items[0];
-    const staged = (await t.call('GET', `/stores/${imageStore.id}/objects`)).body.items.filter(
+    const staged = (await t.run('POST', `/stores/${imageStore.id}/inventory`)).job.result.objects.filter(
       (o: { path: string }) => o.path.includes(before.id),
     );
     expect(staged).toEqual([]);

@@ -402,7 +402,8 @@ export class SnapshotService {
       await this.repo.delete({ type: 'SnapshotInStore', id: snapshot.id, storeId: copy.storeId });
       removed.push(copy.storeId);
     }
-    await this.releaseVolume(volume, input.jobId, V.Snapshotting);
+    // Only a merge held the volume (a backup-only snapshot may have outlived its volume).
+    if (targets.some((c) => !isImage(c))) await this.releaseVolume(volume, input.jobId, V.Snapshotting);
     // What the snapshot is once the targets are gone (none: it is destroyed).
     const after = kept.some(isImage) ? S.BackedUp : kept.length > 0 ? S.CreatedOnPrimary : undefined;
     if (after) {
@@ -450,7 +451,7 @@ export class SnapshotService {
     }
     if (snapshot) {
       const volume = await this.repo.get({ type: 'Volume', id: snapshot.volumeId });
-      if (volume) await this.releaseVolume(volume, input.jobId, V.Snapshotting);
+      if (volume?.lease?.owner === input.jobId) await this.releaseVolume(volume, input.jobId, V.Snapshotting);
     }
     await this.deps.jobs.failFromFlow(input.jobId, input.error, 'SnapshotDeleteFailed');
   }

@@ -42,6 +42,32 @@ export class FakeApi {
     return this;
   }
 
+  /**
+   * Answers `METHOD path` as the API answers a request that does host work: 202 with the job as
+   * started (`pending`, no result or error) and its `location`; GET /jobs/<id> then answers `finished`.
+   * `started` overrides fields of the 202's job, e.g. to have it already running.
+   */
+  acceptJob(
+    method: string,
+    path: string,
+    finished: Record<string, unknown>,
+    started: Record<string, unknown> = {},
+  ): this {
+    const { result: _result, error: _error, ...rest } = finished;
+    const id = String(finished['id']);
+    const job = { ...rest, state: 'pending', progress: 0, ...started };
+    return this.on(method, path, { status: 202, body: { job }, headers: { location: `/jobs/${id}` } }).on(
+      'GET',
+      `/jobs/${id}`,
+      { status: 200, body: finished },
+    );
+  }
+
+  /** `METHOD path` of each request, in order. */
+  calls(): string[] {
+    return this.requests.map((request) => `${request.method} ${request.path}`);
+  }
+
   /** Requests other than GET, in order. */
   mutations(): RecordedRequest[] {
     return this.requests.filter((request) => request.method !== 'GET');

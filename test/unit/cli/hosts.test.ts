@@ -1,4 +1,32 @@
-import { FakeApi, host, runCli, UUID } from './fake-api.js';
+import { FakeApi, host, job, runCli, UUID } from './fake-api.js';
+
+const BUILD = '3f9c2a71be04d5e8a6c1';
+
+function runtime(overrides: Record<string, unknown> = {}) {
+  return {
+    build: BUILD,
+    platform: 'linux',
+    arch: 'x64',
+    prerequisites: {
+      node: { ok: true, version: '20.11.1' },
+      qemuImg: { ok: true, version: '8.2.2' },
+      qemuNbd: { ok: true, version: '8.2.2' },
+    },
+    ready: true,
+    current: true,
+    checkedAt: '2025-06-01T11:58:00.000Z',
+    ...overrides,
+  };
+}
+
+const NOT_READY = {
+  node: { ok: true, version: '20.11.1' },
+  qemuImg: { ok: true, version: '8.2.2' },
+  qemuNbd: { ok: false, problem: 'qemu-nbd is not on PATH' },
+};
+
+const probeJob = (overrides: Record<string, unknown> = {}) =>
+  job({ kind: 'host.probe', target: { type: 'host', id: 'h-1' }, ...overrides });
 
 describe('strata hosts', () => {
   let api: FakeApi;
@@ -12,7 +40,11 @@ describe('strata hosts', () => {
       api.on('GET', '/hosts', {
         status: 200,
         body: {
-          items: [host(), host({ id: 'h-22', name: 'kvm-0002', status: 'Disabled', attachedStoreIds: [] })],
+          items: [
+            host({ runtime: runtime() }),
+            host({ id: 'h-22', name: 'kvm-0002', status: 'Disabled', attachedStoreIds: [] }),
+            host({ id: 'h-3', runtime: runtime({ build: 'old0build0000', current: false }) }),
+          ],
         },
       });
 
@@ -27,15 +59,19 @@ describe('strata hosts', () => {
       expect(api.last()).toMatchObject({ method: 'GET', path: '/hosts' });
       expect(api.last().query).toEqual({ zoneId: 'zone-1', clusterId: 'cl-1', status: 'Up' });
       const lines = result.stdout.trimEnd().split('\n');
-      expect(lines).toHaveLength(3);
+      expect(lines).toHaveLength(4);
       expect(lines[0]).toMatch(
-        /^ID\s+NAME\s+ZONE\s+CLUSTER\s+INSTANCE\s+HYPERVISOR\s+STATUS\s+STORES\s+AGE$/,
+        /^ID\s+NAME\s+ZONE\s+CLUSTER\s+INSTANCE\s+HYPERVISOR\s+STATUS\s+RUNTIME\s+STORES\s+AGE$/,
       );
       // Aligned: every column starts at the same offset on every line.
       const statusColumn = lines[0]!.indexOf('STATUS');
       expect(lines[1]!.slice(statusColumn, statusColumn + 2)).toBe('Up');
       expect(lines[2]!.slice(statusColumn, statusColumn + 8)).toBe('Disabled');
       expect(lines[1]).toContain('5m ago');
+      // RUNTIME: the short build, "not probed" without a report, "upgrade!" on a build not current.
+      const runtimeColumn = lines[0]!.indexOf('RUNTIME');
+      const runtimeCell = (line: string) => line.slice(runtimeColumn).split(/\s{2,}/)[0];
+      expect(lines.slice(1).map(runtimeCell)).toEqual(['3f9c2a71be04', 'not probed', 'upgrade!']);
     });
 
     it('prints the page as JSON with --json', async () => {
@@ -87,18 +123,54 @@ describe('strata hosts', () => {
     });
   });
 
-  it('get shows one host', async () => {
-    api.on('GET', '/hosts/h-1', { status: 200, body: host() });
+  describe('get', () => {
+    it('shows one host and its runtime: build, current, ready, platform and each prerequisite', async () => {
+      api.on('GET', '/hosts/h-1', { status: 200, body: host({ runtime: runtime() }) });
 
-    const result = await runCli(['hosts', 'get', 'h-1'], { api });
+      const result = await runCli(['hosts', 'get', 'h-1'], { api });
 
-    expect(result.code).toBe(0);
-    expect(result.stdout).toMatch(/^Instance\s+mi-0123456789abcdef0$/m);
-    expect(result.stdout).toMatch(/^Stores\s+st-1, st-2$/m);
+      expect(result.code).toBe(0);
+      expect(result.stdout).toMatch(/^Instance\s+mi-0123456789abcdef0$/m);
+      expect(result.stdout).toMatch(/^Stores\s+st-1, st-2$/m);
+      expect(result.stdout).toContain(
+        '\n\nRuntime:\n' +
+          `Build     ${BUILD} (current)\n` +
+          'Ready     yes\n' +
+          'Platform  linux/x64\n' +
+          'Checked   2m ago (2025-06-01T11:58:00.000Z)\n' +
+          'Node.js   ok (20.11.1)\n' +
+          'qemu-img  ok (8.2.2)\n' +
+          'qemu-nbd  ok (8.2.2)\n',
+      );
+    });
+
+    it('says when the build needs an upgrade and what is missing', async () => {
+      api.on('GET', '/hosts/h-1', {
+        status: 200,
+        body: host({ runtime: runtime({ current: false, ready: false, prerequisites: NOT_READY }) }),
+      });
+
+      const result = await runCli(['hosts', 'get', 'h-1'], { api });
+
+      expect(result.stdout).toMatch(new RegExp(`^Build\\s+${BUILD} \\(upgrade needed\\)$`, 'm'));
+      expect(result.stdout).toMatch(/^Ready\s+no$/m);
+      expect(result.stdout).toMatch(/^qemu-nbd\s+missing: qemu-nbd is not on PATH$/m);
+    });
+
+    it('says how to probe a host that has not been', async () => {
+      api.on('GET', '/hosts/h-1', { status: 200, body: host() });
+
+      const result = await runCli(['hosts', 'get', 'h-1'], { api });
+
+      expect(result.stdout).toMatch(/\n\nRuntime:\nnot probed \(check it with: strata hosts probe h-1\)\n$/);
+    });
   });
 
-  it('add POSTs the host with an Idempotency-Key', async () => {
-    api.on('POST', '/hosts', { status: 201, body: host() });
+  it('add POSTs the host with an Idempotency-Key and points at its probe job', async () => {
+    api.on('POST', '/hosts', {
+      status: 201,
+      body: { ...host(), attachJobIds: ['job-a1', 'job-a2'], probeJobId: 'job-p1' },
+    });
 
     const result = await runCli(
       [
@@ -129,6 +201,9 @@ describe('strata hosts', () => {
       instanceId: 'mi-0123456789abcdef0',
     });
     expect(result.stdout).toBe('Added host kvm-01 (h-1), status Up.\n');
+    expect(result.stderr).toBe(
+      'Probing its runtime: job job-p1 (follow it with: strata jobs wait job-p1; then strata hosts get h-1)\n',
+    );
   });
 
   it('add passes --hypervisor through and prints the id with --quiet', async () => {
@@ -155,6 +230,130 @@ describe('strata hosts', () => {
 
     expect((api.last().body as { hypervisor: string }).hypervisor).toBe('kvm');
     expect(result.stdout).toBe('h-1\n');
+  });
+
+  describe('probe', () => {
+    const result = (overrides: Record<string, unknown> = {}) => ({ hostId: 'h-1', ...runtime(overrides) });
+
+    it('POSTs the probe, follows the job and prints the build and each prerequisite', async () => {
+      api.acceptJob(
+        'POST',
+        '/hosts/h-1/probe',
+        probeJob({ state: 'succeeded', progress: 100, result: result() }),
+      );
+
+      const output = await runCli(['hosts', 'probe', 'h-1'], { api });
+
+      expect(output.code).toBe(0);
+      expect(api.requests[0]).toMatchObject({ method: 'POST', path: '/hosts/h-1/probe', rawBody: '' });
+      expect(api.requests[0]!.headers['idempotency-key']).toMatch(UUID);
+      expect(api.calls()).toEqual(['POST /hosts/h-1/probe', 'GET /jobs/job-1']);
+      expect(output.stdout).toBe(
+        'Probed host h-1: ready.\n' +
+          `Build     ${BUILD} (current)\n` +
+          'Ready     yes\n' +
+          'Platform  linux/x64\n' +
+          'Checked   2m ago (2025-06-01T11:58:00.000Z)\n' +
+          'Node.js   ok (20.11.1)\n' +
+          'qemu-img  ok (8.2.2)\n' +
+          'qemu-nbd  ok (8.2.2)\n',
+      );
+      expect(output.stderr).toBe('job job-1 pending\njob job-1 succeeded\n');
+    });
+
+    it('shows a build that needs an upgrade and a missing prerequisite with its problem', async () => {
+      const report = result({
+        current: false,
+        ready: false,
+        prerequisites: {
+          node: { ok: false, version: '18.19.0', problem: 'Node.js 20+ is required' },
+          qemuImg: { ok: true },
+          qemuNbd: { ok: false, problem: 'qemu-nbd is not on PATH' },
+        },
+      });
+      api.acceptJob(
+        'POST',
+        '/hosts/h-1/probe',
+        probeJob({ state: 'succeeded', progress: 100, result: report }),
+      );
+
+      const output = await runCli(['hosts', 'probe', 'h-1'], { api });
+
+      expect(output.code).toBe(0);
+      const lines = output.stdout.trimEnd().split('\n');
+      expect(lines[0]).toBe('Probed host h-1: not ready.');
+      expect(lines[1]).toBe(`Build     ${BUILD} (upgrade needed)`);
+      expect(lines[2]).toBe('Ready     no');
+      expect(lines.slice(-3)).toEqual([
+        'Node.js   missing (18.19.0): Node.js 20+ is required',
+        'qemu-img  ok',
+        'qemu-nbd  missing: qemu-nbd is not on PATH',
+      ]);
+    });
+
+    it('--json prints the job result; -q the build', async () => {
+      api.acceptJob(
+        'POST',
+        '/hosts/h-1/probe',
+        probeJob({ state: 'succeeded', progress: 100, result: result() }),
+      );
+
+      const json = await runCli(['hosts', 'probe', 'h-1', '--json'], { api });
+      const quiet = await runCli(['hosts', 'probe', 'h-1', '-q'], { api });
+
+      expect(JSON.parse(json.stdout)).toEqual(result());
+      expect(quiet).toMatchObject({ code: 0, stdout: `${BUILD}\n`, stderr: '' });
+    });
+
+    it('--no-wait prints the job and does not poll', async () => {
+      api.acceptJob(
+        'POST',
+        '/hosts/h-1/probe',
+        probeJob({ state: 'succeeded', progress: 100, result: result() }),
+      );
+
+      const output = await runCli(['hosts', 'probe', 'h-1', '--no-wait'], { api });
+
+      expect(output).toMatchObject({ code: 0, stdout: 'Probing host h-1: job job-1 pending.\n' });
+      expect(api.calls()).toEqual(['POST /hosts/h-1/probe']);
+    });
+
+    it('exits 1 with the job error when the probe fails', async () => {
+      const failedJob = probeJob({
+        state: 'failed',
+        error: { code: 'HostProbeFailed', message: 'host h-1 did not answer within 120s' },
+      });
+      api.acceptJob('POST', '/hosts/h-1/probe', failedJob);
+
+      const output = await runCli(['hosts', 'probe', 'h-1'], { api });
+      const json = await runCli(['hosts', 'probe', 'h-1', '--json'], { api });
+
+      expect(output.code).toBe(1);
+      expect(output.stderr).toContain(
+        'Error: job job-1 (host.probe) failed: HostProbeFailed: host h-1 did not answer within 120s\n',
+      );
+      expect(output.stdout).toBe('');
+      expect(json.code).toBe(1);
+      expect(JSON.parse(json.stdout)).toEqual({ job: failedJob });
+    });
+
+    it('shows the API error for an unknown host', async () => {
+      api.on('POST', '/hosts/h-9/probe', {
+        status: 404,
+        body: { error: { code: 'NotFound', message: 'Host h-9 not found' } },
+      });
+
+      const output = await runCli(['hosts', 'probe', 'h-9'], { api });
+
+      expect(output.code).toBe(1);
+      expect(output.stderr).toContain('Error: Host h-9 not found\n');
+    });
+
+    it('is listed in the group help', async () => {
+      const help = await runCli(['hosts', '--help']);
+
+      expect(help.stdout).toMatch(/^ {2}probe\s+Ask a host's runtime for its build and prerequisites/m);
+    });
   });
 
   it('add without a required flag is a usage error', async () => {

@@ -419,78 +419,147 @@ describe('strata snapshots', () => {
       result: { snapshotId: 'snap-1', volumeId: 'vol-1' },
     });
 
-    it('POSTs the revert and reports the finished job without polling', async () => {
-      api.on('POST', '/snapshots/snap-1/revert', { status: 200, body: { job: revertJob } });
+    it('POSTs the revert, follows the job and prints the reverted volume', async () => {
+      api.acceptJob('POST', '/snapshots/snap-1/revert', revertJob);
 
       const result = await runCli(['snapshots', 'revert', 'snap-1'], { api });
-      const json = await runCli(['snapshots', 'revert', 'snap-1', '--json'], { api });
 
       expect(result).toMatchObject({ code: 0, stdout: 'Reverted volume vol-1 to snapshot snap-1.\n' });
       expect(api.requests[0]).toMatchObject({ method: 'POST', path: '/snapshots/snap-1/revert' });
       expect(api.requests[0]!.headers['idempotency-key']).toMatch(UUID);
-      expect(api.requests.every((r) => r.method === 'POST')).toBe(true);
+      expect(api.calls()).toEqual(['POST /snapshots/snap-1/revert', 'GET /jobs/job-1']);
+      expect(result.stderr).toBe('job job-1 pending\njob job-1 succeeded\n');
+    });
+
+    it('-q prints the snapshot id; --json the finished job', async () => {
+      api.acceptJob('POST', '/snapshots/snap-1/revert', revertJob);
+
+      const quiet = await runCli(['snapshots', 'revert', 'snap-1', '-q'], { api });
+      const json = await runCli(['snapshots', 'revert', 'snap-1', '--json'], { api });
+
+      expect(quiet).toMatchObject({ code: 0, stdout: 'snap-1\n', stderr: '' });
       expect(JSON.parse(json.stdout)).toEqual({ job: revertJob });
     });
 
-    it('follows a job that is still running', async () => {
-      api
-        .on('POST', '/snapshots/snap-1/revert', {
-          status: 200,
-          body: { job: { ...revertJob, state: 'running', progress: 10, result: undefined } },
-        })
-        .on('GET', '/jobs/job-1', { status: 200, body: revertJob });
+    it('--no-wait prints the job and does not poll', async () => {
+      api.acceptJob('POST', '/snapshots/snap-1/revert', revertJob);
 
-      const result = await runCli(['snapshots', 'revert', 'snap-1', '-q'], { api });
+      const result = await runCli(['snapshots', 'revert', 'snap-1', '--no-wait'], { api });
 
-      expect(result).toMatchObject({ code: 0, stdout: 'snap-1\n' });
-      expect(api.requests.map((r) => `${r.method} ${r.path}`)).toEqual([
-        'POST /snapshots/snap-1/revert',
-        'GET /jobs/job-1',
-      ]);
+      expect(result).toMatchObject({
+        code: 0,
+        stdout: 'Reverting to snapshot snap-1: job job-1 pending.\n',
+        stderr: 'Follow it with: strata jobs wait job-1\n',
+      });
+      expect(api.calls()).toEqual(['POST /snapshots/snap-1/revert']);
+    });
+
+    it('--json prints the failed job too, and exits 1', async () => {
+      const failedJob = snapshotJob({
+        kind: 'snapshot.revert',
+        state: 'failed',
+        error: { code: 'RevertFailed', message: 'qemu-img: image is in use' },
+      });
+      api.acceptJob('POST', '/snapshots/snap-1/revert', failedJob);
+
+      const result = await runCli(['snapshots', 'revert', 'snap-1', '--json'], { api });
+
+      expect(result.code).toBe(1);
+      expect(result.stderr).toContain(
+        'Error: job job-1 (snapshot.revert) failed: RevertFailed: qemu-img: image is in use\n',
+      );
+      expect(JSON.parse(result.stdout)).toEqual({ job: failedJob });
+    });
+
+    it('an API that answers without a job is an error, not a crash', async () => {
+      api.on('POST', '/snapshots/snap-1/revert', { status: 200, body: { reverted: true } });
+
+      const result = await runCli(['snapshots', 'revert', 'snap-1'], { api });
+
+      expect(result.code).toBe(1);
+      expect(result.stderr).toContain(
+        'Error: the API answered POST /snapshots/snap-1/revert with 200 but no job to follow; is it older than this CLI?\n',
+      );
+      expect(result.stdout).toBe('');
     });
   });
 
   describe('delete', () => {
-    it('DELETEs the snapshot (all copies by default)', async () => {
-      api.on('DELETE', '/snapshots/snap-1', { status: 204 });
+    const deleteJob = (removed: string[]) =>
+      snapshotJob({
+        kind: 'snapshot.delete',
+        state: 'succeeded',
+        progress: 100,
+        result: { snapshotId: 'snap-1', removed },
+      });
+
+    it('DELETEs the snapshot (all copies by default), follows the job and names the stores', async () => {
+      api.acceptJob('DELETE', '/snapshots/snap-1', deleteJob(['st-1', 'st-9']));
 
       const human = await runCli(['snapshots', 'delete', 'snap-1'], { api });
+
+      expect(human).toMatchObject({ code: 0, stdout: 'Deleted snapshot snap-1 from stores st-1, st-9.\n' });
+      expect(api.requests[0]).toMatchObject({ method: 'DELETE', path: '/snapshots/snap-1', query: {} });
+      expect(api.requests[0]!.headers['idempotency-key']).toMatch(UUID);
+      expect(api.calls()).toEqual(['DELETE /snapshots/snap-1', 'GET /jobs/job-1']);
+    });
+
+    it('-q prints the id; --json the finished job', async () => {
+      api.acceptJob('DELETE', '/snapshots/snap-1', deleteJob(['st-1']));
+
       const quiet = await runCli(['snapshots', 'delete', 'snap-1', '-q'], { api });
       const json = await runCli(['snapshots', 'delete', 'snap-1', '--json'], { api });
 
-      expect(human).toMatchObject({ code: 0, stdout: 'Deleted snapshot snap-1.\n' });
-      expect(api.requests[0]).toMatchObject({ method: 'DELETE', path: '/snapshots/snap-1', query: {} });
-      expect(api.requests[0]!.headers['idempotency-key']).toMatch(UUID);
       expect(quiet.stdout).toBe('snap-1\n');
-      expect(JSON.parse(json.stdout)).toEqual({ id: 'snap-1', deleted: true });
+      expect(JSON.parse(json.stdout)).toEqual({ job: deleteJob(['st-1']) });
     });
 
     it.each([
-      ['primary', 'Deleted the primary copy of snapshot snap-1.\n'],
-      ['image', 'Deleted the backup of snapshot snap-1.\n'],
-      ['all', 'Deleted snapshot snap-1.\n'],
-    ])('--from %s is passed through', async (from, sentence) => {
-      api.on('DELETE', '/snapshots/snap-1', { status: 204 });
+      ['primary', ['st-1'], 'Deleted the primary copy of snapshot snap-1 from store st-1.\n'],
+      ['image', ['st-9'], 'Deleted the backup of snapshot snap-1 from store st-9.\n'],
+      ['all', ['st-1', 'st-9'], 'Deleted snapshot snap-1 from stores st-1, st-9.\n'],
+      ['image', [], 'Deleted the backup of snapshot snap-1; no store held a copy to remove.\n'],
+    ])('--from %s is passed through (removed %j)', async (from, removed, sentence) => {
+      api.acceptJob('DELETE', '/snapshots/snap-1', deleteJob(removed));
 
       const result = await runCli(['snapshots', 'delete', 'snap-1', '--from', from], { api });
 
       expect(result).toMatchObject({ code: 0, stdout: sentence });
-      expect(api.last().query).toEqual({ from });
+      expect(api.requests[0]!.query).toEqual({ from });
     });
 
-    it('follows the job of an asynchronous delete', async () => {
-      const deleteJob = snapshotJob({ kind: 'snapshot.delete' });
-      api
-        .on('DELETE', '/snapshots/snap-1', { status: 202, body: { job: deleteJob } })
-        .on('GET', '/jobs/job-1', { status: 200, body: { ...deleteJob, state: 'succeeded', progress: 100 } });
+    it('--no-wait prints the job and does not poll', async () => {
+      api.acceptJob('DELETE', '/snapshots/snap-1', deleteJob(['st-1']));
+
+      const result = await runCli(['snapshots', 'delete', 'snap-1', '--from', 'primary', '--no-wait'], {
+        api,
+      });
+
+      expect(result).toMatchObject({
+        code: 0,
+        stdout: 'Deleting the primary copy of snapshot snap-1: job job-1 pending.\n',
+      });
+      expect(api.calls()).toEqual(['DELETE /snapshots/snap-1']);
+    });
+
+    it('exits 1 with the job error when the delete fails', async () => {
+      api.acceptJob(
+        'DELETE',
+        '/snapshots/snap-1',
+        snapshotJob({
+          kind: 'snapshot.delete',
+          state: 'failed',
+          error: { code: 'SnapshotDeleteFailed', message: 'store st-1 is unreachable' },
+        }),
+      );
 
       const result = await runCli(['snapshots', 'delete', 'snap-1'], { api });
 
-      expect(result).toMatchObject({ code: 0, stdout: 'Deleted snapshot snap-1.\n' });
-      expect(api.requests.map((r) => `${r.method} ${r.path}`)).toEqual([
-        'DELETE /snapshots/snap-1',
-        'GET /jobs/job-1',
-      ]);
+      expect(result.code).toBe(1);
+      expect(result.stderr).toContain(
+        'Error: job job-1 (snapshot.delete) failed: SnapshotDeleteFailed: store st-1 is unreachable\n',
+      );
+      expect(result.stdout).toBe('');
     });
 
     it('refuses an unknown --from and sends nothing', async () => {
@@ -499,6 +568,12 @@ describe('strata snapshots', () => {
       expect(result.code).toBe(2);
       expect(result.stderr).toContain("--from: 'backup' is not one of primary, image, all");
       expect(api.requests).toHaveLength(0);
+    });
+
+    it('refuses a malformed --timeout before sending the delete', async () => {
+      const result = await runCli(['snapshots', 'delete', 'snap-1', '--timeout', 'soon'], { api });
+
+      expectUsageError(result, api, 'snapshots delete', '--timeout');
     });
   });
 
@@ -607,10 +682,10 @@ describe('strata snapshots', () => {
     ])('%s exits 1 with the job error and prints nothing', async (verb, args, path, code, message) => {
       const kind = `snapshot.${verb}`;
       const failed = snapshotJob({ kind, state: 'failed', error: { code, message } });
-      // A revert answers with its finished job; the others with the snapshot and a job to follow.
+      // A revert answers with a bare job; the others with the snapshot and a job to follow.
       const answer =
         verb === 'revert'
-          ? { status: 200, body: { job: failed } }
+          ? { status: 202, body: { job: snapshotJob({ kind }) } }
           : { status: 202, body: { snapshot: snapshot(), job: snapshotJob({ kind }) } };
       api
         .on('POST', path, answer)

@@ -349,28 +349,117 @@ describe('strata stores', () => {
     );
   });
 
-  it('objects lists paths, sizes and owners', async () => {
-    api.on('GET', '/stores/st-1/objects', {
-      status: 200,
-      body: {
-        items: [
-          {
-            path: 'volumes/v-1.qcow2',
-            sizeBytes: 10 * GiB,
-            modifiedAt: '2025-06-01T09:00:00.000Z',
-            owner: { type: 'Volume', id: 'v-1' },
-          },
-          { path: 'orphan.raw', sizeBytes: 1536 },
-        ],
+  describe('objects', () => {
+    const OBJECTS = [
+      {
+        path: 'volumes/v-1.qcow2',
+        sizeBytes: 10 * GiB,
+        modifiedAt: '2025-06-01T09:00:00.000Z',
+        owner: { type: 'Volume', id: 'v-1' },
       },
+      { path: 'orphan.raw', sizeBytes: 1536 },
+    ];
+    const inventoryJob = (result: Record<string, unknown> = {}) =>
+      job({
+        kind: 'store.inventory',
+        target: { type: 'store', id: 'st-1' },
+        state: 'succeeded',
+        progress: 100,
+        result: { storeId: 'st-1', total: 2, owned: 1, truncated: false, objects: OBJECTS, ...result },
+      });
+
+    it('POSTs an inventory, follows the job and lists paths, sizes and owners', async () => {
+      api.acceptJob('POST', '/stores/st-1/inventory', inventoryJob());
+
+      const result = await runCli(['stores', 'objects', 'st-1'], { api });
+
+      expect(result.code).toBe(0);
+      expect(api.requests[0]).toMatchObject({ method: 'POST', path: '/stores/st-1/inventory', rawBody: '' });
+      expect(api.requests[0]!.headers['idempotency-key']).toMatch(UUID);
+      expect(api.calls()).toEqual(['POST /stores/st-1/inventory', 'GET /jobs/job-1']);
+      const lines = result.stdout.trimEnd().split('\n');
+      expect(lines).toHaveLength(3);
+      expect(lines[0]).toMatch(/^PATH\s+SIZE\s+MODIFIED\s+OWNER$/);
+      expect(lines[1]).toMatch(/^volumes\/v-1\.qcow2\s+10\.0 GiB\s+3h ago\s+Volume v-1$/);
+      expect(lines[2]).toMatch(/^orphan\.raw\s+1\.5 KiB\s+-\s+-$/);
+      expect(result.stderr).toBe('job job-1 pending\njob job-1 succeeded\n');
     });
 
-    const result = await runCli(['stores', 'objects', 'st-1'], { api });
+    it('says how much it shows when the API stopped at its limit', async () => {
+      api.acceptJob(
+        'POST',
+        '/stores/st-1/inventory',
+        inventoryJob({ total: 1532, owned: 1200, truncated: true }),
+      );
 
-    expect(result.code).toBe(0);
-    const lines = result.stdout.trimEnd().split('\n');
-    expect(lines[0]).toMatch(/^PATH\s+SIZE\s+MODIFIED\s+OWNER$/);
-    expect(lines[1]).toMatch(/^volumes\/v-1\.qcow2\s+10\.0 GiB\s+3h ago\s+Volume v-1$/);
-    expect(lines[2]).toMatch(/^orphan\.raw\s+1\.5 KiB\s+-\s+-$/);
+      const result = await runCli(['stores', 'objects', 'st-1'], { api });
+
+      expect(result.code).toBe(0);
+      const lines = result.stdout.trimEnd().split('\n');
+      expect(lines).toHaveLength(4);
+      expect(lines[3]).toBe('2 of 1532 objects (truncated)');
+    });
+
+    it('--json prints the job result; -q the paths only', async () => {
+      api.acceptJob('POST', '/stores/st-1/inventory', inventoryJob({ total: 1532, truncated: true }));
+
+      const json = await runCli(['stores', 'objects', 'st-1', '--json'], { api });
+      const quiet = await runCli(['stores', 'objects', 'st-1', '-q'], { api });
+
+      expect(JSON.parse(json.stdout)).toEqual({
+        storeId: 'st-1',
+        total: 1532,
+        owned: 1,
+        truncated: true,
+        objects: OBJECTS,
+      });
+      expect(quiet).toMatchObject({ code: 0, stdout: 'volumes/v-1.qcow2\norphan.raw\n', stderr: '' });
+    });
+
+    it('says so when the store holds nothing', async () => {
+      api.acceptJob('POST', '/stores/st-1/inventory', inventoryJob({ total: 0, owned: 0, objects: [] }));
+
+      const result = await runCli(['stores', 'objects', 'st-1'], { api });
+
+      expect(result).toMatchObject({ code: 0, stdout: '' });
+      expect(result.stderr).toContain('No objects found.\n');
+    });
+
+    it('--no-wait prints the job and does not poll', async () => {
+      api.acceptJob('POST', '/stores/st-1/inventory', inventoryJob());
+
+      const result = await runCli(['stores', 'objects', 'st-1', '--no-wait'], { api });
+
+      expect(result).toMatchObject({ code: 0, stdout: 'Inventory of store st-1: job job-1 pending.\n' });
+      expect(api.calls()).toEqual(['POST /stores/st-1/inventory']);
+    });
+
+    it('exits 1 with the job error when the inventory fails; --json prints the failed job', async () => {
+      const failedJob = job({
+        kind: 'store.inventory',
+        target: { type: 'store', id: 'st-1' },
+        state: 'failed',
+        error: { code: 'StoreInventoryFailed', message: 'mount of 10.0.0.5:/export/primary timed out' },
+      });
+      api.acceptJob('POST', '/stores/st-1/inventory', failedJob);
+
+      const human = await runCli(['stores', 'objects', 'st-1'], { api });
+      const json = await runCli(['stores', 'objects', 'st-1', '--json'], { api });
+
+      expect(human.code).toBe(1);
+      expect(human.stderr).toContain(
+        'Error: job job-1 (store.inventory) failed: StoreInventoryFailed: mount of 10.0.0.5:/export/primary timed out\n',
+      );
+      expect(human.stdout).toBe('');
+      expect(json.code).toBe(1);
+      expect(JSON.parse(json.stdout)).toEqual({ job: failedJob });
+    });
+
+    it('no longer takes paging options', async () => {
+      const result = await runCli(['stores', 'objects', 'st-1', '--all'], { api });
+
+      expect(result.code).toBe(2);
+      expect(api.requests).toHaveLength(0);
+    });
   });
 });

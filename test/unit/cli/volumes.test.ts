@@ -651,13 +651,25 @@ describe('strata volumes', () => {
   });
 
   describe('access', () => {
-    it('grant POSTs the host and prints how it reaches the volume', async () => {
-      const access = { uri: 'nfs://10.0.0.5/export/primary/volumes/vol-1.qcow2', hostId: 'h-1' };
-      api.on('POST', '/volumes/vol-1/access', { status: 200, body: access });
+    const uri = 'nfs://10.0.0.5/export/primary/volumes/vol-1.qcow2';
+    const grantJob = (result: Record<string, unknown> = {}) =>
+      volumeJob({
+        kind: 'volume.grantAccess',
+        state: 'succeeded',
+        progress: 100,
+        result: { volumeId: 'vol-1', hostId: 'h-1', action: 'grant', uri, ...result },
+      });
+    const revokeJob = volumeJob({
+      kind: 'volume.revokeAccess',
+      state: 'succeeded',
+      progress: 100,
+      result: { volumeId: 'vol-1', hostId: 'h-1', action: 'revoke' },
+    });
+
+    it('grant POSTs the host, follows the job and prints how the host reaches the volume', async () => {
+      api.acceptJob('POST', '/volumes/vol-1/access', grantJob());
 
       const human = await runCli(['volumes', 'access', 'grant', 'vol-1', '--host', 'h-1'], { api });
-      const quiet = await runCli(['volumes', 'access', 'grant', 'vol-1', '--host', 'h-1', '-q'], { api });
-      const json = await runCli(['volumes', 'access', 'grant', 'vol-1', '--host', 'h-1', '--json'], { api });
 
       expect(human.code).toBe(0);
       expect(api.requests[0]).toMatchObject({
@@ -666,22 +678,67 @@ describe('strata volumes', () => {
         body: { hostId: 'h-1' },
       });
       expect(api.requests[0]!.headers['idempotency-key']).toMatch(UUID);
-      expect(human.stdout).toBe(`Host h-1 can reach volume vol-1 at ${access.uri}.\n`);
-      expect(quiet.stdout).toBe(`${access.uri}\n`);
-      expect(JSON.parse(json.stdout)).toEqual(access);
+      expect(api.calls()).toEqual(['POST /volumes/vol-1/access', 'GET /jobs/job-1']);
+      expect(human.stdout).toBe(`Host h-1 can reach volume vol-1 at ${uri}.\n`);
+      expect(human.stderr).toBe('job job-1 pending\njob job-1 succeeded\n');
+    });
+
+    it('grant -q prints only the URI; --json the job result', async () => {
+      api.acceptJob('POST', '/volumes/vol-1/access', grantJob());
+
+      const quiet = await runCli(['volumes', 'access', 'grant', 'vol-1', '--host', 'h-1', '-q'], { api });
+      const json = await runCli(['volumes', 'access', 'grant', 'vol-1', '--host', 'h-1', '--json'], { api });
+
+      expect(quiet).toMatchObject({ code: 0, stdout: `${uri}\n`, stderr: '' });
+      expect(JSON.parse(json.stdout)).toEqual({ volumeId: 'vol-1', hostId: 'h-1', action: 'grant', uri });
     });
 
     it('grant shows when the access expires', async () => {
-      api.on('POST', '/volumes/vol-1/access', {
-        status: 200,
-        body: { uri: 'iscsi://t/1', hostId: 'h-1', expiresAt: '2025-06-01T13:00:00.000Z' },
-      });
+      api.acceptJob(
+        'POST',
+        '/volumes/vol-1/access',
+        grantJob({ uri: 'iscsi://t/1', expiresAt: '2025-06-01T13:00:00.000Z' }),
+      );
 
       const result = await runCli(['volumes', 'access', 'grant', 'vol-1', '--host', 'h-1'], { api });
 
       expect(result.stdout).toBe(
         'Host h-1 can reach volume vol-1 at iscsi://t/1 (until 2025-06-01T13:00:00.000Z).\n',
       );
+    });
+
+    it('grant --no-wait prints the job and does not poll', async () => {
+      api.acceptJob('POST', '/volumes/vol-1/access', grantJob());
+
+      const result = await runCli(['volumes', 'access', 'grant', 'vol-1', '--host', 'h-1', '--no-wait'], {
+        api,
+      });
+
+      expect(result).toMatchObject({
+        code: 0,
+        stdout: 'Granting host h-1 access to volume vol-1: job job-1 pending.\n',
+      });
+      expect(api.calls()).toEqual(['POST /volumes/vol-1/access']);
+    });
+
+    it('grant exits 1 with the job error when the job fails; --json prints the failed job', async () => {
+      const failedJob = volumeJob({
+        kind: 'volume.grantAccess',
+        state: 'failed',
+        error: { code: 'VolumeAccessFailed', message: 'host h-1 did not answer' },
+      });
+      api.acceptJob('POST', '/volumes/vol-1/access', failedJob);
+
+      const human = await runCli(['volumes', 'access', 'grant', 'vol-1', '--host', 'h-1'], { api });
+      const json = await runCli(['volumes', 'access', 'grant', 'vol-1', '--host', 'h-1', '--json'], { api });
+
+      expect(human.code).toBe(1);
+      expect(human.stderr).toContain(
+        'Error: job job-1 (volume.grantAccess) failed: VolumeAccessFailed: host h-1 did not answer\n',
+      );
+      expect(human.stdout).toBe('');
+      expect(json.code).toBe(1);
+      expect(JSON.parse(json.stdout)).toEqual({ job: failedJob });
     });
 
     it('grant shows an unknown host as the --host flag', async () => {
@@ -696,14 +753,48 @@ describe('strata volumes', () => {
       expect(result.stderr).toContain('  field: hostId (set with --host)\n');
     });
 
-    it('revoke DELETEs the host access', async () => {
-      api.on('DELETE', '/volumes/vol-1/access/h-1', { status: 204 });
+    it('revoke DELETEs the host access and follows the job', async () => {
+      api.acceptJob('DELETE', '/volumes/vol-1/access/h-1', revokeJob);
+
+      const result = await runCli(['volumes', 'access', 'revoke', 'vol-1', '--host', 'h-1'], { api });
+      const json = await runCli(['volumes', 'access', 'revoke', 'vol-1', '--host', 'h-1', '--json'], { api });
+
+      expect(result).toMatchObject({ code: 0, stdout: 'Revoked access of host h-1 to volume vol-1.\n' });
+      expect(api.requests[0]).toMatchObject({ method: 'DELETE', path: '/volumes/vol-1/access/h-1' });
+      expect(api.requests[0]!.headers['idempotency-key']).toMatch(UUID);
+      expect(api.calls().slice(0, 2)).toEqual(['DELETE /volumes/vol-1/access/h-1', 'GET /jobs/job-1']);
+      expect(JSON.parse(json.stdout)).toEqual({ job: revokeJob });
+    });
+
+    it('revoke --no-wait prints the job and does not poll', async () => {
+      api.acceptJob('DELETE', '/volumes/vol-1/access/h-1', revokeJob);
+
+      const result = await runCli(['volumes', 'access', 'revoke', 'vol-1', '--host', 'h-1', '--no-wait'], {
+        api,
+      });
+
+      expect(result.stdout).toBe('Revoking access of host h-1 to volume vol-1: job job-1 pending.\n');
+      expect(api.calls()).toEqual(['DELETE /volumes/vol-1/access/h-1']);
+    });
+
+    it('revoke exits 1 with the job error when the job fails', async () => {
+      api.acceptJob(
+        'DELETE',
+        '/volumes/vol-1/access/h-1',
+        volumeJob({
+          kind: 'volume.revokeAccess',
+          state: 'failed',
+          error: { code: 'VolumeAccessFailed', message: 'export is busy' },
+        }),
+      );
 
       const result = await runCli(['volumes', 'access', 'revoke', 'vol-1', '--host', 'h-1'], { api });
 
-      expect(result).toMatchObject({ code: 0, stdout: 'Revoked access of host h-1 to volume vol-1.\n' });
-      expect(api.last()).toMatchObject({ method: 'DELETE', path: '/volumes/vol-1/access/h-1' });
-      expect(api.last().headers['idempotency-key']).toMatch(UUID);
+      expect(result.code).toBe(1);
+      expect(result.stderr).toContain(
+        'Error: job job-1 (volume.revokeAccess) failed: VolumeAccessFailed: export is busy\n',
+      );
+      expect(result.stdout).toBe('');
     });
 
     it.each([
