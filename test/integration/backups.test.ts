@@ -314,7 +314,10 @@ describe('a backup cut off mid-upload', () => {
     expect(await qemuCompare(path.join(refs, 'ref.qcow2'), afterVolume.file)).toBe(0);
     await dropVolume(t, afterVolume.id);
     const deleted = await t.run('DELETE', `/snapshots/${snapshotId}`);
-    expect({ state: deleted.job?.state, error: deleted.job?.error }).toEqual({ state: 'succeeded', error: undefined });
+    expect({ state: deleted.job?.state, error: deleted.job?.error }).toEqual({
+      state: 'succeeded',
+      error: undefined,
+    });
     expect(await keys(t.s3, t.imageBucket, 'images/backups/')).toEqual([]);
   }, 300_000);
 

@@ -41,7 +41,9 @@ async function sha256(file: string): Promise<string> {
 }
 
 async function objectsIn(bucket: string, prefix?: string): Promise<string[]> {
-  const out = await t.s3.send(new ListObjectsV2Command({ Bucket: bucket, ...(prefix ? { Prefix: prefix } : {}) }));
+  const out = await t.s3.send(
+    new ListObjectsV2Command({ Bucket: bucket, ...(prefix ? { Prefix: prefix } : {}) }),
+  );
   return (out.Contents ?? []).map((o) => o.Key!).filter((k) => !k.includes('.strata-probe'));
 }
 

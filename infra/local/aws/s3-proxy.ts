@@ -1,21 +1,30 @@
 /**
- * The embedded stack's S3 endpoint: an authorizing reverse proxy in front of s3rver. Each request is
- * SigV4-verified (an Authorization header or a presigned URL), every IAM action it needs is
- * evaluated against the signer's role and the bucket's policy, and only then is it forwarded, bodies
- * streamed both ways (objects can be gigabytes; nothing but a DeleteObjects key list is buffered).
- * Presigned URLs are checked against the role that signed them, as S3 does.
+ * The embedded stack's S3 endpoint (`AWS_ENDPOINT_URL_S3`): an authorizing reverse proxy in front of
+ * s3rver. s3rver checks neither signatures nor permissions, so without this a Lambda bundle whose
+ * role lacks an S3 action would pass locally and fail on AWS. Each request is SigV4-verified (an
+ * `Authorization` header or a presigned URL), every IAM action it needs is evaluated against the
+ * signing role's policies and the bucket's policy, and only then is it forwarded. Bodies are piped
+ * both ways with back-pressure (objects can be gigabytes); the one body read here is a DeleteObjects
+ * key list, which names the resources to check. s3rver knows none of the callers' keys: it is
+ * reached as its own built-in account, the caller's signature and session token left behind.
  *
- * Path-style addressing only (the SDK uses it for an IP endpoint). `GET ?encryption` is answered
- * here with the SSE-S3 default the stack's buckets have: s3rver does not implement it.
+ * Path-style addressing only (the SDK uses it for an IP endpoint). Requests the proxy cannot map to
+ * IAM actions are refused with 501 rather than forwarded unchecked. `GET ?encryption` is answered
+ * here with the SSE-S3 default every bucket has on AWS: s3rver does not implement it.
+ *
+ * Where s3rver would act on something other than what was authorized, the request is refused or
+ * rewritten so that it cannot: object keys with `.`/`..`/empty segments (s3rver joins keys into file
+ * paths, so `a/../b` would be written as `b`), a copy source (s3rver decodes it with `decodeURI`),
+ * aws-chunked bodies (s3rver stores the framing as the object's bytes). Condition keys (`s3:prefix`,
+ * `s3:x-amz-acl`, …) are not supplied to the evaluator: Strata's policies do not use them.
  */
-
 import { randomUUID } from 'node:crypto';
-import type { IncomingHttpHeaders } from 'node:http';
 import http from 'node:http';
+import { pipeline } from 'node:stream';
 import type { Logger } from '../../../drivers/sdk/types.js';
 import { type LocalEndpoint, listen } from './aws-server.js';
 import { AccessDeniedError, type IamAuthorizer, type PolicyDocument } from './iam-authorizer.js';
-import type { LocalAccount, LocalCredentialStore } from './principals.js';
+import type { LocalAccount, LocalCredentialStore, Principal } from './principals.js';
 import { SignatureError, verifySignature } from './sigv4-verify.js';
 
 export interface S3ProxyOptions {
@@ -24,19 +33,30 @@ export interface S3ProxyOptions {
   credentials: LocalCredentialStore;
   authorizer: IamAuthorizer;
   account: LocalAccount;
-  /** The bucket's policy (from the template), evaluated as the resource policy. */
+  /** The bucket's policy (from the template), evaluated as the resource policy; undefined: none. */
   bucketPolicy?: (bucket: string) => PolicyDocument | undefined;
   logger?: Logger;
+  /** 0 or absent picks a free port. */
   port?: number;
 }
 
+/** One IAM check: the action and the ARN it is on. */
 export interface S3Authorization {
   action: string;
   resource: string;
 }
 
-/** A request the proxy will not forward unchecked. */
-class S3RequestError extends Error {
+/** The request an authorization is computed from; `body` only matters for DeleteObjects. */
+export interface S3RequestDescription {
+  method: string;
+  /** The request target as received: path and query, still encoded. */
+  url: string;
+  headers: http.IncomingHttpHeaders;
+  body?: Buffer | string;
+}
+
+/** A refusal with S3's own error code. */
+class S3Error extends Error {
   constructor(
     readonly code: string,
     message: string,
@@ -47,199 +67,417 @@ class S3RequestError extends Error {
   }
 }
 
+const notImplemented = (message: string) => new S3Error('NotImplemented', message, 501);
+
+const ARN_PREFIX = 'arn:aws:s3:::';
+const S3_NAMESPACE = 'http://s3.amazonaws.com/doc/2006-03-01/';
+/** DeleteObjects takes at most 1000 keys; its XML stays well under this. */
+const DELETE_BODY_LIMIT = 1024 * 1024;
+/** How much of a refused request's body is read and dropped before the connection is cut instead. */
+const DISCARD_LIMIT = 64 * 1024 * 1024;
+
+/** Headers that describe one connection, not the message (RFC 9110 §7.6.1). */
 const HOP_BY_HOP = new Set([
   'connection',
   'keep-alive',
+  'proxy-connection',
   'proxy-authenticate',
   'proxy-authorization',
   'te',
   'trailer',
   'transfer-encoding',
   'upgrade',
-  'expect',
-  'host',
 ]);
-const DELETE_BODY_LIMIT = 1024 * 1024;
-/** The signature's own parts: s3rver knows only its own key, so verified requests reach it anonymously. */
-const SIGNATURE_HEADERS = new Set(['authorization', 'x-amz-security-token']);
-const SIGNATURE_QUERY = /^x-amz-(algorithm|credential|date|expires|signedheaders|signature|security-token)$/i;
+/**
+ * Request headers not forwarded besides: `host` names the proxy, `expect` was answered here, and
+ * the signature's own headers are replaced by {@link upstreamAuthorization}'s.
+ */
+const NOT_FORWARDED = new Set([
+  ...HOP_BY_HOP,
+  'host',
+  'expect',
+  'authorization',
+  'x-amz-security-token',
+  'x-amz-date',
+  'x-amz-content-sha256',
+]);
 
-/** The request target without the presigned URL's signature parameters (the rest as sent). */
-function unsignedTarget(url: string): string {
-  const q = url.indexOf('?');
-  if (q < 0) return url;
-  const kept = url
-    .slice(q + 1)
-    .split('&')
-    .filter((pair) => pair && !SIGNATURE_QUERY.test(decodeURIComponent(pair.split('=')[0] ?? '')));
-  return kept.length ? `${url.slice(0, q)}?${kept.join('&')}` : url.slice(0, q);
-}
+/** Query parameters that select no other operation: listing options, versions, response overrides. */
+const PLAIN_PARAMETERS = new Set([
+  'list-type',
+  'prefix',
+  'delimiter',
+  'max-keys',
+  'marker',
+  'continuation-token',
+  'start-after',
+  'fetch-owner',
+  'encoding-type',
+  'key-marker',
+  'upload-id-marker',
+  'max-uploads',
+  'max-parts',
+  'part-number-marker',
+  'partNumber',
+  'versionId',
+  'x-id',
+  'response-cache-control',
+  'response-content-disposition',
+  'response-content-encoding',
+  'response-content-language',
+  'response-content-type',
+  'response-expires',
+]);
+/** The query parameters that select an operation this proxy maps. */
+const SELECTORS = ['uploads', 'uploadId', 'delete', 'encryption'] as const;
+type Selector = (typeof SELECTORS)[number];
 
-function decode(segment: string): string {
+/** Request headers whose effect needs permissions or services that are not evaluated locally. */
+const UNSUPPORTED_HEADERS: Record<string, string> = {
+  'x-amz-object-lock-mode': 'object lock',
+  'x-amz-object-lock-retain-until-date': 'object lock',
+  'x-amz-object-lock-legal-hold': 'object lock',
+  'x-amz-bucket-object-lock-enabled': 'object lock',
+  'x-amz-server-side-encryption-customer-algorithm': 'SSE-C',
+  'x-amz-copy-source-server-side-encryption-customer-algorithm': 'SSE-C',
+};
+
+const ENCRYPTION_XML =
+  '<?xml version="1.0" encoding="UTF-8"?>\n' +
+  `<ServerSideEncryptionConfiguration xmlns="${S3_NAMESPACE}"><Rule><ApplyServerSideEncryptionByDefault>` +
+  '<SSEAlgorithm>AES256</SSEAlgorithm></ApplyServerSideEncryptionByDefault>' +
+  '<BucketKeyEnabled>false</BucketKeyEnabled></Rule></ServerSideEncryptionConfiguration>';
+
+/** Percent-decoding of a path segment or query component (`+` is a space in queries only). */
+function percentDecode(text: string, what: string): string {
   try {
-    return decodeURIComponent(segment);
+    return decodeURIComponent(text);
   } catch {
-    throw new S3RequestError('InvalidURI', 'Couldn\u2019t parse the specified URI.', 400);
+    throw new S3Error('InvalidURI', `Couldn't parse the specified URI: malformed ${what}.`, 400);
   }
 }
 
-/** Bucket and key of a path-style request target. */
-function target(url: string): { bucket: string; key: string; query: URLSearchParams } {
-  const q = url.indexOf('?');
-  const rawPath = q < 0 ? url : url.slice(0, q);
-  const query = new URLSearchParams(q < 0 ? '' : url.slice(q + 1));
-  const slash = rawPath.indexOf('/', 1);
-  const bucket = decode(slash < 0 ? rawPath.slice(1) : rawPath.slice(1, slash));
-  const key = slash < 0 ? '' : decode(rawPath.slice(slash + 1));
-  return { bucket, key, query };
+interface QueryPair {
+  /** The pair as received, to forward unchanged. */
+  raw: string;
+  name: string;
+  value: string;
 }
 
-/** The source of a copy (`/bucket/key` or `bucket/key`, maybe `?versionId=`) as an object ARN. */
-function copySource(header: string): string {
-  const [path] = decode(header).split('?');
-  const trimmed = (path ?? '').replace(/^\/+/, '');
-  if (!trimmed.includes('/'))
-    throw new S3RequestError('InvalidArgument', 'x-amz-copy-source is malformed', 400);
-  return `arn:aws:s3:::${trimmed}`;
+/** A path-style request target, split without normalising anything. */
+interface Target {
+  bucket: string;
+  key: string;
+  rawPath: string;
+  query: QueryPair[];
+}
+
+function parseTarget(url: string): Target {
+  // The raw target, not `new URL`: that would resolve `..` and re-encode characters.
+  const q = url.indexOf('?');
+  const rawPath = q < 0 ? url : url.slice(0, q);
+  if (!rawPath.startsWith('/')) throw new S3Error('InvalidURI', `Couldn't parse the specified URI.`, 400);
+  const query = (q < 0 ? '' : url.slice(q + 1))
+    .split('&')
+    .filter(Boolean)
+    .map((raw) => {
+      const eq = raw.indexOf('=');
+      const decode = (s: string) => percentDecode(s.replace(/\+/g, '%20'), 'query string');
+      return {
+        raw,
+        name: decode(eq < 0 ? raw : raw.slice(0, eq)),
+        value: decode(eq < 0 ? '' : raw.slice(eq + 1)),
+      };
+    });
+  const slash = rawPath.indexOf('/', 1);
+  const bucket = percentDecode(slash < 0 ? rawPath.slice(1) : rawPath.slice(1, slash), 'bucket name');
+  const key = slash < 0 ? '' : percentDecode(rawPath.slice(slash + 1), 'object key');
+  return { bucket, key, rawPath, query };
+}
+
+/** The bucket naming rules: they also keep `.`, `..` and `/` out of s3rver's directory names. */
+function checkBucketName(bucket: string): void {
+  if (!/^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/.test(bucket) || bucket.includes('..')) {
+    throw new S3Error('InvalidBucketName', `The specified bucket is not valid: ${bucket}`, 400);
+  }
 }
 
 /**
- * The IAM checks one S3 REST request needs (path-style). DeleteObjects' per-key checks come from its
- * body, see {@link deleteObjectsAuthorizations}.
+ * S3 keys are opaque strings, but s3rver joins a key's segments into a file path: `.`, `..` and
+ * empty segments would resolve to another object than the one authorized (even in another bucket).
+ * A trailing `/` (a folder marker) is stored apart and stays allowed.
  */
-export function s3Authorizations(request: {
-  method: string;
-  url: string;
-  headers: IncomingHttpHeaders;
-}): S3Authorization[] {
-  const { bucket, key, query } = target(request.url);
-  if (!bucket) throw new S3RequestError('NotImplemented', 'ListBuckets is not served locally', 501);
-  const method = request.method.toUpperCase();
-  const bucketArn = `arn:aws:s3:::${bucket}`;
-  const objectArn = `${bucketArn}/${key}`;
-  const has = (name: string) => query.has(name);
-  const header = (name: string) => {
-    const v = request.headers[name];
-    return Array.isArray(v) ? v[0] : v;
-  };
-  if (!key) {
-    if ((method === 'GET' || method === 'HEAD') && has('uploads')) {
-      return [{ action: 's3:ListBucketMultipartUploads', resource: bucketArn }];
-    }
-    if (method === 'GET' && has('encryption'))
-      return [{ action: 's3:GetEncryptionConfiguration', resource: bucketArn }];
-    if (method === 'POST' && has('delete')) return [];
-    const subresources = [
-      'acl',
-      'policy',
-      'cors',
-      'lifecycle',
-      'versioning',
-      'tagging',
-      'location',
-      'logging',
-      'website',
-    ];
-    if (subresources.some(has)) {
-      throw new S3RequestError('NotImplemented', 'bucket configuration requests are not served locally', 501);
-    }
-    if (method === 'GET' || method === 'HEAD') return [{ action: 's3:ListBucket', resource: bucketArn }];
-    if (method === 'PUT') return [{ action: 's3:CreateBucket', resource: bucketArn }];
-    if (method === 'DELETE') return [{ action: 's3:DeleteBucket', resource: bucketArn }];
-    throw new S3RequestError('NotImplemented', `${method} on a bucket is not served locally`, 501);
-  }
-  const objectSubresources = [
-    'acl',
-    'tagging',
-    'retention',
-    'legal-hold',
-    'restore',
-    'select',
-    'torrent',
-    'attributes',
-  ];
-  if (objectSubresources.some(has)) {
-    throw new S3RequestError('NotImplemented', 'object subresource requests are not served locally', 501);
-  }
-  const copy = header('x-amz-copy-source');
-  const checks: S3Authorization[] = [];
-  if (method === 'GET' || method === 'HEAD') {
-    if (has('uploadId')) return [{ action: 's3:ListMultipartUploadParts', resource: objectArn }];
-    return [{ action: 's3:GetObject', resource: objectArn }];
-  }
-  if (method === 'PUT') {
-    checks.push({ action: 's3:PutObject', resource: objectArn });
-    if (copy) checks.push({ action: 's3:GetObject', resource: copySource(copy) });
-    const grants = Object.keys(request.headers).some(
-      (h) => h === 'x-amz-acl' || h.startsWith('x-amz-grant-'),
+function checkKey(key: string): void {
+  const segments = key.split('/');
+  const inner = segments.slice(0, -1);
+  if (segments.some((s) => s === '.' || s === '..') || inner.includes('')) {
+    throw new S3Error(
+      'InvalidArgument',
+      `object key ${JSON.stringify(key)} has a '.', '..' or empty path segment, which s3rver would resolve to another object`,
+      400,
     );
-    if (grants && !has('uploadId')) checks.push({ action: 's3:PutObjectAcl', resource: objectArn });
-    return checks;
   }
-  if (method === 'POST') {
-    if (has('uploads') || has('uploadId')) return [{ action: 's3:PutObject', resource: objectArn }];
-    throw new S3RequestError('NotImplemented', 'POST object uploads are not served locally', 501);
-  }
-  if (method === 'DELETE') {
-    if (has('uploadId')) return [{ action: 's3:AbortMultipartUpload', resource: objectArn }];
-    return [{ action: 's3:DeleteObject', resource: objectArn }];
-  }
-  throw new S3RequestError('NotImplemented', `${method} on an object is not served locally`, 501);
 }
 
-/** s3:DeleteObject on each key a DeleteObjects body names. */
-export function deleteObjectsAuthorizations(bucket: string, body: string): S3Authorization[] {
-  const keys = [...body.matchAll(/<Key>([\s\S]*?)<\/Key>/g)].map((m) =>
-    m[1]!
-      .replace(/&lt;/g, '<')
-      .replace(/&gt;/g, '>')
-      .replace(/&quot;/g, '"')
-      .replace(/&apos;/g, "'")
-      .replace(/&#(\d+);/g, (_, n: string) => String.fromCodePoint(Number(n)))
-      .replace(/&amp;/g, '&'),
+/**
+ * The request's headers with the `x-amz-*` parameters a presigned URL hoisted into its query: S3
+ * (and s3rver) treats those as headers, the query's winning.
+ */
+function effectiveHeaders(headers: http.IncomingHttpHeaders, query: QueryPair[]): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const [name, value] of Object.entries(headers)) {
+    if (value !== undefined) out[name] = Array.isArray(value) ? value.join(',') : value;
+  }
+  for (const { name, value } of query) {
+    if (/^x-amz-/i.test(name) && !isSignatureParameter(name)) out[name.toLowerCase()] = value;
+  }
+  return out;
+}
+
+function isSignatureParameter(name: string): boolean {
+  return /^x-amz-(algorithm|credential|date|expires|signedheaders|signature|security-token|content-sha256)$/i.test(
+    name,
   );
-  if (keys.length === 0) throw new S3RequestError('MalformedXML', 'DeleteObjects names no key', 400);
-  return keys.map((key) => ({ action: 's3:DeleteObject', resource: `arn:aws:s3:::${bucket}/${key}` }));
+}
+
+/** The source of a copy: `[/]bucket/key[?versionId=…]`, the key maybe percent-encoded. */
+interface CopySource {
+  bucket: string;
+  key: string;
+  versionId?: string;
+}
+
+function parseCopySource(header: string): CopySource {
+  // Split before decoding: an encoded `?` (%3F) belongs to the key.
+  const q = header.indexOf('?');
+  const path = percentDecode(q < 0 ? header : header.slice(0, q), 'x-amz-copy-source').replace(/^\//, '');
+  const versionId =
+    q < 0 ? undefined : new URLSearchParams(header.slice(q + 1)).get('versionId') || undefined;
+  const slash = path.indexOf('/');
+  if (slash <= 0 || slash === path.length - 1) {
+    throw new S3Error('InvalidArgument', `x-amz-copy-source ${header} names no bucket and key`, 400);
+  }
+  const source = { bucket: path.slice(0, slash), key: path.slice(slash + 1) };
+  checkBucketName(source.bucket);
+  checkKey(source.key);
+  return versionId ? { ...source, versionId } : source;
+}
+
+/** What the proxy does with one request, once its checks pass. */
+interface Operation {
+  /** The checks that do not depend on the body. */
+  checks: S3Authorization[];
+  bucket: string;
+  /** DeleteObjects: its keys, in the body, are checked too. */
+  deleteObjects?: true;
+  /** Answered by the proxy (s3rver does not implement it). */
+  encryption?: true;
+  copySource?: CopySource;
+}
+
+/** Maps a request to its operation's IAM checks; throws S3Error for anything it cannot map. */
+function classify(request: Omit<S3RequestDescription, 'body'>): Operation {
+  const method = request.method.toUpperCase();
+  const { bucket, key, query } = parseTarget(request.url);
+  if (!bucket) throw notImplemented('ListBuckets is not served locally');
+  checkBucketName(bucket);
+  if (key) checkKey(key);
+
+  const selectors = new Set<Selector>();
+  for (const { name } of query) {
+    if ((SELECTORS as readonly string[]).includes(name)) selectors.add(name as Selector);
+    else if (!PLAIN_PARAMETERS.has(name) && !/^x-amz-/i.test(name)) {
+      throw notImplemented(`the ${name} subresource is not served locally`);
+    }
+  }
+  if (selectors.size > 1) throw notImplemented(`conflicting subresources: ${[...selectors].join(', ')}`);
+  const [selector] = selectors;
+  const has = (name: string) => query.some((p) => p.name === name);
+  const headers = effectiveHeaders(request.headers, query);
+  for (const [header, feature] of Object.entries(UNSUPPORTED_HEADERS)) {
+    if (headers[header] !== undefined) throw notImplemented(`${feature} (${header}) is not served locally`);
+  }
+  if (/^aws:kms/.test(headers['x-amz-server-side-encryption'] ?? '')) {
+    throw notImplemented('SSE-KMS needs KMS, which the embedded stack does not have');
+  }
+  const grants = Object.keys(headers).some((h) => h === 'x-amz-acl' || h.startsWith('x-amz-grant-'));
+  const tagging = headers['x-amz-tagging'] !== undefined;
+
+  const bucketArn = `${ARN_PREFIX}${bucket}`;
+  const objectArn = `${bucketArn}/${key}`;
+  const op = (checks: S3Authorization[], extra: Partial<Operation> = {}): Operation => ({
+    checks,
+    bucket,
+    ...extra,
+  });
+  const on = (action: string, resource = objectArn) => ({ action: `s3:${action}`, resource });
+  const unmapped = () =>
+    notImplemented(
+      `${method} ${key ? 'object' : 'bucket'}${selector ? ` ?${selector}` : ''} is not served locally`,
+    );
+
+  if (!key) {
+    switch (`${method} ${selector ?? ''}`) {
+      case 'GET ':
+      case 'HEAD ':
+        return op([on('ListBucket', bucketArn)]);
+      case 'PUT ':
+        return op([on('CreateBucket', bucketArn), ...(grants ? [on('PutBucketAcl', bucketArn)] : [])]);
+      case 'DELETE ':
+        return op([on('DeleteBucket', bucketArn)]);
+      case 'GET uploads':
+        return op([on('ListBucketMultipartUploads', bucketArn)]);
+      case 'GET encryption':
+        return op([on('GetEncryptionConfiguration', bucketArn)], { encryption: true });
+      case 'POST delete':
+        return op([], { deleteObjects: true });
+      default:
+        throw unmapped();
+    }
+  }
+
+  // Writing an object with an ACL or tags needs those permissions too, as on AWS.
+  const writeExtras = [...(grants ? [on('PutObjectAcl')] : []), ...(tagging ? [on('PutObjectTagging')] : [])];
+  const copyHeader = headers['x-amz-copy-source'];
+  const copySource = method === 'PUT' && copyHeader !== undefined ? parseCopySource(copyHeader) : undefined;
+  const readSource = copySource
+    ? [
+        on(
+          copySource.versionId ? 'GetObjectVersion' : 'GetObject',
+          `${ARN_PREFIX}${copySource.bucket}/${copySource.key}`,
+        ),
+      ]
+    : [];
+  const withSource = copySource ? { copySource } : {};
+  switch (`${method} ${selector ?? ''}`) {
+    case 'GET ':
+    case 'HEAD ':
+      return op([on(has('versionId') ? 'GetObjectVersion' : 'GetObject')]);
+    case 'PUT ':
+      if (has('partNumber')) throw notImplemented('PUT ?partNumber without an uploadId');
+      return op([on('PutObject'), ...readSource, ...writeExtras], withSource);
+    case 'DELETE ':
+      return op([on(has('versionId') ? 'DeleteObjectVersion' : 'DeleteObject')]);
+    case 'POST uploads':
+      return op([on('PutObject'), ...writeExtras]);
+    case 'PUT uploadId':
+      if (!has('partNumber')) throw notImplemented('PUT ?uploadId without a partNumber');
+      return op([on('PutObject'), ...readSource], withSource);
+    case 'POST uploadId':
+      return op([on('PutObject')]);
+    case 'DELETE uploadId':
+      return op([on('AbortMultipartUpload')]);
+    case 'GET uploadId':
+      return op([on('ListMultipartUploadParts')]);
+    default:
+      throw unmapped();
+  }
+}
+
+/** Decodes XML character data: the five predefined entities and character references, in one pass. */
+function xmlText(text: string): string {
+  return text.replace(/&(#x[0-9a-fA-F]+|#[0-9]+|[a-zA-Z]+);|&/g, (whole, ref: string | undefined) => {
+    const named: Record<string, string> = { amp: '&', lt: '<', gt: '>', quot: '"', apos: "'" };
+    if (ref?.startsWith('#x')) return String.fromCodePoint(Number.parseInt(ref.slice(2), 16));
+    if (ref?.startsWith('#')) return String.fromCodePoint(Number(ref.slice(1)));
+    if (ref && Object.hasOwn(named, ref)) return named[ref]!;
+    throw malformedXml(`${whole} is not an XML entity S3 accepts`);
+  });
+}
+
+function malformedXml(detail: string): S3Error {
+  return new S3Error(
+    'MalformedXML',
+    `The XML you provided was not well-formed or did not validate against our published schema (${detail}).`,
+    400,
+  );
+}
+
+/**
+ * The objects a DeleteObjects body names. Deliberately strict: anything whose reading could differ
+ * between this parser and s3rver's (CDATA, comments, DTDs, attributes on Key, keys s3rver trims) is
+ * refused, so the keys checked are the keys deleted.
+ */
+function deleteObjectsEntries(body: string): { key: string; versionId?: string }[] {
+  const text = body.replace(/^\uFEFF/, '');
+  if (/<!|<\?(?!xml\s)/.test(text) || (text.match(/<\?/g) ?? []).length > 1) {
+    throw malformedXml('CDATA, comments, DTDs and processing instructions are not accepted');
+  }
+  if (!/^\s*(<\?xml\s[^?]*\?>)?\s*<Delete(\s[^>]*)?>[\s\S]*<\/Delete>\s*$/.test(text)) {
+    throw malformedXml('the root element must be Delete');
+  }
+  const objects = [...text.matchAll(/<Object>([\s\S]*?)<\/Object>/g)];
+  const entries = objects.map(([, inner = '']) => {
+    const keys = [...inner.matchAll(/<Key>([^<]*)<\/Key>/g)];
+    const versions = [...inner.matchAll(/<VersionId>([^<]*)<\/VersionId>/g)];
+    if (keys.length !== 1 || versions.length > 1) throw malformedXml('each Object needs exactly one Key');
+    const key = xmlText(keys[0]![1]!);
+    if (key === '') throw malformedXml('a Key is empty');
+    if (key.trim() !== key) {
+      throw notImplemented(`DeleteObjects key ${JSON.stringify(key)}: s3rver would delete it trimmed`);
+    }
+    checkKey(key);
+    const versionId = versions[0] ? xmlText(versions[0][1]!) : undefined;
+    return versionId ? { key, versionId } : { key };
+  });
+  // Every Key element must be one of those read: none may hide outside an Object or in another form.
+  if ((text.match(/<Key[\s/>]/g) ?? []).length !== entries.length) {
+    throw malformedXml('a Key element is outside an Object or not plain text');
+  }
+  if (entries.length === 0) throw malformedXml('Delete names no Object');
+  if (entries.length > 1000) throw malformedXml('Delete names more than 1000 objects');
+  return entries;
+}
+
+function dedupe(checks: S3Authorization[]): S3Authorization[] {
+  const seen = new Set<string>();
+  return checks.filter((c) => {
+    const id = `${c.action} ${c.resource}`;
+    if (seen.has(id)) return false;
+    seen.add(id);
+    return true;
+  });
+}
+
+/**
+ * The IAM checks one S3 REST request needs (path-style addressing only), deduplicated, in request
+ * order. Pure. DeleteObjects (`POST /bucket?delete`) is checked per key named in `body`, which it
+ * then requires. Throws an error carrying S3's code (`NotImplemented`, `InvalidArgument`,
+ * `MalformedXML`, …) for a request that must not be forwarded: one it cannot map, or one s3rver would
+ * carry out on something other than what was checked.
+ *
+ * @example
+ * s3Authorizations({ method: 'PUT', url: '/images/a.raw', headers: { 'x-amz-copy-source': 'in/b.raw' } });
+ * // [{ action: 's3:PutObject', resource: 'arn:aws:s3:::images/a.raw' },
+ * //  { action: 's3:GetObject', resource: 'arn:aws:s3:::in/b.raw' }]
+ */
+export function s3Authorizations(request: S3RequestDescription): S3Authorization[] {
+  const operation = classify(request);
+  if (!operation.deleteObjects) return dedupe(operation.checks);
+  if (request.body === undefined) throw new Error('DeleteObjects is checked per key: pass the request body');
+  const body = typeof request.body === 'string' ? request.body : request.body.toString('utf8');
+  return dedupe(
+    deleteObjectsEntries(body).map(({ key, versionId }) => ({
+      action: versionId ? 's3:DeleteObjectVersion' : 's3:DeleteObject',
+      resource: `${ARN_PREFIX}${operation.bucket}/${key}`,
+    })),
+  );
 }
 
 function xmlEscape(text: string): string {
   return text.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;');
 }
 
-function sendError(
-  res: http.ServerResponse,
-  method: string,
-  status: number,
-  code: string,
-  message: string,
-): void {
-  if (res.headersSent) {
-    res.destroy();
-    return;
-  }
-  const requestId = randomUUID();
-  const body =
-    `<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>${code}</Code><Message>${xmlEscape(message)}</Message>` +
-    `<RequestId>${requestId}</RequestId></Error>`;
-  res.writeHead(status, {
-    'content-type': 'application/xml',
-    'x-amz-request-id': requestId,
-    ...(method === 'HEAD' ? {} : { 'content-length': Buffer.byteLength(body) }),
-  });
-  res.end(method === 'HEAD' ? undefined : body);
-}
-
-function mapError(error: unknown): { status: number; code: string; message: string } {
+/** Maps a refusal to S3's XML error: status, code, message. */
+function s3Error(error: unknown): { status: number; code: string; message: string } {
   if (error instanceof AccessDeniedError)
     return { status: 403, code: 'AccessDenied', message: error.message };
-  if (error instanceof S3RequestError)
-    return { status: error.status, code: error.code, message: error.message };
+  if (error instanceof S3Error) return { status: error.status, code: error.code, message: error.message };
   if (error instanceof SignatureError) {
     switch (error.code) {
       case 'MissingAuthenticationToken':
         return { status: 403, code: 'AccessDenied', message: 'Access Denied' };
       case 'SignatureDoesNotMatch':
-      case 'InvalidSignatureException':
         return { status: 403, code: 'SignatureDoesNotMatch', message: error.message };
       case 'InvalidClientTokenId':
       case 'UnrecognizedClientException':
@@ -254,137 +492,250 @@ function mapError(error: unknown): { status: number; code: string; message: stri
         return { status: 400, code: error.code, message: error.message };
     }
   }
-  return { status: 500, code: 'InternalError', message: (error as Error)?.message ?? 'internal error' };
+  const message = error instanceof Error ? error.message : String(error);
+  return { status: 500, code: 'InternalError', message };
 }
 
-const ENCRYPTION_XML =
-  '<?xml version="1.0" encoding="UTF-8"?>\n<ServerSideEncryptionConfiguration xmlns="http://s3.amazonaws.com/doc/2006-03-01/">' +
-  '<Rule><ApplyServerSideEncryptionByDefault><SSEAlgorithm>AES256</SSEAlgorithm></ApplyServerSideEncryptionByDefault>' +
-  '<BucketKeyEnabled>false</BucketKeyEnabled></Rule></ServerSideEncryptionConfiguration>';
-
-function readLimited(req: http.IncomingMessage, limit: number): Promise<Buffer> {
-  return new Promise((resolve, reject) => {
-    const chunks: Buffer[] = [];
-    let size = 0;
-    req.on('data', (chunk: Buffer) => {
-      size += chunk.length;
-      if (size > limit) {
-        reject(new S3RequestError('MaxMessageLengthExceeded', 'Your request was too big.', 400));
-        req.destroy();
-        return;
-      }
-      chunks.push(chunk);
-    });
-    req.on('end', () => resolve(Buffer.concat(chunks)));
-    req.on('error', reject);
-  });
+/** `20240102T030405Z` */
+function amzDate(date: Date): string {
+  return date
+    .toISOString()
+    .replace(/[-:]/g, '')
+    .replace(/\.\d{3}/, '');
 }
 
 /**
- * Starts the proxy on 127.0.0.1.
+ * The headers that make s3rver take a request as its built-in account's. s3rver 3 resolves a SigV4
+ * credential's key to an account and never computes the signature; with no key it serves the
+ * request anonymously, and refuses response header overrides (`response-content-disposition`) then.
+ * The caller's own key is unknown to it, and its session token is not s3rver's business.
+ */
+function upstreamAuthorization(region: string): http.OutgoingHttpHeaders {
+  const date = amzDate(new Date());
+  return {
+    authorization:
+      `AWS4-HMAC-SHA256 Credential=S3RVER/${date.slice(0, 8)}/${region}/s3/aws4_request, ` +
+      `SignedHeaders=host;x-amz-content-sha256;x-amz-date, Signature=${'0'.repeat(64)}`,
+    'x-amz-date': date,
+    'x-amz-content-sha256': 'UNSIGNED-PAYLOAD',
+  };
+}
+
+/** The end-to-end headers of a message: hop-by-hop ones dropped, and those its `Connection` names. */
+function endToEnd(headers: http.IncomingHttpHeaders, drop: ReadonlySet<string>): http.OutgoingHttpHeaders {
+  const named = new Set(
+    String(headers.connection ?? '')
+      .split(',')
+      .map((h) => h.trim().toLowerCase())
+      .filter(Boolean),
+  );
+  const out: http.OutgoingHttpHeaders = {};
+  for (const [name, value] of Object.entries(headers)) {
+    if (value === undefined || drop.has(name) || named.has(name)) continue;
+    out[name] = value;
+  }
+  return out;
+}
+
+/**
+ * Starts the proxy on 127.0.0.1 and resolves with its URL (for `AWS_ENDPOINT_URL_S3`).
  *
  * @example
  * const s3 = await startS3Proxy({ upstream: s3rver.endpoint, credentials, authorizer, account });
- * // functions get AWS_ENDPOINT_URL_S3=s3.url
+ * const client = new S3Client({ endpoint: s3.url, forcePathStyle: true, credentials: roleCredentials });
+ * // ...
+ * await s3.close();
  */
 export async function startS3Proxy(options: S3ProxyOptions): Promise<LocalEndpoint> {
   const upstream = new URL(options.upstream);
-  const agent = new http.Agent({ keepAlive: true, maxSockets: 64 });
+  if (upstream.protocol !== 'http:')
+    throw new Error(`the S3 upstream must be an http URL, not ${options.upstream}`);
+  // Keep-alive to s3rver: every call would otherwise pay a new connection.
+  const agent = new http.Agent({ keepAlive: true });
+  const region = options.account.region;
 
-  const forward = (req: http.IncomingMessage, res: http.ServerResponse, body?: Buffer) => {
-    const headers: http.OutgoingHttpHeaders = {};
-    for (const [name, value] of Object.entries(req.headers)) {
-      if (value !== undefined && !HOP_BY_HOP.has(name) && !SIGNATURE_HEADERS.has(name)) headers[name] = value;
-    }
-    headers.host = upstream.host;
-    if (body) headers['content-length'] = body.length;
-    else if (req.headers['transfer-encoding'] && !req.headers['content-length'])
-      headers['transfer-encoding'] = 'chunked';
-    const outbound = http.request(
-      {
-        protocol: upstream.protocol,
-        hostname: upstream.hostname,
-        port: upstream.port,
-        method: req.method,
-        path: unsignedTarget(req.url ?? '/'),
-        headers,
-        agent,
-      },
-      (answer) => {
-        const back: http.OutgoingHttpHeaders = {};
-        for (const [name, value] of Object.entries(answer.headers)) {
-          if (value !== undefined && !HOP_BY_HOP.has(name)) back[name] = value;
-        }
-        res.writeHead(answer.statusCode ?? 502, back);
-        answer.pipe(res);
-        answer.on('error', () => res.destroy());
-      },
-    );
-    outbound.on('error', (error) => {
-      options.logger?.warn('S3 proxy upstream request failed', { error: error.message });
-      sendError(res, req.method ?? 'GET', 502, 'ServiceUnavailable', 'the local S3 emulator did not answer');
+  const upstreamRequest = (method: string, path: string, headers: http.OutgoingHttpHeaders) =>
+    http.request({
+      hostname: upstream.hostname,
+      port: upstream.port,
+      method,
+      path,
+      headers: { ...headers, ...upstreamAuthorization(region), host: upstream.host },
+      agent,
     });
-    res.on('close', () => {
-      if (!res.writableFinished) outbound.destroy();
+
+  /** Whether s3rver has the bucket: GET ?encryption is answered here, but not for a missing bucket. */
+  const bucketExists = (bucket: string) =>
+    new Promise<boolean>((resolve, reject) => {
+      const head = upstreamRequest('HEAD', `/${encodeURIComponent(bucket)}`, {});
+      head.on('response', (answer) => {
+        answer.resume();
+        if (answer.statusCode === 200 || answer.statusCode === 404) resolve(answer.statusCode === 200);
+        else reject(new Error(`s3rver answered HEAD /${bucket} with ${answer.statusCode}`));
+      });
+      head.on('error', reject);
+      head.end();
     });
-    if (body) outbound.end(body);
-    else {
-      req.pipe(outbound);
-      req.on('aborted', () => outbound.destroy());
+
+  const authorize = async (principal: Principal, checks: S3Authorization[]) => {
+    for (const check of checks) {
+      // Each check is on its own bucket's policy: a copy's source may be in another bucket.
+      const bucket = check.resource.slice(ARN_PREFIX.length).split('/')[0] ?? '';
+      const resourcePolicy = options.bucketPolicy?.(bucket);
+      await options.authorizer.authorize({
+        principal,
+        action: check.action,
+        resource: check.resource,
+        ...(resourcePolicy ? { resourcePolicy } : {}),
+      });
     }
   };
 
-  const server = http.createServer((req, res) => {
+  /**
+   * Forwards the request, body streamed (or `body`, already read), and streams the answer back. The
+   * query loses only its signature and hoisted `x-amz-*` parameters (sent as headers instead); the
+   * path goes as received.
+   */
+  const forward = (
+    req: http.IncomingMessage,
+    res: http.ServerResponse,
+    target: Target,
+    operation: Operation,
+    body: Buffer | undefined,
+  ) => {
+    const query = target.query.filter((p) => !/^x-amz-/i.test(p.name)).map((p) => p.raw);
+    const path = query.length ? `${target.rawPath}?${query.join('&')}` : target.rawPath;
+    const headers = endToEnd(req.headers, NOT_FORWARDED);
+    for (const p of target.query) {
+      if (/^x-amz-/i.test(p.name) && !isSignatureParameter(p.name)) headers[p.name.toLowerCase()] = p.value;
+    }
+    if (operation.copySource) {
+      // s3rver reads the header with decodeURI and knows no versions: give it exactly the object checked.
+      headers['x-amz-copy-source'] = encodeURI(`/${operation.copySource.bucket}/${operation.copySource.key}`);
+    }
+    if (body) headers['content-length'] = body.length;
+
+    const outbound = upstreamRequest(req.method ?? 'GET', path, headers);
+    let answered = false;
+    outbound.on('response', (answer) => {
+      answered = true;
+      res.writeHead(answer.statusCode ?? 502, answer.statusMessage, endToEnd(answer.headers, HOP_BY_HOP));
+      pipeline(answer, res, (error) => {
+        // Either end went away mid-answer: cut the other, so neither waits on a dead transfer.
+        if (error) {
+          outbound.destroy();
+          res.destroy();
+        }
+      });
+    });
+    outbound.on('error', (error) => {
+      req.unpipe(outbound);
+      if (answered) {
+        // s3rver answered before taking the whole body (an error): drop the rest, or the client stalls.
+        req.resume();
+        return;
+      }
+      options.logger?.warn('S3 proxy: s3rver request failed', { error: error.message });
+      refuse(req, res, new S3Error('ServiceUnavailable', 'the local S3 emulator did not answer', 503));
+    });
+    // The client went away: abort s3rver's side too.
+    res.on('close', () => {
+      if (!res.writableFinished) outbound.destroy();
+    });
+    req.on('error', () => outbound.destroy());
+    if (body) outbound.end(body);
+    else req.pipe(outbound);
+  };
+
+  /** Answers a refused request with S3's XML error and disposes of whatever body it still carries. */
+  const refuse = (req: http.IncomingMessage, res: http.ServerResponse, error: unknown, fields = {}) => {
+    const { status, code, message } = s3Error(error);
+    if (status >= 500) options.logger?.error('S3 proxy failed', { ...fields, code, error: message });
+    else if (error instanceof AccessDeniedError)
+      options.logger?.warn('S3 request denied', { ...fields, message });
+    if (res.headersSent || res.destroyed) {
+      res.destroy();
+      return;
+    }
+    const requestId = randomUUID();
+    const head = req.method?.toUpperCase() === 'HEAD';
+    const xml =
+      `<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>${code}</Code><Message>${xmlEscape(message)}` +
+      `</Message><RequestId>${requestId}</RequestId></Error>`;
+    const headers: http.OutgoingHttpHeaders = {
+      'content-type': 'application/xml',
+      'x-amz-request-id': requestId,
+      'content-length': head ? 0 : Buffer.byteLength(xml),
+    };
+    // A client waiting for 100-continue sends no body: close rather than leave it guessing.
+    if (req.headers.expect && !req.readableEnded) headers.connection = 'close';
+    res.writeHead(status, headers);
+    res.end(head ? undefined : xml);
+    if (!req.readableEnded && !req.headers.expect) {
+      // Read and drop the rest of the body so the client can read the answer; a huge one is cut.
+      let dropped = 0;
+      req.on('data', (chunk: Buffer) => {
+        dropped += chunk.length;
+        if (dropped > DISCARD_LIMIT) req.socket.destroy();
+      });
+      req.resume();
+    }
+  };
+
+  const handle = (req: http.IncomingMessage, res: http.ServerResponse, expectsContinue: boolean) => {
     const method = (req.method ?? 'GET').toUpperCase();
+    const url = req.url ?? '/';
+    const fields: Record<string, unknown> = { method, url: url.split('?')[0] };
     void (async () => {
       try {
-        const caller = verifySignature(
-          { method, url: req.url ?? '/', headers: req.headers },
-          options.credentials,
-          {
-            service: 's3',
-          },
-        );
-        const url = req.url ?? '/';
-        const { bucket, query } = target(url);
-        const resourcePolicy = bucket ? options.bucketPolicy?.(bucket) : undefined;
-        const authorize = async (checks: S3Authorization[]) => {
-          for (const check of checks) {
-            await options.authorizer.authorize({
-              principal: caller.principal,
-              action: check.action,
-              resource: check.resource,
-              ...(resourcePolicy ? { resourcePolicy } : {}),
-            });
-          }
-        };
-        const checks = s3Authorizations({ method, url, headers: req.headers });
-        if (method === 'POST' && query.has('delete') && checks.length === 0) {
-          const body = await readLimited(req, DELETE_BODY_LIMIT);
-          await authorize(deleteObjectsAuthorizations(bucket, body.toString('utf8')));
-          forward(req, res, body);
-          return;
+        // The signature first: an unauthenticated caller learns nothing about what is served.
+        const caller = verifySignature({ method, url, headers: req.headers }, options.credentials, {
+          service: 's3',
+        });
+        fields.principal = caller.principal.arn;
+        const encoding = String(req.headers['content-encoding'] ?? '');
+        const declared = String(req.headers['x-amz-content-sha256'] ?? '');
+        if (/aws-chunked/i.test(encoding) || declared.startsWith('STREAMING-')) {
+          throw notImplemented(
+            'aws-chunked bodies are not served locally (s3rver would store the framing): ' +
+              "configure the client with requestChecksumCalculation: 'WHEN_REQUIRED'",
+          );
         }
-        await authorize(checks);
-        if (method === 'GET' && query.has('encryption') && !target(url).key) {
+        const target = parseTarget(url);
+        const operation = classify({ method, url, headers: req.headers });
+        let checks = operation.checks;
+        let body: Buffer | undefined;
+        if (operation.deleteObjects) {
+          if (expectsContinue) res.writeContinue();
+          body = await readSmallBody(req, DELETE_BODY_LIMIT);
+          checks = s3Authorizations({ method, url, headers: req.headers, body });
+        }
+        await authorize(caller.principal, dedupe(checks));
+        if (operation.encryption) {
+          if (!(await bucketExists(operation.bucket))) {
+            throw new S3Error('NoSuchBucket', 'The specified bucket does not exist', 404);
+          }
           res.writeHead(200, {
             'content-type': 'application/xml',
             'content-length': Buffer.byteLength(ENCRYPTION_XML),
+            'x-amz-request-id': randomUUID(),
           });
           res.end(ENCRYPTION_XML);
           return;
         }
-        forward(req, res);
+        // Only an authorized client is told to send its body.
+        if (expectsContinue && !body) res.writeContinue();
+        forward(req, res, target, operation, body);
       } catch (error) {
-        const { status, code, message } = mapError(error);
-        if (status >= 500) options.logger?.error('S3 proxy failed', { error: message });
-        // The body of a refused upload is not read; close the connection rather than drain it.
-        res.setHeader('connection', 'close');
-        sendError(res, method, status, code, message);
-        req.resume();
+        refuse(req, res, error, fields);
       }
     })();
-  });
+  };
+
+  // Large bodies take long: no whole-request deadline (node's default is 5 minutes).
+  const server = http.createServer({ requestTimeout: 0 }, (req, res) => handle(req, res, false));
+  // With a listener, node leaves `Expect: 100-continue` to us: a refused upload is never sent.
+  server.on('checkContinue', (req, res) => handle(req, res, true));
   const endpoint = await listen(server, options.port);
   return {
     url: endpoint.url,
@@ -393,4 +744,29 @@ export async function startS3Proxy(options: S3ProxyOptions): Promise<LocalEndpoi
       agent.destroy();
     },
   };
+}
+
+/** Reads a small body whole; past `limit` it stops reading and refuses (the caller drops the rest). */
+function readSmallBody(req: http.IncomingMessage, limit: number): Promise<Buffer> {
+  const declared = Number(req.headers['content-length'] ?? 0);
+  if (declared > limit) {
+    return Promise.reject(new S3Error('MaxMessageLengthExceeded', 'Your request was too big.', 400));
+  }
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    const onData = (chunk: Buffer) => {
+      size += chunk.length;
+      if (size > limit) {
+        req.off('data', onData);
+        req.pause();
+        reject(new S3Error('MaxMessageLengthExceeded', 'Your request was too big.', 400));
+        return;
+      }
+      chunks.push(chunk);
+    };
+    req.on('data', onData);
+    req.on('end', () => resolve(Buffer.concat(chunks)));
+    req.on('error', reject);
+  });
 }

@@ -17,6 +17,7 @@ const ACCOUNT = '123456789012';
 const account = { accountId: ACCOUNT, region: 'us-east-1', partition: 'aws' as const };
 const MANAGER = `arn:aws:iam::${ACCOUNT}:role/Strata-ApiRole`;
 const NO_PASS = `arn:aws:iam::${ACCOUNT}:role/Strata-NoPassRole`;
+const WIDE = `arn:aws:iam::${ACCOUNT}:role/Strata-WideRole`;
 const TARGET_ROLE = `arn:aws:iam::${ACCOUNT}:role/Strata-SchedulerRole`;
 const FLOW = `arn:aws:states:us-east-1:${ACCOUNT}:stateMachine:Strata-snapshot-policy`;
 const GROUP = 'Strata-snapshot-policies';
@@ -53,6 +54,20 @@ const authorizer = new IamAuthorizer({
       ],
     ],
     [NO_PASS, [{ name: 'manage', document: { Statement: [manage] } }]],
+    [
+      WIDE,
+      [
+        {
+          name: 'any-group',
+          document: {
+            Statement: [
+              { ...manage, Resource: `arn:aws:scheduler:us-east-1:${ACCOUNT}:schedule/*` },
+              { Effect: 'Allow', Action: 'iam:PassRole', Resource: TARGET_ROLE },
+            ],
+          },
+        },
+      ],
+    ],
   ]),
 });
 
@@ -113,6 +128,7 @@ interface Setup {
   fired: { target: ScheduleTarget & { Input: string }; scheduledTime: string }[];
   client: SchedulerClient;
   adapter: EventBridgeSchedules;
+  credentials: LocalCredentialStore;
 }
 
 let dir: string;
@@ -151,7 +167,7 @@ async function setup(
     stateMachineArn: FLOW,
     client,
   });
-  const s = { service, time, fired, client, adapter };
+  const s = { service, time, fired, client, adapter, credentials };
   open.push(s);
   return s;
 }
@@ -197,8 +213,8 @@ describe('the local EventBridge Scheduler', () => {
     });
   });
 
-  it('answers a second create with ConflictException, an unknown group with ResourceNotFoundException', async () => {
-    const { client, adapter } = await setup();
+  it('answers a second create with ConflictException, an unknown group with AccessDenied before ResourceNotFound', async () => {
+    const { client, adapter, service, credentials } = await setup();
     await adapter.upsert(policy());
     const input = adapter.definition(policy());
     await expect(client.send(new CreateScheduleCommand(input))).rejects.toMatchObject({
@@ -207,8 +223,20 @@ describe('the local EventBridge Scheduler', () => {
     await expect(
       client.send(new CreateScheduleCommand({ ...input, GroupName: 'nope' })),
     ).rejects.toMatchObject({
-      name: 'ResourceNotFoundException',
+      // As on AWS, a caller whose policy does not cover the group learns nothing about it.
+      name: 'AccessDeniedException',
     });
+    const wide = new SchedulerClient({
+      region: 'us-east-1',
+      endpoint: service.url,
+      credentials: credentials.issue(WIDE, 'wide'),
+      maxAttempts: 1,
+    });
+    await expect(wide.send(new CreateScheduleCommand({ ...input, GroupName: 'nope' }))).rejects.toMatchObject(
+      {
+        name: 'ResourceNotFoundException',
+      },
+    );
   });
 
   it('refuses an invalid expression with ValidationException, the adapter with an input error', async () => {
