@@ -243,14 +243,14 @@ describe('snapshot policies', () => {
     });
   });
 
-  it('fires on schedule in the policy time zone and a snapshot appears', async () => {
+  it('fires on schedule in the policy time zone: the snapshot is taken and backed up end to end', async () => {
     const schedule = 'cron(0 3 * * ? *)';
     const timeZone = 'Asia/Tokyo';
     const slot = nextFireTime(parseSchedule(schedule), { after: new Date(), timeZone })!;
     // The scheduler's clock now reads two seconds before 03:00 in Tokyo.
     clock.offsetMs = slot.getTime() - 2_000 - Date.now();
     try {
-      const policy = await createPolicy({ volumeId, schedule, timeZone, keep: 3, name: 'tokyo' });
+      const policy = await createPolicy({ volumeId, schedule, timeZone, keep: 3, name: 'tokyo', backup: true });
       expect(stack.scheduler.nextFire(group(), policy.id)).toEqual(slot);
 
       const taken = await waitFor('the scheduled snapshot', async () =>
@@ -259,6 +259,12 @@ describe('snapshot policies', () => {
 
       expect(taken.slot).toBe(slot.toISOString());
       expect((await waitForJob(taken.takenByJobId)).state).toBe('succeeded');
+      // The take started the backup flow from the task function (store-tasks → states:StartExecution).
+      const backedUp = await waitFor('the scheduled snapshot backed up', async () => {
+        const s = (await call('GET', `/snapshots/${taken.id}`)).body;
+        return s.status === 'BackedUp' ? s : undefined;
+      });
+      expect(backedUp.backupRequested).toBe(true);
       expect(stack.scheduler.nextFire(group(), policy.id)).toEqual(new Date(slot.getTime() + 86_400_000));
       await call('DELETE', `/snapshot-policies/${policy.id}`);
     } finally {
