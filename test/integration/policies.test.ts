@@ -250,7 +250,14 @@ describe('snapshot policies', () => {
     // The scheduler's clock now reads two seconds before 03:00 in Tokyo.
     clock.offsetMs = slot.getTime() - 2_000 - Date.now();
     try {
-      const policy = await createPolicy({ volumeId, schedule, timeZone, keep: 3, name: 'tokyo', backup: true });
+      const policy = await createPolicy({
+        volumeId,
+        schedule,
+        timeZone,
+        keep: 3,
+        name: 'tokyo',
+        backup: true,
+      });
       expect(stack.scheduler.nextFire(group(), policy.id)).toEqual(slot);
 
       const taken = await waitFor('the scheduled snapshot', async () =>
