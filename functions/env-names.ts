@@ -22,12 +22,15 @@ export const EnvName = {
   /** The host runtime build this control plane was deployed with; hosts of another build refuse work. */
   HostBuild: 'STRATA_HOST_BUILD',
   /**
-   * Host command polling (first interval, longest interval) and how long a resumable step waits before
-   * handing over to its retry, in ms. Production defaults suit SSM; the embedded stack sets shorter ones.
+   * Host command polling (first interval, longest interval) and how long one run of a step waits for
+   * a host command before it suspends (the state machine then waits), in ms. Production defaults suit
+   * SSM; the embedded stack sets shorter ones.
    */
   HostPollMs: 'STRATA_HOST_POLL_MS',
   HostMaxPollMs: 'STRATA_HOST_MAX_POLL_MS',
   HostWaitBudgetMs: 'STRATA_HOST_WAIT_BUDGET_MS',
+  /** Longest Wait (seconds) a suspended host step asks the state machine for. */
+  HostMaxWaitSeconds: 'STRATA_HOST_MAX_WAIT_SECONDS',
   /** Operator allowlist for template URLs: comma-separated host names and CIDR ranges (SSRF rules). */
   FetchAllowlist: 'STRATA_FETCH_ALLOWLIST',
   /**

@@ -12,7 +12,6 @@ import {
   DriverUnavailableError,
   driverErrorFromHostError,
   HostOperationError,
-  HostStillRunningError,
   ObjectNotFoundError,
   UnsupportedOperationError,
 } from './errors.js';
@@ -120,7 +119,7 @@ async function runLogged<T>(
   } catch (error) {
     const wrapped = toDriverError(error, operation, fields);
     // A handover to a resuming retry is not a failure.
-    const level = wrapped instanceof HostStillRunningError ? 'info' : wrapped.retryable ? 'warn' : 'error';
+    const level = wrapped.retryable ? 'warn' : 'error';
     ctx?.logger[level](`${operation} failed`, {
       ...fields,
       durationMs: Date.now() - started,

@@ -79,16 +79,6 @@ export class DriverConflictError extends DriverError {
  * @example
  * throw new DriverUnavailableError('bucket endpoint timed out', { cause: err });
  */
-/**
- * A host operation is still running when the caller's own time is up (a Lambda nearing its limit).
- * Not a failure: the step is retried and picks the same command up again (see ChannelHostInvoker).
- */
-export class HostStillRunningError extends DriverError {
-  constructor(message: string, options: DriverErrorOptions = {}) {
-    super(message, { ...options, code: 'StillRunning', retryable: false });
-  }
-}
-
 export class DriverUnavailableError extends DriverError {
   constructor(message: string, options: DriverErrorOptions = {}) {
     super(message, { ...options, code: 'Unavailable', retryable: true });

@@ -264,10 +264,26 @@ export interface Job extends Versioned {
   /** The workflow execution that runs it (a Step Functions execution ARN on AWS). */
   executionId?: string;
   /**
-   * Host commands of resumable steps, by call key: a step retried after its function ran out of
-   * time waits for the same command instead of starting the operation again.
+   * Host commands of the job's steps, by call key (`<step>:<operation>:<n>`): a step run again after
+   * it suspended (or after a crash) picks up the same command instead of starting the operation
+   * again.
    */
-  hostCommands?: Record<string, { hostId: string; commandId: string; sentAt: string }>;
+  hostCommands?: Record<string, HostCommandRecord>;
+  /** Values a step made once and every later run of it reuses (see stepOnce in step-scope.ts). */
+  stepMemos?: Record<string, unknown>;
+}
+
+/** One host command a step sent, as recorded on its job. */
+export interface HostCommandRecord {
+  hostId: string;
+  commandId: string;
+  /** The request id the host runtime deduplicates on; the same for every run of the step. */
+  requestId: string;
+  sentAt: string;
+  /** 1 for the first send; a step retried after the command failed sends attempt 2, … */
+  attempt: number;
+  /** The command ended in failure and a run of the step has seen it: a later run sends again. */
+  failed?: boolean;
 }
 
 /** A stored answer to a mutating request carrying an `Idempotency-Key`. */

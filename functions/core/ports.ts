@@ -93,6 +93,23 @@ export interface Repository {
   /** Lists the per-store rows and volumes held by one store. */
   listInStore(storeId: string, options?: ListOptions): Promise<Page<EntityMap[EntityType]>>;
   /** Adds or removes members of a string-set field atomically (commutative; no version check). */
+  /**
+   * Sets one entry of a map field (`field.entry = value`) if `condition.field` holds one of
+   * `condition.oneOf`, leaving the map's other entries alone (concurrent writers of different entries
+   * do not overwrite each other). Creates the map when the entity has none.
+   */
+  putMapEntry<T extends EntityType>(
+    key: EntityKey<T>,
+    field: keyof EntityMap[T] & string,
+    entry: string,
+    value: unknown,
+    condition: { field: keyof EntityMap[T] & string; oneOf: readonly (string | number)[] },
+  ): Promise<void>;
+  /**
+   * Moves the lease of an entity on (a heartbeat): its expiry becomes now + `ttlSeconds`, only if the
+   * lease is still `owner`'s. False when it is not (recovered, released or taken over).
+   */
+  renewLease<T extends EntityType>(key: EntityKey<T>, owner: string, ttlSeconds: number): Promise<boolean>;
   updateSet<T extends EntityType>(
     key: EntityKey<T>,
     field: keyof EntityMap[T] & string,

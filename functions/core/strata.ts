@@ -7,7 +7,15 @@ import type { DriverContext, Logger } from '../../drivers/sdk/types.js';
 import { HostEndpointSelector } from './endpoint-selector.js';
 import { UnavailableError } from './errors.js';
 import { ChannelHostInvoker } from './host-invoker.js';
-import type { Clock, EndpointChannel, Repository, SchedulerPort, UrlFetcher, WorkflowPort } from './ports.js';
+import type {
+  Clock,
+  EndpointChannel,
+  EntityKey,
+  Repository,
+  SchedulerPort,
+  UrlFetcher,
+  WorkflowPort,
+} from './ports.js';
 import { systemClock } from './ports.js';
 import { DataMotionService, streamCopyStrategy } from './services/data-motion.js';
 import { DataStoreService, type DriverContextOptions, type StoreDeps } from './services/datastore-service.js';
@@ -46,11 +54,19 @@ export interface StrataPorts {
   hostPollMs?: number;
   hostMaxPollMs?: number;
   /**
-   * How long a resumable step waits for its host command before handing over to a retry of the
-   * step (the AWS runtime: under the task function's 15-minute limit). Unset: no limit.
+   * How long one run of a workflow step waits for a host command before it suspends and the state
+   * machine waits instead (seconds on AWS; see functions/core/step-scope.ts). Default 10 s.
    */
   hostWaitBudgetMs?: number;
+  /** Longest Wait a suspended step asks for, in seconds (default 30; tests shrink it). */
+  hostMaxWaitSeconds?: number;
 }
+
+/**
+ * A lease a heartbeat renews lives this long: many missed heartbeats (a suspended step checks in
+ * every ≤ 30 s) before the reconciler may treat the work as dead.
+ */
+export const HEARTBEAT_LEASE_SECONDS = 15 * 60;
 
 export class Strata {
   readonly jobs: JobService;
@@ -126,9 +142,47 @@ export class Strata {
     });
   }
 
+  /** How long one run of a host step waits on a host before it suspends. */
+  get hostWaitBudgetMs(): number {
+    return this.ports.hostWaitBudgetMs ?? 10_000;
+  }
+
+  /**
+   * The heartbeat of a suspended host step: every lease the job holds on the step's entities (the
+   * volume, snapshot, store or template the input names, and their store copies) moves on to
+   * {@link HEARTBEAT_LEASE_SECONDS} from now, never shorter than it was. A lease held by another
+   * job, or already recovered, is left alone.
+   */
+  async heartbeat(jobId: string, input: unknown): Promise<void> {
+    const ids = (input ?? {}) as Record<string, unknown>;
+    const str = (k: string) => (typeof ids[k] === 'string' ? (ids[k] as string) : undefined);
+    const keys: EntityKey[] = [];
+    const volumeId = str('volumeId');
+    const snapshotId = str('snapshotId');
+    const storeId = str('storeId');
+    const templateId = str('templateId');
+    if (volumeId) keys.push({ type: 'Volume', id: volumeId });
+    if (storeId) keys.push({ type: 'DataStore', id: storeId });
+    if (snapshotId) {
+      keys.push({ type: 'Snapshot', id: snapshotId });
+      const snapshot = await this.ports.repo.get({ type: 'Snapshot', id: snapshotId });
+      if (snapshot && !volumeId) keys.push({ type: 'Volume', id: snapshot.volumeId });
+      for (const c of await this.ports.repo.listCopies('SnapshotInStore', snapshotId)) {
+        keys.push({ type: 'SnapshotInStore', id: snapshotId, storeId: c.storeId });
+      }
+    }
+    if (templateId) {
+      keys.push({ type: 'Template', id: templateId });
+      for (const c of await this.ports.repo.listCopies('TemplateInStore', templateId)) {
+        keys.push({ type: 'TemplateInStore', id: templateId, storeId: c.storeId });
+      }
+    }
+    await Promise.all(keys.map((k) => this.ports.repo.renewLease(k, jobId, HEARTBEAT_LEASE_SECONDS)));
+  }
+
   /** The context a driver call runs with, for one job. */
   driverContext(jobId: string, options: DriverContextOptions = {}): DriverContext {
-    const { progressRange, resumeKey } = options;
+    const { progressRange } = options;
     const { repo, channel, logger, driverServices } = this.ports;
     return {
       jobId,
@@ -142,7 +196,9 @@ export class Strata {
         ...(this.ports.hostBuild ? { build: this.ports.hostBuild } : {}),
         maxPollMs: this.ports.hostMaxPollMs,
         onDispatch: (hostId, delta) => this.selector.track(hostId, delta),
-        ...(resumeKey ? { resumeKey, waitBudgetMs: this.ports.hostWaitBudgetMs } : {}),
+        ...(this.ports.hostMaxWaitSeconds !== undefined
+          ? { maxWaitSeconds: this.ports.hostMaxWaitSeconds }
+          : {}),
         ...(progressRange
           ? {
               onProgress: async (hostId: string, percent: number, detail?: Record<string, unknown>) => {

@@ -122,8 +122,11 @@ export function buildAwsStrata(env: NodeJS.ProcessEnv): Strata {
     ...(env[EnvName.HostBuild] ? { hostBuild: env[EnvName.HostBuild] } : {}),
     hostPollMs: millis(env, EnvName.HostPollMs, 100),
     hostMaxPollMs: millis(env, EnvName.HostMaxPollMs, 2000),
-    // The task function may run 15 minutes: a resumable step hands over to its retry well before.
-    hostWaitBudgetMs: millis(env, EnvName.HostWaitBudgetMs, 12 * 60 * 1000),
+    // A step waits on a host for seconds, then suspends and the state machine waits (step-scope.ts).
+    hostWaitBudgetMs: millis(env, EnvName.HostWaitBudgetMs, 10_000),
+    ...(env[EnvName.HostMaxWaitSeconds]
+      ? { hostMaxWaitSeconds: Number(env[EnvName.HostMaxWaitSeconds]) }
+      : {}),
   });
 }
 

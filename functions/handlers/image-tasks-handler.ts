@@ -3,6 +3,7 @@
  * template-copy, chosen by `task`. Inputs are validated; errors leave with a stable name.
  */
 import { z } from 'zod';
+import { hostTasks } from '../../statemachines/definitions.js';
 import type { Strata } from '../core/strata.js';
 import { createTaskHandler, type TaskTable } from './task-handler.js';
 
@@ -28,6 +29,9 @@ const tasks = {
   failCopy: (s: Strata, i: unknown) => s.images.failCopy(copyStep.extend({ error: sfnError }).parse(i)),
 } satisfies TaskTable;
 
+/** The task names this function serves (checked against the flows in tests). */
+export const imageTaskNames: readonly string[] = Object.keys(tasks);
+
 export function createImageTasksHandler(getStrata: () => Promise<Strata> | Strata) {
-  return createTaskHandler(tasks, getStrata);
+  return createTaskHandler(tasks, getStrata, hostTasks('image'));
 }

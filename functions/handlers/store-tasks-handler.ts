@@ -4,6 +4,7 @@
  * for the state machine's Retry and Catch.
  */
 import { z } from 'zod';
+import { hostTasks } from '../../statemachines/definitions.js';
 import type { Strata } from '../core/strata.js';
 import { createTaskHandler, type TaskTable } from './task-handler.js';
 
@@ -130,6 +131,9 @@ const tasks = {
     ),
 } satisfies TaskTable;
 
+/** The task names this function serves (checked against the flows in tests). */
+export const storeTaskNames: readonly string[] = Object.keys(tasks);
+
 export function createStoreTasksHandler(getStrata: () => Promise<Strata> | Strata) {
-  return createTaskHandler(tasks, getStrata);
+  return createTaskHandler(tasks, getStrata, hostTasks('store'));
 }

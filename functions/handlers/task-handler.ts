@@ -1,21 +1,51 @@
 /**
  * One task function serves every step of its workflows: the ASL names the step in `task` and passes
  * its `input`, which the step validates. Errors leave with a stable name for Retry and Catch.
+ *
+ * A host step (declared `host: true` in its flow module) runs inside a {@link StepScope}: when a
+ * host command it waits for outlives the run's wait budget, the run suspends and the answer is
+ * `{ waiting: { seconds, … } }`, on which the flow's loop waits and runs the step again. Before it
+ * answers, the leases the job holds on the step's entities are renewed (the heartbeat).
  */
 import middy from '@middy/core';
 import { z } from 'zod';
+import { runInStep, StepScope } from '../core/step-scope.js';
 import type { Strata } from '../core/strata.js';
 import { toWorkflowError } from './workflow-errors.js';
 
 export type TaskTable = Record<string, (strata: Strata, input: unknown) => Promise<unknown>>;
 
-export function createTaskHandler(tasks: TaskTable, getStrata: () => Promise<Strata> | Strata) {
+/** What a suspended host step answers; the flow's loop waits `seconds`, then runs it again. */
+export interface WaitingAnswer {
+  waiting: { seconds: number; hostId: string; commandId: string; operation: string };
+}
+
+const stepIdentity = z.object({ jobId: z.string().optional(), hostId: z.string().optional() }).loose();
+
+export function createTaskHandler(
+  tasks: TaskTable,
+  getStrata: () => Promise<Strata> | Strata,
+  hostTasks: ReadonlySet<string> = new Set(),
+) {
   const names = Object.keys(tasks) as [string, ...string[]];
   const event = z.object({ task: z.enum(names), input: z.unknown() });
   const base = async (raw: unknown): Promise<unknown> => {
     const { task, input } = event.parse(raw);
-    const out = await tasks[task]!(await getStrata(), input);
-    return out ?? {};
+    const strata = await getStrata();
+    if (!hostTasks.has(task)) return (await tasks[task]!(strata, input)) ?? {};
+    const who = stepIdentity.safeParse(input);
+    // Per-host branches of one flow run the same task: each keeps its own calls.
+    const stepKey = who.success && who.data.hostId ? `${task}@${who.data.hostId}` : task;
+    const scope = new StepScope(stepKey, strata.hostWaitBudgetMs);
+    const run = runInStep(scope, () => tasks[task]!(strata, input));
+    const outcome = await Promise.race([
+      run.then((value) => ({ value })),
+      scope.suspended.then((suspension) => ({ suspension })),
+    ]);
+    if ('value' in outcome) return outcome.value ?? {};
+    if (who.success && who.data.jobId) await strata.heartbeat(who.data.jobId, input);
+    const answer: WaitingAnswer = { waiting: outcome.suspension };
+    return answer;
   };
   return middy(base).use({
     // Leaving request.response unset makes middy rethrow request.error, now carrying a stable name.

@@ -468,7 +468,8 @@ function prepareFlow(
         if (state.Type === 'Wait') {
           if (typeof state.Seconds === 'number')
             waitTimeOverrides[stateName] = state.Seconds * 1000 * waitTimeScale;
-          else if (waitTimeScale === 0) waitTimeOverrides[stateName] = 0;
+          // A wait the step asks for (a host step's loop): scaled as if it asked for one second.
+          else waitTimeOverrides[stateName] = 1000 * waitTimeScale;
         }
         if (state.Retry) {
           retryIntervalOverrides[stateName] = state.Retry.map(

@@ -109,7 +109,11 @@ beforeAll(async () => {
     hostCount: 2,
     reconcileEverySeconds: 0,
     waitTimeScale: 0.01,
-    functionEnvironment: { [EnvName.HostPollMs]: '20', [EnvName.HostMaxPollMs]: '100' },
+    functionEnvironment: {
+      [EnvName.HostPollMs]: '20',
+      [EnvName.HostMaxPollMs]: '100',
+      [EnvName.HostWaitBudgetMs]: '300',
+    },
     schedulerClock: clock,
   });
 }, 90_000);

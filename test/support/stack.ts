@@ -83,9 +83,8 @@ export async function startTestStack(
     functionEnvironment: {
       [EnvName.HostPollMs]: '20',
       [EnvName.HostMaxPollMs]: '100',
-      ...(options.hostWaitBudgetMs !== undefined
-        ? { [EnvName.HostWaitBudgetMs]: String(options.hostWaitBudgetMs) }
-        : {}),
+      // Short, so host steps suspend and their loops turn many times in every flow.
+      [EnvName.HostWaitBudgetMs]: String(options.hostWaitBudgetMs ?? 300),
     },
     ...(options.narrowPolicies ? { narrowPolicies: options.narrowPolicies } : {}),
     ...(options.schedulerClock ? { schedulerClock: options.schedulerClock } : {}),
@@ -118,7 +117,7 @@ export async function startTestStack(
     for (;;) {
       const { body } = await call('GET', `/jobs/${jobId}`);
       if (body.state === 'succeeded' || body.state === 'failed') return body;
-      if (Date.now() > until) throw new Error(`job ${jobId} still ${body.state} after ${timeoutMs} ms`);
+      if (Date.now() > until) throw new Error(`job ${jobId} still ${body.state} after ${timeoutMs} ms: ${JSON.stringify(body).slice(0, 3000)}`);
       await new Promise((r) => setTimeout(r, 50));
     }
   };

@@ -344,6 +344,81 @@ export class DynamoRepository implements Repository {
     );
   }
 
+  async putMapEntry<T extends EntityType>(
+    key: EntityKey<T>,
+    field: keyof EntityMap[T] & string,
+    entry: string,
+    value: unknown,
+    condition: { field: keyof EntityMap[T] & string; oneOf: readonly (string | number)[] },
+  ): Promise<void> {
+    const attempt = async (whole: boolean) => {
+      const b = new UpdateBuilder();
+      const names: Record<string, string> = whole
+        ? { '#mapField': field }
+        : { '#mapField': field, '#mapEntry': entry };
+      if (whole) b.setExpression(`#mapField = ${b.value({ [entry]: value })}`);
+      else b.setExpression(`#mapField.#mapEntry = ${b.value(value)}`);
+      b.setExpression(`${b.name('version')} = ${b.name('version')} + ${b.value(1)}`);
+      b.set('updatedAt', this.clock.now().toISOString());
+      Object.assign(b.names, names);
+      const values = condition.oneOf.map((v) => b.value(v)).join(', ');
+      const expression = [
+        'attribute_exists(pk)',
+        `${b.name(condition.field)} IN (${values})`,
+        whole ? 'attribute_not_exists(#mapField)' : 'attribute_exists(#mapField)',
+      ].join(' AND ');
+      await this.write(
+        key,
+        b,
+        expression,
+        (current) => `${condition.field} is ${String(current[condition.field])}`,
+      );
+    };
+    try {
+      await attempt(false);
+    } catch (e) {
+      // No map yet (the condition named it): create it with this entry. Losing that race to another
+      // writer creating it means the map now exists, so the nested set is tried once more.
+      if (!(e instanceof ConflictError)) throw e;
+      const current = await this.get(key);
+      const state = current ? (current as unknown as Record<string, unknown>)[condition.field] : undefined;
+      if (!current || !condition.oneOf.includes(state as string | number)) throw e;
+      if ((current as unknown as Record<string, unknown>)[field] !== undefined) return attempt(false);
+      await attempt(true).catch(async (again: unknown) => {
+        if (!(again instanceof ConflictError)) throw again;
+        await attempt(false);
+      });
+    }
+  }
+
+  /** False also when the lease already runs longer than the renewal would make it. */
+  async renewLease<T extends EntityType>(
+    key: EntityKey<T>,
+    owner: string,
+    ttlSeconds: number,
+  ): Promise<boolean> {
+    const expiresAt = new Date(this.clock.now().getTime() + ttlSeconds * 1000).toISOString();
+    const b = new UpdateBuilder();
+    // Bookkeeping, not a change of the entity: the version stays, so no writer holding a read of it
+    // loses a race to a heartbeat.
+    const at = b.value(expiresAt);
+    b.setExpression(`${b.name('lease')}.${b.name('expiresAt')} = ${at}`);
+    b.setExpression(`${b.name('leaseExpiresAt')} = ${at}`);
+    // Held by the renewer, and never made shorter (ISO-8601 UTC strings order as times do).
+    const condition = [
+      'attribute_exists(pk)',
+      `${b.name('lease')}.${b.name('owner')} = ${b.value(owner)}`,
+      `${b.name('lease')}.${b.name('expiresAt')} < ${at}`,
+    ].join(' AND ');
+    try {
+      await this.write(key, b, condition, () => 'the lease is not held by the renewer');
+      return true;
+    } catch (e) {
+      if (e instanceof ConflictError || e instanceof NotFoundError) return false;
+      throw e;
+    }
+  }
+
   async updateSet<T extends EntityType>(
     key: EntityKey<T>,
     field: keyof EntityMap[T] & string,

@@ -23,7 +23,6 @@ import {
   DEFAULT_CHUNK_SIZE_BYTES,
   parseManifest,
 } from '../../../drivers/sdk/backup-manifest.js';
-import { HostStillRunningError } from '../../../drivers/sdk/errors.js';
 import type { ProviderRegistry } from '../../../drivers/sdk/registry.js';
 import {
   type BackupCapableDriver,
@@ -234,7 +233,7 @@ export class BackupService {
    */
   async scanBackup(input: Step): Promise<{ toUpload: number }> {
     const { snapshot, volume, image, copy, pool, driver } = await this.leased(input);
-    const ctx = this.deps.driverContext(input.jobId, { progressRange: [5, 35], resumeKey: 'scan' });
+    const ctx = this.deps.driverContext(input.jobId, { progressRange: [5, 35] });
     const previous = await this.previousBackup(snapshot, image);
     const { id: hostId } = await this.deps.selectHost([pool.id]);
     const scan = await driver.scanSnapshotChunks({
@@ -314,7 +313,7 @@ export class BackupService {
   /** Upload: presigned PUTs for exactly the chunks the store lacks; the host PUTs them in parallel. */
   async uploadBackup(input: Step): Promise<UploadFigures> {
     const { snapshot, volume, image, copy, pool, driver } = await this.leased(input);
-    const ctx = this.deps.driverContext(input.jobId, { progressRange: [40, 90], resumeKey: 'upload' });
+    const ctx = this.deps.driverContext(input.jobId, { progressRange: [40, 90] });
     const plan = await this.readPlan(image, input.jobId, ctx);
     const toUpload = plan.toUpload ?? [];
     if (toUpload.length === 0) return { chunksUploaded: 0, bytesRead: 0, bytesUploaded: 0 };
@@ -513,7 +512,7 @@ export class BackupService {
     from?: 'auto' | 'primary' | 'backup';
   }): Promise<{ path: string; via: 'primary' | 'backup' }> {
     const snapshot = await this.repo.require({ type: 'Snapshot', id: input.snapshotId });
-    const ctx = this.deps.driverContext(input.jobId, { progressRange: [10, 95], resumeKey: 'restore' });
+    const ctx = this.deps.driverContext(input.jobId, { progressRange: [10, 95] });
     const from = input.from ?? 'auto';
     if (from !== 'backup') {
       const fromPrimary = await this.tryRestoreFromPrimary(snapshot, input, ctx);
@@ -583,8 +582,9 @@ export class BackupService {
       await this.finishRestore(store, hashes, input.jobId, ctx);
       return { path: result.path, via: 'backup' };
     } catch (e) {
-      // Still running on the host: keep the holds and the list for the retry that resumes it.
-      if (!(e instanceof HostStillRunningError)) await this.finishRestore(store, hashes, input.jobId, ctx);
+      // (A step that suspends while the host still restores never gets here: the holds and the
+      // list stay for the run that picks the command up again.)
+      await this.finishRestore(store, hashes, input.jobId, ctx);
       throw e;
     }
   }
@@ -635,25 +635,21 @@ export class BackupService {
         lease: { owner, ttlSeconds: LEASE_SECONDS },
       });
     }
-    let stillRunning = false;
+    // A step that suspends while the host still copies never reaches the finally: the volume stays
+    // held for the run that picks the copy up again.
     try {
       const result = await driver.copyAsync({ src, dst, ctx, hostId: host.id });
       return result.path;
-    } catch (e) {
-      // Still copying: the volume stays held for the retry that resumes the copy.
-      stillRunning = e instanceof HostStillRunningError;
-      throw e;
     } finally {
-      if (!stillRunning)
-        await this.repo
-          .transition({
-            key: { type: 'Volume', id: origin.id },
-            machine: volumeMachine,
-            from: V.Snapshotting,
-            to: V.Ready,
-            leaseOwner: owner,
-          })
-          .catch(() => undefined);
+      await this.repo
+        .transition({
+          key: { type: 'Volume', id: origin.id },
+          machine: volumeMachine,
+          from: V.Snapshotting,
+          to: V.Ready,
+          leaseOwner: owner,
+        })
+        .catch(() => undefined);
     }
   }
 

@@ -87,8 +87,7 @@ export interface StoreDeps {
   /** Builds the context a driver call needs (host invoker, logger, services) for one job. */
   /**
    * The context of a driver call for one job. `progressRange`: the host's progress reports move the
-   * job's progress within that range (a step of a longer flow). `resumeKey`: host calls are resumable
-   * across retries of the step (see ChannelHostInvoker).
+   * job's progress within that range (a step of a longer flow).
    */
   driverContext: (
     jobId: string,
@@ -102,7 +101,6 @@ export interface StoreDeps {
 /** Options of a driver context: see StoreDeps.driverContext. */
 export interface DriverContextOptions {
   progressRange?: readonly [number, number];
-  resumeKey?: string;
 }
 
 export function toStoreInfo(store: DataStore): DataStoreInfo {

@@ -1,6 +1,6 @@
 /**
- * The steps of the store workflows (statemachines/store-attach.asl.json and
- * store-maintenance.asl.json). Each step is idempotent: Step Functions may run it again after a
+ * The steps of the store workflows (statemachines/flows/store-attach.ts and
+ * store-maintenance.ts). Each step is idempotent: Step Functions may run it again after a
  * timeout or a retry, so every write is conditional and a repeat of a finished step is a no-op.
  * Only the job that holds the store's lease may move the store on (fencing).
  */

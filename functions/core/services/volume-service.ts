@@ -39,6 +39,7 @@ import { allPages } from '../paging.js';
 import type { Clock, ListOptions, Page, Repository, WorkflowPort } from '../ports.js';
 import { FlowName, systemClock } from '../ports.js';
 import { objectInStoreMachine, volumeMachine } from '../state-machines.js';
+import { forgetStepOnce, stepOnce } from '../step-scope.js';
 import { toStoreInfo } from './datastore-service.js';
 import { templateObject } from './image-service.js';
 import { causeMessage, type JobService, type WorkflowFailure } from './job-service.js';
@@ -702,12 +703,30 @@ export class VolumeService {
     const prepared = await srcDriver.exportAsync({ ...from, phase: 'prepare' });
     let stagedPath: string | undefined;
     try {
-      const upload = await imageDriver.createUpload({
-        store: imageInfo,
-        object: staged,
-        sizeBytes: prepared.sizeBytes,
-        ctx,
+      // One multipart upload for the whole step: a replayed run reuses it (and presigns its parts
+      // again) instead of making another that the host, still uploading, knows nothing about.
+      const made = await stepOnce(this.repo, jobId, 'staging-upload', async () => {
+        const u = await imageDriver.createUpload({
+          store: imageInfo,
+          object: staged,
+          sizeBytes: prepared.sizeBytes,
+          ctx,
+        });
+        return { uploadId: u.uploadId, path: u.path, partSizeBytes: u.partSizeBytes };
       });
+      const partCount = Math.max(1, Math.ceil(prepared.sizeBytes / made.partSizeBytes));
+      const upload = {
+        ...made,
+        parts: await imageDriver.presignUploadParts({
+          store: imageInfo,
+          object: { ...staged, path: made.path },
+          uploadId: made.uploadId,
+          sizeBytes: prepared.sizeBytes,
+          partSizeBytes: made.partSizeBytes,
+          partNumbers: Array.from({ length: partCount }, (_, i) => i + 1),
+          ctx,
+        }),
+      };
       stagedPath = upload.path;
       try {
         const { parts } = await srcDriver.exportAsync({
@@ -717,13 +736,17 @@ export class VolumeService {
           totalBytes: prepared.sizeBytes,
           parts: upload.parts,
         });
-        await imageDriver.completeUpload({
-          store: imageInfo,
-          object: { ...staged, path: upload.path },
-          uploadId: upload.uploadId,
-          parts,
-          sizeBytes: prepared.sizeBytes,
-          ctx,
+        // Once: a replayed run finds the upload complete and must not complete it again.
+        await stepOnce(this.repo, jobId, 'staging-complete', async () => {
+          await imageDriver.completeUpload({
+            store: imageInfo,
+            object: { ...staged, path: upload.path },
+            uploadId: upload.uploadId,
+            parts,
+            sizeBytes: prepared.sizeBytes,
+            ctx,
+          });
+          return true;
         });
       } catch (e) {
         await imageDriver
@@ -734,6 +757,7 @@ export class VolumeService {
             ctx,
           })
           .catch(() => undefined);
+        await forgetStepOnce(this.repo, jobId, 'staging-upload').catch(() => undefined);
         throw e;
       }
       const { url } = await imageDriver.presignGet({

@@ -1,5 +1,8 @@
 import { FlowName } from '../../../functions/core/ports';
-import { loadFlowDefinition } from '../../../statemachines/definitions';
+import { imageTaskNames } from '../../../functions/handlers/image-tasks-handler';
+import { storeTaskNames } from '../../../functions/handlers/store-tasks-handler';
+import { flowTasks, hostTasks, loadFlowDefinition } from '../../../statemachines/definitions';
+import { hostLoopStates } from '../../../statemachines/flow';
 
 type State = Record<string, unknown> & { Type: string };
 
@@ -59,9 +62,57 @@ describe.each(Object.values(FlowName))('flow %s', (flow) => {
   it('ends failures in a Fail state after compensating', () => {
     const fail = states.find(([, s]) => s.Type === 'Fail');
     expect(fail).toBeDefined();
-    const compensate = states.find(([n]) => n === 'Compensate');
-    expect(compensate?.[1].Next).toBe(fail?.[0]);
+    const byName = new Map(states);
+    const compensate = byName.get('Compensate');
+    // A compensation that undoes host work is a wait loop; its result state goes on to the Fail.
+    const last =
+      compensate?.Next === hostLoopStates('Compensate').running
+        ? byName.get(hostLoopStates('Compensate').result)
+        : compensate;
+    expect(last?.Next).toBe(fail?.[0]);
   });
+
+  it('waits on hosts in the state machine: each host step loops through a Choice and a Wait back to itself', () => {
+    const byName = new Map(states);
+    for (const [name, s] of states) {
+      if (s.Type !== 'Task' || !String(s.Next ?? '').endsWith('(running?)')) continue;
+      const loop = hostLoopStates(name);
+      const choice = byName.get(loop.running)!;
+      expect(choice.Type).toBe('Choice');
+      expect(choice.Choices).toEqual([
+        { Variable: '$.hostStep.value.waiting', IsPresent: true, Next: loop.wait },
+      ]);
+      expect(byName.get(loop.wait)).toMatchObject({
+        Type: 'Wait',
+        SecondsPath: '$.hostStep.value.waiting.seconds',
+        Next: name,
+      });
+      expect(byName.get(loop.result)?.Type).toBe('Pass');
+      // No step is retried as a way of waiting.
+      const retried = ((s.Retry as { ErrorEquals: string[] }[]) ?? []).flatMap((r) => r.ErrorEquals);
+      expect(retried).not.toContain('Strata.StillRunning');
+    }
+  });
+});
+
+it('every task a flow calls is served by its function, and the host tasks are among them', () => {
+  for (const [fn, names] of [
+    ['store', storeTaskNames],
+    ['image', imageTaskNames],
+  ] as const) {
+    for (const t of flowTasks(fn))
+      expect({ fn, task: t, served: names.includes(t) }).toEqual({ fn, task: t, served: true });
+  }
+  expect([...hostTasks('store')].sort()).toEqual(
+    expect.arrayContaining([
+      'attachHost',
+      'createOnPool',
+      'ensureTemplateCache',
+      'scanBackup',
+      'takeOnPool',
+      'uploadBackup',
+    ]),
+  );
 });
 
 it('refuses to load a definition with an unknown placeholder value missing', () => {

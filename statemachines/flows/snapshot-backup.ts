@@ -1,0 +1,77 @@
+/** The snapshot-backup flow. */
+import { compensate, type FlowDefinition, retryOn, task, transient } from '../flow.js';
+
+export const snapshotBackup: FlowDefinition = {
+  comment:
+    "snapshot-backup: the snapshot is BackingUp (leased by the job). Scan: the host hashes the snapshot in fixed chunks, reading only the extents changed since the volume's previous backup when that backup is the snapshot's base; the control plane records the new manifest's chunk list as a plan in the image store and pins every chunk in the chunk index. Upload: presigned PUTs for exactly the chunks the store does not hold yet. Commit: the manifest is written last, so no manifest ever names a missing chunk. On failure the pins are released (uploaded chunks stay for a retry to reuse) and the snapshot is CreatedOnPrimary again, still restorable from primary storage.",
+  fn: 'store',
+  startAt: 'Scan',
+  states: {
+    Scan: task({
+      comment: 'scanBackup',
+      task: 'scanBackup',
+      host: true,
+      input: ['jobId', 'snapshotId'],
+      timeoutSeconds: 900,
+      retry: [
+        transient(),
+        retryOn(['Strata.StoreBusy'], {
+          intervalSeconds: 5,
+          maxAttempts: 20,
+          backoffRate: 1.5,
+          maxDelaySeconds: 60,
+        }),
+      ],
+      resultPath: '$.scan',
+      select: {
+        'toUpload.$': '$.Payload.toUpload',
+      },
+      next: 'Upload',
+    }),
+    Upload: task({
+      comment: 'uploadBackup',
+      task: 'uploadBackup',
+      host: true,
+      input: ['jobId', 'snapshotId'],
+      timeoutSeconds: 900,
+      retry: [
+        transient(),
+        retryOn(['Strata.TransferFailed'], {
+          intervalSeconds: 5,
+          maxAttempts: 3,
+          backoffRate: 2,
+          maxDelaySeconds: 60,
+        }),
+      ],
+      resultPath: '$.upload',
+      select: {
+        'chunksUploaded.$': '$.Payload.chunksUploaded',
+        'bytesRead.$': '$.Payload.bytesRead',
+        'bytesUploaded.$': '$.Payload.bytesUploaded',
+      },
+      next: 'Commit',
+    }),
+    Commit: task({
+      comment: 'commitBackup',
+      task: 'commitBackup',
+      host: true,
+      input: ['jobId', 'snapshotId', 'upload'],
+      timeoutSeconds: 300,
+      resultPath: '$.commit',
+      select: {
+        done: true,
+      },
+    }),
+    Compensate: compensate({
+      task: 'failBackup',
+      host: true,
+      input: ['jobId', 'snapshotId'],
+      next: 'Failed',
+    }),
+    Failed: {
+      Type: 'Fail',
+      Error: 'SnapshotBackupFailed',
+      Cause: 'The backup did not complete; the job says why. The snapshot is still on primary storage.',
+    },
+  },
+};

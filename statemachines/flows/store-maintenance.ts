@@ -1,0 +1,128 @@
+/** The store-maintenance flow. */
+import { compensate, type FlowDefinition, retryOn, task, transient } from '../flow.js';
+
+export const storeMaintenance: FlowDefinition = {
+  comment:
+    'store-maintenance: enter (wait until nothing on the store is mid-operation, detach every host, Maintenance) or cancel (re-attach hosts in scope, Up). Failure leaves the store in ErrorInMaintenance, from which the operator can retry either way.',
+  fn: 'store',
+  startAt: 'Begin',
+  states: {
+    Begin: task({
+      comment: 'beginMaintenance',
+      task: 'beginMaintenance',
+      input: ['jobId', 'storeId', 'action'],
+      timeoutSeconds: 300,
+      resultPath: '$.begun',
+      select: {
+        'hostIds.$': '$.Payload.hostIds',
+      },
+      next: 'Action',
+    }),
+    Action: {
+      Type: 'Choice',
+      Choices: [
+        {
+          Variable: '$.action',
+          StringEquals: 'enter',
+          Next: 'WaitUntilIdle',
+        },
+      ],
+      Default: 'VisitHosts',
+    },
+    WaitUntilIdle: task({
+      comment: 'checkStoreIdle',
+      task: 'checkStoreIdle',
+      input: ['jobId', 'storeId', 'action'],
+      timeoutSeconds: 300,
+      retry: [
+        retryOn(['Strata.StoreBusy'], {
+          intervalSeconds: 5,
+          maxAttempts: 12,
+          backoffRate: 1.5,
+          maxDelaySeconds: 60,
+        }),
+        transient(),
+      ],
+      resultPath: '$.idle',
+      select: {
+        'idle.$': '$.Payload.idle',
+      },
+      next: 'VisitHosts',
+    }),
+    VisitHosts: {
+      Type: 'Map',
+      Comment: 'Detach (enter) or re-attach (cancel) each host; up to 4 at once.',
+      ItemsPath: '$.begun.hostIds',
+      MaxConcurrency: 4,
+      ItemSelector: {
+        'jobId.$': '$.jobId',
+        'storeId.$': '$.storeId',
+        'action.$': '$.action',
+        'hostId.$': '$$.Map.Item.Value',
+      },
+      ResultPath: '$.results',
+      Next: 'Complete',
+      Catch: [
+        {
+          ErrorEquals: ['States.ALL'],
+          ResultPath: '$.error',
+          Next: 'Compensate',
+        },
+      ],
+      ItemProcessor: {
+        ProcessorConfig: {
+          Mode: 'INLINE',
+        },
+        StartAt: 'MaintainHost',
+        States: {
+          MaintainHost: task({
+            comment: 'maintainHost',
+            task: 'maintainHost',
+
+            host: true,
+            input: ['jobId', 'storeId', 'action', 'hostId'],
+            timeoutSeconds: 900,
+            output: 'payload',
+            catchTo: 'HostFailed',
+          }),
+          HostFailed: {
+            Type: 'Pass',
+            Comment: 'This host failed after retries; the flow carries on with the others.',
+            Parameters: {
+              'hostId.$': '$.hostId',
+              ok: false,
+              error: {
+                'code.$': '$.error.Error',
+                'message.$': '$.error.Cause',
+              },
+            },
+            End: true,
+          },
+        },
+      },
+    },
+    Complete: task({
+      comment: 'completeMaintenance',
+      task: 'completeMaintenance',
+      input: {
+        jobId: '$.jobId',
+        storeId: '$.storeId',
+        action: '$.action',
+        hostIds: '$.begun.hostIds',
+        results: '$.results',
+      },
+      timeoutSeconds: 300,
+      output: 'payload',
+    }),
+    Compensate: compensate({
+      task: 'failMaintenance',
+      input: ['jobId', 'storeId', 'action'],
+      next: 'Failed',
+    }),
+    Failed: {
+      Type: 'Fail',
+      Error: 'StoreMaintenanceFailed',
+      Cause: 'Maintenance could not complete; the store is in ErrorInMaintenance and the job records why.',
+    },
+  },
+};

@@ -1,0 +1,46 @@
+/** The template-copy flow. */
+import { compensate, type FlowDefinition, task } from '../flow.js';
+
+export const templateCopy: FlowDefinition = {
+  comment:
+    'template-copy: copy a Ready template from one image store to another through DataMotionService (a server-side copy when both stores are S3). The source is held in Copying meanwhile; on failure the partial copy is removed and the source released.',
+  fn: 'image',
+  startAt: 'Copy',
+  states: {
+    Copy: task({
+      comment: 'copyStep',
+      task: 'copyStep',
+      input: '$',
+      timeoutSeconds: 900,
+      resultPath: '$.result',
+      select: {
+        'path.$': '$.Payload.path',
+        'sizeBytes.$': '$.Payload.sizeBytes',
+        'checksum.$': '$.Payload.checksum',
+        'virtualSizeBytes.$': '$.Payload.virtualSizeBytes',
+        'via.$': '$.Payload.via',
+      },
+      next: 'Finish',
+    }),
+    Finish: task({
+      comment: 'finishCopy',
+      task: 'finishCopy',
+      input: ['jobId', 'templateId', 'sourceStoreId', 'storeId', 'result'],
+      timeoutSeconds: 300,
+      resultPath: '$.finished',
+      select: {
+        done: true,
+      },
+    }),
+    Compensate: compensate({
+      task: 'failCopy',
+      input: ['jobId', 'templateId', 'sourceStoreId', 'storeId'],
+      next: 'Failed',
+    }),
+    Failed: {
+      Type: 'Fail',
+      Error: 'TemplateCopyFailed',
+      Cause: 'The copy failed; the job says why.',
+    },
+  },
+};

@@ -1,0 +1,73 @@
+/** The template-ingest flow. */
+import { compensate, type FlowDefinition, task, transient } from '../flow.js';
+
+export const templateIngest: FlowDefinition = {
+  comment:
+    'template-ingest: bring a template into an image store and prove it. From a URL: stream it into the store through the SSRF-safe fetcher, hashing and inspecting on the way. From an upload: read the assembled object back, hashing and inspecting it. Then the copy is Ready; on any failure nothing is left in the store and the copy is Failed with the reason.',
+  fn: 'image',
+  startAt: 'Source',
+  states: {
+    Source: {
+      Type: 'Choice',
+      Choices: [
+        {
+          Variable: '$.source',
+          StringEquals: 'url',
+          Next: 'Download',
+        },
+      ],
+      Default: 'VerifyUpload',
+    },
+    Download: task({
+      comment:
+        'Stream URL → image store; sha256 (+ the declared algorithm) and format inspection on the fly.',
+      task: 'ingestFromUrl',
+      input: '$',
+      timeoutSeconds: 900,
+      retry: [transient(2, 3)],
+      resultPath: '$.result',
+      select: {
+        'path.$': '$.Payload.path',
+        'sizeBytes.$': '$.Payload.sizeBytes',
+        'checksum.$': '$.Payload.checksum',
+        'virtualSizeBytes.$': '$.Payload.virtualSizeBytes',
+      },
+      next: 'Finish',
+    }),
+    VerifyUpload: task({
+      comment: 'Read the uploaded object back: size, checksum, format.',
+      task: 'verifyUpload',
+      input: '$',
+      timeoutSeconds: 900,
+      resultPath: '$.result',
+      select: {
+        'path.$': '$.Payload.path',
+        'sizeBytes.$': '$.Payload.sizeBytes',
+        'checksum.$': '$.Payload.checksum',
+        'virtualSizeBytes.$': '$.Payload.virtualSizeBytes',
+      },
+      next: 'Finish',
+    }),
+    Finish: task({
+      comment: 'finishIngest',
+      task: 'finishIngest',
+      input: ['jobId', 'templateId', 'storeId', 'result'],
+      timeoutSeconds: 300,
+      resultPath: '$.finished',
+      select: {
+        done: true,
+      },
+    }),
+    Compensate: compensate({
+      comment: 'Remove whatever reached the store, mark the copy Failed with the reason, fail the job.',
+      task: 'failIngest',
+      input: ['jobId', 'templateId', 'storeId'],
+      next: 'Failed',
+    }),
+    Failed: {
+      Type: 'Fail',
+      Error: 'TemplateIngestFailed',
+      Cause: "The template could not be ingested; the job and the copy's statusReason say why.",
+    },
+  },
+};

@@ -1,0 +1,52 @@
+/** The volume-migrate flow. */
+import { compensate, type FlowDefinition, task } from '../flow.js';
+
+export const volumeMigrate: FlowDefinition = {
+  comment:
+    "volume-migrate: the destination space is reserved and the volume Migrating. Copy through a host that mounts both stores (flattening a linked clone) and compare, or, when no host reaches both, stage through the zone's image store (flattened export, presigned multipart upload, verified pull on the destination); then switch the volume over and remove the source. On failure the partial copy and its reservation go and the volume stays, Ready, where it was.",
+  fn: 'store',
+  startAt: 'Copy',
+  states: {
+    Copy: task({
+      comment: 'copyToStore',
+      task: 'copyToStore',
+      host: true,
+      input: ['jobId', 'volumeId', 'destStoreId'],
+      timeoutSeconds: 900,
+      resultPath: '$.copied',
+      select: {
+        'path.$': '$.Payload.path',
+        'via.$': '$.Payload.via',
+      },
+      next: 'Finish',
+    }),
+    Finish: task({
+      comment: 'finishMigrate',
+      task: 'finishMigrate',
+      host: true,
+      input: {
+        jobId: '$.jobId',
+        volumeId: '$.volumeId',
+        destStoreId: '$.destStoreId',
+        path: '$.copied.path',
+        via: '$.copied.via',
+      },
+      timeoutSeconds: 300,
+      resultPath: '$.finished',
+      select: {
+        done: true,
+      },
+    }),
+    Compensate: compensate({
+      task: 'failMigrate',
+      host: true,
+      input: ['jobId', 'volumeId', 'destStoreId'],
+      next: 'Failed',
+    }),
+    Failed: {
+      Type: 'Fail',
+      Error: 'VolumeMigrateFailed',
+      Cause: 'The volume could not be migrated; it is unchanged on its source store and the job says why.',
+    },
+  },
+};
