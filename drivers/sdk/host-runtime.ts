@@ -14,6 +14,7 @@ import { HOST_BUILD, PROBE_OPERATION, RUNTIME_PROVIDER } from './host-build.js';
 import { probeHost } from './host-probe.js';
 import { type HostError, type HostEvent, type HostRequest, HostRequestSchema } from './host-protocol.js';
 import { noopLogger } from './logger.js';
+import { RequestJournal } from './request-journal.js';
 import type { HostInvoker, HostOperation, HostOperationContext, HostOperationSet, Logger } from './types.js';
 
 /** The final event of a run. */
@@ -139,6 +140,34 @@ export async function runHostRequest(
     );
   }
 
+  // A request delivered again (a lost answer, a replayed step) runs once: the journal answers with
+  // the recorded result, or waits for the delivery that is running it.
+  const journal = new RequestJournal<HostResultEvent>(options.workDir);
+  const fingerprint = RequestJournal.fingerprint([req.jobId, req.provider, req.operation, req.args]);
+  const entry = await journal.begin(req.requestId, fingerprint, Date.now() + req.deadlineSeconds * 1000);
+  if (entry.kind === 'recorded') {
+    logger.info('host operation answered from the journal');
+    return finish(entry.result);
+  }
+  if (entry.kind === 'mismatch') return fail(HostRuntimeErrorCode.InvalidRequest, entry.message);
+  const outcome = await runOperation(req, operation, args.data, options, logger);
+  await entry
+    .record(outcome)
+    .catch((e: unknown) =>
+      logger.warn('host operation result not journaled', { error: (e as Error).message }),
+    );
+  return finish(outcome);
+}
+
+/** Runs a validated request's operation with its deadline; the result event, never a rejection. */
+async function runOperation(
+  req: HostRequest,
+  operation: HostOperation,
+  data: unknown,
+  options: RunHostRequestOptions,
+  logger: Logger,
+): Promise<HostResultEvent> {
+  const finish = (result: HostResultEvent) => result;
   const controller = new AbortController();
   const deadlineMs = req.deadlineSeconds * 1000;
   const timer = setTimeout(() => {
@@ -188,7 +217,7 @@ export async function runHostRequest(
   try {
     await Promise.race([mkdir(options.workDir, { recursive: true }), aborted]);
     logger.info('host operation started', { deadlineSeconds: req.deadlineSeconds });
-    const value = await Promise.race([operation.run(args.data, ctx), aborted]);
+    const value = await Promise.race([operation.run(data, ctx), aborted]);
     logger.info('host operation done', { durationMs: Date.now() - started });
     return finish({ type: 'result', ok: true, result: value ?? null });
   } catch (error) {

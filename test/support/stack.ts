@@ -117,7 +117,10 @@ export async function startTestStack(
     for (;;) {
       const { body } = await call('GET', `/jobs/${jobId}`);
       if (body.state === 'succeeded' || body.state === 'failed') return body;
-      if (Date.now() > until) throw new Error(`job ${jobId} still ${body.state} after ${timeoutMs} ms: ${JSON.stringify(body).slice(0, 3000)}`);
+      if (Date.now() > until)
+        throw new Error(
+          `job ${jobId} still ${body.state} after ${timeoutMs} ms: ${JSON.stringify(body).slice(0, 3000)}`,
+        );
       await new Promise((r) => setTimeout(r, 50));
     }
   };

@@ -41,9 +41,11 @@ function runHostMain(
   });
 }
 
+let seq = 0;
+/** Each request is a new one (a repeated request id is answered from the host's journal). */
 const request = (overrides: Partial<HostRequest> = {}): HostRequest => ({
   version: 1,
-  requestId: 'req-1',
+  requestId: `req-${++seq}`,
   jobId: 'job-1',
   hostId: 'host-1',
   provider: 'nfs',
@@ -66,7 +68,8 @@ describe('host-main (child process)', () => {
     expect(events).toHaveLength(1);
     expect(events[0]).toMatchObject({ type: 'result', ok: true, result: { mountPath: dir } });
     expect(stderr).toMatch(/"message":"host operation done"/);
-    expect(await readdir(join(dir, 'work'))).toEqual([]);
+    // The work dir holds only the request journal.
+    expect(await readdir(join(dir, 'work'))).toEqual(['requests']);
     expect((await readdir(dir)).filter((f) => f.startsWith('.strata-probe'))).toEqual([]);
   }, 30_000);
 

@@ -263,3 +263,51 @@ describe('runHostRequest: builds and the probe', () => {
     });
   });
 });
+
+describe('runHostRequest: a request delivered twice runs once', () => {
+  const counted: HostOperationSet = {
+    provider: 'acme',
+    operations: {
+      count: {
+        args: z.object({ n: z.number() }),
+        async run(args: { n: number }) {
+          runs.push(args.n);
+          await new Promise((r) => setTimeout(r, 100));
+          return { n: args.n, run: runs.length };
+        },
+      },
+    },
+  };
+  const runs: number[] = [];
+  beforeEach(() => {
+    runs.length = 0;
+  });
+  const deliver = (overrides: Partial<HostRequest> = {}) =>
+    runHostRequest(request({ operation: 'count', args: { n: 7 }, ...overrides }), {
+      operationSets: [counted],
+      workDir: join(root, 'work'),
+    });
+
+  it('answers a repeat from the journal without running the operation again', async () => {
+    const first = await deliver();
+    const again = await deliver();
+    expect(first).toEqual({ type: 'result', ok: true, result: { n: 7, run: 1 } });
+    expect(again).toEqual(first);
+    expect(runs).toEqual([7]);
+  });
+
+  it('a second delivery while the first runs waits for its result', async () => {
+    const [a, b] = await Promise.all([deliver(), deliver()]);
+    expect(a).toEqual(b);
+    expect(runs).toEqual([7]);
+  });
+
+  it('a new request id runs again; a reused id with other arguments is refused', async () => {
+    await deliver();
+    await deliver({ requestId: 'req-2' });
+    expect(runs).toEqual([7, 7]);
+    const reused = await deliver({ args: { n: 8 } });
+    expect(reused).toMatchObject({ ok: false, error: { code: 'InvalidRequest' } });
+    expect(runs).toEqual([7, 7]);
+  });
+});
