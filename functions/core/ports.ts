@@ -115,6 +115,8 @@ export interface Repository {
     field: keyof EntityMap[T] & string,
     add: string[],
     remove: string[],
+    /** Only if this field holds one of these values (ConflictError otherwise). */
+    when?: { field: keyof EntityMap[T] & string; oneOf: readonly (string | number)[] },
   ): Promise<EntityMap[T]>;
   /**
    * Adds `delta` to a numeric field atomically, failing with ConflictError when the result would

@@ -77,13 +77,15 @@ export function errorResponse(
   const err = e instanceof ZodError ? inputErrorFromZod(e) : e;
   for (const [type, status] of STATUS) {
     if (err instanceof type) {
-      const { field, state, dependents } =
+      const { field, state, dependents, hostId } =
         err instanceof StrataError ? err.context : ({} as Record<string, unknown>);
       const code = err instanceof StrataError || err instanceof DriverError ? err.code : 'Error';
       const body: ErrorBody = { error: { code, message: err.message } };
       if (typeof field === 'string') body.error.field = field;
       if (state !== undefined) body.error.state = state;
       if (dependents !== undefined) body.error.dependents = dependents;
+      // The host a conflict is about (e.g. the one with access to a volume), for the operator.
+      if (typeof hostId === 'string' && status === 409) body.error.hostId = hostId;
       return json(status, body, status === 503 ? { 'retry-after': '5' } : {});
     }
   }

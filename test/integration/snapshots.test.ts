@@ -96,4 +96,42 @@ describe('snapshots on primary storage', () => {
     const del = await t.call('DELETE', `/volumes/${id}`);
     expect((await t.waitForJob(del.body.job.id)).state).toBe('succeeded');
   });
+
+  it('refuses take, revert and a merging delete with 409 naming the host while a host has access, and allows them after revoke', async () => {
+    const created = await t.call('POST', '/volumes', {
+      name: 'in-use',
+      zoneId: 'zone-1',
+      sizeBytes: 2 ** 26,
+    });
+    await t.waitForJob(created.body.job.id);
+    const id = created.body.volume.id;
+    const first = await t.call('POST', `/volumes/${id}/snapshots`, { name: 'before' });
+    expect((await t.waitForJob(first.body.job.id)).state).toBe('succeeded');
+    const snapshotId = first.body.snapshot.id;
+    const host = t.hostId(1);
+    expect((await t.run('POST', `/volumes/${id}/access`, { hostId: host })).job?.state).toBe('succeeded');
+    const before = (await t.call('GET', `/volumes/${id}`)).body;
+
+    const take = await t.call('POST', `/volumes/${id}/snapshots`, { name: 'while-running' });
+    const revert = await t.call('POST', `/snapshots/${snapshotId}/revert`);
+    const merge = await t.call('DELETE', `/snapshots/${snapshotId}`);
+    for (const res of [take, revert, merge]) {
+      expect(res.status).toBe(409);
+      expect(res.body.error.message).toContain(host);
+      expect(res.body.error.hostId).toBe(host);
+    }
+    // Nothing changed: the volume, its snapshot and its snapshot list are as they were.
+    const after = (await t.call('GET', `/volumes/${id}`)).body;
+    expect({ status: after.status, version: after.version }).toEqual({
+      status: before.status,
+      version: before.version,
+    });
+    expect((await t.call('GET', `/snapshots/${snapshotId}`)).body.status).toBe('CreatedOnPrimary');
+    expect((await t.call('GET', `/snapshots?volumeId=${id}`)).body.items).toHaveLength(1);
+
+    expect((await t.run('DELETE', `/volumes/${id}/access/${host}`)).job?.state).toBe('succeeded');
+    const again = await t.call('POST', `/volumes/${id}/snapshots`, { name: 'after-revoke' });
+    expect(again.status).toBe(202);
+    expect((await t.waitForJob(again.body.job.id)).state).toBe('succeeded');
+  });
 });

@@ -424,13 +424,18 @@ export class DynamoRepository implements Repository {
     field: keyof EntityMap[T] & string,
     add: string[],
     remove: string[],
+    when?: { field: keyof EntityMap[T] & string; oneOf: readonly (string | number)[] },
   ): Promise<EntityMap[T]> {
     const b = new UpdateBuilder();
     if (add.length) b.add(field, new Set(add));
     if (remove.length) b.delete(field, new Set(remove));
     b.setExpression(`${b.name('version')} = ${b.name('version')} + ${b.value(1)}`);
     b.set('updatedAt', this.clock.now().toISOString());
-    return this.write(key, b, 'attribute_exists(pk)', () => 'it is gone');
+    const conditions = ['attribute_exists(pk)'];
+    if (when) conditions.push(`${b.name(when.field)} IN (${when.oneOf.map((v) => b.value(v)).join(', ')})`);
+    return this.write(key, b, conditions.join(' AND '), (current) =>
+      when ? `${when.field} is ${String(current[when.field])}` : 'it is gone',
+    );
   }
 
   async addToCounter<T extends EntityType>(

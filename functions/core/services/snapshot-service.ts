@@ -100,6 +100,7 @@ export class SnapshotService {
         field: 'volumeId',
       });
     }
+    refuseWhileInUse(volume, 'taken');
     const jobId = newId('job');
     const lease = { owner: jobId, ttlSeconds: LEASE_SECONDS };
     await this.repo.transition({
@@ -252,6 +253,7 @@ export class SnapshotService {
     if (!isPrimaryDriver(this.deps.registry.get(pool.provider).driver)) {
       throw new UnprocessableError(`store ${pool.id} cannot revert snapshots`, { field: 'snapshotId' });
     }
+    refuseWhileInUse(volume, 'reverted');
     const jobId = newId('job');
     await this.repo.transition({
       key: { type: 'Volume', id: volume.id },
@@ -325,6 +327,8 @@ export class SnapshotService {
         field: 'from',
       });
     }
+    // Merging a layer rewrites the volume's chain: not under a running VM.
+    if (targets.some((c) => !isImage(c))) refuseWhileInUse(volume, 'merged away');
     const jobId = newId('job');
     await this.repo.transition({
       key: { type: 'Snapshot', id: snapshotId },
@@ -529,4 +533,20 @@ export class SnapshotService {
         if (!(e instanceof ConflictError)) throw e;
       });
   }
+}
+
+/**
+ * Take, revert and a merging delete rename or rewrite the volume's files; a host with access (a
+ * running VM) would keep writing into the old file. Strata does not coordinate with the hypervisor
+ * (no libvirt external snapshot or block-commit yet), so it refuses: 409 naming the host. The
+ * volume's version is checked by the transition that follows, so a grant that lands between this
+ * check and that write makes the request lose the race instead of slipping past.
+ */
+function refuseWhileInUse(volume: Volume, what: string): void {
+  if (volume.accessHostIds.length === 0) return;
+  throw new ConflictError(
+    `volume ${volume.id} is in use by host ${volume.accessHostIds.join(', ')}: a snapshot cannot be ${what} ` +
+      'while a host has access; revoke access (stop the VM) first',
+    { state: volume.status, hostId: volume.accessHostIds[0] },
+  );
 }

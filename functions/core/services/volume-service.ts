@@ -910,6 +910,11 @@ export class VolumeService {
     let result: Record<string, unknown> = { volumeId: volume.id, hostId: input.hostId, action: input.action };
     if (input.action === 'grant') {
       if (!host) throw new UnprocessableError(`host ${input.hostId} is not registered`, { field: 'hostId' });
+      if (volume.status !== V.Ready) {
+        throw new ConflictError(`volume ${volume.id} is ${volume.status}; access was not granted`, {
+          state: volume.status,
+        });
+      }
       const access = await driver.grantAccess({
         store: toStoreInfo(pool),
         object: volumeObject(volume),
@@ -917,7 +922,12 @@ export class VolumeService {
         hostId: host.id,
         ctx,
       });
-      await this.repo.updateSet({ type: 'Volume', id: volume.id }, 'accessHostIds', [host.id], []);
+      // Only onto a Ready volume: a take, revert or merge that holds the volume renames its files,
+      // and a host must not start using it meanwhile (they refuse a volume with access, too).
+      await this.repo.updateSet({ type: 'Volume', id: volume.id }, 'accessHostIds', [host.id], [], {
+        field: 'status',
+        oneOf: [V.Ready],
+      });
       result = { ...result, uri: access.uri, ...(access.expiresAt ? { expiresAt: access.expiresAt } : {}) };
     } else {
       if (host) {
