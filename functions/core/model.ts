@@ -263,6 +263,9 @@ export interface Job extends Versioned {
   error?: JobError;
   /** The workflow execution that runs it (a Step Functions execution ARN on AWS). */
   executionId?: string;
+  /** The flow it runs and the input it was started with (what the reconciler compensates with). */
+  flow?: string;
+  flowInput?: Record<string, unknown>;
   /**
    * Host commands of the job's steps, by call key (`<step>:<operation>:<n>`): a step run again after
    * it suspended (or after a crash) picks up the same command instead of starting the operation

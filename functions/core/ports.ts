@@ -106,6 +106,22 @@ export interface Repository {
     condition: { field: keyof EntityMap[T] & string; oneOf: readonly (string | number)[] },
   ): Promise<void>;
   /**
+   * Takes over an expired lease for recovery: only if it is still `owner`'s and expired before
+   * `now`, its expiry becomes now + `ttlSeconds` (the owner stays, so the flow's own compensation,
+   * fenced on it, may run). False when the lease was renewed, moved on or released meanwhile.
+   */
+  claimExpiredLease<T extends EntityType>(
+    key: EntityKey<T>,
+    owner: string,
+    now: Date,
+    ttlSeconds: number,
+  ): Promise<boolean>;
+  /**
+   * Sets the expiry of `owner`'s lease to `at` (a deferred recovery hands its claim back as expired,
+   * so the next pass retries at once). False when the lease is not `owner`'s.
+   */
+  expireLease<T extends EntityType>(key: EntityKey<T>, owner: string, at: Date): Promise<boolean>;
+  /**
    * Moves the lease of an entity on (a heartbeat): its expiry becomes now + `ttlSeconds`, only if the
    * lease is still `owner`'s. False when it is not (recovered, released or taken over).
    */
@@ -184,6 +200,8 @@ export interface CommandStatus {
 export interface EndpointChannel {
   send(host: Host, request: HostRequest): Promise<{ commandId: string }>;
   status(host: Host, commandId: string): Promise<CommandStatus>;
+  /** Asks the host to stop a command (SSM CancelCommand); it ends soon after as failed. */
+  cancel?(host: Host, commandId: string): Promise<void>;
 }
 
 /** The workflows Strata runs; each has one definition in `statemachines/`. */
@@ -214,6 +232,8 @@ export interface WorkflowPort {
    * name twice yields the same execution.
    */
   start(flow: FlowName, name: string, input: Record<string, unknown>): Promise<{ executionId: string }>;
+  /** Stops an execution (StopExecution); one that has already ended is left as it is. */
+  stop?(executionId: string, cause: string): Promise<void>;
 }
 
 /**

@@ -5,8 +5,9 @@
 import type { ProviderRegistry } from '../../drivers/sdk/registry.js';
 import type { DriverContext, Logger } from '../../drivers/sdk/types.js';
 import { HostEndpointSelector } from './endpoint-selector.js';
-import { UnavailableError } from './errors.js';
+import { NotFoundError, UnavailableError } from './errors.js';
 import { ChannelHostInvoker } from './host-invoker.js';
+import { JobState } from './model.js';
 import type {
   Clock,
   EndpointChannel,
@@ -84,12 +85,13 @@ export class Strata {
 
   constructor(readonly ports: StrataPorts) {
     const clock = ports.clock ?? systemClock;
+    const workflows = recordingFlows(ports);
     this.jobs = new JobService(ports.repo);
     this.hosts = new HostService(ports.repo);
     this.selector = new HostEndpointSelector(this.hosts);
     this.probes = new HostProbeService({
       repo: ports.repo,
-      workflows: ports.workflows,
+      workflows,
       jobs: this.jobs,
       driverContext: (jobId) => this.driverContext(jobId),
       ...(ports.hostBuild ? { expectedBuild: ports.hostBuild } : {}),
@@ -98,7 +100,7 @@ export class Strata {
     const deps: StoreDeps = {
       repo: ports.repo,
       registry: ports.registry,
-      workflows: ports.workflows,
+      workflows,
       jobs: this.jobs,
       hosts: this.hosts,
       driverContext: (jobId, options) => this.driverContext(jobId, options),
@@ -107,19 +109,10 @@ export class Strata {
     };
     this.stores = new DataStoreService(deps);
     this.storeFlows = new StoreFlows(deps);
-    // A backup whose workflow was lost runs its own compensation (holds released, image copy removed).
-    const lostBackup = async (snapshotId: string, jobId: string, reason: string) => {
-      await this.snapshots.backups.failBackup({
-        jobId,
-        snapshotId,
-        error: { Error: 'LeaseExpired', Cause: reason },
-      });
-      return true;
-    };
-    this.reconciler = new Reconciler(ports.repo, this.jobs, clock, {
-      'Snapshot:BackingUp': (e, reason) => lostBackup(String(e.id), e.lease.owner, reason),
-      'SnapshotInStore:Creating': async (e, reason) =>
-        e.storeRole === 'image' ? lostBackup(String(e.snapshotId), e.lease.owner, reason) : false,
+    this.reconciler = new Reconciler(ports.repo, this.jobs, {
+      clock,
+      workflows,
+      channel: ports.channel,
     });
     this.motion = new DataMotionService(ports.registry, [streamCopyStrategy(ports.registry)]);
     this.images = new ImageService({ ...deps, motion: this.motion, fetcher: ports.fetcher });
@@ -222,3 +215,26 @@ const noScheduler: SchedulerPort = {
   upsert: () => Promise.reject(new UnavailableError('snapshot-policy schedules are not configured here')),
   remove: () => Promise.reject(new UnavailableError('snapshot-policy schedules are not configured here')),
 };
+
+/**
+ * The workflow port, recording on each job the flow it starts and its input before starting it, so
+ * that the reconciler can run that flow's compensation for a job whose execution died.
+ */
+function recordingFlows(ports: StrataPorts): WorkflowPort {
+  const inner = ports.workflows;
+  return {
+    async start(flow, name, input) {
+      await ports.repo
+        .updateWhere(
+          { type: 'Job', id: name },
+          { field: 'state', oneOf: [JobState.Pending, JobState.Running] },
+          { flow, flowInput: input },
+        )
+        .catch((e: unknown) => {
+          if (!(e instanceof NotFoundError)) throw e;
+        });
+      return inner.start(flow, name, input);
+    },
+    ...(inner.stop ? { stop: (executionId: string, cause: string) => inner.stop!(executionId, cause) } : {}),
+  };
+}

@@ -18,7 +18,7 @@ const result = z.object({
   virtualSizeBytes: z.number().nonnegative(),
 });
 
-const tasks = {
+export const imageTasks = {
   ingestFromUrl: (s: Strata, i: unknown) => s.images.ingestFromUrl(step.parse(i)),
   verifyUpload: (s: Strata, i: unknown) => s.images.verifyUpload(step.parse(i)),
   finishIngest: (s: Strata, i: unknown) => s.images.finishIngest(step.extend({ result }).parse(i)),
@@ -30,8 +30,8 @@ const tasks = {
 } satisfies TaskTable;
 
 /** The task names this function serves (checked against the flows in tests). */
-export const imageTaskNames: readonly string[] = Object.keys(tasks);
+export const imageTaskNames: readonly string[] = Object.keys(imageTasks);
 
 export function createImageTasksHandler(getStrata: () => Promise<Strata> | Strata) {
-  return createTaskHandler(tasks, getStrata, hostTasks('image'));
+  return createTaskHandler(imageTasks, getStrata, hostTasks('image'));
 }

@@ -31,7 +31,7 @@ const volumeAccess = volumeStep.extend({ hostId: id, action: z.enum(['grant', 'r
 /** What a policy's schedule starts the snapshot-policy flow with; the time is ISO-8601. */
 const policyRun = z.object({ policyId: id, scheduledTime: z.iso.datetime({ offset: true }) });
 
-const tasks = {
+export const storeTasks = {
   prepareAttach: (s: Strata, i: unknown) => s.storeFlows.prepareAttach(attach.parse(i)),
   attachHost: (s: Strata, i: unknown) =>
     s.storeFlows.attachHost(z.object({ jobId: id, storeId: id, hostId: id }).parse(i)),
@@ -132,8 +132,8 @@ const tasks = {
 } satisfies TaskTable;
 
 /** The task names this function serves (checked against the flows in tests). */
-export const storeTaskNames: readonly string[] = Object.keys(tasks);
+export const storeTaskNames: readonly string[] = Object.keys(storeTasks);
 
 export function createStoreTasksHandler(getStrata: () => Promise<Strata> | Strata) {
-  return createTaskHandler(tasks, getStrata, hostTasks('store'));
+  return createTaskHandler(storeTasks, getStrata, hostTasks('store'));
 }

@@ -125,6 +125,9 @@ export class StrataStack extends Stack {
 
     this.flows = new Flows(this, 'Flows', { storeTasks, imageTasks, logRetention });
     this.flows.bindStarter(storeTasks, STORE_TASK_FLOWS);
+    // A recovery stops the dead flow's execution and its host commands before it compensates.
+    this.flows.bindStopper(reconciler);
+    hosts.bindCanceller(reconciler);
 
     const api = new StrataFunction(this, 'Api', {
       entry: path.join(HANDLERS, 'api.ts'),

@@ -89,8 +89,8 @@ export interface LocalWorkflowRunnerOptions {
   functionArns: readonly string[];
   startExecution?: StartChildExecution;
   /**
-   * Multiplies Wait state durations and Retry pauses (tests use 0 or 0.01). Waits given as
-   * `SecondsPath`/`Timestamp(Path)` are only shortened when the scale is 0. Retry pauses become
+   * Multiplies Wait state durations and Retry pauses (tests use 0 or 0.01). A wait given as
+   * `SecondsPath`/`Timestamp(Path)` (a host step's loop) becomes `1 s × scale`. Retry pauses become
    * `IntervalSeconds × scale` on every attempt (the backoff rate is not applied).
    */
   waitTimeScale?: number;

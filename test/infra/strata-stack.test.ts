@@ -280,6 +280,21 @@ describe('StrataStack', () => {
       expect(startable('reconciler')).toEqual([]);
     });
 
+    it('lets the reconciler stop the executions of every flow and cancel host commands, and nothing else may', () => {
+      const stoppable = (name: 'api' | 'storeTasks' | 'imageTasks' | 'reconciler') =>
+        statementsOf(name)
+          .filter((s) => actionsOf(s).includes('states:StopExecution'))
+          .flatMap((s) => JSON.stringify(s.Resource).match(/execution:Strata-[a-z-]+:\*/g) ?? [])
+          .map((m) => m.replace('execution:Strata-', '').replace(':*', ''))
+          .sort();
+      expect(stoppable('reconciler')).toEqual(Object.values(FlowName).sort());
+      for (const other of ['api', 'storeTasks', 'imageTasks'] as const) {
+        expect(stoppable(other)).toEqual([]);
+        expect(statementsOf(other).some((s) => actionsOf(s).includes('ssm:CancelCommand'))).toBe(false);
+      }
+      expect(statementsOf('reconciler').some((s) => actionsOf(s).includes('ssm:CancelCommand'))).toBe(true);
+    });
+
     it('grants no service-wide wildcard actions', () => {
       const all = (['api', 'storeTasks', 'reconciler'] as const).flatMap(statementsOf);
       for (const statement of all) {

@@ -341,6 +341,12 @@ describe('a backup cut off mid-upload', () => {
     // As if the flow died after its scan: the snapshot leased for 1 s, a copy row, a chunk held.
     const jobId = 'job-lost-backup';
     await new JobService(repo).create('snapshot.backup', { type: 'snapshot', id: snapshotId }, jobId);
+    // What starting the flow records on the job: the reconciler runs that flow's compensation.
+    await repo.updateWhere(
+      { type: 'Job', id: jobId },
+      { field: 'state', oneOf: ['pending'] },
+      { flow: 'snapshot-backup', flowInput: { jobId, snapshotId } },
+    );
     const snap = await repo.require({ type: 'Snapshot', id: snapshotId });
     await repo.transition({
       key: { type: 'Snapshot', id: snapshotId },

@@ -391,6 +391,46 @@ export class DynamoRepository implements Repository {
     }
   }
 
+  async claimExpiredLease<T extends EntityType>(
+    key: EntityKey<T>,
+    owner: string,
+    now: Date,
+    ttlSeconds: number,
+  ): Promise<boolean> {
+    const expiresAt = new Date(now.getTime() + ttlSeconds * 1000).toISOString();
+    const b = new UpdateBuilder();
+    const at = b.value(expiresAt);
+    b.setExpression(`${b.name('lease')}.${b.name('expiresAt')} = ${at}`);
+    b.setExpression(`${b.name('leaseExpiresAt')} = ${at}`);
+    const condition = [
+      'attribute_exists(pk)',
+      `${b.name('lease')}.${b.name('owner')} = ${b.value(owner)}`,
+      `${b.name('lease')}.${b.name('expiresAt')} < ${b.value(now.toISOString())}`,
+    ].join(' AND ');
+    try {
+      await this.write(key, b, condition, () => 'the lease is live or gone');
+      return true;
+    } catch (e) {
+      if (e instanceof ConflictError || e instanceof NotFoundError) return false;
+      throw e;
+    }
+  }
+
+  async expireLease<T extends EntityType>(key: EntityKey<T>, owner: string, at: Date): Promise<boolean> {
+    const b = new UpdateBuilder();
+    const v = b.value(at.toISOString());
+    b.setExpression(`${b.name('lease')}.${b.name('expiresAt')} = ${v}`);
+    b.setExpression(`${b.name('leaseExpiresAt')} = ${v}`);
+    const condition = `attribute_exists(pk) AND ${b.name('lease')}.${b.name('owner')} = ${b.value(owner)}`;
+    try {
+      await this.write(key, b, condition, () => 'the lease is not held by the caller');
+      return true;
+    } catch (e) {
+      if (e instanceof ConflictError || e instanceof NotFoundError) return false;
+      throw e;
+    }
+  }
+
   /** False also when the lease already runs longer than the renewal would make it. */
   async renewLease<T extends EntityType>(
     key: EntityKey<T>,

@@ -3,7 +3,12 @@
  * the job id, so a retried start (API retry, duplicate delivery) lands on the same execution.
  */
 import { createHash } from 'node:crypto';
-import { SFNClient, type SFNClientConfig, StartExecutionCommand } from '@aws-sdk/client-sfn';
+import {
+  SFNClient,
+  type SFNClientConfig,
+  StartExecutionCommand,
+  StopExecutionCommand,
+} from '@aws-sdk/client-sfn';
 import { InputError, NotFoundError, UnavailableError } from '../../core/errors.js';
 import type { FlowName, WorkflowPort } from '../../core/ports.js';
 import { EnvName } from '../../env-names.js';
@@ -114,6 +119,22 @@ export class StepFunctionsWorkflows implements WorkflowPort {
         default:
           throw error;
       }
+    }
+  }
+
+  /** Stops an execution; one that already ended (or never existed) is left alone. */
+  async stop(executionId: string, cause: string): Promise<void> {
+    try {
+      await this.sfn().send(
+        new StopExecutionCommand({
+          executionArn: executionId,
+          error: 'Strata.Recovered',
+          cause: cause.slice(0, 32_000),
+        }),
+      );
+    } catch (error) {
+      if (errorName(error) === 'ExecutionDoesNotExist') return;
+      throw error;
     }
   }
 }

@@ -6,6 +6,7 @@
  */
 import { GetObjectCommand, S3Client, type S3ClientConfig } from '@aws-sdk/client-s3';
 import {
+  CancelCommandCommand,
   GetCommandInvocationCommand,
   type GetCommandInvocationCommandOutput,
   SendCommandCommand,
@@ -161,6 +162,19 @@ export class SsmEndpointChannel implements EndpointChannel {
     const commandId = output.Command?.CommandId;
     if (!commandId) throw new UnavailableError('SSM SendCommand returned no command id', { hostId: host.id });
     return { commandId };
+  }
+
+  /** CancelCommand for the host's invocation; a command that already ended is left as it is. */
+  async cancel(host: Host, commandId: string): Promise<void> {
+    const instanceId = requireInstanceId(host);
+    if (!commandId) throw new InputError('command id is required', { field: 'commandId' });
+    try {
+      await this.ssm().send(new CancelCommandCommand({ CommandId: commandId, InstanceIds: [instanceId] }));
+    } catch (error) {
+      // Ended (or expired from SSM's history): nothing left to stop.
+      if (errorName(error) === 'InvalidCommandId' || errorName(error) === 'DuplicateInstanceId') return;
+      throw error;
+    }
   }
 
   async status(host: Host, commandId: string): Promise<CommandStatus> {

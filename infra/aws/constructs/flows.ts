@@ -20,7 +20,7 @@ import {
   flowDefinitionText,
   flowSubstitutionsUsed,
 } from '../../../statemachines/definitions.js';
-import { acknowledgeWildcard } from './nag.js';
+import { acknowledgeWildcard, regionalArnFinding } from './nag.js';
 import type { StrataFunction } from './strata-function.js';
 
 /** Step Functions state machine names: 1–80 characters. */
@@ -113,6 +113,35 @@ export class Flows extends Construct {
       }),
     );
     fn.addEnvironment(EnvName.StateMachineArns, Stack.of(this).toJsonString(this.arnMap()));
+  }
+
+  /**
+   * Lets `fn` stop executions of every flow (states:StopExecution on their executions), with every
+   * flow's ARN in STRATA_STATE_MACHINE_ARNS: the reconciler stops a dead flow before compensating.
+   */
+  bindStopper(fn: StrataFunction): void {
+    const stack = Stack.of(this);
+    fn.role.addToPrincipalPolicy(
+      new iam.PolicyStatement({
+        actions: ['states:StopExecution'],
+        resources: Object.values(FlowName).map((flow) =>
+          stack.formatArn({
+            service: 'states',
+            resource: 'execution',
+            resourceName: `${Flows.stateMachineName(this, flow)}:*`,
+            arnFormat: ArnFormat.COLON_RESOURCE_NAME,
+          }),
+        ),
+      }),
+    );
+    for (const flow of Object.values(FlowName)) {
+      acknowledgeWildcard(
+        fn.role,
+        regionalArnFinding(this, 'states', `execution:${Flows.stateMachineName(this, flow)}:*`),
+        'Execution names are job ids, known only at run time; the grant is per flow state machine.',
+      );
+    }
+    fn.addEnvironment(EnvName.StateMachineArns, stack.toJsonString(this.arnMap()));
   }
 
   /** Lets `grantee` start one flow (e.g. the Scheduler role, the snapshot-policy flow). */

@@ -206,6 +206,16 @@ export class HostChannel extends Construct {
     fn.addEnvironment(EnvName.SsmOutputPrefix, this.props.outputPrefix);
   }
 
+  /**
+   * ssm:CancelCommand, for the reconciler: a recovery stops the host commands of a dead flow before
+   * it undoes anything. (CancelCommand has no resource-level permissions.)
+   */
+  bindCanceller(fn: StrataFunction): void {
+    fn.role.addToPrincipalPolicy(
+      new iam.PolicyStatement({ actions: ['ssm:CancelCommand'], resources: ['*'] }),
+    );
+  }
+
   private addHostRuntime(stack: Stack): { documentName: string; build: string } | undefined {
     if (
       stack.node.tryGetContext(SKIP_HOST_RUNTIME_CONTEXT) === true ||

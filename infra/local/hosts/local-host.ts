@@ -97,6 +97,9 @@ export class LocalHost {
   private readonly s3: S3Client;
   private readonly running = new Map<string, Running>();
   private online = true;
+  /** Process groups of the commands running now, for pause/resume. */
+  private readonly groups = new Set<number>();
+  private paused = false;
 
   constructor(private readonly options: LocalHostOptions) {
     this.name = options.name;
@@ -120,6 +123,21 @@ export class LocalHost {
 
   setOnline(online: boolean): void {
     this.online = online;
+  }
+
+  /**
+   * Freezes the host's command processes (SIGSTOP to each command's process group), and every one
+   * that starts until {@link resume}: a host that hangs mid-operation, as a test needs one. A cancel
+   * still ends a frozen command (its SIGKILL follows the SIGTERM after five seconds).
+   */
+  pause(): void {
+    this.paused = true;
+    for (const pid of this.groups) signalGroup(pid, 'SIGSTOP');
+  }
+
+  resume(): void {
+    this.paused = false;
+    for (const pid of this.groups) signalGroup(pid, 'SIGCONT');
   }
 
   /** A path on this host, under its root. */
@@ -281,6 +299,11 @@ export class LocalHost {
         stdio: ['ignore', 'pipe', 'pipe'],
         detached: true,
       });
+      const group = child.pid;
+      if (group) {
+        this.groups.add(group);
+        if (this.paused) signalGroup(group, 'SIGSTOP');
+      }
       let timedOut = false;
       let cancelled = false;
       const killGroup = (signal: NodeJS.Signals) => {
@@ -313,6 +336,7 @@ export class LocalHost {
       });
       child.once('close', (code) => {
         clearTimeout(timer);
+        if (group) this.groups.delete(group);
         if (cancelled) this.finishPlugin(plugin, 'Cancelled', 'Cancelled', -1);
         else if (timedOut) this.finishPlugin(plugin, 'TimedOut', 'ExecutionTimedOut', -1);
         else if (code === 0) this.finishPlugin(plugin, 'Success', 'Success', 0);
@@ -390,4 +414,12 @@ export function parseS3HttpUrl(url: string): { bucket: string; key: string } | u
     return { bucket: bucket!, key: key.join('/') };
   }
   return undefined;
+}
+
+function signalGroup(pid: number, signal: NodeJS.Signals): void {
+  try {
+    process.kill(-pid, signal);
+  } catch {
+    // already gone
+  }
 }
