@@ -34,6 +34,9 @@ export interface ChannelHostInvokerOptions {
   sleep?: (ms: number) => Promise<void>;
 }
 
+/** Sends of one recorded call before a retryable host failure becomes final. */
+export const MAX_HOST_ATTEMPTS = 4;
+
 const defaultSleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 
 /** The request id of a recorded call: the same for every run of the step, new for each attempt. */
@@ -117,14 +120,22 @@ export class ChannelHostInvoker implements HostInvoker {
         if (status.state === 'failed') {
           // Seen failing: a retry of the step sends again instead of finding this failure.
           if (key && entry) await record({ ...entry, failed: true });
-          throw driverErrorFromHostError(
-            status.error ?? {
-              code: 'HostOperationFailed',
-              message: 'host reported failure',
-              retryable: false,
-            },
-            { hostId, operation: call.operation, commandId },
-          );
+          const error = status.error ?? {
+            code: 'HostOperationFailed',
+            message: 'host reported failure',
+            retryable: false,
+          };
+          // A host step's Retry counters start again each time its wait loop re-enters it, so the
+          // attempts are counted here: after the last one, the failure is final.
+          const final =
+            key && attempt >= MAX_HOST_ATTEMPTS && error.retryable
+              ? {
+                  code: 'HostOperationFailed',
+                  message: `${error.message} (${error.code}, after ${attempt} attempts)`,
+                  retryable: false,
+                }
+              : error;
+          throw driverErrorFromHostError(final, { hostId, operation: call.operation, commandId });
         }
         if (status.progress !== undefined && status.progress !== lastProgress) {
           lastProgress = status.progress;

@@ -235,6 +235,11 @@ function recordingFlows(ports: StrataPorts): WorkflowPort {
         });
       return inner.start(flow, name, input);
     },
-    ...(inner.stop ? { stop: (executionId: string, cause: string) => inner.stop!(executionId, cause) } : {}),
+    // Looked up at call time: a function's ports are built lazily, and touching one it was not
+    // configured for would fail every request of that function.
+    async stop(executionId: string, cause: string) {
+      if (!inner.stop) throw new UnavailableError('this workflow port cannot stop executions');
+      await inner.stop(executionId, cause);
+    },
   };
 }

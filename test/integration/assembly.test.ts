@@ -91,7 +91,7 @@ describe('every function runs from its bundle with the synthesized environment',
       }),
     ).rejects.toMatchObject({ name: 'Strata.NotFound' });
     // the reconciler: the table and the lease index.
-    expect(await t.stack.invoke('Reconciler', {})).toEqual({ recovered: [] });
+    expect(await t.stack.invoke('Reconciler', {})).toEqual({ recovered: [], deferred: [] });
   });
 
   it('gives each function exactly its template environment plus what Lambda adds', () => {

@@ -110,7 +110,7 @@ export async function startTestStack(
     s3.destroy();
     dynamo.destroy();
     await stop();
-    await rm(dataDir, { recursive: true, force: true });
+    await rm(dataDir, { recursive: true, force: true, maxRetries: 5, retryDelay: 200 });
   };
   const waitForJob: TestStack['waitForJob'] = async (jobId, timeoutMs = 30_000) => {
     const until = Date.now() + timeoutMs;
