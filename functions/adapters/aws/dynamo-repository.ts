@@ -397,38 +397,12 @@ export class DynamoRepository implements Repository {
     now: Date,
     ttlSeconds: number,
   ): Promise<boolean> {
-    const expiresAt = new Date(now.getTime() + ttlSeconds * 1000).toISOString();
-    const b = new UpdateBuilder();
-    const at = b.value(expiresAt);
-    b.setExpression(`${b.name('lease')}.${b.name('expiresAt')} = ${at}`);
-    b.setExpression(`${b.name('leaseExpiresAt')} = ${at}`);
-    const condition = [
-      'attribute_exists(pk)',
-      `${b.name('lease')}.${b.name('owner')} = ${b.value(owner)}`,
-      `${b.name('lease')}.${b.name('expiresAt')} < ${b.value(now.toISOString())}`,
-    ].join(' AND ');
-    try {
-      await this.write(key, b, condition, () => 'the lease is live or gone');
-      return true;
-    } catch (e) {
-      if (e instanceof ConflictError || e instanceof NotFoundError) return false;
-      throw e;
-    }
+    const expiresAt = new Date(now.getTime() + ttlSeconds * 1000);
+    return this.moveLease(key, owner, expiresAt, { expiredBefore: now });
   }
 
   async expireLease<T extends EntityType>(key: EntityKey<T>, owner: string, at: Date): Promise<boolean> {
-    const b = new UpdateBuilder();
-    const v = b.value(at.toISOString());
-    b.setExpression(`${b.name('lease')}.${b.name('expiresAt')} = ${v}`);
-    b.setExpression(`${b.name('leaseExpiresAt')} = ${v}`);
-    const condition = `attribute_exists(pk) AND ${b.name('lease')}.${b.name('owner')} = ${b.value(owner)}`;
-    try {
-      await this.write(key, b, condition, () => 'the lease is not held by the caller');
-      return true;
-    } catch (e) {
-      if (e instanceof ConflictError || e instanceof NotFoundError) return false;
-      throw e;
-    }
+    return this.moveLease(key, owner, at);
   }
 
   /** False also when the lease already runs longer than the renewal would make it. */
@@ -437,21 +411,35 @@ export class DynamoRepository implements Repository {
     owner: string,
     ttlSeconds: number,
   ): Promise<boolean> {
-    const expiresAt = new Date(this.clock.now().getTime() + ttlSeconds * 1000).toISOString();
+    const expiresAt = new Date(this.clock.now().getTime() + ttlSeconds * 1000);
+    // Never made shorter (ISO-8601 UTC strings order as times do).
+    return this.moveLease(key, owner, expiresAt, { expiredBefore: expiresAt });
+  }
+
+  /**
+   * Sets the expiry of `owner`'s lease to `expiresAt`, if the lease is still `owner`'s and (with
+   * `expiredBefore`) its expiry is earlier than that. Bookkeeping, not a change of the entity: the
+   * version stays, so no writer holding a read of it loses a race to a heartbeat. False when the
+   * condition does not hold or the entity is gone.
+   */
+  private async moveLease<T extends EntityType>(
+    key: EntityKey<T>,
+    owner: string,
+    expiresAt: Date,
+    options: { expiredBefore?: Date } = {},
+  ): Promise<boolean> {
     const b = new UpdateBuilder();
-    // Bookkeeping, not a change of the entity: the version stays, so no writer holding a read of it
-    // loses a race to a heartbeat.
-    const at = b.value(expiresAt);
-    b.setExpression(`${b.name('lease')}.${b.name('expiresAt')} = ${at}`);
+    const at = b.value(expiresAt.toISOString());
+    const expiry = `${b.name('lease')}.${b.name('expiresAt')}`;
+    b.setExpression(`${expiry} = ${at}`);
     b.setExpression(`${b.name('leaseExpiresAt')} = ${at}`);
-    // Held by the renewer, and never made shorter (ISO-8601 UTC strings order as times do).
-    const condition = [
-      'attribute_exists(pk)',
-      `${b.name('lease')}.${b.name('owner')} = ${b.value(owner)}`,
-      `${b.name('lease')}.${b.name('expiresAt')} < ${at}`,
-    ].join(' AND ');
+    const conditions = ['attribute_exists(pk)', `${b.name('lease')}.${b.name('owner')} = ${b.value(owner)}`];
+    if (options.expiredBefore) {
+      const before = options.expiredBefore === expiresAt ? at : b.value(options.expiredBefore.toISOString());
+      conditions.push(`${expiry} < ${before}`);
+    }
     try {
-      await this.write(key, b, condition, () => 'the lease is not held by the renewer');
+      await this.write(key, b, conditions.join(' AND '), () => `the lease is not ${owner}'s as required`);
       return true;
     } catch (e) {
       if (e instanceof ConflictError || e instanceof NotFoundError) return false;
