@@ -434,10 +434,7 @@ export class DynamoRepository implements Repository {
     b.setExpression(`${expiry} = ${at}`);
     b.setExpression(`${b.name('leaseExpiresAt')} = ${at}`);
     const conditions = ['attribute_exists(pk)', `${b.name('lease')}.${b.name('owner')} = ${b.value(owner)}`];
-    if (options.expiredBefore) {
-      const before = options.expiredBefore === expiresAt ? at : b.value(options.expiredBefore.toISOString());
-      conditions.push(`${expiry} < ${before}`);
-    }
+    if (options.expiredBefore) conditions.push(`${expiry} < ${b.value(options.expiredBefore.toISOString())}`);
     try {
       await this.write(key, b, conditions.join(' AND '), () => `the lease is not ${owner}'s as required`);
       return true;
