@@ -152,6 +152,31 @@ export function compensate(o: {
 
 const isTask = (s: FlowState): s is TaskStep => (s as TaskStep).kind === 'task';
 
+/**
+ * The end of a per-host Map branch whose host step failed after its retries: the branch answers
+ * `{ hostId, ok: false, error }` and the flow carries on with the other hosts.
+ */
+export function hostFailed(): RawState {
+  return {
+    Type: 'Pass',
+    Comment: 'This host failed after retries; the flow carries on with the others.',
+    Parameters: {
+      'hostId.$': '$.hostId',
+      ok: false,
+      error: { 'code.$': '$.error.Error', 'message.$': '$.error.Cause' },
+    },
+    End: true,
+  };
+}
+
+/** What a step that writes an image answers, selected from its task's Payload. */
+export const IMAGE_RESULT = {
+  'path.$': '$.Payload.path',
+  'sizeBytes.$': '$.Payload.sizeBytes',
+  'checksum.$': '$.Payload.checksum',
+  'virtualSizeBytes.$': '$.Payload.virtualSizeBytes',
+} as const;
+
 /** Where a host step keeps the task's last answer (`<this>.value`) while its loop turns. */
 const HOST_SLOT = '$.hostStep';
 const HOST_ANSWER = `${HOST_SLOT}.value`;

@@ -1,5 +1,5 @@
 /** The store-attach flow. */
-import { compensate, type FlowDefinition, task } from '../flow.js';
+import { compensate, type FlowDefinition, hostFailed, task } from '../flow.js';
 
 export const storeAttach: FlowDefinition = {
   comment:
@@ -54,19 +54,7 @@ export const storeAttach: FlowDefinition = {
             output: 'payload',
             catchTo: 'HostFailed',
           }),
-          HostFailed: {
-            Type: 'Pass',
-            Comment: 'This host failed after retries; the flow carries on with the others.',
-            Parameters: {
-              'hostId.$': '$.hostId',
-              ok: false,
-              error: {
-                'code.$': '$.error.Error',
-                'message.$': '$.error.Cause',
-              },
-            },
-            End: true,
-          },
+          HostFailed: hostFailed(),
         },
       },
     },

@@ -1,5 +1,5 @@
 /** The store-maintenance flow. */
-import { compensate, type FlowDefinition, retryOn, task, transient } from '../flow.js';
+import { compensate, type FlowDefinition, hostFailed, retryOn, task, transient } from '../flow.js';
 
 export const storeMaintenance: FlowDefinition = {
   comment:
@@ -85,19 +85,7 @@ export const storeMaintenance: FlowDefinition = {
             output: 'payload',
             catchTo: 'HostFailed',
           }),
-          HostFailed: {
-            Type: 'Pass',
-            Comment: 'This host failed after retries; the flow carries on with the others.',
-            Parameters: {
-              'hostId.$': '$.hostId',
-              ok: false,
-              error: {
-                'code.$': '$.error.Error',
-                'message.$': '$.error.Cause',
-              },
-            },
-            End: true,
-          },
+          HostFailed: hostFailed(),
         },
       },
     },

@@ -1,5 +1,5 @@
 /** The template-copy flow. */
-import { compensate, type FlowDefinition, task } from '../flow.js';
+import { compensate, type FlowDefinition, IMAGE_RESULT, task } from '../flow.js';
 
 export const templateCopy: FlowDefinition = {
   comment:
@@ -13,13 +13,7 @@ export const templateCopy: FlowDefinition = {
       input: '$',
       timeoutSeconds: 900,
       resultPath: '$.result',
-      select: {
-        'path.$': '$.Payload.path',
-        'sizeBytes.$': '$.Payload.sizeBytes',
-        'checksum.$': '$.Payload.checksum',
-        'virtualSizeBytes.$': '$.Payload.virtualSizeBytes',
-        'via.$': '$.Payload.via',
-      },
+      select: { ...IMAGE_RESULT, 'via.$': '$.Payload.via' },
       next: 'Finish',
     }),
     Finish: task({

@@ -1,5 +1,5 @@
 /** The template-ingest flow. */
-import { compensate, type FlowDefinition, task, transient } from '../flow.js';
+import { compensate, type FlowDefinition, IMAGE_RESULT, task, transient } from '../flow.js';
 
 export const templateIngest: FlowDefinition = {
   comment:
@@ -26,12 +26,7 @@ export const templateIngest: FlowDefinition = {
       timeoutSeconds: 900,
       retry: [transient(2, 3)],
       resultPath: '$.result',
-      select: {
-        'path.$': '$.Payload.path',
-        'sizeBytes.$': '$.Payload.sizeBytes',
-        'checksum.$': '$.Payload.checksum',
-        'virtualSizeBytes.$': '$.Payload.virtualSizeBytes',
-      },
+      select: IMAGE_RESULT,
       next: 'Finish',
     }),
     VerifyUpload: task({
@@ -40,12 +35,7 @@ export const templateIngest: FlowDefinition = {
       input: '$',
       timeoutSeconds: 900,
       resultPath: '$.result',
-      select: {
-        'path.$': '$.Payload.path',
-        'sizeBytes.$': '$.Payload.sizeBytes',
-        'checksum.$': '$.Payload.checksum',
-        'virtualSizeBytes.$': '$.Payload.virtualSizeBytes',
-      },
+      select: IMAGE_RESULT,
       next: 'Finish',
     }),
     Finish: task({
