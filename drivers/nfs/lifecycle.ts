@@ -3,7 +3,7 @@
  * own mount options); it proves that every host that should see the share can write to it.
  */
 import { BaseDataStoreLifeCycle } from '../sdk/base-driver.js';
-import { DriverUnavailableError } from '../sdk/errors.js';
+import { DriverError, DriverUnavailableError, isDriverError } from '../sdk/errors.js';
 import type { AttachOptions, HostInfo, InitializeResult, StoreOptions } from '../sdk/types.js';
 import { NfsDetailsSchema } from './details.js';
 import { NfsHostOperation } from './host-ops.js';
@@ -66,13 +66,16 @@ export class NfsLifeCycle extends BaseDataStoreLifeCycle {
     });
     if (failures.length === 0) return;
     const described = failures.map(({ host, reason }) => `${host.name} (${host.id}): ${messageOf(reason)}`);
-    throw new DriverUnavailableError(
-      `nfs store ${store.id} is not usable at ${mountPath} on ${failures.length} host(s): ${described.join('; ')}`,
-      {
-        cause: failures[0]?.reason,
-        context: { storeId: store.id, hostIds: failures.map((f) => f.host.id) },
-      },
-    );
+    const message = `nfs store ${store.id} is not usable at ${mountPath} on ${failures.length} host(s): ${described.join('; ')}`;
+    const options = {
+      cause: failures[0]?.reason,
+      context: { storeId: store.id, hostIds: failures.map((f) => f.host.id) },
+    };
+    // Worth retrying only while some host's failure still is: a final failure stays final.
+    if (failures.some(({ reason }) => isDriverError(reason) && reason.retryable)) {
+      throw new DriverUnavailableError(message, options);
+    }
+    throw new DriverError(message, { ...options, code: 'HostCheckFailed', retryable: false });
   }
 }
 

@@ -39,6 +39,18 @@ export const MAX_HOST_ATTEMPTS = 4;
 
 const defaultSleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 
+/** The error a call reports once its last attempt failed: never retryable. */
+function finalAfterAttempts(error: HostCommandRecord['error'], attempt: number) {
+  const last = error ?? { code: 'HostOperationFailed', message: 'host reported failure', retryable: false };
+  return last.retryable
+    ? {
+        code: 'HostOperationFailed',
+        message: `${last.message} (${last.code}, after ${attempt} attempts)`,
+        retryable: false,
+      }
+    : last;
+}
+
 /** The request id of a recorded call: the same for every run of the step, new for each attempt. */
 export function stepRequestId(jobId: string, callKey: string, attempt: number): string {
   return `req-${createHash('sha256').update(`${jobId}\n${callKey}\n${attempt}`).digest('hex').slice(0, 32)}`;
@@ -68,6 +80,16 @@ export class ChannelHostInvoker implements HostInvoker {
     const earlier = recorded && !recorded.failed ? recorded : undefined;
     const attempt = recorded ? (recorded.failed ? recorded.attempt + 1 : recorded.attempt) : 1;
     const hostId = earlier?.hostId ?? chosenHostId;
+    if (key && recorded?.failed && recorded.attempt >= MAX_HOST_ATTEMPTS) {
+      // Every attempt is spent: report the last failure as final and send nothing more, whatever a
+      // caller above made of the error (a driver that wraps it as retryable only burns the step's
+      // own, bounded, Retry budget now; nothing suspends, so those counters are not restarted).
+      throw driverErrorFromHostError(finalAfterAttempts(recorded.error, recorded.attempt), {
+        hostId: recorded.hostId,
+        operation: call.operation,
+        commandId: recorded.commandId,
+      });
+    }
     const host = await repo.require({ type: 'Host', id: hostId });
     if (host.status !== HostStatus.Up) {
       throw new UnavailableError(`host ${hostId} is ${host.status}`, { hostId, state: host.status });
@@ -118,23 +140,16 @@ export class ChannelHostInvoker implements HostInvoker {
         const status = await channel.status(host, commandId);
         if (status.state === 'succeeded') return status.result as T;
         if (status.state === 'failed') {
-          // Seen failing: a retry of the step sends again instead of finding this failure.
-          if (key && entry) await record({ ...entry, failed: true });
           const error = status.error ?? {
             code: 'HostOperationFailed',
             message: 'host reported failure',
             retryable: false,
           };
+          // Seen failing: a retry of the step sends again instead of finding this failure.
+          if (key && entry) await record({ ...entry, failed: true, error });
           // A host step's Retry counters start again each time its wait loop re-enters it, so the
           // attempts are counted here: after the last one, the failure is final.
-          const final =
-            key && attempt >= MAX_HOST_ATTEMPTS && error.retryable
-              ? {
-                  code: 'HostOperationFailed',
-                  message: `${error.message} (${error.code}, after ${attempt} attempts)`,
-                  retryable: false,
-                }
-              : error;
+          const final = key && attempt >= MAX_HOST_ATTEMPTS ? finalAfterAttempts(error, attempt) : error;
           throw driverErrorFromHostError(final, { hostId, operation: call.operation, commandId });
         }
         if (status.progress !== undefined && status.progress !== lastProgress) {
@@ -142,7 +157,16 @@ export class ChannelHostInvoker implements HostInvoker {
           await this.options.onProgress?.(hostId, status.progress, status.progressDetail);
         }
         if (Date.now() > giveUpAt) {
-          if (key && entry) await record({ ...entry, failed: true });
+          if (key && entry)
+            await record({
+              ...entry,
+              failed: true,
+              error: {
+                code: 'Unavailable',
+                message: `did not finish ${call.operation} in time`,
+                retryable: true,
+              },
+            });
           throw new UnavailableError(`host ${hostId} did not finish ${call.operation} in time`, {
             hostId,
             commandId,

@@ -287,6 +287,8 @@ export interface HostCommandRecord {
   attempt: number;
   /** The command ended in failure and a run of the step has seen it: a later run sends again. */
   failed?: boolean;
+  /** How it failed, kept so a run after the last attempt can report it without sending again. */
+  error?: { code: string; message: string; retryable: boolean };
 }
 
 /** A stored answer to a mutating request carrying an `Idempotency-Key`. */

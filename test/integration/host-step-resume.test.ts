@@ -5,7 +5,7 @@
  * sent again as a new attempt by the step's retry.
  */
 import { DynamoRepository } from '../../functions/adapters/aws/dynamo-repository';
-import { ChannelHostInvoker, stepRequestId } from '../../functions/core/host-invoker';
+import { ChannelHostInvoker, MAX_HOST_ATTEMPTS, stepRequestId } from '../../functions/core/host-invoker';
 import type { Host } from '../../functions/core/model';
 import type { CommandStatus, EndpointChannel } from '../../functions/core/ports';
 import { JobService } from '../../functions/core/services/job-service';
@@ -127,6 +127,26 @@ describe('host steps', () => {
     expect(retried).toEqual({ value: { commandId: 'cmd-1' } });
     expect(ok.sent[0]!.requestId).toBe(stepRequestId(job.id, 'resizeOnPool:backupChunks:0', 2));
     expect(ok.sent[0]!.requestId).not.toBe(failing.sent[0]!.requestId);
+  });
+
+  it('after the last attempt a rerun sends nothing and reports the failure as final, however often it runs', async () => {
+    const job = await jobs.create('store.add', { type: 'store', id: 'store-2' });
+    await jobs.started(job.id, 'exec-6');
+    const failing = slowChannel(1, true);
+    const errors: Array<{ code: string; retryable: boolean }> = [];
+    // Ten runs of the step, as a Retry whose counters restart (or a driver that wraps the error as
+    // retryable) would make: only MAX_HOST_ATTEMPTS commands reach the host.
+    for (let run = 0; run < 10; run++) {
+      await runStep('attachHost@host-a', 60_000, () =>
+        invoker(failing.channel, job.id).run('host-a', call),
+      ).catch((error) => errors.push(error));
+    }
+    expect(failing.sent).toHaveLength(MAX_HOST_ATTEMPTS);
+    expect(errors.slice(0, MAX_HOST_ATTEMPTS - 1).every((e) => e.retryable)).toBe(true);
+    for (const e of errors.slice(MAX_HOST_ATTEMPTS - 1)) {
+      expect(e).toMatchObject({ code: 'HostOperationFailed', retryable: false });
+      expect((e as unknown as Error).message).toMatch(/disk busy \(Unavailable, after 4 attempts\)/);
+    }
   });
 
   it('parallel branches of one job record their commands without overwriting each other', async () => {
