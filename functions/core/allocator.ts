@@ -8,11 +8,10 @@
  * by the table (`Repository.addToCounter` with `max`), and a store that filled up in between is
  * skipped for the next acceptable one.
  */
-import type { Logger } from '../../drivers/sdk/types.js';
-import { ConflictError, InputError, NotFoundError, UnprocessableError } from './errors.js';
+import { ConflictError, InputError, NotFoundError, StrataError, UnprocessableError } from './errors.js';
 import type { DataStore } from './model.js';
 import { DataStoreStatus } from './model.js';
-import type { Repository } from './ports.js';
+import { type Repository, Write, type WriteOp } from './ports.js';
 
 /** What is being placed and under which constraints. */
 export interface PlacementRequest {
@@ -310,24 +309,40 @@ export async function reserve(
   repo: Repository,
   placement: Placement | readonly Candidate[],
   sizeBytes: number,
+  options: {
+    /**
+     * Writes that must happen together with the reservation on the chosen store (the volume row that
+     * owns the space): one transaction, so a crash never leaves space reserved for nothing. A failed
+     * condition of these writes is thrown as it is; it does not move on to the next candidate.
+     */
+    with?: (storeId: string) => WriteOp[];
+  } = {},
 ): Promise<{ store: DataStore; attempts: Candidate[] }> {
   assertSize(sizeBytes);
   const candidates = 'candidates' in placement ? placement.candidates : placement;
   const attempts: Candidate[] = [];
   for (const candidate of candidates) {
     if (!candidate.accepted || candidate.thresholdBytes === undefined) continue;
+    const storeKey = { type: 'DataStore' as const, id: candidate.storeId };
     try {
-      const store = await repo.addToCounter(
-        { type: 'DataStore', id: candidate.storeId },
-        'allocatedBytes',
-        sizeBytes,
-        {
+      let store: DataStore;
+      if (options.with) {
+        await repo.transact([
+          Write.counter(storeKey, 'allocatedBytes', sizeBytes, { max: candidate.thresholdBytes }),
+          ...options.with(candidate.storeId),
+        ]);
+        store = await repo.require(storeKey);
+      } else {
+        store = await repo.addToCounter(storeKey, 'allocatedBytes', sizeBytes, {
           max: candidate.thresholdBytes,
-        },
-      );
+        });
+      }
       attempts.push({ ...candidate, freeBytesAfter: candidate.thresholdBytes - store.allocatedBytes });
       return { store, attempts };
     } catch (e) {
+      const aboutStore =
+        e instanceof StrataError && e.context.type === 'DataStore' && e.context.id === candidate.storeId;
+      if (!aboutStore) throw e;
       if (e instanceof ConflictError) {
         attempts.push({
           ...dropRoom(candidate),
@@ -360,30 +375,16 @@ function dropRoom(candidate: Candidate): Candidate {
 }
 
 /**
- * Gives back `sizeBytes` reserved on a store (volume deleted, shrunk, or its create failed).
+ * The write that gives back `sizeBytes` reserved on a store (volume deleted, shrunk, moved away, or
+ * its create failed), for a {@link Repository.transact} with the write that stops the volume owning
+ * the space, so a replay never gives it back twice.
  *
- * The table refuses to go below zero. If that happens the accounting is already wrong (a double
- * release, or a reservation that was never made), so it is logged as the bug it is and rethrown,
- * not swallowed: a silent no-op would hide the drift until placements start failing.
+ * The table refuses to go below zero (a ConflictError naming the store): if that happens the
+ * accounting is already wrong, and the step fails loudly instead of hiding the drift.
  *
- * @example await release(repo, volume.storeId, volume.sizeBytes);
+ * @example await repo.transact([releaseWrite(volume.storeId, volume.sizeBytes), Write.update(...)]);
  */
-export async function release(
-  repo: Repository,
-  storeId: string,
-  sizeBytes: number,
-  options: { logger?: Logger } = {},
-): Promise<DataStore> {
+export function releaseWrite(storeId: string, sizeBytes: number): WriteOp {
   assertSize(sizeBytes);
-  try {
-    return await repo.addToCounter({ type: 'DataStore', id: storeId }, 'allocatedBytes', -sizeBytes);
-  } catch (e) {
-    if (e instanceof ConflictError) {
-      const fields = { storeId, sizeBytes, error: e.message };
-      const message = 'capacity accounting bug: releasing more than is allocated on the store';
-      if (options.logger) options.logger.error(message, fields);
-      else console.error(JSON.stringify({ level: 'ERROR', message, ...fields }));
-    }
-    throw e;
-  }
+  return Write.counter({ type: 'DataStore', id: storeId }, 'allocatedBytes', -sizeBytes);
 }

@@ -55,6 +55,59 @@ export interface TransitionRequest<T extends EntityType> {
 }
 
 /**
+ * One write of a {@link Repository.transact}, with the same conditions as the single-item method of
+ * the same name. Build them with {@link Write}.
+ */
+export type WriteOp =
+  | { op: 'create'; type: EntityType; entity: object }
+  | { op: 'update'; key: EntityKey; expectedVersion: number; changes: object }
+  | { op: 'transition'; request: TransitionRequest<EntityType> }
+  | {
+      op: 'counter';
+      key: EntityKey;
+      field: string;
+      delta: number;
+      max?: number;
+      /** Only while this field holds one of these values (e.g. a cache entry that is Ready). */
+      when?: { field: string; oneOf: readonly (string | number)[] };
+    }
+  | { op: 'delete'; key: EntityKey; expectedVersion?: number };
+
+/** Typed builders of {@link WriteOp}s. */
+export const Write = {
+  create<T extends EntityType>(
+    type: T,
+    entity: Omit<EntityMap[T], 'version' | 'createdAt' | 'updatedAt'>,
+  ): WriteOp {
+    return { op: 'create', type, entity };
+  },
+  update<T extends EntityType>(
+    key: EntityKey<T>,
+    expectedVersion: number,
+    changes: Partial<EntityMap[T]>,
+  ): WriteOp {
+    return { op: 'update', key, expectedVersion, changes };
+  },
+  transition<T extends EntityType>(request: TransitionRequest<T>): WriteOp {
+    return { op: 'transition', request: request as unknown as TransitionRequest<EntityType> };
+  },
+  counter<T extends EntityType>(
+    key: EntityKey<T>,
+    field: keyof EntityMap[T] & string,
+    delta: number,
+    options: {
+      max?: number;
+      when?: { field: keyof EntityMap[T] & string; oneOf: readonly (string | number)[] };
+    } = {},
+  ): WriteOp {
+    return { op: 'counter', key, field, delta, ...options };
+  },
+  delete<T extends EntityType>(key: EntityKey<T>, expectedVersion?: number): WriteOp {
+    return expectedVersion === undefined ? { op: 'delete', key } : { op: 'delete', key, expectedVersion };
+  },
+};
+
+/**
  * The table. Every write is conditional: creates fail if the entity exists, updates and transitions
  * require the expected version and/or state. Losing a race is always a ConflictError.
  */
@@ -144,6 +197,12 @@ export interface Repository {
     delta: number,
     options?: { max?: number },
   ): Promise<EntityMap[T]>;
+  /**
+   * Applies every write or none (DynamoDB TransactWriteItems; at most 100 writes, each item once).
+   * When a condition fails, nothing is written and the error is the one the single-item method
+   * would have thrown for the first write that failed (ConflictError or NotFoundError).
+   */
+  transact(writes: readonly WriteOp[]): Promise<void>;
   /** Entities whose lease expired before `now`, for the reconciler. */
   listExpiredLeases(
     now: Date,

@@ -3,7 +3,7 @@
  * so of requests planned from the same (stale) read, exactly those that fit win.
  */
 import { DynamoRepository } from '../../functions/adapters/aws/dynamo-repository';
-import { capacityLimits, planPlacement, release, reserve } from '../../functions/core/allocator';
+import { capacityLimits, planPlacement, releaseWrite, reserve } from '../../functions/core/allocator';
 import { UnprocessableError } from '../../functions/core/errors';
 import type { DataStore } from '../../functions/core/model';
 import { freshTable } from '../support/integration';
@@ -110,7 +110,7 @@ describe('reserve on DynamoDB Local', () => {
       reserve(repo, planPlacement([full], { zoneId: 'z1', sizeBytes: 10 * GiB }), 10 * GiB),
     ).rejects.toBeInstanceOf(UnprocessableError);
 
-    await release(repo, store.id, 10 * GiB);
+    await repo.transact([releaseWrite(store.id, 10 * GiB)]);
 
     expect(await allocated(store.id)).toBe(40 * GiB);
     const fresh = await repo.require({ type: 'DataStore', id: store.id });
@@ -119,12 +119,14 @@ describe('reserve on DynamoDB Local', () => {
     ).resolves.toMatchObject({ store: { allocatedBytes: 50 * GiB } });
   });
 
-  it('release never goes below zero: the bug surfaces as an error', async () => {
+  it('release never goes below zero: the bug surfaces as an error, and nothing in the transaction is written', async () => {
     const store = await createStore({ allocatedBytes: GiB });
-    const logger = { debug: jest.fn(), info: jest.fn(), warn: jest.fn(), error: jest.fn() };
+    const other = await createStore({ allocatedBytes: 5 * GiB });
 
-    await expect(release(repo, store.id, 2 * GiB, { logger })).rejects.toThrow(/would go below zero/);
-    expect(logger.error).toHaveBeenCalledTimes(1);
+    await expect(
+      repo.transact([releaseWrite(other.id, GiB), releaseWrite(store.id, 2 * GiB)]),
+    ).rejects.toThrow(/would go below zero/);
     expect(await allocated(store.id)).toBe(GiB);
+    expect(await allocated(other.id)).toBe(5 * GiB);
   });
 });

@@ -1,7 +1,7 @@
 import { DynamoRepository } from '../../functions/adapters/aws/dynamo-repository';
 import { ConflictError, NotFoundError } from '../../functions/core/errors';
 import type { DataStore, Host } from '../../functions/core/model';
-import type { Clock } from '../../functions/core/ports';
+import { type Clock, Write } from '../../functions/core/ports';
 import { dataStoreMachine, objectInStoreMachine } from '../../functions/core/state-machines';
 import { freshTable } from '../support/integration';
 
@@ -289,6 +289,92 @@ describe('DynamoRepository on DynamoDB Local', () => {
       await expect(
         repo.addToCounter({ type: 'DataStore', id: s.id }, 'allocatedBytes', -1000),
       ).rejects.toBeInstanceOf(ConflictError);
+    });
+  });
+
+  describe('transact', () => {
+    it('writes every item or none, and names the item whose condition failed', async () => {
+      const a = await repo.create('DataStore', store({ allocatedBytes: 100 }));
+      const b = await repo.create('DataStore', store({ allocatedBytes: 100 }));
+      await repo.transact([
+        Write.counter({ type: 'DataStore', id: a.id }, 'allocatedBytes', 50, { max: 1000 }),
+        Write.update({ type: 'DataStore', id: b.id }, 1, { name: 'renamed' }),
+      ]);
+      expect(await repo.require({ type: 'DataStore', id: a.id })).toMatchObject({
+        allocatedBytes: 150,
+        version: 2,
+      });
+      expect(await repo.require({ type: 'DataStore', id: b.id })).toMatchObject({
+        name: 'renamed',
+        version: 2,
+      });
+
+      // b is at version 2 now: the whole transaction is refused, a's counter included.
+      const stale = repo.transact([
+        Write.counter({ type: 'DataStore', id: a.id }, 'allocatedBytes', 50, { max: 1000 }),
+        Write.update({ type: 'DataStore', id: b.id }, 1, { name: 'again' }),
+      ]);
+      await expect(stale).rejects.toBeInstanceOf(ConflictError);
+      await expect(stale).rejects.toMatchObject({ context: { type: 'DataStore', id: b.id, version: 2 } });
+      expect((await repo.require({ type: 'DataStore', id: a.id })).allocatedBytes).toBe(150);
+
+      const missing = repo.transact([
+        Write.counter({ type: 'DataStore', id: a.id }, 'allocatedBytes', -50),
+        Write.update({ type: 'DataStore', id: 'store-none' }, 1, { name: 'x' }),
+      ]);
+      await expect(missing).rejects.toBeInstanceOf(NotFoundError);
+      expect((await repo.require({ type: 'DataStore', id: a.id })).allocatedBytes).toBe(150);
+    });
+
+    it('creates, transitions with a lease, and counts only while a field holds a value', async () => {
+      const a = await repo.create('DataStore', store({ status: 'Up' }));
+      const copy = { type: 'TemplateInStore' as const, id: 'tpl-tx', storeId: a.id };
+      await repo.transact([
+        Write.create('TemplateInStore', {
+          templateId: 'tpl-tx',
+          storeId: a.id,
+          storeRole: 'primary',
+          status: 'Ready',
+          refCount: 0,
+        }),
+        Write.transition({
+          key: { type: 'DataStore', id: a.id },
+          machine: dataStoreMachine,
+          from: 'Up',
+          to: 'PrepareForMaintenance',
+          lease: { owner: 'job-tx', ttlSeconds: 60 },
+        }),
+      ]);
+      expect(await repo.require({ type: 'DataStore', id: a.id })).toMatchObject({
+        status: 'PrepareForMaintenance',
+        lease: { owner: 'job-tx' },
+      });
+      const ready = { when: { field: 'status' as const, oneOf: ['Ready'] } };
+      await repo.transact([Write.counter(copy, 'refCount', 1, ready)]);
+      await repo.transition({
+        key: copy,
+        machine: objectInStoreMachine,
+        from: 'Ready',
+        to: 'Destroying',
+        lease: { owner: 'job-evict', ttlSeconds: 60 },
+      });
+      await expect(repo.transact([Write.counter(copy, 'refCount', 1, ready)])).rejects.toMatchObject({
+        message: expect.stringMatching(/status is Destroying/),
+        context: { type: 'TemplateInStore', state: 'Destroying' },
+      });
+      expect((await repo.require(copy)).refCount).toBe(1);
+      // Creating what exists fails the same way as create().
+      await expect(
+        repo.transact([
+          Write.create('TemplateInStore', {
+            templateId: 'tpl-tx',
+            storeId: a.id,
+            storeRole: 'primary',
+            status: 'Ready',
+            refCount: 0,
+          }),
+        ]),
+      ).rejects.toThrow(/already exists/);
     });
   });
 

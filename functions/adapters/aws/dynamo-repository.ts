@@ -7,6 +7,7 @@ import {
   ConditionalCheckFailedException,
   DynamoDBClient,
   type DynamoDBClientConfig,
+  TransactionCanceledException,
 } from '@aws-sdk/client-dynamodb';
 import {
   DeleteCommand,
@@ -15,10 +16,12 @@ import {
   PutCommand,
   QueryCommand,
   type QueryCommandInput,
+  TransactWriteCommand,
+  type TransactWriteCommandInput,
   UpdateCommand,
 } from '@aws-sdk/lib-dynamodb';
 import { unmarshall } from '@aws-sdk/util-dynamodb';
-import { ConflictError, InputError, NotFoundError } from '../../core/errors.js';
+import { ConflictError, InputError, NotFoundError, UnavailableError } from '../../core/errors.js';
 import type { EntityMap, EntityType, Lease } from '../../core/model.js';
 import type {
   ChunkIndex,
@@ -28,6 +31,7 @@ import type {
   Repository,
   StatusOf,
   TransitionRequest,
+  WriteOp,
 } from '../../core/ports.js';
 import { type Clock, systemClock } from '../../core/ports.js';
 import { assertTransition, canTransition } from '../../core/state-machines.js';
@@ -44,6 +48,14 @@ export interface DynamoRepositoryOptions {
 }
 
 type Item = Record<string, unknown>;
+
+/** One conditional update: run alone by write(), or as one item of transact(). */
+interface UpdateSpec {
+  key: EntityKey;
+  b: UpdateBuilder;
+  condition: string;
+  explain: (current: Item) => string;
+}
 
 /** Builds SET/REMOVE clauses with placeholder names so reserved words never matter. */
 class UpdateBuilder {
@@ -152,28 +164,30 @@ export class DynamoRepository implements Repository {
     type: T,
     entity: Omit<EntityMap[T], 'version' | 'createdAt' | 'updatedAt'>,
   ): Promise<EntityMap[T]> {
-    const now = this.clock.now().toISOString();
-    const full = { ...entity, version: 1, createdAt: now, updatedAt: now } as unknown as EntityMap[T];
-    const key = keyOf(type, full);
+    const spec = this.createSpec(type, entity);
     try {
-      await this.client.send(
-        new PutCommand({
-          TableName: this.tableName,
-          Item: this.toItem(type, full),
-          ConditionExpression: 'attribute_not_exists(pk)',
-        }),
-      );
+      await this.client.send(new PutCommand(spec.put));
     } catch (e) {
-      if (e instanceof ConditionalCheckFailedException) {
-        throw new ConflictError(
-          `${type} ${describeKey(key)} already exists`,
-          { type, id: key.id },
-          { cause: e },
-        );
-      }
+      if (e instanceof ConditionalCheckFailedException) throw spec.exists(e);
       throw e;
     }
-    return full;
+    return spec.full as EntityMap[T];
+  }
+
+  private createSpec(type: EntityType, entity: object) {
+    const now = this.clock.now().toISOString();
+    const full = { ...entity, version: 1, createdAt: now, updatedAt: now };
+    const key = keyOf(type, full);
+    return {
+      full,
+      put: {
+        TableName: this.tableName,
+        Item: this.toItem(type, full),
+        ConditionExpression: 'attribute_not_exists(pk)',
+      },
+      exists: (cause: unknown) =>
+        new ConflictError(`${type} ${describeKey(key)} already exists`, { type, id: key.id }, { cause }),
+    };
   }
 
   async update<T extends EntityType>(
@@ -185,10 +199,14 @@ export class DynamoRepository implements Repository {
       // A status change must go through transition(), which checks the state machine and leases.
       throw new Error(`update() cannot change status or lease of ${key.type}; use transition()`);
     }
+    return this.write(this.updateSpec(key, expectedVersion, changes));
+  }
+
+  private updateSpec(key: EntityKey, expectedVersion: number, changes: object): UpdateSpec {
     const b = new UpdateBuilder();
-    this.applyChanges(b, key, changes);
+    this.applyChanges(b, key, changes as Record<string, unknown>);
     const condition = `attribute_exists(pk) AND ${b.name('version')} = ${b.value(expectedVersion)}`;
-    return this.write(key, b, condition, () => `expected version ${expectedVersion}`);
+    return { key, b, condition, explain: () => `expected version ${expectedVersion}` };
   }
 
   async updateWhere<T extends EntityType>(
@@ -200,15 +218,19 @@ export class DynamoRepository implements Repository {
     this.applyChanges(b, key, changes);
     const values = condition.oneOf.map((v) => b.value(v)).join(', ');
     const expression = `attribute_exists(pk) AND ${b.name(condition.field)} IN (${values})`;
-    return this.write(
+    return this.write({
       key,
       b,
-      expression,
-      (current) => `${condition.field} is ${String(current[condition.field])}`,
-    );
+      condition: expression,
+      explain: (current) => `${condition.field} is ${String(current[condition.field])}`,
+    });
   }
 
   async transition<T extends EntityType>(request: TransitionRequest<T>): Promise<EntityMap[T]> {
+    return this.write(this.transitionSpec(request));
+  }
+
+  private transitionSpec<T extends EntityType>(request: TransitionRequest<T>): UpdateSpec {
     const { key, machine, to } = request;
     const fromStates = (Array.isArray(request.from) ? request.from : [request.from]) as StatusOf<T>[];
     const legal = fromStates.filter((from) => canTransition(machine, from, to));
@@ -243,15 +265,20 @@ export class DynamoRepository implements Repository {
     if (request.leaseOwner !== undefined) {
       conditions.push(`${b.name('lease')}.${b.name('owner')} = ${b.value(request.leaseOwner)}`);
     }
-    return this.write(key, b, conditions.join(' AND '), (current) => {
-      const state = String(current.status);
-      if (!legal.includes(state as StatusOf<T>)) return `it is ${state}, not ${legal.join(' or ')}`;
-      if (request.leaseOwner !== undefined) {
-        const lease = current.lease as Lease | undefined;
-        if (lease?.owner !== request.leaseOwner) return `its lease belongs to ${lease?.owner ?? 'nobody'}`;
-      }
-      return `it changed (version ${String(current.version)})`;
-    });
+    return {
+      key,
+      b,
+      condition: conditions.join(' AND '),
+      explain: (current) => {
+        const state = String(current.status);
+        if (!legal.includes(state as StatusOf<T>)) return `it is ${state}, not ${legal.join(' or ')}`;
+        if (request.leaseOwner !== undefined) {
+          const lease = current.lease as Lease | undefined;
+          if (lease?.owner !== request.leaseOwner) return `its lease belongs to ${lease?.owner ?? 'nobody'}`;
+        }
+        return `it changed (version ${String(current.version)})`;
+      },
+    };
   }
 
   async delete<T extends EntityType>(key: EntityKey<T>, expectedVersion?: number): Promise<void> {
@@ -260,19 +287,21 @@ export class DynamoRepository implements Repository {
       return;
     }
     try {
-      await this.client.send(
-        new DeleteCommand({
-          TableName: this.tableName,
-          Key: itemKey(key),
-          ConditionExpression: 'attribute_exists(pk) AND #version = :v',
-          ExpressionAttributeNames: { '#version': 'version' },
-          ExpressionAttributeValues: { ':v': expectedVersion },
-          ReturnValuesOnConditionCheckFailure: 'ALL_OLD',
-        }),
-      );
+      await this.client.send(new DeleteCommand(this.deleteInput(key, expectedVersion)));
     } catch (e) {
       throw this.conditionError(key, e, () => `expected version ${expectedVersion}`);
     }
+  }
+
+  private deleteInput(key: EntityKey, expectedVersion: number) {
+    return {
+      TableName: this.tableName,
+      Key: itemKey(key),
+      ConditionExpression: 'attribute_exists(pk) AND #version = :v',
+      ExpressionAttributeNames: { '#version': 'version' },
+      ExpressionAttributeValues: { ':v': expectedVersion },
+      ReturnValuesOnConditionCheckFailure: 'ALL_OLD' as const,
+    };
   }
 
   async list<T extends EntityType>(type: T, options: ListOptions = {}): Promise<Page<EntityMap[T]>> {
@@ -367,12 +396,12 @@ export class DynamoRepository implements Repository {
         `${b.name(condition.field)} IN (${values})`,
         whole ? 'attribute_not_exists(#mapField)' : 'attribute_exists(#mapField)',
       ].join(' AND ');
-      await this.write(
+      await this.write({
         key,
         b,
-        expression,
-        (current) => `${condition.field} is ${String(current[condition.field])}`,
-      );
+        condition: expression,
+        explain: (current) => `${condition.field} is ${String(current[condition.field])}`,
+      });
     };
     try {
       await attempt(false);
@@ -436,7 +465,12 @@ export class DynamoRepository implements Repository {
     const conditions = ['attribute_exists(pk)', `${b.name('lease')}.${b.name('owner')} = ${b.value(owner)}`];
     if (options.expiredBefore) conditions.push(`${expiry} < ${b.value(options.expiredBefore.toISOString())}`);
     try {
-      await this.write(key, b, conditions.join(' AND '), () => `the lease is not ${owner}'s as required`);
+      await this.write({
+        key,
+        b,
+        condition: conditions.join(' AND '),
+        explain: () => `the lease is not ${owner}'s as required`,
+      });
       return true;
     } catch (e) {
       if (e instanceof ConflictError || e instanceof NotFoundError) return false;
@@ -458,9 +492,12 @@ export class DynamoRepository implements Repository {
     b.set('updatedAt', this.clock.now().toISOString());
     const conditions = ['attribute_exists(pk)'];
     if (when) conditions.push(`${b.name(when.field)} IN (${when.oneOf.map((v) => b.value(v)).join(', ')})`);
-    return this.write(key, b, conditions.join(' AND '), (current) =>
-      when ? `${when.field} is ${String(current[when.field])}` : 'it is gone',
-    );
+    return this.write({
+      key,
+      b,
+      condition: conditions.join(' AND '),
+      explain: (current) => (when ? `${when.field} is ${String(current[when.field])}` : 'it is gone'),
+    });
   }
 
   async addToCounter<T extends EntityType>(
@@ -469,6 +506,15 @@ export class DynamoRepository implements Repository {
     delta: number,
     options: { max?: number } = {},
   ): Promise<EntityMap[T]> {
+    return this.write(this.counterSpec(key, field, delta, options));
+  }
+
+  private counterSpec(
+    key: EntityKey,
+    field: string,
+    delta: number,
+    options: { max?: number; when?: { field: string; oneOf: readonly (string | number)[] } },
+  ): UpdateSpec {
     const b = new UpdateBuilder();
     const f = b.name(field);
     b.setExpression(`${f} = ${f} + ${b.value(delta)}`);
@@ -478,12 +524,83 @@ export class DynamoRepository implements Repository {
     const conditions = ['attribute_exists(pk)'];
     if (delta > 0 && options.max !== undefined) conditions.push(`${f} <= ${b.value(options.max - delta)}`);
     if (delta < 0) conditions.push(`${f} >= ${b.value(-delta)}`);
-    return this.write(key, b, conditions.join(' AND '), (current) => {
-      const now = Number(current[field]);
-      return delta > 0
-        ? `${field} ${now} + ${delta} would exceed ${options.max}`
-        : `${field} ${now} - ${-delta} would go below zero`;
+    const when = options.when;
+    if (when) conditions.push(`${b.name(when.field)} IN (${when.oneOf.map((v) => b.value(v)).join(', ')})`);
+    return {
+      key,
+      b,
+      condition: conditions.join(' AND '),
+      explain: (current) => {
+        if (when && !when.oneOf.includes(current[when.field] as string | number))
+          return `${when.field} is ${String(current[when.field])}`;
+        const now = Number(current[field]);
+        return delta > 0
+          ? `${field} ${now} + ${delta} would exceed ${options.max}`
+          : `${field} ${now} - ${-delta} would go below zero`;
+      },
+    };
+  }
+
+  async transact(writes: readonly WriteOp[]): Promise<void> {
+    if (writes.length === 0) return;
+    const explained: Array<(cause: unknown, old: Item | undefined) => unknown> = [];
+    const items: TransactWriteCommandInput['TransactItems'] = writes.map((write) => {
+      switch (write.op) {
+        case 'create': {
+          const spec = this.createSpec(write.type, write.entity);
+          explained.push((cause) => spec.exists(cause));
+          return { Put: { ...spec.put, ReturnValuesOnConditionCheckFailure: 'ALL_OLD' } };
+        }
+        case 'delete': {
+          if (write.expectedVersion === undefined) {
+            explained.push(() => undefined);
+            return { Delete: { TableName: this.tableName, Key: itemKey(write.key) } };
+          }
+          const version = write.expectedVersion;
+          explained.push((cause, old) =>
+            this.explainFailure(write.key, cause, old, () => `expected version ${version}`),
+          );
+          return { Delete: this.deleteInput(write.key, version) };
+        }
+        default: {
+          const spec =
+            write.op === 'update'
+              ? this.updateSpec(write.key, write.expectedVersion, write.changes)
+              : write.op === 'transition'
+                ? this.transitionSpec(write.request)
+                : this.counterSpec(write.key, write.field, write.delta, write);
+          explained.push((cause, old) => this.explainFailure(spec.key, cause, old, spec.explain));
+          return {
+            Update: {
+              TableName: this.tableName,
+              Key: itemKey(spec.key),
+              UpdateExpression: spec.b.expression(),
+              ConditionExpression: spec.condition,
+              ExpressionAttributeNames: spec.b.names,
+              ExpressionAttributeValues: Object.keys(spec.b.values).length ? spec.b.values : undefined,
+              ReturnValuesOnConditionCheckFailure: 'ALL_OLD',
+            },
+          };
+        }
+      }
     });
+    try {
+      await this.client.send(new TransactWriteCommand({ TransactItems: items }));
+    } catch (e) {
+      if (!(e instanceof TransactionCanceledException)) throw e;
+      const reasons = e.CancellationReasons ?? [];
+      const failed = reasons.findIndex((r) => r.Code === 'ConditionalCheckFailed');
+      if (failed < 0) {
+        // A conflict with another transaction, or throttling: nothing was written; worth retrying.
+        throw new UnavailableError(
+          `the ${writes.length} writes could not be applied together: ${reasons.map((r) => r.Code).join(', ')}`,
+          {},
+          { cause: e },
+        );
+      }
+      const old = reasons[failed]?.Item ? (unmarshall(reasons[failed]!.Item!) as Item) : undefined;
+      throw explained[failed]!(e, old) ?? e;
+    }
   }
 
   async listExpiredLeases(
@@ -534,12 +651,12 @@ export class DynamoRepository implements Repository {
     b.set('updatedAt', this.clock.now().toISOString());
   }
 
-  private async write<T extends EntityType>(
-    key: EntityKey<T>,
-    b: UpdateBuilder,
-    condition: string,
-    explain: (current: Item) => string,
-  ): Promise<EntityMap[T]> {
+  private async write<T extends EntityType>({
+    key,
+    b,
+    condition,
+    explain,
+  }: UpdateSpec): Promise<EntityMap[T]> {
     try {
       const out = await this.client.send(
         new UpdateCommand({
@@ -553,7 +670,7 @@ export class DynamoRepository implements Repository {
           ReturnValuesOnConditionCheckFailure: 'ALL_OLD',
         }),
       );
-      return this.fromItem<T>(key.type, out.Attributes ?? {});
+      return this.fromItem<T>(key.type as T, out.Attributes ?? {});
     } catch (e) {
       throw this.conditionError(key, e, explain);
     }
@@ -561,9 +678,18 @@ export class DynamoRepository implements Repository {
 
   private conditionError(key: EntityKey, e: unknown, explain: (current: Item) => string): unknown {
     if (!(e instanceof ConditionalCheckFailedException)) return e;
-    if (!e.Item)
+    return this.explainFailure(key, e, e.Item ? (unmarshall(e.Item) as Item) : undefined, explain);
+  }
+
+  /** NotFoundError when the item is missing, else a ConflictError saying which condition it broke. */
+  private explainFailure(
+    key: EntityKey,
+    e: unknown,
+    current: Item | undefined,
+    explain: (current: Item) => string,
+  ): Error {
+    if (!current)
       return new NotFoundError(`${key.type} ${describeKey(key)} not found`, { type: key.type, id: key.id });
-    const current = unmarshall(e.Item) as Item;
     return new ConflictError(
       `${key.type} ${describeKey(key)} was not changed: ${explain(current)}`,
       { type: key.type, id: key.id, state: current.status, version: current.version },

@@ -23,7 +23,7 @@ import type {
   TemplateInstallStrategy,
 } from '../../../drivers/sdk/types.js';
 import { isImageStoreDriver, isStagingDriver } from '../../../drivers/sdk/types.js';
-import { type Candidate, type Placement, planPlacement, release, reserve } from '../allocator.js';
+import { type Candidate, type Placement, planPlacement, releaseWrite, reserve } from '../allocator.js';
 import {
   ConflictError,
   InputError,
@@ -36,8 +36,8 @@ import { newId } from '../ids.js';
 import type { DataStore, Host, Job, Snapshot, Template, TemplateInStore, Volume } from '../model.js';
 import { ObjectInStoreStatus as O, SnapshotStatus, VolumeStatus as V } from '../model.js';
 import { allPages } from '../paging.js';
-import type { Clock, ListOptions, Page, Repository, WorkflowPort } from '../ports.js';
-import { FlowName, systemClock } from '../ports.js';
+import type { Clock, ListOptions, Page, Repository, WorkflowPort, WriteOp } from '../ports.js';
+import { FlowName, systemClock, Write } from '../ports.js';
 import { objectInStoreMachine, volumeMachine } from '../state-machines.js';
 import { forgetStepOnce, stepOnce } from '../step-scope.js';
 import { toStoreInfo } from './datastore-service.js';
@@ -131,30 +131,29 @@ export class VolumeService {
   async create(input: CreateVolumeInput): Promise<{ volume: Volume; job: Job }> {
     const { sizeBytes, template, snapshot } = await this.sizing(input);
     const placement = await this.plan(input, sizeBytes);
-    const { store } = await reserve(this.repo, placement, sizeBytes);
     const jobId = newId('job');
     const id = newId('vol');
-    let volume: Volume;
-    try {
-      volume = await this.repo.create('Volume', {
-        id,
-        name: input.name,
-        zoneId: input.zoneId,
-        storeId: store.id,
-        ...(template ? { templateId: template.id } : {}),
-        ...(snapshot ? { sourceSnapshotId: snapshot.id, restoreFrom: input.restoreFrom ?? 'auto' } : {}),
-        mode: template ? (input.mode ?? 'linked') : snapshot ? 'full' : 'blank',
-        sizeBytes,
-        format: 'qcow2',
-        tags: input.tags ?? [],
-        accessHostIds: [],
-        status: V.Creating,
-        lease: { owner: jobId, expiresAt: this.expiry(VOLUME_LEASE_SECONDS) },
-      });
-    } catch (e) {
-      await release(this.repo, store.id, sizeBytes);
-      throw e;
-    }
+    // The space and the volume row that owns it are written together.
+    await reserve(this.repo, placement, sizeBytes, {
+      with: (storeId) => [
+        Write.create('Volume', {
+          id,
+          name: input.name,
+          zoneId: input.zoneId,
+          storeId,
+          ...(template ? { templateId: template.id } : {}),
+          ...(snapshot ? { sourceSnapshotId: snapshot.id, restoreFrom: input.restoreFrom ?? 'auto' } : {}),
+          mode: template ? (input.mode ?? 'linked') : snapshot ? 'full' : 'blank',
+          sizeBytes,
+          format: 'qcow2',
+          tags: input.tags ?? [],
+          accessHostIds: [],
+          status: V.Creating,
+          lease: { owner: jobId, expiresAt: this.expiry(VOLUME_LEASE_SECONDS) },
+        }),
+      ],
+    });
+    const volume = await this.get(id);
     await this.deps.jobs.create('volume.create', { type: 'volume', id }, jobId);
     try {
       const { executionId } = await this.deps.workflows.start(FlowName.VolumeCreate, jobId, {
@@ -233,15 +232,21 @@ export class VolumeService {
     }
 
     if (!volume.holdsTemplateRef) {
-      const counted = await this.repo.addToCounter(key, 'refCount', 1);
-      if (counted.status !== O.Ready) {
-        // Eviction won the race: give the reference back and wait for a fresh install.
-        await this.repo.addToCounter(key, 'refCount', -1);
-        throw new CacheBusyError(`template cache on ${pool.id} is being evicted; retrying`, {
-          state: counted.status,
-        });
+      // The reference and the volume's record of holding it are one write, taken only while the
+      // cache is Ready: an eviction that won the race makes it fail, and nothing is counted.
+      try {
+        await this.repo.transact([
+          Write.counter(key, 'refCount', 1, { when: { field: 'status', oneOf: [O.Ready] } }),
+          Write.update({ type: 'Volume', id: volume.id }, volume.version, { holdsTemplateRef: true }),
+        ]);
+      } catch (e) {
+        if (e instanceof ConflictError && e.context.type === 'TemplateInStore') {
+          throw new CacheBusyError(`template cache on ${pool.id} is being evicted; retrying`, {
+            state: e.context.state,
+          });
+        }
+        throw e;
       }
-      await this.repo.update({ type: 'Volume', id: volume.id }, volume.version, { holdsTemplateRef: true });
     }
     return { cachePath: cache.path ?? '' };
   }
@@ -451,7 +456,7 @@ export class VolumeService {
     }
     const jobId = newId('job');
     const delta = sizeBytes - volume.sizeBytes;
-    const moved = await this.repo.transition({
+    const toResizing = Write.transition({
       key: { type: 'Volume', id },
       machine: volumeMachine,
       from: V.Ready,
@@ -459,18 +464,10 @@ export class VolumeService {
       expectedVersion: volume.version,
       lease: { owner: jobId, ttlSeconds: VOLUME_LEASE_SECONDS },
     });
-    try {
-      if (delta > 0) await this.reserveOn(volume.storeId, delta);
-    } catch (e) {
-      await this.repo.transition({
-        key: { type: 'Volume', id },
-        machine: volumeMachine,
-        from: V.Resizing,
-        to: V.Ready,
-        leaseOwner: jobId,
-      });
-      throw e;
-    }
+    // A grow reserves its extra space in the same write that starts the resize.
+    if (delta > 0) await this.reserveOn(volume.storeId, delta, [toResizing]);
+    else await this.repo.transact([toResizing]);
+    const moved = await this.get(id);
     await this.deps.jobs.create('volume.resize', { type: 'volume', id }, jobId);
     const { executionId } = await this.deps.workflows.start(FlowName.VolumeResize, jobId, {
       jobId,
@@ -504,15 +501,18 @@ export class VolumeService {
       hostId,
     });
     const delta = input.sizeBytes - volume.sizeBytes;
-    await this.repo.transition({
-      key: { type: 'Volume', id: volume.id },
-      machine: volumeMachine,
-      from: V.Resizing,
-      to: V.Ready,
-      leaseOwner: input.jobId,
-      changes: { sizeBytes: input.sizeBytes, statusReason: undefined },
-    });
-    if (delta < 0) await release(this.repo, pool.id, -delta);
+    // The new size and the space a shrink gives back are one write.
+    await this.repo.transact([
+      Write.transition({
+        key: { type: 'Volume', id: volume.id },
+        machine: volumeMachine,
+        from: V.Resizing,
+        to: V.Ready,
+        leaseOwner: input.jobId,
+        changes: { sizeBytes: input.sizeBytes, statusReason: undefined },
+      }),
+      ...(delta < 0 ? [releaseWrite(pool.id, -delta)] : []),
+    ]);
     await this.deps.jobs.succeed(input.jobId, { volumeId: volume.id, sizeBytes: input.sizeBytes });
   }
 
@@ -522,21 +522,23 @@ export class VolumeService {
     const volume = await this.repo.get({ type: 'Volume', id: input.volumeId });
     if (volume && volume.status === V.Resizing && volume.lease?.owner === input.jobId) {
       const delta = input.sizeBytes - volume.sizeBytes;
-      if (delta > 0 && volume.storeId) await release(this.repo, volume.storeId, delta);
-      await this.repo.transition({
-        key: { type: 'Volume', id: volume.id },
-        machine: volumeMachine,
-        from: V.Resizing,
-        to: V.Ready,
-        leaseOwner: input.jobId,
-        changes: { statusReason: `resize to ${input.sizeBytes} failed: ${reason}` },
-      });
+      await this.repo.transact([
+        ...(delta > 0 && volume.storeId ? [releaseWrite(volume.storeId, delta)] : []),
+        Write.transition({
+          key: { type: 'Volume', id: volume.id },
+          machine: volumeMachine,
+          from: V.Resizing,
+          to: V.Ready,
+          leaseOwner: input.jobId,
+          changes: { statusReason: `resize to ${input.sizeBytes} failed: ${reason}` },
+        }),
+      ]);
     }
     await this.deps.jobs.failFromFlow(input.jobId, input.error, 'ResizeFailed');
   }
 
-  /** Reserves more space on a store under its threshold (a resize's growth). */
-  private async reserveOn(storeId: string, bytes: number): Promise<void> {
+  /** Reserves more space on a store under its threshold (a resize's growth), together with `writes`. */
+  private async reserveOn(storeId: string, bytes: number, writes: WriteOp[]): Promise<void> {
     const store = await this.repo.require({ type: 'DataStore', id: storeId });
     const placement = planPlacement([store], {
       zoneId: store.scope.zoneId,
@@ -546,7 +548,7 @@ export class VolumeService {
       ...(store.scope.clusterId ? { clusterId: store.scope.clusterId } : {}),
       ...(store.scope.hostId ? { hostId: store.scope.hostId } : {}),
     });
-    await reserve(this.repo, placement, bytes);
+    await reserve(this.repo, placement, bytes, { with: () => writes });
   }
 
   // ---------------------------------------------------------------- migrate
@@ -586,22 +588,21 @@ export class VolumeService {
       { name: volume.name, zoneId: volume.zoneId, storeId, tags: [] },
       volume.sizeBytes,
     );
-    const { store } = await reserve(this.repo, placement, volume.sizeBytes);
     const jobId = newId('job');
-    let moved: Volume;
-    try {
-      moved = await this.repo.transition({
-        key: { type: 'Volume', id },
-        machine: volumeMachine,
-        from: V.Ready,
-        to: V.Migrating,
-        expectedVersion: volume.version,
-        lease: { owner: jobId, ttlSeconds: VOLUME_LEASE_SECONDS },
-      });
-    } catch (e) {
-      await release(this.repo, store.id, volume.sizeBytes);
-      throw e;
-    }
+    // The destination's space and the move into Migrating are one write.
+    const { store } = await reserve(this.repo, placement, volume.sizeBytes, {
+      with: () => [
+        Write.transition({
+          key: { type: 'Volume', id },
+          machine: volumeMachine,
+          from: V.Ready,
+          to: V.Migrating,
+          expectedVersion: volume.version,
+          lease: { owner: jobId, ttlSeconds: VOLUME_LEASE_SECONDS },
+        }),
+      ],
+    });
+    const moved = await this.get(id);
     await this.deps.jobs.create('volume.migrate', { type: 'volume', id }, jobId);
     const { executionId } = await this.deps.workflows.start(FlowName.VolumeMigrate, jobId, {
       jobId,
@@ -793,20 +794,28 @@ export class VolumeService {
     const volume = await this.get(input.volumeId);
     if (volume.status === V.Migrating && volume.lease?.owner === input.jobId) {
       const source = { storeId: volume.storeId!, path: volume.path, heldRef: volume.holdsTemplateRef };
-      await this.repo.transition({
-        key: { type: 'Volume', id: volume.id },
-        machine: volumeMachine,
-        from: V.Migrating,
-        to: V.Ready,
-        leaseOwner: input.jobId,
-        // The copy is flattened: it no longer depends on the source pool's template cache.
-        changes: {
-          storeId: input.destStoreId,
-          path: input.path,
-          mode: volume.templateId ? 'full' : volume.mode,
-          holdsTemplateRef: false,
-        },
-      });
+      const dropsRef = Boolean(source.heldRef && volume.templateId);
+      // One write switches the volume over, gives back the source's space and its template
+      // reference. The source file goes after it: a crash in between leaves a file no row owns,
+      // which the orphan sweep removes; never a volume pointing at a deleted file.
+      await this.repo.transact([
+        Write.transition({
+          key: { type: 'Volume', id: volume.id },
+          machine: volumeMachine,
+          from: V.Migrating,
+          to: V.Ready,
+          leaseOwner: input.jobId,
+          // The copy is flattened: it no longer depends on the source pool's template cache.
+          changes: {
+            storeId: input.destStoreId,
+            path: input.path,
+            mode: volume.templateId ? 'full' : volume.mode,
+            holdsTemplateRef: false,
+          },
+        }),
+        releaseWrite(source.storeId, volume.sizeBytes),
+        ...(dropsRef ? [templateRefWrite(volume.templateId!, source.storeId, -1)] : []),
+      ]);
       const pool = await this.repo.require({ type: 'DataStore', id: source.storeId });
       const { id: hostId } = await this.deps.selectHost([pool.id]);
       await this.deps.registry.get(pool.provider).driver.deleteAsync({
@@ -815,9 +824,7 @@ export class VolumeService {
         ctx: this.deps.driverContext(input.jobId),
         hostId,
       });
-      await release(this.repo, pool.id, volume.sizeBytes);
-      if (source.heldRef && volume.templateId)
-        await this.dropTemplateRef(volume.templateId, pool.id, input.jobId);
+      if (dropsRef) await this.evictIfUnused(volume.templateId!, pool.id, input.jobId);
     }
     await this.deps.jobs.succeed(input.jobId, {
       volumeId: volume.id,
@@ -854,16 +861,19 @@ export class VolumeService {
             })
             .catch(() => undefined);
         }
-        await release(this.repo, dst.id, volume.sizeBytes).catch(() => undefined);
       }
-      await this.repo.transition({
-        key: { type: 'Volume', id: volume.id },
-        machine: volumeMachine,
-        from: V.Migrating,
-        to: V.Ready,
-        leaseOwner: input.jobId,
-        changes: { statusReason: `migration to ${input.destStoreId} failed: ${reason}` },
-      });
+      // The destination's space and the move back to Ready are one write.
+      await this.repo.transact([
+        ...(dst ? [releaseWrite(dst.id, volume.sizeBytes)] : []),
+        Write.transition({
+          key: { type: 'Volume', id: volume.id },
+          machine: volumeMachine,
+          from: V.Migrating,
+          to: V.Ready,
+          leaseOwner: input.jobId,
+          changes: { statusReason: `migration to ${input.destStoreId} failed: ${reason}` },
+        }),
+      ]);
     }
     await this.deps.jobs.failFromFlow(input.jobId, input.error, 'MigrateFailed');
   }
@@ -986,19 +996,29 @@ export class VolumeService {
         ctx,
         hostId,
       });
-      await release(this.repo, pool.id, volume.sizeBytes);
     }
-    if (!volume.holdsTemplateRef || !volume.templateId) return false;
-    await this.repo.update({ type: 'Volume', id: volume.id }, (await this.get(volume.id)).version, {
-      holdsTemplateRef: false,
-    });
-    return this.dropTemplateRef(volume.templateId, volume.storeId, jobId);
+    // One write gives back the space and the template reference and records that the volume no
+    // longer occupies the pool, so a replay of this step finds nothing left to give back.
+    const current = await this.get(volume.id);
+    if (!current.storeId) return false;
+    const dropsRef = Boolean(current.holdsTemplateRef && current.templateId);
+    await this.repo.transact([
+      ...(pool ? [releaseWrite(pool.id, current.sizeBytes)] : []),
+      ...(dropsRef ? [templateRefWrite(current.templateId!, current.storeId, -1)] : []),
+      Write.update({ type: 'Volume', id: current.id }, current.version, {
+        storeId: undefined,
+        path: undefined,
+        holdsTemplateRef: false,
+      }),
+    ]);
+    return dropsRef ? this.evictIfUnused(current.templateId!, current.storeId, jobId) : false;
   }
 
-  private async dropTemplateRef(templateId: string, storeId: string, jobId: string): Promise<boolean> {
+  /** Removes a template cache entry no volume references any more. True when it was removed. */
+  private async evictIfUnused(templateId: string, storeId: string, jobId: string): Promise<boolean> {
     const key = { type: 'TemplateInStore' as const, id: templateId, storeId };
-    const after = await this.repo.addToCounter(key, 'refCount', -1);
-    if (after.refCount > 0 || after.status !== O.Ready) return false;
+    const after = await this.repo.get(key);
+    if (!after || after.refCount > 0 || after.status !== O.Ready) return false;
     try {
       await this.repo.transition({
         key,
@@ -1212,6 +1232,11 @@ export class VolumeService {
 }
 
 export type { Candidate };
+
+/** Takes (+1) or gives back (-1) a reference on a pool's template cache entry. */
+function templateRefWrite(templateId: string, storeId: string, delta: 1 | -1): WriteOp {
+  return Write.counter({ type: 'TemplateInStore', id: templateId, storeId }, 'refCount', delta);
+}
 
 /** How drivers see a volume: its ref on its pool. */
 export function volumeObject(volume: Volume): DataObjectRef {

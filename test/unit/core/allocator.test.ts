@@ -4,7 +4,7 @@ import {
   formatGiB,
   type PlacementRequest,
   planPlacement,
-  release,
+  releaseWrite,
   reserve,
 } from '../../../functions/core/allocator';
 import { ConflictError, InputError, NotFoundError, UnprocessableError } from '../../../functions/core/errors';
@@ -457,12 +457,15 @@ function counterRepo(
     async addToCounter(key: { id: string }, field: string, delta: number, options: { max?: number } = {}) {
       calls.push({ id: key.id, delta, ...(options.max !== undefined ? { max: options.max } : {}) });
       const s = byId.get(key.id);
-      if (!s) throw new NotFoundError(`DataStore ${key.id} not found`);
+      // Errors name the item, as DynamoRepository's do.
+      const context = { type: 'DataStore', id: key.id };
+      if (!s) throw new NotFoundError(`DataStore ${key.id} not found`, context);
       const now = s[field as 'allocatedBytes'];
       if (delta > 0 && options.max !== undefined && now + delta > options.max) {
-        throw new ConflictError(`${field} ${now} + ${delta} would exceed ${options.max}`);
+        throw new ConflictError(`${field} ${now} + ${delta} would exceed ${options.max}`, context);
       }
-      if (now + delta < 0) throw new ConflictError(`${field} ${now} - ${-delta} would go below zero`);
+      if (now + delta < 0)
+        throw new ConflictError(`${field} ${now} - ${-delta} would go below zero`, context);
       s.allocatedBytes = now + delta;
       return structuredClone(s);
     },
@@ -558,22 +561,18 @@ describe('reserve', () => {
   });
 });
 
-describe('release', () => {
-  it('gives the bytes back', async () => {
-    const repo = counterRepo([store('a', { allocatedBytes: 10 * GiB })]);
-
-    await expect(release(repo, 'a', 4 * GiB)).resolves.toMatchObject({ allocatedBytes: 6 * GiB });
-    expect(repo.calls).toEqual([{ id: 'a', delta: -4 * GiB }]);
+describe('releaseWrite', () => {
+  it('is a counter write that takes the bytes off the store, for a transaction', () => {
+    expect(releaseWrite('a', 4 * GiB)).toEqual({
+      op: 'counter',
+      key: { type: 'DataStore', id: 'a' },
+      field: 'allocatedBytes',
+      delta: -4 * GiB,
+    });
   });
 
-  it('going below zero is a bug: logged and rethrown, never swallowed', async () => {
-    const repo = counterRepo([store('a', { allocatedBytes: GiB })]);
-    const logger = { debug: jest.fn(), info: jest.fn(), warn: jest.fn(), error: jest.fn() };
-
-    await expect(release(repo, 'a', 2 * GiB, { logger })).rejects.toBeInstanceOf(ConflictError);
-    expect(logger.error).toHaveBeenCalledWith(
-      expect.stringMatching(/capacity accounting bug/),
-      expect.objectContaining({ storeId: 'a', sizeBytes: 2 * GiB }),
-    );
+  it('refuses a size that is not a positive whole number of bytes', () => {
+    expect(() => releaseWrite('a', 0)).toThrow(InputError);
+    expect(() => releaseWrite('a', 1.5)).toThrow(InputError);
   });
 });
