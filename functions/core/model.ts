@@ -298,6 +298,10 @@ export interface IdempotencyRecord extends Versioned {
   statusCode: number;
   body: string;
   headers: Record<string, string>;
+  /** A large answer is not kept: its replay re-reads the resource at this location. */
+  bodyAt?: string;
+  /** While the first request runs: after this (epoch ms) a repeat takes the record over. */
+  lockedUntilMs?: number;
   /** Epoch seconds; DynamoDB TTL removes the record after this. */
   expiresAtEpoch: number;
 }

@@ -50,7 +50,10 @@ export function createApiHandler(options: ApiHandlerOptions) {
   const log = (fields: Record<string, unknown>) =>
     options.logger.error(String(fields.message ?? 'error'), fields);
 
-  const base = async (event: APIGatewayProxyEvent): Promise<APIGatewayProxyResult> => {
+  const base = async (
+    event: APIGatewayProxyEvent,
+    context?: { getRemainingTimeInMillis?: () => number },
+  ): Promise<APIGatewayProxyResult> => {
     const method = event.httpMethod.toUpperCase();
     let matched: ReturnType<typeof router.match>;
     try {
@@ -111,6 +114,14 @@ export function createApiHandler(options: ApiHandlerOptions) {
       checked.data,
       `${method} ${event.path}?${new URLSearchParams(Object.entries(query).sort()).toString()}\n${raw}`,
       run,
+      {
+        ...(context?.getRemainingTimeInMillis ? { timeLimitMs: context.getRemainingTimeInMillis() } : {}),
+        reread: async (location) => {
+          const found = router.match('GET', location);
+          const r = await found.route.handle({ ...ctx, body: undefined, query: {} }, found.params);
+          return { statusCode: r.status, body: JSON.stringify(r.body ?? null), headers: {} };
+        },
+      },
     );
     return {
       statusCode: res.statusCode,
