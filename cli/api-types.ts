@@ -137,6 +137,29 @@ export interface StoreInventory {
   objects: StoreObject[];
 }
 
+/** One thing the orphan sweep found (POST /sweeps; the job result). */
+export interface SweepFinding {
+  storeId: string;
+  kind: 'object' | 'upload' | 'chunk' | 'claim';
+  /** The object's path, or the chunk's hash. */
+  ref: string;
+  uploadId?: string;
+  reason: string;
+  action: 'reported' | 'deleted' | 'skipped' | 'failed';
+  error?: string;
+}
+
+/** The result of a reconcile.sweep job. */
+export interface SweepReport {
+  dryRun: boolean;
+  stores: string[];
+  counts: Record<SweepFinding['kind'], number>;
+  deleted: number;
+  failed: number;
+  findings: SweepFinding[];
+  findingsTruncated?: boolean;
+}
+
 export type JobState = 'pending' | 'running' | 'succeeded' | 'failed';
 
 export interface Job {

@@ -201,6 +201,9 @@ export class StrataClient {
     return (await this.request<Accepted<Store>>('DELETE', `/stores/${seg(id)}/maintenance`)).body;
   }
   /** Lists what the storage holds, on a host; the job's result is a StoreInventory. */
+  sweep(options: { dryRun: boolean; storeIds?: string[] }): Promise<JobAccepted> {
+    return this.requestJob('POST', '/sweeps', { body: options });
+  }
   inventoryStore(id: string): Promise<JobAccepted> {
     return this.requestJob('POST', `/stores/${seg(id)}/inventory`);
   }

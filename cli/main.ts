@@ -26,6 +26,7 @@ import { healthCommands } from './commands/health.js';
 import { hostCommands } from './commands/hosts.js';
 import { jobCommands } from './commands/jobs.js';
 import { POLICY_GROUP, snapshotPolicyCommands } from './commands/policies.js';
+import { reconcileCommands } from './commands/reconcile.js';
 import { snapshotCommands } from './commands/snapshots.js';
 import { storeCommands } from './commands/stores.js';
 import { templateCommands } from './commands/templates.js';
@@ -53,6 +54,7 @@ export const COMMANDS: readonly CommandSpec[] = [
   ...snapshotCommands,
   ...snapshotPolicyCommands,
   ...jobCommands,
+  ...reconcileCommands,
 ];
 
 const GROUPS: ReadonlyArray<readonly [string, string]> = [
@@ -67,6 +69,7 @@ const GROUPS: ReadonlyArray<readonly [string, string]> = [
   ['snapshots', 'volume snapshots: list, get, take, backup, revert, delete, restore'],
   [POLICY_GROUP, 'scheduled snapshots (alias: policies): create, list, get, delete'],
   ['jobs', 'asynchronous jobs: list, get, wait'],
+  ['reconcile', 'sweep the stores for orphans (--dry-run to report only)'],
 ];
 
 /** Other names a group answers to; the command runs (and its messages speak) under the real name. */

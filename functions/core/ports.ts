@@ -239,8 +239,31 @@ export interface ChunkIndex {
   ): Promise<{ collectable: string[] }>;
   /** Drops claimed chunks from the index once their objects are gone. */
   forget(storeId: string, hashes: readonly string[]): Promise<void>;
+  /** Every chunk the index holds for one store (the orphan sweep; a table scan, paged inside). */
+  scan(storeId: string): Promise<ChunkEntry[]>;
+  /**
+   * Claims a chunk for deletion when it has no index entry (its object was left by a backup that
+   * never recorded it), so a backup pinning it meanwhile waits. False when an entry exists.
+   */
+  claimUnindexed(storeId: string, hash: string): Promise<boolean>;
+  /** Takes over a collector's claim made at `claimedAt` (it died); false when the claim moved. */
+  reclaim(storeId: string, hash: string, claimedAt: string): Promise<boolean>;
   /** The holders of one chunk (diagnostics and tests). */
   holders(storeId: string, hash: string): Promise<{ holders: string[]; stored: boolean } | undefined>;
+}
+
+/** A claim older than this belongs to a collector that died (Lambda's 15-minute limit, plus margin). */
+export const STALE_CLAIM_MS = 20 * 60 * 1000;
+
+/** One chunk of the index, as the orphan sweep reads it. */
+export interface ChunkEntry {
+  hash: string;
+  holders: string[];
+  stored: boolean;
+  /** When a collector claimed it for deletion (ISO), if one did. */
+  claimedAt?: string;
+  /** When a holder was last removed (ISO); absent on entries written before it was recorded. */
+  releasedAt?: string;
 }
 
 /** The state a command on a host is in, as the endpoint channel sees it. */
@@ -281,6 +304,7 @@ export const FlowName = {
   StoreInventory: 'store-inventory',
   HostProbe: 'host-probe',
   VolumeAccess: 'volume-access',
+  OrphanSweep: 'orphan-sweep',
 } as const;
 export type FlowName = (typeof FlowName)[keyof typeof FlowName];
 

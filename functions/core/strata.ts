@@ -24,6 +24,7 @@ import { HostProbeService } from './services/host-probe-service.js';
 import { HostService } from './services/host-service.js';
 import { ImageService } from './services/image-service.js';
 import { JobService } from './services/job-service.js';
+import { OrphanSweep } from './services/orphan-sweep.js';
 import { Reconciler } from './services/reconciler.js';
 import { SnapshotPolicyService } from './services/snapshot-policy-service.js';
 import { SnapshotService } from './services/snapshot-service.js';
@@ -77,6 +78,7 @@ export class Strata {
   readonly stores: DataStoreService;
   readonly storeFlows: StoreFlows;
   readonly reconciler: Reconciler;
+  readonly sweep: OrphanSweep;
   readonly motion: DataMotionService;
   readonly images: ImageService;
   readonly volumes: VolumeService;
@@ -113,6 +115,11 @@ export class Strata {
       clock,
       workflows,
       channel: ports.channel,
+    });
+    this.sweep = new OrphanSweep({
+      ...deps,
+      listObjects: (storeId, jobId) => this.stores.listObjects(storeId, jobId),
+      driverContext: (jobId) => this.driverContext(jobId),
     });
     this.motion = new DataMotionService(ports.registry, [streamCopyStrategy(ports.registry)]);
     this.images = new ImageService({ ...deps, motion: this.motion, fetcher: ports.fetcher });

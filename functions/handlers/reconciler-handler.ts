@@ -1,5 +1,6 @@
 /**
- * The scheduled reconciler: recovers entities whose lease expired in a transitional state. A
+ * The scheduled reconciler: recovers entities whose lease expired in a transitional state, and (on
+ * its own, slower schedule) starts the orphan sweep. A
  * recovery runs the flow's own compensation — the Compensate step of its definition, with the input
  * the flow was started with — in a step scope, so a compensation with host work suspends like any
  * host step and is picked up again on the next pass instead of waiting here.
@@ -56,8 +57,14 @@ export function compensatorFor(strata: Strata): Compensate {
 }
 
 export function createReconcilerHandler(getStrata: () => Promise<Strata> | Strata) {
-  return middy(async () => {
+  return middy(async (event: { sweep?: boolean } | undefined) => {
     const strata = await getStrata();
+    // The sweep's own schedule sends { "sweep": true }: start the orphan-sweep flow and return.
+    if (event?.sweep === true) {
+      const { job } = await strata.sweep.start({});
+      strata.ports.logger.info('orphan sweep started', { jobId: job.id });
+      return { sweepJobId: job.id };
+    }
     const recovered = await strata.reconciler.recoverExpiredLeases(compensatorFor(strata));
     if (recovered.length) strata.ports.logger.warn('recovered expired leases', { recovered });
     if (recovered.deferred) strata.ports.logger.warn('recoveries deferred', { deferred: recovered.deferred });

@@ -5,6 +5,7 @@
  */
 import { z } from 'zod';
 import { hostTasks } from '../../statemachines/definitions.js';
+import { SweepOptionsSchema } from '../core/services/orphan-sweep.js';
 import type { Strata } from '../core/strata.js';
 import { createTaskHandler, type TaskTable } from './task-handler.js';
 
@@ -99,6 +100,11 @@ export const storeTasks = {
   deleteSnapshot: (s: Strata, i: unknown) => s.snapshots.deleteCopies(snapshotDelete.parse(i)),
   failSnapshotDelete: (s: Strata, i: unknown) =>
     s.snapshots.failDelete(snapshotDelete.extend({ error: sfnError }).parse(i)),
+  sweepOrphans: (s: Strata, i: unknown) => {
+    const input = z.object({ jobId: id, options: SweepOptionsSchema }).parse(i);
+    return s.sweep.run(input.jobId, input.options);
+  },
+  failSweep: (s: Strata, i: unknown) => s.sweep.fail(z.object({ jobId: id, error: sfnError }).parse(i)),
   inventoryStore: (s: Strata, i: unknown) => s.stores.inventoryStore(storeStep.parse(i)),
   failInventory: (s: Strata, i: unknown) =>
     s.stores.failInventory(storeStep.extend({ error: sfnError }).parse(i)),

@@ -128,6 +128,18 @@ export class StrataStack extends Stack {
     // A recovery stops the dead flow's execution and its host commands before it compensates.
     this.flows.bindStopper(reconciler);
     hosts.bindCanceller(reconciler);
+    // The orphan sweep: started by the reconciler on its own schedule.
+    this.flows.bindStarter(reconciler, [FlowName.OrphanSweep]);
+    new events.Rule(this, 'OrphanSweepSchedule', {
+      description: 'Starts the Strata orphan sweep every six hours',
+      schedule: events.Schedule.rate(Duration.hours(6)),
+      targets: [
+        new targets.LambdaFunction(reconciler, {
+          retryAttempts: 2,
+          event: events.RuleTargetInput.fromObject({ sweep: true }),
+        }),
+      ],
+    });
 
     const api = new StrataFunction(this, 'Api', {
       entry: path.join(HANDLERS, 'api.ts'),

@@ -402,8 +402,8 @@ export async function startEmbeddedStack(options: EmbeddedStackOptions): Promise
       const every = options.reconcileEverySeconds ?? rateSeconds(rule.scheduleExpression);
       if (!rule.enabled || !every) continue;
       const timer = setInterval(() => {
-        for (const arn of rule.targetArns) {
-          invoke(arn, scheduledEvent(account, rule.logicalId)).catch((e: unknown) =>
+        for (const { arn, input } of rule.targets) {
+          invoke(arn, input ?? scheduledEvent(account, rule.logicalId)).catch((e: unknown) =>
             logger.error('scheduled rule target failed', {
               rule: rule.logicalId,
               error: (e as Error).message,

@@ -2,6 +2,7 @@
 import { FlowName } from '../../functions/core/ports.js';
 import type { FlowDefinition } from '../flow.js';
 import { hostProbe } from './host-probe.js';
+import { orphanSweep } from './orphan-sweep.js';
 import { snapshotBackup } from './snapshot-backup.js';
 import { snapshotDelete } from './snapshot-delete.js';
 import { snapshotPolicy } from './snapshot-policy.js';
@@ -35,4 +36,5 @@ export const flows: Record<FlowName, FlowDefinition> = {
   [FlowName.StoreInventory]: storeInventory,
   [FlowName.HostProbe]: hostProbe,
   [FlowName.VolumeAccess]: volumeAccess,
+  [FlowName.OrphanSweep]: orphanSweep,
 };

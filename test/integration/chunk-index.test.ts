@@ -1,7 +1,7 @@
-import { STALE_CLAIM_MS } from '../../functions/adapters/aws/dynamo-chunk-index';
 import { DynamoRepository } from '../../functions/adapters/aws/dynamo-repository';
 import { UnavailableError } from '../../functions/core/errors';
 import type { ChunkIndex, Clock } from '../../functions/core/ports';
+import { STALE_CLAIM_MS } from '../../functions/core/ports';
 import { freshTable } from '../support/integration';
 
 let chunks: ChunkIndex;

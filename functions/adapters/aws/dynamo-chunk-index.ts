@@ -18,6 +18,8 @@ import {
   DeleteCommand,
   type DynamoDBDocumentClient,
   GetCommand,
+  ScanCommand,
+  type ScanCommandOutput,
   TransactWriteCommand,
   type TransactWriteCommandInput,
   UpdateCommand,
@@ -25,10 +27,8 @@ import {
 } from '@aws-sdk/lib-dynamodb';
 import { UnavailableError } from '../../core/errors.js';
 import { forEachLimit } from '../../core/pool.js';
-import type { ChunkIndex, Clock } from '../../core/ports.js';
+import { type ChunkEntry, type ChunkIndex, type Clock, STALE_CLAIM_MS } from '../../core/ports.js';
 
-/** A claim older than this belongs to a collector that died (Lambda's 15-minute limit, plus margin). */
-export const STALE_CLAIM_MS = 20 * 60 * 1000;
 const CONCURRENCY = 16;
 /** DynamoDB's limit of items in one transaction. */
 const TRANSACTION_ITEMS = 100;
@@ -232,8 +232,12 @@ export class DynamoChunkIndex implements ChunkIndex {
     options: { collect: boolean },
   ): Promise<{ collectable: string[] }> {
     const collectable: string[] = [];
-    const update = { expression: 'DELETE holders :h', condition: 'attribute_exists(pk)' };
-    await this.inTransactions(storeId, hashes, update, { ':h': new Set([holder]) }, async (group, done) => {
+    const update = {
+      expression: 'DELETE holders :h SET releasedAt = :now',
+      condition: 'attribute_exists(pk)',
+    };
+    const values = { ':h': new Set([holder]), ':now': this.options.clock.now().toISOString() };
+    await this.inTransactions(storeId, hashes, update, values, async (group, done) => {
       if (!done) {
         await forEachLimit(group, CONCURRENCY, async (hash) => {
           if ((await this.releaseOne(storeId, hash, holder)) && options.collect) {
@@ -262,9 +266,12 @@ export class DynamoChunkIndex implements ChunkIndex {
         new UpdateCommand({
           TableName: this.options.tableName,
           Key: key(storeId, hash),
-          UpdateExpression: 'DELETE holders :h',
+          UpdateExpression: 'DELETE holders :h SET releasedAt = :now',
           ConditionExpression: 'attribute_exists(pk)',
-          ExpressionAttributeValues: { ':h': new Set([holder]) },
+          ExpressionAttributeValues: {
+            ':h': new Set([holder]),
+            ':now': this.options.clock.now().toISOString(),
+          },
           ReturnValues: 'ALL_NEW',
         }),
       );
@@ -311,6 +318,77 @@ export class DynamoChunkIndex implements ChunkIndex {
         if (!(e instanceof ConditionalCheckFailedException)) throw e;
       }
     });
+  }
+
+  async scan(storeId: string): Promise<ChunkEntry[]> {
+    const prefix = `CHUNK#${storeId}#`;
+    const entries: ChunkEntry[] = [];
+    let start: Record<string, unknown> | undefined;
+    do {
+      const out: ScanCommandOutput = await this.doc.send(
+        new ScanCommand({
+          TableName: this.options.tableName,
+          FilterExpression: 'begins_with(pk, :p) AND sk = :meta',
+          ExpressionAttributeValues: { ':p': prefix, ':meta': 'META' },
+          ConsistentRead: true,
+          ExclusiveStartKey: start,
+        }),
+      );
+      for (const item of out.Items ?? []) {
+        entries.push({
+          hash: String(item.pk).slice(prefix.length),
+          holders: [...((item.holders as Set<string> | undefined) ?? [])].sort(),
+          stored: item.isStored === true,
+          ...(item.gcState === 'deleting' ? { claimedAt: String(item.gcAt) } : {}),
+          ...(item.releasedAt ? { releasedAt: String(item.releasedAt) } : {}),
+        });
+      }
+      start = out.LastEvaluatedKey;
+    } while (start);
+    return entries;
+  }
+
+  async claimUnindexed(storeId: string, hash: string): Promise<boolean> {
+    return this.conditional(
+      new UpdateCommand({
+        TableName: this.options.tableName,
+        Key: key(storeId, hash),
+        UpdateExpression: 'SET gcState = :d, gcAt = :now, isStored = :t',
+        ConditionExpression: 'attribute_not_exists(pk)',
+        ExpressionAttributeValues: {
+          ':d': 'deleting',
+          ':now': this.options.clock.now().toISOString(),
+          ':t': true,
+        },
+      }),
+    );
+  }
+
+  async reclaim(storeId: string, hash: string, claimedAt: string): Promise<boolean> {
+    return this.conditional(
+      new UpdateCommand({
+        TableName: this.options.tableName,
+        Key: key(storeId, hash),
+        UpdateExpression: 'SET gcAt = :now',
+        ConditionExpression: 'gcState = :d AND gcAt = :then',
+        ExpressionAttributeValues: {
+          ':d': 'deleting',
+          ':now': this.options.clock.now().toISOString(),
+          ':then': claimedAt,
+        },
+      }),
+    );
+  }
+
+  /** True when the write's condition held. */
+  private async conditional(command: UpdateCommand): Promise<boolean> {
+    try {
+      await this.send(command);
+      return true;
+    } catch (e) {
+      if (e instanceof ConditionalCheckFailedException) return false;
+      throw e;
+    }
   }
 
   async holders(storeId: string, hash: string): Promise<{ holders: string[]; stored: boolean } | undefined> {

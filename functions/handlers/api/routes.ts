@@ -2,8 +2,10 @@
  * The REST API's routes. Each handler is three lines of thought: parse and validate, call one
  * service, map the result. Long operations answer 202 with the job and a Location header.
  */
+
 import type { z } from 'zod';
 import type { Job } from '../../core/model.js';
+import { SweepOptionsSchema } from '../../core/services/orphan-sweep.js';
 import type { Strata } from '../../core/strata.js';
 import { inputErrorFromZod } from '../http.js';
 import type { Route, RouteResult } from './router.js';
@@ -163,6 +165,14 @@ export const routes: Route<ApiContext>[] = [
     'List what the storage holds, each object with the row that owns it (async; the job result)',
     { async: true },
     async (c, p) => accepted(await c.strata.stores.inventory(id(p))),
+  ),
+
+  route(
+    'POST',
+    '/sweeps',
+    'Find (dryRun) or remove what nothing owns on the stores: objects no row records, abandoned uploads, unheld chunks, stale claims (async; the job result lists the findings)',
+    { body: SweepOptionsSchema, async: true },
+    async (c) => accepted(await c.strata.sweep.start(parse(SweepOptionsSchema, c.body ?? {}, ''))),
   ),
 
   route(

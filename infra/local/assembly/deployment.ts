@@ -92,7 +92,8 @@ export interface LocalRule {
   logicalId: string;
   scheduleExpression?: string;
   enabled: boolean;
-  targetArns: string[];
+  /** Each target with the constant input the rule sends it (absent: the scheduled event itself). */
+  targets: { arn: string; input?: unknown }[];
 }
 
 export interface LocalApiMethod {
@@ -433,7 +434,10 @@ export class LocalDeployment {
         logicalId: id,
         ...(typeof p.ScheduleExpression === 'string' ? { scheduleExpression: p.ScheduleExpression } : {}),
         enabled: p.State !== 'DISABLED',
-        targetArns: ((p.Targets as { Arn: string }[] | undefined) ?? []).map((t) => t.Arn),
+        targets: ((p.Targets as { Arn: string; Input?: string }[] | undefined) ?? []).map((t) => ({
+          arn: t.Arn,
+          ...(typeof t.Input === 'string' ? { input: JSON.parse(t.Input) as unknown } : {}),
+        })),
       };
     });
   }

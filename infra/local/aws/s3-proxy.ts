@@ -272,6 +272,11 @@ interface Operation {
   deleteObjects?: true;
   /** Answered by the proxy (s3rver does not implement it). */
   encryption?: true;
+  /**
+   * Multipart uploads the proxy keeps a register of, because s3rver cannot list them: `create` and
+   * `complete`/`abort` are forwarded and recorded, `list` (ListMultipartUploads) is answered here.
+   */
+  multipart?: 'create' | 'complete' | 'abort' | 'list';
   copySource?: CopySource;
 }
 
@@ -326,7 +331,7 @@ function classify(request: Omit<S3RequestDescription, 'body'>): Operation {
       case 'DELETE ':
         return op([on('DeleteBucket', bucketArn)]);
       case 'GET uploads':
-        return op([on('ListBucketMultipartUploads', bucketArn)]);
+        return op([on('ListBucketMultipartUploads', bucketArn)], { multipart: 'list' });
       case 'GET encryption':
         return op([on('GetEncryptionConfiguration', bucketArn)], { encryption: true });
       case 'POST delete':
@@ -359,14 +364,14 @@ function classify(request: Omit<S3RequestDescription, 'body'>): Operation {
     case 'DELETE ':
       return op([on(has('versionId') ? 'DeleteObjectVersion' : 'DeleteObject')]);
     case 'POST uploads':
-      return op([on('PutObject'), ...writeExtras]);
+      return op([on('PutObject'), ...writeExtras], { multipart: 'create' });
     case 'PUT uploadId':
       if (!has('partNumber')) throw notImplemented('PUT ?uploadId without a partNumber');
       return op([on('PutObject'), ...readSource], withSource);
     case 'POST uploadId':
-      return op([on('PutObject')]);
+      return op([on('PutObject')], { multipart: 'complete' });
     case 'DELETE uploadId':
-      return op([on('AbortMultipartUpload')]);
+      return op([on('AbortMultipartUpload')], { multipart: 'abort' });
     case 'GET uploadId':
       return op([on('ListMultipartUploadParts')]);
     default:
@@ -577,6 +582,10 @@ export async function startS3Proxy(options: S3ProxyOptions): Promise<LocalEndpoi
       head.end();
     });
 
+  // Uploads started through this proxy and not yet completed or aborted, by upload id. In memory:
+  // an upload started before the stack restarted is not listed (nor swept) afterwards.
+  const uploads = new Map<string, { bucket: string; key: string; initiated: string }>();
+
   const authorize = async (principal: Principal, checks: S3Authorization[]) => {
     for (const check of checks) {
       // Each check is on its own bucket's policy: a copy's source may be in another bucket.
@@ -619,6 +628,33 @@ export async function startS3Proxy(options: S3ProxyOptions): Promise<LocalEndpoi
     let answered = false;
     outbound.on('response', (answer) => {
       answered = true;
+      const ok = (answer.statusCode ?? 500) < 300;
+      const uploadId = target.query.find((p) => p.name === 'uploadId')?.value;
+      if (ok && uploadId && (operation.multipart === 'complete' || operation.multipart === 'abort')) {
+        uploads.delete(uploadId);
+      }
+      if (ok && operation.multipart === 'create') {
+        // A small XML answer: read it whole to learn the upload id, then pass it on.
+        const chunks: Buffer[] = [];
+        answer.on('data', (chunk: Buffer) => chunks.push(chunk));
+        answer.on('end', () => {
+          const body = Buffer.concat(chunks);
+          const id = /<UploadId>([^<]+)<\/UploadId>/.exec(body.toString('utf8'))?.[1];
+          if (id)
+            uploads.set(xmlText(id), {
+              bucket: target.bucket,
+              key: target.key,
+              initiated: new Date().toISOString(),
+            });
+          res.writeHead(answer.statusCode ?? 200, answer.statusMessage, {
+            ...endToEnd(answer.headers, HOP_BY_HOP),
+            'content-length': body.length,
+          });
+          res.end(body);
+        });
+        answer.on('error', () => res.destroy());
+        return;
+      }
       res.writeHead(answer.statusCode ?? 502, answer.statusMessage, endToEnd(answer.headers, HOP_BY_HOP));
       pipeline(answer, res, (error) => {
         // Either end went away mid-answer: cut the other, so neither waits on a dead transfer.
@@ -723,6 +759,20 @@ export async function startS3Proxy(options: S3ProxyOptions): Promise<LocalEndpoi
           res.end(ENCRYPTION_XML);
           return;
         }
+        if (operation.multipart === 'list') {
+          if (!(await bucketExists(operation.bucket))) {
+            throw new S3Error('NoSuchBucket', 'The specified bucket does not exist', 404);
+          }
+          const prefix = target.query.find((p) => p.name === 'prefix')?.value ?? '';
+          const xml = listUploadsXml(operation.bucket, prefix, uploads);
+          res.writeHead(200, {
+            'content-type': 'application/xml',
+            'content-length': Buffer.byteLength(xml),
+            'x-amz-request-id': randomUUID(),
+          });
+          res.end(xml);
+          return;
+        }
         // Only an authorized client is told to send its body.
         if (expectsContinue && !body) res.writeContinue();
         forward(req, res, target, operation, body);
@@ -744,6 +794,32 @@ export async function startS3Proxy(options: S3ProxyOptions): Promise<LocalEndpoi
       agent.destroy();
     },
   };
+}
+
+/**
+ * ListMultipartUploadsResult for the register: every upload of the bucket under `prefix`, in key
+ * then upload-id order, on one page (the register of one embedded stack stays small).
+ */
+function listUploadsXml(
+  bucket: string,
+  prefix: string,
+  uploads: Map<string, { bucket: string; key: string; initiated: string }>,
+): string {
+  const rows = [...uploads]
+    .filter(([, u]) => u.bucket === bucket && u.key.startsWith(prefix))
+    .sort(([a, x], [b, y]) => (x.key === y.key ? (a < b ? -1 : 1) : x.key < y.key ? -1 : 1));
+  const entries = rows
+    .map(
+      ([id, u]) =>
+        `<Upload><Key>${xmlEscape(u.key)}</Key><UploadId>${xmlEscape(id)}</UploadId>` +
+        `<Initiated>${u.initiated}</Initiated><StorageClass>STANDARD</StorageClass></Upload>`,
+    )
+    .join('');
+  return (
+    `<?xml version="1.0" encoding="UTF-8"?>\n<ListMultipartUploadsResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">` +
+    `<Bucket>${xmlEscape(bucket)}</Bucket><Prefix>${xmlEscape(prefix)}</Prefix><MaxUploads>1000</MaxUploads>` +
+    `<IsTruncated>false</IsTruncated>${entries}</ListMultipartUploadsResult>`
+  );
 }
 
 /** Reads a small body whole; past `limit` it stops reading and refuses (the caller drops the rest). */

@@ -1,0 +1,28 @@
+/** The orphan-sweep flow. */
+import { compensate, type FlowDefinition, task } from '../flow.js';
+
+export const orphanSweep: FlowDefinition = {
+  comment:
+    'orphan-sweep: per store, finds what nothing owns any more (objects no row records, abandoned multipart uploads, chunks no manifest holds, stale collection claims), reports them on the job and, unless it is a dry run, deletes them.',
+  fn: 'store',
+  startAt: 'Sweep',
+  states: {
+    Sweep: task({
+      comment: 'sweepOrphans',
+      task: 'sweepOrphans',
+      host: true,
+      input: ['jobId', 'options'],
+      timeoutSeconds: 900,
+      resultPath: '$.result',
+      select: {
+        'counts.$': '$.Payload.counts',
+      },
+    }),
+    Compensate: compensate({ task: 'failSweep', input: ['jobId'], next: 'Failed' }),
+    Failed: {
+      Type: 'Fail',
+      Error: 'OrphanSweepFailed',
+      Cause: 'The sweep did not complete; the job says why.',
+    },
+  },
+};
