@@ -95,6 +95,8 @@ export class StrataStack extends Stack {
     }).bindTable(table);
     bindImageBuckets(storeTasks);
     hosts.bindSender(storeTasks);
+    // The orphan-sweep flow's step runs here and reads the whole chunk index.
+    storeTasks.allowTableScan(table);
 
     const reconciler = new StrataFunction(this, 'Reconciler', {
       entry: path.join(HANDLERS, 'reconciler.ts'),

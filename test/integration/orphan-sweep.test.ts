@@ -39,8 +39,11 @@ let proxied: S3;
 let storeId: string;
 let past: DynamoRepository;
 
+/** The default image store's prefix in its bucket; the paths below are relative to it. */
+const P = 'images/';
+
 async function put(key: string) {
-  await t.s3.send(new PutObjectCommand({ Bucket: t.imageBucket, Key: key, Body: `body of ${key}` }));
+  await t.s3.send(new PutObjectCommand({ Bucket: t.imageBucket, Key: P + key, Body: `body of ${key}` }));
 }
 
 async function keys(prefix = ''): Promise<Set<string>> {
@@ -50,14 +53,14 @@ async function keys(prefix = ''): Promise<Set<string>> {
     const page = await t.s3.send(
       new ListObjectsV2Command({ Bucket: t.imageBucket, Prefix: prefix, ContinuationToken: token }),
     );
-    for (const o of page.Contents ?? []) if (o.Key) found.add(o.Key);
+    for (const o of page.Contents ?? []) if (o.Key?.startsWith(P)) found.add(o.Key.slice(P.length));
     token = page.NextContinuationToken;
   } while (token);
   return found;
 }
 
 async function upload(key: string) {
-  await proxied.send(new CreateMultipartUploadCommand({ Bucket: t.imageBucket, Key: key }));
+  await proxied.send(new CreateMultipartUploadCommand({ Bucket: t.imageBucket, Key: P + key }));
 }
 
 async function sweep(dryRun: boolean) {
@@ -69,7 +72,7 @@ async function sweep(dryRun: boolean) {
     chunkGraceSeconds: WINDOW,
   });
   expect(res.status).toBe(202);
-  expect(res.job.state).toBe('succeeded');
+  expect(res.job).toMatchObject({ state: 'succeeded' });
   return res.job.result;
 }
 
@@ -129,6 +132,10 @@ beforeAll(async () => {
 
   // The old ones.
   for (const key of [...orphans.objects, ...lookalikes.outside, ...lookalikes.live]) await put(key);
+  // Outside the store's prefix altogether: not the store's to judge.
+  await t.s3.send(
+    new PutObjectCommand({ Bucket: t.imageBucket, Key: 'templates/tpl-gone-0/x.qcow2', Body: 'x' }),
+  );
   for (const key of orphans.uploads) await upload(key);
   await t.repo.chunks.pin(storeId, orphans.unheld, 'snap-deleted');
   await t.repo.chunks.release(storeId, orphans.unheld, 'snap-deleted', { collect: false });
@@ -154,11 +161,11 @@ async function plantYoung() {
 /** The young look-alikes grow old while the test runs: take them away before the second run. */
 async function removeYoung() {
   for (const key of [...lookalikes.young, ...lookalikes.youngChunks.map(chunkKey)]) {
-    await t.s3.send(new DeleteObjectCommand({ Bucket: t.imageBucket, Key: key }));
+    await t.s3.send(new DeleteObjectCommand({ Bucket: t.imageBucket, Key: P + key }));
   }
   const listed = await proxied.send(new ListMultipartUploadsCommand({ Bucket: t.imageBucket }));
   for (const u of listed.Uploads ?? []) {
-    if (lookalikes.youngUploads.includes(u.Key!)) {
+    if (lookalikes.youngUploads.includes(u.Key!.slice(P.length))) {
       await proxied.send(
         new AbortMultipartUploadCommand({ Bucket: t.imageBucket, Key: u.Key!, UploadId: u.UploadId! }),
       );
@@ -193,6 +200,9 @@ describe('orphan sweep', () => {
     await plantYoung();
     const report = await sweep(false);
     expect(report.counts).toEqual({ object: N, upload: N, chunk: 2 * N, claim: N });
+    expect(
+      (report.findings as Array<{ action: string }>).filter((f) => f.action !== 'deleted').slice(0, 2),
+    ).toEqual([]);
     expect(report.failed).toBe(0);
     expect(report.deleted).toBe(5 * N);
 
@@ -207,12 +217,16 @@ describe('orphan sweep', () => {
       expect(left.has(path)).toBe(true);
     }
     for (const h of [...lookalikes.held, ...lookalikes.youngChunks]) expect(left.has(chunkKey(h))).toBe(true);
+    const root = await t.s3.send(new ListObjectsV2Command({ Bucket: t.imageBucket, Prefix: 'templates/' }));
+    expect(root.Contents?.map((o) => o.Key)).toEqual(['templates/tpl-gone-0/x.qcow2']);
     expect((await t.repo.chunks.holders(storeId, lookalikes.held[0]!))?.holders).toEqual([
       'job-backup-running',
     ]);
 
     const uploadsLeft = await proxied.send(new ListMultipartUploadsCommand({ Bucket: t.imageBucket }));
-    expect((uploadsLeft.Uploads ?? []).map((u) => u.Key).sort()).toEqual([...lookalikes.youngUploads].sort());
+    expect((uploadsLeft.Uploads ?? []).map((u) => u.Key!.slice(P.length)).sort()).toEqual(
+      [...lookalikes.youngUploads].sort(),
+    );
 
     await removeYoung();
     const again = await sweep(false);

@@ -284,23 +284,17 @@ export class DynamoChunkIndex implements ChunkIndex {
   }
 
   /** Claims an unheld chunk for deletion; false when it was pinned again or claimed by another. */
-  private async claim(storeId: string, hash: string): Promise<boolean> {
-    try {
-      await this.send(
-        new UpdateCommand({
-          TableName: this.options.tableName,
-          Key: key(storeId, hash),
-          UpdateExpression: 'SET gcState = :d, gcAt = :now',
-          ConditionExpression:
-            'attribute_exists(pk) AND attribute_not_exists(holders) AND attribute_not_exists(gcState)',
-          ExpressionAttributeValues: { ':d': 'deleting', ':now': this.options.clock.now().toISOString() },
-        }),
-      );
-      return true;
-    } catch (e) {
-      if (e instanceof ConditionalCheckFailedException) return false;
-      throw e;
-    }
+  private claim(storeId: string, hash: string): Promise<boolean> {
+    return this.conditional(
+      new UpdateCommand({
+        TableName: this.options.tableName,
+        Key: key(storeId, hash),
+        UpdateExpression: 'SET gcState = :d, gcAt = :now',
+        ConditionExpression:
+          'attribute_exists(pk) AND attribute_not_exists(holders) AND attribute_not_exists(gcState)',
+        ExpressionAttributeValues: { ':d': 'deleting', ':now': this.options.clock.now().toISOString() },
+      }),
+    );
   }
 
   async forget(storeId: string, hashes: readonly string[]): Promise<void> {

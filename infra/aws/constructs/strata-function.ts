@@ -130,6 +130,17 @@ export class StrataFunction extends NodejsFunction {
   }
 
   /**
+   * dynamodb:Scan on the table (not its indexes): the orphan sweep reads every chunk of the backup
+   * chunk index, whose items carry no index attributes. Only the function that runs the sweep.
+   */
+  allowTableScan(table: ITable): this {
+    this.role.addToPrincipalPolicy(
+      new iam.PolicyStatement({ actions: ['dynamodb:Scan'], resources: [table.tableArn] }),
+    );
+    return this;
+  }
+
+  /**
    * Object access to a bucket (keys are Strata ids, so the whole bucket), listing and multipart
    * housekeeping, and the bucket name in `envName`.
    */

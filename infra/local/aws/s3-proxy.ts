@@ -273,8 +273,9 @@ interface Operation {
   /** Answered by the proxy (s3rver does not implement it). */
   encryption?: true;
   /**
-   * Multipart uploads the proxy keeps a register of, because s3rver cannot list them: `create` and
-   * `complete`/`abort` are forwarded and recorded, `list` (ListMultipartUploads) is answered here.
+   * Multipart uploads the proxy keeps a register of, because s3rver can neither list nor abort
+   * them: `create` and `complete` are forwarded and recorded, `list` (ListMultipartUploads) and
+   * `abort` (AbortMultipartUpload) are answered here from the register.
    */
   multipart?: 'create' | 'complete' | 'abort' | 'list';
   copySource?: CopySource;
@@ -757,6 +758,17 @@ export async function startS3Proxy(options: S3ProxyOptions): Promise<LocalEndpoi
             'x-amz-request-id': randomUUID(),
           });
           res.end(ENCRYPTION_XML);
+          return;
+        }
+        if (operation.multipart === 'abort') {
+          // s3rver has no AbortMultipartUpload: the register forgets the upload (the parts s3rver
+          // keeps for it stay in its directory until the stack's data directory goes).
+          const uploadId = target.query.find((p) => p.name === 'uploadId')?.value ?? '';
+          if (!uploads.delete(uploadId)) {
+            throw new S3Error('NoSuchUpload', 'The specified upload does not exist.', 404);
+          }
+          res.writeHead(204, { 'x-amz-request-id': randomUUID() });
+          res.end();
           return;
         }
         if (operation.multipart === 'list') {
