@@ -277,7 +277,8 @@ describe('StrataStack', () => {
         [FlowName.SnapshotBackup, FlowName.SnapshotDelete, FlowName.SnapshotTake].sort(),
       );
       expect(startable('imageTasks')).toEqual([]);
-      expect(startable('reconciler')).toEqual([]);
+      // The reconciler starts the orphan sweep on its schedule, and nothing else.
+      expect(startable('reconciler')).toEqual([FlowName.OrphanSweep]);
     });
 
     it('lets the reconciler stop the executions of every flow and cancel host commands, and nothing else may', () => {
@@ -311,7 +312,22 @@ describe('StrataStack', () => {
         expect(resources).toContain(`/index/${index.indexName}`);
       }
       expect(resources).not.toContain('/index/*');
-      expect(table.flatMap(actionsOf)).not.toContain('dynamodb:Scan');
+      // Scan only for the orphan sweep's read of the chunk index: on the table, never an index,
+      // and only in store-tasks, where the sweep's step runs.
+      const scans = table.filter((s) => actionsOf(s).includes('dynamodb:Scan'));
+      expect(scans).toHaveLength(1);
+      expect(actionsOf(scans[0]!)).toEqual(['dynamodb:Scan']);
+      expect(JSON.stringify(scans[0]!.Resource)).not.toContain('/index/');
+      for (const other of ['api', 'imageTasks', 'reconciler'] as const) {
+        expect(statementsOf(other).flatMap(actionsOf)).not.toContain('dynamodb:Scan');
+      }
+    });
+
+    it('starts the orphan sweep every six hours through the reconciler', () => {
+      const rules = template.findResources('AWS::Events::Rule');
+      const sweep = Object.entries(rules).find(([id]) => id.startsWith('OrphanSweepSchedule'));
+      expect(sweep?.[1].Properties.ScheduleExpression).toBe('rate(6 hours)');
+      expect(JSON.parse(sweep?.[1].Properties.Targets[0].Input)).toEqual({ sweep: true });
     });
   });
 
