@@ -28,7 +28,7 @@ import { UnavailableError } from '../errors.js';
 import type { DataStore, EntityType, Job } from '../model.js';
 import { DataStoreStatus, JobState } from '../model.js';
 import { allPages } from '../paging.js';
-import type { ChunkEntry, Clock, Repository, WorkflowPort } from '../ports.js';
+import type { Clock, Repository, WorkflowPort } from '../ports.js';
 import { FlowName, STALE_CLAIM_MS, systemClock } from '../ports.js';
 import { type StoreObject, toStoreInfo } from './datastore-service.js';
 import type { JobService, WorkflowFailure } from './job-service.js';
@@ -68,6 +68,15 @@ export interface Finding {
   reason: string;
   action: 'reported' | 'deleted' | 'skipped' | 'failed';
   error?: string;
+}
+
+/**
+ * A finding and, for a chunk, the claim in the chunk index that must succeed before its object may
+ * go (made when it was found, from what the index said then).
+ */
+interface Pending {
+  finding: Finding;
+  claim?: () => Promise<boolean>;
 }
 
 export interface SweepReport {
@@ -159,7 +168,10 @@ export class OrphanSweep {
         (options.storeIds ? options.storeIds.includes(s.id) : true) &&
         (s.status === DataStoreStatus.Up || s.status === DataStoreStatus.Disabled),
     );
-    for (const store of stores) findings.push(...(await this.sweepStore(store, job.id, dryRun, options)));
+    for (const store of stores) {
+      const pending = await this.sweepStore(store, job.id, dryRun, options);
+      findings.push(...pending.map((p) => p.finding));
+    }
     const counts: Record<OrphanKind, number> = { object: 0, upload: 0, chunk: 0, claim: 0 };
     for (const f of findings) counts[f.kind] += 1;
     const report: SweepReport = {
@@ -184,7 +196,7 @@ export class OrphanSweep {
     jobId: string,
     dryRun: boolean,
     options: SweepOptions,
-  ): Promise<Finding[]> {
+  ): Promise<Pending[]> {
     const now = this.clock.now().getTime();
     const before = (seconds: number | undefined, fallback: number) => now - (seconds ?? fallback) * 1000;
     const objectsBefore = before(options.objectGraceSeconds, SWEEP_DEFAULTS.objectGraceSeconds);
@@ -194,7 +206,7 @@ export class OrphanSweep {
     const objects = await this.deps.listObjects(store.id, jobId);
     const rows = await allPages((cursor) => this.deps.repo.listInStore(store.id, cursor ? { cursor } : {}));
     const owners = new Ownership(this.deps.repo);
-    const findings: Finding[] = [];
+    const findings: Pending[] = [];
 
     // Objects inside Strata's prefixes that no row owns.
     for (const object of objects) {
@@ -202,11 +214,13 @@ export class OrphanSweep {
       if (!object.modifiedAt || Date.parse(object.modifiedAt) >= objectsBefore) continue;
       if (await owners.pathNamesLiveEntity(object.path)) continue;
       findings.push({
-        storeId: store.id,
-        kind: 'object',
-        ref: object.path,
-        reason: 'no row owns it',
-        action: 'reported',
+        finding: {
+          storeId: store.id,
+          kind: 'object',
+          ref: object.path,
+          reason: 'no row owns it',
+          action: 'reported',
+        },
       });
     }
 
@@ -224,12 +238,14 @@ export class OrphanSweep {
       for (const upload of uploads) {
         if (referenced.has(upload.uploadId)) continue;
         findings.push({
-          storeId: store.id,
-          kind: 'upload',
-          ref: upload.path,
-          uploadId: upload.uploadId,
-          reason: `started ${upload.initiatedAt} and never completed`,
-          action: 'reported',
+          finding: {
+            storeId: store.id,
+            kind: 'upload',
+            ref: upload.path,
+            uploadId: upload.uploadId,
+            reason: `started ${upload.initiatedAt} and never completed`,
+            action: 'reported',
+          },
         });
       }
       findings.push(...(await this.chunkFindings(store, objects, owners, chunksBefore, now)));
@@ -239,7 +255,7 @@ export class OrphanSweep {
     const hostId = driver.getCapabilities().needsHost
       ? (await this.deps.selectHost([store.id])).id
       : undefined;
-    for (const finding of findings) await this.remove(store, finding, jobId, hostId);
+    for (const pending of findings) await this.remove(store, pending, jobId, hostId);
     return findings;
   }
 
@@ -249,20 +265,24 @@ export class OrphanSweep {
     owners: Ownership,
     chunksBefore: number,
     now: number,
-  ): Promise<Finding[]> {
-    const findings: Finding[] = [];
-    const entries = await this.deps.repo.chunks.scan(store.id);
-    const indexed = new Map<string, ChunkEntry>(entries.map((e) => [e.hash, e]));
+  ): Promise<Pending[]> {
+    const { chunks } = this.deps.repo;
+    const findings: Pending[] = [];
+    const chunk = (ref: string, reason: string, claim: () => Promise<boolean>, kind: OrphanKind = 'chunk') =>
+      findings.push({ finding: { storeId: store.id, kind, ref, reason, action: 'reported' }, claim });
+    const entries = await chunks.scan(store.id);
+    const indexed = new Set(entries.map((e) => e.hash));
+    const objectAt = new Map(objects.map((o) => [o.path, o]));
     for (const entry of entries) {
-      if (entry.claimedAt) {
-        if (Date.parse(entry.claimedAt) < now - STALE_CLAIM_MS) {
-          findings.push({
-            storeId: store.id,
-            kind: 'claim',
-            ref: entry.hash,
-            reason: `claimed for deletion at ${entry.claimedAt} by a collector that did not finish`,
-            action: 'reported',
-          });
+      const claimedAt = entry.claimedAt;
+      if (claimedAt) {
+        if (Date.parse(claimedAt) < now - STALE_CLAIM_MS) {
+          chunk(
+            entry.hash,
+            `claimed for deletion at ${claimedAt} by a collector that did not finish`,
+            () => chunks.reclaim(store.id, entry.hash, claimedAt),
+            'claim',
+          );
         }
         continue;
       }
@@ -270,37 +290,33 @@ export class OrphanSweep {
       if (live.length > 0) continue;
       // Released long enough ago (or, for entries from before release times were kept, stored long
       // enough ago) that no backup can be about to pin it.
-      const object = objects.find((o) => o.path === chunkPath(entry.hash));
-      const since = entry.releasedAt ?? object?.modifiedAt;
+      const since = entry.releasedAt ?? objectAt.get(chunkPath(entry.hash))?.modifiedAt;
       if (entry.holders.length === 0 && (!since || Date.parse(since) >= chunksBefore)) continue;
-      findings.push({
-        storeId: store.id,
-        kind: 'chunk',
-        ref: entry.hash,
-        reason: entry.holders.length
+      chunk(
+        entry.hash,
+        entry.holders.length
           ? `held only by ${entry.holders.join(', ')}, which no longer exist`
           : 'no manifest holds it',
-        action: 'reported',
-      });
+        () => this.releasedAndClaimed(store.id, entry.hash),
+      );
     }
     for (const object of objects) {
       if (!object.path.startsWith(CHUNK_PREFIX)) continue;
       const hash = object.path.split('/').pop() ?? '';
       if (!/^[0-9a-f]{64}$/.test(hash) || object.path !== chunkPath(hash) || indexed.has(hash)) continue;
       if (!object.modifiedAt || Date.parse(object.modifiedAt) >= chunksBefore) continue;
-      findings.push({
-        storeId: store.id,
-        kind: 'chunk',
-        ref: hash,
-        reason: 'the chunk index does not know it',
-        action: 'reported',
-      });
+      chunk(hash, 'the chunk index does not know it', () => chunks.claimUnindexed(store.id, hash));
     }
     return findings;
   }
 
   /** Deletes what one finding names, claiming chunks first. Records the outcome on the finding. */
-  private async remove(store: DataStore, finding: Finding, jobId: string, hostId: string | undefined) {
+  private async remove(
+    store: DataStore,
+    { finding, claim }: Pending,
+    jobId: string,
+    hostId: string | undefined,
+  ) {
     const { repo } = this.deps;
     const driver = this.deps.registry.get(store.provider).driver;
     const ctx = this.deps.driverContext(jobId);
@@ -311,15 +327,9 @@ export class OrphanSweep {
       } else if (finding.kind === 'upload') {
         if (!isImageStoreDriver(driver)) return;
         await driver.abortUpload({ ...base, object: plainObject(finding.ref), uploadId: finding.uploadId! });
-      } else {
+      } else if (claim) {
         const hash = finding.ref;
-        const claimed =
-          finding.kind === 'claim'
-            ? await this.reclaimed(store.id, hash)
-            : finding.reason.startsWith('the chunk index')
-              ? await repo.chunks.claimUnindexed(store.id, hash)
-              : await this.releasedAndClaimed(store.id, hash);
-        if (!claimed) {
+        if (!(await claim())) {
           finding.action = 'skipped';
           finding.error = 'the chunk changed since it was found (pinned or claimed again)';
           return;
@@ -334,16 +344,12 @@ export class OrphanSweep {
     }
   }
 
-  private async reclaimed(storeId: string, hash: string): Promise<boolean> {
-    const entry = (await this.deps.repo.chunks.scan(storeId)).find((e) => e.hash === hash);
-    return Boolean(entry?.claimedAt && (await this.deps.repo.chunks.reclaim(storeId, hash, entry.claimedAt)));
-  }
-
   /** Removes the chunk's dead holders and claims it if none is left. */
   private async releasedAndClaimed(storeId: string, hash: string): Promise<boolean> {
     const { chunks } = this.deps.repo;
     const current = await chunks.holders(storeId, hash);
     if (!current) return false;
+    // Checked again, uncached, at the moment of deleting: a holder may have appeared since.
     const owners = new Ownership(this.deps.repo);
     if ((await owners.liveHolders(current.holders)).length > 0) return false;
     let claimed = false;
