@@ -22,8 +22,13 @@ export const TaskFunction = {
 } as const;
 export type TaskFunction = keyof typeof TaskFunction;
 
-/** The errors a step is retried on: Lambda's own transient faults and Strata's `Unavailable`. */
+/**
+ * The errors a step is retried on: Lambda's own transient faults, a runtime that crashed or timed
+ * out (`Lambda.Unknown`: every step is idempotent, so running it again is safe), and Strata's
+ * `Unavailable`.
+ */
 export const TRANSIENT_ERRORS = [
+  'Lambda.Unknown',
   'Lambda.ServiceException',
   'Lambda.AWSLambdaException',
   'Lambda.SdkClientException',

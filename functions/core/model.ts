@@ -263,6 +263,8 @@ export interface Job extends Versioned {
   error?: JobError;
   /** The workflow execution that runs it (a Step Functions execution ARN on AWS). */
   executionId?: string;
+  /** Its own lease while it is open (see JOB_LEASE_SECONDS in job-service.ts). */
+  lease?: Lease;
   /** The flow it runs and the input it was started with (what the reconciler compensates with). */
   flow?: string;
   flowInput?: Record<string, unknown>;

@@ -177,7 +177,10 @@ export class Strata {
         keys.push({ type: 'TemplateInStore', id: templateId, storeId: c.storeId });
       }
     }
-    await Promise.all(keys.map((k) => this.ports.repo.renewLease(k, jobId, HEARTBEAT_LEASE_SECONDS)));
+    await Promise.all([
+      this.jobs.renew(jobId),
+      ...keys.map((k) => this.ports.repo.renewLease(k, jobId, HEARTBEAT_LEASE_SECONDS)),
+    ]);
   }
 
   /** The context a driver call runs with, for one job. */

@@ -5,7 +5,8 @@
  * A host step (declared `host: true` in its flow module) runs inside a {@link StepScope}: when a
  * host command it waits for outlives the run's wait budget, the run suspends and the answer is
  * `{ waiting: { seconds, … } }`, on which the flow's loop waits and runs the step again. Before it
- * answers, the leases the job holds on the step's entities are renewed (the heartbeat).
+ * answers, the leases the job holds on the step's entities are renewed (the heartbeat). Every step
+ * of a job first renews the job's own lease: a job whose lease runs out has a dead flow.
  */
 import middy from '@middy/core';
 import { z } from 'zod';
@@ -32,8 +33,9 @@ export function createTaskHandler(
   const base = async (raw: unknown): Promise<unknown> => {
     const { task, input } = event.parse(raw);
     const strata = await getStrata();
-    if (!hostTasks.has(task)) return (await tasks[task]!(strata, input)) ?? {};
     const who = stepIdentity.safeParse(input);
+    if (who.success && who.data.jobId) await strata.jobs.renew(who.data.jobId);
+    if (!hostTasks.has(task)) return (await tasks[task]!(strata, input)) ?? {};
     // Per-host branches of one flow run the same task: each keeps its own calls.
     const stepKey = who.success && who.data.hostId ? `${task}@${who.data.hostId}` : task;
     const scope = new StepScope(stepKey, strata.hostWaitBudgetMs);

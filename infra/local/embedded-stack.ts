@@ -50,6 +50,7 @@ import {
   startDynamoLocal,
   tableFromTemplate,
 } from './dynamodb-local.js';
+import type { LocalFaults } from './faults.js';
 import { LocalHost } from './hosts/local-host.js';
 import { LocalLambdaFunction } from './lambda/local-function.js';
 import { localS3ClientConfig, type S3Emulator, startS3EmulatorProcess } from './s3-emulator.js';
@@ -92,6 +93,11 @@ export interface EmbeddedStackOptions {
    * role's policy is denied. Never used by `npm start`.
    */
   narrowPolicies?: (role: LocalRole) => NamedPolicy[];
+  /**
+   * Test only (the crash matrix, test/crash): kills a container, a host command or the executions
+   * at a chosen point. Never used by `npm start`.
+   */
+  faults?: LocalFaults;
 }
 
 export interface EmbeddedStack {
@@ -246,11 +252,13 @@ export async function startEmbeddedStack(options: EmbeddedStackOptions): Promise
     const credentialsFor = (prefix: string, session = 'local') =>
       credentials.issue(byPrefix(roles, prefix, 'role').arn, session);
 
+    const faults = options.faults;
     const dynamoProxy = await startDynamoProxy({
       upstream: dynamo.endpoint,
       credentials,
       authorizer,
       account,
+      ...(faults ? { faults } : {}),
       logger,
     });
     stops.push(() => dynamoProxy.close());
@@ -261,6 +269,7 @@ export async function startEmbeddedStack(options: EmbeddedStackOptions): Promise
       authorizer,
       account,
       bucketPolicy: (bucket) => policies.get(bucket),
+      ...(faults ? { faults } : {}),
       logger,
     });
     stops.push(() => s3Proxy.close());
@@ -297,6 +306,7 @@ export async function startEmbeddedStack(options: EmbeddedStackOptions): Promise
       authorizer,
       documents: deployment.documents(),
       hosts,
+      ...(faults ? { faults } : {}),
       logger,
     });
     await ssm.start();
@@ -319,6 +329,7 @@ export async function startEmbeddedStack(options: EmbeddedStackOptions): Promise
       functionArns: deployment.functions().map((f) => f.arn),
       invoke,
       ...(options.waitTimeScale !== undefined ? { waitTimeScale: options.waitTimeScale } : {}),
+      ...(faults ? { faults } : {}),
       logger,
     });
     await stepFunctions.start();
@@ -332,6 +343,7 @@ export async function startEmbeddedStack(options: EmbeddedStackOptions): Promise
       groups: deployment.scheduleGroups(),
       stateFile: path.join(dataDir, 'scheduler', 'schedules.json'),
       ...(options.schedulerClock ? { clock: options.schedulerClock } : {}),
+      ...(faults ? { faults } : {}),
       logger,
       invoke: async ({ target }) => {
         await authorizer.authorize({
@@ -364,11 +376,21 @@ export async function startEmbeddedStack(options: EmbeddedStackOptions): Promise
           options,
         ),
         logFile: path.join(dataDir, 'logs', `${fn.name}.log`),
+        // Each container signs as its own session of the function's role (as each Lambda
+        // execution environment gets its own credentials).
+        credentialsFor: (session) => credentials.issue(fn.roleArn, session),
+        ...(faults ? { faults } : {}),
         logger,
       });
       functions.set(fn.arn, local);
       stops.push(() => local.stop());
     }
+    faults?.bind({
+      killContainer: async (session) => {
+        for (const fn of functions.values()) if (await fn.crash(session)) return;
+      },
+      loseExecutions: async () => stepFunctions.runner.loseAll(),
+    });
     // Loading every bundle once now turns a broken bundle into a start-up error.
     await Promise.all([...functions.values()].map((fn) => fn.warm()));
 

@@ -313,6 +313,23 @@ export class LocalWorkflowRunner {
     await record.done;
   }
 
+  /** The ids of the executions still running, across every state machine. */
+  running(): string[] {
+    return [...this.executions.entries()]
+      .filter(([, r]) => r.description.status === ExecutionStatus.Running)
+      .map(([id]) => id);
+  }
+
+  /**
+   * Loses every running execution at once (the crash matrix): each is aborted, no Catch runs, and
+   * nothing waits for the local functions still running.
+   */
+  loseAll(): void {
+    for (const record of this.executions.values()) {
+      if (record.description.status === ExecutionStatus.Running) record.abort();
+    }
+  }
+
   /** Aborts every running execution and refuses new ones; for a clean shutdown. */
   async stop(): Promise<void> {
     this.stopped = true;
@@ -616,7 +633,8 @@ async function invokeLocal(
 
 /**
  * A Task failure as Step Functions reports a Lambda error: the Error is the runtime's errorType
- * (`error.name` for Error objects, `typeof` otherwise) and the Cause is the runtime's JSON error
+ * (`error.name` for Error objects, `typeof` otherwise; `Lambda.Unknown` for a runtime that crashed
+ * or timed out) and the Cause is the runtime's JSON error
  * document. The library matches Retry/Catch `ErrorEquals` against the thrown error's `name` and uses
  * its `message` as the Cause, so that is what we build.
  */
@@ -625,7 +643,10 @@ function lambdaError(thrown: unknown): Error {
   const errorType = isError ? thrown.name || 'Error' : typeof thrown;
   const errorMessage = isError ? thrown.message : String(thrown);
   const trace = isError ? (thrown.stack ?? '').split('\n') : [];
-  return taskError(errorType, JSON.stringify({ errorType, errorMessage, trace }), thrown);
+  // A crashed or timed-out runtime returns no error of the function's own: Step Functions reports
+  // it as Lambda.Unknown (with the runtime's account of it in the Cause).
+  const name = /^(Runtime|Sandbox)\./.test(errorType) ? 'Lambda.Unknown' : errorType;
+  return taskError(name, JSON.stringify({ errorType, errorMessage, trace }), thrown);
 }
 
 function taskError(name: string, cause: string, original?: unknown): Error {

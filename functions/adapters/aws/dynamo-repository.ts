@@ -633,6 +633,11 @@ export class DynamoRepository implements Repository {
     const type = key.type;
     const setFields = SET_FIELDS[type] ?? [];
     for (const [field, value] of Object.entries(changes)) {
+      if (field === 'lease' && value === undefined) {
+        // Letting go of a lease (a job that ended) takes it out of the lease index too.
+        b.remove('lease').remove('leasePk').remove('leaseExpiresAt');
+        continue;
+      }
       if (['version', 'createdAt', 'updatedAt', 'status', 'lease'].includes(field)) continue;
       if (setFields.includes(field)) {
         const members = value as string[] | undefined;

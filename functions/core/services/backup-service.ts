@@ -139,8 +139,18 @@ export class BackupService {
   /** `POST /snapshots/{id}/backup`: a new job backs the snapshot up. */
   async backup(snapshotId: string): Promise<{ snapshot: Snapshot; job: Job }> {
     const jobId = newId('job');
-    const prepared = await this.prepare(snapshotId, jobId);
-    await this.deps.jobs.create('snapshot.backup', { type: 'snapshot', id: snapshotId }, jobId);
+    // The job first (with what a recovery needs), so nothing is ever held by a job that is not there.
+    await this.deps.jobs.create('snapshot.backup', { type: 'snapshot', id: snapshotId }, jobId, {
+      flow: FlowName.SnapshotBackup,
+      input: { jobId, snapshotId },
+    });
+    let prepared: Snapshot;
+    try {
+      prepared = await this.prepare(snapshotId, jobId);
+    } catch (e) {
+      await this.deps.jobs.fail(jobId, { code: 'Refused', message: (e as Error).message });
+      throw e;
+    }
     return this.launch(prepared, jobId);
   }
 

@@ -4,12 +4,26 @@
  * is never changed again (every write is conditional on the job still being open).
  */
 
+import { ConflictError } from '../errors.js';
 import { newId } from '../ids.js';
 import type { Job, JobError } from '../model.js';
 import { JobState } from '../model.js';
-import type { ListOptions, Page, Repository } from '../ports.js';
+import { type ListOptions, type Page, type Repository, Write, type WriteOp } from '../ports.js';
 
 const OPEN = [JobState.Pending, JobState.Running] as const;
+
+/**
+ * An open job holds a lease on itself, renewed by every step its flow runs (and by every heartbeat
+ * of a host wait). When it runs out the flow is dead — its execution was lost, never started, or
+ * ended without finishing the job — and the reconciler recovers the job as it recovers an entity.
+ */
+export const JOB_LEASE_SECONDS = 30 * 60;
+
+/** The flow a job runs and its input, recorded with the job so a recovery can compensate. */
+export interface Launch {
+  flow: string;
+  input: Record<string, unknown>;
+}
 
 export interface JobFilter {
   state?: string;
@@ -37,8 +51,38 @@ export function causeMessage(error: WorkflowFailure): string {
 export class JobService {
   constructor(private readonly repo: Repository) {}
 
-  create(kind: string, target: { type: string; id: string }, id = newId('job')): Promise<Job> {
-    return this.repo.create('Job', { id, kind, target, state: JobState.Pending, progress: 0 });
+  /**
+   * Records a new job. With `launch`, the flow and its input are recorded with it, so a job whose
+   * flow never started (or died) is compensated by the reconciler.
+   */
+  create(kind: string, target: { type: string; id: string }, id = newId('job'), launch?: Launch): Promise<Job> {
+    return this.repo.create('Job', this.fields(kind, target, id, launch));
+  }
+
+  /**
+   * The write that records a new job, for a transaction with the change that starts its work (the
+   * entity it leases, the space it reserves): both are there, or neither is.
+   */
+  createWrite(kind: string, target: { type: string; id: string }, id: string, launch: Launch): WriteOp {
+    return Write.create('Job', this.fields(kind, target, id, launch));
+  }
+
+  /** Moves the job's own lease on (every step of its flow does, before it runs). */
+  renew(id: string): Promise<boolean> {
+    return this.repo.renewLease({ type: 'Job', id }, id, JOB_LEASE_SECONDS);
+  }
+
+  private fields(kind: string, target: { type: string; id: string }, id: string, launch?: Launch) {
+    const expiresAt = new Date(Date.now() + JOB_LEASE_SECONDS * 1000).toISOString();
+    return {
+      id,
+      kind,
+      target,
+      state: JobState.Pending,
+      progress: 0,
+      lease: { owner: id, expiresAt },
+      ...(launch ? { flow: launch.flow, flowInput: launch.input } : {}),
+    };
   }
 
   get(id: string): Promise<Job> {
@@ -70,12 +114,20 @@ export class JobService {
     );
   }
 
-  succeed(id: string, result: Record<string, unknown> = {}): Promise<Job> {
-    return this.repo.updateWhere(
-      { type: 'Job', id },
-      { field: 'state', oneOf: OPEN },
-      { state: JobState.Succeeded, progress: 100, result },
-    );
+  /** Ends a job well. Again on a job that already succeeded (a step run twice) is a no-op. */
+  async succeed(id: string, result: Record<string, unknown> = {}): Promise<Job> {
+    try {
+      return await this.repo.updateWhere(
+        { type: 'Job', id },
+        { field: 'state', oneOf: OPEN },
+        { state: JobState.Succeeded, progress: 100, result, lease: undefined },
+      );
+    } catch (e) {
+      if (!(e instanceof ConflictError)) throw e;
+      const job = await this.get(id);
+      if (job.state !== JobState.Succeeded) throw e;
+      return job;
+    }
   }
 
   /**
@@ -92,7 +144,7 @@ export class JobService {
     return this.repo.updateWhere(
       { type: 'Job', id },
       { field: 'state', oneOf: OPEN },
-      { state: JobState.Failed, error },
+      { state: JobState.Failed, error, lease: undefined },
     );
   }
 }

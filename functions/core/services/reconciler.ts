@@ -106,6 +106,7 @@ export class Reconciler {
     deferred: Deferral[],
   ): Promise<Recovery | undefined> {
     const type = (entity as { entityType?: EntityType }).entityType;
+    if (type === 'Job') return this.recoverJob(entity as Job & { lease: Lease }, compensate, deferred);
     const machine = type ? MACHINES[type] : undefined;
     const status = (entity as { status?: string }).status;
     if (!type || !machine || !status) return undefined;
@@ -168,6 +169,45 @@ export class Reconciler {
     }
     await this.jobs.fail(owner, { code: 'LeaseExpired', message: reason }).catch(() => undefined);
     return { ...base, to };
+  }
+
+  /**
+   * A job whose own lease ran out: no step of its flow has run for that long, so its execution was
+   * lost, never started, or ended without finishing the job. Recovered like an entity — execution
+   * stopped, host commands ended, the flow's compensation run — and then failed.
+   */
+  private async recoverJob(
+    job: Job & { lease: Lease },
+    compensate: Compensate | undefined,
+    deferred: Deferral[],
+  ): Promise<Recovery | undefined> {
+    const key = { type: 'Job' as const, id: job.id };
+    const reason = `job ${job.id} made no progress since ${job.lease.expiresAt}`;
+    if (!(await this.repo.claimExpiredLease(key, job.lease.owner, this.clock.now(), RECOVERY_LEASE_SECONDS))) {
+      return undefined;
+    }
+    const base = { type: 'Job' as const, id: job.id, from: job.state, job: job.id };
+    if (job.state === JobState.Pending || job.state === JobState.Running) {
+      if (job.executionId && this.options.workflows?.stop) {
+        await this.options.workflows.stop(job.executionId, reason);
+      }
+      const busy = await this.stopHostCommands(job);
+      if (busy) return this.defer(key, job.lease.owner, busy, deferred);
+      if (compensate && job.flow) {
+        const outcome = await compensate(job.flow, {
+          ...(job.flowInput ?? {}),
+          jobId: job.id,
+          error: { Error: 'LeaseExpired', Cause: reason },
+        });
+        if (outcome === 'waiting') {
+          return this.defer(key, job.lease.owner, 'its compensation has host work running', deferred);
+        }
+      }
+    }
+    // Failing the job lets go of its lease; one that had ended only loses the stale lease.
+    await this.jobs.fail(job.id, { code: 'LeaseExpired', message: reason }).catch(() => undefined);
+    await this.repo.updateWhere(key, { field: 'state', oneOf: [job.state] }, { lease: undefined }).catch(() => undefined);
+    return { ...base, to: 'failed' };
   }
 
   /** Hands the claim back as expired, so the next pass takes the recovery up again at once. */

@@ -5,7 +5,7 @@ import type { Job, Snapshot, SnapshotInStore, Volume } from '../model.js';
 import { ObjectInStoreStatus as O, SnapshotStatus as S, VolumeStatus as V } from '../model.js';
 import { allPages } from '../paging.js';
 import type { ListOptions, Page, Repository } from '../ports.js';
-import { FlowName } from '../ports.js';
+import { FlowName, Write } from '../ports.js';
 import { snapshotMachine, volumeMachine } from '../state-machines.js';
 import { type BackupDeps, BackupService } from './backup-service.js';
 import { toStoreInfo } from './datastore-service.js';
@@ -103,17 +103,19 @@ export class SnapshotService {
     refuseWhileInUse(volume, 'taken');
     const jobId = newId('job');
     const lease = { owner: jobId, ttlSeconds: LEASE_SECONDS };
-    await this.repo.transition({
-      key: { type: 'Volume', id: volumeId },
-      machine: volumeMachine,
-      from: V.Ready,
-      to: V.Snapshotting,
-      expectedVersion: volume.version,
-      lease,
-    });
     const id = options.id ?? newId('snap');
-    const snapshot = await this.repo
-      .create('Snapshot', {
+    const launch = { flow: FlowName.SnapshotTake, input: { jobId, snapshotId: id } };
+    // The volume held, the new snapshot and the job are one write (a race for the same id loses all).
+    await this.repo.transact([
+      Write.transition({
+        key: { type: 'Volume', id: volumeId },
+        machine: volumeMachine,
+        from: V.Ready,
+        to: V.Snapshotting,
+        expectedVersion: volume.version,
+        lease,
+      }),
+      Write.create('Snapshot', {
         id,
         name,
         volumeId,
@@ -124,17 +126,11 @@ export class SnapshotService {
         ...(options.slot ? { slot: options.slot } : {}),
         takenByJobId: jobId,
         lease: { owner: jobId, expiresAt: new Date(Date.now() + LEASE_SECONDS * 1000).toISOString() },
-      })
-      .catch(async (e: unknown) => {
-        // Lost a race for the same id: give the volume back.
-        await this.releaseVolume({ ...volume, status: V.Snapshotting }, jobId, V.Snapshotting);
-        throw e;
-      });
-    await this.deps.jobs.create('snapshot.take', { type: 'snapshot', id }, jobId);
-    const { executionId } = await this.deps.workflows.start(FlowName.SnapshotTake, jobId, {
-      jobId,
-      snapshotId: id,
-    });
+      }),
+      this.deps.jobs.createWrite('snapshot.take', { type: 'snapshot', id }, jobId, launch),
+    ]);
+    const snapshot = await this.repo.require({ type: 'Snapshot', id });
+    const { executionId } = await this.deps.workflows.start(launch.flow, jobId, launch.input);
     return { snapshot, job: await this.deps.jobs.started(jobId, executionId) };
   }
 
@@ -255,15 +251,20 @@ export class SnapshotService {
     }
     refuseWhileInUse(volume, 'reverted');
     const jobId = newId('job');
-    await this.repo.transition({
-      key: { type: 'Volume', id: volume.id },
-      machine: volumeMachine,
-      from: V.Ready,
-      to: V.RevertSnapshotting,
-      expectedVersion: volume.version,
-      lease: { owner: jobId, ttlSeconds: LEASE_SECONDS },
-    });
-    await this.deps.jobs.create('snapshot.revert', { type: 'snapshot', id: snapshotId }, jobId);
+    await this.repo.transact([
+      Write.transition({
+        key: { type: 'Volume', id: volume.id },
+        machine: volumeMachine,
+        from: V.Ready,
+        to: V.RevertSnapshotting,
+        expectedVersion: volume.version,
+        lease: { owner: jobId, ttlSeconds: LEASE_SECONDS },
+      }),
+      this.deps.jobs.createWrite('snapshot.revert', { type: 'snapshot', id: snapshotId }, jobId, {
+        flow: FlowName.SnapshotRevert,
+        input: { jobId, snapshotId },
+      }),
+    ]);
     return this.startJob(FlowName.SnapshotRevert, jobId, { snapshotId }, (error) =>
       this.failRevert({ jobId, snapshotId, error }),
     );
@@ -330,6 +331,30 @@ export class SnapshotService {
     // Merging a layer rewrites the volume's chain: not under a running VM.
     if (targets.some((c) => !isImage(c))) refuseWhileInUse(volume, 'merged away');
     const jobId = newId('job');
+    // The job first (with what a recovery needs), so nothing is ever held by a job that is not there.
+    await this.deps.jobs.create('snapshot.delete', { type: 'snapshot', id: snapshotId }, jobId, {
+      flow: FlowName.SnapshotDelete,
+      input: { jobId, snapshotId, from },
+    });
+    try {
+      await this.holdForDelete(snapshot, volume, targets, jobId);
+    } catch (e) {
+      await this.deps.jobs.fail(jobId, { code: 'Refused', message: (e as Error).message });
+      throw e;
+    }
+    return this.startJob(FlowName.SnapshotDelete, jobId, { snapshotId, from }, (error) =>
+      this.failDelete({ jobId, snapshotId, from, error }),
+    );
+  }
+
+  /** Holds the snapshot in Destroying (and the volume, for a merge); refused as a whole or not at all. */
+  private async holdForDelete(
+    snapshot: Snapshot,
+    volume: Volume,
+    targets: SnapshotInStore[],
+    jobId: string,
+  ): Promise<void> {
+    const snapshotId = snapshot.id;
     await this.repo.transition({
       key: { type: 'Snapshot', id: snapshotId },
       machine: snapshotMachine,
@@ -369,10 +394,6 @@ export class SnapshotService {
         });
       }
     }
-    await this.deps.jobs.create('snapshot.delete', { type: 'snapshot', id: snapshotId }, jobId);
-    return this.startJob(FlowName.SnapshotDelete, jobId, { snapshotId, from }, (error) =>
-      this.failDelete({ jobId, snapshotId, from, error }),
-    );
   }
 
   /** snapshot-delete: removes each targeted copy, then settles the snapshot (kept or destroyed). */

@@ -133,9 +133,14 @@ export class VolumeService {
     const placement = await this.plan(input, sizeBytes);
     const jobId = newId('job');
     const id = newId('vol');
-    // The space and the volume row that owns it are written together.
+    const launch = {
+      flow: FlowName.VolumeCreate,
+      input: { jobId, volumeId: id, fromTemplate: Boolean(template) },
+    };
+    // The space, the volume row that owns it and the job are written together.
     await reserve(this.repo, placement, sizeBytes, {
       with: (storeId) => [
+        this.deps.jobs.createWrite('volume.create', { type: 'volume', id }, jobId, launch),
         Write.create('Volume', {
           id,
           name: input.name,
@@ -154,13 +159,8 @@ export class VolumeService {
       ],
     });
     const volume = await this.get(id);
-    await this.deps.jobs.create('volume.create', { type: 'volume', id }, jobId);
     try {
-      const { executionId } = await this.deps.workflows.start(FlowName.VolumeCreate, jobId, {
-        jobId,
-        volumeId: id,
-        fromTemplate: Boolean(template),
-      });
+      const { executionId } = await this.deps.workflows.start(launch.flow, jobId, launch.input);
       return { volume, job: await this.deps.jobs.started(jobId, executionId) };
     } catch (e) {
       await this.failCreate({
@@ -365,26 +365,31 @@ export class VolumeService {
       );
     }
     const jobId = newId('job');
-    await this.repo.transition({
-      key: { type: 'Volume', id },
-      machine: volumeMachine,
-      from: [V.Ready, V.Error, V.Allocated],
-      to: V.Destroying,
-      expectedVersion: volume.version,
-      lease: { owner: jobId, ttlSeconds: VOLUME_LEASE_SECONDS },
-    });
-    await this.deps.jobs.create('volume.delete', { type: 'volume', id }, jobId);
-    const { executionId } = await this.deps.workflows.start(FlowName.VolumeDelete, jobId, {
-      jobId,
-      volumeId: id,
-    });
+    const launch = { flow: FlowName.VolumeDelete, input: { jobId, volumeId: id } };
+    await this.repo.transact([
+      Write.transition({
+        key: { type: 'Volume', id },
+        machine: volumeMachine,
+        from: [V.Ready, V.Error, V.Allocated],
+        to: V.Destroying,
+        expectedVersion: volume.version,
+        lease: { owner: jobId, ttlSeconds: VOLUME_LEASE_SECONDS },
+      }),
+      this.deps.jobs.createWrite('volume.delete', { type: 'volume', id }, jobId, launch),
+    ]);
+    const { executionId } = await this.deps.workflows.start(launch.flow, jobId, launch.input);
     return { job: await this.deps.jobs.started(jobId, executionId) };
   }
 
   /** volume-delete: remove the file, release the space and the template reference, forget the row. */
   async destroy(input: Step): Promise<{ evictedCache: boolean }> {
     const volume = await this.repo.get({ type: 'Volume', id: input.volumeId });
-    if (!volume) return { evictedCache: false }; // an earlier run finished
+    if (!volume || volume.status === V.Destroyed) {
+      // An earlier run got this far and died before it forgot the row or recorded the job's end.
+      if (volume) await this.repo.delete({ type: 'Volume', id: volume.id });
+      await this.deps.jobs.succeed(input.jobId, { volumeId: input.volumeId, evictedCache: false });
+      return { evictedCache: false };
+    }
     if (volume.status !== V.Destroying || volume.lease?.owner !== input.jobId) {
       throw new ConflictError(
         `volume ${volume.id} is ${volume.status}, not being deleted by ${input.jobId}`,
@@ -464,24 +469,24 @@ export class VolumeService {
       expectedVersion: volume.version,
       lease: { owner: jobId, ttlSeconds: VOLUME_LEASE_SECONDS },
     });
-    // A grow reserves its extra space in the same write that starts the resize.
-    if (delta > 0) await this.reserveOn(volume.storeId, delta, [toResizing]);
-    else await this.repo.transact([toResizing]);
+    const launch = { flow: FlowName.VolumeResize, input: { jobId, volumeId: id, sizeBytes, allowShrink } };
+    const writes = [toResizing, this.deps.jobs.createWrite('volume.resize', { type: 'volume', id }, jobId, launch)];
+    // A grow reserves its extra space in the same write that starts the resize (and records the job).
+    if (delta > 0) await this.reserveOn(volume.storeId, delta, writes);
+    else await this.repo.transact(writes);
     const moved = await this.get(id);
-    await this.deps.jobs.create('volume.resize', { type: 'volume', id }, jobId);
-    const { executionId } = await this.deps.workflows.start(FlowName.VolumeResize, jobId, {
-      jobId,
-      volumeId: id,
-      sizeBytes,
-      allowShrink,
-    });
+    const { executionId } = await this.deps.workflows.start(launch.flow, jobId, launch.input);
     return { volume: moved, job: await this.deps.jobs.started(jobId, executionId) };
   }
 
   /** volume-resize: resize the file on a host, then record the new size (and release space on shrink). */
   async resizeOnPool(input: Step & { sizeBytes: number; allowShrink: boolean }): Promise<void> {
     const volume = await this.get(input.volumeId);
-    if (volume.status === V.Ready && volume.sizeBytes === input.sizeBytes) return; // done by an earlier run
+    if (volume.status === V.Ready && volume.sizeBytes === input.sizeBytes) {
+      // Done by an earlier run, which may have died before it recorded the job's end.
+      await this.deps.jobs.succeed(input.jobId, { volumeId: volume.id, sizeBytes: input.sizeBytes });
+      return;
+    }
     if (volume.status !== V.Resizing || volume.lease?.owner !== input.jobId) {
       throw new ConflictError(
         `volume ${volume.id} is ${volume.status}, not being resized by ${input.jobId}`,
@@ -589,9 +594,14 @@ export class VolumeService {
       volume.sizeBytes,
     );
     const jobId = newId('job');
-    // The destination's space and the move into Migrating are one write.
+    const launchOn = (destStoreId: string) => ({
+      flow: FlowName.VolumeMigrate,
+      input: { jobId, volumeId: id, destStoreId },
+    });
+    // The destination's space, the move into Migrating and the job are one write.
     const { store } = await reserve(this.repo, placement, volume.sizeBytes, {
-      with: () => [
+      with: (destStoreId) => [
+        this.deps.jobs.createWrite('volume.migrate', { type: 'volume', id }, jobId, launchOn(destStoreId)),
         Write.transition({
           key: { type: 'Volume', id },
           machine: volumeMachine,
@@ -603,12 +613,8 @@ export class VolumeService {
       ],
     });
     const moved = await this.get(id);
-    await this.deps.jobs.create('volume.migrate', { type: 'volume', id }, jobId);
-    const { executionId } = await this.deps.workflows.start(FlowName.VolumeMigrate, jobId, {
-      jobId,
-      volumeId: id,
-      destStoreId: store.id,
-    });
+    const launch = launchOn(store.id);
+    const { executionId } = await this.deps.workflows.start(launch.flow, jobId, launch.input);
     return { volume: moved, job: await this.deps.jobs.started(jobId, executionId) };
   }
 
@@ -963,14 +969,10 @@ export class VolumeService {
 
   private async startAccess(volumeId: string, hostId: string, action: AccessAction): Promise<{ job: Job }> {
     const jobId = newId('job');
-    await this.deps.jobs.create(`volume.${action}Access`, { type: 'volume', id: volumeId }, jobId);
+    const launch = { flow: FlowName.VolumeAccess, input: { jobId, volumeId, hostId, action } };
+    await this.deps.jobs.create(`volume.${action}Access`, { type: 'volume', id: volumeId }, jobId, launch);
     try {
-      const { executionId } = await this.deps.workflows.start(FlowName.VolumeAccess, jobId, {
-        jobId,
-        volumeId,
-        hostId,
-        action,
-      });
+      const { executionId } = await this.deps.workflows.start(launch.flow, jobId, launch.input);
       return { job: await this.deps.jobs.started(jobId, executionId) };
     } catch (e) {
       const reason = `could not start ${FlowName.VolumeAccess}: ${(e as Error).message}`;

@@ -7,7 +7,7 @@ import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Logger } from '../../../drivers/sdk/types.js';
 import { AccessDeniedError } from './iam-authorizer.js';
-import type { LocalCredentialStore } from './principals.js';
+import type { LocalCredentialStore, Principal } from './principals.js';
 import { SignatureError, type VerifiedCaller, verifySignature } from './sigv4-verify.js';
 
 /** An error the service answers with its own code (`__type` in JSON protocols). */
@@ -88,6 +88,15 @@ export interface CallContext {
 
 export type JsonOperation = (input: Record<string, unknown>, context: CallContext) => Promise<unknown>;
 
+/**
+ * Where an endpoint reports each request it is about to serve (the crash matrix's fault controller,
+ * infra/local/faults.ts). `true`: the caller was killed right here, so the request is not served and
+ * its connection is dropped.
+ */
+export interface RequestTap {
+  onRequest(principal: Principal, service: string, operation: string, presigned: boolean): Promise<boolean>;
+}
+
 export interface JsonServiceOptions {
   /** The signing name (`states`, `ssm`). */
   signingName: string;
@@ -97,6 +106,7 @@ export interface JsonServiceOptions {
   jsonVersion: '1.0' | '1.1';
   operations: Record<string, JsonOperation>;
   credentials: LocalCredentialStore;
+  faults?: RequestTap;
   logger?: Logger;
   port?: number;
 }
@@ -135,6 +145,10 @@ export async function startJsonService(options: JsonServiceOptions): Promise<Loc
             'UnknownOperationException',
             `${options.targetPrefix}.${name} is not served locally`,
           );
+        }
+        if (await options.faults?.onRequest(caller.principal, options.signingName, name, caller.presigned)) {
+          res.destroy();
+          return;
         }
         let input: Record<string, unknown>;
         try {

@@ -15,7 +15,7 @@
 import http from 'node:http';
 import https from 'node:https';
 import type { Logger } from '../../../drivers/sdk/types.js';
-import { AwsServiceError, type LocalEndpoint, listen, readBody } from './aws-server.js';
+import { AwsServiceError, type LocalEndpoint, listen, type RequestTap, readBody } from './aws-server.js';
 import { AccessDeniedError, type IamAuthorizer } from './iam-authorizer.js';
 import type { LocalAccount, LocalCredentialStore } from './principals.js';
 import { SignatureError, verifySignature } from './sigv4-verify.js';
@@ -27,6 +27,8 @@ export interface DynamoProxyOptions {
   authorizer: IamAuthorizer;
   /** Table ARNs are built from it: `arn:aws:dynamodb:<region>:<accountId>:table/<name>`. */
   account: LocalAccount;
+  /** Crash points (the crash matrix); absent in `npm start`. */
+  faults?: RequestTap;
   logger?: Logger;
   /** 0 or absent picks a free port. */
   port?: number;
@@ -334,6 +336,10 @@ export async function startDynamoProxy(options: DynamoProxyOptions): Promise<Loc
         await options.authorizer.authorizeAll(
           checks.map((check) => ({ principal: caller.principal, ...check })),
         );
+        if (await options.faults?.onRequest(caller.principal, 'dynamodb', operation, caller.presigned)) {
+          res.destroy();
+          return;
+        }
         await forward(req, body, res);
       } catch (error) {
         refuse(error, { operation });

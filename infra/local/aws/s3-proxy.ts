@@ -22,7 +22,8 @@ import { randomUUID } from 'node:crypto';
 import http from 'node:http';
 import { pipeline } from 'node:stream';
 import type { Logger } from '../../../drivers/sdk/types.js';
-import { type LocalEndpoint, listen } from './aws-server.js';
+import { isWrite } from '../faults.js';
+import { type LocalEndpoint, listen, type RequestTap } from './aws-server.js';
 import { AccessDeniedError, type IamAuthorizer, type PolicyDocument } from './iam-authorizer.js';
 import type { LocalAccount, LocalCredentialStore, Principal } from './principals.js';
 import { SignatureError, verifySignature } from './sigv4-verify.js';
@@ -35,6 +36,8 @@ export interface S3ProxyOptions {
   account: LocalAccount;
   /** The bucket's policy (from the template), evaluated as the resource policy; undefined: none. */
   bucketPolicy?: (bucket: string) => PolicyDocument | undefined;
+  /** Crash points (the crash matrix); absent in `npm start`. */
+  faults?: RequestTap;
   logger?: Logger;
   /** 0 or absent picks a free port. */
   port?: number;
@@ -748,6 +751,14 @@ export async function startS3Proxy(options: S3ProxyOptions): Promise<LocalEndpoi
           checks = s3Authorizations({ method, url, headers: req.headers, body });
         }
         await authorize(caller.principal, dedupe(checks));
+        if (options.faults) {
+          const actions = checks.map((c) => c.action.replace(/^s3:/, ''));
+          const name = actions.find(isWrite) ?? actions[0] ?? method;
+          if (await options.faults.onRequest(caller.principal, 's3', name, caller.presigned)) {
+            req.socket.destroy();
+            return;
+          }
+        }
         if (operation.encryption) {
           if (!(await bucketExists(operation.bucket))) {
             throw new S3Error('NoSuchBucket', 'The specified bucket does not exist', 404);

@@ -26,7 +26,7 @@ import {
   parseSchedule,
   type Schedule,
 } from '../../../functions/core/schedule.js';
-import { AwsServiceError, type LocalEndpoint, listen, readBody } from './aws-server.js';
+import { AwsServiceError, type LocalEndpoint, listen, type RequestTap, readBody } from './aws-server.js';
 import { AccessDeniedError, type IamAuthorizer } from './iam-authorizer.js';
 import type { LocalAccount, LocalCredentialStore } from './principals.js';
 import { SignatureError, verifySignature } from './sigv4-verify.js';
@@ -99,6 +99,9 @@ const DEFAULT_RETRY_DELAY_MS = 1_000;
 const MAX_RETRY_DELAY_MS = 5 * 60_000;
 
 /** Options of {@link startSchedulerService}. */
+/** The caller was killed as it made this request: it is not served. */
+class CallerKilled extends Error {}
+
 export interface SchedulerServiceOptions {
   account: LocalAccount;
   credentials: LocalCredentialStore;
@@ -112,6 +115,8 @@ export interface SchedulerServiceOptions {
   /** What "now" is for slots (requests are still signed and checked against real time). */
   clock?: { now(): Date };
   timers?: SchedulerTimers;
+  /** Crash points (the crash matrix); absent in `npm start`. */
+  faults?: RequestTap;
   /**
    * The first pause before retrying a failed delivery, doubled on each retry up to five minutes
    * (default one second). Tests set 0. The pauses run on `timers`.
@@ -527,6 +532,10 @@ export async function startSchedulerService(options: SchedulerServiceOptions): P
       { service: 'scheduler' },
     );
     const url = new URL(req.url ?? '/', 'http://local');
+    const operation = `${method === 'GET' ? 'Get' : method === 'DELETE' ? 'Delete' : 'Put'}Schedule`;
+    if (await options.faults?.onRequest(caller.principal, 'scheduler', operation, caller.presigned)) {
+      throw new CallerKilled();
+    }
     let parts: string[];
     try {
       parts = url.pathname.split('/').filter(Boolean).map(decodeURIComponent);
@@ -711,6 +720,10 @@ export async function startSchedulerService(options: SchedulerServiceOptions): P
       try {
         ({ status, body } = await handle(req, await readBody(req)));
       } catch (error) {
+        if (error instanceof CallerKilled) {
+          res.destroy();
+          return;
+        }
         const failure = errorOf(error);
         status = failure.status;
         body = { Message: failure.message };

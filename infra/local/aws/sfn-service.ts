@@ -15,7 +15,13 @@ import {
   TaskDoesNotExistError,
   type WorkflowEvent,
 } from '../workflow-runner.js';
-import { AwsServiceError, type CallContext, type LocalEndpoint, startJsonService } from './aws-server.js';
+import {
+  AwsServiceError,
+  type CallContext,
+  type LocalEndpoint,
+  type RequestTap,
+  startJsonService,
+} from './aws-server.js';
 import type { IamAuthorizer } from './iam-authorizer.js';
 import { type LocalCredentialStore, principalOf } from './principals.js';
 
@@ -28,6 +34,8 @@ export interface SfnServiceOptions {
   invoke: (functionArn: string, payload: unknown) => Promise<unknown>;
   /** Scales Wait states and Retry intervals (tests shrink them). */
   waitTimeScale?: number;
+  /** Crash points (the crash matrix); absent in `npm start`. */
+  faults?: RequestTap;
   logger?: Logger;
   port?: number;
 }
@@ -92,6 +100,7 @@ export class LocalStepFunctions {
       targetPrefix: 'AWSStepFunctions',
       jsonVersion: '1.0',
       credentials: this.options.credentials,
+      ...(this.options.faults ? { faults: this.options.faults } : {}),
       ...(this.options.logger ? { logger: this.options.logger } : {}),
       ...(this.options.port !== undefined ? { port: this.options.port } : {}),
       operations: {

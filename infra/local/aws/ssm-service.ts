@@ -18,6 +18,8 @@ import {
   type LocalHost,
   type PluginRun,
 } from '../hosts/local-host.js';
+import { decodeHostRequest } from '../../../drivers/sdk/host-protocol.js';
+import type { HostFault, LocalFaults } from '../faults.js';
 import { AwsServiceError, type CallContext, type LocalEndpoint, startJsonService } from './aws-server.js';
 import type { IamAuthorizer } from './iam-authorizer.js';
 import type { LocalAccount, LocalCredentialStore } from './principals.js';
@@ -30,6 +32,8 @@ export interface SsmServiceOptions {
   hosts: readonly LocalHost[];
   logger?: Logger;
   port?: number;
+  /** Crash points (the crash matrix); absent in `npm start`. */
+  faults?: LocalFaults;
 }
 
 interface Command {
@@ -41,6 +45,15 @@ interface Command {
 }
 
 const COMMAND_ID = /^[0-9a-f-]{36}$/;
+
+/** The host operation a run-document command carries (its `Request`), for the crash matrix's names. */
+function operationOf(parameters: Record<string, string>): string {
+  try {
+    return parameters.Request ? decodeHostRequest(parameters.Request).operation : 'command';
+  } catch {
+    return 'command';
+  }
+}
 
 function epoch(date: Date | undefined): number | undefined {
   return date ? date.getTime() / 1000 : undefined;
@@ -68,6 +81,7 @@ export class LocalSsm {
       targetPrefix: 'AmazonSSM',
       jsonVersion: '1.1',
       credentials: this.options.credentials,
+      ...(this.options.faults ? { faults: this.options.faults } : {}),
       ...(this.options.logger ? { logger: this.options.logger } : {}),
       ...(this.options.port !== undefined ? { port: this.options.port } : {}),
       operations: {
@@ -179,6 +193,7 @@ export class LocalSsm {
       comment: String(input.Comment ?? ''),
       deliveryTimeoutSeconds: deliveryTimeout,
       ...(bucket ? { output: { bucket, prefix } } : {}),
+      faults: true,
     });
     return {
       Command: {
@@ -197,7 +212,13 @@ export class LocalSsm {
     document: LocalDocument,
     hosts: readonly LocalHost[],
     parameters: Record<string, string>,
-    options: { comment: string; deliveryTimeoutSeconds: number; output?: { bucket: string; prefix: string } },
+    options: {
+      comment: string;
+      deliveryTimeoutSeconds: number;
+      output?: { bucket: string; prefix: string };
+      /** Sent by SendCommand (State Manager's runs are not points of the crash matrix). */
+      faults?: boolean;
+    },
   ): Command {
     const command: Command = {
       commandId: randomUUID(),
@@ -219,7 +240,12 @@ export class LocalSsm {
         ...(options.output ? { output: options.output } : {}),
       };
       command.invocations.set(host.instanceId, invocation);
-      command.done.push(this.deliver(host, invocation, document, parameters, options.deliveryTimeoutSeconds));
+      const fault = options.faults
+        ? this.options.faults?.onHostCommand(host.name, operationOf(parameters))
+        : undefined;
+      command.done.push(
+        this.deliver(host, invocation, document, parameters, options.deliveryTimeoutSeconds, fault),
+      );
     }
     this.commands.set(command.commandId, command);
     return command;
@@ -231,6 +257,7 @@ export class LocalSsm {
     document: LocalDocument,
     parameters: Record<string, string>,
     deliveryTimeoutSeconds: number,
+    fault?: HostFault,
   ): Promise<void> {
     const deadline = Date.now() + deliveryTimeoutSeconds * 1000;
     while (!host.isOnline) {
@@ -243,7 +270,7 @@ export class LocalSsm {
       await new Promise((r) => setTimeout(r, 250));
     }
     try {
-      await host.run(invocation, document.content, parameters);
+      await host.run(invocation, document.content, parameters, fault);
     } catch (error) {
       this.options.logger?.error('local agent failed', { host: host.name, error: (error as Error).message });
       invocation.status = 'Failed';

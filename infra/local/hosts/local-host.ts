@@ -19,6 +19,7 @@ import { GetBucketEncryptionCommand, GetObjectCommand, PutObjectCommand, S3Clien
 import type { Logger } from '../../../drivers/sdk/types.js';
 import type { SsmDocumentContent } from '../assembly/deployment.js';
 import type { LocalAwsCredentials } from '../aws/principals.js';
+import type { HostFault } from '../faults.js';
 
 /** SSM's limits on what GetCommandInvocation returns inline. */
 export const INLINE_STDOUT_CHARS = 24_000;
@@ -152,12 +153,15 @@ export class LocalHost {
 
   /**
    * Runs a document's steps for one invocation, updating `invocation` as it goes. Resolves when the
-   * invocation has ended (its output uploaded when an output bucket was given).
+   * invocation has ended (its output uploaded when an output bucket was given). `fault` (the crash
+   * matrix) kills the command's processes as they start, or lets them finish and then loses what
+   * they reported, as an agent that died before reporting does.
    */
   async run(
     invocation: Invocation,
     document: SsmDocumentContent,
     parameters: Record<string, string>,
+    fault?: HostFault,
   ): Promise<void> {
     let cancelled = false;
     let current: (() => void) | undefined;
@@ -197,9 +201,15 @@ export class LocalHost {
         >;
         try {
           if (step.action === 'aws:runShellScript') {
-            await this.runShell(invocation, plugin, inputs, (cancel) => {
-              current = cancel;
-            });
+            await this.runShell(
+              invocation,
+              plugin,
+              inputs,
+              (cancel) => {
+                current = cancel;
+              },
+              fault,
+            );
           } else if (step.action === 'aws:downloadContent') {
             await this.download(plugin, inputs);
           } else {
@@ -270,6 +280,7 @@ export class LocalHost {
     plugin: PluginRun,
     inputs: Record<string, unknown>,
     onCancel: (cancel: () => void) => void,
+    fault?: HostFault,
   ): Promise<void> {
     const lines = Array.isArray(inputs.runCommand)
       ? inputs.runCommand.map(String)
@@ -303,6 +314,7 @@ export class LocalHost {
       if (group) {
         this.groups.add(group);
         if (this.paused) signalGroup(group, 'SIGSTOP');
+        if (fault === 'kill-at-start') signalGroup(group, 'SIGKILL');
       }
       let timedOut = false;
       let cancelled = false;
@@ -337,7 +349,11 @@ export class LocalHost {
       child.once('close', (code) => {
         clearTimeout(timer);
         if (group) this.groups.delete(group);
-        if (cancelled) this.finishPlugin(plugin, 'Cancelled', 'Cancelled', -1);
+        if (fault === 'lose-result') {
+          plugin.stdout = '';
+          plugin.stderr = 'the agent stopped before it reported (crash matrix)\n';
+          this.finishPlugin(plugin, 'Failed', 'Failed', -1);
+        } else if (cancelled) this.finishPlugin(plugin, 'Cancelled', 'Cancelled', -1);
         else if (timedOut) this.finishPlugin(plugin, 'TimedOut', 'ExecutionTimedOut', -1);
         else if (code === 0) this.finishPlugin(plugin, 'Success', 'Success', 0);
         else this.finishPlugin(plugin, 'Failed', 'Failed', code ?? -1);

@@ -15,6 +15,8 @@ import { createWriteStream, mkdirSync, type WriteStream } from 'node:fs';
 import path from 'node:path';
 import type { Logger } from '../../../drivers/sdk/types.js';
 import type { LocalFunction } from '../assembly/deployment.js';
+import type { LocalAwsCredentials } from '../aws/principals.js';
+import type { LocalFaults } from '../faults.js';
 
 const BOOTSTRAP = path.join(__dirname, 'runtime-bootstrap.cjs');
 
@@ -41,11 +43,21 @@ export interface LocalFunctionOptions {
   maxConcurrency?: number;
   /** An idle container is stopped after this long (one is kept warm). Default 60 s. */
   idleMs?: number;
+  /**
+   * Credentials for each new container, as its own session of the function's role (session names
+   * `<function>.<n>`), so every AWS request is attributed to the container that made it. Without
+   * it every container signs with the environment's credentials.
+   */
+  credentialsFor?: (sessionName: string) => LocalAwsCredentials;
+  /** Crash points (the crash matrix); absent in `npm start`. */
+  faults?: LocalFaults;
   logger?: Logger;
 }
 
 interface Container {
   child: ChildProcess;
+  /** The role session this container signs as. */
+  session: string;
   ready: Promise<void>;
   busy: boolean;
   idleTimer?: NodeJS.Timeout;
@@ -57,6 +69,7 @@ export class LocalLambdaFunction {
   private readonly queue: (() => void)[] = [];
   private readonly log: WriteStream;
   private stopped = false;
+  private spawned = 0;
 
   constructor(private readonly options: LocalFunctionOptions) {
     mkdirSync(path.dirname(options.logFile), { recursive: true });
@@ -86,6 +99,17 @@ export class LocalLambdaFunction {
   async warm(): Promise<void> {
     const container = await this.acquire();
     this.release(container);
+  }
+
+  /**
+   * SIGKILLs the container that signs as `session` (the crash matrix): its invocation fails as a
+   * crashed runtime's does. False when no container of this function has that session.
+   */
+  async crash(session: string): Promise<boolean> {
+    const container = [...this.containers].find((c) => c.session === session);
+    if (!container) return false;
+    await this.kill(container, 'SIGKILL');
+    return true;
   }
 
   async stop(): Promise<void> {
@@ -128,8 +152,19 @@ export class LocalLambdaFunction {
 
   private spawn(): Container {
     const { fn } = this.options;
+    this.spawned += 1;
+    const session = `${fn.name.slice(0, 56)}.${this.spawned}`;
+    const issued = this.options.credentialsFor?.(session);
+    const env = issued
+      ? {
+          ...this.options.environment,
+          AWS_ACCESS_KEY_ID: issued.accessKeyId,
+          AWS_SECRET_ACCESS_KEY: issued.secretAccessKey,
+          AWS_SESSION_TOKEN: issued.sessionToken,
+        }
+      : this.options.environment;
     const child = fork(BOOTSTRAP, [fn.codeDir, fn.handler], {
-      env: this.options.environment,
+      env,
       cwd: fn.codeDir,
       stdio: ['ignore', 'pipe', 'pipe', 'ipc'],
       // Lambda caps the heap by the memory setting; so does the container.
@@ -141,6 +176,7 @@ export class LocalLambdaFunction {
     let failReady!: (e: Error) => void;
     const container: Container = {
       child,
+      session: issued ? session : fn.name,
       busy: false,
       ready: new Promise<void>((resolve, reject) => {
         markReady = resolve;
@@ -168,6 +204,7 @@ export class LocalLambdaFunction {
     });
     child.once('exit', (code, signal) => {
       this.containers.delete(container);
+      this.options.faults?.forget(container.session);
       const why = `the ${fn.name} container exited (${signal ?? `code ${code}`})`;
       failReady(new LambdaInvocationError('Runtime.ExitError', why));
       if (container.pending) {
@@ -200,17 +237,28 @@ export class LocalLambdaFunction {
           ),
         );
       }, timeoutMs);
+      const faults = this.options.faults;
+      // The crash matrix may lose the answer here: the container is killed before it is delivered.
+      const answer = async (deliver: () => void) => {
+        if (faults && (await faults.endInvocation(container.session))) {
+          reject(new LambdaInvocationError('Runtime.ExitError', `the ${fn.name} container was killed`));
+        } else {
+          deliver();
+        }
+      };
       container.pending = {
         id,
         resolve: (v) => {
           clearTimeout(timer);
-          resolve(v);
+          void answer(() => resolve(v));
         },
         reject: (e) => {
           clearTimeout(timer);
-          reject(e);
+          if (e instanceof LambdaInvocationError && e.errorType === 'Runtime.ExitError') reject(e);
+          else void answer(() => reject(e));
         },
       };
+      faults?.beginInvocation(fn.name, container.session, event);
       container.child.send({ id, event, deadlineMs: Date.now() + timeoutMs, requestId: id });
     });
   }
