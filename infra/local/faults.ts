@@ -164,7 +164,12 @@ export class LocalFaults {
    * An AWS request, after its signature and IAM checks, before it is served. Resolves `true` when
    * the caller was killed at this point: the request must not be served (drop the connection).
    */
-  async onRequest(principal: Principal, service: string, operation: string, presigned: boolean): Promise<boolean> {
+  async onRequest(
+    principal: Principal,
+    service: string,
+    operation: string,
+    presigned: boolean,
+  ): Promise<boolean> {
     if (presigned) return false;
     const live = this.live.get(principal.sessionName);
     if (!live || live.killed || !isWrite(operation)) return false;

@@ -16,7 +16,6 @@ import { LocalFaults } from '../../infra/local/faults';
 
 export interface ApiAnswer {
   status: number;
-  // biome-ignore lint/suspicious/noExplicitAny: the API's JSON, read field by field by the scenarios
   body: any;
 }
 
@@ -31,6 +30,11 @@ export interface CrashStack {
   waitForJob(jobId: string, ms?: number): Promise<Item | undefined>;
   /** Calls an asynchronous route and waits for its job (which must exist). */
   run(method: string, route: string, body?: unknown): Promise<{ answer: ApiAnswer; job?: Item }>;
+  /**
+   * Starts a flow's execution as EventBridge Scheduler does for a schedule (the snapshot-policy
+   * flow has no API route); resolves with the execution's end.
+   */
+  start(flow: string, input: unknown): Promise<{ executionArn: string; status: string }>;
   /** Every item of the table (the stack is small: a scan is the honest view). */
   items(): Promise<Item[]>;
   /** Replaces an item as it is (a repair by hand: leases and lease index attributes dropped). */
@@ -93,7 +97,10 @@ export async function startCrashStack(
   };
   const items: CrashStack['items'] = async () => {
     const out: Item[] = [];
-    for await (const page of paginateScan({ client: doc }, { TableName: stack.tableName, ConsistentRead: true })) {
+    for await (const page of paginateScan(
+      { client: doc },
+      { TableName: stack.tableName, ConsistentRead: true },
+    )) {
       out.push(...((page.Items ?? []) as Item[]));
     }
     return out;
@@ -112,6 +119,18 @@ export async function startCrashStack(
       return job ? { answer, job } : { answer };
     },
     items,
+    async start(flow, input) {
+      const machine = stack.deployment.stateMachines().find((m) => m.name.endsWith(`-${flow}`));
+      if (!machine) throw new Error(`no state machine for ${flow}`);
+      const runner = stack.stepFunctions.runner;
+      const { executionId: executionArn } = await runner.start(machine.arn, undefined, input);
+      const until = Date.now() + 120_000;
+      for (;;) {
+        const { status } = runner.describe(executionArn);
+        if (status !== 'RUNNING' || Date.now() > until) return { executionArn, status };
+        await sleep(50);
+      }
+    },
     async put(item, key) {
       const { lease: _l, leasePk: _p, leaseExpiresAt: _e, ...rest } = item;
       await doc.send(new PutCommand({ TableName: stack.tableName, Item: { ...rest, ...key } }));
@@ -121,17 +140,22 @@ export async function startCrashStack(
       let n = 0;
       for (const item of await items()) {
         if (typeof item.leaseExpiresAt !== 'string') continue;
-        await doc.send(
-          new UpdateCommand({
-            TableName: stack.tableName,
-            Key: { pk: item.pk, sk: item.sk },
-            ConditionExpression: 'leaseExpiresAt = :was',
-            UpdateExpression: 'SET #l.#e = :p, leaseExpiresAt = :p',
-            ExpressionAttributeNames: { '#l': 'lease', '#e': 'expiresAt' },
-            ExpressionAttributeValues: { ':p': past, ':was': item.leaseExpiresAt },
-          }),
-        );
-        n += 1;
+        try {
+          await doc.send(
+            new UpdateCommand({
+              TableName: stack.tableName,
+              Key: { pk: item.pk, sk: item.sk },
+              ConditionExpression: 'leaseExpiresAt = :was',
+              UpdateExpression: 'SET #l.#e = :p, leaseExpiresAt = :p',
+              ExpressionAttributeNames: { '#l': 'lease', '#e': 'expiresAt' },
+              ExpressionAttributeValues: { ':p': past, ':was': item.leaseExpiresAt },
+            }),
+          );
+          n += 1;
+        } catch (e) {
+          // Moved on (released, renewed) since the scan: nothing to expire.
+          if ((e as Error).name !== 'ConditionalCheckFailedException') throw e;
+        }
       }
       return n;
     },

@@ -25,10 +25,21 @@ import {
 import { describePoint, type KillPoint, LocalFaults } from '../../infra/local/faults';
 import { type ApiAnswer, type CrashStack, type Item, sleep } from './crash-stack';
 
+/**
+ * An API call, or (`method: 'START'`) a flow started as EventBridge Scheduler starts it: `route` is
+ * the flow and `body` its input.
+ */
 export interface Request {
   method: string;
   route: string;
   body?: unknown;
+}
+
+/** Sends a request; a started flow answers 202 once its execution has ended (succeeded or not). */
+async function send(t: CrashStack, r: Request): Promise<{ answer: ApiAnswer; job?: Item }> {
+  if (r.method !== 'START') return t.run(r.method, r.route, r.body);
+  const { executionArn, status } = await t.start(r.route, r.body);
+  return { answer: { status: status === 'SUCCEEDED' ? 202 : 500, body: { executionArn, status } } };
 }
 
 export interface Scenario<P = Record<string, string>> {
@@ -73,7 +84,7 @@ const RUNNING_JOB = new Set(['pending', 'running']);
 export async function recordPoints<P>(t: CrashStack, scenario: Scenario<P>): Promise<KillPoint[]> {
   const prepared = await scenario.prepare(t);
   t.faults.reset();
-  const { answer, job } = await t.run(...spread(scenario.request(prepared)));
+  const { answer, job } = await send(t, scenario.request(prepared));
   if (answer.status >= 300 || (job && job.state !== 'succeeded')) {
     throw new Error(
       `${scenario.name}: the clean run did not succeed (${answer.status}): ${JSON.stringify(job ?? answer.body).slice(0, 800)}`,
@@ -84,24 +95,35 @@ export async function recordPoints<P>(t: CrashStack, scenario: Scenario<P>): Pro
 }
 
 /** One case: the request with `point` armed, then convergence, the retry and the invariants. */
-export async function runCase<P>(t: CrashStack, scenario: Scenario<P>, point: KillPoint): Promise<CaseResult> {
+export async function runCase<P>(
+  t: CrashStack,
+  scenario: Scenario<P>,
+  point: KillPoint,
+): Promise<CaseResult> {
   const started = Date.now();
   const prepared = await scenario.prepare(t);
   t.faults.reset(point);
   const problems: string[] = [];
-  const answer = await t.call(...spread(scenario.request(prepared)));
-  const firstRun = await firstOutcome(t, answer);
+  const request = scenario.request(prepared);
+  const answer =
+    request.method === 'START' ? (await send(t, request)).answer : await t.call(...spread(request));
+  const firstRun =
+    request.method === 'START' ? String(answer.body.status).toLowerCase() : await firstOutcome(t, answer);
   const fired = t.faults.fired !== undefined;
   t.faults.reset();
   const recovered = await converge(t, problems);
   if (problems.length === 0) {
     const again = scenario.retry ? await scenario.retry(t, prepared) : scenario.request(prepared);
     if (again) {
-      const { answer: retried, job } = await t.run(...spread(again));
+      const { answer: retried, job } = await send(t, again);
       if (retried.status >= 300) {
-        problems.push(`the retry was refused: ${retried.status} ${JSON.stringify(retried.body).slice(0, 300)}`);
+        problems.push(
+          `the retry was refused: ${retried.status} ${JSON.stringify(retried.body).slice(0, 300)}`,
+        );
       } else if (job && job.state !== 'succeeded') {
-        problems.push(`the retry's job ${String(job.state)}: ${JSON.stringify(job.error ?? {}).slice(0, 300)}`);
+        problems.push(
+          `the retry's job ${String(job.state)}: ${JSON.stringify(job.error ?? {}).slice(0, 300)}`,
+        );
       } else if (retried.status === 202 && !job) {
         problems.push('the retry did not finish');
       }
@@ -220,7 +242,9 @@ export async function heal(t: CrashStack): Promise<void> {
       const to = MACHINES[item.entityType as EntityType]!.leased[String(item.status)]!;
       await t.put({ ...item, status: to }, key);
     } else if (item.entityType === 'DataStore') {
-      const held = volumes.filter((v) => v.storeId === item.id).reduce((n, v) => n + Number(v.sizeBytes ?? 0), 0);
+      const held = volumes
+        .filter((v) => v.storeId === item.id)
+        .reduce((n, v) => n + Number(v.sizeBytes ?? 0), 0);
       if (Number(item.allocatedBytes ?? 0) !== held) await t.put({ ...item, allocatedBytes: held }, key);
     }
   }
@@ -235,9 +259,11 @@ export async function invariants(t: CrashStack): Promise<string[]> {
   const of = (type: string) => items.filter((i) => i.entityType === type);
 
   for (const job of of('Job')) {
-    if (RUNNING_JOB.has(String(job.state))) problems.push(`job ${String(job.id)} (${String(job.flow)}) still ${String(job.state)}`);
+    if (RUNNING_JOB.has(String(job.state)))
+      problems.push(`job ${String(job.id)} (${String(job.flow)}) still ${String(job.state)}`);
   }
-  for (const item of items) if (isTransitional(item)) problems.push(`${describeItem(item)} left transitional`);
+  for (const item of items)
+    if (isTransitional(item)) problems.push(`${describeItem(item)} left transitional`);
 
   const volumes = of('Volume').filter((v) => v.status !== 'Destroyed');
   for (const store of of('DataStore')) {
@@ -246,14 +272,17 @@ export async function invariants(t: CrashStack): Promise<string[]> {
       .reduce((sum, v) => sum + Number(v.sizeBytes ?? 0), 0);
     const allocated = Number(store.allocatedBytes ?? 0);
     if (allocated !== expected) {
-      problems.push(`store ${String(store.name)} allocates ${allocated} bytes, its live volumes hold ${expected}`);
+      problems.push(
+        `store ${String(store.name)} allocates ${allocated} bytes, its live volumes hold ${expected}`,
+      );
     }
   }
   const stores = new Map(of('DataStore').map((s) => [String(s.id), s]));
   for (const v of volumes) {
     if (v.status !== 'Ready' || typeof v.path !== 'string') continue;
     const mount = (stores.get(String(v.storeId))?.details as { mountPath?: string } | undefined)?.mountPath;
-    if (mount && !existsSync(path.join(mount, v.path))) problems.push(`Ready volume ${String(v.id)} has no file`);
+    if (mount && !existsSync(path.join(mount, v.path)))
+      problems.push(`Ready volume ${String(v.id)} has no file`);
   }
 
   // Orphans: a dry-run sweep with the shortest windows (1 s) over every store.
@@ -264,10 +293,16 @@ export async function invariants(t: CrashStack): Promise<string[]> {
     uploadGraceSeconds: 1,
     chunkGraceSeconds: 1,
   });
-  if (!job || job.state !== 'succeeded') {
-    problems.push(`the orphan sweep did not run: ${answer.status} ${JSON.stringify(job?.error ?? answer.body).slice(0, 200)}`);
+  if (job?.state !== 'succeeded') {
+    problems.push(
+      `the orphan sweep did not run: ${answer.status} ${JSON.stringify(job?.error ?? answer.body).slice(0, 200)}`,
+    );
   } else {
-    const findings = ((job.result as Item | undefined)?.findings ?? []) as { kind: string; ref: string; reason: string }[];
+    const findings = ((job.result as Item | undefined)?.findings ?? []) as {
+      kind: string;
+      ref: string;
+      reason: string;
+    }[];
     for (const f of findings.slice(0, 5)) problems.push(`orphan ${f.kind} ${f.ref}: ${f.reason}`);
     if (findings.length > 5) problems.push(`… and ${findings.length - 5} more orphans`);
   }
@@ -281,7 +316,11 @@ export function formatMatrix(results: readonly CaseResult[]): string {
     r.point,
     r.firstRun,
     r.recovered ? String(r.recovered) : '',
-    r.outcome === 'converged' ? 'converged' : r.outcome === 'unreached' ? 'unreached' : `FAILED: ${r.problems.join('; ')}`,
+    r.outcome === 'converged'
+      ? 'converged'
+      : r.outcome === 'unreached'
+        ? 'unreached'
+        : `FAILED: ${r.problems.join('; ')}`,
   ]);
   const head = ['flow', 'case', 'kill point', 'first run', 'recovered', 'outcome'];
   const widths = head.map((h, i) => Math.min(70, Math.max(h.length, ...rows.map((r) => r[i]!.length))));

@@ -2,32 +2,53 @@
  * `npm run test:crash`: the crash matrix on the embedded stack (see ./matrix.ts). Prints each case
  * (flow × step × kill point → outcome) and exits non-zero when any case did not converge.
  *
- *   npm run test:crash                       every scenario
- *   npm run test:crash -- --flow volume-resize
- *   npm run test:crash -- --list             the points only (one clean run per scenario)
+ *   npm run test:crash                             every scenario, on two stacks side by side
+ *   npm run test:crash -- --flow volume-resize     one flow's scenarios
+ *   npm run test:crash -- --workers 1              on one stack
+ *   npm run test:crash -- --list                   the points only (one clean run per scenario)
+ *
+ * With several workers each one is a process with a stack of its own (its own DynamoDB Local and
+ * s3rver) running every n-th scenario; most of a case is waiting, so two share two cores well.
  */
+import { spawn } from 'node:child_process';
+import { readFile, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { describePoint } from '../../infra/local/faults';
 import { startCrashStack } from './crash-stack';
 import { type CaseResult, formatMatrix, heal, recordPoints, runCase } from './matrix';
-import { scenarios } from './scenarios';
+import { closeWorld, scenarios } from './scenarios';
 
-async function main(): Promise<number> {
-  const { values } = parseArgs({
-    options: {
-      flow: { type: 'string', multiple: true },
-      list: { type: 'boolean', default: false },
-    },
-  });
-  const chosen = scenarios.filter((s) => !values.flow || values.flow.includes(s.flow));
-  if (chosen.length === 0) throw new Error(`no scenario for ${values.flow?.join(', ')}`);
-  const started = Date.now();
-  const t = await startCrashStack();
+const { values } = parseArgs({
+  options: {
+    flow: { type: 'string', multiple: true },
+    list: { type: 'boolean', default: false },
+    workers: { type: 'string', default: '2' },
+    /** Internal: this process is worker k of n, and writes its results to `out`. */
+    shard: { type: 'string' },
+    out: { type: 'string' },
+  },
+});
+
+function chosen() {
+  const picked = scenarios.filter((s) => !values.flow || values.flow.includes(s.flow));
+  if (picked.length === 0) throw new Error(`no scenario for ${values.flow?.join(', ')}`);
+  if (!values.shard) return picked;
+  const [k, n] = values.shard.split('/').map(Number) as [number, number];
+  return picked.filter((_, i) => i % n === k);
+}
+
+/** Runs the scenarios on one stack of this process. */
+async function work(): Promise<CaseResult[]> {
+  const label = values.shard ? `[${values.shard}] ` : '';
+  // Template URLs point at a local image server.
+  const t = await startCrashStack({ fetchAllowlist: '127.0.0.1' });
   const results: CaseResult[] = [];
   try {
-    for (const scenario of chosen) {
+    for (const scenario of chosen()) {
       const points = await recordPoints(t, scenario);
-      process.stderr.write(`${scenario.flow} (${scenario.name}): ${points.length} kill points\n`);
+      process.stderr.write(`${label}${scenario.flow} (${scenario.name}): ${points.length} kill points\n`);
       if (values.list) {
         for (const p of points) process.stdout.write(`  ${describePoint(p)}\n`);
         continue;
@@ -36,15 +57,46 @@ async function main(): Promise<number> {
         const result = await runCase(t, scenario, point);
         results.push(result);
         const mark = result.outcome === 'converged' ? 'ok' : result.outcome.toUpperCase();
-        process.stderr.write(`  ${mark.padEnd(9)} ${result.point} (${result.firstRun}, ${result.ms} ms)\n`);
-        for (const p of result.problems) process.stderr.write(`            ${p}\n`);
+        process.stderr.write(
+          `${label}  ${mark.padEnd(9)} ${result.point} (${result.firstRun}, ${result.ms} ms)\n`,
+        );
+        for (const p of result.problems) process.stderr.write(`${label}            ${p}\n`);
         if (result.outcome === 'failed') await heal(t);
       }
     }
   } finally {
+    await closeWorld();
     await t.stop();
   }
+  return results;
+}
+
+/** Runs `workers` processes, each on its own stack, and gathers what they found. */
+async function fanOut(workers: number): Promise<CaseResult[]> {
+  const runs = Array.from({ length: workers }, async (_, k) => {
+    const out = path.join(os.tmpdir(), `strata-crash-${process.pid}-${k}.json`);
+    const args = ['--import', 'tsx', __filename, '--shard', `${k}/${workers}`, '--out', out];
+    for (const f of values.flow ?? []) args.push('--flow', f);
+    const child = spawn(process.execPath, args, { stdio: ['ignore', 'inherit', 'inherit'] });
+    const code = await new Promise<number>((resolve) => child.once('exit', (c) => resolve(c ?? 1)));
+    if (code !== 0) throw new Error(`crash worker ${k} exited with ${code}`);
+    return JSON.parse(await readFile(out, 'utf8')) as CaseResult[];
+  });
+  return (await Promise.all(runs)).flat();
+}
+
+async function main(): Promise<number> {
+  const started = Date.now();
+  const workers = Math.max(1, Number(values.workers));
+  if (values.shard) {
+    const results = await work();
+    if (values.out) await writeFile(values.out, JSON.stringify(results));
+    return 0;
+  }
+  const results = values.list || workers === 1 ? await work() : await fanOut(workers);
   if (values.list) return 0;
+  const order = new Map(scenarios.map((s, i) => [s.name, i]));
+  results.sort((a, b) => (order.get(a.scenario) ?? 0) - (order.get(b.scenario) ?? 0));
   process.stdout.write(`\n${formatMatrix(results)}\n\n`);
   const failed = results.filter((r) => r.outcome === 'failed').length;
   const unreached = results.filter((r) => r.outcome === 'unreached').length;

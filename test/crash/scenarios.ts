@@ -2,50 +2,404 @@
  * The crash matrix's scenarios: each flow, started the way an operator starts it, with what it
  * needs made first and the repeat an operator makes after a failure.
  */
+import { execFile } from 'node:child_process';
+import { mkdir } from 'node:fs/promises';
+import path from 'node:path';
+import { promisify } from 'node:util';
 import { FlowName } from '../../functions/core/ports';
+import { startImageServer } from '../support/image-server';
 import type { CrashStack } from './crash-stack';
-import type { Scenario } from './matrix';
+import type { Request, Scenario } from './matrix';
 
+const exec = promisify(execFile);
 const MiB = 2 ** 20;
 
-async function blankVolume(t: CrashStack, name: string, sizeBytes = 16 * MiB): Promise<string> {
-  const { answer, job } = await t.run('POST', '/volumes', { name, zoneId: 'zone-1', sizeBytes });
-  if (job?.state !== 'succeeded') throw new Error(`preparing volume ${name}: ${JSON.stringify(job ?? answer.body)}`);
-  return String(answer.body.volume.id);
+/** What several scenarios share, made once per run. */
+interface World {
+  templateUrl: string;
+  poolId: string;
+  secondPoolId: string;
+  secondImageStoreId: string;
+  maintenanceStoreId: string;
+  close(): Promise<void>;
 }
 
-async function volume(t: CrashStack, id: string) {
-  const { status, body } = await t.call('GET', `/volumes/${id}`);
+let world: World | undefined;
+let shares = 0;
+
+async function share(t: CrashStack, name: string): Promise<string> {
+  const dir = path.join(t.dataDir, 'shares', `${name}-${++shares}`);
+  await mkdir(dir, { recursive: true });
+  return dir;
+}
+
+function nfsStore(name: string, mountPath: string) {
+  return {
+    name,
+    provider: 'nfs',
+    role: 'primary',
+    scope: { type: 'cluster', zoneId: 'zone-1', clusterId: 'cluster-1' },
+    capacityBytes: 50 * 2 ** 30,
+    details: { server: '127.0.0.1', export: `/${name}`, mountPath },
+  };
+}
+
+async function must(t: CrashStack, what: string, r: Request): Promise<Record<string, any>> {
+  const { answer, job } = await t.run(r.method, r.route, r.body);
+  if (answer.status >= 300 || (job && job.state !== 'succeeded')) {
+    throw new Error(
+      `preparing ${what}: ${answer.status} ${JSON.stringify(job ?? answer.body).slice(0, 600)}`,
+    );
+  }
+  return answer.body;
+}
+
+/** The shared parts: an image server with a real qcow2, a second pool, a second image store. */
+export async function makeWorld(t: CrashStack): Promise<World> {
+  if (world) return world;
+  const image = path.join(t.dataDir, 'base.qcow2');
+  await exec('qemu-img', ['create', '-f', 'qcow2', image, '32M']);
+  await exec('qemu-io', ['-c', 'write -P 0xab 0 2M', image]);
+  const server = await startImageServer();
+  server.serve('/base.qcow2', { kind: 'file', path: image });
+  const pools = (await t.call('GET', '/stores?role=primary')).body.items;
+  const images = (await t.call('GET', '/stores?role=image')).body.items;
+  const second = await must(t, 'a second pool', {
+    method: 'POST',
+    route: '/stores',
+    body: nfsStore('pool-b', await share(t, 'pool-b')),
+  });
+  const quiet = await must(t, 'a store for maintenance', {
+    method: 'POST',
+    route: '/stores',
+    body: nfsStore('pool-m', await share(t, 'pool-m')),
+  });
+  const imageStore = await must(t, 'a second image store', {
+    method: 'POST',
+    route: '/stores',
+    body: {
+      name: 'images-b',
+      provider: 's3',
+      role: 'image',
+      scope: { type: 'zone', zoneId: 'zone-1' },
+      details: { bucket: images[0].details.bucket, prefix: 'second/' },
+    },
+  });
+  world = {
+    templateUrl: server.url('/base.qcow2'),
+    poolId: pools[0].id,
+    secondPoolId: second.store.id,
+    secondImageStoreId: imageStore.store.id,
+    maintenanceStoreId: quiet.store.id,
+    close: () => server.close(),
+  };
+  return world;
+}
+
+async function blankVolume(t: CrashStack, name: string, sizeBytes = 16 * MiB): Promise<string> {
+  const w = await makeWorld(t);
+  const body = await must(t, `volume ${name}`, {
+    method: 'POST',
+    route: '/volumes',
+    body: { name, zoneId: 'zone-1', sizeBytes, storeId: w.poolId },
+  });
+  return String(body.volume.id);
+}
+
+async function template(t: CrashStack, name: string): Promise<string> {
+  const w = await makeWorld(t);
+  const body = await must(t, `template ${name}`, {
+    method: 'POST',
+    route: '/templates',
+    body: { name, url: w.templateUrl, format: 'qcow2', zoneId: 'zone-1' },
+  });
+  return String(body.template.id);
+}
+
+async function snapshotOf(t: CrashStack, volumeId: string, backup = false): Promise<string> {
+  const body = await must(t, 'a snapshot', {
+    method: 'POST',
+    route: `/volumes/${volumeId}/snapshots`,
+    body: { name: 'prepared', backup },
+  });
+  return String(body.snapshot.id);
+}
+
+async function get(t: CrashStack, route: string) {
+  const { status, body } = await t.call('GET', route);
   return status === 200 ? body : undefined;
 }
+
+/** Repeat `r` unless `done` says what it asked for is already there. */
+function unless(
+  done: (t: CrashStack, p: Record<string, string>) => Promise<boolean>,
+  r: (p: Record<string, string>) => Request,
+) {
+  return async (t: CrashStack, p: Record<string, string>) => ((await done(t, p)) ? undefined : r(p));
+}
+
+const resize = (p: Record<string, string>): Request => ({
+  method: 'POST',
+  route: `/volumes/${p.volumeId}/resize`,
+  body: { sizeBytes: 32 * MiB },
+});
+const migrate = (p: Record<string, string>): Request => ({
+  method: 'POST',
+  route: `/volumes/${p.volumeId}/migrate`,
+  body: { storeId: p.to },
+});
+const grant = (p: Record<string, string>): Request => ({
+  method: 'POST',
+  route: `/volumes/${p.volumeId}/access`,
+  body: { hostId: p.hostId },
+});
+const revoke = (p: Record<string, string>): Request => ({
+  method: 'DELETE',
+  route: `/volumes/${p.volumeId}/access/${p.hostId}`,
+});
+const backup = (p: Record<string, string>): Request => ({
+  method: 'POST',
+  route: `/snapshots/${p.snapshotId}/backup`,
+});
+const deleteSnapshot = (p: Record<string, string>): Request => ({
+  method: 'DELETE',
+  route: `/snapshots/${p.snapshotId}`,
+});
+const copy = (p: Record<string, string>): Request => ({
+  method: 'POST',
+  route: `/templates/${p.templateId}/copies`,
+  body: { storeId: p.storeId },
+});
+const maintenance = (p: Record<string, string>): Request => ({
+  method: 'POST',
+  route: `/stores/${p.storeId}/maintenance`,
+});
 
 export const scenarios: Scenario<Record<string, string>>[] = [
   {
     flow: FlowName.VolumeCreate,
     name: 'blank volume',
     prepare: async () => ({}),
-    request: () => ({ method: 'POST', route: '/volumes', body: { name: 'crash', zoneId: 'zone-1', sizeBytes: 16 * MiB } }),
+    request: () => ({
+      method: 'POST',
+      route: '/volumes',
+      body: { name: 'crash', zoneId: 'zone-1', sizeBytes: 16 * MiB },
+    }),
+  },
+  {
+    flow: FlowName.VolumeCreate,
+    name: 'from a template (first install on the pool)',
+    prepare: async (t) => ({ templateId: await template(t, 'to-install') }),
+    request: (p) => ({
+      method: 'POST',
+      route: '/volumes',
+      body: { name: 'vm', zoneId: 'zone-1', templateId: p.templateId },
+    }),
   },
   {
     flow: FlowName.VolumeResize,
     name: FlowName.VolumeResize,
     prepare: async (t) => ({ volumeId: await blankVolume(t, 'to-resize') }),
-    request: (p) => ({ method: 'POST', route: `/volumes/${p.volumeId}/resize`, body: { sizeBytes: 32 * MiB } }),
-    retry: async (t, p) => {
-      const v = await volume(t, p.volumeId!);
-      return v?.status === 'Ready' && v.sizeBytes === 32 * MiB
-        ? undefined
-        : { method: 'POST', route: `/volumes/${p.volumeId}/resize`, body: { sizeBytes: 32 * MiB } };
-    },
+    request: resize,
+    retry: unless(async (t, p) => {
+      const v = await get(t, `/volumes/${p.volumeId}`);
+      return v?.status === 'Ready' && v.sizeBytes === 32 * MiB;
+    }, resize),
   },
   {
     flow: FlowName.VolumeDelete,
     name: FlowName.VolumeDelete,
     prepare: async (t) => ({ volumeId: await blankVolume(t, 'to-delete') }),
     request: (p) => ({ method: 'DELETE', route: `/volumes/${p.volumeId}` }),
+    retry: unless(
+      async (t, p) => (await get(t, `/volumes/${p.volumeId}`)) === undefined,
+      (p) => ({ method: 'DELETE', route: `/volumes/${p.volumeId}` }),
+    ),
+  },
+  {
+    flow: FlowName.VolumeMigrate,
+    name: FlowName.VolumeMigrate,
+    prepare: async (t) => ({
+      volumeId: await blankVolume(t, 'to-move'),
+      to: (await makeWorld(t)).secondPoolId,
+    }),
+    request: migrate,
+    retry: unless(async (t, p) => {
+      const v = await get(t, `/volumes/${p.volumeId}`);
+      return v?.status === 'Ready' && v.storeId === p.to;
+    }, migrate),
+  },
+  {
+    flow: FlowName.VolumeAccess,
+    name: 'grant',
+    prepare: async (t) => ({ volumeId: await blankVolume(t, 'to-open'), hostId: t.hostId(1) }),
+    request: grant,
+    retry: unless(
+      async (t, p) => ((await get(t, `/volumes/${p.volumeId}`))?.accessHostIds ?? []).includes(p.hostId),
+      grant,
+    ),
+  },
+  {
+    flow: FlowName.VolumeAccess,
+    name: 'revoke',
+    prepare: async (t) => {
+      const p = { volumeId: await blankVolume(t, 'to-close'), hostId: t.hostId(1) };
+      await must(t, 'access', grant(p));
+      return p;
+    },
+    request: revoke,
+    retry: unless(
+      async (t, p) => !((await get(t, `/volumes/${p.volumeId}`))?.accessHostIds ?? []).includes(p.hostId),
+      revoke,
+    ),
+  },
+  {
+    flow: FlowName.SnapshotTake,
+    name: FlowName.SnapshotTake,
+    prepare: async (t) => ({ volumeId: await blankVolume(t, 'to-snapshot') }),
+    request: (p) => ({ method: 'POST', route: `/volumes/${p.volumeId}/snapshots`, body: { name: 'crash' } }),
+  },
+  {
+    flow: FlowName.SnapshotBackup,
+    name: 'take with backup',
+    prepare: async (t) => ({ volumeId: await blankVolume(t, 'to-back-up') }),
+    request: (p) => ({
+      method: 'POST',
+      route: `/volumes/${p.volumeId}/snapshots`,
+      body: { name: 'crash', backup: true },
+    }),
+  },
+  {
+    flow: FlowName.SnapshotBackup,
+    name: 'backup of a snapshot',
+    prepare: async (t) => {
+      const volumeId = await blankVolume(t, 'backed-later');
+      return { volumeId, snapshotId: await snapshotOf(t, volumeId) };
+    },
+    request: backup,
+    retry: unless(
+      async (t, p) => (await get(t, `/snapshots/${p.snapshotId}`))?.status === 'BackedUp',
+      backup,
+    ),
+  },
+  {
+    flow: FlowName.SnapshotRevert,
+    name: FlowName.SnapshotRevert,
+    prepare: async (t) => {
+      const volumeId = await blankVolume(t, 'to-revert');
+      return { volumeId, snapshotId: await snapshotOf(t, volumeId) };
+    },
+    request: (p) => ({ method: 'POST', route: `/snapshots/${p.snapshotId}/revert` }),
+  },
+  {
+    flow: FlowName.SnapshotDelete,
+    name: 'backed-up snapshot, every copy',
+    prepare: async (t) => {
+      const volumeId = await blankVolume(t, 'snapshot-to-delete');
+      return { volumeId, snapshotId: await snapshotOf(t, volumeId, true) };
+    },
+    request: deleteSnapshot,
+    retry: unless(async (t, p) => (await get(t, `/snapshots/${p.snapshotId}`)) === undefined, deleteSnapshot),
+  },
+  {
+    flow: FlowName.SnapshotPolicy,
+    name: 'a scheduled run',
+    prepare: async (t) => {
+      const volumeId = await blankVolume(t, 'on-a-policy');
+      const policy = await must(t, 'a policy', {
+        method: 'POST',
+        route: '/snapshot-policies',
+        body: { volumeId, schedule: 'rate(1 day)', keep: 1 },
+      });
+      return { volumeId, policyId: String(policy.id) };
+    },
+    // The same slot again is the same snapshot: a repeat delivery takes nothing twice.
+    request: (p) => ({
+      method: 'START',
+      route: FlowName.SnapshotPolicy,
+      body: { policyId: p.policyId, scheduledTime: '2026-12-04T00:00:00Z' },
+    }),
+  },
+  {
+    flow: FlowName.TemplateIngest,
+    name: 'register by URL',
+    prepare: async (t) => ({ url: (await makeWorld(t)).templateUrl }),
+    request: (p) => ({
+      method: 'POST',
+      route: '/templates',
+      body: { name: 'crash', url: p.url, format: 'qcow2', zoneId: 'zone-1' },
+    }),
+  },
+  {
+    flow: FlowName.TemplateCopy,
+    name: 'to a second image store',
+    prepare: async (t) => ({
+      templateId: await template(t, 'to-copy'),
+      storeId: (await makeWorld(t)).secondImageStoreId,
+    }),
+    request: copy,
+    retry: unless(async (t, p) => {
+      const tpl = await get(t, `/templates/${p.templateId}`);
+      return (tpl?.copies ?? []).some(
+        (c: { storeId: string; status: string }) => c.storeId === p.storeId && c.status === 'Ready',
+      );
+    }, copy),
+  },
+  {
+    flow: FlowName.StoreAttach,
+    name: 'add an nfs pool',
+    prepare: async (t) => ({ mountPath: await share(t, 'added') }),
+    request: (p) => ({ method: 'POST', route: '/stores', body: nfsStore(`added-${shares}`, p.mountPath!) }),
     retry: async (t, p) => {
-      const v = await volume(t, p.volumeId!);
-      return !v || v.status === 'Destroyed' ? undefined : { method: 'DELETE', route: `/volumes/${p.volumeId}` };
+      const stores = (await t.call('GET', '/stores?role=primary')).body.items as {
+        id: string;
+        status: string;
+        details: { mountPath?: string };
+      }[];
+      const mine = stores.find((s) => s.details.mountPath === p.mountPath);
+      if (mine?.status === 'Up') return undefined;
+      // A store the crash left behind (in Error) is deleted first, as an operator would.
+      if (mine) await t.call('DELETE', `/stores/${mine.id}`);
+      return { method: 'POST', route: '/stores', body: nfsStore(`added-${shares}-again`, p.mountPath!) };
     },
   },
+  {
+    flow: FlowName.StoreMaintenance,
+    name: 'enter maintenance',
+    prepare: async (t) => {
+      const storeId = (await makeWorld(t)).maintenanceStoreId;
+      const store = await get(t, `/stores/${storeId}`);
+      if (store?.status !== 'Up')
+        await must(t, 'maintenance off', { method: 'DELETE', route: `/stores/${storeId}/maintenance` });
+      return { storeId };
+    },
+    request: maintenance,
+    retry: unless(
+      async (t, p) => (await get(t, `/stores/${p.storeId}`))?.status === 'Maintenance',
+      maintenance,
+    ),
+  },
+  {
+    flow: FlowName.StoreInventory,
+    name: FlowName.StoreInventory,
+    prepare: async (t) => ({ storeId: (await makeWorld(t)).poolId }),
+    request: (p) => ({ method: 'POST', route: `/stores/${p.storeId}/inventory` }),
+  },
+  {
+    flow: FlowName.HostProbe,
+    name: FlowName.HostProbe,
+    prepare: async (t) => ({ hostId: t.hostId(2) }),
+    request: (p) => ({ method: 'POST', route: `/hosts/${p.hostId}/probe` }),
+  },
+  {
+    flow: FlowName.OrphanSweep,
+    name: FlowName.OrphanSweep,
+    prepare: async () => ({}),
+    request: () => ({ method: 'POST', route: '/sweeps', body: {} }),
+  },
 ];
+
+export async function closeWorld(): Promise<void> {
+  await world?.close();
+  world = undefined;
+}

@@ -55,7 +55,12 @@ export class JobService {
    * Records a new job. With `launch`, the flow and its input are recorded with it, so a job whose
    * flow never started (or died) is compensated by the reconciler.
    */
-  create(kind: string, target: { type: string; id: string }, id = newId('job'), launch?: Launch): Promise<Job> {
+  create(
+    kind: string,
+    target: { type: string; id: string },
+    id = newId('job'),
+    launch?: Launch,
+  ): Promise<Job> {
     return this.repo.create('Job', this.fields(kind, target, id, launch));
   }
 

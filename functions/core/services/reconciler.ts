@@ -183,7 +183,9 @@ export class Reconciler {
   ): Promise<Recovery | undefined> {
     const key = { type: 'Job' as const, id: job.id };
     const reason = `job ${job.id} made no progress since ${job.lease.expiresAt}`;
-    if (!(await this.repo.claimExpiredLease(key, job.lease.owner, this.clock.now(), RECOVERY_LEASE_SECONDS))) {
+    if (
+      !(await this.repo.claimExpiredLease(key, job.lease.owner, this.clock.now(), RECOVERY_LEASE_SECONDS))
+    ) {
       return undefined;
     }
     const base = { type: 'Job' as const, id: job.id, from: job.state, job: job.id };
@@ -206,7 +208,9 @@ export class Reconciler {
     }
     // Failing the job lets go of its lease; one that had ended only loses the stale lease.
     await this.jobs.fail(job.id, { code: 'LeaseExpired', message: reason }).catch(() => undefined);
-    await this.repo.updateWhere(key, { field: 'state', oneOf: [job.state] }, { lease: undefined }).catch(() => undefined);
+    await this.repo
+      .updateWhere(key, { field: 'state', oneOf: [job.state] }, { lease: undefined })
+      .catch(() => undefined);
     return { ...base, to: 'failed' };
   }
 

@@ -470,7 +470,10 @@ export class VolumeService {
       lease: { owner: jobId, ttlSeconds: VOLUME_LEASE_SECONDS },
     });
     const launch = { flow: FlowName.VolumeResize, input: { jobId, volumeId: id, sizeBytes, allowShrink } };
-    const writes = [toResizing, this.deps.jobs.createWrite('volume.resize', { type: 'volume', id }, jobId, launch)];
+    const writes = [
+      toResizing,
+      this.deps.jobs.createWrite('volume.resize', { type: 'volume', id }, jobId, launch),
+    ];
     // A grow reserves its extra space in the same write that starts the resize (and records the job).
     if (delta > 0) await this.reserveOn(volume.storeId, delta, writes);
     else await this.repo.transact(writes);

@@ -9,8 +9,10 @@
  * and output is truncated inline (24,000 characters of stdout) with the full text in S3.
  */
 import { randomUUID } from 'node:crypto';
+import { decodeHostRequest } from '../../../drivers/sdk/host-protocol.js';
 import type { Logger } from '../../../drivers/sdk/types.js';
 import type { LocalAssociation, LocalDocument } from '../assembly/deployment.js';
+import type { HostFault, LocalFaults } from '../faults.js';
 import {
   INLINE_STDERR_CHARS,
   INLINE_STDOUT_CHARS,
@@ -18,8 +20,6 @@ import {
   type LocalHost,
   type PluginRun,
 } from '../hosts/local-host.js';
-import { decodeHostRequest } from '../../../drivers/sdk/host-protocol.js';
-import type { HostFault, LocalFaults } from '../faults.js';
 import { AwsServiceError, type CallContext, type LocalEndpoint, startJsonService } from './aws-server.js';
 import type { IamAuthorizer } from './iam-authorizer.js';
 import type { LocalAccount, LocalCredentialStore } from './principals.js';
