@@ -14,6 +14,7 @@
  * and every turn re-enters the same task, which picks up the command it recorded on the job (the
  * same request id), renews the leases its job holds, and either answers waiting again or finishes.
  */
+import type { z } from 'zod';
 
 /** The task functions a flow can call, by the placeholder their ARN is substituted for. */
 export const TaskFunction = {
@@ -95,8 +96,13 @@ export interface TaskStep {
 export type RawState = Record<string, unknown> & { Type: string };
 export type FlowState = TaskStep | RawState;
 
+/** A flow's step contracts: each task it runs → the schema of the input its task function gets. */
+export type StepContracts = Record<string, z.ZodType>;
+
 export interface FlowDefinition {
   comment: string;
+  /** The input contract of every task the flow runs (checked against the states in tests). */
+  steps: StepContracts;
   /** The function the flow's tasks run on. */
   fn: TaskFunction;
   startAt: string;

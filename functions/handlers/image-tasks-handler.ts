@@ -2,32 +2,24 @@
  * The image workflows' task function: one Lambda serving every step of template-ingest and
  * template-copy, chosen by `task`. Inputs are validated; errors leave with a stable name.
  */
-import { z } from 'zod';
 import { hostTasks } from '../../statemachines/definitions.js';
+import { templateCopy } from '../../statemachines/flows/template-copy.js';
+import { templateIngest } from '../../statemachines/flows/template-ingest.js';
 import type { Strata } from '../core/strata.js';
-import { createTaskHandler, type TaskTable } from './task-handler.js';
+import { bindTasks, createTaskHandler } from './task-handler.js';
 
-const id = z.string().min(1).max(128);
-const sfnError = z.object({ Error: z.string().optional(), Cause: z.string().optional() });
-const step = z.object({ jobId: id, templateId: id, storeId: id });
-const copyStep = step.extend({ sourceStoreId: id });
-const result = z.object({
-  path: z.string(),
-  sizeBytes: z.number().nonnegative(),
-  checksum: z.string(),
-  virtualSizeBytes: z.number().nonnegative(),
-});
-
-export const imageTasks = {
-  ingestFromUrl: (s: Strata, i: unknown) => s.images.ingestFromUrl(step.parse(i)),
-  verifyUpload: (s: Strata, i: unknown) => s.images.verifyUpload(step.parse(i)),
-  finishIngest: (s: Strata, i: unknown) => s.images.finishIngest(step.extend({ result }).parse(i)),
-  failIngest: (s: Strata, i: unknown) => s.images.failIngest(step.extend({ error: sfnError }).parse(i)),
-  copyStep: (s: Strata, i: unknown) => s.images.copyStep(copyStep.parse(i)),
-  finishCopy: (s: Strata, i: unknown) =>
-    s.images.finishCopy(copyStep.extend({ result: result.extend({ via: z.string() }) }).parse(i)),
-  failCopy: (s: Strata, i: unknown) => s.images.failCopy(copyStep.extend({ error: sfnError }).parse(i)),
-} satisfies TaskTable;
+export const imageTasks = bindTasks(
+  { ...templateIngest.steps, ...templateCopy.steps },
+  {
+    ingestFromUrl: (s, i) => s.images.ingestFromUrl(i),
+    verifyUpload: (s, i) => s.images.verifyUpload(i),
+    finishIngest: (s, i) => s.images.finishIngest(i),
+    failIngest: (s, i) => s.images.failIngest(i),
+    copyStep: (s, i) => s.images.copyStep(i),
+    finishCopy: (s, i) => s.images.finishCopy(i),
+    failCopy: (s, i) => s.images.failCopy(i),
+  },
+);
 
 /** The task names this function serves (checked against the flows in tests). */
 export const imageTaskNames: readonly string[] = Object.keys(imageTasks);

@@ -10,11 +10,33 @@
  */
 import middy from '@middy/core';
 import { z } from 'zod';
+import type { StepContracts } from '../../statemachines/flow.js';
 import { runInStep, StepScope } from '../core/step-scope.js';
 import type { Strata } from '../core/strata.js';
 import { toWorkflowError } from './workflow-errors.js';
 
 export type TaskTable = Record<string, (strata: Strata, input: unknown) => Promise<unknown>>;
+
+/** What each step of `S` runs, given its input as its contract types it. */
+export type TaskBindings<S extends StepContracts> = {
+  [K in keyof S]: (strata: Strata, input: z.infer<S[K]>) => Promise<unknown>;
+};
+
+/**
+ * The task table of a function: every step contract bound to what it runs, each input validated by
+ * its contract (the flow module's `steps`) before the step sees it.
+ */
+export function bindTasks<S extends StepContracts>(steps: S, bindings: TaskBindings<S>): TaskTable {
+  return Object.fromEntries(
+    Object.entries(steps).map(([name, schema]) => {
+      const run = bindings[name as keyof S];
+      return [
+        name,
+        async (strata: Strata, input: unknown) => run(strata, schema.parse(input) as z.infer<S[keyof S]>),
+      ];
+    }),
+  );
+}
 
 /** What a suspended host step answers; the flow's loop waits `seconds`, then runs it again. */
 export interface WaitingAnswer {

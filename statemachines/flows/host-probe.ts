@@ -1,10 +1,12 @@
 /** The host-probe flow. */
 import { compensate, type FlowDefinition, task } from '../flow.js';
+import { failing, hostStep } from '../steps.js';
 
-export const hostProbe: FlowDefinition = {
+export const hostProbe = {
   comment:
     "host-probe: asks a host's runtime for its build and prerequisites (Node.js, qemu-img, qemu-nbd) and records them on the host.",
   fn: 'store',
+  steps: { probeHost: hostStep, failProbe: failing(hostStep) },
   startAt: 'Probe',
   states: {
     Probe: task({
@@ -25,4 +27,4 @@ export const hostProbe: FlowDefinition = {
       Cause: 'The host did not answer the probe; the job says why.',
     },
   },
-};
+} satisfies FlowDefinition;

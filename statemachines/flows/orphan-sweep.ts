@@ -1,10 +1,18 @@
 /** The orphan-sweep flow. */
-import { compensate, type FlowDefinition, task } from '../flow.js';
 
-export const orphanSweep: FlowDefinition = {
+import { z } from 'zod';
+import { SweepOptionsSchema } from '../../functions/core/sweep-options.js';
+import { compensate, type FlowDefinition, task } from '../flow.js';
+import { id, sfnError } from '../steps.js';
+
+export const orphanSweep = {
   comment:
     'orphan-sweep: per store, finds what nothing owns any more (objects no row records, abandoned multipart uploads, chunks no manifest holds, stale collection claims), reports them on the job and, unless it is a dry run, deletes them.',
   fn: 'store',
+  steps: {
+    sweepOrphans: z.object({ jobId: id, options: SweepOptionsSchema }),
+    failSweep: z.object({ jobId: id, error: sfnError }),
+  },
   startAt: 'Sweep',
   states: {
     Sweep: task({
@@ -25,4 +33,4 @@ export const orphanSweep: FlowDefinition = {
       Cause: 'The sweep did not complete; the job says why.',
     },
   },
-};
+} satisfies FlowDefinition;

@@ -1,10 +1,25 @@
 /** The snapshot-backup flow. */
-import { compensate, type FlowDefinition, retryOn, task, transient } from '../flow.js';
 
-export const snapshotBackup: FlowDefinition = {
+import { z } from 'zod';
+import { compensate, type FlowDefinition, retryOn, task, transient } from '../flow.js';
+import { failing, snapshotStep } from '../steps.js';
+
+export const snapshotBackup = {
   comment:
     "snapshot-backup: the snapshot is BackingUp (leased by the job). Scan: the host hashes the snapshot in fixed chunks, reading only the extents changed since the volume's previous backup when that backup is the snapshot's base; the control plane records the new manifest's chunk list as a plan in the image store and pins every chunk in the chunk index. Upload: presigned PUTs for exactly the chunks the store does not hold yet. Commit: the manifest is written last, so no manifest ever names a missing chunk. On failure the pins are released (uploaded chunks stay for a retry to reuse) and the snapshot is CreatedOnPrimary again, still restorable from primary storage.",
   fn: 'store',
+  steps: {
+    scanBackup: snapshotStep,
+    uploadBackup: snapshotStep,
+    commitBackup: snapshotStep.extend({
+      upload: z.object({
+        chunksUploaded: z.number().int().nonnegative(),
+        bytesRead: z.number().int().nonnegative(),
+        bytesUploaded: z.number().int().nonnegative(),
+      }),
+    }),
+    failBackup: failing(snapshotStep),
+  },
   startAt: 'Scan',
   states: {
     Scan: task({
@@ -74,4 +89,4 @@ export const snapshotBackup: FlowDefinition = {
       Cause: 'The backup did not complete; the job says why. The snapshot is still on primary storage.',
     },
   },
-};
+} satisfies FlowDefinition;

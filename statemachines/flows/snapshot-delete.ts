@@ -1,10 +1,16 @@
 /** The snapshot-delete flow. */
-import { compensate, type FlowDefinition, task } from '../flow.js';
 
-export const snapshotDelete: FlowDefinition = {
+import { z } from 'zod';
+import { compensate, type FlowDefinition, task } from '../flow.js';
+import { failing, snapshotStep } from '../steps.js';
+
+const deleteStep = snapshotStep.extend({ from: z.enum(['all', 'primary', 'image']) });
+
+export const snapshotDelete = {
   comment:
     'snapshot-delete: the snapshot is held in Destroying (and, when a layer is merged, the volume too). Each targeted copy goes: a primary layer is merged into what depends on it on a host, a backup releases its chunks (collected when no other backup holds them). On failure the snapshot is Error with the reason and the delete can be retried.',
   fn: 'store',
+  steps: { deleteSnapshot: deleteStep, failSnapshotDelete: failing(deleteStep) },
   startAt: 'Delete',
   states: {
     Delete: task({
@@ -29,4 +35,4 @@ export const snapshotDelete: FlowDefinition = {
       Cause: 'The snapshot was not deleted; the job says why.',
     },
   },
-};
+} satisfies FlowDefinition;

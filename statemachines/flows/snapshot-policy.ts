@@ -1,10 +1,28 @@
 /** The snapshot-policy flow. */
-import { compensate, type FlowDefinition, task, transient } from '../flow.js';
 
-export const snapshotPolicy: FlowDefinition = {
+import { z } from 'zod';
+import { compensate, type FlowDefinition, task, transient } from '../flow.js';
+import { id, sfnError } from '../steps.js';
+
+export const snapshotPolicy = {
   comment:
     "snapshot-policy: started by the policy's schedule (EventBridge Scheduler on AWS, the in-process scheduler locally) with { policyId, scheduledTime }. Run takes the slot's snapshot (the slot is the scheduled time to the minute and names the snapshot, so however often a slot is delivered there is one snapshot; a busy volume is Strata.Unavailable and retried with backoff; a deleted policy makes the run a no-op). The flow then polls the snapshot job every 10 s (bounded by maxPolls) and applies retention: the policy's snapshots beyond the newest `keep` get a snapshot-delete job each (SnapshotService.delete: merged, never orphaning a child). A failed snapshot job or an exhausted wait goes to Compensate, which records why, and the execution fails.",
   fn: 'store',
+  steps: {
+    runPolicy: z.object({ policyId: id, scheduledTime: z.iso.datetime({ offset: true }) }),
+    policyJobStatus: z.object({
+      jobId: id,
+      polls: z.number().int().nonnegative(),
+      maxPolls: z.number().int().positive(),
+    }),
+    applyRetention: z.object({ policyId: id }),
+    // Loose on purpose: a run refused for a malformed start still gets its failure recorded.
+    failPolicyRun: z.object({
+      policyId: z.string().max(256),
+      scheduledTime: z.string().max(64),
+      error: sfnError,
+    }),
+  },
   startAt: 'Run',
   states: {
     Run: task({
@@ -103,4 +121,4 @@ export const snapshotPolicy: FlowDefinition = {
       Cause: "The policy run failed; the failPolicyRun log entry and the snapshot's job say why.",
     },
   },
-};
+} satisfies FlowDefinition;

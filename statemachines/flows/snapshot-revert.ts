@@ -1,10 +1,12 @@
 /** The snapshot-revert flow. */
 import { compensate, type FlowDefinition, task } from '../flow.js';
+import { failing, snapshotStep } from '../steps.js';
 
-export const snapshotRevert: FlowDefinition = {
+export const snapshotRevert = {
   comment:
     'snapshot-revert: the volume is held in RevertSnapshotting. A host makes the snapshot the base of a new empty active layer (the driver swaps layers atomically) and the volume is Ready again; on failure the volume keeps its layers, is released and the job says why.',
   fn: 'store',
+  steps: { revertOnPool: snapshotStep, failRevert: failing(snapshotStep) },
   startAt: 'Revert',
   states: {
     Revert: task({
@@ -25,4 +27,4 @@ export const snapshotRevert: FlowDefinition = {
       Cause: 'The volume was not reverted; the job says why.',
     },
   },
-};
+} satisfies FlowDefinition;

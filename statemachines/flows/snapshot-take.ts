@@ -1,10 +1,18 @@
 /** The snapshot-take flow. */
-import { compensate, type FlowDefinition, task } from '../flow.js';
 
-export const snapshotTake: FlowDefinition = {
+import { z } from 'zod';
+import { compensate, type FlowDefinition, task } from '../flow.js';
+import { failing, snapshotStep } from '../steps.js';
+
+export const snapshotTake = {
   comment:
     "snapshot-take: the volume is held in Snapshotting. Freeze its current layer on a host (for nfs: the layer becomes snapshots/<vol>/<snap>.qcow2 and a new empty overlay takes the volume's path, so the next backup reads only what changed), record the snapshot's copy on primary storage, release the volume. On failure the snapshot is Error and the volume Ready again.",
   fn: 'store',
+  steps: {
+    takeOnPool: snapshotStep,
+    finishTake: snapshotStep.extend({ path: z.string(), sizeBytes: z.number().nonnegative() }),
+    failTake: failing(snapshotStep),
+  },
   startAt: 'Take',
   states: {
     Take: task({
@@ -42,4 +50,4 @@ export const snapshotTake: FlowDefinition = {
       Cause: 'The snapshot could not be taken; the job says why.',
     },
   },
-};
+} satisfies FlowDefinition;

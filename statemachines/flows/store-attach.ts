@@ -1,10 +1,26 @@
 /** The store-attach flow. */
-import { compensate, type FlowDefinition, hostFailed, task } from '../flow.js';
 
-export const storeAttach: FlowDefinition = {
+import { z } from 'zod';
+import { compensate, type FlowDefinition, hostFailed, task } from '../flow.js';
+import { failing, hostResult, id } from '../steps.js';
+
+const attach = z.object({
+  jobId: id,
+  storeId: id,
+  mode: z.enum(['initialize', 'attach']),
+  hostIds: z.array(id).optional(),
+});
+
+export const storeAttach = {
   comment:
     "store-attach: initialize a data store through its provider's lifecycle, attach it to every Up host in its scope (one branch per host), then mark it Up. Any unexpected error moves the store to Error and fails the job.",
   fn: 'store',
+  steps: {
+    prepareAttach: attach,
+    attachHost: z.object({ jobId: id, storeId: id, hostId: id }),
+    finishAttach: attach.extend({ hostIds: z.array(id), results: z.array(hostResult) }),
+    failAttach: failing(attach),
+  },
   startAt: 'Prepare',
   states: {
     Prepare: task({
@@ -78,4 +94,4 @@ export const storeAttach: FlowDefinition = {
       Cause: 'The store could not be attached; the job records why.',
     },
   },
-};
+} satisfies FlowDefinition;

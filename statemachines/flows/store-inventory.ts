@@ -1,10 +1,12 @@
 /** The store-inventory flow. */
 import { compensate, type FlowDefinition, task } from '../flow.js';
+import { failing, storeStep } from '../steps.js';
 
-export const storeInventory: FlowDefinition = {
+export const storeInventory = {
   comment:
     'store-inventory: lists what the storage holds (through a host for host-mounted stores) and matches each object with the row that owns it; the job result holds the list.',
   fn: 'store',
+  steps: { inventoryStore: storeStep, failInventory: failing(storeStep) },
   startAt: 'List',
   states: {
     List: task({
@@ -25,4 +27,4 @@ export const storeInventory: FlowDefinition = {
       Cause: 'The store could not be listed; the job says why.',
     },
   },
-};
+} satisfies FlowDefinition;

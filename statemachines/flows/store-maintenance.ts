@@ -1,10 +1,22 @@
 /** The store-maintenance flow. */
-import { compensate, type FlowDefinition, hostFailed, retryOn, task, transient } from '../flow.js';
 
-export const storeMaintenance: FlowDefinition = {
+import { z } from 'zod';
+import { compensate, type FlowDefinition, hostFailed, retryOn, task, transient } from '../flow.js';
+import { failing, hostResult, id } from '../steps.js';
+
+const maintenance = z.object({ jobId: id, storeId: id, action: z.enum(['enter', 'cancel']) });
+
+export const storeMaintenance = {
   comment:
     'store-maintenance: enter (wait until nothing on the store is mid-operation, detach every host, Maintenance) or cancel (re-attach hosts in scope, Up). Failure leaves the store in ErrorInMaintenance, from which the operator can retry either way.',
   fn: 'store',
+  steps: {
+    beginMaintenance: maintenance,
+    checkStoreIdle: maintenance,
+    maintainHost: maintenance.extend({ hostId: id }),
+    completeMaintenance: maintenance.extend({ hostIds: z.array(id), results: z.array(hostResult) }),
+    failMaintenance: failing(maintenance),
+  },
   startAt: 'Begin',
   states: {
     Begin: task({
@@ -113,4 +125,4 @@ export const storeMaintenance: FlowDefinition = {
       Cause: 'Maintenance could not complete; the store is in ErrorInMaintenance and the job records why.',
     },
   },
-};
+} satisfies FlowDefinition;

@@ -1,10 +1,20 @@
 /** The template-copy flow. */
-import { compensate, type FlowDefinition, IMAGE_RESULT, task } from '../flow.js';
 
-export const templateCopy: FlowDefinition = {
+import { z } from 'zod';
+import { compensate, type FlowDefinition, IMAGE_RESULT, task } from '../flow.js';
+import { failing, id, imageResult, templateStep } from '../steps.js';
+
+const copyStep = templateStep.extend({ sourceStoreId: id });
+
+export const templateCopy = {
   comment:
     'template-copy: copy a Ready template from one image store to another through DataMotionService (a server-side copy when both stores are S3). The source is held in Copying meanwhile; on failure the partial copy is removed and the source released.',
   fn: 'image',
+  steps: {
+    copyStep,
+    finishCopy: copyStep.extend({ result: imageResult.extend({ via: z.string() }) }),
+    failCopy: failing(copyStep),
+  },
   startAt: 'Copy',
   states: {
     Copy: task({
@@ -37,4 +47,4 @@ export const templateCopy: FlowDefinition = {
       Cause: 'The copy failed; the job says why.',
     },
   },
-};
+} satisfies FlowDefinition;

@@ -1,10 +1,17 @@
 /** The template-ingest flow. */
 import { compensate, type FlowDefinition, IMAGE_RESULT, task, transient } from '../flow.js';
+import { failing, imageResult, templateStep } from '../steps.js';
 
-export const templateIngest: FlowDefinition = {
+export const templateIngest = {
   comment:
     'template-ingest: bring a template into an image store and prove it. From a URL: stream it into the store through the SSRF-safe fetcher, hashing and inspecting on the way. From an upload: read the assembled object back, hashing and inspecting it. Then the copy is Ready; on any failure nothing is left in the store and the copy is Failed with the reason.',
   fn: 'image',
+  steps: {
+    ingestFromUrl: templateStep,
+    verifyUpload: templateStep,
+    finishIngest: templateStep.extend({ result: imageResult }),
+    failIngest: failing(templateStep),
+  },
   startAt: 'Source',
   states: {
     Source: {
@@ -60,4 +67,4 @@ export const templateIngest: FlowDefinition = {
       Cause: "The template could not be ingested; the job and the copy's statusReason say why.",
     },
   },
-};
+} satisfies FlowDefinition;

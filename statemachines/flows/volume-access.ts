@@ -1,10 +1,16 @@
 /** The volume-access flow. */
-import { compensate, type FlowDefinition, task } from '../flow.js';
 
-export const volumeAccess: FlowDefinition = {
+import { z } from 'zod';
+import { compensate, type FlowDefinition, task } from '../flow.js';
+import { failing, id, volumeStep } from '../steps.js';
+
+const access = volumeStep.extend({ hostId: id, action: z.enum(['grant', 'revoke']) });
+
+export const volumeAccess = {
   comment:
     'volume-access: grants a host access to a volume (the driver opens the object to that host and says how it reaches it; the job result holds the URI) or revokes it.',
   fn: 'store',
+  steps: { volumeAccess: access, failVolumeAccess: failing(access) },
   startAt: 'Access',
   states: {
     Access: task({
@@ -29,4 +35,4 @@ export const volumeAccess: FlowDefinition = {
       Cause: 'Access was not changed; the job says why.',
     },
   },
-};
+} satisfies FlowDefinition;

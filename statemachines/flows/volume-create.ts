@@ -1,10 +1,19 @@
 /** The volume-create flow. */
-import { compensate, type FlowDefinition, retryOn, task, transient } from '../flow.js';
 
-export const volumeCreate: FlowDefinition = {
+import { z } from 'zod';
+import { compensate, type FlowDefinition, retryOn, task, transient } from '../flow.js';
+import { failing, volumeStep } from '../steps.js';
+
+export const volumeCreate = {
   comment:
     'volume-create: the volume is already placed (its size reserved on the pool) and Creating. From a template: make sure the template is cached on the pool once (concurrent creators wait for the one installing it), then a linked clone or full copy; blank: a new qcow2. On failure the file, the reservation and the template reference are given back and the volume is Error with the reason.',
   fn: 'store',
+  steps: {
+    ensureTemplateCache: volumeStep,
+    createOnPool: volumeStep,
+    finishCreate: volumeStep.extend({ path: z.string() }),
+    failCreate: failing(volumeStep),
+  },
   startAt: 'Source',
   states: {
     Source: {
@@ -75,4 +84,4 @@ export const volumeCreate: FlowDefinition = {
       Cause: "The volume could not be created; the job and the volume's statusReason say why.",
     },
   },
-};
+} satisfies FlowDefinition;

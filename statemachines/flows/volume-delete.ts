@@ -1,10 +1,12 @@
 /** The volume-delete flow. */
 import { compensate, type FlowDefinition, task } from '../flow.js';
+import { failing, volumeStep } from '../steps.js';
 
-export const volumeDelete: FlowDefinition = {
+export const volumeDelete = {
   comment:
     "volume-delete: remove the file on a host that mounts the pool, release the reserved space and the template reference (evicting the pool's cache entry when it was the last), then forget the volume.",
   fn: 'store',
+  steps: { destroyVolume: volumeStep, failDestroy: failing(volumeStep) },
   startAt: 'Destroy',
   states: {
     Destroy: task({
@@ -25,4 +27,4 @@ export const volumeDelete: FlowDefinition = {
       Cause: 'The volume could not be deleted; it is in Error and the job says why.',
     },
   },
-};
+} satisfies FlowDefinition;

@@ -1,10 +1,18 @@
 /** The volume-migrate flow. */
-import { compensate, type FlowDefinition, task } from '../flow.js';
 
-export const volumeMigrate: FlowDefinition = {
+import { z } from 'zod';
+import { compensate, type FlowDefinition, task } from '../flow.js';
+import { failing, id, volumeStep } from '../steps.js';
+
+export const volumeMigrate = {
   comment:
     "volume-migrate: the destination space is reserved and the volume Migrating. Copy through a host that mounts both stores (flattening a linked clone) and compare, or, when no host reaches both, stage through the zone's image store (flattened export, presigned multipart upload, verified pull on the destination); then switch the volume over and remove the source. On failure the partial copy and its reservation go and the volume stays, Ready, where it was.",
   fn: 'store',
+  steps: {
+    copyToStore: volumeStep.extend({ destStoreId: id }),
+    finishMigrate: volumeStep.extend({ destStoreId: id, path: z.string(), via: z.string() }),
+    failMigrate: failing(volumeStep.extend({ destStoreId: id })),
+  },
   startAt: 'Copy',
   states: {
     Copy: task({
@@ -49,4 +57,4 @@ export const volumeMigrate: FlowDefinition = {
       Cause: 'The volume could not be migrated; it is unchanged on its source store and the job says why.',
     },
   },
-};
+} satisfies FlowDefinition;

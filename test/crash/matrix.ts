@@ -54,6 +54,8 @@ export interface Scenario<P = Record<string, string>> {
    * already there (checked by the scenario). Default: the same request again.
    */
   retry?(t: CrashStack, p: P): Promise<Request | undefined>;
+  /** Removes what the case made that would pile up over the cases (the stores an add made). */
+  cleanup?(t: CrashStack, p: P): Promise<void>;
 }
 
 export type Outcome = 'converged' | 'failed' | 'unreached';
@@ -124,12 +126,18 @@ export async function runCase<P>(
         problems.push(
           `the retry's job ${String(job.state)}: ${JSON.stringify(job.error ?? {}).slice(0, 300)}`,
         );
-      } else if (retried.status === 202 && !job) {
+      } else if (retried.status === 202 && !job && again.method !== 'START') {
         problems.push('the retry did not finish');
       }
     }
     await settle(t);
     problems.push(...(await invariants(t)));
+  }
+  if (scenario.cleanup) {
+    await scenario.cleanup(t, prepared).catch((e: unknown) => {
+      problems.push(`the case's cleanup failed: ${(e as Error).message}`);
+    });
+    await settle(t);
   }
   const outcome: Outcome = !fired ? 'unreached' : problems.length ? 'failed' : 'converged';
   return {

@@ -96,6 +96,16 @@ export async function makeWorld(t: CrashStack): Promise<World> {
   return world;
 }
 
+/** The primary stores on a share. */
+async function storesOn(t: CrashStack, mountPath: string): Promise<{ id: string; status: string }[]> {
+  const stores = (await t.call('GET', '/stores?role=primary')).body.items as {
+    id: string;
+    status: string;
+    details: { mountPath?: string };
+  }[];
+  return stores.filter((s) => s.details.mountPath === mountPath);
+}
+
 async function blankVolume(t: CrashStack, name: string, sizeBytes = 16 * MiB): Promise<string> {
   const w = await makeWorld(t);
   const body = await must(t, `volume ${name}`, {
@@ -351,16 +361,19 @@ export const scenarios: Scenario<Record<string, string>>[] = [
     prepare: async (t) => ({ mountPath: await share(t, 'added') }),
     request: (p) => ({ method: 'POST', route: '/stores', body: nfsStore(`added-${shares}`, p.mountPath!) }),
     retry: async (t, p) => {
-      const stores = (await t.call('GET', '/stores?role=primary')).body.items as {
-        id: string;
-        status: string;
-        details: { mountPath?: string };
-      }[];
-      const mine = stores.find((s) => s.details.mountPath === p.mountPath);
+      const mine = (await storesOn(t, p.mountPath!))[0];
       if (mine?.status === 'Up') return undefined;
       // A store the crash left behind (in Error) is deleted first, as an operator would.
       if (mine) await t.call('DELETE', `/stores/${mine.id}`);
       return { method: 'POST', route: '/stores', body: nfsStore(`added-${shares}-again`, p.mountPath!) };
+    },
+    // Every case adds a store; left there, each later case would attach, sweep and list them all.
+    cleanup: async (t, p) => {
+      for (const store of await storesOn(t, p.mountPath!)) {
+        const { status, body } = await t.call('DELETE', `/stores/${store.id}`);
+        if (status >= 300)
+          throw new Error(`store ${store.id} not deleted: ${status} ${JSON.stringify(body)}`);
+      }
     },
   },
   {

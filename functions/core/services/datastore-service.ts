@@ -23,7 +23,7 @@ import { newId } from '../ids.js';
 import type { DataStore, EntityMap, EntityType, Host, Job } from '../model.js';
 import { DataStoreStatus as DS } from '../model.js';
 import type { Clock, FlowName, ListOptions, Page, Repository, WorkflowPort } from '../ports.js';
-import { FlowName as Flow, systemClock } from '../ports.js';
+import { FlowName as Flow, systemClock, Write } from '../ports.js';
 import { dataStoreMachine } from '../state-machines.js';
 import type { HostService } from './host-service.js';
 import type { JobService, WorkflowFailure } from './job-service.js';
@@ -163,23 +163,28 @@ export class DataStoreService {
 
     const jobId = newId('job');
     const id = newId('store');
-    const store = await repo.create('DataStore', {
-      id,
-      name: input.name,
-      provider: input.provider,
-      role: input.role,
-      scope: input.scope,
-      details: details.data,
-      capacityBytes: input.capacityBytes ?? 0,
-      overprovisioning: input.overprovisioning ?? (input.role === 'primary' ? 2 : 1),
-      disableThreshold: input.disableThreshold ?? 0.85,
-      tags: input.tags ?? [],
-      status: DS.Initializing,
-      allocatedBytes: 0,
-      usedBytes: 0,
-      lease: { owner: jobId, expiresAt: this.leaseExpiry() },
-    });
-    const job = await jobs.create('store.add', { type: 'store', id }, jobId);
+    const launch = { flow: Flow.StoreAttach, input: { jobId, storeId: id, mode: 'initialize' } };
+    // The store (Initializing, leased by the job) and the job are one write.
+    await repo.transact([
+      Write.create('DataStore', {
+        id,
+        name: input.name,
+        provider: input.provider,
+        role: input.role,
+        scope: input.scope,
+        details: details.data,
+        capacityBytes: input.capacityBytes ?? 0,
+        overprovisioning: input.overprovisioning ?? (input.role === 'primary' ? 2 : 1),
+        disableThreshold: input.disableThreshold ?? 0.85,
+        tags: input.tags ?? [],
+        status: DS.Initializing,
+        allocatedBytes: 0,
+        usedBytes: 0,
+        lease: { owner: jobId, expiresAt: this.leaseExpiry() },
+      }),
+      jobs.createWrite('store.add', { type: 'store', id }, jobId, launch),
+    ]);
+    const [store, job] = [await repo.require({ type: 'DataStore', id }), await jobs.get(jobId)];
     return this.startFlow(
       Flow.StoreAttach,
       job,

@@ -19,7 +19,6 @@
  * changes nothing; the real run deletes; a second run finds nothing. Every finding is recorded on the
  * sweep's job.
  */
-import { z } from 'zod';
 import { chunkObjectKey } from '../../../drivers/sdk/backup-manifest.js';
 import type { ProviderRegistry } from '../../../drivers/sdk/registry.js';
 import type { DataObjectRef, DriverContext } from '../../../drivers/sdk/types.js';
@@ -30,6 +29,7 @@ import { DataStoreStatus, JobState } from '../model.js';
 import { allPages } from '../paging.js';
 import type { Clock, Repository, WorkflowPort } from '../ports.js';
 import { FlowName, STALE_CLAIM_MS, systemClock } from '../ports.js';
+import { type SweepOptions, SweepOptionsSchema } from '../sweep-options.js';
 import { type StoreObject, toStoreInfo } from './datastore-service.js';
 import type { JobService, WorkflowFailure } from './job-service.js';
 
@@ -89,22 +89,7 @@ export interface SweepReport {
   findings: Finding[];
 }
 
-/** What a sweep is asked to do (the API body, the flow input). */
-export const SweepOptionsSchema = z
-  .object({
-    dryRun: z.boolean().optional(),
-    /** Only these stores (default: every store that is Up or Disabled). */
-    storeIds: z.array(z.string().min(1).max(128)).max(100).optional(),
-    /**
-     * The windows, in seconds (defaults: {@link SWEEP_DEFAULTS}). Anything shorter than the longest
-     * write in flight races that writer; the minimum of 1 s exists for tests.
-     */
-    objectGraceSeconds: z.number().int().min(1).optional(),
-    uploadGraceSeconds: z.number().int().min(1).optional(),
-    chunkGraceSeconds: z.number().int().min(1).optional(),
-  })
-  .strict();
-export type SweepOptions = z.infer<typeof SweepOptionsSchema>;
+export { type SweepOptions, SweepOptionsSchema };
 
 export interface SweepDeps {
   repo: Repository;

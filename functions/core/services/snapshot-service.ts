@@ -2,7 +2,7 @@ import { isPrimaryDriver } from '../../../drivers/sdk/types.js';
 import { ConflictError, UnavailableError, UnprocessableError } from '../errors.js';
 import { newId } from '../ids.js';
 import type { Job, Snapshot, SnapshotInStore, Volume } from '../model.js';
-import { ObjectInStoreStatus as O, SnapshotStatus as S, VolumeStatus as V } from '../model.js';
+import { JobState, ObjectInStoreStatus as O, SnapshotStatus as S, VolumeStatus as V } from '../model.js';
 import { allPages } from '../paging.js';
 import type { ListOptions, Page, Repository } from '../ports.js';
 import { FlowName, Write } from '../ports.js';
@@ -91,7 +91,10 @@ export class SnapshotService {
   ): Promise<{ snapshot: Snapshot; job: Job; existing?: boolean }> {
     if (options.id) {
       const existing = await this.repo.get({ type: 'Snapshot', id: options.id });
-      if (existing) return { snapshot: existing, job: await this.jobOf(existing), existing: true };
+      if (existing) {
+        const again = await this.takenBefore(existing);
+        if (again) return again;
+      }
     }
     const volume = await this.repo.require({ type: 'Volume', id: volumeId });
     const pool = volume.storeId ? await this.repo.get({ type: 'DataStore', id: volume.storeId }) : undefined;
@@ -398,7 +401,10 @@ export class SnapshotService {
 
   /** snapshot-delete: removes each targeted copy, then settles the snapshot (kept or destroyed). */
   async deleteCopies(input: Step & { from: DeleteFrom }): Promise<{ snapshotId: string; removed: string[] }> {
-    const snapshot = await this.repo.require({ type: 'Snapshot', id: input.snapshotId });
+    const snapshot = await this.repo.get({ type: 'Snapshot', id: input.snapshotId });
+    // An earlier run destroyed it and died before (or while) removing the row: finish that run's work.
+    if (!snapshot || snapshot.status === S.Destroyed)
+      return this.finishDestroyed(input.snapshotId, input.jobId);
     if (snapshot.status !== S.Destroying || snapshot.lease?.owner !== input.jobId) {
       throw new ConflictError(`snapshot ${snapshot.id} is ${snapshot.status}, not held by ${input.jobId}`, {
         state: snapshot.status,
@@ -462,6 +468,11 @@ export class SnapshotService {
   async failDelete(input: Step & { from: DeleteFrom; error: WorkflowFailure }): Promise<void> {
     const reason = causeMessage(input.error);
     const snapshot = await this.repo.get({ type: 'Snapshot', id: input.snapshotId });
+    // Every copy was already removed (the run died after destroying it): the delete is done, not failed.
+    if (snapshot?.status === S.Destroyed) {
+      await this.finishDestroyed(snapshot.id, input.jobId);
+      return;
+    }
     if (snapshot?.status === S.Destroying && snapshot.lease?.owner === input.jobId) {
       await this.repo
         .transition({
@@ -479,6 +490,17 @@ export class SnapshotService {
       if (volume?.lease?.owner === input.jobId) await this.releaseVolume(volume, input.jobId, V.Snapshotting);
     }
     await this.deps.jobs.failFromFlow(input.jobId, input.error, 'SnapshotDeleteFailed');
+  }
+
+  /** The last steps of a delete whose copies are all gone: the row removed, the job succeeded. */
+  private async finishDestroyed(
+    snapshotId: string,
+    jobId: string,
+  ): Promise<{ snapshotId: string; removed: string[] }> {
+    await this.repo.delete({ type: 'Snapshot', id: snapshotId });
+    const result = { snapshotId, removed: [] as string[] };
+    await this.deps.jobs.succeed(jobId, result);
+    return result;
   }
 
   /** Starts a job's flow; when the start fails, the job's own compensation runs and the caller gets 503. */
@@ -522,6 +544,30 @@ export class SnapshotService {
         status: V.Destroyed,
       } as Volume)
     );
+  }
+
+  /**
+   * A take of an id that exists: the snapshot and the job that took it. A job whose flow never
+   * started (its starter died after the write) is started now, under its own name, so a repeat
+   * delivery finishes what the first began. A take that failed and left nothing (Error, no lease,
+   * no copy) is forgotten: `undefined`, and the caller takes the id anew.
+   */
+  private async takenBefore(
+    existing: Snapshot,
+  ): Promise<{ snapshot: Snapshot; job: Job; existing: true } | undefined> {
+    let job = await this.jobOf(existing);
+    if (existing.status === S.Error && !existing.lease && job.state === JobState.Failed) {
+      const copies = await this.repo.listCopies('SnapshotInStore', existing.id);
+      if (copies.length === 0) {
+        await this.repo.delete({ type: 'Snapshot', id: existing.id }, existing.version);
+        return undefined;
+      }
+    }
+    if (job.state === JobState.Pending && !job.executionId && job.flow && job.flowInput) {
+      const { executionId } = await this.deps.workflows.start(job.flow as FlowName, job.id, job.flowInput);
+      job = await this.deps.jobs.started(job.id, executionId);
+    }
+    return { snapshot: existing, job, existing: true };
   }
 
   private async jobOf(snapshot: Snapshot): Promise<Job> {

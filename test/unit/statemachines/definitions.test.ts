@@ -1,8 +1,10 @@
+import { z } from 'zod';
 import { FlowName } from '../../../functions/core/ports';
 import { imageTaskNames } from '../../../functions/handlers/image-tasks-handler';
-import { storeTaskNames } from '../../../functions/handlers/store-tasks-handler';
+import { storeTaskNames, storeTasks } from '../../../functions/handlers/store-tasks-handler';
 import { flowTasks, hostTasks, loadFlowDefinition } from '../../../statemachines/definitions';
-import { hostLoopStates } from '../../../statemachines/flow';
+import { hostLoopStates, taskSteps } from '../../../statemachines/flow';
+import { flows } from '../../../statemachines/flows';
 
 type State = Record<string, unknown> & { Type: string };
 
@@ -113,6 +115,56 @@ it('every task a flow calls is served by its function, and the host tasks are am
       'uploadBackup',
     ]),
   );
+});
+
+describe.each(Object.values(FlowName))('step contracts of %s', (flow) => {
+  const definition = flows[flow];
+  const steps = taskSteps(definition);
+
+  it('declares a contract for every task it runs, and none it does not', () => {
+    expect([...new Set(steps.map(({ step }) => step.task))].sort()).toEqual(
+      Object.keys(definition.steps).sort(),
+    );
+  });
+
+  it('passes each task every field its contract requires, and none it does not name', () => {
+    for (const { state, step } of steps) {
+      if (step.input === '$') continue; // the whole state input: the contract picks what it needs
+      const contract = definition.steps[step.task];
+      expect(contract).toBeInstanceOf(z.ZodObject);
+      const shape = (contract as z.ZodObject).shape;
+      const passed = Object.keys(step.input);
+      const unnamed = passed.filter((f) => !(f in shape));
+      const missing = Object.keys(shape).filter(
+        (f) => !passed.includes(f) && !shape[f]!.safeParse(undefined).success,
+      );
+      expect({ state, unnamed, missing }).toEqual({ state, unnamed: [], missing: [] });
+    }
+  });
+});
+
+it("gives a task the same contract in every flow of its function, and the function's table serves exactly those", () => {
+  for (const [fn, names] of [
+    ['store', storeTaskNames],
+    ['image', imageTaskNames],
+  ] as const) {
+    const seen = new Map<string, unknown>();
+    for (const f of Object.values(flows).filter((d) => d.fn === fn)) {
+      for (const [task, contract] of Object.entries(f.steps)) {
+        if (seen.has(task)) expect({ task, same: seen.get(task) === contract }).toEqual({ task, same: true });
+        seen.set(task, contract);
+      }
+    }
+    expect([...names].sort()).toEqual([...seen.keys()].sort());
+  }
+});
+
+it('validates a step input by its contract before the step runs', async () => {
+  const strata = {} as never;
+  await expect(storeTasks.createOnPool!(strata, { jobId: 'job-1' })).rejects.toThrow(/volumeId/);
+  await expect(
+    storeTasks.resizeOnPool!(strata, { jobId: 'j', volumeId: 'v', sizeBytes: -1, allowShrink: false }),
+  ).rejects.toThrow(/sizeBytes/);
 });
 
 it('refuses to load a definition with an unknown placeholder value missing', () => {
