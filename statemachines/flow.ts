@@ -103,6 +103,11 @@ export interface FlowDefinition {
   comment: string;
   /** The input contract of every task the flow runs (checked against the states in tests). */
   steps: StepContracts;
+  /**
+   * The result contract of every task whose answer a state reads (its `select` or its payload);
+   * a task answering otherwise fails the step (a defect, not a retry).
+   */
+  results: StepContracts;
   /** The function the flow's tasks run on. */
   fn: TaskFunction;
   startAt: string;

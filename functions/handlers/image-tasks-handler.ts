@@ -10,14 +10,15 @@ import { bindTasks, createTaskHandler } from './task-handler.js';
 
 export const imageTasks = bindTasks(
   { ...templateIngest.steps, ...templateCopy.steps },
+  { ...templateIngest.results, ...templateCopy.results },
   {
-    ingestFromUrl: (s, i) => s.images.ingestFromUrl(i),
-    verifyUpload: (s, i) => s.images.verifyUpload(i),
-    finishIngest: (s, i) => s.images.finishIngest(i),
-    failIngest: (s, i) => s.images.failIngest(i),
-    copyStep: (s, i) => s.images.copyStep(i),
-    finishCopy: (s, i) => s.images.finishCopy(i),
-    failCopy: (s, i) => s.images.failCopy(i),
+    ingestFromUrl: (s, i) => s.images.ingest.ingestFromUrl(i),
+    verifyUpload: (s, i) => s.images.ingest.verifyUpload(i),
+    finishIngest: (s, i) => s.images.ingest.finishIngest(i),
+    failIngest: (s, i) => s.images.ingest.failIngest(i),
+    copyStep: (s, i) => s.images.copying.copyStep(i),
+    finishCopy: (s, i) => s.images.copying.finishCopy(i),
+    failCopy: (s, i) => s.images.copying.failCopy(i),
   },
 );
 

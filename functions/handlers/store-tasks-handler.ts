@@ -41,7 +41,26 @@ const steps = {
   ...orphanSweep.steps,
 };
 
-export const storeTasks = bindTasks(steps, {
+/** Their result contracts. */
+const results = {
+  ...storeAttach.results,
+  ...storeMaintenance.results,
+  ...storeInventory.results,
+  ...hostProbe.results,
+  ...volumeCreate.results,
+  ...volumeDelete.results,
+  ...volumeResize.results,
+  ...volumeMigrate.results,
+  ...volumeAccess.results,
+  ...snapshotTake.results,
+  ...snapshotBackup.results,
+  ...snapshotRevert.results,
+  ...snapshotDelete.results,
+  ...snapshotPolicy.results,
+  ...orphanSweep.results,
+};
+
+export const storeTasks = bindTasks(steps, results, {
   prepareAttach: (s, i) => s.storeFlows.prepareAttach(i),
   attachHost: (s, i) => s.storeFlows.attachHost(i),
   finishAttach: (s, i) => s.storeFlows.finishAttach(i),

@@ -17,22 +17,49 @@ import { toWorkflowError } from './workflow-errors.js';
 
 export type TaskTable = Record<string, (strata: Strata, input: unknown) => Promise<unknown>>;
 
-/** What each step of `S` runs, given its input as its contract types it. */
-export type TaskBindings<S extends StepContracts> = {
-  [K in keyof S]: (strata: Strata, input: z.infer<S[K]>) => Promise<unknown>;
+/**
+ * What each step of `S` runs, given its input as its contract types it; a step with a result
+ * contract in `R` must answer what that contract admits.
+ */
+export type TaskBindings<S extends StepContracts, R extends StepContracts> = {
+  [K in keyof S]: (
+    strata: Strata,
+    input: z.infer<S[K]>,
+  ) => Promise<K extends keyof R ? z.input<R[K]> : unknown>;
 };
 
+/** A step answered what its result contract does not admit: a defect, never retried as transient. */
+export class StepContractError extends Error {
+  override readonly name = 'StepContractError';
+}
+
 /**
- * The task table of a function: every step contract bound to what it runs, each input validated by
- * its contract (the flow module's `steps`) before the step sees it.
+ * The task table of a function: every step contract bound to what it runs. Each input is validated
+ * by its contract (the flow module's `steps`) before the step sees it, and each answer a state reads
+ * by its result contract (`results`) before the state machine sees it. The answer goes on as the
+ * step made it (the contract checks, it does not strip).
  */
-export function bindTasks<S extends StepContracts>(steps: S, bindings: TaskBindings<S>): TaskTable {
+export function bindTasks<S extends StepContracts, R extends StepContracts>(
+  steps: S,
+  results: R,
+  bindings: TaskBindings<S, R>,
+): TaskTable {
   return Object.fromEntries(
     Object.entries(steps).map(([name, schema]) => {
-      const run = bindings[name as keyof S];
+      const run = bindings[name as keyof S] as (strata: Strata, input: unknown) => Promise<unknown>;
+      const result = results[name];
       return [
         name,
-        async (strata: Strata, input: unknown) => run(strata, schema.parse(input) as z.infer<S[keyof S]>),
+        async (strata: Strata, input: unknown) => {
+          const answer = await run(strata, schema.parse(input));
+          const checked = result?.safeParse(answer);
+          if (checked && !checked.success) {
+            throw new StepContractError(
+              `step ${name} answered outside its contract: ${checked.error.message}`,
+            );
+          }
+          return answer;
+        },
       ];
     }),
   );

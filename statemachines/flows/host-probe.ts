@@ -7,6 +7,7 @@ export const hostProbe = {
     "host-probe: asks a host's runtime for its build and prerequisites (Node.js, qemu-img, qemu-nbd) and records them on the host.",
   fn: 'store',
   steps: { probeHost: hostStep, failProbe: failing(hostStep) },
+  results: {},
   startAt: 'Probe',
   states: {
     Probe: task({

@@ -13,6 +13,7 @@ export const orphanSweep = {
     sweepOrphans: z.object({ jobId: id, options: SweepOptionsSchema }),
     failSweep: z.object({ jobId: id, error: sfnError }),
   },
+  results: { sweepOrphans: z.object({ counts: z.record(z.string(), z.number().int().nonnegative()) }) },
   startAt: 'Sweep',
   states: {
     Sweep: task({

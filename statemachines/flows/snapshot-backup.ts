@@ -20,6 +20,14 @@ export const snapshotBackup = {
     }),
     failBackup: failing(snapshotStep),
   },
+  results: {
+    scanBackup: z.object({ toUpload: z.number().int().nonnegative() }),
+    uploadBackup: z.object({
+      chunksUploaded: z.number().int().nonnegative(),
+      bytesRead: z.number().int().nonnegative(),
+      bytesUploaded: z.number().int().nonnegative(),
+    }),
+  },
   startAt: 'Scan',
   states: {
     Scan: task({

@@ -11,6 +11,7 @@ export const snapshotDelete = {
     'snapshot-delete: the snapshot is held in Destroying (and, when a layer is merged, the volume too). Each targeted copy goes: a primary layer is merged into what depends on it on a host, a backup releases its chunks (collected when no other backup holds them). On failure the snapshot is Error with the reason and the delete can be retried.',
   fn: 'store',
   steps: { deleteSnapshot: deleteStep, failSnapshotDelete: failing(deleteStep) },
+  results: {},
   startAt: 'Delete',
   states: {
     Delete: task({

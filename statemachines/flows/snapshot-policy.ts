@@ -23,6 +23,25 @@ export const snapshotPolicy = {
       error: sfnError,
     }),
   },
+  results: {
+    runPolicy: z.object({
+      skipped: z.boolean(),
+      reason: z.string().nullable(),
+      snapshotId: z.string().nullable(),
+      jobId: z.string().nullable(),
+      slot: z.string(),
+    }),
+    policyJobStatus: z.object({
+      done: z.boolean(),
+      state: z.string(),
+      polls: z.number().int().nonnegative(),
+    }),
+    applyRetention: z.object({
+      kept: z.array(z.string()),
+      deleting: z.array(z.object({ snapshotId: z.string(), jobId: z.string() })),
+      skipped: z.array(z.object({ snapshotId: z.string(), status: z.string(), reason: z.string() })),
+    }),
+  },
   startAt: 'Run',
   states: {
     Run: task({

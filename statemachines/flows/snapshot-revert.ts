@@ -7,6 +7,7 @@ export const snapshotRevert = {
     'snapshot-revert: the volume is held in RevertSnapshotting. A host makes the snapshot the base of a new empty active layer (the driver swaps layers atomically) and the volume is Ready again; on failure the volume keeps its layers, is released and the job says why.',
   fn: 'store',
   steps: { revertOnPool: snapshotStep, failRevert: failing(snapshotStep) },
+  results: {},
   startAt: 'Revert',
   states: {
     Revert: task({

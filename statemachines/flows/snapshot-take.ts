@@ -13,6 +13,7 @@ export const snapshotTake = {
     finishTake: snapshotStep.extend({ path: z.string(), sizeBytes: z.number().nonnegative() }),
     failTake: failing(snapshotStep),
   },
+  results: { takeOnPool: z.object({ path: z.string(), sizeBytes: z.number().nonnegative() }) },
   startAt: 'Take',
   states: {
     Take: task({

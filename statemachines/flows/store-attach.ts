@@ -21,6 +21,12 @@ export const storeAttach = {
     finishAttach: attach.extend({ hostIds: z.array(id), results: z.array(hostResult) }),
     failAttach: failing(attach),
   },
+  results: {
+    prepareAttach: z.object({ hostIds: z.array(id) }),
+    attachHost: hostResult,
+    // The execution's output (what the job records): an object, whatever else it holds.
+    finishAttach: z.looseObject({}),
+  },
   startAt: 'Prepare',
   states: {
     Prepare: task({

@@ -7,6 +7,7 @@ export const storeInventory = {
     'store-inventory: lists what the storage holds (through a host for host-mounted stores) and matches each object with the row that owns it; the job result holds the list.',
   fn: 'store',
   steps: { inventoryStore: storeStep, failInventory: failing(storeStep) },
+  results: {},
   startAt: 'List',
   states: {
     List: task({

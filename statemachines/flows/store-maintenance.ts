@@ -17,6 +17,13 @@ export const storeMaintenance = {
     completeMaintenance: maintenance.extend({ hostIds: z.array(id), results: z.array(hostResult) }),
     failMaintenance: failing(maintenance),
   },
+  results: {
+    beginMaintenance: z.object({ hostIds: z.array(id) }),
+    checkStoreIdle: z.object({ idle: z.literal(true) }),
+    maintainHost: hostResult,
+    // The execution's output (what the job records): an object, whatever else it holds.
+    completeMaintenance: z.looseObject({}),
+  },
   startAt: 'Begin',
   states: {
     Begin: task({

@@ -15,6 +15,7 @@ export const templateCopy = {
     finishCopy: copyStep.extend({ result: imageResult.extend({ via: z.string() }) }),
     failCopy: failing(copyStep),
   },
+  results: { copyStep: imageResult.extend({ via: z.string() }) },
   startAt: 'Copy',
   states: {
     Copy: task({

@@ -1,4 +1,5 @@
 /** The template-ingest flow. */
+import { z } from 'zod';
 import { compensate, type FlowDefinition, IMAGE_RESULT, task, transient } from '../flow.js';
 import { failing, imageResult, templateStep } from '../steps.js';
 
@@ -12,6 +13,7 @@ export const templateIngest = {
     finishIngest: templateStep.extend({ result: imageResult }),
     failIngest: failing(templateStep),
   },
+  results: { ingestFromUrl: imageResult, verifyUpload: imageResult },
   startAt: 'Source',
   states: {
     Source: {

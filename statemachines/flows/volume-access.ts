@@ -11,6 +11,7 @@ export const volumeAccess = {
     'volume-access: grants a host access to a volume (the driver opens the object to that host and says how it reaches it; the job result holds the URI) or revokes it.',
   fn: 'store',
   steps: { volumeAccess: access, failVolumeAccess: failing(access) },
+  results: {},
   startAt: 'Access',
   states: {
     Access: task({

@@ -14,6 +14,10 @@ export const volumeCreate = {
     finishCreate: volumeStep.extend({ path: z.string() }),
     failCreate: failing(volumeStep),
   },
+  results: {
+    ensureTemplateCache: z.object({ cachePath: z.string() }),
+    createOnPool: z.object({ path: z.string() }),
+  },
   startAt: 'Source',
   states: {
     Source: {

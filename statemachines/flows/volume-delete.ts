@@ -1,4 +1,5 @@
 /** The volume-delete flow. */
+import { z } from 'zod';
 import { compensate, type FlowDefinition, task } from '../flow.js';
 import { failing, volumeStep } from '../steps.js';
 
@@ -7,6 +8,7 @@ export const volumeDelete = {
     "volume-delete: remove the file on a host that mounts the pool, release the reserved space and the template reference (evicting the pool's cache entry when it was the last), then forget the volume.",
   fn: 'store',
   steps: { destroyVolume: volumeStep, failDestroy: failing(volumeStep) },
+  results: { destroyVolume: z.object({ evictedCache: z.boolean() }) },
   startAt: 'Destroy',
   states: {
     Destroy: task({

@@ -13,6 +13,7 @@ export const volumeMigrate = {
     finishMigrate: volumeStep.extend({ destStoreId: id, path: z.string(), via: z.string() }),
     failMigrate: failing(volumeStep.extend({ destStoreId: id })),
   },
+  results: { copyToStore: z.object({ path: z.string(), via: z.string() }) },
   startAt: 'Copy',
   states: {
     Copy: task({

@@ -14,6 +14,7 @@ export const volumeResize = {
     resizeOnPool: volumeStep.extend({ sizeBytes: size, allowShrink: z.boolean() }),
     failResize: failing(volumeStep.extend({ sizeBytes: size })),
   },
+  results: {},
   startAt: 'Resize',
   states: {
     Resize: task({

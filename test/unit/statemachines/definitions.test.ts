@@ -2,6 +2,7 @@ import { z } from 'zod';
 import { FlowName } from '../../../functions/core/ports';
 import { imageTaskNames } from '../../../functions/handlers/image-tasks-handler';
 import { storeTaskNames, storeTasks } from '../../../functions/handlers/store-tasks-handler';
+import { bindTasks, StepContractError } from '../../../functions/handlers/task-handler';
 import { flowTasks, hostTasks, loadFlowDefinition } from '../../../statemachines/definitions';
 import { hostLoopStates, taskSteps } from '../../../statemachines/flow';
 import { flows } from '../../../statemachines/flows';
@@ -141,6 +142,43 @@ describe.each(Object.values(FlowName))('step contracts of %s', (flow) => {
       expect({ state, unnamed, missing }).toEqual({ state, unnamed: [], missing: [] });
     }
   });
+});
+
+describe.each(Object.values(FlowName))('result contracts of %s', (flow) => {
+  const definition = flows[flow];
+
+  it('names every field a state selects from a task answer, and contracts only tasks it runs', () => {
+    const tasks = new Set(taskSteps(definition).map(({ step }) => step.task));
+    for (const task of Object.keys(definition.results))
+      expect({ task, run: tasks.has(task) }).toEqual({ task, run: true });
+    for (const { state, step } of taskSteps(definition)) {
+      const read = Object.values(step.select ?? {})
+        .filter((v): v is string => typeof v === 'string')
+        .map((v) => /^\$\.Payload\.([A-Za-z0-9_]+)/.exec(v)?.[1])
+        .filter((f): f is string => f !== undefined);
+      const contract = definition.results[step.task];
+      if (read.length === 0 && step.output !== 'payload') continue;
+      expect({ state, contracted: contract instanceof z.ZodObject }).toEqual({ state, contracted: true });
+      const shape = (contract as z.ZodObject).shape;
+      expect({ state, unknown: read.filter((f) => !(f in shape)) }).toEqual({ state, unknown: [] });
+    }
+  });
+});
+
+it('fails a step that answers outside its result contract, as a defect', async () => {
+  const table = bindTasks(
+    { probe: z.object({ jobId: z.string() }) },
+    { probe: z.object({ path: z.string() }) },
+    { probe: async () => ({ path: 42 }) as never },
+  );
+  await expect(table.probe!({} as never, { jobId: 'j' })).rejects.toBeInstanceOf(StepContractError);
+  const loose = bindTasks(
+    { probe: z.object({ jobId: z.string() }) },
+    { probe: z.object({ path: z.string() }) },
+    { probe: async () => ({ path: 'p', extra: 1 }) },
+  );
+  // Checked, not stripped: the state machine gets the answer as the step made it.
+  await expect(loose.probe!({} as never, { jobId: 'j' })).resolves.toEqual({ path: 'p', extra: 1 });
 });
 
 it("gives a task the same contract in every flow of its function, and the function's table serves exactly those", () => {
