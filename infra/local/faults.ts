@@ -112,7 +112,15 @@ export class LocalFaults {
   /** Every kill point of a recorded run, in the order the run reached them. */
   static pointsOf(trace: readonly TraceEvent[]): KillPoint[] {
     const points: KillPoint[] = [];
+    // A step run again with the same writes (a poll turning, a retry) takes the same path: its
+    // points are the earlier run's, and how many times a poll turns varies from run to run.
+    const shapes = new Set<string>();
     for (const event of trace) {
+      if (event.kind === 'invocation') {
+        const shape = `${event.fn}\u0000${event.step}\u0000${event.writes.map((w) => w.operation).join(',')}`;
+        if (shapes.has(shape)) continue;
+        shapes.add(shape);
+      }
       if (event.kind === 'host-command') {
         const { command, operation } = event;
         points.push({ at: 'host-killed-at-start', command, operation });

@@ -6,6 +6,7 @@
  *   npm run test:crash -- --flow volume-resize     one flow's scenarios
  *   npm run test:crash -- --workers 1              on one stack
  *   npm run test:crash -- --list                   the points only (one clean run per scenario)
+ *   npm run test:crash -- --sweep case             an orphan sweep after every case, not per scenario
  *
  * With several workers each one is a process with a stack of its own (its own DynamoDB Local and
  * s3rver) running every n-th scenario; most of a case is waiting, so two share two cores well.
@@ -17,7 +18,7 @@ import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { describePoint } from '../../infra/local/faults';
 import { startCrashStack } from './crash-stack';
-import { type CaseResult, formatMatrix, heal, recordPoints, runCase } from './matrix';
+import { type CaseResult, formatMatrix, heal, orphans, recordPoints, runCase } from './matrix';
 import { closeWorld, scenarios } from './scenarios';
 
 const { values } = parseArgs({
@@ -25,11 +26,16 @@ const { values } = parseArgs({
     flow: { type: 'string', multiple: true },
     list: { type: 'boolean', default: false },
     workers: { type: 'string', default: '2' },
+    /** `case`: an orphan sweep after every case; `scenario` (default): one after a scenario's cases. */
+    sweep: { type: 'string', default: 'scenario' },
     /** Internal: this process is worker k of n, and writes its results to `out`. */
     shard: { type: 'string' },
     out: { type: 'string' },
   },
 });
+
+if (values.sweep !== 'case' && values.sweep !== 'scenario') throw new Error('--sweep is case or scenario');
+const sweepEachCase = values.sweep === 'case';
 
 function chosen() {
   const picked = scenarios.filter((s) => !values.flow || values.flow.includes(s.flow));
@@ -54,7 +60,7 @@ async function work(): Promise<CaseResult[]> {
         continue;
       }
       for (const point of points) {
-        const result = await runCase(t, scenario, point);
+        const result = await runCase(t, scenario, point, { sweep: sweepEachCase });
         results.push(result);
         const mark = result.outcome === 'converged' ? 'ok' : result.outcome.toUpperCase();
         process.stderr.write(
@@ -62,6 +68,24 @@ async function work(): Promise<CaseResult[]> {
         );
         for (const p of result.problems) process.stderr.write(`${label}            ${p}\n`);
         if (result.outcome === 'failed') await heal(t);
+      }
+      if (!sweepEachCase) {
+        const started = Date.now();
+        const problems = await orphans(t);
+        const result: CaseResult = {
+          flow: scenario.flow,
+          scenario: scenario.name,
+          point: `after its ${points.length} cases: orphan sweep`,
+          outcome: problems.length ? 'failed' : 'converged',
+          firstRun: '',
+          recovered: 0,
+          problems,
+          ms: Date.now() - started,
+        };
+        results.push(result);
+        process.stderr.write(`${label}  ${problems.length ? 'FAILED' : 'ok'.padEnd(9)} ${result.point}\n`);
+        for (const p of problems) process.stderr.write(`${label}            ${p}\n`);
+        if (problems.length) await heal(t);
       }
     }
   } finally {
@@ -77,6 +101,7 @@ async function fanOut(workers: number): Promise<CaseResult[]> {
     const out = path.join(os.tmpdir(), `strata-crash-${process.pid}-${k}.json`);
     const args = ['--import', 'tsx', __filename, '--shard', `${k}/${workers}`, '--out', out];
     for (const f of values.flow ?? []) args.push('--flow', f);
+    args.push('--sweep', String(values.sweep));
     const child = spawn(process.execPath, args, { stdio: ['ignore', 'inherit', 'inherit'] });
     const code = await new Promise<number>((resolve) => child.once('exit', (c) => resolve(c ?? 1)));
     if (code !== 0) throw new Error(`crash worker ${k} exited with ${code}`);

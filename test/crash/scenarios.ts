@@ -3,7 +3,9 @@
  * needs made first and the repeat an operator makes after a failure.
  */
 import { execFile } from 'node:child_process';
-import { mkdir } from 'node:fs/promises';
+import { randomBytes } from 'node:crypto';
+import { mkdir, rm, writeFile } from 'node:fs/promises';
+import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { FlowName } from '../../functions/core/ports';
@@ -124,6 +126,22 @@ async function template(t: CrashStack, name: string): Promise<string> {
     body: { name, url: w.templateUrl, format: 'qcow2', zoneId: 'zone-1' },
   });
   return String(body.template.id);
+}
+
+/**
+ * A blank volume with 1 MiB of random data written into it (qemu-io, through qcow2): its backup's
+ * chunks are its own, so no later case can make a chunk that one case leaked look held again.
+ */
+async function filledVolume(t: CrashStack, name: string): Promise<string> {
+  const volumeId = await blankVolume(t, name);
+  const volume = await get(t, `/volumes/${volumeId}`);
+  const store = await get(t, `/stores/${String(volume.storeId)}`);
+  const file = path.join(String(store.details.mountPath), String(volume.path));
+  const data = path.join(os.tmpdir(), `strata-crash-fill-${process.pid}`);
+  await writeFile(data, randomBytes(MiB));
+  await exec('qemu-io', ['-f', 'qcow2', '-c', `write -q -s ${data} 0 1M`, file]);
+  await rm(data, { force: true });
+  return volumeId;
 }
 
 async function snapshotOf(t: CrashStack, volumeId: string, backup = false): Promise<string> {
@@ -272,7 +290,7 @@ export const scenarios: Scenario<Record<string, string>>[] = [
   {
     flow: FlowName.SnapshotBackup,
     name: 'take with backup',
-    prepare: async (t) => ({ volumeId: await blankVolume(t, 'to-back-up') }),
+    prepare: async (t) => ({ volumeId: await filledVolume(t, 'to-back-up') }),
     request: (p) => ({
       method: 'POST',
       route: `/volumes/${p.volumeId}/snapshots`,
@@ -283,7 +301,7 @@ export const scenarios: Scenario<Record<string, string>>[] = [
     flow: FlowName.SnapshotBackup,
     name: 'backup of a snapshot',
     prepare: async (t) => {
-      const volumeId = await blankVolume(t, 'backed-later');
+      const volumeId = await filledVolume(t, 'backed-later');
       return { volumeId, snapshotId: await snapshotOf(t, volumeId) };
     },
     request: backup,
@@ -305,7 +323,7 @@ export const scenarios: Scenario<Record<string, string>>[] = [
     flow: FlowName.SnapshotDelete,
     name: 'backed-up snapshot, every copy',
     prepare: async (t) => {
-      const volumeId = await blankVolume(t, 'snapshot-to-delete');
+      const volumeId = await filledVolume(t, 'snapshot-to-delete');
       return { volumeId, snapshotId: await snapshotOf(t, volumeId, true) };
     },
     request: deleteSnapshot,
