@@ -12,6 +12,9 @@ import { randomUUID } from 'node:crypto';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { APIGatewayProxyEvent } from 'aws-lambda';
+import { InputError } from '../../functions/core/errors.js';
+import { pathProblem } from '../../functions/handlers/api/router.js';
+import { errorResponse } from '../../functions/handlers/http.js';
 import type { LocalApi, LocalApiMethod } from './assembly/deployment.js';
 
 /** API Gateway's payload limit for REST APIs. */
@@ -167,6 +170,13 @@ export async function startLocalApiServer(options: LocalApiServerOptions): Promi
     });
     req.on('end', () => {
       if (refused) return;
+      // Before the URL parser normalizes it: `/volumes/v/access/..` must not become `/volumes/v`.
+      const problem = pathProblem((req.url ?? '/').split('?')[0] ?? '/');
+      if (problem) {
+        const refusal = errorResponse(new InputError(problem, { field: 'path' }), () => undefined);
+        send(res, refusal.statusCode, JSON.parse(refusal.body) as unknown);
+        return;
+      }
       const path = new URL(req.url ?? '/', 'http://local').pathname;
       const match = matchRoute(options.api.methods, (req.method ?? 'GET').toUpperCase(), path);
       if (!match) {

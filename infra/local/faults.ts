@@ -212,6 +212,14 @@ export class LocalFaults {
     return undefined;
   }
 
+  /**
+   * Invocations a container is serving now. A lost execution leaves its running step behind (as
+   * StopExecution does on AWS), and that step still writes: nothing counts as at rest until it ends.
+   */
+  inFlight(): number {
+    return this.live.size;
+  }
+
   /** A container went away (killed, crashed, stopped): it serves nothing any more. */
   forget(session: string): void {
     this.live.delete(session);

@@ -182,10 +182,14 @@ async function firstOutcome(t: CrashStack, answer: ApiAnswer): Promise<string> {
   }
 }
 
-/** Waits until no execution runs (a retry or sweep may have started some). */
+/**
+ * Waits until no execution runs (a retry or sweep may have started some) and no function is still
+ * serving a step: on AWS a step outlives a stopped execution too, but never the job's lease, which
+ * it renewed as it began and which a recovery must wait out; expiring leases by hand must not race it.
+ */
 async function settle(t: CrashStack, ms = 90_000): Promise<boolean> {
   const until = Date.now() + ms;
-  while (t.runningExecutions().length > 0) {
+  while (t.runningExecutions().length > 0 || t.faults.inFlight() > 0) {
     if (Date.now() > until) return false;
     await sleep(50);
   }

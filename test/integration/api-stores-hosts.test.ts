@@ -5,6 +5,7 @@
  * NFS share.
  */
 import { chmod, rm } from 'node:fs/promises';
+import http from 'node:http';
 import { startTestStack, type TestStack } from '../support/stack';
 
 let t: TestStack;
@@ -189,6 +190,41 @@ describe('hosts', () => {
   it('answers 404 for an unknown host and 400 for a malformed id', async () => {
     expect((await t.call('GET', '/hosts/host-nope')).status).toBe(404);
     expect((await t.call('GET', '/hosts/%2E%2E%2Fetc')).status).toBe(400);
+  });
+
+  it('refuses a path that is not ids with 400 before routing, and changes nothing', async () => {
+    // Raw requests: fetch would resolve `..` before sending.
+    const raw = (method: string, path: string) =>
+      new Promise<{ status: number; body: { error?: { field?: string } } }>((resolve, reject) => {
+        const { hostname, port } = new URL(t.url);
+        const req = http.request({ hostname, port, path, method }, (res) => {
+          let text = '';
+          res.on('data', (c: Buffer) => {
+            text += c.toString();
+          });
+          res.on('end', () => resolve({ status: res.statusCode ?? 0, body: JSON.parse(text || '{}') }));
+        });
+        req.on('error', reject);
+        req.end();
+      });
+    const before = (await t.call('GET', '/hosts?limit=100')).body.items.length;
+    for (const [method, path] of [
+      ['GET', '/hosts/%ZZ'],
+      ['GET', '/hosts/%FF'],
+      ['GET', '/hosts/%C0%AE'],
+      ['GET', '/hosts/.'],
+      ['DELETE', `/hosts/${HOST_1}/..`],
+      ['DELETE', `/hosts/${HOST_1}/%2e%2e`],
+    ] as const) {
+      const res = await raw(method, path);
+      expect({ path, status: res.status, field: res.body.error?.field }).toEqual({
+        path,
+        status: 400,
+        field: 'path',
+      });
+    }
+    expect((await t.call('GET', '/hosts?limit=100')).body.items.length).toBe(before);
+    expect((await t.call('GET', `/hosts/${HOST_1}`)).status).toBe(200);
   });
 
   it('answers 400 for a bad status in PATCH', async () => {

@@ -373,6 +373,18 @@ export class BackupService {
         state: snapshot.status,
       });
     }
+    if (image.status === O.Ready && snapshot.status === S.BackedUp) {
+      // An earlier run committed it and died while removing its plans or before ending the job.
+      await this.removePlans(store, input.jobId, ctx);
+      const done = {
+        snapshotId: snapshot.id,
+        volumeId: volume.id,
+        storeId: store.store.id,
+        manifest: image.path,
+      };
+      await this.deps.jobs.succeed(input.jobId, done);
+      return done;
+    }
     const plan = await this.readPlan(store, input.jobId, ctx);
     const manifest = buildManifest({
       volumeId: volume.id,
@@ -459,6 +471,11 @@ export class BackupService {
       }
       await this.removePlans(store, input.jobId, ctx);
       await this.repo.delete({ type: 'SnapshotInStore', id: snapshot.id, storeId: copy.storeId });
+    } else if (snapshot) {
+      // No copy of this job's left, but its working lists may be (they are named by the job).
+      await this.plansStoreOf(snapshot, copy)
+        .then((store) => store && this.removePlans(store, input.jobId, this.deps.driverContext(input.jobId)))
+        .catch(() => undefined);
     }
     if (snapshot && holding) await this.backToPrimary(snapshot.id, input.jobId, `backup failed: ${reason}`);
     await this.deps.jobs.failFromFlow(input.jobId, input.error, 'BackupFailed');
@@ -838,6 +855,13 @@ export class BackupService {
 
   private async deleteObject(image: ImageStore, path: string, ctx: DriverContext): Promise<void> {
     await image.driver.deleteAsync({ store: toStoreInfo(image.store), object: blob(path), ctx });
+  }
+
+  /** The image store a job backing `snapshot` up keeps its plans on: its copy's, or the zone's. */
+  private async plansStoreOf(snapshot: Snapshot, copy?: SnapshotInStore): Promise<ImageStore | undefined> {
+    if (copy) return this.imageStore(copy.storeId);
+    const volume = await this.repo.get({ type: 'Volume', id: snapshot.volumeId });
+    return volume ? this.zoneImageStore(volume.zoneId, 'snapshotId') : undefined;
   }
 
   private async removePlans(image: ImageStore, jobId: string, ctx: DriverContext): Promise<void> {

@@ -1,5 +1,5 @@
 /** A small method + path-template router for the REST API (API Gateway sends every path to one function). */
-import { NotFoundError } from '../../core/errors.js';
+import { InputError, NotFoundError } from '../../core/errors.js';
 
 export type Method = 'GET' | 'POST' | 'PATCH' | 'DELETE';
 
@@ -25,6 +25,27 @@ export class MethodNotAllowedError extends Error {
   }
 }
 
+/**
+ * Why a request path cannot name anything, before any routing: every segment is an id or a name, so
+ * a segment that is not valid percent-encoding, or that decodes to `.`, `..` or something holding a
+ * `/`, is refused (a `..` must never walk to another route, as URL normalization would make it).
+ * `undefined` when the path is fine.
+ */
+export function pathProblem(path: string): string | undefined {
+  for (const raw of path.split('/')) {
+    let segment: string;
+    try {
+      segment = decodeURIComponent(raw);
+    } catch {
+      return `path segment '${raw.slice(0, 64)}' is not valid percent-encoding`;
+    }
+    if (segment === '.' || segment === '..') return `path segment '${raw.slice(0, 64)}' is not an id`;
+    if (segment.includes('/') || segment.includes('\\'))
+      return `path segment '${raw.slice(0, 64)}' holds a path separator`;
+  }
+  return undefined;
+}
+
 interface Compiled<Ctx> {
   route: Route<Ctx>;
   regex: RegExp;
@@ -46,6 +67,8 @@ export class Router<Ctx> {
   }
 
   match(method: string, path: string): { route: Route<Ctx>; params: Record<string, string> } {
+    const problem = pathProblem(path);
+    if (problem) throw new InputError(problem, { field: 'path' });
     const allow: string[] = [];
     for (const c of this.compiled) {
       const m = c.regex.exec(path);

@@ -1,4 +1,4 @@
-import { NotFoundError } from '../../../functions/core/errors';
+import { InputError, NotFoundError } from '../../../functions/core/errors';
 import { MethodNotAllowedError, Router } from '../../../functions/handlers/api/router';
 
 const handle = async () => ({ status: 200 });
@@ -31,6 +31,26 @@ describe('Router.match', () => {
     } catch (e) {
       expect(e).toBeInstanceOf(MethodNotAllowedError);
       expect((e as MethodNotAllowedError).allow.sort()).toEqual(['DELETE', 'GET']);
+    }
+  });
+
+  it.each([
+    '/stores/%ZZ',
+    '/stores/%FF',
+    '/stores/%C0%AE',
+    '/stores/.',
+    '/stores/..',
+    '/stores/%2e%2E',
+    '/stores/x/..',
+    '/stores/a%2Fb',
+    '/stores/a%5Cb',
+  ])('refuses %s with 400 naming the path, before any route is chosen', (path) => {
+    try {
+      router.match('DELETE', path);
+      throw new Error('expected an InputError');
+    } catch (e) {
+      expect(e).toBeInstanceOf(InputError);
+      expect((e as InputError).context.field).toBe('path');
     }
   });
 
