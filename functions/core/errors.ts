@@ -65,6 +65,11 @@ export class PayloadTooLargeError extends StrataError {
   readonly code = 'PayloadTooLarge';
 }
 
+/** The request body is not in the one media type the API takes, application/json (415). */
+export class UnsupportedMediaTypeError extends StrataError {
+  readonly code = 'UnsupportedMediaType';
+}
+
 export function isStrataError(e: unknown): e is StrataError {
   return e instanceof StrataError;
 }

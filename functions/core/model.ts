@@ -161,6 +161,11 @@ export interface Volume extends Versioned {
   mode?: 'linked' | 'full' | 'blank';
   /** Whether this volume holds a reference on its template's cache entry (refCount). */
   holdsTemplateRef?: boolean;
+  /**
+   * The pool whose template cache reference this volume gave back, set in the write that gave it
+   * back: a step that dies before it has evicted the cache entry finds it again from here.
+   */
+  releasedFrom?: string;
   sizeBytes: number;
   format: ImageFormat;
   path?: string;

@@ -22,6 +22,7 @@ import {
   StrataError,
   UnavailableError,
   UnprocessableError,
+  UnsupportedMediaTypeError,
 } from '../core/errors.js';
 
 export interface ErrorBody {
@@ -31,6 +32,7 @@ export interface ErrorBody {
 const STATUS: [new (...args: never[]) => Error, number][] = [
   [InputError, 400],
   [PayloadTooLargeError, 413],
+  [UnsupportedMediaTypeError, 415],
   [UnprocessableError, 422],
   [NotFoundError, 404],
   [ConflictError, 409],

@@ -1,5 +1,4 @@
 /** The template-ingest flow. */
-import { z } from 'zod';
 import { compensate, type FlowDefinition, IMAGE_RESULT, task, transient } from '../flow.js';
 import { failing, imageResult, templateStep } from '../steps.js';
 

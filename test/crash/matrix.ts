@@ -293,6 +293,17 @@ export async function invariants(
       );
     }
   }
+  // Each pool's template cache entry is referenced exactly by the live volumes that hold it.
+  for (const cache of of('TemplateInStore').filter((c) => c.storeRole === 'primary')) {
+    const holders = volumes.filter(
+      (v) => v.holdsTemplateRef === true && v.templateId === cache.templateId && v.storeId === cache.storeId,
+    ).length;
+    if (Number(cache.refCount ?? 0) !== holders) {
+      problems.push(
+        `template ${String(cache.templateId)} on ${String(cache.storeId)} counts ${String(cache.refCount)} references, ${holders} volumes hold one`,
+      );
+    }
+  }
   const stores = new Map(of('DataStore').map((s) => [String(s.id), s]));
   for (const v of volumes) {
     if (v.status !== 'Ready' || typeof v.path !== 'string') continue;

@@ -245,6 +245,25 @@ export const scenarios: Scenario<Record<string, string>>[] = [
     ),
   },
   {
+    flow: FlowName.VolumeDelete,
+    name: "a template's last clone (evicts the pool's cache)",
+    prepare: async (t) => {
+      const w = await makeWorld(t);
+      const templateId = await template(t, 'to-evict');
+      const body = await must(t, 'a clone', {
+        method: 'POST',
+        route: '/volumes',
+        body: { name: 'clone', zoneId: 'zone-1', templateId, storeId: w.poolId },
+      });
+      return { volumeId: String(body.volume.id) };
+    },
+    request: (p) => ({ method: 'DELETE', route: `/volumes/${p.volumeId}` }),
+    retry: unless(
+      async (t, p) => (await get(t, `/volumes/${p.volumeId}`)) === undefined,
+      (p) => ({ method: 'DELETE', route: `/volumes/${p.volumeId}` }),
+    ),
+  },
+  {
     flow: FlowName.VolumeMigrate,
     name: FlowName.VolumeMigrate,
     prepare: async (t) => ({

@@ -227,6 +227,45 @@ describe('hosts', () => {
     expect((await t.call('GET', `/hosts/${HOST_1}`)).status).toBe(200);
   });
 
+  it('takes a body only as application/json: 415 for any other type or none, and nothing is made', async () => {
+    const before = (await t.call('GET', '/stores?limit=100')).body.items.length;
+    const body = JSON.stringify({
+      name: 'by-a-form',
+      provider: 'nfs',
+      role: 'primary',
+      scope: { type: 'zone', zoneId: 'zone-1' },
+      details: { server: '127.0.0.1', export: '/x', mountPath: '/tmp/x' },
+    });
+    for (const type of [
+      'text/plain',
+      'application/x-www-form-urlencoded',
+      'multipart/form-data',
+      undefined,
+    ]) {
+      const res = await fetch(`${t.url}/stores`, {
+        method: 'POST',
+        body,
+        headers: type ? { 'content-type': type } : {},
+      });
+      // fetch gives a string body text/plain when no type is set: that is what a browser does too.
+      const answer = (await res.json()) as { error?: { code?: string; field?: string } };
+      expect({ type, status: res.status, code: answer.error?.code, field: answer.error?.field }).toEqual({
+        type,
+        status: 415,
+        code: 'UnsupportedMediaType',
+        field: 'content-type',
+      });
+    }
+    expect((await t.call('GET', '/stores?limit=100')).body.items.length).toBe(before);
+    // The media type's parameters are fine.
+    const ok = await fetch(`${t.url}/hosts/${HOST_1}`, {
+      method: 'PATCH',
+      body: JSON.stringify({ status: 'Exploded' }),
+      headers: { 'content-type': 'Application/JSON; charset=utf-8' },
+    });
+    expect(ok.status).toBe(400);
+  });
+
   it('answers 400 for a bad status in PATCH', async () => {
     const res = await t.call('PATCH', `/hosts/${HOST_1}`, { status: 'Exploded' });
     expect(res.status).toBe(400);

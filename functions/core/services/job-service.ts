@@ -48,6 +48,20 @@ export function causeMessage(error: WorkflowFailure): string {
   }
 }
 
+/**
+ * What a caller may see of a failure's text: no stack frames, no source paths (the log keeps
+ * those), at most 1,000 characters.
+ */
+export function publicMessage(text: string): string {
+  const kept = text
+    .split('\n')
+    .filter((line) => !/^\s*at\s/.test(line))
+    .join('\n')
+    .replace(/(?:file:\/\/)?(?:\/[\w.@+-]+)+\/([\w.@+-]+\.(?:[cm]?[jt]s|tsx?))(?::\d+){0,2}/g, '$1')
+    .trim();
+  return kept.length > 1000 ? `${kept.slice(0, 999)}…` : kept;
+}
+
 export class JobService {
   constructor(private readonly repo: Repository) {}
 
@@ -149,7 +163,11 @@ export class JobService {
     return this.repo.updateWhere(
       { type: 'Job', id },
       { field: 'state', oneOf: OPEN },
-      { state: JobState.Failed, error, lease: undefined },
+      {
+        state: JobState.Failed,
+        error: { ...error, message: publicMessage(error.message) },
+        lease: undefined,
+      },
     );
   }
 }

@@ -5,7 +5,7 @@
 import middy from '@middy/core';
 import type { APIGatewayProxyEvent, APIGatewayProxyResult } from 'aws-lambda';
 import type { Logger } from '../../../drivers/sdk/types.js';
-import { InputError, PayloadTooLargeError } from '../../core/errors.js';
+import { InputError, PayloadTooLargeError, UnsupportedMediaTypeError } from '../../core/errors.js';
 import type { Strata } from '../../core/strata.js';
 import { errorResponse, inputErrorFromZod, json } from '../http.js';
 import { IdempotencyStore, type StoredResponse } from './idempotency.js';
@@ -30,8 +30,19 @@ function header(event: APIGatewayProxyEvent, name: string): string | undefined {
   return undefined;
 }
 
+/**
+ * A body comes as application/json, or not at all: a browser sends text/plain or a form to any site
+ * without asking first, and JSON under those types must not act on the API.
+ */
 function readBody(event: APIGatewayProxyEvent): { raw: string; parsed: unknown } {
   if (!event.body) return { raw: '', parsed: undefined };
+  const type = (header(event, 'content-type') ?? '').split(';')[0]!.trim().toLowerCase();
+  if (type !== 'application/json') {
+    throw new UnsupportedMediaTypeError(
+      `a request body must be application/json${type ? `, not ${type.slice(0, 100)}` : ''}`,
+      { field: 'content-type' },
+    );
+  }
   const raw = event.isBase64Encoded ? Buffer.from(event.body, 'base64').toString('utf8') : event.body;
   if (Buffer.byteLength(raw, 'utf8') > MAX_BODY_BYTES) {
     throw new PayloadTooLargeError(`request body is larger than ${MAX_BODY_BYTES} bytes`, { field: 'body' });

@@ -60,6 +60,14 @@ export function buildOpenApi(
         content: { 'application/json': { schema: errorSchema } },
       },
       '422': { description: 'Unprocessable', content: { 'application/json': { schema: errorSchema } } },
+      ...(doc.body
+        ? {
+            '415': {
+              description: 'The body is not application/json',
+              content: { 'application/json': { schema: errorSchema } },
+            },
+          }
+        : {}),
     };
     paths[r.path] ??= {};
     paths[r.path]![r.method.toLowerCase()] = {

@@ -18,8 +18,7 @@ export async function removeFromPool(
   volume: Volume,
   jobId: string,
 ): Promise<boolean> {
-  if (!volume.storeId) return false;
-  const pool = await deps.repo.get({ type: 'DataStore', id: volume.storeId });
+  const pool = volume.storeId ? await deps.repo.get({ type: 'DataStore', id: volume.storeId }) : undefined;
   if (pool) {
     const path = volume.path ?? `volumes/${volume.id}.qcow2`;
     const { id: hostId } = await deps.selectHost([pool.id]);
@@ -31,7 +30,12 @@ export async function removeFromPool(
     });
   }
   const current = await deps.repo.require({ type: 'Volume', id: volume.id });
-  if (!current.storeId) return false;
+  if (!current.storeId) {
+    // An earlier run gave everything back; it may have died before the eviction was done.
+    return current.releasedFrom && current.templateId
+      ? cache.evictIfUnused(current.templateId, current.releasedFrom, jobId)
+      : false;
+  }
   const dropsRef = Boolean(current.holdsTemplateRef && current.templateId);
   await deps.repo.transact([
     ...(pool ? [releaseWrite(pool.id, current.sizeBytes)] : []),
@@ -40,6 +44,7 @@ export async function removeFromPool(
       storeId: undefined,
       path: undefined,
       holdsTemplateRef: false,
+      ...(dropsRef ? { releasedFrom: current.storeId } : {}),
     }),
   ]);
   return dropsRef ? cache.evictIfUnused(current.templateId!, current.storeId, jobId) : false;

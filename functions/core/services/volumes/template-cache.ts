@@ -106,19 +106,23 @@ export class TemplateCache {
   async evictIfUnused(templateId: string, storeId: string, jobId: string): Promise<boolean> {
     const key = { type: 'TemplateInStore' as const, id: templateId, storeId };
     const after = await this.repo.get(key);
-    if (!after || after.refCount > 0 || after.status !== O.Ready) return false;
-    try {
-      await this.repo.transition({
-        key,
-        machine: objectInStoreMachine,
-        from: O.Ready,
-        to: O.Destroying,
-        expectedVersion: after.version,
-        lease: { owner: jobId, ttlSeconds: VOLUME_LEASE_SECONDS },
-      });
-    } catch (e) {
-      if (e instanceof ConflictError) return false; // a new volume took a reference: keep the cache
-      throw e;
+    // This job began the eviction in an earlier run and died before it ended: carry on.
+    const resuming = after?.status === O.Destroying && after.lease?.owner === jobId;
+    if (!after || (!resuming && (after.refCount > 0 || after.status !== O.Ready))) return false;
+    if (!resuming) {
+      try {
+        await this.repo.transition({
+          key,
+          machine: objectInStoreMachine,
+          from: O.Ready,
+          to: O.Destroying,
+          expectedVersion: after.version,
+          lease: { owner: jobId, ttlSeconds: VOLUME_LEASE_SECONDS },
+        });
+      } catch (e) {
+        if (e instanceof ConflictError) return false; // a new volume took a reference: keep the cache
+        throw e;
+      }
     }
     const pool = await this.repo.require({ type: 'DataStore', id: storeId });
     const template = await this.repo.require({ type: 'Template', id: templateId });
