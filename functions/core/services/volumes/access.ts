@@ -11,7 +11,8 @@ import type { Repository } from '../../ports.js';
 import { FlowName } from '../../ports.js';
 import { toStoreInfo } from '../datastore-service.js';
 import type { WorkflowFailure } from '../job-service.js';
-import { hostInfo, launch, type Step, type VolumeDeps, volumeObject } from './common.js';
+import { toHostInfo } from '../store-flows.js';
+import { launch, type Step, type VolumeDeps, volumeObject } from './common.js';
 
 /** What a volume-access job does. */
 export type AccessAction = 'grant' | 'revoke';
@@ -71,7 +72,7 @@ export class VolumeAccessFlow {
       const access = await driver.grantAccess({
         store: toStoreInfo(pool),
         object: volumeObject(volume),
-        host: hostInfo(host),
+        host: toHostInfo(host),
         hostId: host.id,
         ctx,
       });
@@ -87,7 +88,7 @@ export class VolumeAccessFlow {
         await driver.revokeAccess({
           store: toStoreInfo(pool),
           object: volumeObject(volume),
-          host: hostInfo(host),
+          host: toHostInfo(host),
           hostId: host.id,
           ctx,
         });

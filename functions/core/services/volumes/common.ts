@@ -4,14 +4,9 @@
  * the flow and input a recovery needs, both in one write; then the execution).
  */
 import type { ProviderRegistry } from '../../../../drivers/sdk/registry.js';
-import type {
-  DataObjectRef,
-  DriverContext,
-  HostInfo,
-  TemplateInstallStrategy,
-} from '../../../../drivers/sdk/types.js';
+import type { DataObjectRef, DriverContext, TemplateInstallStrategy } from '../../../../drivers/sdk/types.js';
 import { ConflictError } from '../../errors.js';
-import type { DataStore, Host, Job, Volume, VolumeStatus } from '../../model.js';
+import type { DataStore, Job, Volume, VolumeStatus } from '../../model.js';
 import type { Clock, FlowName, Repository, WorkflowPort, WriteOp } from '../../ports.js';
 import { systemClock, Write } from '../../ports.js';
 import { volumeMachine } from '../../state-machines.js';
@@ -104,17 +99,6 @@ export function expiry(deps: VolumeDeps, seconds: number): string {
 /** How drivers see a volume: its ref on its pool. */
 export function volumeObject(volume: Volume): DataObjectRef {
   return { kind: 'volume', id: volume.id, format: volume.format, path: volume.path };
-}
-
-/** How drivers see a host that is granted or refused access. */
-export function hostInfo(host: Host): HostInfo {
-  return {
-    id: host.id,
-    name: host.name,
-    zoneId: host.zoneId,
-    clusterId: host.clusterId,
-    hypervisor: host.hypervisor,
-  };
 }
 
 /** Takes (+1) or gives back (-1) a reference on a pool's template cache entry. */
