@@ -397,6 +397,36 @@ export abstract class ImageFlow {
     }
   }
 
+  /**
+   * A new copy's last step: Creating → Ready with what was measured on its bytes (a copy already
+   * Ready, from an earlier run of the step, is left as it is). `extra` is what the flow also clears.
+   */
+  protected async markCopyReady(
+    input: { jobId: string; templateId: string; storeId: string },
+    result: IngestResult,
+    extra: Partial<TemplateInStore> = {},
+  ): Promise<void> {
+    const key = { type: 'TemplateInStore' as const, id: input.templateId, storeId: input.storeId };
+    const row = await this.repo.require(key);
+    if (row.status === O.Ready) return;
+    await this.repo.transition({
+      key,
+      machine: objectInStoreMachine,
+      from: O.Creating,
+      to: O.Ready,
+      leaseOwner: input.jobId,
+      changes: {
+        path: result.path,
+        sizeBytes: result.sizeBytes,
+        virtualSizeBytes: result.virtualSizeBytes,
+        ...(result.checksum ? { checksum: result.checksum } : {}),
+        progress: 100,
+        bytesTransferred: result.sizeBytes,
+        ...extra,
+      },
+    });
+  }
+
   /** Starts a job's flow; when the start fails, the flow's own compensation runs and the error goes on. */
   protected async start(
     flow: FlowName,

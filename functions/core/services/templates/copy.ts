@@ -143,28 +143,7 @@ export class TemplateCopyFlow extends ImageFlow {
     storeId: string;
     result: IngestResult & { via: string };
   }): Promise<void> {
-    const dst = await this.repo.require({
-      type: 'TemplateInStore',
-      id: input.templateId,
-      storeId: input.storeId,
-    });
-    if (dst.status !== O.Ready) {
-      await this.repo.transition({
-        key: { type: 'TemplateInStore', id: input.templateId, storeId: input.storeId },
-        machine: objectInStoreMachine,
-        from: O.Creating,
-        to: O.Ready,
-        leaseOwner: input.jobId,
-        changes: {
-          path: input.result.path,
-          sizeBytes: input.result.sizeBytes,
-          virtualSizeBytes: input.result.virtualSizeBytes,
-          ...(input.result.checksum ? { checksum: input.result.checksum } : {}),
-          progress: 100,
-          bytesTransferred: input.result.sizeBytes,
-        },
-      });
-    }
+    await this.markCopyReady(input, input.result);
     await this.releaseSource(input.templateId, input.sourceStoreId, input.jobId);
     await this.deps.jobs.succeed(input.jobId, {
       ...input.result,

@@ -255,30 +255,7 @@ export class TemplateIngestFlow extends ImageFlow {
     result: IngestResult;
   }): Promise<void> {
     const { result } = input;
-    const row = await this.repo.require({
-      type: 'TemplateInStore',
-      id: input.templateId,
-      storeId: input.storeId,
-    });
-    if (row.status !== O.Ready) {
-      await this.repo.transition({
-        key: { type: 'TemplateInStore', id: input.templateId, storeId: input.storeId },
-        machine: objectInStoreMachine,
-        from: O.Creating,
-        to: O.Ready,
-        leaseOwner: input.jobId,
-        changes: {
-          path: result.path,
-          sizeBytes: result.sizeBytes,
-          virtualSizeBytes: result.virtualSizeBytes,
-          checksum: result.checksum,
-          progress: 100,
-          bytesTransferred: result.sizeBytes,
-          uploadId: undefined,
-          statusReason: undefined,
-        },
-      });
-    }
+    await this.markCopyReady(input, result, { uploadId: undefined, statusReason: undefined });
     await this.updateTemplate(input.templateId, (t) => ({
       virtualSizeBytes: result.virtualSizeBytes,
       physicalSizeBytes: result.sizeBytes,
