@@ -37,8 +37,15 @@ export interface WorkflowFailure {
   Cause?: string;
 }
 
-/** A failure's human reason: Cause may be the JSON of the Lambda error (`errorMessage`), or text. */
+/**
+ * A failure's human reason, as callers may see it (see publicMessage): Cause may be the JSON of the
+ * Lambda error (`errorMessage`), or text. Entities record it as their statusReason, jobs as their error.
+ */
 export function causeMessage(error: WorkflowFailure): string {
+  return publicMessage(rawCause(error));
+}
+
+function rawCause(error: WorkflowFailure): string {
   if (!error.Cause) return error.Error ?? 'unknown error';
   try {
     const parsed = JSON.parse(error.Cause) as { errorMessage?: string; message?: string };

@@ -1,4 +1,4 @@
-import { JobService, publicMessage } from '../../../functions/core/services/job-service';
+import { causeMessage, JobService, publicMessage } from '../../../functions/core/services/job-service';
 
 describe('publicMessage', () => {
   it('drops stack frames and source paths, keeping what happened', () => {
@@ -35,4 +35,10 @@ it('JobService.fail records the public message', async () => {
     message: 'Error: boom\n    at f (/app/functions/x.ts:1:1)',
   });
   expect(writes[0]?.error).toEqual({ code: 'Boom', message: 'Error: boom' });
+});
+
+it("causeMessage gives the entities' reasons the same public text as the job's", () => {
+  const Cause = JSON.stringify({ errorMessage: 'Error: boom\n    at f (/var/task/index.js:1:2)' });
+  expect(causeMessage({ Error: 'Strata.Internal', Cause })).toBe('Error: boom');
+  expect(causeMessage({ Error: 'States.Timeout' })).toBe('States.Timeout');
 });
