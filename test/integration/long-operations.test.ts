@@ -137,6 +137,11 @@ describe('long operations', () => {
     // Dead: the execution is lost (no more heartbeats), and its lease runs out.
     const executionId = (await t.call('GET', `/jobs/${jobId}`)).body.executionId as string;
     await t.stack.stepFunctions.runner.abort(executionId);
+    // The step it was running outlives the execution (as on AWS) and renews the lease as it ends:
+    // the lease runs out only after that.
+    await until('the aborted step has ended', async () =>
+      [...t.stack.functions.values()].every((f) => f.inFlight() === 0) ? true : undefined,
+    );
     await setLeaseExpiry(t.repo, volumeKey, new Date(Date.now() - 60_000));
 
     // The frozen command is cancelled first; the recovery waits until it has really ended.

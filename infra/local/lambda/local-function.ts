@@ -84,6 +84,11 @@ export class LocalLambdaFunction {
     return this.options.fn.name;
   }
 
+  /** How many invocations its containers are serving now (a stopped execution's step may be one). */
+  inFlight(): number {
+    return [...this.containers].filter((c) => c.busy).length;
+  }
+
   /** Invokes the function with `event`; resolves with its result or rejects with a LambdaInvocationError. */
   async invoke(event: unknown): Promise<unknown> {
     if (this.stopped) throw new LambdaInvocationError('ServiceException', `function ${this.name} is stopped`);
