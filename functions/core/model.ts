@@ -109,6 +109,15 @@ export interface Template extends Versioned {
   checksum?: string;
   virtualSizeBytes?: number;
   physicalSizeBytes?: number;
+  /**
+   * Volume creates accepted from this template that have not yet taken their reference on a pool's
+   * cache entry: each is counted in the write that accepts it and given back in the write that takes
+   * the reference (or fails the create), so a delete can never remove a template an accepted create
+   * still needs.
+   */
+  pendingVolumes?: number;
+  /** Set when a delete begins: creates are refused from then on (the write is conditional on it). */
+  deletingSince?: string;
 }
 
 /**
@@ -161,6 +170,8 @@ export interface Volume extends Versioned {
   mode?: 'linked' | 'full' | 'blank';
   /** Whether this volume holds a reference on its template's cache entry (refCount). */
   holdsTemplateRef?: boolean;
+  /** Whether this volume is counted in its template's `pendingVolumes` (from accept to reference). */
+  holdsTemplate?: boolean;
   /**
    * The pool whose template cache reference this volume gave back, set in the write that gave it
    * back: a step that dies before it has evicted the cache entry finds it again from here.

@@ -70,6 +70,8 @@ export type WriteOp =
       max?: number;
       /** Only while this field holds one of these values (e.g. a cache entry that is Ready). */
       when?: { field: string; oneOf: readonly (string | number)[] };
+      /** Only while this field is absent (e.g. a template no delete has begun on). */
+      unlessSet?: string;
     }
   | { op: 'delete'; key: EntityKey; expectedVersion?: number };
 
@@ -98,6 +100,7 @@ export const Write = {
     options: {
       max?: number;
       when?: { field: keyof EntityMap[T] & string; oneOf: readonly (string | number)[] };
+      unlessSet?: keyof EntityMap[T] & string;
     } = {},
   ): WriteOp {
     return { op: 'counter', key, field, delta, ...options };

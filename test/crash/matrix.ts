@@ -304,6 +304,15 @@ export async function invariants(
       );
     }
   }
+  // A template's pending creates are exactly the live volumes still holding it.
+  for (const template of of('Template')) {
+    const holding = volumes.filter((v) => v.holdsTemplate === true && v.templateId === template.id).length;
+    if (Number(template.pendingVolumes ?? 0) !== holding) {
+      problems.push(
+        `template ${String(template.id)} counts ${String(template.pendingVolumes ?? 0)} pending creates, ${holding} volumes hold it`,
+      );
+    }
+  }
   const stores = new Map(of('DataStore').map((s) => [String(s.id), s]));
   for (const v of volumes) {
     if (v.status !== 'Ready' || typeof v.path !== 'string') continue;

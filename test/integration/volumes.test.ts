@@ -145,6 +145,79 @@ describe('volumes from a template', () => {
   }, 180_000);
 });
 
+describe('a template deleted while volumes are being created from it', () => {
+  it('every create accepted with 202 succeeds: the delete is refused while an accepted create holds the template', async () => {
+    const reg = await t.call('POST', '/templates', {
+      name: 'raced-template',
+      url: server.url('/template.qcow2'),
+      format: 'qcow2',
+      zoneId: 'zone-1',
+    });
+    expect((await t.waitForJob(reg.body.job.id)).state).toBe('succeeded');
+    const raced: string = reg.body.template.id;
+
+    const creates = Array.from({ length: 6 }, (_, i) =>
+      t.call('POST', '/volumes', {
+        name: `raced-${i}`,
+        zoneId: 'zone-1',
+        templateId: raced,
+        storeId: pool.id,
+      }),
+    );
+    const deleted = t.call('DELETE', `/templates/${raced}`);
+    const answers = await Promise.all(creates);
+    const del = await deleted;
+
+    const accepted = answers.filter((r) => r.status === 202);
+    for (const r of answers.filter((a) => a.status !== 202)) {
+      expect(r.status).toBe(409);
+      expect(r.body.error.field).toBe('templateId');
+    }
+    const jobs = await Promise.all(accepted.map((r) => t.waitForJob(r.body.job.id, 180_000)));
+    expect(jobs.map((j) => j.state)).toEqual(Array(accepted.length).fill('succeeded'));
+    // The delete went through exactly when no create was accepted before it.
+    if (del.status === 204) expect(accepted).toEqual([]);
+    else {
+      expect(del.status).toBe(409);
+      expect(del.body.error.code).toBe('NotAllowed');
+      expect(accepted.length).toBeGreaterThan(0);
+    }
+
+    // Once its volumes are gone, nothing holds the template and it can be deleted.
+    const removals = await Promise.all(accepted.map((r) => t.call('DELETE', `/volumes/${r.body.volume.id}`)));
+    await Promise.all(removals.map((r) => t.waitForJob(r.body.job.id, 120_000)));
+    if (del.status !== 204) {
+      const tpl = (await t.call('GET', `/templates/${raced}`)).body;
+      expect(tpl.pendingVolumes ?? 0).toBe(0);
+      expect(tpl.deletingSince).toBeUndefined();
+      expect((await t.call('DELETE', `/templates/${raced}`)).status).toBe(204);
+    }
+    expect((await t.call('GET', `/templates/${raced}`)).status).toBe(404);
+    const late = await t.call('POST', '/volumes', { name: 'late', zoneId: 'zone-1', templateId: raced });
+    expect(late.status).toBe(422);
+  }, 300_000);
+
+  it('a create accepted a moment before the delete keeps its template', async () => {
+    const reg = await t.call('POST', '/templates', {
+      name: 'held-template',
+      url: server.url('/template.qcow2'),
+      format: 'qcow2',
+      zoneId: 'zone-1',
+    });
+    expect((await t.waitForJob(reg.body.job.id)).state).toBe('succeeded');
+    const held: string = reg.body.template.id;
+    const created = await t.call('POST', '/volumes', { name: 'held', zoneId: 'zone-1', templateId: held });
+    expect(created.status).toBe(202);
+    const del = await t.call('DELETE', `/templates/${held}`);
+    expect(del.status).toBe(409);
+    expect(del.body.error.code).toBe('NotAllowed');
+    expect((await t.waitForJob(created.body.job.id, 180_000)).state).toBe('succeeded');
+    const removed = await t.call('DELETE', `/volumes/${created.body.volume.id}`);
+    expect((await t.waitForJob(removed.body.job.id, 120_000)).state).toBe('succeeded');
+    expect((await t.call('DELETE', `/templates/${held}`)).status).toBe(204);
+  }, 300_000);
+});
+
 describe('blank volumes and placement', () => {
   it('creates a blank qcow2 of the requested size, grows and shrinks it, and deletes it', async () => {
     const res = await t.call('POST', '/volumes', { name: 'blank', zoneId: 'zone-1', sizeBytes: 2 * 2 ** 30 });

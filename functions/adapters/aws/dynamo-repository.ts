@@ -513,11 +513,16 @@ export class DynamoRepository implements Repository {
     key: EntityKey,
     field: string,
     delta: number,
-    options: { max?: number; when?: { field: string; oneOf: readonly (string | number)[] } },
+    options: {
+      max?: number;
+      when?: { field: string; oneOf: readonly (string | number)[] };
+      unlessSet?: string;
+    },
   ): UpdateSpec {
     const b = new UpdateBuilder();
     const f = b.name(field);
-    b.setExpression(`${f} = ${f} + ${b.value(delta)}`);
+    // A counter an entity never had starts at zero (rows written before the counter existed).
+    b.setExpression(`${f} = if_not_exists(${f}, ${b.value(0)}) + ${b.value(delta)}`);
     b.setExpression(`${b.name('version')} = ${b.name('version')} + ${b.value(1)}`);
     b.set('updatedAt', this.clock.now().toISOString());
     // DynamoDB conditions cannot add, so the bound is moved to the other side.
@@ -526,6 +531,8 @@ export class DynamoRepository implements Repository {
     if (delta < 0) conditions.push(`${f} >= ${b.value(-delta)}`);
     const when = options.when;
     if (when) conditions.push(`${b.name(when.field)} IN (${when.oneOf.map((v) => b.value(v)).join(', ')})`);
+    const unlessSet = options.unlessSet;
+    if (unlessSet) conditions.push(`attribute_not_exists(${b.name(unlessSet)})`);
     return {
       key,
       b,
@@ -533,6 +540,7 @@ export class DynamoRepository implements Repository {
       explain: (current) => {
         if (when && !when.oneOf.includes(current[when.field] as string | number))
           return `${when.field} is ${String(current[when.field])}`;
+        if (unlessSet && current[unlessSet] !== undefined) return `${unlessSet} is set`;
         const now = Number(current[field]);
         return delta > 0
           ? `${field} ${now} + ${delta} would exceed ${options.max}`

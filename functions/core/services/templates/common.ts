@@ -117,20 +117,38 @@ export abstract class ImageFlow {
    * by a volume (its linked clones need it) or while a copy is mid-operation.
    */
   async delete(templateId: string): Promise<void> {
-    await this.repo.require({ type: 'Template', id: templateId });
+    const template = await this.repo.require({ type: 'Template', id: templateId });
+    const pending = template.pendingVolumes ?? 0;
+    if (pending > 0) throw this.inUse(templateId, [`${pending} volume create(s) in progress`]);
+    // From this write on, no create can be accepted (its hold is conditional on deletingSince being
+    // absent), and the version check makes it fail if one was accepted since the read above.
+    const marked = template.deletingSince
+      ? template
+      : await this.repo
+          .update({ type: 'Template', id: templateId }, template.version, {
+            deletingSince: this.clock.now().toISOString(),
+          })
+          .catch((e: unknown) => {
+            if (e instanceof ConflictError)
+              throw this.inUse(templateId, ['a volume create was accepted just now']);
+            throw e;
+          });
     const copies = await this.repo.listCopies('TemplateInStore', templateId);
     const referenced = copies.filter((c) => c.refCount > 0);
-    if (referenced.length > 0) {
-      const dependents = referenced.map((c) => `${c.refCount} volume(s) on store ${c.storeId}`);
-      throw new NotAllowedError(`template ${templateId} is in use: ${dependents.join(', ')}`, {
-        id: templateId,
-        dependents,
-      });
-    }
     const busy = copies.filter(
       (c) => c.status === O.Creating || c.status === O.Copying || c.status === O.Destroying,
     );
-    if (busy.length > 0) {
+    if (referenced.length > 0 || busy.length > 0) {
+      // Refused: creates may use it again.
+      await this.repo.update({ type: 'Template', id: templateId }, marked.version, {
+        deletingSince: undefined,
+      });
+      if (referenced.length > 0) {
+        throw this.inUse(
+          templateId,
+          referenced.map((c) => `${c.refCount} volume(s) on store ${c.storeId}`),
+        );
+      }
       throw new ConflictError(
         `template ${templateId} has a copy mid-operation on store ${busy[0]!.storeId} (${busy[0]!.status})`,
         { state: busy[0]!.status },
@@ -138,6 +156,13 @@ export abstract class ImageFlow {
     }
     for (const copy of copies) await this.destroyCopy(templateId, copy);
     await this.repo.delete({ type: 'Template', id: templateId });
+  }
+
+  private inUse(templateId: string, dependents: string[]): NotAllowedError {
+    return new NotAllowedError(`template ${templateId} is in use: ${dependents.join(', ')}`, {
+      id: templateId,
+      dependents,
+    });
   }
 
   protected async destroyCopy(templateId: string, copy: TemplateInStore): Promise<void> {

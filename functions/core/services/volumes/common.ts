@@ -101,6 +101,16 @@ export function volumeObject(volume: Volume): DataObjectRef {
   return { kind: 'volume', id: volume.id, format: volume.format, path: volume.path };
 }
 
+/**
+ * The write that gives back a create's hold on its template (`Template.pendingVolumes`), or none
+ * when the volume holds none. It goes in the same transaction as the write that clears
+ * `holdsTemplate`, so the hold is given back exactly once.
+ */
+export function templateHoldRelease(volume: Volume): WriteOp[] {
+  if (!volume.holdsTemplate || !volume.templateId) return [];
+  return [Write.counter({ type: 'Template', id: volume.templateId }, 'pendingVolumes', -1)];
+}
+
 /** Takes (+1) or gives back (-1) a reference on a pool's template cache entry. */
 export function templateRefWrite(templateId: string, storeId: string, delta: 1 | -1): WriteOp {
   return Write.counter({ type: 'TemplateInStore', id: templateId, storeId }, 'refCount', delta);

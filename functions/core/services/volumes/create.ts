@@ -17,7 +17,15 @@ import { volumeMachine } from '../../state-machines.js';
 import { toStoreInfo } from '../datastore-service.js';
 import { templateObject } from '../image-service.js';
 import { causeMessage, type WorkflowFailure } from '../job-service.js';
-import { expiry, held, launch, type Step, VOLUME_LEASE_SECONDS, type VolumeDeps } from './common.js';
+import {
+  expiry,
+  held,
+  launch,
+  type Step,
+  templateHoldRelease,
+  VOLUME_LEASE_SECONDS,
+  type VolumeDeps,
+} from './common.js';
 import { removeFromPool } from './footprint.js';
 import type { TemplateCache } from './template-cache.js';
 
@@ -62,16 +70,25 @@ export class VolumeCreateFlow {
       flow: FlowName.VolumeCreate,
       input: { jobId, volumeId: id, fromTemplate: Boolean(template) },
     };
-    // The space, the volume row that owns it and the job are written together.
+    // The space, the volume row that owns it, its hold on the template and the job are written
+    // together: a template delete that began first makes this write fail, and one that begins
+    // later sees the hold and is refused.
     await reserve(this.repo, placement, sizeBytes, {
       with: (storeId) => [
         this.deps.jobs.createWrite('volume.create', { type: 'volume', id }, jobId, l),
+        ...(template
+          ? [
+              Write.counter({ type: 'Template', id: template.id }, 'pendingVolumes', 1, {
+                unlessSet: 'deletingSince',
+              }),
+            ]
+          : []),
         Write.create('Volume', {
           id,
           name: input.name,
           zoneId: input.zoneId,
           storeId,
-          ...(template ? { templateId: template.id } : {}),
+          ...(template ? { templateId: template.id, holdsTemplate: true } : {}),
           ...(snapshot ? { sourceSnapshotId: snapshot.id, restoreFrom: input.restoreFrom ?? 'auto' } : {}),
           mode: template ? (input.mode ?? 'linked') : snapshot ? 'full' : 'blank',
           sizeBytes,
@@ -82,6 +99,14 @@ export class VolumeCreateFlow {
           lease: { owner: jobId, expiresAt: expiry(this.deps, VOLUME_LEASE_SECONDS) },
         }),
       ],
+    }).catch((e: unknown) => {
+      if (template && e instanceof ConflictError && e.context.type === 'Template') {
+        throw new ConflictError(`template ${template.id} is being deleted`, {
+          field: 'templateId',
+          state: 'Deleting',
+        });
+      }
+      throw e;
     });
     const volume = await this.repo.require({ type: 'Volume', id });
     try {
@@ -189,16 +214,23 @@ export class VolumeCreateFlow {
         });
       });
       // Once cleaned, the volume no longer occupies the pool; otherwise a later delete retries the cleanup.
-      await this.repo.transition({
-        key: { type: 'Volume', id: volume.id },
-        machine: volumeMachine,
-        from: V.Creating,
-        to: V.Error,
-        leaseOwner: input.jobId,
-        changes: cleaned
-          ? { statusReason: reason, storeId: undefined, path: undefined, holdsTemplateRef: false }
-          : { statusReason: `${reason} (cleanup incomplete; delete the volume to retry it)` },
-      });
+      const current = await this.repo.require({ type: 'Volume', id: volume.id });
+      await this.repo.transact([
+        Write.transition({
+          key: { type: 'Volume', id: volume.id },
+          machine: volumeMachine,
+          from: V.Creating,
+          to: V.Error,
+          leaseOwner: input.jobId,
+          changes: {
+            holdsTemplate: false,
+            ...(cleaned
+              ? { statusReason: reason, storeId: undefined, path: undefined, holdsTemplateRef: false }
+              : { statusReason: `${reason} (cleanup incomplete; delete the volume to retry it)` }),
+          },
+        }),
+        ...templateHoldRelease(current),
+      ]);
     }
     await this.deps.jobs.failFromFlow(input.jobId, input.error, 'CreateFailed');
   }

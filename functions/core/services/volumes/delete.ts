@@ -7,10 +7,10 @@ import { ConflictError, NotAllowedError } from '../../errors.js';
 import { newId } from '../../ids.js';
 import type { Job } from '../../model.js';
 import { VolumeStatus as V } from '../../model.js';
-import { FlowName } from '../../ports.js';
+import { FlowName, Write } from '../../ports.js';
 import { volumeMachine } from '../../state-machines.js';
 import { causeMessage, type WorkflowFailure } from '../job-service.js';
-import { launch, type Step, type VolumeDeps, volumeMove } from './common.js';
+import { launch, type Step, templateHoldRelease, type VolumeDeps, volumeMove } from './common.js';
 import { removeFromPool } from './footprint.js';
 import type { TemplateCache } from './template-cache.js';
 
@@ -64,13 +64,20 @@ export class VolumeDeleteFlow {
       );
     }
     const evictedCache = await removeFromPool(this.deps, this.cache, volume, input.jobId);
-    await this.deps.repo.transition({
-      key: { type: 'Volume', id: volume.id },
-      machine: volumeMachine,
-      from: V.Destroying,
-      to: V.Destroyed,
-      leaseOwner: input.jobId,
-    });
+    // A volume whose create never reached its template reference (recovered to Error) still
+    // holds the template; it gives the hold back as it goes.
+    const current = await this.deps.repo.require({ type: 'Volume', id: volume.id });
+    await this.deps.repo.transact([
+      Write.transition({
+        key: { type: 'Volume', id: volume.id },
+        machine: volumeMachine,
+        from: V.Destroying,
+        to: V.Destroyed,
+        leaseOwner: input.jobId,
+        changes: { holdsTemplate: false },
+      }),
+      ...templateHoldRelease(current),
+    ]);
     await this.deps.repo.delete({ type: 'Volume', id: volume.id });
     await this.deps.jobs.succeed(input.jobId, { volumeId: volume.id, evictedCache });
     return { evictedCache };

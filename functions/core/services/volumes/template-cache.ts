@@ -20,7 +20,7 @@ import { Write } from '../../ports.js';
 import { objectInStoreMachine } from '../../state-machines.js';
 import { toStoreInfo } from '../datastore-service.js';
 import { templateObject } from '../image-service.js';
-import { expiry, VOLUME_LEASE_SECONDS, type VolumeDeps } from './common.js';
+import { expiry, templateHoldRelease, VOLUME_LEASE_SECONDS, type VolumeDeps } from './common.js';
 
 /** Raised while another job installs the template on the pool; the workflow retries with backoff. */
 export class CacheBusyError extends UnavailableError {}
@@ -86,9 +86,14 @@ export class TemplateCache {
       // The reference and the volume's record of holding it are one write, taken only while the
       // cache is Ready: an eviction that won the race makes it fail, and nothing is counted.
       try {
+        // The create's hold on the template ends in the write that takes its place.
         await this.repo.transact([
           Write.counter(key, 'refCount', 1, { when: { field: 'status', oneOf: [O.Ready] } }),
-          Write.update({ type: 'Volume', id: volume.id }, volume.version, { holdsTemplateRef: true }),
+          Write.update({ type: 'Volume', id: volume.id }, volume.version, {
+            holdsTemplateRef: true,
+            holdsTemplate: false,
+          }),
+          ...templateHoldRelease(volume),
         ]);
       } catch (e) {
         if (e instanceof ConflictError && e.context.type === 'TemplateInStore') {
