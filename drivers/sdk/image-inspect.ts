@@ -1,21 +1,38 @@
 /**
  * Disk image inspection while the bytes stream past (template ingestion copies a URL straight into
- * the store, with no temporary file to run `qemu-img info` on).
+ * the store, with no temporary file to run `qemu-img info` on), and over a file on a host
+ * ({@link inspectImageFile}) before any qemu-img opens it.
  *
- * The inspector keeps bounded state only: the first {@link IMAGE_HEAD_BYTES} (every header it reads
- * lives there) and the last {@link IMAGE_TAIL_BYTES} (the VHD footer and the VMDK stream footer).
- * It parses headers with its own code, following what qemu itself reads, because the point is to
- * decide whether qemu may safely open the image later: an image that names a backing file, an
- * external data file, a VMDK extent or a VHD parent makes qemu open a host path chosen by whoever
- * wrote the image, and a qcow2 uploaded as "raw" turns into exactly that the first time anything
- * probes its format.
+ * The inspector keeps bounded state only: the first {@link IMAGE_HEAD_BYTES} (64 KiB: every header
+ * it reads lives there, including the ISO 9660 volume descriptors from 32 KiB) and the last
+ * {@link IMAGE_TAIL_BYTES} (the VHD footer and the VMDK stream footer), so one inspection holds
+ * about 66 KiB whatever the image's size. Structures qemu may place further in (a VMDK descriptor
+ * longer than the window, a VHD dynamic header past it) make the image malformed rather than
+ * unchecked.
+ *
+ * It parses headers with its own code, following what qemu itself reads, and applies the safety
+ * rules of OpenStack's format inspector (oslo.utils `imageutils.format_inspector`, written after
+ * OSSA-2024-001), because the point is to decide whether qemu may safely open the image later:
+ * - an image that names a backing file, an external data file, a VMDK extent or a VHD parent makes
+ *   qemu open a host path chosen by whoever wrote the image;
+ * - a qcow2 with incompatible features the inspector does not know may change how qemu reads it;
+ * - bytes that match two formats at once (an ISO whose system area holds a qcow2 header) are one
+ *   thing to the checker and another to whatever probes them later, so they are refused whatever
+ *   was declared; only a partition table on a raw disk, an ISO or a fixed VHD is benign;
+ * - a qcow2 uploaded as "raw" turns into a host-file read the first time anything probes it.
  */
+import { constants as fsConstants } from 'node:fs';
+import { type FileHandle, open } from 'node:fs/promises';
 import { Transform } from 'node:stream';
 import { DriverError, type DriverErrorOptions, DriverInputError } from './errors.js';
 import { ImageFormat } from './types.js';
 
-/** Bytes kept from the start of the stream: enough for every header the inspector reads. */
-export const IMAGE_HEAD_BYTES = 1024 * 1024;
+/**
+ * Bytes kept from the start of the stream: enough for every header the inspector reads. The ISO
+ * volume descriptors start at 32 KiB and a UDF bridge adds a few more sectors after them; the
+ * embedded VMDK descriptor qemu reads is 10 KiB at 0x200.
+ */
+export const IMAGE_HEAD_BYTES = 64 * 1024;
 
 /**
  * Bytes kept from the end of the stream: a VHD footer is the last 512; a streamOptimized VMDK whose
@@ -51,6 +68,12 @@ export interface ImageInspection {
   encrypted?: boolean;
   foreignFormat?: string;
   malformed?: string;
+  /** A feature qemu would act on that Strata refuses (qcow2 incompatible feature bits it does not know). */
+  unsupportedFeature?: string;
+  /** A variant of the format Strata refuses (VMDK createType other than monolithicSparse/streamOptimized). */
+  unsupportedSubformat?: string;
+  /** Other formats the same bytes also match; any entry makes the image unsafe. */
+  otherFormats?: string[];
   details: Record<string, unknown>;
 }
 
@@ -60,6 +83,14 @@ export const UnsafeImageReason = {
   ExternalDataFile: 'external-data-file',
   ImplausibleSize: 'implausible-size',
   Malformed: 'malformed',
+  /** The bytes match more than one format (a polyglot). */
+  MultipleFormats: 'multiple-formats',
+  /** A format qemu knows but Strata does not take (qed, vhdx, luks, vdi, qcow v1…). */
+  UnsupportedFormat: 'unsupported-format',
+  /** A qcow2 incompatible feature bit Strata does not know. */
+  UnsupportedFeature: 'unsupported-feature',
+  /** A VMDK createType or extent type other than a single-file sparse disk. */
+  UnsupportedSubformat: 'unsupported-subformat',
 } as const;
 export type UnsafeImageReason = (typeof UnsafeImageReason)[keyof typeof UnsafeImageReason];
 
@@ -109,12 +140,17 @@ export interface AssertSafeImageOptions {
 }
 
 /**
- * Throws unless the inspected image may be handed to qemu as `declaredFormat`:
- * {@link FormatMismatchError} when the bytes are another format (an ISO may be declared raw: qemu
- * reads an ISO as plain bytes, so nothing changes), {@link UnsafeImageError} when the image names a
- * backing file, VHD parent, VMDK parent or external data file/extent, when its header is malformed,
- * or when its virtual size is 0 or above the limit (64 TiB). Encryption is reported in the
- * inspection, not refused here.
+ * Throws unless the inspected image may be handed to qemu as `declaredFormat`. In this order:
+ * - {@link UnsafeImageError} `multiple-formats` when the bytes match more than one format, and
+ *   `unsupported-format` for a format Strata does not take (qed, vhdx, luks…), whatever was declared;
+ * - {@link FormatMismatchError} when the bytes are another format (an ISO may be declared raw: qemu
+ *   reads an ISO as plain bytes, so nothing changes);
+ * - {@link UnsafeImageError} `malformed` (a header that cannot be trusted, a qcow2 marked corrupt,
+ *   a VMDK descriptor away from where qemu reads it, a broken stream footer), `backing-file`,
+ *   `external-data-file` (including VMDK extents in other files), `unsupported-feature` (unknown
+ *   qcow2 incompatible bits), `unsupported-subformat` (a VMDK that is not a single-file sparse
+ *   disk), or `implausible-size` (0 or above the limit, 64 TiB by default).
+ * Encryption is reported in the inspection, not refused here.
  *
  * @example
  * const inspection = inspector.finish(bytesUploaded);
@@ -126,37 +162,61 @@ export function assertSafeImage(
   options: AssertSafeImageOptions = {},
 ): void {
   const actual = inspection.foreignFormat ?? inspection.format;
+  const context = { format: inspection.format, declaredFormat };
+  const refuse = (message: string, reason: UnsafeImageReason, extra: Record<string, unknown> = {}) =>
+    new UnsafeImageError(message, reason, { context: { ...context, ...extra } });
+  if (inspection.otherFormats !== undefined && inspection.otherFormats.length > 0) {
+    const formats = [actual, ...inspection.otherFormats];
+    throw refuse(`image matches more than one format (${formats.join(', ')})`, 'multiple-formats', {
+      formats,
+    });
+  }
+  if (inspection.foreignFormat !== undefined) {
+    throw refuse(`${inspection.foreignFormat} images are not supported`, 'unsupported-format', {
+      foreignFormat: inspection.foreignFormat,
+    });
+  }
   const rawIso = declaredFormat === ImageFormat.Raw && actual === ImageFormat.Iso;
   if (actual !== declaredFormat && !rawIso) throw new FormatMismatchError(declaredFormat, actual);
-  const context = { format: inspection.format };
   if (inspection.malformed !== undefined) {
-    throw new UnsafeImageError(
-      `${inspection.format} header is malformed: ${inspection.malformed}`,
-      'malformed',
-      {
-        context: { ...context, malformed: inspection.malformed },
-      },
-    );
+    throw refuse(`${inspection.format} header is malformed: ${inspection.malformed}`, 'malformed', {
+      malformed: inspection.malformed,
+    });
   }
   if (inspection.backingFile !== undefined) {
-    throw new UnsafeImageError(
+    throw refuse(
       `${inspection.format} image depends on another file (${inspection.backingFile}); upload a standalone image`,
       'backing-file',
-      { context: { ...context, backingFile: inspection.backingFile } },
+      { backingFile: inspection.backingFile },
     );
   }
   if (inspection.externalDataFile !== undefined) {
-    throw new UnsafeImageError(
+    throw refuse(
       `${inspection.format} image keeps its data in another file (${inspection.externalDataFile})`,
       'external-data-file',
-      { context: { ...context, externalDataFile: inspection.externalDataFile } },
+      { externalDataFile: inspection.externalDataFile },
+    );
+  }
+  if (inspection.unsupportedFeature !== undefined) {
+    throw refuse(
+      `${inspection.format} image uses an unsupported feature: ${inspection.unsupportedFeature}`,
+      'unsupported-feature',
+      { unsupportedFeature: inspection.unsupportedFeature },
+    );
+  }
+  if (inspection.unsupportedSubformat !== undefined) {
+    throw refuse(
+      `${inspection.format} subformat is not supported: ${inspection.unsupportedSubformat}; upload a monolithicSparse or streamOptimized VMDK`,
+      'unsupported-subformat',
+      { unsupportedSubformat: inspection.unsupportedSubformat },
     );
   }
   const max = options.maxVirtualSizeBytes ?? MAX_IMAGE_VIRTUAL_SIZE_BYTES;
   const size = inspection.virtualSizeBytes;
   if (!Number.isSafeInteger(size) || size <= 0 || size > max) {
-    throw new UnsafeImageError(`implausible virtual size ${size} bytes`, 'implausible-size', {
-      context: { ...context, virtualSizeBytes: size, maxVirtualSizeBytes: max },
+    throw refuse(`implausible virtual size ${size} bytes`, 'implausible-size', {
+      virtualSizeBytes: size,
+      maxVirtualSizeBytes: max,
     });
   }
 }
@@ -285,33 +345,142 @@ export function inspectImageBuffer(image: Uint8Array): ImageInspection {
   return new ImageInspector().update(image).finish();
 }
 
+/**
+ * Inspects an image file without streaming all of it: only the head ({@link IMAGE_HEAD_BYTES}) and
+ * the tail ({@link IMAGE_TAIL_BYTES}) are read, which is exactly what the streaming inspector keeps,
+ * so the result equals feeding the whole file to an {@link ImageInspector}. The file is opened with
+ * `O_NOFOLLOW`: a symlink at the path itself is refused rather than followed.
+ *
+ * @example
+ * const inspection = await inspectImageFile('/mnt/pool/templates/.t-1.qcow2.partial-job-7');
+ */
+export async function inspectImageFile(path: string): Promise<ImageInspection> {
+  const handle = await open(path, fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW);
+  try {
+    const { size } = await handle.stat();
+    const head = Buffer.alloc(Math.min(size, IMAGE_HEAD_BYTES));
+    await readFully(handle, head, 0);
+    const tailLength = Math.min(size, IMAGE_TAIL_BYTES);
+    const tail = Buffer.alloc(tailLength);
+    await readFully(handle, tail, size - tailLength);
+    return inspectBuffers(head, tail, size);
+  } finally {
+    await handle.close();
+  }
+}
+
+async function readFully(handle: FileHandle, into: Buffer, position: number): Promise<void> {
+  let done = 0;
+  while (done < into.length) {
+    const { bytesRead } = await handle.read(into, done, into.length - done, position + done);
+    if (bytesRead === 0) {
+      throw new DriverError('image file shrank while it was inspected', { code: 'ImageChanged' });
+    }
+    done += bytesRead;
+  }
+}
+
+/**
+ * The host-side gate before qemu-img opens an image that came from outside: inspects the file
+ * ({@link inspectImageFile}) and applies {@link assertSafeImage} with the declared format. Returns
+ * the inspection so callers can compare sizes.
+ *
+ * @example
+ * await assertSafeImageFile(partial, 'qcow2'); // throws UnsafeImageError for a qcow2 with a backing file
+ * await qemuInfo(partial, { format: 'qcow2' });
+ */
+export async function assertSafeImageFile(
+  path: string,
+  declaredFormat: ImageFormat,
+  options: AssertSafeImageOptions = {},
+): Promise<ImageInspection> {
+  const inspection = await inspectImageFile(path);
+  assertSafeImage(inspection, declaredFormat, options);
+  return inspection;
+}
+
 // ---------------------------------------------------------------------------------------------------
-// Detection. The order mirrors how qemu would see the bytes: a magic at offset 0 wins, the VHD footer
-// comes next (a fixed VHD only has one at the end), then ISO 9660, which qemu itself has no driver for.
+// Detection. Every format is probed independently, as oslo's inspector runs all of its inspectors
+// over the same bytes: more than one match is a polyglot, refused whatever was declared. The order
+// of the list is qemu's precedence (a magic at offset 0 wins, a VHD footer comes next, ISO 9660,
+// which qemu has no driver for, last), so the first match is the format reported.
+
+/** Formats whose headers can share a file with a partition table in its first sector. */
+const PARTITION_TABLE_HOSTS = new Set(['iso', 'vhd-fixed']);
 
 function inspectBuffers(head: Buffer, tail: Buffer, total: number): ImageInspection {
   const base = { physicalSizeBytes: total };
-  const magic = head.length >= 4 ? head.readUInt32BE(0) : 0;
-  if (magic === QCOW_MAGIC) return { ...base, ...inspectQcow(head) };
-  if (ascii(head, 0, 4) === 'KDMV') return { ...base, ...inspectVmdkSparse(head, tail) };
-  if (ascii(head, 0, 4) === 'COWD') {
-    return {
+  const found = probeFormats(head, tail);
+  const partitionTable = probePartitionTable(head);
+  const [first, ...others] = found;
+  if (first === undefined) {
+    // qemu sizes a raw file in whole sectors, reading the partial last one as zeros past the end.
+    const raw: ImageInspection = {
       ...base,
-      format: 'vmdk',
-      virtualSizeBytes: 0,
-      malformed: 'VMDK3 (COWD) is not supported',
+      format: 'raw',
+      virtualSizeBytes: Math.ceil(total / 512) * 512,
       details: {},
     };
+    if (partitionTable) {
+      raw.details.partitionTable = partitionTable;
+      const problem = checkMbr(head);
+      if (problem !== undefined) raw.malformed = problem;
+    }
+    return raw;
   }
-  if (isVmdkDescriptor(head)) return { ...base, ...inspectVmdkDescriptor(head) };
-  const vhd = findVhdFooter(head, tail);
-  if (vhd) return { ...base, ...inspectVhd(head, vhd, total) };
+  const result: ImageInspection = { ...base, ...parseFormat(first, head, tail, total) };
+  const otherFormats = others.map(displayName);
+  if (partitionTable) {
+    result.details.partitionTable = partitionTable;
+    if (!PARTITION_TABLE_HOSTS.has(first)) otherFormats.push(partitionTable);
+  }
+  if (otherFormats.length > 0) result.otherFormats = otherFormats;
+  return result;
+}
+
+type Probed = 'qcow2' | 'vmdk' | 'vhd' | 'vhd-fixed' | 'iso' | `foreign:${string}`;
+
+function probeFormats(head: Buffer, tail: Buffer): Probed[] {
+  const found: Probed[] = [];
+  const start4 = ascii(head, 0, 4);
+  if (head.length >= 4 && head.readUInt32BE(0) === QCOW_MAGIC) found.push('qcow2');
+  if (start4 === 'KDMV' || start4 === 'COWD' || isVmdkDescriptor(head)) found.push('vmdk');
+  if (ascii(head, 0, 8) === 'conectix') found.push('vhd');
+  else if (tail.length >= 512 && ascii(tail, tail.length - 512, 8) === 'conectix') found.push('vhd-fixed');
   const foreign = probeForeign(head);
-  if (foreign) {
-    return { ...base, format: 'raw', virtualSizeBytes: total, foreignFormat: foreign, details: {} };
+  if (foreign) found.push(`foreign:${foreign}`);
+  if (isIso(head)) found.push('iso');
+  return found;
+}
+
+function displayName(probed: Probed): string {
+  if (probed === 'vhd-fixed') return 'vhd';
+  return probed.startsWith('foreign:') ? probed.slice('foreign:'.length) : probed;
+}
+
+function parseFormat(probed: Probed, head: Buffer, tail: Buffer, total: number): Parsed {
+  switch (probed) {
+    case 'qcow2':
+      return inspectQcow(head);
+    case 'vmdk':
+      if (ascii(head, 0, 4) === 'KDMV') return inspectVmdkSparse(head, tail);
+      if (ascii(head, 0, 4) === 'COWD') {
+        return {
+          format: 'vmdk',
+          virtualSizeBytes: 0,
+          malformed: 'VMDK3 (COWD) is not supported',
+          details: {},
+        };
+      }
+      return inspectVmdkDescriptor(head);
+    case 'vhd':
+    case 'vhd-fixed':
+      return inspectVhd(head, findVhdFooter(head, tail)!, total);
+    case 'iso':
+      return inspectIso(head);
+    default:
+      return { format: 'raw', virtualSizeBytes: total, foreignFormat: displayName(probed), details: {} };
   }
-  if (ascii(head, ISO_FIRST_DESCRIPTOR + 1, 5) === 'CD001') return { ...base, ...inspectIso(head) };
-  return { ...base, format: 'raw', virtualSizeBytes: total, details: {} };
 }
 
 type Parsed = Omit<ImageInspection, 'physicalSizeBytes'>;
@@ -349,6 +518,17 @@ const QCOW2_EXT = {
   dataFile: 0x44415441,
 } as const;
 const QCOW2_INCOMPATIBLE = ['dirty', 'corrupt', 'external-data-file', 'compression-type', 'extended-l2'];
+/**
+ * Incompatible feature bits an image may carry. dirty (0) only asks qemu to rebuild refcounts when it
+ * opens the image for writing; compression type (3) and extended L2 entries (4) change how clusters
+ * are decoded inside the file, never what else is opened. corrupt (1) is refused as malformed and
+ * external data file (2) as an external reference; every other bit is one nobody can vouch for.
+ * (oslo accepts bits 0–3 and knows nothing of bit 4; Strata refuses corrupt and accepts extended L2,
+ * which qemu has supported since 5.2.)
+ */
+const QCOW2_ACCEPTED_INCOMPATIBLE = (1n << 0n) | (1n << 3n) | (1n << 4n);
+const QCOW2_CORRUPT = 1n << 1n;
+const QCOW2_DATA_FILE = 1n << 2n;
 const QCOW2_ENCRYPTION: Record<number, string> = { 0: 'none', 1: 'aes', 2: 'luks' };
 
 function inspectQcow(head: Buffer): Parsed {
@@ -439,8 +619,16 @@ function inspectQcow(head: Buffer): Parsed {
 
   // The feature bit is what makes qemu open a data file (the name can also come from the command
   // line); the extension without the bit makes qemu refuse the image. Either one is refused.
-  if ((incompatible & 4n) !== 0n || dataFileName !== undefined) {
+  if ((incompatible & QCOW2_DATA_FILE) !== 0n || dataFileName !== undefined) {
     result.externalDataFile = dataFileName || '(external data file, unnamed)';
+  }
+  if ((incompatible & QCOW2_CORRUPT) !== 0n) {
+    return { ...result, malformed: 'the image is marked corrupt (incompatible feature bit 1)' };
+  }
+  const unknown = incompatible & ~(QCOW2_ACCEPTED_INCOMPATIBLE | QCOW2_CORRUPT | QCOW2_DATA_FILE);
+  if (unknown !== 0n) {
+    const bits = featureNames(unknown, []).map((name) => name.replace('bit-', ''));
+    result.unsupportedFeature = `unknown incompatible feature bit(s) ${bits.join(', ')}`;
   }
   return result;
 }
@@ -547,34 +735,34 @@ function cString16(le: Buffer): string {
 const VMDK_GD_AT_END = 0xffffffffffffffffn;
 const VMDK_MARKER_FOOTER = 3;
 const VMDK_MARKER_EOS = 0;
-/** qemu reads the parent hint and CIDs from this many bytes at 0x200 of a sparse file, wherever the header says. */
+/** qemu reads the embedded descriptor of a sparse file at 0x200 (sector 1), whatever the header says. */
+const VMDK_DESC_SECTOR = 1;
+/** qemu reads the parent hint and CIDs from this many bytes at 0x200 of a sparse file. */
 const VMDK_QEMU_DESC_WINDOW = 20 * 512;
+/** The createTypes that keep the whole disk in the one file (case-insensitive, as VMware reads them). */
+const VMDK_SINGLE_FILE_TYPES = new Set(['monolithicsparse', 'streamoptimized']);
 
 function inspectVmdkSparse(head: Buffer, tail: Buffer): Parsed {
   const details: Record<string, unknown> = { subformat: 'sparse' };
-  if (head.length < 512)
-    return { format: 'vmdk', virtualSizeBytes: 0, malformed: 'truncated header', details };
-  let header = head.subarray(0, 512);
+  const fail = (malformed: string): Parsed => ({ format: 'vmdk', virtualSizeBytes: 0, malformed, details });
+  if (head.length < 512) return fail('truncated header');
+  const start = head.subarray(0, 512);
+  let header = start;
   const version = header.readUInt32LE(4);
   details.version = version;
-  if (version < 1 || version > 3) {
-    return { format: 'vmdk', virtualSizeBytes: 0, malformed: `unsupported version ${version}`, details };
-  }
-  if (header.readBigUInt64LE(56) === VMDK_GD_AT_END) {
+  if (version < 1 || version > 3) return fail(`unsupported version ${version}`);
+  const descSector = u64le(start, 28);
+  const descSectors = u64le(start, 36);
+  if (start.readBigUInt64LE(56) === VMDK_GD_AT_END) {
     // streamOptimized written in one pass: the header at the end (after a footer marker) is the
     // authoritative one, and qemu reads its capacity from there.
     details.gdAtEnd = true;
-    const ok =
-      tail.length >= 1536 &&
-      tail.readUInt32LE(12) === VMDK_MARKER_FOOTER &&
-      ascii(tail, 512, 4) === 'KDMV' &&
-      tail.readUInt32LE(1024 + 12) === VMDK_MARKER_EOS;
-    if (!ok) return { format: 'vmdk', virtualSizeBytes: 0, malformed: 'stream footer missing', details };
+    const problem = checkStreamFooter(start, tail);
+    if (problem !== undefined) return fail(problem);
     header = tail.subarray(512, 1024);
   }
   const capacitySectors = u64le(header, 12);
-  const descOffset = u64le(header, 28);
-  const descSize = u64le(header, 36);
+  const startCapacity = u64le(start, 12);
   Object.assign(details, {
     flags: header.readUInt32LE(8),
     grainSectors: u64le(header, 20),
@@ -582,27 +770,78 @@ function inspectVmdkSparse(head: Buffer, tail: Buffer): Parsed {
   });
   const result: Parsed = { format: 'vmdk', virtualSizeBytes: capacitySectors * 512, details };
 
-  const texts: string[] = [];
-  if (descOffset > 0 && descSize > 0) {
-    const start = descOffset * 512;
-    // Without a capacity qemu reads on past desc_size (up to a MiB), so extents may follow it.
-    const end = capacitySectors === 0 ? head.length : Math.min(start + descSize * 512, head.length);
-    if (start >= head.length)
-      return { ...result, malformed: 'embedded descriptor outside the inspected first MiB' };
-    texts.push(cString(head.subarray(start, end), 'latin1'));
+  // qemu finds the descriptor at sector 1 no matter what the header says; a header pointing
+  // elsewhere means a checker that trusts the header reads another text than qemu does.
+  if (descSector !== VMDK_DESC_SECTOR || descSectors === 0) {
+    return {
+      ...result,
+      malformed: `embedded descriptor at sector ${descSector} (${descSectors} sectors), not at 0x200`,
+    };
   }
-  texts.push(cString(head.subarray(0x200, 0x200 + VMDK_QEMU_DESC_WINDOW), 'latin1'));
-  const descriptor = parseVmdkDescriptor(texts[0]!);
+  const descEnd = 512 + Math.max(descSectors * 512, VMDK_QEMU_DESC_WINDOW);
+  if (descEnd > head.length) {
+    return { ...result, malformed: 'embedded descriptor larger than the inspected window' };
+  }
+  const text = cString(head.subarray(512, descEnd), 'latin1');
+  const descriptor = parseVmdkDescriptor(text);
   if (descriptor.createType !== undefined) details.createType = descriptor.createType;
-  applyVmdkParent(result, texts);
-  if (capacitySectors === 0 && descOffset > 0) {
-    // With no capacity qemu opens the embedded descriptor as a descriptor file, extents and all.
-    details.extents = descriptor.extents;
-    const external = descriptor.extents.find((e) => e.file !== undefined);
-    if (external) result.externalDataFile = external.file;
+  details.extents = descriptor.extents;
+  applyVmdkParent(result, [text]);
+  if (startCapacity === 0) {
+    // With no capacity in the first header qemu opens the embedded descriptor as a descriptor file,
+    // extents and all, before it looks for a footer.
+    const named = descriptor.extents.find((e) => e.file !== undefined);
+    result.externalDataFile = named?.file ?? '(extents of the embedded descriptor)';
     result.virtualSizeBytes = descriptor.sectors * 512;
+    return result;
+  }
+  if (descriptor.invalidLine !== undefined) {
+    return { ...result, malformed: `descriptor line not understood: ${descriptor.invalidLine.slice(0, 80)}` };
+  }
+  const createType = descriptor.createType?.toLowerCase();
+  if (createType === undefined || !VMDK_SINGLE_FILE_TYPES.has(createType)) {
+    result.unsupportedSubformat = `createType ${descriptor.createType ?? '(missing)'}`;
+  }
+  const [extent, ...more] = descriptor.extents;
+  if (extent === undefined) return { ...result, malformed: 'descriptor lists no extents' };
+  // The one extent must be this file itself: a sparse extent with a plain file name. More extents,
+  // or a name with a directory in it, are other files (oslo refuses any '/' in an extent line).
+  const elsewhere = [extent, ...more].find((e) => e.file?.includes('/'));
+  if (elsewhere) result.externalDataFile = elsewhere.file;
+  else if (more.length > 0) result.externalDataFile = more[0]!.file ?? `(${more.length + 1} extents)`;
+  if (extent.type.toUpperCase() !== 'SPARSE') {
+    result.unsupportedSubformat ??= `extent type ${extent.type}`;
   }
   return result;
+}
+
+/**
+ * The streamOptimized footer, checked as oslo does: a footer marker, a copy of the header that
+ * agrees with the first one and does not point at yet another footer, and an end-of-stream marker,
+ * each with zero padding. Returns what is wrong, or undefined.
+ */
+function checkStreamFooter(start: Buffer, tail: Buffer): string | undefined {
+  if (tail.length < 1536) return 'stream footer missing';
+  const zeros = (buf: Buffer) => buf.every((byte) => byte === 0);
+  const marker = tail.subarray(0, 512);
+  if (
+    marker.readUInt32LE(8) !== 0 ||
+    marker.readUInt32LE(12) !== VMDK_MARKER_FOOTER ||
+    !zeros(marker.subarray(16))
+  ) {
+    return 'stream footer marker invalid';
+  }
+  const footer = tail.subarray(512, 1024);
+  if (ascii(footer, 0, 4) !== 'KDMV') return 'stream footer signature missing';
+  if (footer.readUInt32LE(4) !== start.readUInt32LE(4))
+    return 'stream footer version differs from the header';
+  if (!footer.subarray(28, 44).equals(start.subarray(28, 44))) {
+    return 'stream footer names another descriptor than the header';
+  }
+  if (footer.readBigUInt64LE(56) === VMDK_GD_AT_END) return 'stream footer points at another footer';
+  const eos = tail.subarray(1024, 1536);
+  if (!zeros(eos)) return 'end-of-stream marker invalid';
+  return undefined;
 }
 
 interface VmdkExtent {
@@ -617,6 +856,8 @@ interface VmdkDescriptor {
   parentCid?: string;
   extents: VmdkExtent[];
   sectors: number;
+  /** The first line that is neither a comment, a `ddb` entry, a `key=value` header nor an extent. */
+  invalidLine?: string;
 }
 
 const VMDK_EXTENT = /^(RW|RDONLY|NOACCESS)\s+(\d+)\s+([A-Za-z]+)(?:\s+"([^"]*)")?/;
@@ -638,9 +879,19 @@ function parseVmdkDescriptor(text: string): VmdkDescriptor {
       descriptor.sectors += sectors;
       continue;
     }
-    const pair = /^([A-Za-z.]+)\s*=\s*"?([^"]*)"?$/.exec(line);
-    if (pair?.[1] === 'createType') descriptor.createType = pair[2];
-    if (pair?.[1] === 'parentCID') descriptor.parentCid = pair[2]!.toLowerCase();
+    if (/^(RW|RDONLY|NOACCESS)\s/i.test(line)) {
+      // An extent line the pattern above cannot read is one qemu may still act on.
+      descriptor.invalidLine ??= line;
+      continue;
+    }
+    if (line.startsWith('ddb')) continue; // disk database entries: metadata qemu does not act on
+    const pair = /^([A-Za-z0-9_.]+)\s*=\s*"?([^"]*)"?$/.exec(line);
+    if (!pair) {
+      descriptor.invalidLine ??= line;
+      continue;
+    }
+    if (pair[1] === 'createType') descriptor.createType = pair[2];
+    if (pair[1] === 'parentCID') descriptor.parentCid = pair[2]!.toLowerCase();
   }
   return descriptor;
 }
@@ -679,16 +930,17 @@ function isVmdkDescriptor(head: Buffer): boolean {
 }
 
 function inspectVmdkDescriptor(head: Buffer): Parsed {
-  // qemu reads a descriptor file up to its first MiB, which is exactly the head we keep.
+  // qemu reads a descriptor file up to its first MiB; the window holds less, but a descriptor file
+  // is refused whatever it lists: it holds no data, so every disk it describes is another file.
   const text = cString(head, 'latin1');
   const descriptor = parseVmdkDescriptor(text);
   const details: Record<string, unknown> = { subformat: 'descriptor', extents: descriptor.extents };
   if (descriptor.createType !== undefined) details.createType = descriptor.createType;
   const result: Parsed = { format: 'vmdk', virtualSizeBytes: descriptor.sectors * 512, details };
   applyVmdkParent(result, [text]);
-  // A descriptor holds no data: every extent with a file name is another file qemu would open.
   const external = descriptor.extents.find((e) => e.file !== undefined);
   if (external) result.externalDataFile = external.file;
+  result.unsupportedSubformat = `descriptor file (createType ${descriptor.createType ?? 'missing'})`;
   if (descriptor.extents.length === 0) result.malformed = 'descriptor lists no extents';
   return result;
 }
@@ -698,6 +950,13 @@ function inspectVmdkDescriptor(head: Buffer): Parsed {
 
 const ISO_SECTOR = 2048;
 const ISO_FIRST_DESCRIPTOR = 16 * ISO_SECTOR;
+/** Standard identifiers of the volume recognition sequence: ISO 9660, and UDF's extended area. */
+const ISO_IDENTIFIERS = new Set(['CD001', 'BEA01', 'NSR02', 'NSR03', 'TEA01', 'BOOT2', 'CDW02']);
+
+/** An ISO 9660 or UDF volume: a recognised descriptor right after the 32 KiB system area. */
+function isIso(head: Buffer): boolean {
+  return ISO_IDENTIFIERS.has(ascii(head, ISO_FIRST_DESCRIPTOR + 1, 5));
+}
 
 function inspectIso(head: Buffer): Parsed {
   const details: Record<string, unknown> = {};
@@ -714,6 +973,11 @@ function inspectIso(head: Buffer): Parsed {
       volumeSpaceBlocks: blocks,
       logicalBlockSize: blockSize,
     });
+    // A UDF bridge (mkisofs -udf) follows the ISO 9660 set with BEA01, NSR02/NSR03 and TEA01.
+    for (let udf = at; udf + ISO_SECTOR <= head.length && udf < at + 16 * ISO_SECTOR; udf += ISO_SECTOR) {
+      const id = ascii(head, udf + 1, 5);
+      if (id === 'NSR02' || id === 'NSR03') details.udf = id;
+    }
     const result: Parsed = { format: 'iso', virtualSizeBytes: blocks * blockSize, details };
     if (blocks !== head.readUInt32BE(at + 84) || blockSize !== head.readUInt16BE(at + 130)) {
       return { ...result, malformed: 'both-endian fields disagree' };
@@ -721,7 +985,50 @@ function inspectIso(head: Buffer): Parsed {
     if (![512, 1024, 2048].includes(blockSize)) return { ...result, malformed: `block size ${blockSize}` };
     return result;
   }
+  // A UDF-only disc (no ISO 9660 bridge) keeps its size in structures far past the window.
   return { format: 'iso', virtualSizeBytes: 0, malformed: 'no primary volume descriptor', details };
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Partition tables (UEFI spec, "GUID Partition Table Format", and the legacy MBR it protects)
+
+const MBR_SIGNATURE = 0xaa55;
+const MBR_ENTRIES = 446;
+const MBR_TYPE_GPT = 0xee;
+
+/**
+ * `gpt` or `mbr` when the first sector ends in the boot signature and is not a FAT boot sector
+ * (which carries the same signature; two FATs on a fixed-disk medium is how oslo tells them apart).
+ */
+function probePartitionTable(head: Buffer): 'gpt' | 'mbr' | undefined {
+  if (head.length < 512 || head.readUInt16LE(510) !== MBR_SIGNATURE) return undefined;
+  if (head[0x10] === 2 && head[0x15] === 0xf8) return undefined;
+  for (let i = 0; i < 4; i++) if (head[MBR_ENTRIES + 16 * i + 4] === MBR_TYPE_GPT) return 'gpt';
+  return 'mbr';
+}
+
+/**
+ * oslo's sanity checks of a raw disk's MBR: boot flags are 0x00 or 0x80, at least one partition
+ * exists, and a GPT's protective entry is the only one, starts at LBA 1 and CHS 0/2/0.
+ */
+function checkMbr(head: Buffer): string | undefined {
+  const used: number[] = [];
+  let gpt = false;
+  for (let i = 0; i < 4; i++) {
+    const entry = head.subarray(MBR_ENTRIES + 16 * i, MBR_ENTRIES + 16 * (i + 1));
+    if (entry[0] !== 0x00 && entry[0] !== 0x80) return `MBR partition entry ${i} has an invalid boot flag`;
+    const type = entry[4]!;
+    if (type !== 0) used.push(i);
+    if (type === MBR_TYPE_GPT) {
+      gpt = true;
+      if (entry[1] !== 0 || entry[2] !== 2 || entry[3] !== 0)
+        return 'GPT protective MBR has an invalid start CHS';
+      if (entry.readUInt32LE(8) !== 1) return 'GPT protective MBR does not start at LBA 1';
+    }
+  }
+  if (gpt && (used.length !== 1 || used[0] !== 0)) return 'GPT protective MBR defines other partitions';
+  if (used.length === 0) return 'MBR defines no partition';
+  return undefined;
 }
 
 // ---------------------------------------------------------------------------------------------------
