@@ -6,18 +6,21 @@ import path from 'node:path';
 import { CfnOutput, Duration, Fn, Stack, type StackProps } from 'aws-cdk-lib';
 import * as events from 'aws-cdk-lib/aws-events';
 import * as targets from 'aws-cdk-lib/aws-events-targets';
+import type * as iam from 'aws-cdk-lib/aws-iam';
 import type * as logs from 'aws-cdk-lib/aws-logs';
 import * as s3 from 'aws-cdk-lib/aws-s3';
 import type { Construct } from 'constructs';
 import { FlowName } from '../../functions/core/ports.js';
 import { EnvName } from '../../functions/env-names.js';
+import { routeDocs, routes } from '../../functions/handlers/api/routes.js';
+import { ApiCallers } from './constructs/api-callers.js';
 import { DataTable } from './constructs/data-table.js';
 import { Flows } from './constructs/flows.js';
 import { HostChannel, type HostTag } from './constructs/host-channel.js';
 import { SnapshotScheduling } from './constructs/snapshot-scheduling.js';
 import { SSM_OUTPUT_PREFIX, StorageBuckets } from './constructs/storage-buckets.js';
 import { StrataApi } from './constructs/strata-api.js';
-import { REPO_ROOT, StrataFunction } from './constructs/strata-function.js';
+import { type ImageStoreAccess, REPO_ROOT, StrataFunction } from './constructs/strata-function.js';
 
 const HANDLERS = path.join(REPO_ROOT, 'functions/handlers');
 
@@ -38,6 +41,11 @@ export interface StrataStackProps extends StackProps {
    * @default none
    */
   extraImageBuckets?: string[];
+  /**
+   * Who may assume the API caller roles (read-only, operator, admin). @default the account root:
+   * the account's own IAM policies then decide which users and roles may assume them.
+   */
+  apiCallerPrincipal?: iam.IPrincipal;
 }
 
 /** Flows the api function starts for operators (the snapshot-policy flow only its schedules start). */
@@ -48,8 +56,69 @@ const API_FLOWS = Object.values(FlowName).filter((flow) => flow !== FlowName.Sna
  */
 const STORE_TASK_FLOWS = [FlowName.SnapshotTake, FlowName.SnapshotBackup, FlowName.SnapshotDelete];
 
+/**
+ * The image store's key layout (relative to a store's S3 prefix): drivers/s3/client.ts s3ObjectPath
+ * (`<kind>s/<id>/…`), backup-service.ts (chunks, manifests, plans), drivers/s3/lifecycle.ts (the
+ * write probe `.strata-probe-<job>` at the store prefix). test/infra checks it against the sweep's
+ * prefixes.
+ */
+export const IMAGE_PREFIXES = {
+  images: ['templates/', 'isos/'],
+  /** Volumes staged through an image store by a migration between pools no host shares. */
+  staged: ['volumes/'],
+  chunks: ['backups/chunks/'],
+  manifests: ['backups/manifests/'],
+  plans: ['backups/plans/'],
+  /** Nothing writes here on an image store today; the sweep still removes what it finds. */
+  snapshots: ['snapshots/'],
+  probe: ['.strata-probe-'],
+} as const;
+const P = IMAGE_PREFIXES;
+
+/**
+ * What each function does in the image buckets: least privilege by prefix and action. A presigned
+ * URL acts with the role that signed it, so a function that presigns for hosts holds the action.
+ */
+export const IMAGE_ACCESS = {
+  // Uploads from the operator's machine (create, presign parts, complete, abort) and template deletes.
+  api: {
+    read: P.images,
+    write: P.images,
+    delete: P.images,
+    listBucket: true,
+  },
+  // Template ingest (stream from a URL, verify an upload by reading it) and copies between stores;
+  // a failed ingest or copy removes its partial object.
+  imageTasks: {
+    read: P.images,
+    write: P.images,
+    delete: P.images,
+    listBucket: true,
+  },
+  // Template installs (presigned GETs for hosts), staged migrations, backups (chunks, manifests,
+  // plans), restores, snapshot deletes (unheld chunks and the manifest), the store write probe, and
+  // the orphan sweep, which removes what nothing owns under every prefix and aborts old uploads.
+  storeTasks: {
+    read: [...P.images, ...P.staged, ...P.chunks, ...P.manifests, ...P.plans],
+    write: [...P.staged, ...P.chunks, ...P.manifests, ...P.plans, ...P.probe],
+    delete: [...P.images, ...P.staged, ...P.snapshots, ...P.chunks, ...P.manifests, ...P.plans, ...P.probe],
+    abortUploads: [...P.images],
+    listBucket: true,
+    listUploads: true,
+  },
+  // Compensations of expired flows: a failed ingest or copy (its upload and partial object), a
+  // failed backup (its manifest and plans), a failed staged migration. Never chunks.
+  reconciler: {
+    read: [...P.images, ...P.plans, ...P.manifests],
+    delete: [...P.images, ...P.staged, ...P.manifests, ...P.plans],
+    abortUploads: [...P.images, ...P.staged],
+    listBucket: true,
+  },
+} satisfies Record<string, ImageStoreAccess>;
+
 export class StrataStack extends Stack {
   readonly api: StrataApi;
+  readonly callers: ApiCallers;
   readonly functions: {
     api: StrataFunction;
     storeTasks: StrataFunction;
@@ -77,10 +146,13 @@ export class StrataStack extends Stack {
       s3.Bucket.fromBucketName(this, `ExtraImageBucket${i}`, name),
     );
     const imageBucketNames = [buckets.imageBucket.bucketName, ...(props.extraImageBuckets ?? [])];
-    /** Object access to every image bucket, and their names (the stack's own first). */
-    const bindImageBuckets = (fn: StrataFunction): StrataFunction => {
-      fn.bindBucket(buckets.imageBucket, { envName: EnvName.ImageBucket });
-      for (const bucket of extraBuckets) fn.bindBucket(bucket);
+    /**
+     * Access to every image bucket (the same prefixes and actions in each), and their names (the
+     * stack's own first).
+     */
+    const bindImageBuckets = (fn: StrataFunction, access: ImageStoreAccess): StrataFunction => {
+      fn.bindImageStore(buckets.imageBucket, access, EnvName.ImageBucket);
+      for (const bucket of extraBuckets) fn.bindImageStore(bucket, access);
       fn.addEnvironment(EnvName.ImageBuckets, Fn.join(',', imageBucketNames));
       return fn;
     };
@@ -93,7 +165,7 @@ export class StrataStack extends Stack {
       timeout: Duration.minutes(15),
       logRetention,
     }).bindTable(table);
-    bindImageBuckets(storeTasks);
+    bindImageBuckets(storeTasks, IMAGE_ACCESS.storeTasks);
     hosts.bindSender(storeTasks);
     // The orphan-sweep flow's step runs here and reads the whole chunk index.
     storeTasks.allowTableScan(table);
@@ -104,7 +176,7 @@ export class StrataStack extends Stack {
       timeout: Duration.minutes(5),
       logRetention,
     }).bindTable(table);
-    bindImageBuckets(reconciler);
+    bindImageBuckets(reconciler, IMAGE_ACCESS.reconciler);
     hosts.bindSender(reconciler);
     new events.Rule(this, 'ReconcilerSchedule', {
       description: 'Runs the Strata reconciler every five minutes',
@@ -122,7 +194,7 @@ export class StrataStack extends Stack {
       logRetention,
       environment: { [EnvName.FetchAllowlist]: props.fetchAllowlist ?? '' },
     }).bindTable(table);
-    bindImageBuckets(imageTasks);
+    bindImageBuckets(imageTasks, IMAGE_ACCESS.imageTasks);
     hosts.bindSender(imageTasks);
 
     this.flows = new Flows(this, 'Flows', { storeTasks, imageTasks, logRetention });
@@ -151,13 +223,23 @@ export class StrataStack extends Stack {
       logRetention,
       environment: { [EnvName.FetchAllowlist]: props.fetchAllowlist ?? '' },
     }).bindTable(table);
-    bindImageBuckets(api);
+    bindImageBuckets(api, IMAGE_ACCESS.api);
     this.flows.bindStarter(api, API_FLOWS);
     scheduling.bindManager(api);
     // Scheduler may start the snapshot-policy flow, and nothing else.
     this.flows.grantStart(scheduling.schedulerRole, FlowName.SnapshotPolicy);
 
     this.api = new StrataApi(this, 'Http', { handler: api, logRetention });
+    // Caller roles per route group, from the API's own route table (so a new route is covered).
+    this.callers = new ApiCallers(this, 'ApiCallers', {
+      api: this.api.api,
+      routes: routes.map((r) => ({
+        method: r.method,
+        path: r.path,
+        admin: routeDocs.get(`${r.method} ${r.path}`)?.admin === true,
+      })),
+      ...(props.apiCallerPrincipal ? { principal: props.apiCallerPrincipal } : {}),
+    });
     this.functions = { api, storeTasks, imageTasks, reconciler };
 
     new CfnOutput(this, 'TableName', { value: table.tableName });

@@ -41,12 +41,16 @@ function functionEnv(name: 'api' | 'storeTasks' | 'imageTasks' | 'reconciler'): 
 
 function statementsOf(name: 'api' | 'storeTasks' | 'imageTasks' | 'reconciler'): Statement[] {
   const roleId = stack.getLogicalId(stack.functions[name].role.node.defaultChild as never);
-  const policies = template.findResources('AWS::IAM::Policy', {
-    Properties: { Roles: Match.arrayWith([{ Ref: roleId }]) },
-  }) as Resources;
-  return Object.values(policies).flatMap(
-    (policy) => (policy.Properties.PolicyDocument as { Statement: Statement[] }).Statement,
+  // A large role policy overflows into a managed policy attached to the same role: read both.
+  const policies = ['AWS::IAM::Policy', 'AWS::IAM::ManagedPolicy'].map(
+    (type) =>
+      template.findResources(type, {
+        Properties: { Roles: Match.arrayWith([{ Ref: roleId }]) },
+      }) as Resources,
   );
+  return policies
+    .flatMap(Object.values)
+    .flatMap((policy) => (policy.Properties.PolicyDocument as { Statement: Statement[] }).Statement);
 }
 
 const actionsOf = (statement: Statement) => [statement.Action].flat();

@@ -51,6 +51,12 @@ export interface RouteDoc {
   body?: z.ZodType;
   query?: z.ZodType;
   async?: boolean;
+  /**
+   * Only the admin caller role may call it: the reconciler's destructive and administrative actions.
+   * The API's IAM roles are derived from this flag (infra/aws/constructs/api-callers.ts): GET routes
+   * are read-only, every other route not flagged is the operator's.
+   */
+  admin?: boolean;
 }
 
 export const routeDocs = new Map<string, RouteDoc>();
@@ -171,7 +177,7 @@ export const routes: Route<ApiContext>[] = [
     'POST',
     '/sweeps',
     'Find (dryRun) or remove what nothing owns on the stores: objects no row records, abandoned uploads, unheld chunks, stale claims (async; the job result lists the findings)',
-    { body: SweepOptionsSchema, async: true },
+    { body: SweepOptionsSchema, async: true, admin: true },
     async (c) => accepted(await c.strata.sweep.start(parse(SweepOptionsSchema, c.body ?? {}, ''))),
   ),
 

@@ -13,7 +13,8 @@ export function acknowledgeWildcard(scope: IConstruct, finding: string, reason: 
 /** The IAM5 finding for `bucket.arnForObjects(prefix + '*')`, as cdk-nag prints it. */
 export function bucketObjectsFinding(bucket: IBucket, prefix = ''): string {
   const cfn = bucket.node.defaultChild;
-  if (!cfn) throw new Error(`bucket ${bucket.node.path} has no CloudFormation resource`);
+  // An imported bucket (extraImageBuckets) has no resource here: its ARN is built from its name.
+  if (!cfn) return `Resource::arn:<AWS::Partition>:s3:::${bucket.bucketName}/${prefix}*`;
   return `Resource::<${Stack.of(bucket).getLogicalId(cfn as CfnElement)}.Arn>/${prefix}*`;
 }
 

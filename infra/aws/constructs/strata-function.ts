@@ -28,6 +28,21 @@ export const LAMBDA_RUNTIME = lambda.Runtime.NODEJS_24_X;
 
 export type DataAccess = 'read' | 'readWrite';
 
+/**
+ * What a function does in an image bucket, by key prefix relative to a store's S3 prefix (e.g.
+ * `templates/`, `backups/chunks/`): the actions are granted on those prefixes only.
+ */
+export interface ImageStoreAccess {
+  read?: readonly string[];
+  write?: readonly string[];
+  delete?: readonly string[];
+  /** Prefixes whose multipart uploads it aborts without writing them (the orphan sweep, compensations). */
+  abortUploads?: readonly string[];
+  listBucket?: boolean;
+  /** s3:ListBucketMultipartUploads (the orphan sweep). */
+  listUploads?: boolean;
+}
+
 export interface StrataFunctionProps {
   /** Handler file (exports `handler`), absolute. */
   entry: string;
@@ -137,6 +152,58 @@ export class StrataFunction extends NodejsFunction {
     this.role.addToPrincipalPolicy(
       new iam.PolicyStatement({ actions: ['dynamodb:Scan'], resources: [table.tableArn] }),
     );
+    return this;
+  }
+
+  /**
+   * Object access to an image bucket, scoped to the key prefixes (relative to a store's own S3
+   * prefix) and actions this function uses, and the bucket name in `envName`. An s3 store may carry
+   * an operator-chosen prefix, so each prefix is granted at the bucket root and under any store
+   * prefix (`p*`, and `p*` after any `store-prefix/`); keys are Strata's own layout
+   * (functions/core/services/orphan-sweep.ts STRATA_PREFIXES and CHUNK_PREFIX), so no other Strata
+   * object matches.
+   *
+   * s3:ListBucket stays unconditioned where the function reads: without it S3 answers a HeadObject
+   * of a missing key with 403 instead of 404 (Strata heads destinations before writing them), and
+   * the store check's HeadBucket needs it too; it lists key names, never contents.
+   */
+  bindImageStore(bucket: IBucket, access: ImageStoreAccess, envName?: EnvName): this {
+    const arns = (prefixes: readonly string[]) =>
+      prefixes.flatMap((p) => [bucket.arnForObjects(`${p}*`), bucket.arnForObjects(`*/${p}*`)]);
+    const grant = (actions: string[], prefixes: readonly string[] | undefined) => {
+      if (!prefixes?.length) return;
+      this.role.addToPrincipalPolicy(new iam.PolicyStatement({ actions, resources: arns(prefixes) }));
+    };
+    // GetObject also covers HeadObject, presigned GETs this role signs and a copy's source.
+    grant(['s3:GetObject'], access.read);
+    // PutObject covers PutObject, the multipart calls that write (create, upload part, part copy,
+    // complete) and the presigned PUTs and part URLs this role signs; a multipart writer may abort.
+    grant(['s3:PutObject', 's3:AbortMultipartUpload'], access.write);
+    grant(['s3:DeleteObject'], access.delete);
+    grant(['s3:AbortMultipartUpload'], access.abortUploads);
+    const bucketActions = [
+      ...(access.listBucket ? ['s3:ListBucket'] : []),
+      ...(access.listUploads ? ['s3:ListBucketMultipartUploads'] : []),
+    ];
+    if (bucketActions.length) {
+      this.role.addToPrincipalPolicy(
+        new iam.PolicyStatement({ actions: bucketActions, resources: [bucket.bucketArn] }),
+      );
+    }
+    const prefixes = new Set(
+      [access.read, access.write, access.delete, access.abortUploads].flatMap((list) => list ?? []),
+    );
+    for (const prefix of prefixes) {
+      for (const pattern of [prefix, `*/${prefix}`]) {
+        acknowledgeWildcard(
+          this.role,
+          bucketObjectsFinding(bucket, pattern),
+          `Objects under '${prefix}' are keyed by Strata ids created at run time (and may sit under an ` +
+            "s3 store's own prefix); only the actions this function uses on that prefix are granted.",
+        );
+      }
+    }
+    if (envName) this.addEnvironment(envName, bucket.bucketName);
     return this;
   }
 
