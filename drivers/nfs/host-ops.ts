@@ -22,6 +22,7 @@ import {
   DriverUnavailableError,
   ObjectNotFoundError,
 } from '../sdk/errors.js';
+import { assertSafeImageFile } from '../sdk/image-inspect.js';
 import {
   type QemuImageInfo,
   qemuCheck,
@@ -91,7 +92,8 @@ const ResizeArgs = FileRef.extend({
   sizeBytes: SizeSchema,
   allowShrink: z.boolean().default(false),
 }).strict();
-const InfoArgs = FileRef.extend({ format: NfsImageFormatSchema.optional() }).strict();
+// qemu-img never probes: an image read without a stated format is read as qcow2.
+const InfoArgs = FileRef.extend({ format: NfsImageFormatSchema.default('qcow2') }).strict();
 const ListArgs = z.object({ mountPath: AbsolutePathSchema, prefix: RelativePathSchema.optional() }).strict();
 const SnapshotArgs = FileRef.extend({ snapshotId: SafeIdSchema }).strict();
 
@@ -510,6 +512,9 @@ const fetchImage: HostOperation<z.infer<typeof FetchImageArgs>, NfsImageResult &
       });
       sha256 = download.sha256;
       ctx.progress(90, { phase: 'verify', bytes: download.bytes });
+      // Defence in depth: the control plane inspected these bytes on upload, but the host checks the
+      // file it will hand to qemu itself (same rules, 66 KiB read) before any qemu-img opens it.
+      await assertSafeImageFile(partial, args.sourceFormat);
       // Reading the header with the declared format both proves the bytes are that format and
       // refuses backing/data files, which would make qemu open paths the image's author chose.
       await qemuInfo(partial, { format: sourceFormat, signal: ctx.signal });
@@ -561,6 +566,8 @@ async function existingFetched(
   }
   const conflict = (why: string) =>
     new DriverConflictError(`${args.path} exists but ${why}`, { context: { path: args.path } });
+  // Whatever sits under the final name is checked like a download before qemu reads it.
+  await assertSafeImageFile(target, args.targetFormat);
   const details = await qemuInfo(target, { format: args.targetFormat, signal: ctx.signal });
   if (args.virtualSizeBytes !== undefined && details.virtualSizeBytes !== args.virtualSizeBytes) {
     throw conflict(`has virtual size ${details.virtualSizeBytes}, not ${args.virtualSizeBytes}`);
@@ -805,7 +812,7 @@ async function existingInfo(
 async function confinedInfo(
   target: string,
   realRoot: string,
-  format: string | undefined,
+  format: string,
   ctx: HostOperationContext,
 ): Promise<QemuImageInfo> {
   const details = await qemuInfo(target, { format, allowBackingFile: true, signal: ctx.signal });

@@ -734,7 +734,6 @@ function cString16(le: Buffer): string {
 
 const VMDK_GD_AT_END = 0xffffffffffffffffn;
 const VMDK_MARKER_FOOTER = 3;
-const VMDK_MARKER_EOS = 0;
 /** qemu reads the embedded descriptor of a sparse file at 0x200 (sector 1), whatever the header says. */
 const VMDK_DESC_SECTOR = 1;
 /** qemu reads the parent hint and CIDs from this many bytes at 0x200 of a sparse file. */
@@ -839,6 +838,7 @@ function checkStreamFooter(start: Buffer, tail: Buffer): string | undefined {
     return 'stream footer names another descriptor than the header';
   }
   if (footer.readBigUInt64LE(56) === VMDK_GD_AT_END) return 'stream footer points at another footer';
+  // The end-of-stream marker is a marker of type 0 and size 0 with no value: 512 zero bytes.
   const eos = tail.subarray(1024, 1536);
   if (!zeros(eos)) return 'end-of-stream marker invalid';
   return undefined;

@@ -6,7 +6,10 @@
  *
  * Images from outside Strata are hostile until proven otherwise: {@link qemuInfo} refuses images
  * that name a backing file or an external data file unless the caller allows it, because either
- * one makes qemu open a path the image's author chose.
+ * one makes qemu open a path the image's author chose. Host operations run `assertSafeImageFile`
+ * (./image-inspect.ts) over such an image before the first qemu-img call on it: qemu-img info
+ * itself parses the header, and the inspector's rules (unknown qcow2 features, VMDK extents,
+ * polyglots) go further than what qemu refuses.
  */
 import { spawn } from 'node:child_process';
 import { isAbsolute } from 'node:path';
@@ -169,9 +172,10 @@ function qemuFailure(args: string[], run: RawRun): DriverError {
 }
 
 /**
- * Reads an image's metadata with `qemu-img info --output=json`. Rejects with
- * {@link DriverConflictError} when the image has a backing file or an external data file, unless
- * `allowBackingFile` / `allowDataFile` is set.
+ * Reads an image's metadata with `qemu-img info --output=json -f <format>`. The format is required:
+ * without it qemu probes the bytes, and a guest or an image author chooses what it finds. Rejects
+ * with {@link DriverConflictError} when the image has a backing file or an external data file,
+ * unless `allowBackingFile` / `allowDataFile` is set.
  *
  * @example
  * const info = await qemuInfo('/mnt/ds-1/templates/t-1.qcow2', { format: 'qcow2' });
@@ -179,15 +183,11 @@ function qemuFailure(args: string[], run: RawRun): DriverError {
  */
 export async function qemuInfo(
   path: string,
-  options: QemuCallOptions & { format?: string; allowBackingFile?: boolean; allowDataFile?: boolean } = {},
+  options: QemuCallOptions & { format: string; allowBackingFile?: boolean; allowDataFile?: boolean },
 ): Promise<QemuImageInfo> {
   assertImagePath(path, 'path');
-  const args = ['info', '--output=json'];
-  if (options.format) {
-    assertFormat(options.format, 'format');
-    args.push('-f', options.format);
-  }
-  args.push(path);
+  assertFormat(options.format, 'format');
+  const args = ['info', '--output=json', '-f', options.format, path];
   const raw = JSON.parse(await runQemu(args, options)) as Record<string, unknown>;
   const info = toImageInfo(raw);
   if (info.backingFilename !== undefined && !options.allowBackingFile) {

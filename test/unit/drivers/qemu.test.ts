@@ -85,9 +85,18 @@ describe('qemu helpers', () => {
     it.each(['relative.qcow2', '-o', 'nbd:localhost:10809', 'json:{}'])(
       'refuses the non-absolute path %j before running qemu-img',
       async (path) => {
-        await expect(qemuInfo(path)).rejects.toBeInstanceOf(DriverInputError);
+        await expect(qemuInfo(path, { format: 'qcow2' })).rejects.toBeInstanceOf(DriverInputError);
       },
     );
+
+    it('always passes the format: qemu-img never probes', async () => {
+      const path = join(dir, 'a.qcow2');
+      await qemuCreate(path, { format: 'qcow2', sizeBytes: MiB });
+
+      // Read as raw, a qcow2 is just bytes: qemu did not look at the header to pick a driver.
+      await expect(qemuInfo(path, { format: 'raw' })).resolves.toMatchObject({ format: 'raw' });
+      await expect(qemuInfo(path, { format: '' })).rejects.toBeInstanceOf(DriverInputError);
+    });
 
     it('refuses a backing file that looks like a protocol', async () => {
       await expect(
