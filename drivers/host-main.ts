@@ -8,8 +8,15 @@
  * stdout carries NDJSON host events only (progress lines, then exactly one result line); logs go to
  * stderr as JSON lines. Exit code: 0 ok, 1 the operation failed, 2 the request was invalid.
  * `STRATA_HOST_WORK_DIR` stands in for `--work-dir`.
+ *
+ * The host's storage roots come from its own configuration file (./sdk/host-config.ts): `--config
+ * <file>`, else `STRATA_HOST_CONFIG`, else `/etc/strata/host.json` under `STRATA_HOST_ROOT` (unset on
+ * a real host; the embedded stack's local hosts have their own root). The file is read per request,
+ * so editing it needs no restart; a missing or invalid file refuses every storage operation.
  */
+import path from 'node:path';
 import { builtinHostOperationSets } from './builtin-host.js';
+import { DEFAULT_HOST_CONFIG_PATH, loadHostStorage } from './sdk/host-config.js';
 import type { HostEvent } from './sdk/host-protocol.js';
 import { HostRuntimeErrorCode, isRequestError, runHostRequest } from './sdk/host-runtime.js';
 import { createJsonLogger } from './sdk/logger.js';
@@ -31,6 +38,7 @@ export interface HostMainIo {
 interface ParsedArgs {
   requestB64?: string;
   workDir?: string;
+  config?: string;
 }
 
 function parseArgs(argv: readonly string[]): ParsedArgs | string {
@@ -38,9 +46,10 @@ function parseArgs(argv: readonly string[]): ParsedArgs | string {
   for (let i = 0; i < argv.length; i++) {
     const flag = argv[i];
     const value = argv[i + 1];
-    if (flag === '--request-b64' || flag === '--work-dir') {
+    if (flag === '--request-b64' || flag === '--work-dir' || flag === '--config') {
       if (value === undefined || value.startsWith('--')) return `${flag} needs a value`;
       if (flag === '--request-b64') parsed.requestB64 = value;
+      else if (flag === '--config') parsed.config = value;
       else parsed.workDir = value;
       i++;
     } else {
@@ -93,10 +102,17 @@ export async function hostMain(
   }
 
   const logger = createJsonLogger({ stream: io.stderr, bindings: { component: 'strata-host' } });
+  const configFile =
+    args.config ??
+    io.env.STRATA_HOST_CONFIG ??
+    path.join(io.env.STRATA_HOST_ROOT || '/', DEFAULT_HOST_CONFIG_PATH);
+  const storage = await loadHostStorage(configFile);
+  if (!storage.config) logger.warn('host storage is not configured', { configFile });
   const result = await runHostRequest(request, {
     operationSets,
     workDir,
     logger,
+    storage,
     onEvent: emit,
     signal: io.signal,
   });

@@ -2,16 +2,18 @@
  * The NFS provider's host-side half: what runs on a hypervisor host that has the share mounted.
  *
  * Rules every operation here follows:
- * - arguments are zod-validated by the runtime before `run`; every object path is relative to
- *   `mountPath` and resolved with {@link resolveConfinedPath}, so `..`, absolute paths and symlinks
- *   cannot reach outside the share;
+ * - arguments are zod-validated by the runtime before `run`; every `mountPath` is then proven by
+ *   the host's own storage configuration (confineMountPaths, ../sdk/host-config.ts: inside a
+ *   configured storage root, symlinks resolved, an NFS mount for nfs roots) before any operation
+ *   runs; every object path is relative to `mountPath` and resolved with
+ *   {@link resolveConfinedPath}, so `..`, absolute paths and symlinks cannot reach outside the share;
  * - qemu-img runs with argv arrays only (see ../sdk/qemu.ts);
  * - each operation is idempotent: running it again after a crash or a retry converges on the same
  *   result, and files are written under a temporary name carrying the job id (the fencing token)
  *   and renamed into place, so a crash never leaves a half-written file under the final name and
  *   two jobs never write the same temporary file.
  */
-import { open, readdir, rename, rm, stat, statfs, unlink } from 'node:fs/promises';
+import { open, opendir, rename, rm, stat, statfs, unlink } from 'node:fs/promises';
 import { basename, dirname, join, relative } from 'node:path';
 import { z } from 'zod';
 import { isNotFound, isWithin, realRootOf, resolveConfinedPath } from '../sdk/confine.js';
@@ -22,6 +24,7 @@ import {
   DriverUnavailableError,
   ObjectNotFoundError,
 } from '../sdk/errors.js';
+import { confineMountPaths, HostStorageErrorCode } from '../sdk/host-config.js';
 import { assertSafeImageFile } from '../sdk/image-inspect.js';
 import {
   type QemuImageInfo,
@@ -64,7 +67,17 @@ export interface NfsListedFile {
   modifiedAt: string;
 }
 
-const CheckMountArgs = z.object({ mountPath: AbsolutePathSchema }).strict();
+/**
+ * `server` and `export` (the store's details) make the host check, for an nfs storage root, that
+ * the mount shows exactly that source in mountinfo (confineMountPaths reads them next to mountPath).
+ */
+const CheckMountArgs = z
+  .object({
+    mountPath: AbsolutePathSchema,
+    server: z.string().min(1).max(253).optional(),
+    export: AbsolutePathSchema.optional(),
+  })
+  .strict();
 const CreateArgs = FileRef.extend({
   format: NfsImageFormatSchema.default('qcow2'),
   sizeBytes: SizeSchema.optional(),
@@ -149,7 +162,9 @@ const CloneArgs = FileRef.extend({
 
 /**
  * Checks the share is mounted and writable on this host: the mount path exists, is a directory,
- * and a probe file named after the job can be written, fsync'ed and removed.
+ * and a probe file named after the job can be written, fsync'ed and removed. The probe is written
+ * only after confineMountPaths proved the path is in a storage root (and, for an nfs root, the
+ * declared `server:export` mounted there).
  */
 const checkMount: HostOperation<
   z.infer<typeof CheckMountArgs>,
@@ -370,27 +385,43 @@ const info: HostOperation<
   },
 };
 
-/** Lists the files of the share (optionally under `prefix`), skipping Strata's hidden temporaries. */
+/**
+ * Lists the files of the share (optionally under `prefix`), skipping Strata's hidden temporaries.
+ * Symbolic links are never followed. The walk is capped by the host's configuration (entries
+ * visited, depth): a share past either cap fails with `ListingTooLarge` rather than run the host
+ * out of memory or answer a partial list someone could take for the whole.
+ */
 const list: HostOperation<z.infer<typeof ListArgs>, { objects: NfsListedFile[] }> = {
   args: ListArgs,
   async run(args, ctx) {
     const realRoot = await realRootOf(args.mountPath);
     const start = args.prefix ? await resolveConfinedPath(args.mountPath, args.prefix) : realRoot;
     const objects: NfsListedFile[] = [];
-    const walk = async (dir: string): Promise<void> => {
+    const { maxEntries, maxDepth } = ctx.storage.listLimits;
+    let visited = 0;
+    const tooLarge = (why: string) =>
+      new DriverError(`listing ${args.mountPath} stopped: ${why}`, {
+        code: HostStorageErrorCode.ListingTooLarge,
+        context: { maxEntries, maxDepth },
+      });
+    const walk = async (dir: string, depth = 0): Promise<void> => {
       if (ctx.signal.aborted) throw ctx.signal.reason;
-      let entries: import('node:fs').Dirent[];
+      if (depth > maxDepth) throw tooLarge(`directories nest deeper than ${maxDepth} levels`);
+      let entries: import('node:fs').Dir;
       try {
-        entries = await readdir(dir, { withFileTypes: true });
+        // A directory is read as a stream, so one huge directory is stopped at the cap too.
+        entries = await opendir(dir);
       } catch (error) {
         if (isNotFound(error)) return;
         throw error;
       }
-      for (const entry of entries) {
+      for await (const entry of entries) {
+        // Leaving the loop by a throw closes the directory (the iterator's return).
+        if (++visited > maxEntries) throw tooLarge(`more than ${maxEntries} entries`);
         // Dot files are probes and half-written temporaries; symlinks may point anywhere.
         if (entry.name.startsWith('.') || entry.isSymbolicLink()) continue;
         const full = join(dir, entry.name);
-        if (entry.isDirectory()) await walk(full);
+        if (entry.isDirectory()) await walk(full, depth + 1);
         else if (entry.isFile()) {
           const stats = await stat(full);
           objects.push({
@@ -739,7 +770,7 @@ const clone: HostOperation<
  * @example
  * await runHostRequest(request, { operationSets: [nfsHostOperations], workDir, onEvent });
  */
-export const nfsHostOperations: HostOperationSet = {
+export const nfsHostOperations: HostOperationSet = confineMountPaths({
   provider: 'nfs',
   operations: {
     checkMount,
@@ -763,7 +794,7 @@ export const nfsHostOperations: HostOperationSet = {
     // Volume export to the image store for staged migration (./export-ops.ts).
     ...nfsExportOperations,
   },
-};
+});
 
 /** Names of the NFS host operations. */
 export const NfsHostOperation = {

@@ -47,13 +47,14 @@ export class NfsLifeCycle extends BaseDataStoreLifeCycle {
 
   // Every host is checked (in parallel) so one error names all the hosts that need attention.
   async #checkMounts({ store, ctx, hosts }: AttachOptions): Promise<void> {
-    const mountPath = store.details.mountPath;
+    const { mountPath, server, export: exported } = store.details;
     const outcomes = await Promise.allSettled(
       hosts.map((host) =>
         ctx.host.run(host.id, {
           provider: 'nfs',
           operation: NfsHostOperation.CheckMount,
-          args: { mountPath },
+          // server and export let a host with an nfs storage root check mountinfo shows this share.
+          args: { mountPath, server, export: exported },
           jobId: ctx.jobId,
           deadlineSeconds: this.#deadlineSeconds,
         }),

@@ -11,6 +11,7 @@ import type { ZodError } from 'zod';
 import { toDriverError } from './base-driver.js';
 import { DriverError, DriverInputError, DuplicateProviderError, HostOperationError } from './errors.js';
 import { HOST_BUILD, PROBE_OPERATION, RUNTIME_PROVIDER } from './host-build.js';
+import { HostStorage } from './host-config.js';
 import { probeHost } from './host-probe.js';
 import { type HostError, type HostEvent, type HostRequest, HostRequestSchema } from './host-protocol.js';
 import { noopLogger } from './logger.js';
@@ -68,6 +69,11 @@ export interface RunHostRequestOptions {
   signal?: AbortSignal;
   /** This runtime's build id (default: the one baked into the bundle, `dev` from sources). */
   build?: string;
+  /**
+   * The storage roots from this host's own configuration file (see ./host-config.ts). Without it
+   * every operation that proves a mount path is refused (`HostNotConfigured`).
+   */
+  storage?: HostStorage;
 }
 
 /**
@@ -192,6 +198,7 @@ async function runOperation(
     workDir: options.workDir,
     logger,
     signal: controller.signal,
+    storage: options.storage ?? HostStorage.unconfigured('the host runtime was given no configuration'),
     progress(percent, detail) {
       if (controller.signal.aborted || !Number.isFinite(percent)) return;
       const clamped = Math.max(0, Math.min(100, Math.round(percent * 100) / 100));
@@ -276,6 +283,8 @@ export interface InProcessHostInvokerOptions {
   defaultDeadlineSeconds?: number;
   /** Sees every progress event, with the host it came from. */
   onProgress?: (hostId: string, event: Extract<HostEvent, { type: 'progress' }>) => void;
+  /** The hosts' storage configuration (one for all of them); without it storage operations are refused. */
+  storage?: HostStorage;
 }
 
 /**
@@ -285,8 +294,9 @@ export interface InProcessHostInvokerOptions {
  * conformance kit; Strata's embedded stack uses a child process instead.
  *
  * @example
- * const host = createInProcessHostInvoker({ operationSets: [nfsHostOperations], workDirRoot: tmp });
- * await host.run('host-1', { provider: 'nfs', operation: 'checkMount', args: { mountPath: '/mnt/a' }, jobId: 'job-1' });
+ * const storage = HostStorage.fromConfig({ storageRoots: [{ path: tmp, kind: 'directory' }] });
+ * const host = createInProcessHostInvoker({ operationSets: [nfsHostOperations], workDirRoot: tmp, storage });
+ * await host.run('host-1', { provider: 'nfs', operation: 'checkMount', args: { mountPath: `${tmp}/share` }, jobId: 'job-1' });
  */
 export function createInProcessHostInvoker(options: InProcessHostInvokerOptions): HostInvoker {
   return {
@@ -308,6 +318,7 @@ export function createInProcessHostInvoker(options: InProcessHostInvokerOptions)
         operationSets: options.operationSets,
         workDir: join(options.workDirRoot, hostId),
         logger: options.logger,
+        ...(options.storage ? { storage: options.storage } : {}),
         onEvent: (event) => {
           if (event.type === 'progress') options.onProgress?.(hostId, event);
         },

@@ -6,6 +6,7 @@ export * from './base-driver.js';
 export * from './checksum.js';
 export * from './confine.js';
 export * from './errors.js';
+export * from './host-config.js';
 export * from './host-protocol.js';
 export * from './host-runtime.js';
 export * from './image-inspect.js';

@@ -12,6 +12,7 @@
  */
 import type { Readable } from 'node:stream';
 import type { ZodType } from 'zod';
+import type { HostStorage } from './host-config.js';
 
 /** Roles a data store can play. */
 export const DataStoreRole = { Primary: 'primary', Image: 'image' } as const;
@@ -418,6 +419,11 @@ export interface HostOperationContext {
   progress(percent: number, detail?: Record<string, unknown>): void;
   /** Aborted when the request's deadline passes or the runtime is stopped. */
   signal: AbortSignal;
+  /**
+   * The storage roots this host's own configuration allows (./host-config.ts). Host operations
+   * prove every mount path with it before touching it (`confineMountPaths` does it for a whole set).
+   */
+  storage: HostStorage;
 }
 
 /**
@@ -466,6 +472,18 @@ export interface DataStoreProvider {
    * admit: (details) => (allowed.includes(details.bucket!) ? undefined : { field: 'bucket', message: 'not granted' }),
    */
   admit?(details: Record<string, string>): { field: string; message: string } | undefined;
+  /**
+   * Whether two stores of this provider would share storage on a host they both reach (an nfs
+   * mount path inside another's): the field at fault and why, or undefined. Called when a store is
+   * added, against every store of the provider whose scope may share a host with it.
+   *
+   * @example
+   * overlaps: (a, b) => (a.path === b.path ? { field: 'path', message: `is also store's path` } : undefined),
+   */
+  overlaps?(
+    details: Record<string, string>,
+    other: Record<string, string>,
+  ): { field: string; message: string } | undefined;
   lifecycle: DataStoreLifeCycle;
   driver: DataStoreDriver;
   /** Host operations, when the provider does work on hypervisor hosts. */

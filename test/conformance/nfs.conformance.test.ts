@@ -6,6 +6,7 @@ import { promisify } from 'node:util';
 import { nfsHostOperations } from '../../drivers/nfs/host-ops.js';
 import { createNfsProvider } from '../../drivers/nfs/provider.js';
 import { describeDriverConformance } from '../../drivers/sdk/conformance.js';
+import { HostStorage } from '../../drivers/sdk/host-config.js';
 import { createInProcessHostInvoker } from '../../drivers/sdk/host-runtime.js';
 import { createTestDriverContext } from '../../drivers/sdk/testing.js';
 import type { DataStoreInfo, HostInfo } from '../../drivers/sdk/types.js';
@@ -37,6 +38,8 @@ describeDriverConformance('nfs', async () => {
     hypervisor: 'kvm',
   }));
   const host = createInProcessHostInvoker({
+    // The test's temp dir is the one storage root its host may touch (as /etc/strata/host.json says on a host).
+    storage: HostStorage.fromConfig({ storageRoots: [{ path: root, kind: 'directory' }] }),
     operationSets: [nfsHostOperations],
     workDirRoot: join(root, 'hosts'),
   });

@@ -15,6 +15,7 @@ import type {
 import { nfsHostOperations } from '../../../drivers/nfs/host-ops.js';
 import { type BackupManifest, buildManifest, chunkObjectKey } from '../../../drivers/sdk/backup-manifest.js';
 import { HostOperationError } from '../../../drivers/sdk/errors.js';
+import { HostStorage } from '../../../drivers/sdk/host-config.js';
 import { createInProcessHostInvoker } from '../../../drivers/sdk/host-runtime.js';
 import type { HostInvoker } from '../../../drivers/sdk/types.js';
 import { localS3ClientConfig, type S3Emulator, startS3Emulator } from '../../../infra/local/s3-emulator.js';
@@ -42,7 +43,12 @@ beforeAll(async () => {
   await mkdir(join(share, 'volumes'), { recursive: true });
   emulator = await startS3Emulator({ dir: s3dir, buckets: [BUCKET] });
   s3 = new S3Client(localS3ClientConfig(emulator.endpoint));
-  host = createInProcessHostInvoker({ operationSets: [nfsHostOperations], workDirRoot: join(root, 'hosts') });
+  host = createInProcessHostInvoker({
+    // The test's temp dir is the one storage root its host may touch (as /etc/strata/host.json says on a host).
+    storage: HostStorage.fromConfig({ storageRoots: [{ path: root, kind: 'directory' }] }),
+    operationSets: [nfsHostOperations],
+    workDirRoot: join(root, 'hosts'),
+  });
 });
 afterAll(async () => {
   s3?.destroy();

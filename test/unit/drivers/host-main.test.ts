@@ -1,14 +1,18 @@
 import { spawn } from 'node:child_process';
-import { mkdtemp, readdir, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { encodeHostRequest, type HostEvent, type HostRequest } from '../../../drivers/sdk/host-protocol.js';
 
 const repoRoot = resolve(__dirname, '../../..');
 let dir: string;
+let config: string;
 
 beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), 'strata-host-main-'));
+  // The host's own configuration: the temp dir is its one storage root.
+  config = join(dir, 'host.json');
+  await writeFile(config, JSON.stringify({ storageRoots: [{ path: dir, kind: 'directory' }] }));
 });
 afterAll(async () => {
   await rm(dir, { recursive: true, force: true });
@@ -17,11 +21,12 @@ afterAll(async () => {
 function runHostMain(
   args: string[],
   stdin?: string,
+  env: Record<string, string> = { STRATA_HOST_CONFIG: config },
 ): Promise<{ code: number | null; events: HostEvent[]; stderr: string }> {
   return new Promise((done, fail) => {
     const child = spawn(process.execPath, ['--import', 'tsx', 'drivers/host-main.ts', ...args], {
       cwd: repoRoot,
-      env: { ...process.env, AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true' },
+      env: { ...process.env, AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true', ...env },
       stdio: ['pipe', 'pipe', 'pipe'],
     });
     let stdout = '';
@@ -128,6 +133,89 @@ describe('host-main (child process)', () => {
     expect(events).toEqual([
       { type: 'result', ok: false, error: expect.objectContaining({ code: 'Unavailable', retryable: true }) },
     ]);
+  }, 30_000);
+
+  const probes = async (at: string) =>
+    (await readdir(at).catch(() => [] as string[])).filter((f) => f.startsWith('.strata-probe'));
+
+  it('refuses every storage operation without a configuration file, naming it, and writes nothing', async () => {
+    const missing = join(dir, 'no-such-host.json');
+    const { code, events } = await runHostMain(
+      ['--request-b64', encodeHostRequest(request()), '--work-dir', join(dir, 'work')],
+      undefined,
+      { STRATA_HOST_CONFIG: missing },
+    );
+
+    expect(code).toBe(1);
+    expect(events).toEqual([
+      {
+        type: 'result',
+        ok: false,
+        error: expect.objectContaining({ code: 'HostNotConfigured', retryable: false }),
+      },
+    ]);
+    expect((events[0] as { error: { message: string } }).error.message).toContain(missing);
+    expect(await probes(dir)).toEqual([]);
+  }, 30_000);
+
+  it('refuses an invalid configuration file (a root at /etc), saying where it is wrong', async () => {
+    const bad = join(dir, 'bad-host.json');
+    await writeFile(bad, JSON.stringify({ storageRoots: [{ path: '/etc', kind: 'directory' }] }));
+    const { code, events } = await runHostMain([
+      '--config',
+      bad,
+      '--request-b64',
+      encodeHostRequest(request({ args: { mountPath: '/etc' } })),
+      '--work-dir',
+      join(dir, 'work'),
+    ]);
+
+    expect(code).toBe(1);
+    const { error } = events[0] as { error: { code: string; message: string } };
+    expect(error.code).toBe('HostNotConfigured');
+    expect(error.message).toContain('storageRoots.0.path');
+    expect(await probes('/etc')).toEqual([]);
+  }, 30_000);
+
+  it('takes --config over STRATA_HOST_CONFIG, and finds /etc/strata/host.json under STRATA_HOST_ROOT', async () => {
+    const hostRoot = join(dir, 'host-root');
+    await mkdir(join(hostRoot, 'etc', 'strata'), { recursive: true });
+    await writeFile(
+      join(hostRoot, 'etc', 'strata', 'host.json'),
+      JSON.stringify({ storageRoots: [{ path: dir, kind: 'directory' }] }),
+    );
+    const args = ['--request-b64', encodeHostRequest(request()), '--work-dir', join(dir, 'work')];
+
+    const flag = await runHostMain(['--config', config, ...args], undefined, {
+      STRATA_HOST_CONFIG: join(dir, 'no-such-host.json'),
+    });
+    const rooted = await runHostMain(
+      ['--request-b64', encodeHostRequest(request()), '--work-dir', join(dir, 'work')],
+      undefined,
+      { STRATA_HOST_ROOT: hostRoot },
+    );
+
+    expect(flag.code).toBe(0);
+    expect(rooted.code).toBe(0);
+  }, 30_000);
+
+  it('refuses a mount path outside the configured roots (/etc) before writing anything', async () => {
+    const { code, events } = await runHostMain([
+      '--request-b64',
+      encodeHostRequest(request({ args: { mountPath: '/etc' } })),
+      '--work-dir',
+      join(dir, 'work'),
+    ]);
+
+    expect(code).toBe(1);
+    expect(events).toEqual([
+      {
+        type: 'result',
+        ok: false,
+        error: expect.objectContaining({ code: 'PathNotAllowed', retryable: false }),
+      },
+    ]);
+    expect(await probes('/etc')).toEqual([]);
   }, 30_000);
 
   it.each([

@@ -11,6 +11,7 @@ import { nfsHostOperations } from '../../../drivers/nfs/host-ops.js';
 import { createNfsProvider } from '../../../drivers/nfs/provider.js';
 import { type BackupManifest, buildManifest, chunkObjectKey } from '../../../drivers/sdk/backup-manifest.js';
 import { DriverError } from '../../../drivers/sdk/errors.js';
+import { HostStorage } from '../../../drivers/sdk/host-config.js';
 import { createInProcessHostInvoker } from '../../../drivers/sdk/host-runtime.js';
 import { createTestDriverContext } from '../../../drivers/sdk/testing.js';
 import {
@@ -59,6 +60,8 @@ beforeEach(async () => {
   share = await mkdtemp(join(root, 'share-'));
   await mkdir(join(share, 'templates'));
   host = createInProcessHostInvoker({
+    // The test's temp dir is the one storage root its host may touch (as /etc/strata/host.json says on a host).
+    storage: HostStorage.fromConfig({ storageRoots: [{ path: root, kind: 'directory' }] }),
     operationSets: [nfsHostOperations],
     workDirRoot: join(share, '.hosts'),
   });

@@ -21,6 +21,7 @@ import type {
   NfsExportUploadResult,
 } from '../../../drivers/nfs/export-ops.js';
 import { nfsHostOperations } from '../../../drivers/nfs/host-ops.js';
+import { HostStorage } from '../../../drivers/sdk/host-config.js';
 import { createInProcessHostInvoker } from '../../../drivers/sdk/host-runtime.js';
 import { createTestDriverContext } from '../../../drivers/sdk/testing.js';
 import type { DataStoreInfo, HostInvoker, Logger, UploadPartUrl } from '../../../drivers/sdk/types.js';
@@ -126,6 +127,8 @@ beforeEach(async () => {
     logs.push(`${message} ${JSON.stringify(fields ?? {})}`);
   const logger: Logger = { debug: capture, info: capture, warn: capture, error: capture };
   host = createInProcessHostInvoker({
+    // The test's temp dir is the one storage root its host may touch (as /etc/strata/host.json says on a host).
+    storage: HostStorage.fromConfig({ storageRoots: [{ path: dir, kind: 'directory' }] }),
     operationSets: [nfsHostOperations],
     workDirRoot: join(dir, 'hosts'),
     logger,

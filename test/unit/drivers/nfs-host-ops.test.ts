@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { nfsHostOperations } from '../../../drivers/nfs/host-ops.js';
 import { createNfsProvider } from '../../../drivers/nfs/provider.js';
 import { HostOperationError } from '../../../drivers/sdk/errors.js';
+import { HostStorage } from '../../../drivers/sdk/host-config.js';
 import { createInProcessHostInvoker } from '../../../drivers/sdk/host-runtime.js';
 import { createTestDriverContext } from '../../../drivers/sdk/testing.js';
 import type { DataStoreInfo, HostInfo, HostInvoker } from '../../../drivers/sdk/types.js';
@@ -21,7 +22,12 @@ beforeEach(async () => {
   await mkdir(share);
   await mkdir(outside);
   await writeFile(join(outside, 'secret.qcow2'), 'not yours');
-  host = createInProcessHostInvoker({ operationSets: [nfsHostOperations], workDirRoot: join(root, 'hosts') });
+  host = createInProcessHostInvoker({
+    // The test's temp dir is the one storage root its host may touch (as /etc/strata/host.json says on a host).
+    storage: HostStorage.fromConfig({ storageRoots: [{ path: root, kind: 'directory' }] }),
+    operationSets: [nfsHostOperations],
+    workDirRoot: join(root, 'hosts'),
+  });
 });
 afterEach(async () => {
   await rm(root, { recursive: true, force: true });
@@ -173,6 +179,8 @@ describe('NfsLifeCycle.attachCluster', () => {
     }));
     // bad-host sees an empty directory where the share should be mounted: simulate with a file.
     const inner = createInProcessHostInvoker({
+      // The test's temp dir is the one storage root its host may touch (as /etc/strata/host.json says on a host).
+      storage: HostStorage.fromConfig({ storageRoots: [{ path: root, kind: 'directory' }] }),
       operationSets: [nfsHostOperations],
       workDirRoot: join(root, 'hosts'),
     });

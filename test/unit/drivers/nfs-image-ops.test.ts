@@ -7,6 +7,7 @@ import {
   createNfsTemplateInstallStrategy,
   NFS_TEMPLATE_INSTALL_STRATEGY,
 } from '../../../drivers/nfs/template-install.js';
+import { HostStorage } from '../../../drivers/sdk/host-config.js';
 import { createInProcessHostInvoker } from '../../../drivers/sdk/host-runtime.js';
 import { createTestDriverContext } from '../../../drivers/sdk/testing.js';
 import type { DataStoreInfo, HostInvoker } from '../../../drivers/sdk/types.js';
@@ -53,6 +54,14 @@ beforeEach(async () => {
   await Promise.all([mkdir(share), mkdir(share2), mkdir(outside)]);
   progress = [];
   host = createInProcessHostInvoker({
+    // The storage roots its host may touch (as /etc/strata/host.json says on a host): the test's
+    // temp dir, and the fixtures' dir, which `compare` reads as a second mount.
+    storage: HostStorage.fromConfig({
+      storageRoots: [
+        { path: root, kind: 'directory' },
+        { path: join(images.raw, '..'), kind: 'directory' },
+      ],
+    }),
     operationSets: [nfsHostOperations],
     workDirRoot: join(root, 'hosts'),
     onProgress: (_hostId, event) => progress.push({ percent: event.percent, detail: event.detail }),

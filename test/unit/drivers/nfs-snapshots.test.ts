@@ -8,6 +8,7 @@ import type { NfsDriver } from '../../../drivers/nfs/driver.js';
 import { nfsHostOperations } from '../../../drivers/nfs/host-ops.js';
 import { createNfsProvider } from '../../../drivers/nfs/provider.js';
 import { HostOperationError } from '../../../drivers/sdk/errors.js';
+import { HostStorage } from '../../../drivers/sdk/host-config.js';
 import { createInProcessHostInvoker } from '../../../drivers/sdk/host-runtime.js';
 import { createTestDriverContext } from '../../../drivers/sdk/testing.js';
 import type { DataObjectRef, DataStoreInfo, HostInvoker } from '../../../drivers/sdk/types.js';
@@ -34,7 +35,12 @@ beforeEach(async () => {
   outside = join(root, 'outside');
   refs = join(root, 'refs');
   await Promise.all([mkdir(share), mkdir(outside), mkdir(refs)]);
-  host = createInProcessHostInvoker({ operationSets: [nfsHostOperations], workDirRoot: join(root, 'hosts') });
+  host = createInProcessHostInvoker({
+    // The test's temp dir is the one storage root its host may touch (as /etc/strata/host.json says on a host).
+    storage: HostStorage.fromConfig({ storageRoots: [{ path: root, kind: 'directory' }] }),
+    operationSets: [nfsHostOperations],
+    workDirRoot: join(root, 'hosts'),
+  });
   // A template cache entry with data of its own, and a volume as a linked clone of it.
   await mkdir(join(share, 'templates'));
   await qemuImg('create', '-q', '-f', 'qcow2', join(share, 'templates/t.qcow2'), String(8 * MiB));
