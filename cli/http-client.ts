@@ -84,6 +84,8 @@ export interface ApiResponse<T> {
 export interface StrataClientOptions {
   baseUrl: string;
   signer?: RequestSigner;
+  /** Sent as `Authorization: Bearer <token>` when there is no signer (the embedded stack's API). */
+  bearerToken?: string;
   /** Used for every mutating request of this client instead of a fresh UUID each (for scripted retries). */
   idempotencyKey?: string;
   /** Per-attempt timeout. */
@@ -141,6 +143,7 @@ const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve,
 export class StrataClient {
   readonly baseUrl: string;
   private readonly signer: RequestSigner | undefined;
+  private readonly bearerToken: string | undefined;
   private readonly fixedKey: string | undefined;
   private readonly timeoutMs: number;
   private readonly retryDelayMs: number;
@@ -149,6 +152,7 @@ export class StrataClient {
   constructor(options: StrataClientOptions) {
     this.baseUrl = options.baseUrl.replace(/\/+$/, '');
     this.signer = options.signer;
+    this.bearerToken = options.bearerToken;
     this.fixedKey = options.idempotencyKey;
     this.timeoutMs = options.timeoutMs ?? 30_000;
     this.retryDelayMs = options.retryDelayMs ?? 250;
@@ -331,6 +335,7 @@ export class StrataClient {
     const headers: Record<string, string> = { accept: 'application/json', 'user-agent': this.userAgent };
     const body = options.body === undefined ? undefined : JSON.stringify(options.body);
     if (body !== undefined) headers['content-type'] = 'application/json';
+    if (this.bearerToken !== undefined && !this.signer) headers.authorization = `Bearer ${this.bearerToken}`;
     if (MUTATING.has(method)) {
       // One key per logical request, reused by the retry below: the server then answers the retry
       // from its idempotency record instead of applying the change a second time.

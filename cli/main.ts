@@ -5,6 +5,7 @@
  * streams and environment; `main()` is the thin process wrapper bin/strata.js calls.
  */
 import { parseArgs } from 'node:util';
+import { ApiTokenConfigError, resolveApiToken } from './api-token.js';
 import {
   type CommandContext,
   type CommandSpec,
@@ -276,7 +277,11 @@ function reportError(error: unknown, out: Output, spec?: CommandSpec): number {
     out.error(
       `  code:  ${error.code} (HTTP ${error.status})${error.requestId ? `, request ${error.requestId}` : ''}`,
     );
-  } else if (error instanceof CliConnectionError || error instanceof SigningConfigError) {
+  } else if (
+    error instanceof CliConnectionError ||
+    error instanceof SigningConfigError ||
+    error instanceof ApiTokenConfigError
+  ) {
     out.error(`Error: ${error.message}`);
   } else {
     out.error(`Error: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}`);
@@ -350,9 +355,11 @@ export async function run(argv: readonly string[], options: RunOptions): Promise
     }
     const idempotencyKey = optString(values, 'idempotency-key');
     const signer = signerFor(parsedUrl, env);
+    const bearerToken = signer ? undefined : resolveApiToken(parsedUrl, env, process.cwd());
     const client = new StrataClient({
       baseUrl,
       ...(signer ? { signer } : {}),
+      ...(bearerToken ? { bearerToken } : {}),
       ...(idempotencyKey ? { idempotencyKey } : {}),
     });
     const ctx: CommandContext = {

@@ -5,8 +5,15 @@
  * API does not define is refused as API Gateway refuses it, so a route that is not deployed is not
  * served locally either.
  *
- * Differences from API Gateway: no stage prefix in the path (the stage is in the event), no IAM
- * (SigV4) authorization of callers, and plain HTTP on loopback.
+ * Callers authenticate with a bearer token per API caller role (api-tokens.ts) instead of SigV4;
+ * each request is then authorized as API Gateway's IAM authorization does it: `execute-api:Invoke`
+ * on the method ARN (`arn:aws:execute-api:<region>:<account>:<api>/<stage>/<METHOD><path>`),
+ * evaluated against the synthesized policy of the token's role. No token: 401 (GET /health
+ * excepted, a liveness probe); not allowed: 403 AccessDenied. No CORS header is ever sent, so a
+ * browser's preflight for a cross-site request (which the Authorization header forces) fails.
+ *
+ * Other differences from API Gateway: no stage prefix in the path (the stage is in the event), and
+ * plain HTTP on loopback.
  */
 import { randomUUID } from 'node:crypto';
 import http from 'node:http';
@@ -15,7 +22,11 @@ import type { APIGatewayProxyEvent } from 'aws-lambda';
 import { InputError } from '../../functions/core/errors.js';
 import { pathProblem } from '../../functions/handlers/api/router.js';
 import { errorResponse } from '../../functions/handlers/http.js';
+import type { ApiCallerRole } from '../aws/constructs/api-callers.js';
+import { type ApiTokens, bearerToken, roleOfToken } from './api-tokens.js';
 import type { LocalApi, LocalApiMethod } from './assembly/deployment.js';
+import { AccessDeniedError, type IamAuthorizer } from './aws/iam-authorizer.js';
+import type { Principal } from './aws/principals.js';
 
 /** API Gateway's payload limit for REST APIs. */
 const MAX_PAYLOAD_BYTES = 10 * 1024 * 1024;
@@ -27,9 +38,18 @@ export interface LocalApiServer {
   close(): Promise<void>;
 }
 
+/** Who may call the API: a token per caller role, the role's session, and the policy evaluator. */
+export interface LocalApiAuth {
+  tokens: ApiTokens;
+  principals: Record<ApiCallerRole, Principal>;
+  authorizer: IamAuthorizer;
+  region: string;
+}
+
 export interface LocalApiServerOptions {
   api: LocalApi;
   accountId: string;
+  auth: LocalApiAuth;
   /** Invokes an integration's function; rejects when the function fails. */
   invoke: (functionArn: string, event: APIGatewayProxyEvent) => Promise<unknown>;
   port: number;
@@ -92,6 +112,7 @@ function toEvent(
   match: Match,
   api: LocalApi,
   accountId: string,
+  principal: Principal | undefined,
 ): APIGatewayProxyEvent {
   const url = new URL(req.url ?? '/', 'http://local');
   const headers: Record<string, string> = {};
@@ -131,9 +152,13 @@ function toEvent(
       requestId,
       requestTimeEpoch: Date.now(),
       protocol: 'HTTP/1.1',
+      // As API Gateway fills it in for an IAM-authorized caller: the role session that called.
+      // Idempotency-Key records are scoped by userArn, so each caller role has its own keys.
       identity: {
-        caller: 'local-operator',
-        userArn: `arn:aws:iam::${accountId}:user/local-operator`,
+        accountId: principal?.accountId ?? null,
+        caller: principal ? `${principal.roleName}:${principal.sessionName}` : null,
+        user: principal ? `${principal.roleName}:${principal.sessionName}` : null,
+        userArn: principal?.arn ?? null,
         sourceIp: req.socket.remoteAddress ?? '127.0.0.1',
         userAgent: headers['user-agent'] ?? null,
       },
@@ -178,7 +203,29 @@ export async function startLocalApiServer(options: LocalApiServerOptions): Promi
         return;
       }
       const path = new URL(req.url ?? '/', 'http://local').pathname;
-      const match = matchRoute(options.api.methods, (req.method ?? 'GET').toUpperCase(), path);
+      const httpMethod = (req.method ?? 'GET').toUpperCase();
+      const presented = bearerToken(req.headers.authorization);
+      const role = presented === undefined ? undefined : roleOfToken(options.auth.tokens, presented);
+      const liveness = httpMethod === 'GET' && path === '/health' && req.headers.authorization === undefined;
+      if (!role && !liveness) {
+        send(
+          res,
+          401,
+          {
+            error: {
+              code: 'Unauthorized',
+              message:
+                presented === undefined
+                  ? 'missing Authorization: Bearer <token> (the tokens are in api-tokens.json in the data directory)'
+                  : 'the bearer token is not valid (the stack writes new ones to api-tokens.json on every start)',
+            },
+          },
+          { 'www-authenticate': 'Bearer realm="strata"' },
+        );
+        return;
+      }
+      const principal = role ? options.auth.principals[role] : undefined;
+      const match = matchRoute(options.api.methods, httpMethod, path);
       if (!match) {
         send(
           res,
@@ -193,7 +240,25 @@ export async function startLocalApiServer(options: LocalApiServerOptions): Promi
         send(res, 500, { message: 'Internal server error' });
         return;
       }
-      const event = toEvent(req, Buffer.concat(chunks), match, options.api, options.accountId);
+      const event = toEvent(req, Buffer.concat(chunks), match, options.api, options.accountId, principal);
+      const methodArn =
+        `arn:aws:execute-api:${options.auth.region}:${options.accountId}:${options.api.restApiId}/` +
+        `${options.api.stageName}/${httpMethod}${path}`;
+      const authorized = principal
+        ? options.auth.authorizer.authorize({ principal, action: 'execute-api:Invoke', resource: methodArn })
+        : Promise.resolve();
+      authorized.then(
+        () => invokeIntegration(functionArn, event),
+        (e: unknown) => {
+          if (!(e instanceof AccessDeniedError)) {
+            send(res, 500, { message: 'Internal server error' });
+            return;
+          }
+          send(res, 403, { error: { code: 'AccessDenied', message: e.message } });
+        },
+      );
+    });
+    const invokeIntegration = (functionArn: string, event: APIGatewayProxyEvent) => {
       let timer: NodeJS.Timeout | undefined;
       const timeout = new Promise<'timeout'>((resolve) => {
         timer = setTimeout(() => resolve('timeout'), INTEGRATION_TIMEOUT_MS);
@@ -222,7 +287,7 @@ export async function startLocalApiServer(options: LocalApiServerOptions): Promi
         })
         .catch(() => send(res, 502, { message: 'Internal server error' }))
         .finally(() => clearTimeout(timer));
-    });
+    };
   });
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);

@@ -28,7 +28,9 @@ import { createJsonLogger } from '../../drivers/sdk/logger.js';
 import type { Logger } from '../../drivers/sdk/types.js';
 import type { Job } from '../../functions/core/model.js';
 import { EnvName } from '../../functions/env-names.js';
+import { API_CALLER_ROLE_IDS } from '../aws/constructs/api-callers.js';
 import { startLocalApiServer } from './api-server.js';
+import { API_CALLER_ROLES, type ApiTokens, newApiTokens, writeApiTokens } from './api-tokens.js';
 import { DEFAULT_ASSEMBLY_DIR, ensureAssembly, loadAssembly } from './assembly/cloud-assembly.js';
 import { LocalDeployment, type LocalFunction, type LocalRole } from './assembly/deployment.js';
 import { startDynamoProxy } from './aws/dynamodb-proxy.js';
@@ -37,6 +39,7 @@ import {
   type LocalAccount,
   type LocalAwsCredentials,
   LocalCredentialStore,
+  type Principal,
   principalOf,
 } from './aws/principals.js';
 import { startS3Proxy } from './aws/s3-proxy.js';
@@ -103,6 +106,9 @@ export interface EmbeddedStackOptions {
 export interface EmbeddedStack {
   url: string;
   dataDir: string;
+  /** The API's bearer tokens, one per caller role (new on every start), and the 0600 file holding them. */
+  apiTokens: ApiTokens;
+  apiTokensFile: string;
   deployment: LocalDeployment;
   account: LocalAccount;
   /** The physical names tests and tools need. */
@@ -411,9 +417,20 @@ export async function startEmbeddedStack(options: EmbeddedStackOptions): Promise
 
     const api = deployment.api();
     if (!api) throw new Error('the template has no REST API');
+    // A bearer token per API caller role, each a session of the role the template synthesizes, so
+    // the same execute-api policies decide here what they decide behind API Gateway.
+    const apiTokens = newApiTokens();
+    const apiTokensFile = await writeApiTokens(dataDir, apiTokens);
+    const principals = Object.fromEntries(
+      API_CALLER_ROLES.map((role) => [
+        role,
+        principalOf(byPrefix(roles, API_CALLER_ROLE_IDS[role], 'role').arn, `local-${role}`),
+      ]),
+    ) as Record<(typeof API_CALLER_ROLES)[number], Principal>;
     const server = await startLocalApiServer({
       api,
       accountId: account.accountId,
+      auth: { tokens: apiTokens, principals, authorizer, region: account.region },
       invoke,
       port: options.port,
     });
@@ -441,6 +458,8 @@ export async function startEmbeddedStack(options: EmbeddedStackOptions): Promise
     const stack: EmbeddedStack = {
       url: server.url,
       dataDir,
+      apiTokens,
+      apiTokensFile,
       deployment,
       account,
       tableName: outputs.TableName ?? '',
@@ -539,14 +558,15 @@ interface ApiAnswer {
 }
 
 async function api(
-  stack: Pick<EmbeddedStack, 'url'>,
+  stack: Pick<EmbeddedStack, 'url' | 'apiTokens'>,
   method: string,
   route: string,
   body?: unknown,
 ): Promise<ApiAnswer> {
   const res = await fetch(`${stack.url}${route}`, {
     method,
-    headers: { 'content-type': 'application/json' },
+    // The bootstrap adds hosts and stores as an operator would.
+    headers: { 'content-type': 'application/json', authorization: `Bearer ${stack.apiTokens.operator}` },
     ...(body === undefined ? {} : { body: JSON.stringify(body) }),
   });
   const text = await res.text();
@@ -555,7 +575,11 @@ async function api(
   return { status: res.status, body: parsed };
 }
 
-async function finished(stack: Pick<EmbeddedStack, 'url'>, jobId: string, timeoutMs = 120_000): Promise<Job> {
+async function finished(
+  stack: Pick<EmbeddedStack, 'url' | 'apiTokens'>,
+  jobId: string,
+  timeoutMs = 120_000,
+): Promise<Job> {
   const until = Date.now() + timeoutMs;
   for (;;) {
     const { body } = await api(stack, 'GET', `/jobs/${jobId}`);

@@ -49,7 +49,11 @@ async function main(): Promise<void> {
   process.on('SIGTERM', () => void shutdown('SIGTERM'));
 
   const get = async <T>(route: string): Promise<T> =>
-    (await (await fetch(`${stack.url}${route}`)).json()) as T;
+    (await (
+      await fetch(`${stack.url}${route}`, {
+        headers: { authorization: `Bearer ${stack.apiTokens.readOnly}` },
+      })
+    ).json()) as T;
   const hosts = (await get<{ items: Host[] }>('/hosts?limit=100')).items;
   const stores = (await get<{ items: DataStore[] }>('/stores?limit=100')).items;
   const policies = stack.scheduler.names().length;
@@ -97,7 +101,11 @@ async function main(): Promise<void> {
     ]),
   );
   const cli = 'node bin/strata.js';
-  const env = port === 8787 ? '' : `STRATA_PORT=${new URL(stack.url).port} `;
+  // The CLI finds the tokens in the default data directory by itself; elsewhere it is told where.
+  const env = [
+    port === 8787 ? '' : `STRATA_PORT=${new URL(stack.url).port} `,
+    dataDir === path.resolve('.strata') ? '' : `STRATA_DATA_DIR=${dataDir} `,
+  ].join('');
   console.log(`
 Strata is up in ${((Date.now() - started) / 1000).toFixed(1)} s.
   API        ${stack.url}  (OpenAPI at ${stack.url}/openapi.json)
@@ -106,6 +114,10 @@ Strata is up in ${((Date.now() - started) / 1000).toFixed(1)} s.
   S3         ${stack.endpoints.s3Proxy} (IAM-checked, in front of s3rver, files under ${path.join(dataDir, 's3')})
   Step Fns   ${stack.endpoints.sfn}   SSM ${stack.endpoints.ssm}   Scheduler ${stack.endpoints.scheduler}
   Functions  ${stack.functions.size}, logs under ${path.join(dataDir, 'logs')}
+  API tokens ${stack.apiTokensFile} (mode 0600, new on every start): one bearer token per caller
+             role (readOnly, operator, admin). The CLI reads it from there as admin (STRATA_API_ROLE
+             picks another role, STRATA_API_TOKEN overrides); other clients send
+             Authorization: Bearer <token>. Without one the API answers 401.
   Schedules  ${policies} snapshot ${policies === 1 ? 'policy' : 'policies'} in the local EventBridge Scheduler
 
 Try, in another terminal:

@@ -30,7 +30,7 @@ export async function startBenchStack(
   const api = async (method: string, route: string, body?: unknown) => {
     const res = await fetch(`${stack.url}${route}`, {
       method,
-      headers: { 'content-type': 'application/json' },
+      headers: { 'content-type': 'application/json', authorization: `Bearer ${stack.apiTokens.admin}` },
       body: body === undefined ? undefined : JSON.stringify(body),
     });
     return res.status === 204 ? undefined : ((await res.json()) as any);

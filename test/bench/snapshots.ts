@@ -267,7 +267,10 @@ export async function benchSnapshots(
       };
       await dropVolume(restored.volume.id);
       for (const id of [inc.snapshotId, full.snapshotId]) {
-        const res = await fetch(`${stack.url}/snapshots/${id}`, { method: 'DELETE' });
+        const res = await fetch(`${stack.url}/snapshots/${id}`, {
+          method: 'DELETE',
+          headers: { authorization: `Bearer ${stack.apiTokens.admin}` },
+        });
         if (res.status !== 204) throw new Error(`DELETE /snapshots/${id}: ${res.status} ${await res.text()}`);
       }
       await dropVolume(volume.id);

@@ -74,7 +74,7 @@ export async function startCrashStack(
   const call: CrashStack['call'] = async (method, route, body) => {
     const res = await fetch(`${stack.url}${route}`, {
       method,
-      headers: { 'content-type': 'application/json' },
+      headers: { 'content-type': 'application/json', authorization: `Bearer ${stack.apiTokens.admin}` },
       body: body === undefined ? undefined : JSON.stringify(body),
     });
     const text = await res.text();

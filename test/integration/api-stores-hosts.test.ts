@@ -245,7 +245,10 @@ describe('hosts', () => {
       const res = await fetch(`${t.url}/stores`, {
         method: 'POST',
         body,
-        headers: type ? { 'content-type': type } : {},
+        headers: {
+          authorization: `Bearer ${t.stack.apiTokens.operator}`,
+          ...(type ? { 'content-type': type } : {}),
+        },
       });
       // fetch gives a string body text/plain when no type is set: that is what a browser does too.
       const answer = (await res.json()) as { error?: { code?: string; field?: string } };
@@ -261,7 +264,10 @@ describe('hosts', () => {
     const ok = await fetch(`${t.url}/hosts/${HOST_1}`, {
       method: 'PATCH',
       body: JSON.stringify({ status: 'Exploded' }),
-      headers: { 'content-type': 'Application/JSON; charset=utf-8' },
+      headers: {
+        'content-type': 'Application/JSON; charset=utf-8',
+        authorization: `Bearer ${t.stack.apiTokens.operator}`,
+      },
     });
     expect(ok.status).toBe(400);
   });

@@ -29,7 +29,7 @@ let dataDir: string;
 async function call(method: string, route: string, body?: unknown): Promise<{ status: number; body: any }> {
   const res = await fetch(`${stack.url}${route}`, {
     method,
-    headers: { 'content-type': 'application/json' },
+    headers: { 'content-type': 'application/json', authorization: `Bearer ${stack.apiTokens.operator}` },
     body: body === undefined ? undefined : JSON.stringify(body),
   });
   const text = await res.text();

@@ -30,7 +30,7 @@ export interface TestStack {
   s3: S3Client;
   /** The stack's table, read and written directly (as an administrator would, not through a role). */
   repo: Repository;
-  /** JSON over real HTTP; returns status, headers and parsed body. */
+  /** JSON over real HTTP, as the admin caller role by default; returns status, headers and parsed body. */
   call(
     method: string,
     route: string,
@@ -93,7 +93,12 @@ export async function startTestStack(
   const call: TestStack['call'] = async (method, route, body, headers = {}) => {
     const res = await fetch(`${stack.url}${route}`, {
       method,
-      headers: { 'content-type': 'application/json', ...headers },
+      // As the admin caller role unless a test sends its own Authorization (t.stack.apiTokens).
+      headers: {
+        'content-type': 'application/json',
+        authorization: `Bearer ${stack.apiTokens.admin}`,
+        ...headers,
+      },
       body: body === undefined ? undefined : typeof body === 'string' ? body : JSON.stringify(body),
     });
     const text = await res.text();

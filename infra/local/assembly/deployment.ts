@@ -214,6 +214,8 @@ export class LocalDeployment {
       'AWS::Scheduler::ScheduleGroup': 'Name',
       'AWS::Logs::LogGroup': 'LogGroupName',
       'AWS::SSM::Association': 'AssociationName',
+      // Ref of a stage is its name (the API callers' execute-api ARNs are built from it).
+      'AWS::ApiGateway::Stage': 'StageName',
     };
     const key = field[resource.Type];
     if (!key || p[key] === undefined) return undefined;
