@@ -1,3 +1,4 @@
+import { isWithin } from '../sdk/confine.js';
 import type { DataStoreProvider } from '../sdk/types.js';
 import { NfsDetailsSchema } from './details.js';
 import { NfsDriver, type NfsProviderOptions } from './driver.js';
@@ -18,6 +19,13 @@ export function createNfsProvider(options: NfsProviderOptions = {}): DataStorePr
     name: 'nfs',
     roles: ['primary'],
     detailsSchema: NfsDetailsSchema,
+    // Nested mount paths would let one store list, and delete, the other's files.
+    overlaps(details, other) {
+      const [a, b] = [details.mountPath, other.mountPath];
+      if (a === undefined || b === undefined || !(isWithin(a, b) || isWithin(b, a))) return undefined;
+      const how = a === b ? 'is' : isWithin(a, b) ? 'holds' : 'lies inside';
+      return { field: 'mountPath', message: `${a} ${how} the mount path ${b} of another store` };
+    },
     lifecycle: new NfsLifeCycle(),
     driver: new NfsDriver(options),
     hostOperations: nfsHostOperations,

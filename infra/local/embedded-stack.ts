@@ -306,6 +306,17 @@ export async function startEmbeddedStack(options: EmbeddedStackOptions): Promise
         }),
       );
     }
+    // Each host's own configuration, written as an operator does at onboarding: the roots its
+    // runtime may touch are the stack's share directories (`primary/` holds the default share,
+    // `shares/` those tests add) and `nfs/`, where real NFS exports may be mounted (checked in
+    // /proc/self/mountinfo like on a real host). No store can reach anything else.
+    const storageRoots = [
+      { path: path.resolve(dataDir, 'primary'), kind: 'directory' },
+      { path: path.resolve(dataDir, 'shares'), kind: 'directory' },
+      { path: path.resolve(dataDir, 'nfs'), kind: 'nfs' },
+    ] as const;
+    for (const root of storageRoots) await mkdir(root.path, { recursive: true });
+    for (const host of hosts) await host.configure({ storageRoots: [...storageRoots] });
     const ssm = new LocalSsm({
       account,
       credentials,

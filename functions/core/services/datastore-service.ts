@@ -8,11 +8,13 @@ import type { ZodError } from 'zod';
 import type { ProviderRegistry } from '../../../drivers/sdk/registry.js';
 import type {
   DataStoreInfo,
+  DataStoreProvider,
   DataStoreRole,
   DataStoreScope,
   StoredObject,
 } from '../../../drivers/sdk/types.js';
 import {
+  ConflictError,
   InputError,
   NotAllowedError,
   NotFoundError,
@@ -160,6 +162,7 @@ export class DataStoreService {
       });
     }
     await this.validateScope(input.role, input.scope);
+    await this.refuseOverlap(provider, input.scope, details.data);
 
     const jobId = newId('job');
     const id = newId('store');
@@ -454,6 +457,48 @@ export class DataStoreService {
         });
       }
     }
+  }
+
+  /**
+   * Two stores whose storage nests (an nfs mount path inside another's) must not both be usable on
+   * a host: one could list and delete the other's files. Every store of the provider that may share
+   * a host with the new one is compared, whatever its status (an Error store still names its path:
+   * delete it first). Two adds racing each other are not serialised here; the host's own storage
+   * roots (drivers/sdk/host-config.ts) still bound what either can touch.
+   */
+  private async refuseOverlap(
+    provider: { name: string; overlaps?: DataStoreProvider['overlaps'] },
+    scope: DataStoreScope,
+    details: Record<string, string>,
+  ): Promise<void> {
+    if (!provider.overlaps) return;
+    let cursor: string | undefined;
+    do {
+      const page = await this.list({ zoneId: scope.zoneId, provider: provider.name }, { cursor, limit: 100 });
+      for (const other of page.items) {
+        if (!(await this.scopesMayShareHost(scope, other.scope))) continue;
+        const clash = provider.overlaps(details, other.details);
+        if (clash) {
+          throw new ConflictError(`details.${clash.field}: ${clash.message} (${other.id}, ${other.name})`, {
+            field: `details.${clash.field}`,
+            storeId: other.id,
+          });
+        }
+      }
+      cursor = page.cursor;
+    } while (cursor);
+  }
+
+  // Scopes of one zone share a host unless they name two different clusters or hosts.
+  private async scopesMayShareHost(a: DataStoreScope, b: DataStoreScope): Promise<boolean> {
+    if (a.zoneId !== b.zoneId) return false;
+    if (a.type === 'zone' || b.type === 'zone') return true;
+    if (a.type === 'cluster' && b.type === 'cluster') return a.clusterId === b.clusterId;
+    if (a.type === 'host' && b.type === 'host') return a.hostId === b.hostId;
+    const [cluster, host] = a.type === 'cluster' ? [a, b] : [b, a];
+    const hostRow = await this.deps.hosts.get(host.hostId ?? '').catch(() => undefined);
+    // A host Strata no longer knows cannot be told apart: assume it may share.
+    return hostRow === undefined || hostRow.clusterId === cluster.clusterId;
   }
 
   private async refuseIfInUse(store: DataStore): Promise<void> {

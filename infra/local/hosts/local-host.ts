@@ -16,6 +16,11 @@ import { mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { GetBucketEncryptionCommand, GetObjectCommand, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
+import {
+  DEFAULT_HOST_CONFIG_PATH,
+  type HostConfigInput,
+  HostConfigSchema,
+} from '../../../drivers/sdk/host-config.js';
 import type { Logger } from '../../../drivers/sdk/types.js';
 import type { SsmDocumentContent } from '../assembly/deployment.js';
 import type { LocalAwsCredentials } from '../aws/principals.js';
@@ -115,6 +120,18 @@ export class LocalHost {
       requestChecksumCalculation: 'WHEN_REQUIRED',
       responseChecksumValidation: 'WHEN_REQUIRED',
     });
+  }
+
+  /**
+   * Writes the host runtime's own configuration, `/etc/strata/host.json` under this host's root,
+   * as the operator does when onboarding a real host (docs/host-onboarding.md): the storage roots
+   * it may touch. The API has no say in it.
+   */
+  async configure(config: HostConfigInput): Promise<string> {
+    const file = this.hostPath(DEFAULT_HOST_CONFIG_PATH);
+    await mkdir(path.dirname(file), { recursive: true });
+    await writeFile(file, `${JSON.stringify(HostConfigSchema.parse(config), null, 2)}\n`);
+    return file;
   }
 
   /** Whether the agent is connected (an offline host leaves commands Pending until they time out). */
