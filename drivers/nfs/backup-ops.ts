@@ -25,6 +25,7 @@ import {
   ExtentSchema,
   parseManifest,
   Sha256HexSchema,
+  sha256Base64,
 } from '../sdk/backup-manifest.js';
 import { realRootOf, resolveConfinedPath } from '../sdk/confine.js';
 import {
@@ -305,7 +306,7 @@ async function upload(
           { context: { path: args.path, index, sha256 } },
         );
       }
-      await putChunk(url, bytes, index, args.stallTimeoutSeconds * 1000, ctx.signal);
+      await putChunk(url, bytes, sha256, index, args.stallTimeoutSeconds * 1000, ctx.signal);
       bytesUploaded += length;
       done++;
       ctx.progress(Math.floor((done / uploads.length) * 100), { phase: 'upload' });
@@ -572,9 +573,15 @@ export const nfsBackupOperations = { backupChunks, restoreChunks } as const;
 // ---------------------------------------------------------------------------------------------
 // Image store transfers
 
+/**
+ * PUTs one chunk with its SHA-256 in `x-amz-checksum-sha256` (the grant signs that header, and the
+ * store refuses a body that does not hash to it with 400 BadDigest), so a chunk torn or altered on
+ * the way is never stored under its hash.
+ */
 async function putChunk(
   url: string,
   bytes: Buffer,
+  sha256: string,
   index: number,
   timeoutMs: number,
   signal: AbortSignal,
@@ -586,12 +593,26 @@ async function putChunk(
       {
         method: 'PUT',
         body: bytes,
-        headers: { 'content-length': String(bytes.byteLength), 'content-type': 'application/octet-stream' },
+        headers: {
+          'content-length': String(bytes.byteLength),
+          'content-type': 'application/octet-stream',
+          'x-amz-checksum-sha256': sha256Base64(sha256),
+        },
       },
       timeoutMs,
       signal,
       `upload of chunk ${index} to ${where}`,
     );
+    if (response.status === 400) {
+      const text = await response.text().catch(() => '');
+      // The bytes hashed right here, so the store saw other bytes: damaged on the way, send again.
+      if (text.includes('<Code>BadDigest</Code>')) {
+        throw new DriverUnavailableError(`chunk ${index}: ${where} refused its body as BadDigest`, {
+          context: { index, status: 400, url: where },
+        });
+      }
+      throw statusError(response.status, `chunk ${index}`, where, { index });
+    }
     await response.body?.cancel().catch(() => undefined);
     if (response.status !== 200 && response.status !== 204)
       throw statusError(response.status, `chunk ${index}`, where, { index });

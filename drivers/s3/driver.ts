@@ -23,6 +23,7 @@ import {
 } from '@aws-sdk/client-s3';
 import { Upload } from '@aws-sdk/lib-storage';
 import { getSignedUrl, S3RequestPresigner } from '@aws-sdk/s3-request-presigner';
+import { sha256Base64, sha256Hex } from '../sdk/backup-manifest.js';
 import { BaseDataStoreDriver } from '../sdk/base-driver.js';
 import {
   DriverConflictError,
@@ -56,6 +57,7 @@ import type {
   PresignUploadPartsOptions,
   ReadStreamOptions,
   ReadStreamResult,
+  StatObjectOptions,
   StoredObject,
   UploadPartUrl,
   WriteStreamOptions,
@@ -456,16 +458,23 @@ export class S3Driver extends BaseDataStoreDriver implements ImageStoreDriver {
     });
   }
 
-  /** HeadObject: size, ETag and modification time, or `undefined` for a missing key. */
-  async statObject(options: ObjectOptions): Promise<ObjectStat | undefined> {
+  /**
+   * HeadObject: size, ETag and modification time, or `undefined` for a missing key. With
+   * `checksum`, HeadObject asks for `ChecksumMode: ENABLED` and the stored full-object SHA-256 is
+   * returned (hex) when the object has one.
+   */
+  async statObject(options: StatObjectOptions): Promise<ObjectStat | undefined> {
     return this.runOperation(options, 'statObject', {}, async () => {
       this.validateObjectOptions(options);
-      const head = await this.#head(this.#locate(options.ctx, options.store, s3ObjectPath(options.object)));
+      const at = this.#locate(options.ctx, options.store, s3ObjectPath(options.object));
+      const head = await this.#head(at, options.checksum === true);
       if (!head) return undefined;
+      const checksumSha256 = options.checksum ? sha256Hex(head.ChecksumSHA256) : undefined;
       return {
         sizeBytes: head.ContentLength ?? 0,
         ...(head.ETag ? { etag: head.ETag } : {}),
         ...(head.LastModified ? { modifiedAt: head.LastModified.toISOString() } : {}),
+        ...(checksumSha256 ? { checksumSha256 } : {}),
       };
     });
   }
@@ -688,14 +697,29 @@ export class S3Driver extends BaseDataStoreDriver implements ImageStoreDriver {
 
   /**
    * Presigns a single PUT of the whole object (up to 5 GiB; meant for small files such as
-   * manifests). The client sends the bytes as the request body, no other header is required.
+   * manifests and backup chunks). The client sends the bytes as the request body. With
+   * `checksumSha256`, the URL signs `x-amz-checksum-sha256` (base64) as a header the client must
+   * send with exactly that value, so S3 verifies the body against it and records it.
    */
   async presignPut(options: PresignOptions): Promise<PresignedUrl> {
     return this.runOperation(options, 'presignPut', {}, async () => {
       this.validateObjectOptions(options);
+      const sha = options.checksumSha256;
+      if (sha !== undefined && !/^[0-9a-f]{64}$/.test(sha)) {
+        throw new DriverInputError('checksumSha256 must be a lower-case hex sha256', {
+          context: { field: 'checksumSha256' },
+        });
+      }
       const at = this.#locate(options.ctx, options.store, s3ObjectPath(options.object));
       const expiresIn = this.#expires(options.expiresSeconds);
-      return this.#presign(at, new PutObjectCommand({ Bucket: at.bucket, Key: at.key }), expiresIn);
+      const command = new PutObjectCommand({
+        Bucket: at.bucket,
+        Key: at.key,
+        ...(sha ? { ChecksumSHA256: sha256Base64(sha) } : {}),
+      });
+      // The presigner hoists x-amz-* headers into the query by default, and S3 ignores a checksum
+      // given there: kept as a signed header, the checksum cannot be dropped or changed by the client.
+      return this.#presign(at, command, expiresIn, sha ? ['x-amz-checksum-sha256'] : []);
     });
   }
 
@@ -703,9 +727,13 @@ export class S3Driver extends BaseDataStoreDriver implements ImageStoreDriver {
     at: Located,
     command: GetObjectCommand | PutObjectCommand,
     expiresIn: number,
+    signedHeaders: string[] = [],
   ): Promise<PresignedUrl> {
     try {
-      const url = await getSignedUrl(at.client, command, { expiresIn });
+      const url = await getSignedUrl(at.client, command, {
+        expiresIn,
+        ...(signedHeaders.length ? { unhoistableHeaders: new Set(signedHeaders) } : {}),
+      });
       return { url, expiresAt: new Date(Date.now() + expiresIn * 1000).toISOString(), path: at.path };
     } catch (error) {
       throw mapS3Error(error, 'presign', { key: at.key });
@@ -789,9 +817,15 @@ export class S3Driver extends BaseDataStoreDriver implements ImageStoreDriver {
     };
   }
 
-  async #head(at: Located): Promise<HeadObjectCommandOutput | undefined> {
+  async #head(at: Located, checksum = false): Promise<HeadObjectCommandOutput | undefined> {
     try {
-      return await at.client.send(new HeadObjectCommand({ Bucket: at.bucket, Key: at.key }));
+      return await at.client.send(
+        new HeadObjectCommand({
+          Bucket: at.bucket,
+          Key: at.key,
+          ...(checksum ? { ChecksumMode: 'ENABLED' as const } : {}),
+        }),
+      );
     } catch (error) {
       const mapped = mapS3Error(error, 'head object', { key: at.key });
       if (mapped instanceof ObjectNotFoundError) return undefined;

@@ -177,6 +177,30 @@ export function chunkObjectKey(prefix: string, sha256: string): string {
 }
 
 /**
+ * A hex sha256 as S3 carries it in `x-amz-checksum-sha256` / `ChecksumSHA256`: the 32 bytes, base64.
+ * A chunk's key is its sha256, so the checksum of every chunk PUT is known before the bytes are read.
+ *
+ * @example
+ * sha256Base64('e3b0c442…b855'); // '47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU='
+ */
+export function sha256Base64(sha256: string): string {
+  Sha256HexSchema.parse(sha256);
+  return Buffer.from(sha256, 'hex').toString('base64');
+}
+
+/**
+ * The inverse of {@link sha256Base64}: the hex sha256 of an S3 `ChecksumSHA256`, or `undefined`
+ * when the value is not a base64 SHA-256 (wrong length, a multipart `…-N` composite checksum).
+ *
+ * @example
+ * sha256Hex('47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU='); // 'e3b0c442…b855'
+ */
+export function sha256Hex(base64: string | undefined): string | undefined {
+  if (!base64 || !/^[A-Za-z0-9+/]{43}=$/.test(base64)) return undefined;
+  return Buffer.from(base64, 'base64').toString('hex');
+}
+
+/**
  * Builds a manifest and validates it.
  *
  * @example

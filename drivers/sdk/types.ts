@@ -623,6 +623,18 @@ export interface ObjectStat {
   /** An opaque version tag; equal tags mean equal content (not necessarily an MD5). */
   etag?: string;
   modifiedAt?: string;
+  /**
+   * The whole object's SHA-256 (hex) as the store verified and recorded it when the object was
+   * written (S3's `ChecksumSHA256`); only with `StatObjectOptions.checksum`, and absent when the
+   * object was stored without one.
+   */
+  checksumSha256?: string;
+}
+
+/** Options for {@link ImageStoreDriver.statObject}. */
+export interface StatObjectOptions extends ObjectOptions {
+  /** Also return the SHA-256 checksum the store recorded at write time (S3 `ChecksumMode: ENABLED`). */
+  checksum?: boolean;
 }
 
 /** Options for {@link ImageStoreDriver.createUpload}. */
@@ -711,6 +723,12 @@ export interface PresignOptions extends ObjectOptions {
    * ObjectNotFoundError.
    */
   knownToExist?: boolean;
+  /**
+   * presignPut: the SHA-256 (hex) the body must have. It is signed into the URL as the
+   * `x-amz-checksum-sha256` header (base64), which the client must send; the store refuses a body
+   * with another hash (S3: 400 BadDigest) and records the checksum with the object.
+   */
+  checksumSha256?: string;
 }
 
 /** A presigned URL and when it stops working. */
@@ -757,8 +775,8 @@ export interface ImageStoreDriver extends DataStoreDriver {
   writeStream(options: WriteStreamOptions): Promise<CreateResult>;
   /** Opens the object (or an inclusive byte range of it) for reading. Missing: `ObjectNotFoundError`. */
   readStream(options: ReadStreamOptions): Promise<ReadStreamResult>;
-  /** Size and version tag of the object, or `undefined` when it does not exist. */
-  statObject(options: ObjectOptions): Promise<ObjectStat | undefined>;
+  /** Size and version tag of the object (and its stored checksum, if asked), or `undefined` when it does not exist. */
+  statObject(options: StatObjectOptions): Promise<ObjectStat | undefined>;
   /** Starts a multipart upload and presigns one PUT URL per part. */
   createUpload(options: CreateUploadOptions): Promise<CreateUploadResult>;
   /** Presigns fresh URLs for some parts of an upload (the first ones expired). */
@@ -771,7 +789,10 @@ export interface ImageStoreDriver extends DataStoreDriver {
   listUploads(options: ListUploadsOptions): Promise<PendingUpload[]>;
   /** A URL that GETs the object without credentials until `expiresAt`. Missing: `ObjectNotFoundError`. */
   presignGet(options: PresignOptions): Promise<PresignedUrl>;
-  /** A URL that PUTs the whole object in one request (small objects: manifests, checksums). */
+  /**
+   * A URL that PUTs the whole object in one request (small objects: manifests, backup chunks). With
+   * `checksumSha256`, the PUT must carry it as `x-amz-checksum-sha256` and a mismatch is refused.
+   */
   presignPut(options: PresignOptions): Promise<PresignedUrl>;
 }
 

@@ -17,10 +17,21 @@
  * paths, so `a/../b` would be written as `b`), a copy source (s3rver decodes it with `decodeURI`),
  * aws-chunked bodies (s3rver stores the framing as the object's bytes). Condition keys (`s3:prefix`,
  * `s3:x-amz-acl`, …) are not supplied to the evaluator: Strata's policies do not use them.
+ *
+ * s3rver ignores additional checksums, so the proxy does what S3 does with `x-amz-checksum-sha256`
+ * on a PUT: the body is spooled to a temporary file while hashed (bounded memory; s3rver writes an
+ * object in place, so it must never see a body that is then refused), a mismatch is answered with
+ * 400 BadDigest and nothing is stored, and a match is forwarded with the checksum recorded as
+ * hidden object metadata ({@link CHECKSUM_METADATA}), which HeadObject and GetObject return as
+ * `x-amz-checksum-sha256` when asked with `x-amz-checksum-mode: ENABLED`, and never as user metadata.
  */
-import { randomUUID } from 'node:crypto';
+import { createHash, randomUUID } from 'node:crypto';
+import { createReadStream, createWriteStream } from 'node:fs';
+import { mkdtemp, rm } from 'node:fs/promises';
 import http from 'node:http';
-import { pipeline } from 'node:stream';
+import os from 'node:os';
+import path from 'node:path';
+import { pipeline, Transform } from 'node:stream';
 import type { Logger } from '../../../drivers/sdk/types.js';
 import { isWrite } from '../faults.js';
 import { type LocalEndpoint, listen, type RequestTap } from './aws-server.js';
@@ -41,6 +52,8 @@ export interface S3ProxyOptions {
   logger?: Logger;
   /** 0 or absent picks a free port. */
   port?: number;
+  /** Where PUT bodies with a checksum wait while they are verified. Default: a new dir under the OS tmp. */
+  spoolDir?: string;
 }
 
 /** One IAM check: the action and the ARN it is on. */
@@ -71,6 +84,13 @@ class S3Error extends Error {
 }
 
 const notImplemented = (message: string) => new S3Error('NotImplemented', message, 501);
+
+/**
+ * The user-metadata name under which a verified `x-amz-checksum-sha256` is kept in s3rver. Requests
+ * may not set it (or anything under its prefix), and answers never show it as metadata.
+ */
+export const CHECKSUM_METADATA = 'x-amz-meta-strata-internal-checksum-sha256';
+const RESERVED_METADATA = 'x-amz-meta-strata-internal-';
 
 const ARN_PREFIX = 'arn:aws:s3:::';
 const S3_NAMESPACE = 'http://s3.amazonaws.com/doc/2006-03-01/';
@@ -282,6 +302,13 @@ interface Operation {
    */
   multipart?: 'create' | 'complete' | 'abort' | 'list';
   copySource?: CopySource;
+  /**
+   * A PUT of bytes (PutObject or UploadPart) whose body must hash to this `x-amz-checksum-sha256`
+   * (base64); `record`: kept with the object (PutObject; a part's checksum is not kept).
+   */
+  checksum?: { sha256: string; record: boolean };
+  /** A GET or HEAD of an object: reveal its stored checksum when it asks (`x-amz-checksum-mode`). */
+  objectRead?: { checksumMode: boolean };
 }
 
 /** Maps a request to its operation's IAM checks; throws S3Error for anything it cannot map. */
@@ -308,6 +335,13 @@ function classify(request: Omit<S3RequestDescription, 'body'>): Operation {
   }
   if (/^aws:kms/.test(headers['x-amz-server-side-encryption'] ?? '')) {
     throw notImplemented('SSE-KMS needs KMS, which the embedded stack does not have');
+  }
+  if (Object.keys(headers).some((h) => h.toLowerCase().startsWith(RESERVED_METADATA))) {
+    throw new S3Error(
+      'InvalidArgument',
+      `metadata under ${RESERVED_METADATA} is reserved by the embedded stack (it records verified checksums)`,
+      400,
+    );
   }
   const grants = Object.keys(headers).some((h) => h === 'x-amz-acl' || h.startsWith('x-amz-grant-'));
   const tagging = headers['x-amz-tagging'] !== undefined;
@@ -358,20 +392,30 @@ function classify(request: Omit<S3RequestDescription, 'body'>): Operation {
       ]
     : [];
   const withSource = copySource ? { copySource } : {};
+  const declared = headers['x-amz-checksum-sha256'];
+  const checksum = (record: boolean) => {
+    if (declared === undefined || copySource) return {};
+    if (!/^[A-Za-z0-9+/]{43}=$/.test(declared)) {
+      throw new S3Error('InvalidRequest', 'Value for x-amz-checksum-sha256 header is invalid.', 400);
+    }
+    return { checksum: { sha256: declared, record } };
+  };
   switch (`${method} ${selector ?? ''}`) {
     case 'GET ':
     case 'HEAD ':
-      return op([on(has('versionId') ? 'GetObjectVersion' : 'GetObject')]);
+      return op([on(has('versionId') ? 'GetObjectVersion' : 'GetObject')], {
+        objectRead: { checksumMode: /^enabled$/i.test(headers['x-amz-checksum-mode'] ?? '') },
+      });
     case 'PUT ':
       if (has('partNumber')) throw notImplemented('PUT ?partNumber without an uploadId');
-      return op([on('PutObject'), ...readSource, ...writeExtras], withSource);
+      return op([on('PutObject'), ...readSource, ...writeExtras], { ...withSource, ...checksum(true) });
     case 'DELETE ':
       return op([on(has('versionId') ? 'DeleteObjectVersion' : 'DeleteObject')]);
     case 'POST uploads':
       return op([on('PutObject'), ...writeExtras], { multipart: 'create' });
     case 'PUT uploadId':
       if (!has('partNumber')) throw notImplemented('PUT ?uploadId without a partNumber');
-      return op([on('PutObject'), ...readSource], withSource);
+      return op([on('PutObject'), ...readSource], { ...withSource, ...checksum(false) });
     case 'POST uploadId':
       return op([on('PutObject')], { multipart: 'complete' });
     case 'DELETE uploadId':
@@ -614,7 +658,7 @@ export async function startS3Proxy(options: S3ProxyOptions): Promise<LocalEndpoi
     res: http.ServerResponse,
     target: Target,
     operation: Operation,
-    body: Buffer | undefined,
+    body: Buffer | Spooled | undefined,
   ) => {
     const query = target.query.filter((p) => !/^x-amz-/i.test(p.name)).map((p) => p.raw);
     const path = query.length ? `${target.rawPath}?${query.join('&')}` : target.rawPath;
@@ -626,11 +670,19 @@ export async function startS3Proxy(options: S3ProxyOptions): Promise<LocalEndpoi
       // s3rver reads the header with decodeURI and knows no versions: give it exactly the object checked.
       headers['x-amz-copy-source'] = encodeURI(`/${operation.copySource.bucket}/${operation.copySource.key}`);
     }
-    if (body) headers['content-length'] = body.length;
+    if (body) headers['content-length'] = Buffer.isBuffer(body) ? body.length : body.size;
+    // A verified checksum travels to s3rver as hidden metadata (s3rver keeps x-amz-meta-* as given).
+    if (operation.checksum?.record) headers[CHECKSUM_METADATA] = operation.checksum.sha256;
 
     const outbound = upstreamRequest(req.method ?? 'GET', path, headers);
     let answered = false;
     outbound.on('response', (answer) => {
+      if (operation.checksum && (answer.statusCode ?? 500) < 300) {
+        // As S3 answers a PUT that carried a checksum.
+        answer.headers['x-amz-checksum-sha256'] = operation.checksum.sha256;
+        if (operation.checksum.record) answer.headers['x-amz-checksum-type'] = 'FULL_OBJECT';
+      }
+      if (operation.objectRead) revealChecksum(answer, operation.objectRead.checksumMode);
       answered = true;
       const ok = (answer.statusCode ?? 500) < 300;
       const uploadId = target.query.find((p) => p.name === 'uploadId')?.value;
@@ -683,8 +735,40 @@ export async function startS3Proxy(options: S3ProxyOptions): Promise<LocalEndpoi
       if (!res.writableFinished) outbound.destroy();
     });
     req.on('error', () => outbound.destroy());
-    if (body) outbound.end(body);
-    else req.pipe(outbound);
+    if (Buffer.isBuffer(body)) outbound.end(body);
+    else if (body) {
+      pipeline(createReadStream(body.file), outbound, (error) => {
+        if (error) outbound.destroy();
+      });
+    } else req.pipe(outbound);
+  };
+
+  let spoolDir: Promise<string> | undefined;
+  /**
+   * Reads a PUT body into a file while hashing it, so that it can be refused whole on a checksum
+   * mismatch (s3rver would already have overwritten the object in place). Memory stays bounded.
+   */
+  const spool = async (req: http.IncomingMessage): Promise<Spooled & { sha256: string }> => {
+    spoolDir ??= mkdtemp(path.join(options.spoolDir ?? os.tmpdir(), 'strata-s3-spool-'));
+    const file = path.join(await spoolDir, randomUUID());
+    const hash = createHash('sha256');
+    let size = 0;
+    const hashing = new Transform({
+      transform(chunk: Buffer, _encoding, done) {
+        hash.update(chunk);
+        size += chunk.length;
+        done(null, chunk);
+      },
+    });
+    try {
+      await new Promise<void>((resolve, reject) =>
+        pipeline(req, hashing, createWriteStream(file), (error) => (error ? reject(error) : resolve())),
+      );
+    } catch (error) {
+      await rm(file, { force: true });
+      throw error;
+    }
+    return { file, size, sha256: hash.digest('base64') };
   };
 
   /** Answers a refused request with S3's XML error and disposes of whatever body it still carries. */
@@ -798,6 +882,20 @@ export async function startS3Proxy(options: S3ProxyOptions): Promise<LocalEndpoi
         }
         // Only an authorized client is told to send its body.
         if (expectsContinue && !body) res.writeContinue();
+        if (operation.checksum) {
+          const spooled = await spool(req);
+          res.on('close', () => void rm(spooled.file, { force: true }));
+          if (spooled.sha256 !== operation.checksum.sha256) {
+            await rm(spooled.file, { force: true });
+            throw new S3Error(
+              'BadDigest',
+              'The SHA256 you specified did not match the calculated checksum.',
+              400,
+            );
+          }
+          forward(req, res, target, operation, spooled);
+          return;
+        }
         forward(req, res, target, operation, body);
       } catch (error) {
         refuse(req, res, error, fields);
@@ -815,8 +913,32 @@ export async function startS3Proxy(options: S3ProxyOptions): Promise<LocalEndpoi
     close: async () => {
       await endpoint.close();
       agent.destroy();
+      if (spoolDir) await rm(await spoolDir, { recursive: true, force: true });
     },
   };
+}
+
+/** A request body read into a file (a PUT whose checksum was verified). */
+interface Spooled {
+  file: string;
+  size: number;
+}
+
+/**
+ * Moves the hidden checksum metadata of an object answer to S3's own header: shown as
+ * `x-amz-checksum-sha256` (with `x-amz-checksum-type: FULL_OBJECT`) only when the request asked with
+ * `x-amz-checksum-mode: ENABLED` and the answer is the whole object (S3 gives no full-object
+ * checksum for a range); never as user metadata.
+ */
+function revealChecksum(answer: http.IncomingMessage, checksumMode: boolean): void {
+  const stored = answer.headers[CHECKSUM_METADATA];
+  for (const name of Object.keys(answer.headers)) {
+    if (name.startsWith(RESERVED_METADATA)) delete answer.headers[name];
+  }
+  if (checksumMode && typeof stored === 'string' && answer.statusCode === 200) {
+    answer.headers['x-amz-checksum-sha256'] = stored;
+    answer.headers['x-amz-checksum-type'] = 'FULL_OBJECT';
+  }
 }
 
 /**

@@ -321,6 +321,23 @@ describe('S3Driver as an ImageStoreDriver', () => {
       });
       await expect(driver.statObject({ store, ctx, object })).resolves.toBeUndefined();
     });
+
+    it('asks for the stored checksum only when told to, and gives it as hex', async () => {
+      const sha = createHash('sha256').update('chunk').digest();
+      s3.on(HeadObjectCommand).resolves({ ContentLength: 5, ChecksumSHA256: sha.toString('base64') });
+      await expect(driver.statObject({ store, ctx, object, checksum: true })).resolves.toEqual({
+        sizeBytes: 5,
+        checksumSha256: sha.toString('hex'),
+      });
+      expect(s3.commandCalls(HeadObjectCommand)[0]?.args[0].input.ChecksumMode).toBe('ENABLED');
+      await expect(driver.statObject({ store, ctx, object })).resolves.toEqual({ sizeBytes: 5 });
+      expect(s3.commandCalls(HeadObjectCommand)[1]?.args[0].input.ChecksumMode).toBeUndefined();
+      // A multipart object's composite checksum is no whole-object SHA-256.
+      s3.on(HeadObjectCommand).resolves({ ContentLength: 5, ChecksumSHA256: `${sha.toString('base64')}-3` });
+      await expect(driver.statObject({ store, ctx, object, checksum: true })).resolves.toEqual({
+        sizeBytes: 5,
+      });
+    });
   });
 
   describe('presigned multipart uploads', () => {
@@ -571,6 +588,22 @@ describe('S3Driver as an ImageStoreDriver', () => {
       // Checksums only when required: no checksum parameter a plain PUT could not satisfy.
       expect(put.url).not.toMatch(/checksum/i);
       await expect(driver.presignGet({ store, ctx, object })).rejects.toBeInstanceOf(ObjectNotFoundError);
+    });
+
+    it('signs the checksum of a PUT as a header the client must send, never into the query', async () => {
+      const sha = createHash('sha256').update('chunk').digest();
+      const put = await driver.presignPut({
+        store,
+        ctx,
+        object: { ...object, path: 'backups/chunks/ab/abc' },
+        checksumSha256: sha.toString('hex'),
+      });
+      const url = new URL(put.url);
+      expect(url.searchParams.get('X-Amz-SignedHeaders')).toBe('host;x-amz-checksum-sha256');
+      expect([...url.searchParams.keys()].filter((k) => /checksum/i.test(k))).toEqual([]);
+      await expect(
+        driver.presignPut({ store, ctx, object, checksumSha256: sha.toString('base64') }),
+      ).rejects.toBeInstanceOf(DriverInputError);
     });
 
     it('signs without a HEAD when the caller knows the object exists', async () => {

@@ -440,6 +440,113 @@ describe('S3 proxy', () => {
     expect(await stored('pre/ro.txt')).toBe(false);
   });
 
+  describe('x-amz-checksum-sha256, as S3 checks it (s3rver does not)', () => {
+    const b64 = (body: string | Buffer) => createHash('sha256').update(body).digest('base64');
+    const checksumOf = async (key: string) =>
+      (await writer.send(new HeadObjectCommand({ Bucket: BUCKET, Key: key, ChecksumMode: 'ENABLED' })))
+        .ChecksumSHA256;
+
+    it('refuses a PUT whose body does not hash to its checksum with 400 BadDigest and stores nothing', async () => {
+      await direct.send(new PutObjectCommand({ Bucket: BUCKET, Key: 'sum/old.bin', Body: 'previous' }));
+      const wrong = writer.send(
+        new PutObjectCommand({
+          Bucket: BUCKET,
+          Key: 'sum/new.bin',
+          Body: 'the bytes sent',
+          ChecksumSHA256: b64('other bytes'),
+        }),
+      );
+      await expect(wrong).rejects.toMatchObject({ name: 'BadDigest', $metadata: { httpStatusCode: 400 } });
+      expect(await stored('sum/new.bin')).toBe(false);
+      // Over an existing object: refused whole, the previous bytes untouched (s3rver writes in place).
+      const over = writer.send(
+        new PutObjectCommand({ Bucket: BUCKET, Key: 'sum/old.bin', Body: 'torn', ChecksumSHA256: b64('x') }),
+      );
+      await expect(over).rejects.toMatchObject({ name: 'BadDigest' });
+      expect(await storedText('sum/old.bin')).toBe('previous');
+      const malformed = writer.send(
+        new PutObjectCommand({ Bucket: BUCKET, Key: 'sum/bad.bin', Body: 'x', ChecksumSHA256: 'abc' }),
+      );
+      await expect(malformed).rejects.toMatchObject({
+        name: 'InvalidRequest',
+        $metadata: { httpStatusCode: 400 },
+      });
+      expect(await stored('sum/bad.bin')).toBe(false);
+    });
+
+    it('stores a matching PUT, records the checksum and returns it only with ChecksumMode ENABLED', async () => {
+      const body = randomBytes(3 * MiB + 17);
+      const put = await writer.send(
+        new PutObjectCommand({ Bucket: BUCKET, Key: 'sum/ok.bin', Body: body, ChecksumSHA256: b64(body) }),
+      );
+      expect(put.ChecksumSHA256).toBe(b64(body));
+      // Stored byte for byte (read from s3rver itself).
+      const raw = await fetch(`${emulator.endpoint}/${BUCKET}/sum/ok.bin`);
+      expect(b64(Buffer.from(await raw.arrayBuffer()))).toBe(b64(body));
+      expect(await checksumOf('sum/ok.bin')).toBe(b64(body));
+      const plain = await writer.send(new HeadObjectCommand({ Bucket: BUCKET, Key: 'sum/ok.bin' }));
+      expect(plain.ChecksumSHA256).toBeUndefined();
+      // Hidden from user metadata, on HEAD and GET alike.
+      expect(plain.Metadata).toEqual({});
+      const got = await writer.send(
+        new GetObjectCommand({ Bucket: BUCKET, Key: 'sum/ok.bin', ChecksumMode: 'ENABLED' }),
+      );
+      expect(got.ChecksumSHA256).toBe(b64(body));
+      expect(got.Metadata).toEqual({});
+      let length = 0;
+      for await (const part of got.Body as AsyncIterable<Buffer>) length += part.length;
+      expect(length).toBe(body.length);
+      // A later PUT without a checksum replaces the object and its checksum alike.
+      await writer.send(new PutObjectCommand({ Bucket: BUCKET, Key: 'sum/ok.bin', Body: 'plain' }));
+      expect(await checksumOf('sum/ok.bin')).toBeUndefined();
+    });
+
+    it('checks a presigned PUT that signs the header, and no caller may set the hidden metadata', async () => {
+      const url = await getSignedUrl(
+        writer,
+        new PutObjectCommand({ Bucket: BUCKET, Key: 'sum/pre.bin', ChecksumSHA256: b64('chunk') }),
+        { expiresIn: 300, unhoistableHeaders: new Set(['x-amz-checksum-sha256']) },
+      );
+      expect(new URL(url).searchParams.get('X-Amz-SignedHeaders')).toBe('host;x-amz-checksum-sha256');
+      const bad = await fetch(url, {
+        method: 'PUT',
+        body: 'chunk, torn',
+        headers: { 'x-amz-checksum-sha256': b64('chunk') },
+      });
+      expect(bad.status).toBe(400);
+      expect(await bad.text()).toContain('<Code>BadDigest</Code>');
+      expect(await stored('sum/pre.bin')).toBe(false);
+      // The header is signed: another value does not pass as the grant.
+      const swapped = await fetch(url, {
+        method: 'PUT',
+        body: 'other',
+        headers: { 'x-amz-checksum-sha256': b64('other') },
+      });
+      expect(swapped.status).toBe(403);
+      const good = await fetch(url, {
+        method: 'PUT',
+        body: 'chunk',
+        headers: { 'x-amz-checksum-sha256': b64('chunk') },
+      });
+      expect(good.status).toBe(200);
+      expect(await checksumOf('sum/pre.bin')).toBe(b64('chunk'));
+
+      const forged = writer.send(
+        new PutObjectCommand({
+          Bucket: BUCKET,
+          Key: 'sum/forged.bin',
+          Body: 'forged',
+          Metadata: { 'strata-internal-checksum-sha256': b64('anything') },
+        }),
+      );
+      await expect(forged).rejects.toMatchObject({
+        name: 'InvalidArgument',
+        $metadata: { httpStatusCode: 400 },
+      });
+      expect(await stored('sum/forged.bin')).toBe(false);
+    });
+  });
+
   it('answers Expect: 100-continue only once the upload is authorized', async () => {
     const putWithExpect = (url: string, body: Buffer) =>
       new Promise<{ status: number; continued: boolean; text: string }>((resolve, reject) => {
