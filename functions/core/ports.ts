@@ -224,12 +224,35 @@ export interface Repository {
 export interface ChunkIndex {
   /**
    * Adds `holder` to every chunk's holders (idempotent: a set). Returns the hashes whose objects are
-   * not stored yet: the caller uploads those. Throws UnavailableError while one of them is being
+   * not stored yet (`unstored`: the caller uploads those), among them those a verify job found
+   * corrupt or missing (`corrupt`: never reused on the strength of what the store says), and the
+   * hashes stored before stored checksums were verified (`unverified`: reuse only once the store
+   * shows a SHA-256 checksum equal to the hash). Throws UnavailableError while one of them is being
    * collected (retry shortly); a claim older than any collector can live is taken over.
    */
-  pin(storeId: string, hashes: readonly string[], holder: string): Promise<{ unstored: string[] }>;
-  /** Records that the chunks' objects were uploaded in full. */
+  pin(storeId: string, hashes: readonly string[], holder: string): Promise<PinResult>;
+  /**
+   * Records that the chunks' objects are stored in full with a stored SHA-256 checksum equal to
+   * their hash (verified presence): uploaded with `x-amz-checksum-sha256`, or seen so by HeadObject.
+   * Clears a verify job's corrupt mark.
+   */
   markStored(storeId: string, hashes: readonly string[]): Promise<void>;
+  /**
+   * One page of the store's chunks, for jobs that walk the index step by step (the verify job): at
+   * most `limit` entries from one table Scan page, and the cursor to continue from (absent at the end).
+   */
+  scanPage(storeId: string, options: { cursor?: string; limit: number }): Promise<ChunkPage>;
+  /**
+   * A verify job read the chunk and its bytes do not hash to its key, or it is gone: the index stops
+   * counting it as stored (the next backup naming it uploads it again, restores needing it are
+   * refused up front). Only if the entry is still the one the job read (`storedAt`, absent for an
+   * entry from before it was kept) and nobody collects it; false when it changed meanwhile.
+   */
+  markCorrupt(
+    storeId: string,
+    hash: string,
+    mark: { jobId: string; reason: 'corrupt' | 'missing'; storedAt?: string },
+  ): Promise<boolean>;
   /**
    * Removes `holder` from the chunks. With `collect`, each chunk left with no holder is claimed
    * for deletion and returned: delete its object, then {@link ChunkIndex.forget} it.
@@ -258,15 +281,37 @@ export interface ChunkIndex {
 /** A claim older than this belongs to a collector that died (Lambda's 15-minute limit, plus margin). */
 export const STALE_CLAIM_MS = 20 * 60 * 1000;
 
-/** One chunk of the index, as the orphan sweep reads it. */
+/** One chunk of the index, as the orphan sweep and the verify job read it. */
 export interface ChunkEntry {
   hash: string;
   holders: string[];
   stored: boolean;
+  /** Stored with a verified SHA-256 checksum (see {@link ChunkIndex.markStored}); false on older entries. */
+  verified?: boolean;
+  /** When it was last marked stored (ISO); absent on entries written before it was recorded. */
+  storedAt?: string;
+  /** Set by a verify job that found it corrupt or missing, until a backup stores it again. */
+  corrupt?: { jobId: string; reason: 'corrupt' | 'missing'; at: string };
   /** When a collector claimed it for deletion (ISO), if one did. */
   claimedAt?: string;
   /** When a holder was last removed (ISO); absent on entries written before it was recorded. */
   releasedAt?: string;
+}
+
+/** What {@link ChunkIndex.pin} says about the chunks it pinned. */
+export interface PinResult {
+  /** Not stored: upload (or prove present) before a manifest may name them. */
+  unstored: string[];
+  /** Among `unstored`: marked corrupt or missing by a verify job, so always uploaded again. */
+  corrupt: string[];
+  /** Stored, but from before stored checksums were verified: reuse only after checking the checksum. */
+  unverified: string[];
+}
+
+/** A page of {@link ChunkIndex.scanPage}. */
+export interface ChunkPage {
+  entries: ChunkEntry[];
+  cursor?: string;
 }
 
 /** The state a command on a host is in, as the endpoint channel sees it. */
@@ -308,6 +353,7 @@ export const FlowName = {
   HostProbe: 'host-probe',
   VolumeAccess: 'volume-access',
   OrphanSweep: 'orphan-sweep',
+  BackupVerify: 'backup-verify',
 } as const;
 export type FlowName = (typeof FlowName)[keyof typeof FlowName];
 

@@ -18,6 +18,7 @@ import type {
   WorkflowPort,
 } from './ports.js';
 import { systemClock } from './ports.js';
+import { BackupVerify } from './services/backup-verify.js';
 import { DataMotionService, streamCopyStrategy } from './services/data-motion.js';
 import { DataStoreService, type DriverContextOptions, type StoreDeps } from './services/datastore-service.js';
 import { HostProbeService } from './services/host-probe-service.js';
@@ -79,6 +80,8 @@ export class Strata {
   readonly storeFlows: StoreFlows;
   readonly reconciler: Reconciler;
   readonly sweep: OrphanSweep;
+  /** Backup verify jobs: chunks re-read and re-hashed, damaged ones marked for re-upload. */
+  readonly verify: BackupVerify;
   readonly motion: DataMotionService;
   readonly images: ImageService;
   readonly volumes: VolumeService;
@@ -121,6 +124,7 @@ export class Strata {
       listObjects: (storeId, jobId) => this.stores.listObjects(storeId, jobId),
       driverContext: (jobId) => this.driverContext(jobId),
     });
+    this.verify = new BackupVerify({ ...deps, driverContext: (jobId) => this.driverContext(jobId) });
     this.motion = new DataMotionService(ports.registry, [streamCopyStrategy(ports.registry)]);
     this.images = new ImageService({ ...deps, motion: this.motion, fetcher: ports.fetcher });
     this.volumes = new VolumeService({

@@ -1,6 +1,6 @@
 /**
  * The scheduled reconciler: recovers entities whose lease expired in a transitional state, and (on
- * its own, slower schedule) starts the orphan sweep. A
+ * their own, slower schedules) starts the orphan sweep and the backup verify jobs. A
  * recovery runs the flow's own compensation — the Compensate step of its definition, with the input
  * the flow was started with — in a step scope, so a compensation with host work suspends like any
  * host step and is picked up again on the next pass instead of waiting here.
@@ -12,6 +12,7 @@ import type { FlowName } from '../core/ports.js';
 import type { Compensate } from '../core/services/reconciler.js';
 import { runInStep, StepScope } from '../core/step-scope.js';
 import type { Strata } from '../core/strata.js';
+import { VerifyOptionsSchema } from '../core/verify-options.js';
 import { imageTasks } from './image-tasks-handler.js';
 import { storeTasks } from './store-tasks-handler.js';
 import type { TaskTable } from './task-handler.js';
@@ -57,8 +58,15 @@ export function compensatorFor(strata: Strata): Compensate {
 }
 
 export function createReconcilerHandler(getStrata: () => Promise<Strata> | Strata) {
-  return middy(async (event: { sweep?: boolean } | undefined) => {
+  return middy(async (event: { sweep?: boolean; verify?: unknown } | undefined) => {
     const strata = await getStrata();
+    // The verify schedule sends { "verify": { "sample": … } }: one backup-verify job per image store.
+    if (event?.verify !== undefined) {
+      const options = VerifyOptionsSchema.parse(event.verify);
+      const verify = await strata.verify.startScheduled(options);
+      strata.ports.logger.info('backup verify jobs started', verify);
+      return { verify };
+    }
     // The sweep's own schedule sends { "sweep": true }: start the orphan-sweep flow and return.
     if (event?.sweep === true) {
       const { job } = await strata.sweep.start({});

@@ -4,6 +4,7 @@
  * for the state machine's Retry and Catch.
  */
 import { hostTasks } from '../../statemachines/definitions.js';
+import { backupVerify } from '../../statemachines/flows/backup-verify.js';
 import { hostProbe } from '../../statemachines/flows/host-probe.js';
 import { orphanSweep } from '../../statemachines/flows/orphan-sweep.js';
 import { snapshotBackup } from '../../statemachines/flows/snapshot-backup.js';
@@ -39,6 +40,7 @@ const steps = {
   ...snapshotDelete.steps,
   ...snapshotPolicy.steps,
   ...orphanSweep.steps,
+  ...backupVerify.steps,
 };
 
 /** Their result contracts. */
@@ -58,6 +60,7 @@ const results = {
   ...snapshotDelete.results,
   ...snapshotPolicy.results,
   ...orphanSweep.results,
+  ...backupVerify.results,
 };
 
 export const storeTasks = bindTasks(steps, results, {
@@ -104,6 +107,8 @@ export const storeTasks = bindTasks(steps, results, {
   failPolicyRun: (s, i) => s.policies.failPolicyRun(i),
   sweepOrphans: (s, i) => s.sweep.run(i.jobId, i.options),
   failSweep: (s, i) => s.sweep.fail(i),
+  verifyChunks: (s, i) => s.verify.verifyPage(i),
+  failVerify: (s, i) => s.verify.fail(i),
 });
 
 /** The task names this function serves (checked against the flows in tests). */

@@ -57,6 +57,13 @@ const API_FLOWS = Object.values(FlowName).filter((flow) => flow !== FlowName.Sna
 const STORE_TASK_FLOWS = [FlowName.SnapshotTake, FlowName.SnapshotBackup, FlowName.SnapshotDelete];
 
 /**
+ * What the daily verify job reads of each image store: a tenth of its chunks, a different tenth
+ * each day (the sample is drawn per job), so every chunk is read about every ten days on average
+ * without reading the whole store daily. `POST /stores/{id}/verify` reads everything.
+ */
+export const BACKUP_VERIFY_SCHEDULED = { sample: 0.1 } as const;
+
+/**
  * The image store's key layout (relative to a store's S3 prefix): drivers/s3/client.ts s3ObjectPath
  * (`<kind>s/<id>/…`), backup-service.ts (chunks, manifests, plans), drivers/s3/lifecycle.ts (the
  * write probe `.strata-probe-<job>` at the store prefix). test/infra checks it against the sweep's
@@ -202,8 +209,8 @@ export class StrataStack extends Stack {
     // A recovery stops the dead flow's execution and its host commands before it compensates.
     this.flows.bindStopper(reconciler);
     hosts.bindCanceller(reconciler);
-    // The orphan sweep: started by the reconciler on its own schedule.
-    this.flows.bindStarter(reconciler, [FlowName.OrphanSweep]);
+    // The orphan sweep and the backup verify jobs: started by the reconciler on their own schedules.
+    this.flows.bindStarter(reconciler, [FlowName.OrphanSweep, FlowName.BackupVerify]);
     new events.Rule(this, 'OrphanSweepSchedule', {
       description: 'Starts the Strata orphan sweep every six hours',
       schedule: events.Schedule.rate(Duration.hours(6)),
@@ -211,6 +218,17 @@ export class StrataStack extends Stack {
         new targets.LambdaFunction(reconciler, {
           retryAttempts: 2,
           event: events.RuleTargetInput.fromObject({ sweep: true }),
+        }),
+      ],
+    });
+    // Like PBS verify jobs: every day a sample of each image store's chunks is read and re-hashed.
+    new events.Rule(this, 'BackupVerifySchedule', {
+      description: "Starts a Strata backup verify job (a sample of each image store's chunks) every day",
+      schedule: events.Schedule.rate(Duration.days(1)),
+      targets: [
+        new targets.LambdaFunction(reconciler, {
+          retryAttempts: 2,
+          event: events.RuleTargetInput.fromObject({ verify: BACKUP_VERIFY_SCHEDULED }),
         }),
       ],
     });

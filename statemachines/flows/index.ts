@@ -1,6 +1,7 @@
 /** Every flow, by name: each one's module is its single source of truth. */
 import { FlowName } from '../../functions/core/ports.js';
 import type { FlowDefinition } from '../flow.js';
+import { backupVerify } from './backup-verify.js';
 import { hostProbe } from './host-probe.js';
 import { orphanSweep } from './orphan-sweep.js';
 import { snapshotBackup } from './snapshot-backup.js';
@@ -37,4 +38,5 @@ export const flows: Record<FlowName, FlowDefinition> = {
   [FlowName.HostProbe]: hostProbe,
   [FlowName.VolumeAccess]: volumeAccess,
   [FlowName.OrphanSweep]: orphanSweep,
+  [FlowName.BackupVerify]: backupVerify,
 };

@@ -281,8 +281,8 @@ describe('StrataStack', () => {
         [FlowName.SnapshotBackup, FlowName.SnapshotDelete, FlowName.SnapshotTake].sort(),
       );
       expect(startable('imageTasks')).toEqual([]);
-      // The reconciler starts the orphan sweep on its schedule, and nothing else.
-      expect(startable('reconciler')).toEqual([FlowName.OrphanSweep]);
+      // The reconciler starts the orphan sweep and the verify jobs on their schedules, and nothing else.
+      expect(startable('reconciler')).toEqual([FlowName.BackupVerify, FlowName.OrphanSweep].sort());
     });
 
     it('lets the reconciler stop the executions of every flow and cancel host commands, and nothing else may', () => {
@@ -332,6 +332,14 @@ describe('StrataStack', () => {
       const sweep = Object.entries(rules).find(([id]) => id.startsWith('OrphanSweepSchedule'));
       expect(sweep?.[1].Properties.ScheduleExpression).toBe('rate(6 hours)');
       expect(JSON.parse(sweep?.[1].Properties.Targets[0].Input)).toEqual({ sweep: true });
+    });
+
+    it('starts a sampled backup verify job every day through the reconciler', () => {
+      const rules = template.findResources('AWS::Events::Rule');
+      const verify = Object.entries(rules).find(([id]) => id.startsWith('BackupVerifySchedule'));
+      expect(verify?.[1].Properties.ScheduleExpression).toBe('rate(1 day)');
+      expect(JSON.parse(verify?.[1].Properties.Targets[0].Input)).toEqual({ verify: { sample: 0.1 } });
+      expect(JSON.stringify(verify?.[1].Properties.Targets[0].Arn)).toContain('Reconciler');
     });
   });
 

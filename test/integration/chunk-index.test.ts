@@ -1,3 +1,4 @@
+import { type DynamoDBDocumentClient, UpdateCommand } from '@aws-sdk/lib-dynamodb';
 import { DynamoRepository } from '../../functions/adapters/aws/dynamo-repository';
 import { UnavailableError } from '../../functions/core/errors';
 import type { ChunkIndex, Clock } from '../../functions/core/ports';
@@ -5,12 +6,14 @@ import { STALE_CLAIM_MS } from '../../functions/core/ports';
 import { freshTable } from '../support/integration';
 
 let chunks: ChunkIndex;
+let doc: DynamoDBDocumentClient;
+let tableName: string;
 let now = new Date('2026-01-01T00:00:00.000Z');
 const clock: Clock = { now: () => now };
 const h = (n: number) => n.toString(16).padStart(64, '0');
 
 beforeAll(async () => {
-  const { doc, tableName } = await freshTable('chunks');
+  ({ doc, tableName } = await freshTable('chunks'));
   chunks = new DynamoRepository({ tableName, client: doc, clock }).chunks;
 });
 
@@ -22,6 +25,93 @@ describe('DynamoChunkIndex on DynamoDB Local', () => {
     const again = await chunks.pin('img-1', [h(1), h(2)], 'snap-a');
     expect(again.unstored).toEqual([h(2)]);
     expect(await chunks.holders('img-1', h(1))).toEqual({ holders: ['snap-a'], stored: true });
+  });
+
+  it('tells verified, unverified (stored before checksums) and corrupt-marked chunks apart', async () => {
+    await chunks.pin('img-v', [h(1), h(2), h(3)], 'snap-a');
+    await chunks.markStored('img-v', [h(1), h(2), h(3)]);
+    expect(await chunks.pin('img-v', [h(1), h(2), h(3)], 'snap-a')).toEqual({
+      unstored: [],
+      corrupt: [],
+      unverified: [],
+    });
+    // An entry written before verified presence was recorded: stored, but not verified.
+    await doc.send(
+      new UpdateCommand({
+        TableName: tableName,
+        Key: { pk: `CHUNK#img-v#${h(2)}`, sk: 'META' },
+        UpdateExpression: 'REMOVE isVerified, storedAt',
+      }),
+    );
+    const [entry1] = (await chunks.scanPage('img-v', { limit: 100 })).entries.filter((e) => e.hash === h(1));
+    expect(entry1).toMatchObject({ stored: true, verified: true, holders: ['snap-a'] });
+    // A verify job marks h(1) corrupt, conditional on the entry it read; a stale read changes nothing.
+    expect(
+      await chunks.markCorrupt('img-v', h(1), { jobId: 'job-v', reason: 'corrupt', storedAt: 'then' }),
+    ).toBe(false);
+    expect(
+      await chunks.markCorrupt('img-v', h(1), {
+        jobId: 'job-v',
+        reason: 'corrupt',
+        storedAt: entry1!.storedAt!,
+      }),
+    ).toBe(true);
+    expect(await chunks.markCorrupt('img-v', h(2), { jobId: 'job-v', reason: 'missing' })).toBe(true);
+    // Marked once: a second mark finds it no longer stored.
+    expect(await chunks.markCorrupt('img-v', h(2), { jobId: 'job-v', reason: 'missing' })).toBe(false);
+    const pinned = await chunks.pin('img-v', [h(1), h(2), h(3)], 'snap-b');
+    expect({ ...pinned, unstored: pinned.unstored.sort(), corrupt: pinned.corrupt.sort() }).toEqual({
+      unstored: [h(1), h(2)],
+      corrupt: [h(1), h(2)],
+      unverified: [],
+    });
+    const marked = (await chunks.scanPage('img-v', { limit: 100 })).entries.find((e) => e.hash === h(1));
+    expect(marked).toMatchObject({
+      stored: false,
+      verified: false,
+      corrupt: { jobId: 'job-v', reason: 'corrupt' },
+    });
+    // Stored again (a backup re-uploaded it): verified, the mark gone.
+    await chunks.markStored('img-v', [h(1), h(2)]);
+    const again = (await chunks.scanPage('img-v', { limit: 100 })).entries.find((e) => e.hash === h(1));
+    expect(again?.corrupt).toBeUndefined();
+    expect(again).toMatchObject({ stored: true, verified: true, holders: ['snap-a', 'snap-b'] });
+  });
+
+  it('an unverified entry is reported as such by pin', async () => {
+    await chunks.pin('img-u', [h(5)], 'snap-a');
+    await chunks.markStored('img-u', [h(5)]);
+    await doc.send(
+      new UpdateCommand({
+        TableName: tableName,
+        Key: { pk: `CHUNK#img-u#${h(5)}`, sk: 'META' },
+        UpdateExpression: 'REMOVE isVerified',
+      }),
+    );
+    expect(await chunks.pin('img-u', [h(5)], 'snap-b')).toEqual({
+      unstored: [],
+      corrupt: [],
+      unverified: [h(5)],
+    });
+    expect(await chunks.holders('img-u', h(5))).toEqual({ holders: ['snap-a', 'snap-b'], stored: true });
+  });
+
+  it('pages through one store with a cursor, each page at most its limit', async () => {
+    const many = Array.from({ length: 37 }, (_, i) => h(5000 + i));
+    await chunks.pin('img-p', many, 'snap-p');
+    await chunks.pin('img-q', [h(9999)], 'snap-q');
+    const seen: string[] = [];
+    let cursor: string | undefined;
+    let pages = 0;
+    do {
+      const page = await chunks.scanPage('img-p', { limit: 10, ...(cursor ? { cursor } : {}) });
+      expect(page.entries.length).toBeLessThanOrEqual(10);
+      seen.push(...page.entries.map((e) => e.hash));
+      cursor = page.cursor;
+      pages++;
+    } while (cursor && pages < 1000);
+    expect(seen.sort()).toEqual([...many].sort());
+    await expect(chunks.scanPage('img-p', { limit: 10, cursor: 'not-a-cursor' })).rejects.toThrow();
   });
 
   it('keeps chunks per store apart', async () => {

@@ -5,6 +5,11 @@
  * |---------------------------|------|----------------------|--------|------------|------|
  * | CHUNK#<store>#<sha256>    | META | snap-1, snap-7, job-3| true   | (deleting) | ISO  |
  *
+ * Besides: `isVerified` (stored with a SHA-256 checksum the store verified; entries from before
+ * checksums were kept lack it and count as unverified), `storedAt` (when last marked stored), and a
+ * verify job's mark on a chunk it found corrupt or missing (`corruptBy`, `corruptReason`,
+ * `corruptAt`; `isStored` false), which the next markStored clears.
+ *
  * The items carry no index attributes, so they never appear in entity listings. Every write is a
  * single conditional UpdateItem, so holders are added and removed atomically and idempotently.
  * Collection is two-step: a chunk whose set became empty is claimed (`gcState = deleting`) under the
@@ -27,7 +32,14 @@ import {
 } from '@aws-sdk/lib-dynamodb';
 import { UnavailableError } from '../../core/errors.js';
 import { forEachLimit } from '../../core/pool.js';
-import { type ChunkEntry, type ChunkIndex, type Clock, STALE_CLAIM_MS } from '../../core/ports.js';
+import {
+  type ChunkEntry,
+  type ChunkIndex,
+  type ChunkPage,
+  type Clock,
+  type PinResult,
+  STALE_CLAIM_MS,
+} from '../../core/ports.js';
 
 const CONCURRENCY = 16;
 /** DynamoDB's limit of items in one transaction. */
@@ -50,6 +62,54 @@ function key(storeId: string, hash: string): { pk: string; sk: string } {
   return { pk: `CHUNK#${storeId}#${hash}`, sk: 'META' };
 }
 
+/** How a pinned chunk's item classifies it (see PinResult). */
+function classify(
+  item: Record<string, unknown> | undefined,
+): 'stored' | 'unverified' | 'unstored' | 'corrupt' {
+  if (item?.isStored === true) return item.isVerified === true ? 'stored' : 'unverified';
+  return item?.corruptBy ? 'corrupt' : 'unstored';
+}
+
+function toEntry(item: Record<string, unknown>, prefix: string): ChunkEntry {
+  return {
+    hash: String(item.pk).slice(prefix.length),
+    holders: [...((item.holders as Set<string> | undefined) ?? [])].sort(),
+    stored: item.isStored === true,
+    verified: item.isVerified === true,
+    ...(item.storedAt ? { storedAt: String(item.storedAt) } : {}),
+    ...(item.corruptBy
+      ? {
+          corrupt: {
+            jobId: String(item.corruptBy),
+            reason: item.corruptReason === 'missing' ? ('missing' as const) : ('corrupt' as const),
+            at: String(item.corruptAt ?? ''),
+          },
+        }
+      : {}),
+    ...(item.gcState === 'deleting' ? { claimedAt: String(item.gcAt) } : {}),
+    ...(item.releasedAt ? { releasedAt: String(item.releasedAt) } : {}),
+  };
+}
+
+/** A scan cursor: the Scan's LastEvaluatedKey, opaque to callers (base64url JSON). */
+function encodeCursor(last: Record<string, unknown>): string {
+  return Buffer.from(JSON.stringify({ pk: last.pk, sk: last.sk })).toString('base64url');
+}
+
+function decodeCursor(cursor: string): { pk: string; sk: string } {
+  try {
+    const parsed = JSON.parse(Buffer.from(cursor, 'base64url').toString('utf8')) as {
+      pk?: unknown;
+      sk?: unknown;
+    };
+    if (typeof parsed.pk === 'string' && typeof parsed.sk === 'string')
+      return { pk: parsed.pk, sk: parsed.sk };
+  } catch {
+    // falls through
+  }
+  throw new Error('not a chunk index cursor');
+}
+
 export class DynamoChunkIndex implements ChunkIndex {
   constructor(private readonly options: DynamoChunkIndexOptions) {}
 
@@ -63,20 +123,25 @@ export class DynamoChunkIndex implements ChunkIndex {
    * (a chunk being collected, a concurrent transaction on the same chunk) is redone chunk by chunk,
    * where a claimed chunk gets its precise answer (wait, or take over a stale claim).
    */
-  async pin(storeId: string, hashes: readonly string[], holder: string): Promise<{ unstored: string[] }> {
-    const unstored: string[] = [];
+  async pin(storeId: string, hashes: readonly string[], holder: string): Promise<PinResult> {
+    const result: PinResult = { unstored: [], corrupt: [], unverified: [] };
+    const note = (hash: string, state: ReturnType<typeof classify>) => {
+      if (state === 'unverified') result.unverified.push(hash);
+      if (state === 'unstored' || state === 'corrupt') result.unstored.push(hash);
+      if (state === 'corrupt') result.corrupt.push(hash);
+    };
     const update = { expression: 'ADD holders :h', condition: 'attribute_not_exists(gcState)' };
     await this.inTransactions(storeId, hashes, update, { ':h': new Set([holder]) }, async (group, pinned) => {
       if (!pinned) {
         await forEachLimit(group, CONCURRENCY, async (hash) => {
-          if (!(await this.pinOne(storeId, hash, holder))) unstored.push(hash);
+          note(hash, await this.pinOne(storeId, hash, holder));
         });
         return;
       }
       const items = await this.readMany(storeId, group);
-      for (const hash of group) if (items.get(hash)?.isStored !== true) unstored.push(hash);
+      for (const hash of group) note(hash, classify(items.get(hash)));
     });
-    return { unstored };
+    return result;
   }
 
   /**
@@ -154,8 +219,8 @@ export class DynamoChunkIndex implements ChunkIndex {
     return found;
   }
 
-  /** True when the chunk's object is stored. */
-  private async pinOne(storeId: string, hash: string, holder: string): Promise<boolean> {
+  /** Pins one chunk and says what its item says of its object. */
+  private async pinOne(storeId: string, hash: string, holder: string): Promise<ReturnType<typeof classify>> {
     try {
       const out = await this.send(
         new UpdateCommand({
@@ -168,7 +233,7 @@ export class DynamoChunkIndex implements ChunkIndex {
           ReturnValuesOnConditionCheckFailure: 'ALL_OLD',
         }),
       );
-      return out.Attributes?.isStored === true;
+      return classify(out.Attributes);
     } catch (e) {
       if (!(e instanceof ConditionalCheckFailedException)) throw e;
       const claimedAt = String((e.Item as Record<string, { S?: string }> | undefined)?.gcAt?.S ?? '');
@@ -182,7 +247,7 @@ export class DynamoChunkIndex implements ChunkIndex {
           new UpdateCommand({
             TableName: this.options.tableName,
             Key: key(storeId, hash),
-            UpdateExpression: 'REMOVE gcState, gcAt SET isStored = :f ADD holders :h',
+            UpdateExpression: 'REMOVE gcState, gcAt, isVerified SET isStored = :f ADD holders :h',
             ConditionExpression: 'gcAt = :claimedAt',
             ExpressionAttributeValues: { ':h': new Set([holder]), ':f': false, ':claimedAt': claimedAt },
           }),
@@ -193,17 +258,20 @@ export class DynamoChunkIndex implements ChunkIndex {
         }
         throw again;
       }
-      return false;
+      return 'unstored';
     }
   }
 
   async markStored(storeId: string, hashes: readonly string[]): Promise<void> {
     const pending: string[] = [];
+    const expression =
+      'SET isStored = :t, isVerified = :t, storedAt = :now REMOVE corruptBy, corruptReason, corruptAt';
     const update = {
-      expression: 'SET isStored = :t',
+      expression,
       condition: 'attribute_exists(pk) AND attribute_not_exists(gcState)',
     };
-    await this.inTransactions(storeId, hashes, update, { ':t': true }, async (group, done) => {
+    const values = { ':t': true, ':now': this.options.clock.now().toISOString() };
+    await this.inTransactions(storeId, hashes, update, values, async (group, done) => {
       if (!done) pending.push(...group);
     });
     // Chunk by chunk, so that a chunk that vanished or is being collected fails loudly.
@@ -212,12 +280,56 @@ export class DynamoChunkIndex implements ChunkIndex {
         new UpdateCommand({
           TableName: this.options.tableName,
           Key: key(storeId, hash),
-          UpdateExpression: 'SET isStored = :t',
+          UpdateExpression: expression,
           ConditionExpression: 'attribute_exists(pk) AND attribute_not_exists(gcState)',
-          ExpressionAttributeValues: { ':t': true },
+          ExpressionAttributeValues: values,
         }),
       );
     });
+  }
+
+  async scanPage(storeId: string, options: { cursor?: string; limit: number }): Promise<ChunkPage> {
+    const prefix = `CHUNK#${storeId}#`;
+    const out: ScanCommandOutput = await this.doc.send(
+      new ScanCommand({
+        TableName: this.options.tableName,
+        FilterExpression: 'begins_with(pk, :p) AND sk = :meta',
+        ExpressionAttributeValues: { ':p': prefix, ':meta': 'META' },
+        ConsistentRead: true,
+        // Limit bounds the items read (before the filter), so a page never holds more than it.
+        Limit: options.limit,
+        ...(options.cursor ? { ExclusiveStartKey: decodeCursor(options.cursor) } : {}),
+      }),
+    );
+    return {
+      entries: (out.Items ?? []).map((item) => toEntry(item, prefix)),
+      ...(out.LastEvaluatedKey ? { cursor: encodeCursor(out.LastEvaluatedKey) } : {}),
+    };
+  }
+
+  async markCorrupt(
+    storeId: string,
+    hash: string,
+    mark: { jobId: string; reason: 'corrupt' | 'missing'; storedAt?: string },
+  ): Promise<boolean> {
+    const unchanged = mark.storedAt ? 'storedAt = :seen' : 'attribute_not_exists(storedAt)';
+    return this.conditional(
+      new UpdateCommand({
+        TableName: this.options.tableName,
+        Key: key(storeId, hash),
+        UpdateExpression:
+          'SET isStored = :f, corruptBy = :job, corruptReason = :reason, corruptAt = :now REMOVE isVerified',
+        ConditionExpression: `attribute_exists(pk) AND attribute_not_exists(gcState) AND isStored = :t AND ${unchanged}`,
+        ExpressionAttributeValues: {
+          ':f': false,
+          ':t': true,
+          ':job': mark.jobId,
+          ':reason': mark.reason,
+          ':now': this.options.clock.now().toISOString(),
+          ...(mark.storedAt ? { ':seen': mark.storedAt } : {}),
+        },
+      }),
+    );
   }
 
   /**
@@ -328,15 +440,7 @@ export class DynamoChunkIndex implements ChunkIndex {
           ExclusiveStartKey: start,
         }),
       );
-      for (const item of out.Items ?? []) {
-        entries.push({
-          hash: String(item.pk).slice(prefix.length),
-          holders: [...((item.holders as Set<string> | undefined) ?? [])].sort(),
-          stored: item.isStored === true,
-          ...(item.gcState === 'deleting' ? { claimedAt: String(item.gcAt) } : {}),
-          ...(item.releasedAt ? { releasedAt: String(item.releasedAt) } : {}),
-        });
-      }
+      for (const item of out.Items ?? []) entries.push(toEntry(item, prefix));
       start = out.LastEvaluatedKey;
     } while (start);
     return entries;

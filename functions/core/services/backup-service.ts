@@ -11,7 +11,10 @@
  * Invariants:
  * - a manifest exists only once every chunk it names is stored (it is written after the uploads);
  * - a chunk is deleted only when no manifest and no running restore holds it (the chunk index);
- * - a failed backup releases its holds but keeps what it uploaded, so a retry reuses it.
+ * - a failed backup releases its holds but keeps what it uploaded, so a retry reuses it;
+ * - every chunk PUT carries its SHA-256 (`x-amz-checksum-sha256`, signed into the grant), and a
+ *   chunk is reused only when the index records it stored that way or the store shows that checksum;
+ *   one a verify job (backup-verify.ts) found corrupt or missing is uploaded again.
  */
 import { createHash } from 'node:crypto';
 import { Readable } from 'node:stream';
@@ -277,28 +280,34 @@ export class BackupService {
     };
     // The plan is written before pinning, so a compensation always knows what to release.
     await this.writeJson(image, planKey(input.jobId, 'scan'), plan, ctx);
-    const { unstored } = await this.repo.chunks.pin(image.store.id, distinct(scan.chunks), snapshot.id);
+    const pinned = await this.repo.chunks.pin(image.store.id, distinct(scan.chunks), snapshot.id);
     const where = new Map(scan.computed.map((c) => [c.sha256, c.index]));
     for (let i = 0; i < scan.chunks.length; i++) {
       const sha = scan.chunks[i];
       if (sha && !where.has(sha)) where.set(sha, i);
     }
-    // A chunk an interrupted attempt uploaded is in the store but not yet marked: a PUT is atomic
-    // and its key is its hash, so an object of the right length is that chunk. Reuse it.
-    const candidates = unstored.map((sha256) => ({ index: where.get(sha256) as number, sha256 }));
-    const present: string[] = [];
-    await forEachLimit(candidates, PRESIGN_CONCURRENCY, async (c) => {
-      const stat = await image.driver.statObject({
-        store: toStoreInfo(image.store),
-        object: blob(chunkKey(c.sha256)),
-        ctx,
-      });
-      const length = chunkExtent(c.index, scan.virtualSizeBytes, scan.chunkSizeBytes).length;
-      if (stat?.sizeBytes === length) present.push(c.sha256);
-    });
+    const at = (sha256: string) => ({ index: where.get(sha256) as number, sha256 });
+    // Reused without a look only when the index records verified presence. Otherwise an object may
+    // stand in for the chunk only if the store verified its bytes on the way in: an interrupted
+    // attempt's upload not yet marked, or a chunk stored before checksums were kept. A chunk a
+    // verify job found corrupt or missing is uploaded again whatever the store says of it.
+    const corrupt = new Set(pinned.corrupt);
+    const candidates = [...pinned.unstored, ...pinned.unverified].map(at);
+    const present = await this.verifiedInStore(
+      image,
+      candidates.filter((c) => !corrupt.has(c.sha256)),
+      scan,
+      ctx,
+    );
     if (present.length > 0) await this.repo.chunks.markStored(image.store.id, present);
     const reused = new Set(present);
     plan.toUpload = candidates.filter((c) => !reused.has(c.sha256));
+    if (corrupt.size > 0 || pinned.unverified.length > reused.size) {
+      this.deps.driverContext(input.jobId).logger.info('chunks uploaded again: found corrupt or unverified', {
+        corrupt: corrupt.size,
+        unverified: pinned.unverified.filter((sha) => !reused.has(sha)).length,
+      });
+    }
     const computed = new Set(scan.computed.map((c) => c.sha256));
     const lost = plan.toUpload.filter((u) => !computed.has(u.sha256));
     if (lost.length > 0) {
@@ -320,7 +329,37 @@ export class BackupService {
     return { toUpload: plan.toUpload.length };
   }
 
-  /** Upload: presigned PUTs for exactly the chunks the store lacks; the host PUTs them in parallel. */
+  /**
+   * The candidates whose object the store holds with a stored SHA-256 checksum equal to their key
+   * (HeadObject with ChecksumMode ENABLED) and of the chunk's length. The store computed that
+   * checksum from the bytes it received, so such an object is the chunk; an object without a
+   * checksum (uploaded before checksums, or by anything else) or with another one is not.
+   */
+  private async verifiedInStore(
+    image: ImageStore,
+    candidates: Array<{ index: number; sha256: string }>,
+    scan: { virtualSizeBytes: number; chunkSizeBytes: number },
+    ctx: DriverContext,
+  ): Promise<string[]> {
+    const present: string[] = [];
+    await forEachLimit(candidates, PRESIGN_CONCURRENCY, async (c) => {
+      const stat = await image.driver.statObject({
+        store: toStoreInfo(image.store),
+        object: blob(chunkKey(c.sha256)),
+        ctx,
+        checksum: true,
+      });
+      const length = chunkExtent(c.index, scan.virtualSizeBytes, scan.chunkSizeBytes).length;
+      if (stat?.sizeBytes === length && stat.checksumSha256 === c.sha256) present.push(c.sha256);
+    });
+    return present;
+  }
+
+  /**
+   * Upload: presigned PUTs for exactly the chunks the store lacks, each signing the chunk's SHA-256
+   * (its key) as `x-amz-checksum-sha256`, so the store refuses bytes that do not match and keeps
+   * the checksum; the host PUTs them in parallel.
+   */
   async uploadBackup(input: Step): Promise<UploadFigures> {
     const { snapshot, volume, image, copy, pool, driver } = await this.leased(input);
     const ctx = this.deps.driverContext(input.jobId, { progressRange: [40, 90] });
@@ -335,6 +374,7 @@ export class BackupService {
         object: blob(chunkKey(u.sha256)),
         ctx,
         expiresSeconds: URL_SECONDS,
+        checksumSha256: u.sha256,
       });
       uploads[i] = { ...u, url };
     });
@@ -570,7 +610,7 @@ export class BackupService {
     try {
       if (unstored.length > 0) {
         throw new ConflictError(
-          `backup of ${snapshot.id} names ${unstored.length} chunks the store does not hold`,
+          `backup of ${snapshot.id} names ${unstored.length} chunks the store does not hold (missing, or found corrupt by a verify job; the next backup of a snapshot with the same data stores them again)`,
         );
       }
       const urls = new Map<string, string>();

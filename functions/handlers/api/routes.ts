@@ -7,6 +7,7 @@ import type { z } from 'zod';
 import type { Job } from '../../core/model.js';
 import { SweepOptionsSchema } from '../../core/services/orphan-sweep.js';
 import type { Strata } from '../../core/strata.js';
+import { VerifyOptionsSchema } from '../../core/verify-options.js';
 import { inputErrorFromZod } from '../http.js';
 import type { Route, RouteResult } from './router.js';
 import {
@@ -171,6 +172,14 @@ export const routes: Route<ApiContext>[] = [
     'List what the storage holds, each object with the row that owns it (async; the job result)',
     { async: true },
     async (c, p) => accepted(await c.strata.stores.inventory(id(p))),
+  ),
+  route(
+    'POST',
+    '/stores/{id}/verify',
+    "Verify the image store's backup chunks: read all of them or a sample, re-hash each, mark corrupt or missing ones so the next backup uploads them again (async; the job result has the counts, the damaged chunks and the affected snapshots)",
+    { body: VerifyOptionsSchema, async: true },
+    async (c, p) =>
+      accepted(await c.strata.verify.start(id(p), parse(VerifyOptionsSchema, c.body ?? {}, ''))),
   ),
 
   route(
