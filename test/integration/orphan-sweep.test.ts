@@ -36,6 +36,8 @@ const chunkKey = (h: string) => `backups/chunks/${h.slice(0, 2)}/${h}`;
 
 let t: TestStack;
 let proxied: S3;
+/** Template uploads are started by the api function (store-tasks may only list and abort them). */
+let uploader: S3;
 let storeId: string;
 let past: DynamoRepository;
 
@@ -60,7 +62,7 @@ async function keys(prefix = ''): Promise<Set<string>> {
 }
 
 async function upload(key: string) {
-  await proxied.send(new CreateMultipartUploadCommand({ Bucket: t.imageBucket, Key: P + key }));
+  await uploader.send(new CreateMultipartUploadCommand({ Bucket: t.imageBucket, Key: P + key }));
 }
 
 async function sweep(dryRun: boolean) {
@@ -101,6 +103,10 @@ beforeAll(async () => {
   storeId = stores.find((s) => s.provider === 's3')!.id;
   const creds = t.stack.credentialsFor('StoreTasksRole');
   proxied = new S3Client({ ...localS3ClientConfig(t.stack.endpoints.s3Proxy), credentials: creds });
+  uploader = new S3Client({
+    ...localS3ClientConfig(t.stack.endpoints.s3Proxy),
+    credentials: t.stack.credentialsFor('ApiRole'),
+  });
   const doc = DynamoDBDocumentClient.from(
     new DynamoDBClient(localDynamoClientConfig(integrationEndpoints().dynamo)),
     {
@@ -179,6 +185,7 @@ async function removeYoung() {
 
 afterAll(async () => {
   proxied?.destroy();
+  uploader?.destroy();
   await t?.stack.stop();
 });
 
