@@ -259,7 +259,8 @@ export interface NewTemplateUpload {
 
 export interface UploadPart {
   partNumber: number;
-  url: string;
+  /** A presigned PUT valid until the upload's `expiresAt`; null in a replayed answer (renew it). */
+  url: string | null;
 }
 
 export interface TemplateUpload {
@@ -273,6 +274,16 @@ export interface TemplateUpload {
 export interface TemplateUploadStarted {
   template: Template;
   upload: TemplateUpload;
+  /** A replay of the start (Idempotency-Key): the URLs were not kept; renew them. */
+  grantsOmitted?: boolean;
+}
+
+/** The answer of `POST /templates/{id}/uploads/{uploadId}/parts`. */
+export interface UploadPartUrls {
+  parts: { partNumber: number; url: string | null }[];
+  /** When these URLs stop working. */
+  expiresAt: string;
+  grantsOmitted?: boolean;
 }
 
 export interface CompletedPart {

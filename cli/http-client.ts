@@ -23,6 +23,7 @@ import type {
   Template,
   TemplateAccepted,
   TemplateUploadStarted,
+  UploadPartUrls,
   Volume,
   VolumeAccepted,
   VolumeResize,
@@ -237,6 +238,27 @@ export class StrataClient {
   ): Promise<TemplateAccepted> {
     const path = `/templates/${seg(id)}/uploads/${seg(uploadId)}/complete`;
     return (await this.request<TemplateAccepted>('POST', path, { body: { parts }, ...options })).body;
+  }
+  /**
+   * Fresh part URLs for an open upload (at most 1000 parts a call). Each call has its own key: a
+   * renewal changes nothing, and a replayed answer would carry no URLs (idempotency records never
+   * keep grants), so an answer that says `grantsOmitted` is asked for again under a new key.
+   */
+  async renewTemplateUploadParts(
+    id: string,
+    uploadId: string,
+    partNumbers: number[],
+  ): Promise<UploadPartUrls> {
+    const path = `/templates/${seg(id)}/uploads/${seg(uploadId)}/parts`;
+    const ask = async () =>
+      (
+        await this.request<UploadPartUrls>('POST', path, {
+          body: { partNumbers },
+          idempotencyKey: randomUUID(),
+        })
+      ).body;
+    const answer = await ask();
+    return answer.grantsOmitted ? ask() : answer;
   }
   async abortTemplateUpload(
     id: string,

@@ -4,6 +4,12 @@
  * The part URLs point at the store (S3 or the embedded stack), not at the API: they carry their own
  * authorization in the query string, so each part is a plain PUT with only Content-Length — no
  * SigV4, no Idempotency-Key, no content type, which a presigned signature would not cover.
+ *
+ * The URLs are short-lived (1 h, functions/core/grants.ts) while an upload may take much longer, so
+ * the client renews them: before it starts a part whose URL expires within
+ * {@link RENEW_MARGIN_MS} (or has none: a replayed start answer carries `url: null`), and after a
+ * 403 that says the URL expired, it asks the API (`POST .../uploads/{uploadId}/parts`) for fresh
+ * URLs of that part and of the queued parts that need them too, in batches of {@link RENEW_BATCH}.
  */
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
@@ -25,6 +31,8 @@ export class PartUploadError extends UploadError {
     /** Worth another attempt: a network failure or an answer that says "later" (5xx, 408, 429). */
     readonly retryable: boolean,
     readonly status?: number,
+    /** A 403 that says the URL expired: worth a fresh URL, not the same one again. */
+    readonly expired = false,
   ) {
     super(message);
   }
@@ -38,9 +46,19 @@ export class UploadInterruptedError extends UploadError {
   }
 }
 
+/** A part whose URL expires sooner than this is renewed before it starts. */
+export const RENEW_MARGIN_MS = 5 * 60_000;
+/** Parts renewed per call (the API takes at most 1000). */
+export const RENEW_BATCH = 1000;
+/** Renewals after a 403 for one part before its failure stands (a 403 may not be an expiry). */
+const MAX_RENEWALS_AFTER_403 = 2;
+
 export interface PartPlan {
   partNumber: number;
-  url: string;
+  /** null: no URL yet (a replayed answer omits them); renewed before the part starts. */
+  url: string | null;
+  /** When `url` stops working (epoch ms); 0 when unknown. */
+  expiresAtMs: number;
   /** First byte of the part in the file. */
   start: number;
   /** One past its last byte. */
@@ -66,9 +84,11 @@ export function planParts(upload: TemplateUpload, sizeBytes: number): PartPlan[]
         `expected 1..${expected}`,
     );
   }
+  const expiresAtMs = Date.parse(upload.expiresAt);
   return parts.map((part) => ({
     partNumber: part.partNumber,
-    url: part.url,
+    url: part.url ?? null,
+    expiresAtMs: part.url && Number.isFinite(expiresAtMs) ? expiresAtMs : 0,
     start: (part.partNumber - 1) * partSize,
     end: Math.min(part.partNumber * partSize, sizeBytes),
   }));
@@ -103,6 +123,12 @@ export interface UploadPartsOptions {
   signal?: AbortSignal;
   /** A part whose connection shows no activity this long is failed (and retried). */
   idleTimeoutMs?: number;
+  /** Fresh URLs for these parts (the API's parts route); without it, URLs are never renewed. */
+  renew?: (
+    partNumbers: number[],
+  ) => Promise<{ parts: { partNumber: number; url: string }[]; expiresAt: string }>;
+  /** The clock the expiries are compared with (epoch ms). */
+  now?: () => number;
 }
 
 const DEFAULT_IDLE_TIMEOUT_MS = 120_000;
@@ -137,6 +163,10 @@ function putPart(
 ): Promise<string> {
   return new Promise((resolve, reject) => {
     const n = part.partNumber;
+    if (part.url === null) {
+      reject(new PartUploadError(n, `part ${n}: no URL to upload it to`, false));
+      return;
+    }
     const url = new URL(part.url);
     const send = url.protocol === 'https:' ? httpsRequest : httpRequest;
     // createReadStream's `end` is inclusive.
@@ -198,6 +228,8 @@ function putPart(
             `part ${n}: HTTP ${status} from ${url.host}${detail ? `: ${detail}` : ''}`,
             isRetryableStatus(status),
             status,
+            // S3 answers an expired presigned URL with 403 AccessDenied "Request has expired".
+            status === 403 && /expired/i.test(detail),
           ),
         );
       });
@@ -210,10 +242,13 @@ async function putPartWithRetries(
   options: UploadPartsOptions,
   part: PartPlan,
   signal: AbortSignal,
+  fresh: (part: PartPlan, force: boolean) => Promise<void>,
 ): Promise<string> {
+  let renewedAfter403 = 0;
   for (let attempt = 1; ; attempt++) {
     let counted = 0;
     try {
+      await fresh(part, false);
       return await putPart(
         options.file,
         part,
@@ -228,6 +263,19 @@ async function putPartWithRetries(
       // The next attempt sends the whole part again; keep the bar honest.
       options.onBytes(-counted);
       if (signal.aborted) throw signal.reason;
+      if (
+        error instanceof PartUploadError &&
+        error.status === 403 &&
+        options.renew &&
+        renewedAfter403 < MAX_RENEWALS_AFTER_403 &&
+        (error.expired || part.expiresAtMs <= (options.now ?? Date.now)())
+      ) {
+        // The URL ran out (while queued, or the clocks disagree): a fresh one, not a backoff.
+        renewedAfter403++;
+        await fresh(part, true);
+        attempt--;
+        continue;
+      }
       if (!(error instanceof PartUploadError) || !error.retryable) throw error;
       if (attempt >= options.maxAttempts) {
         throw new PartUploadError(
@@ -255,13 +303,59 @@ async function putPartWithRetries(
 export async function uploadParts(options: UploadPartsOptions): Promise<CompletedPart[]> {
   const stop = new AbortController();
   const signal = options.signal ? AbortSignal.any([options.signal, stop.signal]) : stop.signal;
-  const queue = [...options.parts];
+  // Copies: renewals replace their URLs, the caller's plan stays as given.
+  const queue = options.parts.map((part) => ({ ...part }));
   const done: CompletedPart[] = [];
   let failure: { error: unknown } | undefined;
+  const now = options.now ?? Date.now;
+  const stale = (part: PartPlan) => part.url === null || part.expiresAtMs - now() < RENEW_MARGIN_MS;
+  // One renewal at a time: parts that need one while it runs wait for it, and usually find
+  // themselves renewed by it (it takes the queued parts that need it too).
+  let renewing: Promise<void> | undefined;
+  const renewBatch = async (first: PartPlan): Promise<void> => {
+    if (!options.renew) {
+      if (first.url === null) {
+        throw new UploadError(`the API gave no URL for part ${first.partNumber} and cannot renew it`);
+      }
+      return;
+    }
+    const batch = [first, ...queue.filter((p) => p !== first && stale(p))].slice(0, RENEW_BATCH);
+    const answer = await options.renew(batch.map((p) => p.partNumber));
+    const expiresAtMs = Date.parse(answer.expiresAt);
+    const urls = new Map(answer.parts.map((p) => [p.partNumber, p.url]));
+    for (const part of batch) {
+      const url = urls.get(part.partNumber);
+      if (!url) continue;
+      part.url = url;
+      part.expiresAtMs = Number.isFinite(expiresAtMs) ? expiresAtMs : 0;
+    }
+    if (!urls.get(first.partNumber)) {
+      throw new UploadError(`the API renewed no URL for part ${first.partNumber}`);
+    }
+  };
+  const fresh = async (part: PartPlan, force: boolean): Promise<void> => {
+    const forced = force;
+    for (;;) {
+      if (!forced && !stale(part)) return;
+      if (renewing) {
+        // A forced renewal (after a 403) is of a part in flight, which that batch did not take.
+        await renewing;
+        continue;
+      }
+      renewing = renewBatch(part).finally(() => {
+        renewing = undefined;
+      });
+      await renewing;
+      return;
+    }
+  };
   const worker = async () => {
     for (let part = queue.shift(); part && !signal.aborted; part = queue.shift()) {
       try {
-        done.push({ partNumber: part.partNumber, etag: await putPartWithRetries(options, part, signal) });
+        done.push({
+          partNumber: part.partNumber,
+          etag: await putPartWithRetries(options, part, signal, fresh),
+        });
       } catch (error) {
         failure ??= { error };
         stop.abort(error);

@@ -263,6 +263,9 @@ async function sendAndComplete(
 ): Promise<TemplateAccepted> {
   const { template, upload } = run.started;
   const parts = planParts(upload, run.sizeBytes);
+  // ctx.now is the command's start (fixed in tests); the clock moves on from it.
+  const startedAt = Date.now();
+  const clock = () => ctx.now.getTime() + (Date.now() - startedAt);
   const progress = ctx.out.byteProgress('upload', run.sizeBytes);
   // Retries back off on the same schedule as job polling (which tests shorten).
   const poll = ctx.poll ?? DEFAULT_POLL;
@@ -276,6 +279,15 @@ async function sendAndComplete(
       retryDelayMs: (retry) => Math.min(poll.maxMs, poll.initialMs * poll.factor ** (retry - 1)),
       onBytes: (bytes) => progress.add(bytes),
       signal: run.signal,
+      // Part URLs live an hour: fresh ones for the parts not uploaded yet, as they are needed.
+      renew: async (partNumbers) => {
+        const answer = await ctx.client.renewTemplateUploadParts(template.id, upload.uploadId, partNumbers);
+        return {
+          parts: answer.parts.flatMap((p) => (p.url ? [{ partNumber: p.partNumber, url: p.url }] : [])),
+          expiresAt: answer.expiresAt,
+        };
+      },
+      now: clock,
     });
   } finally {
     progress.finish();

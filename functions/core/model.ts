@@ -141,6 +141,8 @@ export interface TemplateInStore extends Versioned {
   bytesTransferred?: number;
   /** An open presigned multipart upload into this store (uploads from the operator's machine). */
   uploadId?: string;
+  /** The part size of that upload, to presign its parts again (POST .../uploads/{uploadId}/parts). */
+  uploadPartSizeBytes?: number;
   refCount: number;
   statusReason?: string;
 }

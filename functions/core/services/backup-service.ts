@@ -38,6 +38,7 @@ import {
   isImageStoreDriver,
 } from '../../../drivers/sdk/types.js';
 import { ConflictError, UnavailableError, UnprocessableError } from '../errors.js';
+import { hostGrantSeconds } from '../grants.js';
 import { newId } from '../ids.js';
 import type { DataStore, Job, Snapshot, SnapshotInStore, Volume } from '../model.js';
 import { ObjectInStoreStatus as O, SnapshotStatus as S, VolumeStatus as V } from '../model.js';
@@ -51,8 +52,6 @@ import { causeMessage, type JobService, type WorkflowFailure } from './job-servi
 import { volumeObject } from './volume-service.js';
 
 const LEASE_SECONDS = 60 * 60;
-/** Presigned URLs handed to hosts live this long (a large backup's uploads must fit). */
-const URL_SECONDS = 6 * 60 * 60;
 const PRESIGN_CONCURRENCY = 16;
 
 export interface BackupDeps {
@@ -263,7 +262,8 @@ export class BackupService {
                   store: toStoreInfo(image.store),
                   object: blob(previous.path ?? ''),
                   ctx,
-                  expiresSeconds: URL_SECONDS,
+                  // Read once when the scan starts.
+                  expiresSeconds: hostGrantSeconds(),
                 })
               ).url,
             },
@@ -367,13 +367,19 @@ export class BackupService {
     const toUpload = plan.toUpload ?? [];
     if (toUpload.length === 0) return { chunksUploaded: 0, bytesRead: 0, bytesUploaded: 0 };
     const info = toStoreInfo(image.store);
+    // One host step PUTs them all: every grant covers the bytes of every chunk to upload (grants.ts).
+    const uploadBytes = toUpload.reduce(
+      (sum, u) => sum + chunkExtent(u.index, plan.virtualSizeBytes, plan.chunkSizeBytes).length,
+      0,
+    );
+    const expiresSeconds = hostGrantSeconds(uploadBytes);
     const uploads: Array<{ index: number; sha256: string; url: string }> = new Array(toUpload.length);
     await forEachLimit(toUpload, PRESIGN_CONCURRENCY, async (u, i) => {
       const { url } = await image.driver.presignPut({
         store: info,
         object: blob(chunkKey(u.sha256)),
         ctx,
-        expiresSeconds: URL_SECONDS,
+        expiresSeconds,
         checksumSha256: u.sha256,
       });
       uploads[i] = { ...u, url };
@@ -614,13 +620,15 @@ export class BackupService {
         );
       }
       const urls = new Map<string, string>();
+      // One host step fetches them all: each grant covers the restored bytes (grants.ts).
+      const expiresSeconds = hostGrantSeconds(this.logicalBytes(manifest));
       await forEachLimit(hashes, PRESIGN_CONCURRENCY, async (sha) => {
         // Pinned and stored (checked just above): no HEAD per chunk.
         const { url } = await store.driver.presignGet({
           store: toStoreInfo(store.store),
           object: blob(chunkKey(sha)),
           ctx,
-          expiresSeconds: URL_SECONDS,
+          expiresSeconds,
           knownToExist: true,
         });
         urls.set(sha, url);
@@ -870,8 +878,10 @@ export class BackupService {
       contentLength: body.length,
     });
     if (!presign) return undefined;
-    return (await image.driver.presignGet({ store, object: blob(path), ctx, expiresSeconds: URL_SECONDS }))
-      .url;
+    // A plan the host reads when its step starts: the base lifetime only (grants.ts).
+    return (
+      await image.driver.presignGet({ store, object: blob(path), ctx, expiresSeconds: hostGrantSeconds() })
+    ).url;
   }
 
   private async readText(image: ImageStore, path: string, ctx: DriverContext): Promise<string> {

@@ -57,6 +57,13 @@ export class ImageService extends ImageFlow {
     return this.ingest.createUpload(input);
   }
 
+  /** Fresh part URLs for an open upload (the client renews them; grants.ts UPLOAD_GRANT_SECONDS). */
+  presignUploadParts(
+    ...args: Parameters<TemplateIngestFlow['presignParts']>
+  ): ReturnType<TemplateIngestFlow['presignParts']> {
+    return this.ingest.presignParts(...args);
+  }
+
   completeUpload(
     ...args: Parameters<TemplateIngestFlow['completeUpload']>
   ): ReturnType<TemplateIngestFlow['completeUpload']> {

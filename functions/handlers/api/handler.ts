@@ -127,6 +127,7 @@ export function createApiHandler(options: ApiHandlerOptions) {
       run,
       {
         ...(context?.getRemainingTimeInMillis ? { timeLimitMs: context.getRemainingTimeInMillis() } : {}),
+        omitGrants: routeDocs.get(`${matched.route.method} ${matched.route.path}`)?.grants === true,
         reread: async (location) => {
           const found = router.match('GET', location);
           const r = await found.route.handle({ ...ctx, body: undefined, query: {} }, found.params);

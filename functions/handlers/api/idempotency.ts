@@ -14,6 +14,13 @@
  * larger answer without one is not kept: only errors are like that, and an error changed nothing
  * (the API's rule), so running the request again is its replay.
  *
+ * A record never keeps a grant. For a route whose answer holds presigned URLs (`grants: true` in its
+ * RouteDoc: `POST /templates/uploads` and `POST /templates/{id}/uploads/{uploadId}/parts`), the kept
+ * body has every `url` field set to null and `grantsOmitted: true` at its top. A replay answers the
+ * same template, upload id and part numbers without URLs; the client asks the parts route for fresh
+ * ones. (A record lives 24 h, a URL would have been a bearer credential for all of that; and the
+ * first answer's URLs are still valid for the caller who got them.)
+ *
  * Why not `@aws-lambda-powertools/idempotency`: its DynamoDB layer writes its own item shape and
  * keeps the whole result in the item, where Strata's table holds only versioned entities written
  * through the Repository port; the pointer for large answers and the 422 on a reused key would
@@ -43,6 +50,8 @@ export interface IdempotentRun {
   /** Re-reads the resource at a kept `location`, for the replay of a large answer. */
   reread: (location: string) => Promise<StoredResponse>;
   now?: () => number;
+  /** The answer holds grants: keep it without them (see the module comment). */
+  omitGrants?: boolean;
 }
 
 export class IdempotencyStore {
@@ -98,7 +107,7 @@ export class IdempotencyStore {
       await this.repo.delete(ref, version).catch(() => undefined);
       throw e;
     }
-    const kept = keepable(response);
+    const kept = keepable(options.omitGrants ? withoutGrants(response) : response);
     if (!kept) {
       await this.repo.delete(ref, version).catch(() => undefined);
     } else {
@@ -158,6 +167,42 @@ function stillRunning(): ConflictError {
   return new ConflictError('a request with this Idempotency-Key is still being processed', {
     field: 'Idempotency-Key',
   });
+}
+
+/**
+ * The answer with every `url` field (at any depth) set to null and `grantsOmitted: true` added to
+ * its top-level object. An answer that is not a JSON object (an error's, say) is kept unchanged
+ * when it holds no URL, and not at all otherwise (statusCode 500 is never kept).
+ */
+export function withoutGrants(response: StoredResponse): StoredResponse {
+  let parsed: unknown;
+  try {
+    parsed = response.body === '' ? undefined : JSON.parse(response.body);
+  } catch {
+    parsed = undefined;
+  }
+  let found = false;
+  const strip = (value: unknown): unknown => {
+    if (Array.isArray(value)) return value.map(strip);
+    if (value && typeof value === 'object') {
+      const out: Record<string, unknown> = {};
+      for (const [k, v] of Object.entries(value)) {
+        if (k === 'url' && typeof v === 'string') {
+          found = true;
+          out[k] = null;
+        } else out[k] = strip(v);
+      }
+      return out;
+    }
+    return value;
+  };
+  if (parsed && typeof parsed === 'object' && !Array.isArray(parsed)) {
+    const stripped = strip(parsed) as Record<string, unknown>;
+    if (!found) return response;
+    return { ...response, body: JSON.stringify({ ...stripped, grantsOmitted: true }) };
+  }
+  // Not an object: nothing with a `url` field to strip; refuse to keep anything that looks signed.
+  return /X-Amz-Signature/i.test(response.body) ? { ...response, statusCode: 500 } : response;
 }
 
 /** What of an answer the record keeps; undefined when it is not kept (see the module comment). */

@@ -30,6 +30,7 @@ import {
   TemplateUploadBody,
   UploadCompleteBody,
   UploadIdParam,
+  UploadPartsBody,
   VolumeAccessBody,
   VolumeCreateBody,
   VolumeCreateQuery,
@@ -58,6 +59,12 @@ export interface RouteDoc {
    * are read-only, every other route not flagged is the operator's.
    */
   admin?: boolean;
+  /**
+   * The answer holds grants (presigned URLs, in `url` fields): an Idempotency-Key record keeps it
+   * with every `url` set to null and `grantsOmitted: true` (idempotency.ts), and a replay hands
+   * that out, so the client asks the parts route for fresh URLs.
+   */
+  grants?: boolean;
 }
 
 export const routeDocs = new Map<string, RouteDoc>();
@@ -203,8 +210,8 @@ export const routes: Route<ApiContext>[] = [
   route(
     'POST',
     '/templates/uploads',
-    "Start an upload from the operator's machine: presigned part URLs",
-    { body: TemplateUploadBody },
+    "Start an upload from the operator's machine: part URLs valid 1 h (renew them with .../parts)",
+    { body: TemplateUploadBody, grants: true },
     async (c) => {
       const input = parse(TemplateUploadBody, c.body, '');
       return { status: 201, body: await c.strata.images.createUpload(input) };
@@ -239,6 +246,22 @@ export const routes: Route<ApiContext>[] = [
           id(p),
           parse(UploadIdParam, p.uploadId, 'uploadId'),
           input.parts,
+        ),
+      );
+    },
+  ),
+  route(
+    'POST',
+    '/templates/{id}/uploads/{uploadId}/parts',
+    'Fresh part URLs (valid 1 h) for parts of an open upload; 409 unless the upload is open',
+    { body: UploadPartsBody, grants: true },
+    async (c, p) => {
+      const input = parse(UploadPartsBody, c.body, '');
+      return ok(
+        await c.strata.images.presignUploadParts(
+          id(p),
+          parse(UploadIdParam, p.uploadId, 'uploadId'),
+          input.partNumbers,
         ),
       );
     },

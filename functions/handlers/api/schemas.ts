@@ -175,6 +175,13 @@ export const UploadCompleteBody = z
   })
   .strict();
 
+/** Renewing part URLs of an open upload: at most 1000 parts a call (a batch the CLI asks for). */
+export const UploadPartsBody = z
+  .object({
+    partNumbers: z.array(z.number().int().min(1).max(10_000)).min(1).max(1000),
+  })
+  .strict();
+
 export const TemplateCopyBody = z.object({ storeId: safeId }).strict();
 
 export const TemplateListQuery = z

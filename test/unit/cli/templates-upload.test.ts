@@ -298,13 +298,49 @@ describe('strata templates upload', () => {
     expect(result.stdout).toBe('');
   });
 
-  it('does not retry a refused part (expired URL) and says why it may have been refused', async () => {
+  it('renews the URL of a part refused as expired, and uploads it with the fresh one', async () => {
     serveApi(3);
     parts.serve(3, {
       1: [
         {
           status: 403,
           raw: '<Error><Code>AccessDenied</Code><Message>Request has expired</Message></Error>',
+        },
+        parts.ok(1),
+      ],
+    });
+    api.on('POST', '/templates/tpl-1/uploads/up-1/parts', (request) => ({
+      status: 200,
+      body: {
+        parts: (request.body as { partNumbers: number[] }).partNumbers.map((n) => ({
+          partNumber: n,
+          url: `${api.url}${parts.path(n)}?X-Amz-Signature=fresh-${n}`,
+        })),
+        expiresAt: '2025-06-01T13:00:00.000Z',
+      },
+    }));
+
+    const result = await runCli(['templates', 'upload', file, '--name', 'debian-12', '--parallel', '1'], {
+      api,
+    });
+
+    expect(result.code).toBe(0);
+    const renewals = api.requests.filter((r) => r.path.endsWith('/parts'));
+    expect(renewals.map((r) => r.body)).toEqual([{ partNumbers: [1] }]);
+    // Each renewal has its own key: a replay would answer without URLs.
+    expect(renewals[0]!.headers['idempotency-key']).toMatch(UUID);
+    const part1 = parts.puts().filter((r) => r.path === parts.path(1));
+    expect(part1.map((r) => r.query['X-Amz-Signature'])).toEqual(['sig-1', 'fresh-1']);
+    expect(parts.reassembled()).toBe(content.toString('ascii'));
+  });
+
+  it('does not retry a 403 that is not an expiry, and says the URLs may have expired', async () => {
+    serveApi(3);
+    parts.serve(3, {
+      1: [
+        {
+          status: 403,
+          raw: '<Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>',
         },
       ],
     });
@@ -316,9 +352,106 @@ describe('strata templates upload', () => {
     expect(result.code).toBe(1);
     expect(parts.puts()).toHaveLength(1);
     expect(result.stderr).toContain('part 1: HTTP 403');
-    expect(result.stderr).toContain('AccessDenied: Request has expired\n');
+    expect(result.stderr).toContain('AccessDenied: Access Denied\n');
     expect(result.stderr).toContain('Hint: the part URLs may have expired (at 2025-06-01T13:00:00.000Z)');
+    expect(calls()).not.toContain('POST /templates/tpl-1/uploads/up-1/parts');
     expect(calls()).toContain('DELETE /templates/tpl-1/uploads/up-1');
+  });
+
+  it('renews, in one batch, URLs that expire within 5 minutes before starting their parts', async () => {
+    // The start answer's URLs expire at 12:03, the command runs at 12:00 (FIXED_NOW).
+    serveApi(3);
+    api.on('POST', '/templates/uploads', {
+      status: 201,
+      body: {
+        template: template(),
+        upload: {
+          uploadId: 'up-1',
+          storeId: 'st-9',
+          partSizeBytes: PART_SIZE,
+          parts: [1, 2, 3].map((partNumber) => ({ partNumber, url: parts.url(partNumber) })),
+          expiresAt: '2025-06-01T12:03:00.000Z',
+        },
+      },
+    });
+    parts.serve(3);
+    api.on('POST', '/templates/tpl-1/uploads/up-1/parts', (request) => ({
+      status: 200,
+      body: {
+        parts: (request.body as { partNumbers: number[] }).partNumbers.map((n) => ({
+          partNumber: n,
+          url: `${api.url}${parts.path(n)}?X-Amz-Signature=fresh-${n}`,
+        })),
+        expiresAt: '2025-06-01T13:00:00.000Z',
+      },
+    }));
+
+    const result = await runCli(['templates', 'upload', file, '--name', 'debian-12', '--parallel', '1'], {
+      api,
+    });
+
+    expect(result.code).toBe(0);
+    const renewals = api.requests.filter((r) => r.path.endsWith('/parts'));
+    expect(renewals.map((r) => r.body)).toEqual([{ partNumbers: [1, 2, 3] }]);
+    expect(parts.puts().map((r) => r.query['X-Amz-Signature'])).toEqual(['fresh-1', 'fresh-2', 'fresh-3']);
+    expect(parts.reassembled()).toBe(content.toString('ascii'));
+  });
+
+  it('asks for URLs when a replayed start answer carries none (url null)', async () => {
+    serveApi(3);
+    api.on('POST', '/templates/uploads', {
+      status: 201,
+      headers: { 'idempotent-replayed': 'true' },
+      body: {
+        template: template(),
+        upload: {
+          uploadId: 'up-1',
+          storeId: 'st-9',
+          partSizeBytes: PART_SIZE,
+          parts: [1, 2, 3].map((partNumber) => ({ partNumber, url: null })),
+          expiresAt: '2025-06-01T13:00:00.000Z',
+        },
+        grantsOmitted: true,
+      },
+    });
+    parts.serve(3);
+    api.on(
+      'POST',
+      '/templates/tpl-1/uploads/up-1/parts',
+      // A renewal whose own answer was a replay (no URLs) is asked again under a new key.
+      (request) => ({
+        status: 200,
+        body: {
+          parts: (request.body as { partNumbers: number[] }).partNumbers.map((n) => ({
+            partNumber: n,
+            url: null,
+          })),
+          expiresAt: '2025-06-01T13:00:00.000Z',
+          grantsOmitted: true,
+        },
+      }),
+      (request) => ({
+        status: 200,
+        body: {
+          parts: (request.body as { partNumbers: number[] }).partNumbers.map((n) => ({
+            partNumber: n,
+            url: `${api.url}${parts.path(n)}?X-Amz-Signature=fresh-${n}`,
+          })),
+          expiresAt: '2025-06-01T13:00:00.000Z',
+        },
+      }),
+    );
+
+    const result = await runCli(['templates', 'upload', file, '--name', 'debian-12', '--parallel', '2'], {
+      api,
+    });
+
+    expect(result.code).toBe(0);
+    const renewals = api.requests.filter((r) => r.path.endsWith('/parts'));
+    expect(renewals.map((r) => r.body)).toEqual([{ partNumbers: [1, 2, 3] }, { partNumbers: [1, 2, 3] }]);
+    expect(renewals[0]!.headers['idempotency-key']).not.toBe(renewals[1]!.headers['idempotency-key']);
+    expect(parts.puts().every((r) => String(r.query['X-Amz-Signature']).startsWith('fresh-'))).toBe(true);
+    expect(parts.reassembled()).toBe(content.toString('ascii'));
   });
 
   it('aborts the upload when completing it is refused, and shows the API error', async () => {

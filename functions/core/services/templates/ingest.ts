@@ -5,11 +5,12 @@
  * checksum and format are proven.
  */
 import { PassThrough, pipeline, type Readable } from 'node:stream';
-import { UnsupportedOperationError } from '../../../../drivers/sdk/errors.js';
-import { InputError, UnprocessableError } from '../../errors.js';
+import { DriverInputError, UnsupportedOperationError } from '../../../../drivers/sdk/errors.js';
+import { ConflictError, InputError, UnprocessableError } from '../../errors.js';
+import { UPLOAD_GRANT_SECONDS } from '../../grants.js';
 import { newId } from '../../ids.js';
 import type { Job } from '../../model.js';
-import { ObjectInStoreStatus as O } from '../../model.js';
+import { JobState, ObjectInStoreStatus as O } from '../../model.js';
 import { FlowName } from '../../ports.js';
 import { objectInStoreMachine } from '../../state-machines.js';
 import { toStoreInfo } from '../datastore-service.js';
@@ -105,7 +106,9 @@ export class TemplateIngestFlow extends ImageFlow {
       store: toStoreInfo(store),
       object,
       sizeBytes: input.sizeBytes,
-      expiresSeconds: UPLOAD_EXPIRY_SECONDS,
+      // The URLs are short-lived; the client renews them (presignParts). The upload itself stays
+      // open for UPLOAD_EXPIRY_SECONDS (its lease below).
+      expiresSeconds: UPLOAD_GRANT_SECONDS,
       ctx: this.deps.driverContext(jobId),
     });
     await this.repo.create('TemplateInStore', {
@@ -117,6 +120,7 @@ export class TemplateIngestFlow extends ImageFlow {
       path: upload.path,
       sizeBytes: input.sizeBytes,
       uploadId: upload.uploadId,
+      uploadPartSizeBytes: upload.partSizeBytes,
       progress: 0,
       lease: { owner: jobId, expiresAt: this.expiry(UPLOAD_EXPIRY_SECONDS) },
     });
@@ -130,6 +134,57 @@ export class TemplateIngestFlow extends ImageFlow {
         parts: upload.parts,
         expiresAt: upload.expiresAt,
       },
+    };
+  }
+
+  /**
+   * Fresh part URLs (valid {@link UPLOAD_GRANT_SECONDS}) for parts of an upload that is still open:
+   * its copy Creating under its lease, the lease not expired, and the upload not completed yet (its
+   * job not started). Anything else is 409: a URL for a finished or abandoned upload is no use.
+   */
+  async presignParts(
+    templateId: string,
+    uploadId: string,
+    partNumbers: number[],
+  ): Promise<{ parts: { partNumber: number; url: string }[]; expiresAt: string }> {
+    const { row, store, template } = await this.uploadRow(templateId, uploadId);
+    const jobId = row.lease!.owner;
+    const job = await this.repo.get({ type: 'Job', id: jobId });
+    if (!job || job.executionId || job.state !== JobState.Pending) {
+      throw new ConflictError(`upload ${uploadId} is already completed`, { field: 'uploadId' });
+    }
+    if (Date.parse(row.lease!.expiresAt) <= this.clock.now().getTime()) {
+      throw new ConflictError(`upload ${uploadId} has expired`, { field: 'uploadId' });
+    }
+    if (row.sizeBytes === undefined || row.uploadPartSizeBytes === undefined) {
+      // An upload started before part sizes were recorded: the client starts it again.
+      throw new ConflictError(`upload ${uploadId} cannot be presigned again`, { field: 'uploadId' });
+    }
+    const driver = this.imageDriver(store);
+    const object = { ...templateObject(template), path: row.path };
+    const wanted = [...new Set(partNumbers)].sort((a, b) => a - b);
+    const parts = await driver
+      .presignUploadParts({
+        store: toStoreInfo(store),
+        object,
+        uploadId,
+        sizeBytes: row.sizeBytes,
+        partSizeBytes: row.uploadPartSizeBytes,
+        partNumbers: wanted,
+        expiresSeconds: UPLOAD_GRANT_SECONDS,
+        ctx: this.deps.driverContext(jobId),
+      })
+      .catch((e: unknown) => {
+        if (e instanceof DriverInputError) {
+          throw new InputError(`partNumbers: ${e.message.replace(/^partNumbers: /, '')}`, {
+            field: 'partNumbers',
+          });
+        }
+        throw e;
+      });
+    return {
+      parts: parts.map((p) => ({ partNumber: p.partNumber, url: p.url })),
+      expiresAt: this.expiry(UPLOAD_GRANT_SECONDS),
     };
   }
 

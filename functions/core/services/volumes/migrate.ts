@@ -7,6 +7,7 @@
 import { isImageStoreDriver, isStagingDriver } from '../../../../drivers/sdk/types.js';
 import { releaseWrite, reserve } from '../../allocator.js';
 import { ConflictError, InputError, NotAllowedError, UnprocessableError } from '../../errors.js';
+import { hostGrantSeconds } from '../../grants.js';
 import { newId } from '../../ids.js';
 import type { DataStore, Job, Volume } from '../../model.js';
 import { VolumeStatus as V } from '../../model.js';
@@ -205,6 +206,8 @@ export class VolumeMigrateFlow {
           sizeBytes: prepared.sizeBytes,
           partSizeBytes: made.partSizeBytes,
           partNumbers: Array.from({ length: partCount }, (_, i) => i + 1),
+          // One export step PUTs every part: the grant covers the whole volume (grants.ts).
+          expiresSeconds: hostGrantSeconds(prepared.sizeBytes),
           ctx,
         }),
       };
@@ -245,7 +248,7 @@ export class VolumeMigrateFlow {
         store: imageInfo,
         object: { ...staged, path: upload.path },
         ctx,
-        expiresSeconds: 6 * 3600,
+        expiresSeconds: hostGrantSeconds(prepared.sizeBytes),
       });
       const imported = await dstDriver.importAsync({
         store: toStoreInfo(dst),

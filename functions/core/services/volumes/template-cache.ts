@@ -13,6 +13,7 @@
 import type { TemplateInstallStrategy } from '../../../../drivers/sdk/types.js';
 import { isImageStoreDriver } from '../../../../drivers/sdk/types.js';
 import { ConflictError, UnavailableError, UnprocessableError } from '../../errors.js';
+import { hostGrantSeconds } from '../../grants.js';
 import type { DataStore, Template, TemplateInStore, Volume } from '../../model.js';
 import { ObjectInStoreStatus as O } from '../../model.js';
 import type { Repository } from '../../ports.js';
@@ -181,7 +182,8 @@ export class TemplateCache {
         store: toStoreInfo(imageStore),
         object,
         ctx,
-        expiresSeconds: 6 * 3600,
+        // The install's fetch moves the template's bytes (grants.ts sizes the grant for that).
+        expiresSeconds: hostGrantSeconds(source.sizeBytes),
       });
       const { id: hostId } = await this.deps.selectHost([pool.id]);
       const result = await strategy.install({
