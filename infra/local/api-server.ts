@@ -115,15 +115,16 @@ function toEvent(
   principal: Principal | undefined,
 ): APIGatewayProxyEvent {
   const url = new URL(req.url ?? '/', 'http://local');
-  const headers: Record<string, string> = {};
-  const multiValueHeaders: Record<string, string[]> = {};
+  // Null-prototype maps: a query name or header such as `__proto__` or `constructor` is data here.
+  const headers: Record<string, string> = Object.create(null);
+  const multiValueHeaders: Record<string, string[]> = Object.create(null);
   for (const [k, v] of Object.entries(req.headers)) {
     if (v === undefined) continue;
     headers[k] = Array.isArray(v) ? v.join(',') : v;
     multiValueHeaders[k] = Array.isArray(v) ? v : [v];
   }
-  const query: Record<string, string> = {};
-  const multiQuery: Record<string, string[]> = {};
+  const query: Record<string, string> = Object.create(null);
+  const multiQuery: Record<string, string[]> = Object.create(null);
   for (const [k, v] of url.searchParams) {
     query[k] = v;
     multiQuery[k] = [...(multiQuery[k] ?? []), v];
@@ -195,6 +196,14 @@ export async function startLocalApiServer(options: LocalApiServerOptions): Promi
     });
     req.on('end', () => {
       if (refused) return;
+      try {
+        serve();
+      } catch {
+        // A defect of this server must still answer (API Gateway's answer to its own failure).
+        if (!res.headersSent) send(res, 500, { message: 'Internal server error' });
+      }
+    });
+    const serve = () => {
       // Before the URL parser normalizes it: `/volumes/v/access/..` must not become `/volumes/v`.
       const problem = pathProblem((req.url ?? '/').split('?')[0] ?? '/');
       if (problem) {
@@ -257,7 +266,7 @@ export async function startLocalApiServer(options: LocalApiServerOptions): Promi
           send(res, 403, { error: { code: 'AccessDenied', message: e.message } });
         },
       );
-    });
+    };
     const invokeIntegration = (functionArn: string, event: APIGatewayProxyEvent) => {
       let timer: NodeJS.Timeout | undefined;
       const timeout = new Promise<'timeout'>((resolve) => {

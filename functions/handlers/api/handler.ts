@@ -81,7 +81,8 @@ export function createApiHandler(options: ApiHandlerOptions) {
     }
     const { raw, parsed } = readBody(event);
     const strata = await options.getStrata();
-    const query: Record<string, string> = {};
+    // A null-prototype map, so a parameter named `__proto__` stays a parameter (and is refused).
+    const query: Record<string, string> = Object.create(null);
     for (const [k, v] of Object.entries(event.queryStringParameters ?? {})) if (v !== undefined) query[k] = v;
     const ctx: ApiContext = {
       strata,

@@ -4,6 +4,7 @@
  */
 
 import type { z } from 'zod';
+import { InputError } from '../../core/errors.js';
 import type { Job } from '../../core/model.js';
 import { SweepOptionsSchema } from '../../core/services/orphan-sweep.js';
 import type { Strata } from '../../core/strata.js';
@@ -94,7 +95,34 @@ function route(
   handle: Route<ApiContext>['handle'],
 ): Route<ApiContext> {
   routeDocs.set(`${method} ${path}`, doc);
-  return { method, path, summary, handle };
+  return {
+    method,
+    path,
+    summary,
+    handle: (c, p) => {
+      refuseUndeclared(doc, c);
+      return handle(c, p);
+    },
+  };
+}
+
+/**
+ * What a route does not declare it takes is refused, not ignored: a query parameter of a route
+ * without a query schema, or a body sent to a route without a body schema. A caller who sends one
+ * believes it means something, and nothing it sends may pass unchecked.
+ */
+function refuseUndeclared(doc: RouteDoc, c: ApiContext): void {
+  if (!doc.query) {
+    const name = Object.keys(c.query)[0];
+    if (name !== undefined) {
+      throw new InputError(`query.${name.slice(0, 64)}: this operation takes no query parameters`, {
+        field: `query.${name.slice(0, 64)}`,
+      });
+    }
+  }
+  if (!doc.body && c.body !== undefined) {
+    throw new InputError('body: this operation takes no request body', { field: 'body' });
+  }
 }
 
 export const routes: Route<ApiContext>[] = [
@@ -186,7 +214,12 @@ export const routes: Route<ApiContext>[] = [
     "Verify the image store's backup chunks: read all of them or a sample, re-hash each, mark corrupt or missing ones so the next backup uploads them again (async; the job result has the counts, the damaged chunks and the affected snapshots)",
     { body: VerifyOptionsSchema, async: true },
     async (c, p) =>
-      accepted(await c.strata.verify.start(id(p), parse(VerifyOptionsSchema, c.body ?? {}, ''))),
+      accepted(
+        await c.strata.verify.start(
+          id(p),
+          parse(VerifyOptionsSchema, c.body === undefined ? {} : c.body, ''),
+        ),
+      ),
   ),
 
   route(
@@ -194,7 +227,8 @@ export const routes: Route<ApiContext>[] = [
     '/sweeps',
     'Find (dryRun) or remove what nothing owns on the stores: objects no row records, abandoned uploads, unheld chunks, stale claims (async; the job result lists the findings)',
     { body: SweepOptionsSchema, async: true, admin: true },
-    async (c) => accepted(await c.strata.sweep.start(parse(SweepOptionsSchema, c.body ?? {}, ''))),
+    async (c) =>
+      accepted(await c.strata.sweep.start(parse(SweepOptionsSchema, c.body === undefined ? {} : c.body, ''))),
   ),
 
   route(

@@ -98,6 +98,11 @@ export class LocalSsm {
     await this.endpoint?.close();
   }
 
+  /** How many commands were sent so far (tests that check a request sent none). */
+  get commandCount(): number {
+    return this.commands.size;
+  }
+
   /** Waits for every invocation of a command to end (tests, association runs). */
   async waitFor(commandId: string): Promise<Invocation[]> {
     const command = this.commands.get(commandId);
