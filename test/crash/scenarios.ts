@@ -442,6 +442,22 @@ export const scenarios: Scenario<Record<string, string>>[] = [
     request: (p) => ({ method: 'POST', route: `/hosts/${p.hostId}/probe` }),
   },
   {
+    flow: FlowName.BackupVerify,
+    name: 'every chunk of the image store',
+    prepare: async (t) => {
+      const w = await makeWorld(t);
+      const volumeId = await filledVolume(t, 'to-verify');
+      await must(t, 'a backed-up snapshot', {
+        method: 'POST',
+        route: `/volumes/${volumeId}/snapshots`,
+        body: { name: 'verified', backup: true },
+      });
+      const images = (await t.call('GET', '/stores?role=image')).body.items as { id: string }[];
+      return { storeId: images.find((s) => s.id !== w.secondImageStoreId)!.id };
+    },
+    request: (p) => ({ method: 'POST', route: `/stores/${p.storeId}/verify`, body: {} }),
+  },
+  {
     flow: FlowName.OrphanSweep,
     name: FlowName.OrphanSweep,
     prepare: async () => ({}),
