@@ -61,6 +61,7 @@ function epoch(date: Date | undefined): number | undefined {
 
 export class LocalSsm {
   private readonly commands = new Map<string, Command>();
+  private readonly sendListeners = new Set<(parameters: Record<string, string>) => Promise<void> | void>();
   private readonly documents: Map<string, LocalDocument>;
   private readonly hosts: Map<string, LocalHost>;
   private endpoint?: LocalEndpoint;
@@ -101,6 +102,23 @@ export class LocalSsm {
   /** How many commands were sent so far (tests that check a request sent none). */
   get commandCount(): number {
     return this.commands.size;
+  }
+
+  /**
+   * The parameters of every command sent so far, in order (tests that search them, e.g. for
+   * grants that outlive their step). A copy: changing it changes nothing here.
+   */
+  sentParameters(): Record<string, string>[] {
+    return [...this.commands.values()].map((c) => ({ ...c.parameters }));
+  }
+
+  /**
+   * Calls `listener` with each SendCommand's parameters before the command reaches a host (tests
+   * that must see what a command points at while it still exists). Returns a remover.
+   */
+  onSend(listener: (parameters: Record<string, string>) => Promise<void> | void): () => void {
+    this.sendListeners.add(listener);
+    return () => this.sendListeners.delete(listener);
   }
 
   /** Waits for every invocation of a command to end (tests, association runs). */
@@ -191,6 +209,7 @@ export class LocalSsm {
       targets.push(host);
     }
     const parameters = this.parameters(document, (input.Parameters as Record<string, unknown>) ?? {});
+    for (const listener of this.sendListeners) await listener({ ...parameters });
     const deliveryTimeout = Number(input.TimeoutSeconds ?? 3600);
     const bucket = typeof input.OutputS3BucketName === 'string' ? input.OutputS3BucketName : undefined;
     const prefix = typeof input.OutputS3KeyPrefix === 'string' ? input.OutputS3KeyPrefix : '';
