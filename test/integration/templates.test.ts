@@ -304,7 +304,7 @@ describe('upload from the operator machine through the CLI', () => {
             return true;
           },
         } as never,
-        env: { STRATA_API_URL: t.url },
+        env: { STRATA_API_URL: t.url, STRATA_API_TOKEN: t.stack.apiTokens.operator },
       },
     );
     expect({ code, err }).toEqual({ code: 0, err: expect.any(String) });
