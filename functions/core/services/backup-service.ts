@@ -1,7 +1,8 @@
 /**
  * Backup of snapshots to the image store, restore from backups, and removal of backups
  * (docs/backup-format.md). The snapshot-backup flow runs three steps — scan, upload, commit — with
- * a compensation; restores run inside volume-create; removal runs inside snapshot delete.
+ * a compensation; restores run inside volume-create (backup-restore.ts); removal runs inside snapshot
+ * delete. The image-store objects are reached through backup-store.ts.
  *
  * Image-store layout, relative to the store's prefix:
  * - `backups/chunks/<ab>/<sha256>`: one object per distinct chunk, shared by every backup in the store;
@@ -17,25 +18,18 @@
  *   one a verify job (backup-verify.ts) found corrupt or missing is uploaded again.
  */
 import { createHash } from 'node:crypto';
-import { Readable } from 'node:stream';
 import {
-  type BackupManifest,
   buildManifest,
   chunkExtent,
-  chunkObjectKey,
   DEFAULT_CHUNK_SIZE_BYTES,
-  parseManifest,
 } from '../../../drivers/sdk/backup-manifest.js';
 import type { ProviderRegistry } from '../../../drivers/sdk/registry.js';
 import {
   type BackupCapableDriver,
   type ChunkBackupCounters,
-  type DataObjectRef,
   type DataStoreDriver,
   type DriverContext,
-  type ImageStoreDriver,
   isBackupCapable,
-  isImageStoreDriver,
 } from '../../../drivers/sdk/types.js';
 import { ConflictError, UnavailableError, UnprocessableError } from '../errors.js';
 import { hostGrantSeconds } from '../grants.js';
@@ -46,13 +40,24 @@ import { allPages } from '../paging.js';
 import { forEachLimit } from '../pool.js';
 import type { Repository, WorkflowPort } from '../ports.js';
 import { FlowName } from '../ports.js';
-import { objectInStoreMachine, snapshotMachine, volumeMachine } from '../state-machines.js';
+import { objectInStoreMachine, snapshotMachine } from '../state-machines.js';
+import { BackupRestore } from './backup-restore.js';
+import {
+  BackupStore,
+  blob,
+  chunkKey,
+  distinct,
+  type ImageStore,
+  LEASE_SECONDS,
+  manifestKey,
+  PRESIGN_CONCURRENCY,
+  planKey,
+} from './backup-store.js';
 import { type DriverContextOptions, toStoreInfo } from './datastore-service.js';
 import { causeMessage, type JobService, type WorkflowFailure } from './job-service.js';
 import { volumeObject } from './volume-service.js';
 
-const LEASE_SECONDS = 60 * 60;
-const PRESIGN_CONCURRENCY = 16;
+export { manifestKey } from './backup-store.js';
 
 export interface BackupDeps {
   repo: Repository;
@@ -89,29 +94,6 @@ export interface UploadFigures {
   bytesUploaded: number;
 }
 
-type ImageStore = { store: DataStore; driver: ImageStoreDriver };
-
-export function manifestKey(volumeId: string, snapshotId: string): string {
-  return `backups/manifests/${volumeId}/${snapshotId}.json`;
-}
-
-function chunkKey(sha256: string): string {
-  return chunkObjectKey('backups/chunks', sha256);
-}
-
-function planKey(jobId: string, name: string): string {
-  return `backups/plans/${jobId}/${name}.json`;
-}
-
-function blob(path: string): DataObjectRef {
-  const id =
-    path
-      .split('/')
-      .pop()
-      ?.replace(/\.json$/, '') ?? 'object';
-  return { kind: 'snapshot', id, format: 'raw', path };
-}
-
 /** The driver's view of a snapshot's layer on its pool. */
 function layer(pool: DataStore, volume: Volume, snapshot: Snapshot, copy: SnapshotInStore) {
   return {
@@ -121,12 +103,15 @@ function layer(pool: DataStore, volume: Volume, snapshot: Snapshot, copy: Snapsh
   };
 }
 
-function distinct(chunks: Array<string | null>): string[] {
-  return [...new Set(chunks.filter((c): c is string => c !== null))];
-}
-
 export class BackupService {
-  constructor(private readonly deps: BackupDeps) {}
+  /** The image-store side: where backups live, reading and writing their objects. */
+  readonly store: BackupStore;
+  private readonly restores: BackupRestore;
+
+  constructor(private readonly deps: BackupDeps) {
+    this.store = new BackupStore(deps);
+    this.restores = new BackupRestore(deps, this.store);
+  }
 
   private get repo(): Repository {
     return this.deps.repo;
@@ -192,7 +177,7 @@ export class BackupService {
     }
     const volume = await this.repo.require({ type: 'Volume', id: snapshot.volumeId });
     await this.primaryCopy(snapshot, volume);
-    const image = await this.zoneImageStore(volume.zoneId, 'snapshotId');
+    const image = await this.store.zoneImageStore(volume.zoneId, 'snapshotId');
     const leased = await this.repo.transition({
       key: { type: 'Snapshot', id: snapshotId },
       machine: snapshotMachine,
@@ -279,7 +264,7 @@ export class BackupService {
       counters: scan.counters,
     };
     // The plan is written before pinning, so a compensation always knows what to release.
-    await this.writeJson(image, planKey(input.jobId, 'scan'), plan, ctx);
+    await this.store.writeJson(image, planKey(input.jobId, 'scan'), plan, ctx);
     const pinned = await this.repo.chunks.pin(image.store.id, distinct(scan.chunks), snapshot.id);
     const where = new Map(scan.computed.map((c) => [c.sha256, c.index]));
     for (let i = 0; i < scan.chunks.length; i++) {
@@ -318,7 +303,7 @@ export class BackupService {
         first: lost[0]?.sha256,
       });
     }
-    await this.writeJson(image, planKey(input.jobId, 'scan'), plan, ctx);
+    await this.store.writeJson(image, planKey(input.jobId, 'scan'), plan, ctx);
     await this.deps.jobs.progress(input.jobId, 40, {
       phase: 'scanned',
       incremental: plan.incremental,
@@ -384,7 +369,7 @@ export class BackupService {
       });
       uploads[i] = { ...u, url };
     });
-    const uploadsUrl = await this.writeJson(image, planKey(input.jobId, 'uploads'), uploads, ctx, true);
+    const uploadsUrl = await this.store.writeJson(image, planKey(input.jobId, 'uploads'), uploads, ctx, true);
     const { id: hostId } = await this.deps.selectHost([pool.id]);
     const result = await driver.uploadSnapshotChunks({
       ...layer(pool, volume, snapshot, copy),
@@ -410,9 +395,9 @@ export class BackupService {
   async commitBackup(input: Step & { upload: UploadFigures }): Promise<Record<string, unknown>> {
     const snapshot = await this.repo.require({ type: 'Snapshot', id: input.snapshotId });
     const volume = await this.repo.require({ type: 'Volume', id: snapshot.volumeId });
-    const image = await this.imageCopy(snapshot.id);
+    const image = await this.store.imageCopy(snapshot.id);
     if (!image) throw new ConflictError(`snapshot ${snapshot.id} has no backup in progress`);
-    const store = await this.imageStore(image.storeId);
+    const store = await this.store.imageStore(image.storeId);
     const ctx = this.deps.driverContext(input.jobId);
     if (snapshot.status === S.BackingUp && snapshot.lease?.owner !== input.jobId) {
       throw new ConflictError(`snapshot ${snapshot.id} is backed up by another job`, {
@@ -421,7 +406,7 @@ export class BackupService {
     }
     if (image.status === O.Ready && snapshot.status === S.BackedUp) {
       // An earlier run committed it and died while removing its plans or before ending the job.
-      await this.removePlans(store, input.jobId, ctx);
+      await this.store.removePlans(store, input.jobId, ctx);
       const done = {
         snapshotId: snapshot.id,
         volumeId: volume.id,
@@ -442,7 +427,7 @@ export class BackupService {
     });
     const text = JSON.stringify(manifest);
     const path = manifestKey(volume.id, snapshot.id);
-    await this.writeJson(store, path, manifest, ctx);
+    await this.store.writeJson(store, path, manifest, ctx);
     const uploaded = new Set((plan.toUpload ?? []).map((u) => u.sha256));
     const nonZero = manifest.chunks.filter((c): c is string => c !== null);
     const figures = {
@@ -470,7 +455,7 @@ export class BackupService {
         leaseOwner: input.jobId,
         changes: {
           path,
-          sizeBytes: this.logicalBytes(manifest),
+          sizeBytes: this.store.logicalBytes(manifest),
           virtualSizeBytes: manifest.virtualSizeBytes,
           chunkSizeBytes: manifest.chunkSizeBytes,
           checksum: `{sha256}${createHash('sha256').update(text).digest('hex')}`,
@@ -487,7 +472,7 @@ export class BackupService {
         leaseOwner: input.jobId,
       });
     }
-    await this.removePlans(store, input.jobId, ctx);
+    await this.store.removePlans(store, input.jobId, ctx);
     await this.deps.jobs.succeed(input.jobId, figures);
     return figures;
   }
@@ -500,27 +485,30 @@ export class BackupService {
     const reason = causeMessage(input.error);
     const snapshot = await this.repo.get({ type: 'Snapshot', id: input.snapshotId });
     const holding = snapshot?.status === S.BackingUp && snapshot.lease?.owner === input.jobId;
-    const copy = snapshot ? await this.imageCopy(snapshot.id) : undefined;
+    const copy = snapshot ? await this.store.imageCopy(snapshot.id) : undefined;
     // This job's unfinished image copy (never a Ready one, nor another job's).
     const ours =
       copy && copy.status !== O.Ready && (copy.lease?.owner === input.jobId || (holding && !copy.lease));
     if (snapshot && copy && ours) {
-      const store = await this.imageStore(copy.storeId);
+      const store = await this.store.imageStore(copy.storeId);
       const ctx = this.deps.driverContext(input.jobId);
       const plan = await this.readPlan(store, input.jobId, ctx).catch(() => undefined);
       // The manifest first: once it is gone nothing can point at the chunks released next.
-      await this.deleteObject(store, copy.path ?? manifestKey(snapshot.volumeId, snapshot.id), ctx);
+      await this.store.deleteObject(store, copy.path ?? manifestKey(snapshot.volumeId, snapshot.id), ctx);
       if (plan) {
         await this.repo.chunks.release(store.store.id, distinct(plan.chunks), snapshot.id, {
           collect: false,
         });
       }
-      await this.removePlans(store, input.jobId, ctx);
+      await this.store.removePlans(store, input.jobId, ctx);
       await this.repo.delete({ type: 'SnapshotInStore', id: snapshot.id, storeId: copy.storeId });
     } else if (snapshot) {
       // No copy of this job's left, but its working lists may be (they are named by the job).
       await this.plansStoreOf(snapshot, copy)
-        .then((store) => store && this.removePlans(store, input.jobId, this.deps.driverContext(input.jobId)))
+        .then(
+          (store) =>
+            store && this.store.removePlans(store, input.jobId, this.deps.driverContext(input.jobId)),
+        )
         .catch(() => undefined);
     }
     if (snapshot && holding) await this.backToPrimary(snapshot.id, input.jobId, `backup failed: ${reason}`);
@@ -538,10 +526,10 @@ export class BackupService {
     copy: SnapshotInStore,
     owner: string,
   ): Promise<{ chunksDeleted: number }> {
-    const store = await this.imageStore(copy.storeId);
+    const store = await this.store.imageStore(copy.storeId);
     const ctx = this.deps.driverContext(owner);
     const path = copy.path ?? manifestKey(snapshot.volumeId, snapshot.id);
-    const manifest = await this.readManifest(store, path, ctx).catch((e: unknown) => {
+    const manifest = await this.store.readManifest(store, path, ctx).catch((e: unknown) => {
       if ((e as { code?: string }).code === 'ObjectNotFound' || /not found/i.test((e as Error).message))
         return undefined;
       throw e;
@@ -557,175 +545,23 @@ export class BackupService {
         },
       );
       await forEachLimit(collectable, PRESIGN_CONCURRENCY, async (sha) => {
-        await this.deleteObject(store, chunkKey(sha), ctx);
+        await this.store.deleteObject(store, chunkKey(sha), ctx);
       });
       await this.repo.chunks.forget(store.store.id, collectable);
       chunksDeleted = collectable.length;
     }
-    await this.deleteObject(store, path, ctx);
+    await this.store.deleteObject(store, path, ctx);
     return { chunksDeleted };
   }
 
   /** The image copy a restore would read, or why it cannot (for volume placement). */
-  async restorableBackup(snapshotId: string): Promise<SnapshotInStore | undefined> {
-    const copy = await this.imageCopy(snapshotId);
-    return copy?.status === O.Ready ? copy : undefined;
+  restorableBackup(snapshotId: string): Promise<SnapshotInStore | undefined> {
+    return this.store.restorableBackup(snapshotId);
   }
 
-  /**
-   * Restores a snapshot into a new volume on `pool` (volume-create). Prefers a copy from the
-   * snapshot's layer on primary storage when one host mounts both stores; otherwise fetches the
-   * backup's chunks, verifying each one's hash on the host.
-   */
-  async restoreInto(input: {
-    jobId: string;
-    snapshotId: string;
-    volume: Volume;
-    pool: DataStore;
-    from?: 'auto' | 'primary' | 'backup';
-  }): Promise<{ path: string; via: 'primary' | 'backup' }> {
-    const snapshot = await this.repo.require({ type: 'Snapshot', id: input.snapshotId });
-    const ctx = this.deps.driverContext(input.jobId, { progressRange: [10, 95] });
-    const from = input.from ?? 'auto';
-    if (from !== 'backup') {
-      const fromPrimary = await this.tryRestoreFromPrimary(snapshot, input, ctx);
-      if (fromPrimary) return { path: fromPrimary, via: 'primary' };
-      if (from === 'primary') {
-        throw new UnprocessableError(
-          `no host reaches both the store of snapshot ${snapshot.id}'s layer and ${input.pool.id}`,
-          { field: 'restoreFrom' },
-        );
-      }
-    }
-    const copy = await this.restorableBackup(snapshot.id);
-    if (!copy) {
-      throw new UnprocessableError(
-        `snapshot ${snapshot.id} has no backup, and no host reaches both its store and ${input.pool.id}`,
-        { field: 'fromSnapshotId' },
-      );
-    }
-    const driver = this.deps.registry.get(input.pool.provider).driver;
-    if (!isBackupCapable(driver)) {
-      throw new UnprocessableError(`store ${input.pool.id} cannot restore backups`, { field: 'storeId' });
-    }
-    const store = await this.imageStore(copy.storeId);
-    const manifest = await this.readManifest(store, copy.path ?? '', ctx);
-    const hashes = distinct(manifest.chunks);
-    // Held while the host fetches, so deleting the backup meanwhile cannot collect them.
-    const { unstored } = await this.repo.chunks.pin(store.store.id, hashes, input.jobId);
-    try {
-      if (unstored.length > 0) {
-        throw new ConflictError(
-          `backup of ${snapshot.id} names ${unstored.length} chunks the store does not hold (missing, or found corrupt by a verify job; the next backup of a snapshot with the same data stores them again)`,
-        );
-      }
-      const urls = new Map<string, string>();
-      // One host step fetches them all: each grant covers the restored bytes (grants.ts).
-      const expiresSeconds = hostGrantSeconds(this.logicalBytes(manifest));
-      await forEachLimit(hashes, PRESIGN_CONCURRENCY, async (sha) => {
-        // Pinned and stored (checked just above): no HEAD per chunk.
-        const { url } = await store.driver.presignGet({
-          store: toStoreInfo(store.store),
-          object: blob(chunkKey(sha)),
-          ctx,
-          expiresSeconds,
-          knownToExist: true,
-        });
-        urls.set(sha, url);
-      });
-      const list = manifest.chunks.map((sha, index) =>
-        sha ? { index, sha256: sha, url: urls.get(sha) } : null,
-      );
-      const chunksUrl = await this.writeJson(store, planKey(input.jobId, 'restore'), list, ctx, true);
-      const { id: hostId } = await this.deps.selectHost([input.pool.id]);
-      const result = await driver.restoreChunks({
-        store: toStoreInfo(input.pool),
-        object: { kind: 'volume', id: input.volume.id, format: 'qcow2' },
-        virtualSizeBytes: manifest.virtualSizeBytes,
-        chunkSizeBytes: manifest.chunkSizeBytes,
-        chunksUrl: chunksUrl ?? '',
-        count: list.length,
-        ctx,
-        hostId,
-      });
-      await this.deps.jobs.progress(input.jobId, 95, {
-        phase: 'restored',
-        chunksFetched: result.chunksFetched,
-        bytesDownloaded: result.bytesDownloaded,
-        zeroChunks: result.zeroChunks,
-      });
-      await this.finishRestore(store, hashes, input.jobId, ctx);
-      return { path: result.path, via: 'backup' };
-    } catch (e) {
-      // (A step that suspends while the host still restores never gets here: the holds and the
-      // list stay for the run that picks the command up again.)
-      await this.finishRestore(store, hashes, input.jobId, ctx);
-      throw e;
-    }
-  }
-
-  private async finishRestore(store: ImageStore, hashes: string[], jobId: string, ctx: DriverContext) {
-    await this.repo.chunks.release(store.store.id, hashes, jobId, { collect: false });
-    await this.removePlans(store, jobId, ctx).catch(() => undefined);
-  }
-
-  private async tryRestoreFromPrimary(
-    snapshot: Snapshot,
-    input: { jobId: string; volume: Volume; pool: DataStore },
-    ctx: DriverContext,
-  ): Promise<string | undefined> {
-    const copies = await this.repo.listCopies('SnapshotInStore', snapshot.id);
-    const primary = copies.find((c) => c.storeRole !== 'image' && c.status === O.Ready && c.path);
-    if (!primary) return undefined;
-    const source = await this.repo.get({ type: 'DataStore', id: primary.storeId });
-    if (source?.role !== 'primary') return undefined;
-    const driver = this.deps.registry.get(input.pool.provider).driver;
-    const dst = {
-      store: toStoreInfo(input.pool),
-      object: { kind: 'volume' as const, id: input.volume.id, format: 'qcow2' as const },
-    };
-    const src = {
-      store: toStoreInfo(source),
-      object: { kind: 'snapshot' as const, id: snapshot.id, format: 'qcow2' as const, path: primary.path },
-    };
-    if (!driver.canCopy(src, dst)) return undefined;
-    const host = await this.deps.selectHost([source.id, input.pool.id]).catch(() => undefined);
-    if (!host) return undefined;
-    // The layer must not be merged away while it is read: hold its volume like a snapshot does.
-    const owner = input.jobId;
-    const origin = await this.repo.require({ type: 'Volume', id: snapshot.volumeId });
-    const resumed = origin.status === V.Snapshotting && origin.lease?.owner === owner;
-    if (origin.status !== V.Ready && !resumed) {
-      throw new UnavailableError(`volume ${origin.id} is ${origin.status}; the restore will retry`, {
-        state: origin.status,
-      });
-    }
-    if (!resumed) {
-      await this.repo.transition({
-        key: { type: 'Volume', id: origin.id },
-        machine: volumeMachine,
-        from: V.Ready,
-        to: V.Snapshotting,
-        expectedVersion: origin.version,
-        lease: { owner, ttlSeconds: LEASE_SECONDS },
-      });
-    }
-    // A step that suspends while the host still copies never reaches the finally: the volume stays
-    // held for the run that picks the copy up again.
-    try {
-      const result = await driver.copyAsync({ src, dst, ctx, hostId: host.id });
-      return result.path;
-    } finally {
-      await this.repo
-        .transition({
-          key: { type: 'Volume', id: origin.id },
-          machine: volumeMachine,
-          from: V.Snapshotting,
-          to: V.Ready,
-          leaseOwner: owner,
-        })
-        .catch(() => undefined);
-    }
+  /** Restores a snapshot into a new volume on `pool` (volume-create): see {@link BackupRestore}. */
+  restoreInto(input: Parameters<BackupRestore['restoreInto']>[0]): ReturnType<BackupRestore['restoreInto']> {
+    return this.restores.restoreInto(input);
   }
 
   // ---------------------------------------------------------------- helpers
@@ -757,7 +593,7 @@ export class BackupService {
     return {
       snapshot,
       volume,
-      image: await this.imageStore(imageRow.storeId),
+      image: await this.store.imageStore(imageRow.storeId),
       copy,
       ...(await this.backupPool(copy)),
     };
@@ -810,31 +646,6 @@ export class BackupService {
     }
     return undefined;
   }
-
-  private async imageCopy(snapshotId: string): Promise<SnapshotInStore | undefined> {
-    return (await this.repo.listCopies('SnapshotInStore', snapshotId)).find((c) => c.storeRole === 'image');
-  }
-
-  private async imageStore(storeId: string): Promise<ImageStore> {
-    const store = await this.repo.require({ type: 'DataStore', id: storeId });
-    const driver = this.deps.registry.get(store.provider).driver;
-    if (!isImageStoreDriver(driver)) throw new UnprocessableError(`store ${storeId} is not an image store`);
-    return { store, driver };
-  }
-
-  private async zoneImageStore(zoneId: string, field: string): Promise<ImageStore> {
-    const images = await allPages((cursor) =>
-      this.repo.list('DataStore', {
-        cursor,
-        filter: { role: 'image', status: 'Up', 'scope.zoneId': zoneId },
-      }),
-    );
-    const store = images.find((s) => isImageStoreDriver(this.deps.registry.get(s.provider).driver));
-    if (!store)
-      throw new UnprocessableError(`zone ${zoneId} has no image store that is Up to back up to`, { field });
-    return { store, driver: this.deps.registry.get(store.provider).driver as ImageStoreDriver };
-  }
-
   private async backToPrimary(snapshotId: string, owner: string, reason: string): Promise<void> {
     await this.repo
       .transition({
@@ -850,73 +661,13 @@ export class BackupService {
       });
   }
 
-  /** Bytes of the non-zero chunks a manifest names (its logical size in the store). */
-  private logicalBytes(m: BackupManifest): number {
-    let total = 0;
-    for (let i = 0; i < m.chunks.length; i++) {
-      if (m.chunks[i] !== null) total += chunkExtent(i, m.virtualSizeBytes, m.chunkSizeBytes).length;
-    }
-    return total;
-  }
-
-  /** Writes JSON to the image store; with `presign`, returns a presigned GET of it. */
-  private async writeJson(
-    image: ImageStore,
-    path: string,
-    value: unknown,
-    ctx: DriverContext,
-    presign = false,
-  ): Promise<string | undefined> {
-    const body = Buffer.from(JSON.stringify(value));
-    const store = toStoreInfo(image.store);
-    // A plan or manifest is not the job's payload: its upload must not move the job's progress.
-    await image.driver.writeStream({
-      store,
-      object: blob(path),
-      ctx: { ...ctx, progress: async () => undefined },
-      body: Readable.from([body]),
-      contentLength: body.length,
-    });
-    if (!presign) return undefined;
-    // A plan the host reads when its step starts: the base lifetime only (grants.ts).
-    return (
-      await image.driver.presignGet({ store, object: blob(path), ctx, expiresSeconds: hostGrantSeconds() })
-    ).url;
-  }
-
-  private async readText(image: ImageStore, path: string, ctx: DriverContext): Promise<string> {
-    const { body } = await image.driver.readStream({
-      store: toStoreInfo(image.store),
-      object: blob(path),
-      ctx,
-    });
-    const parts: Buffer[] = [];
-    for await (const part of body) parts.push(Buffer.from(part as Buffer));
-    return Buffer.concat(parts).toString('utf8');
-  }
-
   private async readPlan(image: ImageStore, jobId: string, ctx: DriverContext): Promise<ScanPlan> {
-    return JSON.parse(await this.readText(image, planKey(jobId, 'scan'), ctx)) as ScanPlan;
+    return JSON.parse(await this.store.readText(image, planKey(jobId, 'scan'), ctx)) as ScanPlan;
   }
-
-  private async readManifest(image: ImageStore, path: string, ctx: DriverContext): Promise<BackupManifest> {
-    return parseManifest(await this.readText(image, path, ctx));
-  }
-
-  private async deleteObject(image: ImageStore, path: string, ctx: DriverContext): Promise<void> {
-    await image.driver.deleteAsync({ store: toStoreInfo(image.store), object: blob(path), ctx });
-  }
-
   /** The image store a job backing `snapshot` up keeps its plans on: its copy's, or the zone's. */
   private async plansStoreOf(snapshot: Snapshot, copy?: SnapshotInStore): Promise<ImageStore | undefined> {
-    if (copy) return this.imageStore(copy.storeId);
+    if (copy) return this.store.imageStore(copy.storeId);
     const volume = await this.repo.get({ type: 'Volume', id: snapshot.volumeId });
-    return volume ? this.zoneImageStore(volume.zoneId, 'snapshotId') : undefined;
-  }
-
-  private async removePlans(image: ImageStore, jobId: string, ctx: DriverContext): Promise<void> {
-    for (const name of ['scan', 'uploads', 'restore']) {
-      await this.deleteObject(image, planKey(jobId, name), ctx).catch(() => undefined);
-    }
+    return volume ? this.store.zoneImageStore(volume.zoneId, 'snapshotId') : undefined;
   }
 }

@@ -1,0 +1,252 @@
+/**
+ * Chunk transfers between a host and the image store, over presigned URLs only: PUTs that carry
+ * each chunk's SHA-256, GETs held to the chunk's length, small JSON documents (manifests, lists),
+ * and the retry rules they share (network errors, 429 and 5xx retried with backoff).
+ */
+
+import { z } from 'zod';
+import { Sha256HexSchema, sha256Base64 } from '../sdk/backup-manifest.js';
+import { DriverError, DriverInputError, DriverUnavailableError, ObjectNotFoundError } from '../sdk/errors.js';
+import type { HostOperationContext } from '../sdk/types.js';
+import { assertHttpUrl, ChecksumMismatchError } from './download.js';
+import { redact } from './transfer.js';
+
+/** Chunks in flight at once, for reads, uploads and downloads alike. */
+export const BACKUP_CONCURRENCY = 4;
+export const MAX_ATTEMPTS = 4;
+export const BACKOFF_MS = 200;
+export const SizeSchema = z.number().int().positive().max(Number.MAX_SAFE_INTEGER);
+export const ImageFormatSchema = z.enum(['qcow2', 'raw']);
+export const UrlSchema = z.string().min(1).max(8192);
+/** Largest JSON document (manifest or chunk list) fetched from a presigned URL. */
+export const MAX_JSON_BYTES = 256 * 1024 * 1024;
+export const MAX_UPLOADS = 1_000_000;
+
+export const ChunkUrlSchema = z
+  .object({ index: z.number().int().nonnegative(), sha256: Sha256HexSchema, url: UrlSchema })
+  .strict();
+/** What `uploadsUrl` serves: one presigned PUT per chunk to upload. */
+export const UploadListSchema = z.array(ChunkUrlSchema).max(MAX_UPLOADS);
+/** What `chunksUrl` serves: one entry per chunk index, `null` for a zero chunk. */
+export const RestoreListSchema = z.array(ChunkUrlSchema.nullable());
+export const CountSchema = z.number().int().nonnegative().max(Number.MAX_SAFE_INTEGER);
+
+// ---------------------------------------------------------------------------------------------
+// Image store transfers
+
+/**
+ * PUTs one chunk with its SHA-256 in `x-amz-checksum-sha256` (the grant signs that header, and the
+ * store refuses a body that does not hash to it with 400 BadDigest), so a chunk torn or altered on
+ * the way is never stored under its hash.
+ */
+export async function putChunk(
+  url: string,
+  bytes: Buffer,
+  sha256: string,
+  index: number,
+  timeoutMs: number,
+  signal: AbortSignal,
+): Promise<void> {
+  const where = redact(url);
+  await withRetry(signal, async () => {
+    const response = await fetchWithTimeout(
+      url,
+      {
+        method: 'PUT',
+        body: bytes,
+        headers: {
+          'content-length': String(bytes.byteLength),
+          'content-type': 'application/octet-stream',
+          'x-amz-checksum-sha256': sha256Base64(sha256),
+        },
+      },
+      timeoutMs,
+      signal,
+      `upload of chunk ${index} to ${where}`,
+    );
+    if (response.status === 400) {
+      const text = await response.text().catch(() => '');
+      // The bytes hashed right here, so the store saw other bytes: damaged on the way, send again.
+      if (text.includes('<Code>BadDigest</Code>')) {
+        throw new DriverUnavailableError(`chunk ${index}: ${where} refused its body as BadDigest`, {
+          context: { index, status: 400, url: where },
+        });
+      }
+      throw statusError(response.status, `chunk ${index}`, where, { index });
+    }
+    await response.body?.cancel().catch(() => undefined);
+    if (response.status !== 200 && response.status !== 204)
+      throw statusError(response.status, `chunk ${index}`, where, { index });
+  });
+}
+
+export async function getChunk(
+  url: string,
+  index: number,
+  length: number,
+  timeoutMs: number,
+  signal: AbortSignal,
+): Promise<Buffer> {
+  const where = redact(url);
+  return withRetry(signal, async () => {
+    const response = await fetchWithTimeout(
+      url,
+      {},
+      timeoutMs,
+      signal,
+      `download of chunk ${index} from ${where}`,
+    );
+    if (response.status !== 200) {
+      await response.body?.cancel().catch(() => undefined);
+      throw statusError(response.status, `chunk ${index}`, where, { index });
+    }
+    let body: Buffer;
+    try {
+      body = Buffer.from(await response.arrayBuffer());
+    } catch (error) {
+      if (signal.aborted) throw signal.reason;
+      throw new DriverUnavailableError(`download of chunk ${index} from ${where} broke off`, {
+        cause: error,
+      });
+    }
+    if (body.byteLength !== length) {
+      // A short or long body is a wrong object, not a flaky link: report it like a bad hash.
+      throw new ChecksumMismatchError(
+        `chunk ${index} from ${where} is ${body.byteLength} bytes, expected ${length}`,
+        {
+          index,
+        },
+      );
+    }
+    return body;
+  });
+}
+
+export async function fetchWithTimeout(
+  url: string,
+  init: RequestInit,
+  timeoutMs: number,
+  signal: AbortSignal,
+  what: string,
+): Promise<Response> {
+  try {
+    return await fetch(url, { ...init, signal: AbortSignal.any([signal, AbortSignal.timeout(timeoutMs)]) });
+  } catch (error) {
+    if (signal.aborted) throw signal.reason;
+    throw new DriverUnavailableError(`${what} failed: ${(error as Error).message}`, { cause: error });
+  }
+}
+
+export function statusError(
+  status: number,
+  what: string,
+  where: string,
+  extra: Record<string, unknown> = {},
+): DriverError {
+  const context = { ...extra, status, url: where };
+  if (status === 404) return new ObjectNotFoundError(`${what}: ${where} answered 404`, { context });
+  if (status === 429 || status >= 500)
+    return new DriverUnavailableError(`${what}: ${where} answered ${status}`, { context });
+  // 403 is typically an expired presigned URL: the control plane must presign again.
+  return new DriverError(`${what}: ${where} answered ${status}`, { code: 'TransferFailed', context });
+}
+
+/**
+ * GETs a JSON document (a manifest or a chunk list) from the presigned URL in argument `field`, as
+ * text, with the chunk transfers' retry rules (network errors, 429 and 5xx retried with backoff;
+ * 404 is not-found; 403 and other statuses fail as `TransferFailed`). Bodies over
+ * {@link MAX_JSON_BYTES} are refused.
+ */
+export async function fetchText(
+  url: string,
+  field: string,
+  stallTimeoutSeconds: number,
+  ctx: HostOperationContext,
+): Promise<string> {
+  try {
+    assertHttpUrl(url);
+  } catch (error) {
+    throw new DriverInputError(`${field}: ${(error as Error).message}`, { cause: error, context: { field } });
+  }
+  const what = field;
+  const where = redact(url);
+  const signal = ctx.signal;
+  return withRetry(signal, async () => {
+    const response = await fetchWithTimeout(
+      url,
+      {},
+      stallTimeoutSeconds * 1000,
+      signal,
+      `download of ${what} from ${where}`,
+    );
+    if (response.status !== 200) {
+      await response.body?.cancel().catch(() => undefined);
+      throw statusError(response.status, what, where);
+    }
+    if (!response.body) return '';
+    if (Number(response.headers.get('content-length') ?? 0) > MAX_JSON_BYTES) {
+      await response.body.cancel().catch(() => undefined);
+      throw tooLarge(what, where);
+    }
+    const parts: Buffer[] = [];
+    let received = 0;
+    try {
+      for await (const part of response.body) {
+        received += part.byteLength;
+        if (received > MAX_JSON_BYTES) throw tooLarge(what, where);
+        parts.push(Buffer.from(part));
+      }
+    } catch (error) {
+      if (error instanceof DriverError) throw error;
+      if (signal.aborted) throw signal.reason;
+      throw new DriverUnavailableError(`download of ${what} from ${where} broke off`, { cause: error });
+    }
+    return Buffer.concat(parts).toString('utf8');
+  });
+}
+
+export function tooLarge(what: string, where: string): DriverError {
+  return new DriverError(`${what} at ${where} is larger than ${MAX_JSON_BYTES} bytes`, {
+    code: 'TransferFailed',
+    context: { url: where },
+  });
+}
+
+// A JSON list at a presigned URL, checked against `schema`; any problem names `field`.
+export async function fetchList<S extends z.ZodType>(
+  url: string,
+  field: string,
+  schema: S,
+  stallTimeoutSeconds: number,
+  ctx: HostOperationContext,
+): Promise<z.infer<S>> {
+  const text = await fetchText(url, field, stallTimeoutSeconds, ctx);
+  let raw: unknown;
+  try {
+    raw = JSON.parse(text);
+  } catch {
+    throw new DriverInputError(`${field}: the list is not JSON`, { context: { field } });
+  }
+  const parsed = schema.safeParse(raw);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0];
+    throw new DriverInputError(`${field}: [${issue?.path.join('.')}] ${issue?.message ?? 'invalid list'}`, {
+      context: { field },
+    });
+  }
+  return parsed.data;
+}
+
+// Retries what is worth retrying (DriverUnavailableError) with exponential backoff.
+async function withRetry<T>(signal: AbortSignal, attempt: () => Promise<T>): Promise<T> {
+  for (let n = 1; ; n++) {
+    try {
+      return await attempt();
+    } catch (error) {
+      if (!(error instanceof DriverUnavailableError) || n >= MAX_ATTEMPTS || signal.aborted) throw error;
+      await new Promise((resolve) => setTimeout(resolve, BACKOFF_MS * 2 ** (n - 1)));
+    }
+  }
+}
+
+// The query string of a presigned URL is a bearer credential: never log or report it.

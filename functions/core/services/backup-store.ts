@@ -1,0 +1,149 @@
+import { Readable } from 'node:stream';
+import {
+  type BackupManifest,
+  chunkExtent,
+  chunkObjectKey,
+  parseManifest,
+} from '../../../drivers/sdk/backup-manifest.js';
+import {
+  type DataObjectRef,
+  type DriverContext,
+  type ImageStoreDriver,
+  isImageStoreDriver,
+} from '../../../drivers/sdk/types.js';
+import { UnprocessableError } from '../errors.js';
+import { hostGrantSeconds } from '../grants.js';
+import type { DataStore, SnapshotInStore } from '../model.js';
+import { ObjectInStoreStatus as O } from '../model.js';
+import { allPages } from '../paging.js';
+import type { Repository } from '../ports.js';
+import type { BackupDeps } from './backup-service.js';
+import { toStoreInfo } from './datastore-service.js';
+
+export const LEASE_SECONDS = 60 * 60;
+export const PRESIGN_CONCURRENCY = 16;
+
+export type ImageStore = { store: DataStore; driver: ImageStoreDriver };
+
+export function manifestKey(volumeId: string, snapshotId: string): string {
+  return `backups/manifests/${volumeId}/${snapshotId}.json`;
+}
+
+export function chunkKey(sha256: string): string {
+  return chunkObjectKey('backups/chunks', sha256);
+}
+
+export function planKey(jobId: string, name: string): string {
+  return `backups/plans/${jobId}/${name}.json`;
+}
+
+export function blob(path: string): DataObjectRef {
+  const id =
+    path
+      .split('/')
+      .pop()
+      ?.replace(/\.json$/, '') ?? 'object';
+  return { kind: 'snapshot', id, format: 'raw', path };
+}
+
+export function distinct(chunks: Array<string | null>): string[] {
+  return [...new Set(chunks.filter((c): c is string => c !== null))];
+}
+
+/** Finds a backup's image store and reads and writes the objects of backups in it. */
+export class BackupStore {
+  constructor(private readonly deps: Pick<BackupDeps, 'repo' | 'registry'>) {}
+
+  private get repo(): Repository {
+    return this.deps.repo;
+  }
+
+  /** The image copy a restore would read, or why it cannot (for volume placement). */
+  async restorableBackup(snapshotId: string): Promise<SnapshotInStore | undefined> {
+    const copy = await this.imageCopy(snapshotId);
+    return copy?.status === O.Ready ? copy : undefined;
+  }
+
+  async imageCopy(snapshotId: string): Promise<SnapshotInStore | undefined> {
+    return (await this.repo.listCopies('SnapshotInStore', snapshotId)).find((c) => c.storeRole === 'image');
+  }
+
+  async imageStore(storeId: string): Promise<ImageStore> {
+    const store = await this.repo.require({ type: 'DataStore', id: storeId });
+    const driver = this.deps.registry.get(store.provider).driver;
+    if (!isImageStoreDriver(driver)) throw new UnprocessableError(`store ${storeId} is not an image store`);
+    return { store, driver };
+  }
+
+  async zoneImageStore(zoneId: string, field: string): Promise<ImageStore> {
+    const images = await allPages((cursor) =>
+      this.repo.list('DataStore', {
+        cursor,
+        filter: { role: 'image', status: 'Up', 'scope.zoneId': zoneId },
+      }),
+    );
+    const store = images.find((s) => isImageStoreDriver(this.deps.registry.get(s.provider).driver));
+    if (!store)
+      throw new UnprocessableError(`zone ${zoneId} has no image store that is Up to back up to`, { field });
+    return { store, driver: this.deps.registry.get(store.provider).driver as ImageStoreDriver };
+  }
+
+  /** Bytes of the non-zero chunks a manifest names (its logical size in the store). */
+  logicalBytes(m: BackupManifest): number {
+    let total = 0;
+    for (let i = 0; i < m.chunks.length; i++) {
+      if (m.chunks[i] !== null) total += chunkExtent(i, m.virtualSizeBytes, m.chunkSizeBytes).length;
+    }
+    return total;
+  }
+
+  /** Writes JSON to the image store; with `presign`, returns a presigned GET of it. */
+  async writeJson(
+    image: ImageStore,
+    path: string,
+    value: unknown,
+    ctx: DriverContext,
+    presign = false,
+  ): Promise<string | undefined> {
+    const body = Buffer.from(JSON.stringify(value));
+    const store = toStoreInfo(image.store);
+    // A plan or manifest is not the job's payload: its upload must not move the job's progress.
+    await image.driver.writeStream({
+      store,
+      object: blob(path),
+      ctx: { ...ctx, progress: async () => undefined },
+      body: Readable.from([body]),
+      contentLength: body.length,
+    });
+    if (!presign) return undefined;
+    // A plan the host reads when its step starts: the base lifetime only (grants.ts).
+    return (
+      await image.driver.presignGet({ store, object: blob(path), ctx, expiresSeconds: hostGrantSeconds() })
+    ).url;
+  }
+
+  async readText(image: ImageStore, path: string, ctx: DriverContext): Promise<string> {
+    const { body } = await image.driver.readStream({
+      store: toStoreInfo(image.store),
+      object: blob(path),
+      ctx,
+    });
+    const parts: Buffer[] = [];
+    for await (const part of body) parts.push(Buffer.from(part as Buffer));
+    return Buffer.concat(parts).toString('utf8');
+  }
+
+  async readManifest(image: ImageStore, path: string, ctx: DriverContext): Promise<BackupManifest> {
+    return parseManifest(await this.readText(image, path, ctx));
+  }
+
+  async deleteObject(image: ImageStore, path: string, ctx: DriverContext): Promise<void> {
+    await image.driver.deleteAsync({ store: toStoreInfo(image.store), object: blob(path), ctx });
+  }
+
+  async removePlans(image: ImageStore, jobId: string, ctx: DriverContext): Promise<void> {
+    for (const name of ['scan', 'uploads', 'restore']) {
+      await this.deleteObject(image, planKey(jobId, name), ctx).catch(() => undefined);
+    }
+  }
+}
