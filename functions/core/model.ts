@@ -232,8 +232,17 @@ export interface SnapshotInStore extends Versioned {
   status: ObjectInStoreStatus;
   /** Primary: the layer's path on the share. Image: the manifest's key, relative to the store. */
   path?: string;
-  /** Image copies: the backup it was incremental from (informational; every backup is full). */
+  /** Image copies: the backup it was incremental from (every manifest still names every chunk). */
   parentSnapshotId?: string;
+  /**
+   * Image copies written since chunk holds follow the lineage: `own` when the backup holds every
+   * chunk its manifest names, `lineage` when it holds only the chunks it computed and leaves the
+   * ones carried over from {@link SnapshotInStore.inheritsFrom} to that backup (docs/backup-format.md).
+   * Absent on copies from before; a backup on such a parent pins every chunk, as backups did then.
+   */
+  chunkHolds?: 'own' | 'lineage';
+  /** With `chunkHolds: lineage`: the backup whose holds (or whose ancestors' holds) cover the carried chunks. */
+  inheritsFrom?: string;
   /** Primary: the layer's bytes. Image: the bytes of non-zero chunks the manifest names. */
   sizeBytes?: number;
   virtualSizeBytes?: number;

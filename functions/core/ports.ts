@@ -274,6 +274,12 @@ export interface ChunkIndex {
   claimUnindexed(storeId: string, hash: string): Promise<boolean>;
   /** Takes over a collector's claim made at `claimedAt` (it died); false when the claim moved. */
   reclaim(storeId: string, hash: string, claimedAt: string): Promise<boolean>;
+  /**
+   * When a verify job last marked a chunk of the store corrupt or missing (ISO), if ever. Recorded
+   * before the chunk's own mark. An incremental backup whose parent began before it pins every chunk
+   * (and so finds the damaged ones) instead of inheriting the parent's holds unchecked.
+   */
+  lastDamageAt(storeId: string): Promise<string | undefined>;
   /** The holders of one chunk (diagnostics and tests). */
   holders(storeId: string, hash: string): Promise<{ holders: string[]; stored: boolean } | undefined>;
 }

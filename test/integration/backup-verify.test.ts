@@ -189,6 +189,16 @@ describe('verified backup chunks', () => {
         UpdateExpression: 'REMOVE isVerified, storedAt',
       }),
     );
+    // And the backup it is carried over from as written then, before holds followed the lineage
+    // (no chunkHolds): the next incremental pins every chunk instead of inheriting unchecked.
+    await doc.send(
+      new UpdateCommand({
+        TableName: t.stack.tableName,
+        Key: { pk: `SNAPSHOT#${second.snapshotId}`, sk: `STORE#${image.id}` },
+        UpdateExpression: 'REMOVE chunkHolds, inheritsFrom',
+        ConditionExpression: 'attribute_exists(pk)',
+      }),
+    );
     expect(await storedChecksum(legacy)).toBeUndefined();
     await exec('qemu-io', ['-c', `write -P 0x66 ${6 * 4}M 4M`, file]);
     const third = await snapshotAndBackup(volume.id, 'third');
@@ -207,6 +217,90 @@ describe('verified backup chunks', () => {
     const job = await t.waitForJob(scheduled.verify.started[0]!.jobId, 120_000);
     expect(job).toMatchObject({ state: 'succeeded', result: { checked: 6, ok: 6, corrupt: 0 } });
   }, 600_000);
+
+  it('lets an incremental backup inherit the chunk holds it carries over, and hands them on when its parent goes', async () => {
+    const pool: Pool = (await t.call('GET', '/stores?role=primary')).body.items.find(
+      (s: { name: string }) => s.name === 'nfs-primary-1',
+    );
+    const image = (await t.call('GET', '/stores?role=image')).body.items[0];
+    const created = await t.call('POST', '/volumes', {
+      name: 'lineage',
+      zoneId: 'zone-1',
+      sizeBytes: 16 * MiB,
+      storeId: pool.id,
+    });
+    await t.waitForJob(created.body.job.id);
+    const volume = (await t.call('GET', `/volumes/${created.body.volume.id}`)).body;
+    const file = path.join(pool.details.mountPath, volume.path);
+    const holders = async (sha: string) => {
+      const { GetCommand } = await import('@aws-sdk/lib-dynamodb');
+      const out = await doc.send(
+        new GetCommand({ TableName: t.stack.tableName, Key: { pk: `CHUNK#${image.id}#${sha}`, sk: 'META' } }),
+      );
+      return out.Item ? [...((out.Item.holders as Set<string> | undefined) ?? [])].sort() : undefined;
+    };
+    const copyRow = async (snapshotId: string) =>
+      (await t.call('GET', `/snapshots/${snapshotId}`)).body.copies.find(
+        (c: { storeRole?: string }) => c.storeRole === 'image',
+      );
+    // Patterns unique to this test, so no chunk is shared with the other test's backups.
+    const write = (chunk: number, pattern: number) =>
+      exec('qemu-io', ['-c', `write -P ${pattern} ${chunk * 4}M 4M`, file]);
+    const ref = async (name: string) => {
+      await exec('qemu-img', ['convert', '-O', 'qcow2', file, path.join(refs, name)]);
+      return path.join(refs, name);
+    };
+    for (let i = 0; i < 4; i++) await write(i, 0xa0 + i);
+    const a = await snapshotAndBackup(volume.id, 'a');
+    const chunksA = (await manifestOf(a.snapshotId)).chunks as string[];
+    expect(chunksA.every((c) => c !== null)).toBe(true);
+    for (const sha of chunksA) expect(await holders(sha)).toEqual([a.snapshotId]);
+    expect(await copyRow(a.snapshotId)).toMatchObject({ chunkHolds: 'own' });
+
+    await write(1, 0xb1);
+    const refB = await ref('lineage-b.qcow2');
+    const b = await snapshotAndBackup(volume.id, 'b');
+    expect(b.result).toMatchObject({ incremental: true, chunksUploaded: 1 });
+    const chunksB = (await manifestOf(b.snapshotId)).chunks as string[];
+    // Only the chunk it computed is pinned by b; the three it carried over stay a's alone.
+    expect(await holders(chunksB[1]!)).toEqual([b.snapshotId]);
+    for (const i of [0, 2, 3]) expect(await holders(chunksB[i]!)).toEqual([a.snapshotId]);
+    expect(await copyRow(b.snapshotId)).toMatchObject({ chunkHolds: 'lineage', inheritsFrom: a.snapshotId });
+
+    await write(2, 0xc2);
+    const refC = await ref('lineage-c.qcow2');
+    const c = await snapshotAndBackup(volume.id, 'c');
+    const chunksC = (await manifestOf(c.snapshotId)).chunks as string[];
+    expect(await holders(chunksC[2]!)).toEqual([c.snapshotId]);
+    expect(await holders(chunksC[1]!)).toEqual([b.snapshotId]);
+    expect(await copyRow(c.snapshotId)).toMatchObject({ chunkHolds: 'lineage', inheritsFrom: b.snapshotId });
+
+    // a goes: b takes over the holds on what both name, and holds all of its own from then on.
+    expect((await t.run('DELETE', `/snapshots/${a.snapshotId}?from=image`)).job?.state).toBe('succeeded');
+    for (const i of [0, 2, 3]) expect(await holders(chunksB[i]!)).toEqual([b.snapshotId]);
+    expect(await copyRow(b.snapshotId)).toMatchObject({ chunkHolds: 'own' });
+    expect((await copyRow(b.snapshotId)).inheritsFrom).toBeUndefined();
+    expect(await copyRow(c.snapshotId)).toMatchObject({ inheritsFrom: b.snapshotId });
+    expect(await holders(chunksA[1]!)).toBeUndefined();
+    const restoredB = await restoreFile(pool, b.snapshotId);
+    expect(restoredB.job.state).toBe('succeeded');
+    expect(await qemuCompare(refB, restoredB.file)).toBe(0);
+    expect((await t.run('DELETE', `/volumes/${restoredB.id}`)).job?.state).toBe('succeeded');
+
+    // b goes: c takes over; b's own chunk 2 (overwritten in c) is collected.
+    expect((await t.run('DELETE', `/snapshots/${b.snapshotId}?from=image`)).job?.state).toBe('succeeded');
+    for (const i of [0, 1, 3]) expect(await holders(chunksC[i]!)).toEqual([c.snapshotId]);
+    expect(await holders(chunksB[2]!)).toBeUndefined();
+    const restored = await restoreFile(pool, c.snapshotId);
+    expect(restored.job.state).toBe('succeeded');
+    expect(await qemuCompare(refC, restored.file)).toBe(0);
+    expect((await t.run('DELETE', `/volumes/${restored.id}`)).job?.state).toBe('succeeded');
+
+    // The last one goes: none of the lineage's chunks is left in the index.
+    expect((await t.run('DELETE', `/snapshots/${c.snapshotId}?from=image`)).job?.state).toBe('succeeded');
+    for (const sha of new Set([...chunksA, ...chunksB, ...chunksC]))
+      expect(await holders(sha)).toBeUndefined();
+  }, 300_000);
 
   it('refuses a verify of a store that holds no chunks, and bad options, starting nothing', async () => {
     const pool = (await t.call('GET', '/stores?role=primary')).body.items[0];

@@ -62,6 +62,11 @@ function key(storeId: string, hash: string): { pk: string; sk: string } {
   return { pk: `CHUNK#${storeId}#${hash}`, sk: 'META' };
 }
 
+/** The store's damage record: when a verify job last marked one of its chunks. */
+function damageKey(storeId: string): { pk: string; sk: string } {
+  return { pk: `CHUNKDAMAGE#${storeId}`, sk: 'META' };
+}
+
 /** How a pinned chunk's item classifies it (see PinResult). */
 function classify(
   item: Record<string, unknown> | undefined,
@@ -313,6 +318,15 @@ export class DynamoChunkIndex implements ChunkIndex {
     mark: { jobId: string; reason: 'corrupt' | 'missing'; storedAt?: string },
   ): Promise<boolean> {
     const unchanged = mark.storedAt ? 'storedAt = :seen' : 'attribute_not_exists(storedAt)';
+    // The store's damage time first: a backup that starts after it never inherits holds unchecked.
+    await this.doc.send(
+      new UpdateCommand({
+        TableName: this.options.tableName,
+        Key: damageKey(storeId),
+        UpdateExpression: 'SET lastDamageAt = :now',
+        ExpressionAttributeValues: { ':now': this.options.clock.now().toISOString() },
+      }),
+    );
     return this.conditional(
       new UpdateCommand({
         TableName: this.options.tableName,
@@ -487,6 +501,13 @@ export class DynamoChunkIndex implements ChunkIndex {
       if (e instanceof ConditionalCheckFailedException) return false;
       throw e;
     }
+  }
+
+  async lastDamageAt(storeId: string): Promise<string | undefined> {
+    const out = await this.doc.send(
+      new GetCommand({ TableName: this.options.tableName, Key: damageKey(storeId), ConsistentRead: true }),
+    );
+    return out.Item?.lastDamageAt ? String(out.Item.lastDamageAt) : undefined;
   }
 
   async holders(storeId: string, hash: string): Promise<{ holders: string[]; stored: boolean } | undefined> {

@@ -85,6 +85,14 @@ interface ScanPlan {
   counters: ChunkBackupCounters;
   /** Hashes whose objects the store lacks, each with one index to read it from. */
   toUpload?: Array<{ index: number; sha256: string }>;
+  /** Whose holds cover the chunks (see {@link BackupService.chooseHolds}); absent: this backup's own. */
+  holds?: Holds;
+}
+
+/** How a backup's chunks are held in the chunk index (SnapshotInStore.chunkHolds). */
+interface Holds {
+  chunkHolds: 'own' | 'lineage';
+  inheritsFrom?: string;
 }
 
 /** The upload step's figures, passed to commit by the flow. */
@@ -263,9 +271,15 @@ export class BackupService {
       ...(scan.incremental && previous ? { parentSnapshotId: previous.snapshotId } : {}),
       counters: scan.counters,
     };
+    plan.holds = await this.chooseHolds(snapshot, image, scan.incremental ? previous : undefined);
     // The plan is written before pinning, so a compensation always knows what to release.
     await this.store.writeJson(image, planKey(input.jobId, 'scan'), plan, ctx);
-    const pinned = await this.repo.chunks.pin(image.store.id, distinct(scan.chunks), snapshot.id);
+    // Inheriting, only what this scan computed: the chunks carried over stay the parent's holds.
+    const toPin =
+      plan.holds.chunkHolds === 'lineage'
+        ? distinct(scan.computed.map((c) => c.sha256))
+        : distinct(scan.chunks);
+    const pinned = await this.repo.chunks.pin(image.store.id, toPin, snapshot.id);
     const where = new Map(scan.computed.map((c) => [c.sha256, c.index]));
     for (let i = 0; i < scan.chunks.length; i++) {
       const sha = scan.chunks[i];
@@ -460,6 +474,8 @@ export class BackupService {
           chunkSizeBytes: manifest.chunkSizeBytes,
           checksum: `{sha256}${createHash('sha256').update(text).digest('hex')}`,
           ...(plan.parentSnapshotId ? { parentSnapshotId: plan.parentSnapshotId } : {}),
+          chunkHolds: plan.holds?.chunkHolds ?? 'own',
+          inheritsFrom: plan.holds?.inheritsFrom,
         },
       });
     }
@@ -536,6 +552,7 @@ export class BackupService {
     });
     let chunksDeleted = 0;
     if (manifest) {
+      await this.handOverHolds(snapshot, store, manifest.chunks, ctx);
       const { collectable } = await this.repo.chunks.release(
         store.store.id,
         distinct(manifest.chunks),
@@ -552,6 +569,51 @@ export class BackupService {
     }
     await this.store.deleteObject(store, path, ctx);
     return { chunksDeleted };
+  }
+
+  /**
+   * Before a backup lets go of its chunks, each later backup inheriting from it pins the chunks both
+   * manifests name (all it could have inherited through it: an incremental names only chunks its
+   * parent names or that it computed itself) and from then on holds every chunk of its own.
+   * Idempotent: a crash before the row changes pins the same chunks again.
+   */
+  private async handOverHolds(
+    snapshot: Snapshot,
+    store: ImageStore,
+    chunks: ReadonlyArray<string | null>,
+    ctx: DriverContext,
+  ): Promise<void> {
+    const mine = new Set(chunks);
+    for (const child of await this.inheritors(snapshot, store.store.id)) {
+      if (child.status !== O.Ready) {
+        throw new ConflictError(
+          `backup of snapshot ${child.snapshotId} inherits chunk holds from ${snapshot.id} and is still ${child.status}`,
+          { state: child.status },
+        );
+      }
+      const theirs = await this.store.readManifest(store, child.path ?? '', ctx);
+      const shared = distinct(theirs.chunks).filter((h) => mine.has(h));
+      await this.repo.chunks.pin(store.store.id, shared, child.snapshotId);
+      await this.repo.update(
+        { type: 'SnapshotInStore', id: child.snapshotId, storeId: child.storeId },
+        child.version,
+        { chunkHolds: 'own', inheritsFrom: undefined },
+      );
+    }
+  }
+
+  /** The backups in `storeId` whose carried-over chunks are held by `snapshot`'s backup. */
+  async inheritors(snapshot: Snapshot, storeId: string): Promise<SnapshotInStore[]> {
+    const siblings = await allPages((cursor) =>
+      this.repo.list('Snapshot', { cursor, limit: 100, filter: { volumeId: snapshot.volumeId } }),
+    );
+    const out: SnapshotInStore[] = [];
+    for (const sibling of siblings) {
+      if (sibling.id === snapshot.id) continue;
+      const copy = await this.repo.get({ type: 'SnapshotInStore', id: sibling.id, storeId });
+      if (copy?.inheritsFrom === snapshot.id) out.push(copy);
+    }
+    return out;
   }
 
   /** The image copy a restore would read, or why it cannot (for volume placement). */
@@ -646,6 +708,49 @@ export class BackupService {
     }
     return undefined;
   }
+
+  /**
+   * Whether an incremental backup on `previous` may leave the chunks it carries over to the parent's
+   * holds (then it pins only what it computed: chunk-index work grows with the change, not the disk).
+   * Only when the parent's own holds are known to follow this rule (`chunkHolds` set), no verify job
+   * marked a chunk of the store damaged since the parent began (a carried chunk could be one: pinning
+   * every chunk finds it and uploads it again), and the parent is still a live backup. The row says
+   * so before the parent is looked at; a delete of the parent marks it Destroying before it looks for
+   * inheritors (SnapshotDelete), so one of the two always sees the other.
+   */
+  private async chooseHolds(
+    snapshot: Snapshot,
+    image: ImageStore,
+    previous: SnapshotInStore | undefined,
+  ): Promise<Holds> {
+    const own: Holds = { chunkHolds: 'own' };
+    const key = { type: 'SnapshotInStore' as const, id: snapshot.id, storeId: image.store.id };
+    const row = await this.repo.require(key);
+    const settle = async (holds: Holds) => {
+      const now = await this.repo.require(key);
+      if (now.chunkHolds !== holds.chunkHolds || now.inheritsFrom !== holds.inheritsFrom) {
+        await this.repo.update(key, now.version, {
+          chunkHolds: holds.chunkHolds,
+          inheritsFrom: holds.inheritsFrom,
+        });
+      }
+      return holds;
+    };
+    if (!previous?.chunkHolds) return settle(own);
+    const damagedAt = await this.repo.chunks.lastDamageAt(image.store.id);
+    if (damagedAt && Date.parse(damagedAt) >= Date.parse(previous.createdAt)) return settle(own);
+    const lineage: Holds = { chunkHolds: 'lineage', inheritsFrom: previous.snapshotId };
+    await this.repo.update(key, row.version, lineage);
+    const parent = await this.repo.get({ type: 'Snapshot', id: previous.snapshotId });
+    const parentCopy = await this.repo.get({
+      type: 'SnapshotInStore',
+      id: previous.snapshotId,
+      storeId: image.store.id,
+    });
+    if (parent?.status === S.BackedUp && parentCopy?.status === O.Ready) return lineage;
+    return settle(own);
+  }
+
   private async backToPrimary(snapshotId: string, owner: string, reason: string): Promise<void> {
     await this.repo
       .transition({

@@ -6,7 +6,7 @@ import { isPrimaryDriver } from '../../../../drivers/sdk/types.js';
 import { ConflictError, UnprocessableError } from '../../errors.js';
 import { newId } from '../../ids.js';
 import type { Job, Snapshot, SnapshotInStore, Volume } from '../../model.js';
-import { SnapshotStatus as S, VolumeStatus as V } from '../../model.js';
+import { ObjectInStoreStatus as O, SnapshotStatus as S, VolumeStatus as V } from '../../model.js';
 import { allPages } from '../../paging.js';
 import { FlowName } from '../../ports.js';
 import { snapshotMachine, volumeMachine } from '../../state-machines.js';
@@ -89,6 +89,20 @@ export class SnapshotDeleteFlow extends SnapshotFlow {
       changes: { statusBeforeDelete: snapshot.status },
     });
     const giveBack = (reason: string) => this.giveBack(snapshotId, jobId, reason);
+    // A backup inheriting chunk holds from this one announces it before it checks this snapshot is
+    // still BackedUp; Destroying is written above, so either it sees that or this sees it.
+    for (const copy of targets.filter(isImage)) {
+      const running = (await this.backups.inheritors(snapshot, copy.storeId)).find(
+        (c) => c.status !== O.Ready,
+      );
+      if (running) {
+        await giveBack(`not deleted: the backup of snapshot ${running.snapshotId} builds on it`);
+        throw new ConflictError(
+          `the backup of snapshot ${running.snapshotId} inherits from this backup and is in progress; retry after it`,
+          { state: running.status },
+        );
+      }
+    }
     // The merge rewrites the volume's chain: no other operation on the volume meanwhile.
     if (targets.some((c) => !isImage(c))) {
       await this.repo
