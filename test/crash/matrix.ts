@@ -313,6 +313,16 @@ export async function invariants(
       );
     }
   }
+  // A backup inheriting chunk holds relies on its parent's backup: it must still be there, Ready.
+  const copies = of('SnapshotInStore');
+  for (const child of copies.filter((c) => c.status === 'Ready' && c.chunkHolds === 'lineage')) {
+    const parent = copies.find((c) => c.snapshotId === child.inheritsFrom && c.storeId === child.storeId);
+    if (parent?.status !== 'Ready') {
+      problems.push(
+        `backup of ${String(child.snapshotId)} inherits chunk holds from ${String(child.inheritsFrom)}, whose backup is ${parent ? String(parent.status) : 'gone'}`,
+      );
+    }
+  }
   const stores = new Map(of('DataStore').map((s) => [String(s.id), s]));
   for (const v of volumes) {
     if (v.status !== 'Ready' || typeof v.path !== 'string') continue;

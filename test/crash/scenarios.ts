@@ -134,14 +134,27 @@ async function template(t: CrashStack, name: string): Promise<string> {
  */
 async function filledVolume(t: CrashStack, name: string): Promise<string> {
   const volumeId = await blankVolume(t, name);
+  await fill(t, volumeId, 0);
+  return volumeId;
+}
+
+/** Writes 1 MiB of random data at `offsetMiB` into the volume's active layer. */
+async function fill(t: CrashStack, volumeId: string, offsetMiB: number): Promise<void> {
   const volume = await get(t, `/volumes/${volumeId}`);
   const store = await get(t, `/stores/${String(volume.storeId)}`);
   const file = path.join(String(store.details.mountPath), String(volume.path));
   const data = path.join(os.tmpdir(), `strata-crash-fill-${process.pid}`);
   await writeFile(data, randomBytes(MiB));
-  await exec('qemu-io', ['-f', 'qcow2', '-c', `write -q -s ${data} 0 1M`, file]);
+  await exec('qemu-io', ['-f', 'qcow2', '-c', `write -q -s ${data} ${offsetMiB}M 1M`, file]);
   await rm(data, { force: true });
-  return volumeId;
+}
+
+/** A volume with a full backup (`parentId`) and a later snapshot of new data in another chunk. */
+async function backedUpTwice(t: CrashStack, name: string, backupSecond: boolean) {
+  const volumeId = await filledVolume(t, name);
+  const parentId = await snapshotOf(t, volumeId, true);
+  await fill(t, volumeId, 8);
+  return { volumeId, parentId, snapshotId: await snapshotOf(t, volumeId, backupSecond) };
 }
 
 async function snapshotOf(t: CrashStack, volumeId: string, backup = false): Promise<string> {
@@ -192,6 +205,10 @@ const backup = (p: Record<string, string>): Request => ({
 const deleteSnapshot = (p: Record<string, string>): Request => ({
   method: 'DELETE',
   route: `/snapshots/${p.snapshotId}`,
+});
+const deleteImage = (p: Record<string, string>): Request => ({
+  method: 'DELETE',
+  route: `/snapshots/${p.snapshotId}?from=image`,
 });
 const copy = (p: Record<string, string>): Request => ({
   method: 'POST',
@@ -330,6 +347,16 @@ export const scenarios: Scenario<Record<string, string>>[] = [
     ),
   },
   {
+    flow: FlowName.SnapshotBackup,
+    name: 'incremental backup, inheriting holds',
+    prepare: (t) => backedUpTwice(t, 'backed-twice', false),
+    request: backup,
+    retry: unless(
+      async (t, p) => (await get(t, `/snapshots/${p.snapshotId}`))?.status === 'BackedUp',
+      backup,
+    ),
+  },
+  {
     flow: FlowName.SnapshotRevert,
     name: FlowName.SnapshotRevert,
     prepare: async (t) => {
@@ -347,6 +374,16 @@ export const scenarios: Scenario<Record<string, string>>[] = [
     },
     request: deleteSnapshot,
     retry: unless(async (t, p) => (await get(t, `/snapshots/${p.snapshotId}`)) === undefined, deleteSnapshot),
+  },
+  {
+    flow: FlowName.SnapshotDelete,
+    name: 'backup an incremental inherits from',
+    prepare: (t) => backedUpTwice(t, 'parent-to-delete', true),
+    request: (p) => deleteImage({ snapshotId: p.parentId as string }),
+    retry: unless(
+      async (t, p) => (await get(t, `/snapshots/${p.parentId}`))?.status !== 'BackedUp',
+      (p) => deleteImage({ snapshotId: p.parentId as string }),
+    ),
   },
   {
     flow: FlowName.SnapshotPolicy,
