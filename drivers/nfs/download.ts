@@ -3,11 +3,13 @@
  * one object version for large objects, one stream otherwise, hashed in order on the way. Used by
  * the `fetchImage` host operation to install a template from a presigned image-store URL.
  *
- * The URL is data: it goes to Node's `fetch`, never to a shell or to qemu-img (whose `http:`
+ * The URL is data: it goes to Node's HTTP client, never to a shell or to qemu-img (whose `http:`
  * protocol driver would also follow whatever the image's header says).
  */
 import { createHash } from 'node:crypto';
 import { type FileHandle, open } from 'node:fs/promises';
+import http from 'node:http';
+import https from 'node:https';
 import { MultiHasher } from '../sdk/checksum.js';
 import { DriverError, DriverInputError, DriverUnavailableError, ObjectNotFoundError } from '../sdk/errors.js';
 
@@ -176,11 +178,20 @@ export async function downloadToFile(
   }
 }
 
-/** One HTTP answer being read, with its stall timer. */
+/** The status and headers of an answer. */
+interface Head {
+  status: number;
+  headers: { get(name: string): string | null };
+}
+
+/** One HTTP answer being read, with its stall watch. */
 interface Opened {
-  response: Response;
-  /** The body's chunks; a break or a stall is a {@link DriverUnavailableError}. */
-  chunks(): AsyncGenerator<Uint8Array>;
+  response: Head;
+  /**
+   * Hands each chunk of the body to `take` and waits for it before reading on (the back-pressure);
+   * a break or a stall is a {@link DriverUnavailableError}.
+   */
+  pump(take: (chunk: Buffer) => Promise<void> | void): Promise<void>;
   cancel(): Promise<void>;
 }
 
@@ -201,6 +212,8 @@ class Download {
   /** Aborted by the caller's signal or by the first failure: every request listens to it. */
   private readonly stop = new AbortController();
   private readonly onOuterAbort = () => this.stop.abort(this.options.signal?.reason);
+  /** Requests not yet read to their end or cancelled: {@link dispose} ends them and their timers. */
+  private readonly live = new Set<() => void>();
   private bytes = 0;
   private total: number | undefined;
 
@@ -219,6 +232,9 @@ class Download {
 
   dispose(): void {
     this.options.signal?.removeEventListener('abort', this.onOuterAbort);
+    // A request left behind by a failure: its socket and its stall timer go with the download.
+    for (const end of [...this.live]) end();
+    this.keepAlive?.destroy();
   }
 
   async run(handle: FileHandle): Promise<DownloadResult> {
@@ -275,13 +291,13 @@ class Download {
     this.total = total;
     const hasher = this.hash ? createHash('sha256') : undefined;
     let position = 0;
-    for await (const chunk of opened.chunks()) {
+    await opened.pump(async (chunk) => {
       hasher?.update(chunk);
       // Awaiting each write is the back-pressure: the socket is not read faster than the share takes it.
       await handle.write(chunk, 0, chunk.byteLength, position);
       position += chunk.byteLength;
       this.progress(chunk.byteLength);
-    }
+    });
     if (total !== undefined && position !== total) {
       throw new DriverUnavailableError(`${this.where} ended after ${position} of ${total} bytes`, {
         context: { url: this.where, bytes: position, totalBytes: total },
@@ -362,7 +378,7 @@ class Download {
         const answer = opened ?? (await this.open({ start: position, end: part.end }, etag));
         opened = undefined;
         await this.checkPartial(answer, position, part.end, total, etag);
-        for await (const chunk of answer.chunks()) {
+        await answer.pump(async (chunk) => {
           const at = part.start + part.written;
           if (at + chunk.byteLength > part.end + 1) {
             throw new DriverError(`${this.where} sent more than bytes ${part.start}-${part.end}`, {
@@ -374,7 +390,7 @@ class Download {
           part.written += chunk.byteLength;
           this.progress(chunk.byteLength);
           order.wrote(part);
-        }
+        });
         if (part.start + part.written !== part.end + 1) {
           throw new DriverUnavailableError(
             `range ${part.start}-${part.end} of ${this.where} ended after ${part.written} bytes`,
@@ -439,59 +455,96 @@ class Download {
   }
 
   private async open(range: { start: number; end: number } | undefined, ifMatch?: string): Promise<Opened> {
-    const controller = new AbortController();
-    const onStop = () => controller.abort(this.stop.signal.reason);
     if (this.stop.signal.aborted) throw this.stop.signal.reason;
-    this.stop.signal.addEventListener('abort', onStop, { once: true });
-    let stalled = false;
-    let timer: NodeJS.Timeout | undefined;
-    const arm = () => {
-      clearTimeout(timer);
-      timer = setTimeout(() => {
-        stalled = true;
-        controller.abort(new Error('stalled'));
-      }, this.stallMs);
-    };
-    const cleanup = () => {
-      clearTimeout(timer);
-      this.stop.signal.removeEventListener('abort', onStop);
-    };
+    // node:http rather than fetch: a plain Node stream per answer costs far less CPU per byte than
+    // a WHATWG stream, and redirects are not followed (a presigned URL never redirects).
+    const client = this.url.protocol === 'https:' ? https : http;
+    // No content coding: the bytes written must be the object's, range for range.
+    const headers: Record<string, string> = { 'accept-encoding': 'identity' };
+    if (range) headers.range = `bytes=${range.start}-${range.end}`;
+    if (ifMatch !== undefined) headers['if-match'] = ifMatch;
+    const request = client.request(this.url, { method: 'GET', headers, agent: this.agent() });
+    // Errors reach the caller through the promise and the body's iterator; a late one (a socket
+    // reset after the end) must not be an unhandled 'error' event.
+    request.on('error', () => undefined);
+    let answer: http.IncomingMessage | undefined;
     let received = 0;
+    let stalled = false;
+    let failure: unknown;
+    // A stall is no byte for stallMs: a cheap timestamp per chunk, looked at a few times per period.
+    let lastByteAt = performance.now();
+    const watch = setInterval(
+      () => {
+        if (performance.now() - lastByteAt < this.stallMs) return;
+        stalled = true;
+        destroy(new Error('stalled'));
+      },
+      Math.max(5, Math.min(1000, Math.floor(this.stallMs / 4))),
+    );
+    const destroy = (error: Error) => {
+      failure ??= error;
+      request.destroy(error);
+      answer?.destroy(error);
+    };
+    const onStop = () => destroy(new Error('download stopped'));
+    this.stop.signal.addEventListener('abort', onStop, { once: true });
+    const cleanup = () => {
+      clearInterval(watch);
+      this.stop.signal.removeEventListener('abort', onStop);
+      this.live.delete(end);
+    };
+    const end = () => {
+      cleanup();
+      request.destroy();
+      answer?.destroy();
+    };
+    this.live.add(end);
     const broken = (error: unknown): unknown => {
       cleanup();
       if (error instanceof DriverError) return error;
       if (this.stop.signal.aborted) return this.stop.signal.reason;
       const what = range ? `bytes ${range.start}-${range.end} of ${this.where}` : this.where;
+      const cause = failure ?? error;
       const message = stalled
         ? `no data from ${what} for ${this.stallMs} ms`
-        : `download of ${what} failed after ${received} bytes: ${(error as Error).message}`;
+        : `download of ${what} failed after ${received} bytes: ${(cause as Error).message}`;
       // A broken connection or a stalled server is worth another try.
-      return new DriverUnavailableError(message, {
-        cause: error,
-        context: { url: this.where, bytes: received },
-      });
+      return new DriverUnavailableError(message, { cause, context: { url: this.where, bytes: received } });
     };
-    // No content coding: the bytes written must be the object's, range for range.
-    const headers: Record<string, string> = { 'accept-encoding': 'identity' };
-    if (range) headers.range = `bytes=${range.start}-${range.end}`;
-    if (ifMatch !== undefined) headers['if-match'] = ifMatch;
-    arm();
-    let response: Response;
     try {
-      response = await fetch(this.url, { headers, signal: controller.signal });
+      answer = await new Promise<http.IncomingMessage>((resolve, reject) => {
+        request.once('response', resolve);
+        request.once('error', reject);
+        request.end();
+      });
     } catch (error) {
       throw broken(error);
     }
+    const response = answer;
+    response.on('error', () => undefined);
+    lastByteAt = performance.now();
+    const declared = response.headers['content-length'];
     return {
-      response,
-      async *chunks() {
+      response: {
+        status: response.statusCode ?? 0,
+        headers: {
+          get: (name) => {
+            const value = response.headers[name.toLowerCase()];
+            return value === undefined ? null : Array.isArray(value) ? value.join(', ') : value;
+          },
+        },
+      },
+      async pump(take) {
         try {
-          if (!response.body) return;
-          arm();
-          for await (const chunk of response.body as AsyncIterable<Uint8Array>) {
-            arm();
+          for await (const chunk of response as AsyncIterable<Buffer>) {
+            lastByteAt = performance.now();
             received += chunk.byteLength;
-            yield chunk;
+            await take(chunk);
+          }
+          if (failure) throw failure;
+          // A connection closed early is an error in node:http, but the length is checked anyway.
+          if (declared !== undefined && /^\d+$/.test(declared) && received !== Number(declared)) {
+            throw new Error(`the body ended after ${received} of ${declared} bytes`);
           }
         } catch (error) {
           throw broken(error);
@@ -501,9 +554,19 @@ class Download {
       },
       async cancel() {
         cleanup();
-        await response.body?.cancel().catch(() => undefined);
+        response.destroy();
       },
     };
+  }
+
+  // One keep-alive agent per download: its ranges reuse connections; dispose() closes them.
+  private keepAlive: http.Agent | undefined;
+  private agent(): http.Agent {
+    if (!this.keepAlive) {
+      const options = { keepAlive: true, maxSockets: MAX_DOWNLOAD_STREAMS * 2 };
+      this.keepAlive = this.url.protocol === 'https:' ? new https.Agent(options) : new http.Agent(options);
+    }
+    return this.keepAlive;
   }
 
   private async openWhole(ifMatch: string | undefined): Promise<Opened> {
@@ -548,7 +611,7 @@ class Download {
     });
   }
 
-  private lengthOf(response: Response): number | undefined {
+  private lengthOf(response: Head): number | undefined {
     const header = response.headers.get('content-length');
     const length = header !== null && /^\d+$/.test(header) ? Number(header) : undefined;
     if (length !== undefined) this.checkTotal(length);
