@@ -546,9 +546,11 @@ const fetchImage: HostOperation<z.infer<typeof FetchImageArgs>, NfsImageResult &
     const converted = join(dirname(target), `.${basename(target)}.convert-${ctx.jobId}`);
     let sha256: string | undefined;
     let streams: number;
+    let downloadMs: number;
     let details: QemuImageInfo;
     try {
       ctx.progress(0, { phase: 'download', bytes: 0 });
+      const started = performance.now();
       let lastPercent = -1;
       let lastBytes = 0;
       const download = await downloadToFile(args.url, partial, {
@@ -571,6 +573,7 @@ const fetchImage: HostOperation<z.infer<typeof FetchImageArgs>, NfsImageResult &
       });
       sha256 = download.sha256 ?? args.expectedSha256?.toLowerCase();
       streams = download.streams;
+      downloadMs = Math.round(performance.now() - started);
       ctx.progress(90, { phase: 'verify', bytes: download.bytes });
       // Defence in depth: the control plane inspected these bytes on upload, but the host checks the
       // file it will hand to qemu itself (same rules, 66 KiB read) before any qemu-img opens it.
@@ -610,6 +613,7 @@ const fetchImage: HostOperation<z.infer<typeof FetchImageArgs>, NfsImageResult &
     ctx.logger.info('image installed', {
       path: args.path,
       streams,
+      downloadMs,
       sha256: sha256 === undefined ? 'none' : args.sourceVerified ? 'proved by the store' : 'hashed',
     });
     const result = await imageResult(args.path, target, details, args.targetFormat);
