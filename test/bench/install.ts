@@ -100,8 +100,14 @@ export async function benchInstall(templateMiB = 1024, rounds = 5): Promise<Reco
         ],
         { env: { ...process.env, AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true' } },
       );
-      return Number(stdout.trim().split('\n').pop());
+      const { ms, maxRssMiB } = JSON.parse(stdout.trim().split('\n').pop() ?? '{}') as {
+        ms: number;
+        maxRssMiB: number;
+      };
+      if (mode === 'fetchImage') rss.push(maxRssMiB);
+      return ms;
     };
+    const rss: number[] = [];
     const strata: number[] = [];
     const baseline: number[] = [];
     for (let r = 0; r < rounds; r++) {
@@ -122,6 +128,7 @@ export async function benchInstall(templateMiB = 1024, rounds = 5): Promise<Reco
       rangedMs: Math.round(median(baseline)),
       rangedMiBps: Math.round(mib / (median(baseline) / 1000)),
       ratio: Number((median(baseline) / median(strata)).toFixed(2)),
+      fetchImageMaxRssMiB: Math.max(...rss),
     };
     console.log(
       `install (host side): median of ${rounds} alternating rounds, ${figures.templateFileMiB} MiB file`,
@@ -133,6 +140,9 @@ export async function benchInstall(templateMiB = 1024, rounds = 5): Promise<Reco
       `  plain ranged download: ${baseline.join(', ')} ms → ${figures.rangedMs} ms (${figures.rangedMiBps} MiB/s)`,
     );
     console.log(`  fetchImage throughput / ranged download throughput: ${figures.ratio}  (target ≥ 0.9)`);
+    console.log(
+      `  fetchImage process peak RSS: ${figures.fetchImageMaxRssMiB} MiB (target ≤ 256, flat in size)`,
+    );
     return figures;
   } finally {
     await stack.stop();

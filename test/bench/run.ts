@@ -2,11 +2,12 @@
  * Runs benchmarks and prints their figures. Never part of `npm test`: figures go to BENCHMARKS.md.
  *
  *   npm run bench -- <name> [args…]     e.g. npm run bench -- ingest 256 5; npm run bench -- install 1024 5;
- *                                        npm run bench -- volumes 64 1024 3;
+ *                                        npm run bench -- volumes 64 1024 3; npm run bench -- restore 256 1024 3;
  *                                        npm run bench -- snapshots 256 1024 16 2
  */
 import { benchIngest } from './ingest';
 import { benchInstall } from './install';
+import { benchRestore } from './restore';
 import { benchSnapshots } from './snapshots';
 import { benchVolumes } from './volumes';
 
@@ -15,6 +16,7 @@ process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
 const benches: Record<string, (args: number[]) => Promise<unknown>> = {
   ingest: (a) => benchIngest(a[0], a[1]),
   install: (a) => benchInstall(a[0], a[1]),
+  restore: (a) => benchRestore(a[0], a[1], a[2]),
   volumes: (a) => benchVolumes(a[0], a[1], a[2]),
   snapshots: (a) => benchSnapshots(a[0], a[1], a[2], a[3]),
 };

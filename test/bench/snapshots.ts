@@ -271,14 +271,17 @@ export async function benchSnapshots(
           method: 'DELETE',
           headers: { authorization: `Bearer ${stack.apiTokens.admin}` },
         });
-        if (res.status !== 204) throw new Error(`DELETE /snapshots/${id}: ${res.status} ${await res.text()}`);
+        // A snapshot delete is a job now (202); an older answer was 204.
+        if (res.status === 202) await waitJob(((await res.json()) as { job: { id: string } }).job.id);
+        else if (res.status !== 204)
+          throw new Error(`DELETE /snapshots/${id}: ${res.status} ${await res.text()}`);
       }
       await dropVolume(volume.id);
       await forEachLimit(indexes, 8, async (i) => {
         await s3.send(new DeleteObjectCommand({ Bucket: 'baseline', Key: `${prefix}${i}` }));
       });
       const left = await s3.send(
-        new ListObjectsV2Command({ Bucket: 'strata-images', Prefix: 'images/backups/' }),
+        new ListObjectsV2Command({ Bucket: stack.imageBucket, Prefix: 'images/backups/' }),
       );
       if ((left.KeyCount ?? 0) > 0) {
         console.log(`  note: ${left.KeyCount} backup objects left after the round's deletes`);

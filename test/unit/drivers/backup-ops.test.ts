@@ -633,6 +633,24 @@ describe('lists and manifests as presigned URLs', () => {
   });
 });
 
+describe('a disk whose last chunk is short', () => {
+  it('restores a tail chunk of a few bytes (small buffers are hashed from memory of their own)', async () => {
+    const size = CHUNK + 1536;
+    await run('qemu-img', ['create', '-q', '-f', 'qcow2', vol('tail.qcow2'), String(size)]);
+    await qemuIo(vol('tail.qcow2'), `write -P 0x3a 0 ${CHUNK}`, `write -P 0x3b ${CHUNK} 1536`);
+    const { manifest } = await backup('tail.qcow2', 'tail-1');
+
+    const restored = await call<RestoreChunksResult>(
+      'restoreChunks',
+      await restoreArgs(manifest, 'rtail.qcow2'),
+    );
+
+    expect(manifest.chunks).toHaveLength(2);
+    expect(restored).toMatchObject({ restored: true, chunksFetched: 2, bytesDownloaded: size });
+    expect(await compare(vol('tail.qcow2'), vol('rtail.qcow2'))).toBe(true);
+  });
+});
+
 describe('paged restore lists (chunkPagesUrl)', () => {
   let manifest: BackupManifest;
   /** The manifest's non-zero chunks as pages of `size` entries with presigned chunk GETs. */
