@@ -89,7 +89,7 @@ export async function benchRestore(
       const url = await getSignedUrl(signer, new GetObjectCommand({ Bucket: stack.imageBucket, Key: key }), {
         expiresIn: 3600,
       });
-      list.push({ url, offset: start, length, sha256: sha } as (typeof list)[number]);
+      list.push({ url, offset: start, length });
     }
     const listFile = path.join(dir, 'chunks.json');
     await writeFile(listFile, JSON.stringify(list));
@@ -144,14 +144,6 @@ export async function benchRestore(
       eight: [] as number[],
       four: [] as number[],
     };
-    if (process.env.STRATA_BENCH_PROBE) {
-      for (let r = 0; r < 3; r++)
-        for (const mode of (process.env.STRATA_BENCH_PROBE_MODES ?? 'get,gethash,raw,nbdnohash,nbd').split(',')) {
-          await coldCache();
-          const { stdout } = await exec(process.execPath, ['--import', 'tsx', process.env.STRATA_BENCH_PROBE, mode, listFile, mountPath, '8'], { env: { ...process.env, AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true' } });
-          console.log('  probe', stdout.trim());
-        }
-    }
     for (let r = 0; r < rounds; r++) {
       const s = await strata(r);
       times.strata.push(Math.round(s.ms));

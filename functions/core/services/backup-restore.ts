@@ -209,14 +209,17 @@ export class BackupRestore {
     jobId: string,
     ctx: DriverContext,
   ) {
-    await this.repo.chunks.release(store.store.id, hashes, jobId, { collect: false });
-    await this.store.removePlans(store, jobId, ctx).catch(() => undefined);
+    // The holds (chunk index) and the list (image store) are independent: both go at once.
     const pages = Math.ceil(nonZeroChunks(manifest) / RESTORE_PAGE_ENTRIES);
-    await forEachLimit(
-      Array.from({ length: pages }, (_, k) => k),
-      PRESIGN_CONCURRENCY,
-      async (k) => this.store.deleteObject(store, restorePageKey(jobId, k), ctx).catch(() => undefined),
-    );
+    await Promise.all([
+      this.repo.chunks.release(store.store.id, hashes, jobId, { collect: false }),
+      this.store.removePlans(store, jobId, ctx).catch(() => undefined),
+      forEachLimit(
+        Array.from({ length: pages }, (_, k) => k),
+        PRESIGN_CONCURRENCY,
+        async (k) => this.store.deleteObject(store, restorePageKey(jobId, k), ctx).catch(() => undefined),
+      ),
+    ]);
   }
 
   private async tryRestoreFromPrimary(
