@@ -10,6 +10,7 @@ import { createHash } from 'node:crypto';
 import { type FileHandle, open } from 'node:fs/promises';
 import http from 'node:http';
 import https from 'node:https';
+import { Worker } from 'node:worker_threads';
 import { MultiHasher } from '../sdk/checksum.js';
 import { DriverError, DriverInputError, DriverUnavailableError, ObjectNotFoundError } from '../sdk/errors.js';
 
@@ -142,7 +143,8 @@ export function assertHttpUrl(url: string): URL {
  * from one version of the object. A range that breaks, stalls for `stallTimeoutMs`, or answers 429
  * or 5xx is resumed where it stopped, with backoff, up to `maxAttempts` times. The sha256 is computed
  * in order while the ranges run, over the contiguous prefix written so far (read back from the
- * file), unless `sourceVerified` says the store already proved it.
+ * file by a worker thread, so hashing never holds the event loop), unless `sourceVerified` says the
+ * store already proved it.
  *
  * Rejects when a status is 404 ({@link ObjectNotFoundError}), 403 or another client error
  * (`DownloadFailed`, not retryable: a presigned URL that expired needs a new one), the body ends
@@ -165,9 +167,8 @@ export async function downloadToFile(
     });
   }
   if (options.signal?.aborted) throw options.signal.reason;
-  const download = new Download(parsed, options);
-  // Read and write: the in-order hash reads back what the ranges wrote.
-  const handle = await open(file, 'w+');
+  const download = new Download(parsed, file, options);
+  const handle = await open(file, 'w');
   try {
     const result = await download.run(handle);
     await handle.sync();
@@ -222,6 +223,7 @@ class Download {
 
   constructor(
     private readonly url: URL,
+    private readonly file: string,
     private readonly options: DownloadOptions,
   ) {
     // The query string of a presigned URL is a bearer credential: never log or report it.
@@ -353,7 +355,7 @@ class Download {
     let sha256: string | undefined;
     const hashing = async () => {
       try {
-        sha256 = await order.hash(handle);
+        sha256 = await order.hash(this.file);
       } catch (error) {
         fail(error);
       }
@@ -774,30 +776,70 @@ class InOrder {
     this.waiting = undefined;
   }
 
-  async hash(handle: FileHandle): Promise<string> {
-    const hasher = createHash('sha256');
-    const buffer = Buffer.allocUnsafe(HASH_READ_BYTES);
-    let hashed = 0;
-    while (hashed < this.total) {
-      if (this.failure) throw this.failure.error;
-      const prefix = this.prefix();
-      if (prefix === hashed) {
-        await new Promise<void>((resolve, reject) => {
-          this.waiting = { resolve, reject, from: hashed };
-        });
-        continue;
+  /**
+   * The sha256 of the file, computed by a worker thread that reads back each stretch of the prefix
+   * as it grows: the event loop only says how far it may read, and keeps serving the sockets.
+   */
+  async hash(file: string): Promise<string> {
+    const worker = new Worker(READ_BACK_HASH_WORKER, { eval: true, workerData: { file } });
+    const digest = new Promise<string>((resolve, reject) => {
+      worker.on('message', (m: { digest?: string; error?: string }) => {
+        if (m.digest) resolve(m.digest);
+        else reject(new DriverError(`hashing the download failed: ${m.error}`, { code: 'ImageChanged' }));
+      });
+      worker.on('error', reject);
+      worker.on('exit', (code) => reject(new Error(`the hash worker exited with ${code}`)));
+    });
+    digest.catch(() => undefined);
+    try {
+      let told = 0;
+      while (told < this.total) {
+        if (this.failure) throw this.failure.error;
+        const prefix = this.prefix();
+        if (prefix === told) {
+          await new Promise<void>((resolve, reject) => {
+            this.waiting = { resolve, reject, from: told };
+          });
+          continue;
+        }
+        worker.postMessage({ upTo: prefix });
+        told = prefix;
       }
-      const length = Math.min(buffer.length, prefix - hashed);
-      const { bytesRead } = await handle.read(buffer, 0, length, hashed);
-      if (bytesRead === 0) {
-        throw new DriverError('the download file shrank while it was hashed', { code: 'ImageChanged' });
-      }
-      hasher.update(buffer.subarray(0, bytesRead));
-      hashed += bytesRead;
+      worker.postMessage({ done: true });
+      return await digest;
+    } finally {
+      await worker.terminate();
     }
-    return hasher.digest('hex');
   }
 }
+
+// The read-back hash worker's whole program: hashes the file up to each `upTo` it is sent, in order,
+// and answers the digest when told `done`.
+const READ_BACK_HASH_WORKER = `
+const { parentPort, workerData } = require('node:worker_threads');
+const fs = require('node:fs');
+const { createHash } = require('node:crypto');
+const fd = fs.openSync(workerData.file, 'r');
+const hash = createHash('sha256');
+const buffer = Buffer.allocUnsafe(${HASH_READ_BYTES});
+let hashed = 0;
+parentPort.on('message', ({ upTo, done }) => {
+  try {
+    while (upTo !== undefined && hashed < upTo) {
+      const n = fs.readSync(fd, buffer, 0, Math.min(buffer.length, upTo - hashed), hashed);
+      if (n === 0) throw new Error('the file shrank while it was hashed');
+      hash.update(buffer.subarray(0, n));
+      hashed += n;
+    }
+    if (done) {
+      fs.closeSync(fd);
+      parentPort.postMessage({ digest: hash.digest('hex') });
+    }
+  } catch (error) {
+    parentPort.postMessage({ error: String((error && error.message) || error) });
+  }
+});
+`;
 
 /** `bytes 0-99/1000` → `{ start: 0, end: 99, total: 1000 }` (`total` undefined for `*`). */
 function parseContentRange(
