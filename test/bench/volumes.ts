@@ -9,12 +9,13 @@
  * 2. First install of a template on a pool (download from the image store through a presigned URL:
  *    parallel ranged GETs, sha256 in order, header inspection, rename), versus a plain parallel
  *    ranged download of the same object through the same S3 endpoint (presigned GETs, 8 in flight,
- *    positional writes into a file on the pool's disk, no hashing), and a plain `cp` of the same
+ *    positional writes into a file on the pool's disk, no hashing; in a process of its own, timed
+ *    inside it: install-child.ts), and a plain `cp` of the same
  *    file on the same disk. The install is measured as the first volume's time minus a cached
  *    clone's time.
  */
 import { execFile } from 'node:child_process';
-import { mkdtemp, open, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdtemp, rm, stat, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
@@ -38,37 +39,6 @@ async function coldCache(): Promise<boolean> {
     return true;
   } catch {
     return false;
-  }
-}
-
-/**
- * The baseline for an install: `url` fetched with `streams` ranged GETs of `partBytes` at once, each
- * written at its offset into `file`; nothing hashed, inspected or renamed.
- */
-async function rangedDownload(url: string, file: string, size: number, streams = 8, partBytes = 16 << 20) {
-  const fh = await open(file, 'w');
-  try {
-    await fh.truncate(size);
-    let next = 0;
-    const worker = async () => {
-      for (;;) {
-        const start = next;
-        next += partBytes;
-        if (start >= size) return;
-        const end = Math.min(start + partBytes, size) - 1;
-        const res = await fetch(url, { headers: { range: `bytes=${start}-${end}` } });
-        if (res.status !== 206 || !res.body) throw new Error(`baseline GET: ${res.status}`);
-        let at = start;
-        for await (const chunk of res.body as AsyncIterable<Uint8Array>) {
-          await fh.write(chunk, 0, chunk.byteLength, at);
-          at += chunk.byteLength;
-        }
-      }
-    };
-    await Promise.all(Array.from({ length: streams }, worker));
-    await fh.sync();
-  } finally {
-    await fh.close();
   }
 }
 
@@ -160,12 +130,24 @@ export async function benchVolumes(
       firsts.push(await timedVolume(reg.template.id, `first-large-${r}`));
     }
     for (let r = 0; r < rounds; r++) {
-      const target = path.join(pool.details.mountPath, `ranged-baseline-${r}.qcow2`);
       await coldCache();
-      const t0 = performance.now();
-      await rangedDownload(urls[r]!, target, bytes);
-      rangedTimes.push(performance.now() - t0);
-      await rm(target);
+      // In a process of its own, as a host's: not on the event loop of the stack's S3 proxy.
+      const { stdout } = await exec(
+        process.execPath,
+        [
+          '--import',
+          'tsx',
+          path.join(__dirname, 'install-child.ts'),
+          'ranged',
+          urls[r]!,
+          pool.details.mountPath,
+          String(bytes),
+          '-',
+        ],
+        { env: { ...process.env, AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true' } },
+      );
+      rangedTimes.push((JSON.parse(stdout.trim().split('\n').pop() ?? '{}') as { ms: number }).ms);
+      await rm(path.join(pool.details.mountPath, 'ranged-baseline.qcow2'), { force: true });
     }
     listing.destroy();
     signer.destroy();
