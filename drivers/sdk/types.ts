@@ -731,6 +731,31 @@ export interface PresignOptions extends ObjectOptions {
   checksumSha256?: string;
 }
 
+/** Options for {@link ImageStoreDriver.presignPost}. */
+export interface PresignPostOptions extends StoreOptions {
+  /** Path prefix relative to the store's prefix, ending in `/`: every upload's key starts with it. */
+  prefix: string;
+  /** Largest object one upload may create. */
+  maxBytes: number;
+  expiresSeconds?: number;
+}
+
+/**
+ * A presigned POST policy: its holder uploads any number of objects under `keyPrefix` until
+ * `expiresAt` by POSTing multipart/form-data to `url` with `fields` as given, then `key`
+ * (`keyPrefix` + a name), `x-amz-checksum-algorithm: SHA256`, `x-amz-checksum-sha256` (base64 of
+ * the body's SHA-256, verified by the store and kept with the object) and last `file`.
+ */
+export interface PresignedPost {
+  url: string;
+  fields: Record<string, string>;
+  /** The full object key prefix (store prefix included) the `key` field must start with. */
+  keyPrefix: string;
+  maxBytes: number;
+  /** ISO-8601. */
+  expiresAt: string;
+}
+
 /** A presigned URL and when it stops working. */
 export interface PresignedUrl {
   url: string;
@@ -794,6 +819,12 @@ export interface ImageStoreDriver extends DataStoreDriver {
    * `checksumSha256`, the PUT must carry it as `x-amz-checksum-sha256` and a mismatch is refused.
    */
   presignPut(options: PresignOptions): Promise<PresignedUrl>;
+  /**
+   * Optional: one grant for many uploads under a prefix (see {@link PresignedPost}), so a host can
+   * upload objects whose names it learns only while it works (backup chunks to a job's staging
+   * prefix). Without it, backups take a second host command with one presigned PUT per chunk.
+   */
+  presignPost?(options: PresignPostOptions): Promise<PresignedPost>;
 }
 
 const IMAGE_STORE_METHODS = [
