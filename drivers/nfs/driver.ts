@@ -505,6 +505,11 @@ export class NfsDriver extends BasePrimaryDataStoreDriver implements BackupCapab
             format: 'qcow2',
           });
         }
+        if (options.staging !== undefined) {
+          const { url, fields, keyPrefix, maxBytes } = options.staging ?? {};
+          assertPresignedUrl(url, 'staging.url');
+          args.staging = { url, fields, keyPrefix, maxBytes };
+        }
         const scan = await this.#run<BackupScanResult>(
           ctx,
           hostId!,
@@ -525,6 +530,7 @@ export class NfsDriver extends BasePrimaryDataStoreDriver implements BackupCapab
           chunks: scan.chunks,
           computed,
           incremental: scan.incremental,
+          ...(options.staging !== undefined ? { staged: scan.staged } : {}),
           counters: scan.counters,
         };
       },

@@ -326,6 +326,14 @@ export interface ChunkScanOptions extends SnapshotOptions {
     /** Presigned GET of the previous manifest (JSON, `BackupManifestSchema`). */
     manifestUrl: string;
   };
+  /**
+   * A presigned POST policy for the job's staging prefix. A driver that takes it uploads, in the
+   * same pass, every chunk it computes that is neither in `previous`'s manifest nor known to the
+   * store, as `<keyPrefix><sha256>` with its SHA-256, and lists them in `staged`; the control plane
+   * then moves them under their content address itself, so the backup is one host command. A
+   * driver may ignore it (no `staged`): the chunks are then uploaded by `uploadSnapshotChunks`.
+   */
+  staging?: PresignedPost;
 }
 
 /** Result of {@link BackupCapableDriver.scanSnapshotChunks}. */
@@ -338,6 +346,8 @@ export interface ChunkScanResult {
   computed: Array<{ index: number; sha256: string }>;
   /** True when only the extents changed since `previous` were read. */
   incremental: boolean;
+  /** With `staging`: the distinct hashes uploaded to the staging prefix, each with the index read. */
+  staged?: Array<{ index: number; sha256: string }>;
   counters: ChunkBackupCounters;
 }
 
