@@ -77,7 +77,8 @@ async function plainRangedDownload(
         expiresIn: 3600,
       });
       const res = await fetch(url, { headers: { range: `bytes=${start}-${end}` } });
-      if (res.status !== 206 && res.status !== 200) throw new Error(`plain GET ${start}: ${res.status}`);
+      if (res.status !== 206 && res.status !== 200)
+        throw new Error(`plain GET ${key} at ${start}: ${res.status}`);
       const body = Buffer.from(await res.arrayBuffer());
       if (body.byteLength !== end - start + 1) {
         throw new Error(`plain GET ${start}: ${body.byteLength} bytes for a ${end - start + 1}-byte range`);
@@ -166,7 +167,8 @@ export async function benchVolumes(
     );
     if (!copy?.path)
       throw new Error(`no image-store copy of the large template: ${JSON.stringify(template)}`);
-    const objectKey = copy.path;
+    // An s3 image store keys its objects `<prefix><path>`.
+    const objectKey = `${imageStore.details.prefix ?? ''}${copy.path}`;
     const downloadTimes: number[] = [];
     for (let r = 0; r < rounds; r++) {
       const target = path.join(pool.details.mountPath, `download-baseline-${r}.qcow2`);
@@ -228,6 +230,8 @@ export async function benchVolumes(
       installVsPlainDownload: fig(downloadMs / installMs, 2),
       installVsCp: fig(cpMs / installMs, 2),
       cloneLargeOverSmall: fig(largeMs / smallMs, 2),
+      // The first volume's commands beyond what a cached clone sends: the install's own.
+      hostCommandsPerInstall: install.commands.length - cloneCommands.length,
       hostCommandsInstallAndClone: install.commands.length,
       hostPeakRssMiB: install.runtimePeakRssMiB,
       hostGroupPeakRssMiB: install.groupPeakRssMiB,
