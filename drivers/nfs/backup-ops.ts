@@ -150,8 +150,11 @@ export interface BackupUploadResult {
 }
 
 /**
- * Backs up a volume's snapshot layer as content-addressed chunks, in two phases so the control
- * plane can presign PUTs for exactly the chunks the store lacks.
+ * Backs up a volume's snapshot layer as content-addressed chunks. With a `staging` POST policy the
+ * `scan` phase alone does it: each chunk it computes that is neither in the previous manifest nor
+ * in `knownChunks` is uploaded to the job's staging prefix while its bytes are in hand (`staged` in
+ * the result). The `upload` phase PUTs chunks to per-chunk presigned URLs: for the chunks still
+ * missing afterwards, or for every missing chunk when there is no staging grant.
  *
  * `scan` reads the chunks overlapping the changed extents (incremental: every other entry is copied
  * from the previous manifest) or every allocated extent of the chain (`qemu-img map`; full), hashes

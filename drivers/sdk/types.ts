@@ -390,9 +390,11 @@ export interface ChunkRestoreResult extends CreateResult {
  * the image store and restore from it (docs/backup-format.md). The host only ever sees presigned
  * URLs; lists that could outgrow a host request travel as presigned JSON objects.
  *
- * A backup is scan, then upload: the control plane learns the hashes from the scan, decides which
- * chunks the image store lacks (its chunk index), presigns a PUT for each, and writes the manifest
- * only after every chunk it names is stored.
+ * A backup is one scan that hashes the changed chunks and, given a `staging` POST policy, uploads
+ * those the previous backup does not name to the job's staging prefix in the same pass; the
+ * control plane checks them against its chunk index, moves the staged ones under their content
+ * address, and asks for `uploadSnapshotChunks` (presigned PUTs) only for chunks still missing. The
+ * manifest is written only after every chunk it names is stored.
  */
 export interface BackupCapableDriver {
   scanSnapshotChunks(options: ChunkScanOptions): Promise<ChunkScanResult>;

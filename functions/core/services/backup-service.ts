@@ -1,13 +1,15 @@
 /**
  * Backup of snapshots to the image store, restore from backups, and removal of backups
- * (docs/backup-format.md). The snapshot-backup flow runs three steps — scan, upload, commit — with
- * a compensation; restores run inside volume-create (backup-restore.ts); removal runs inside snapshot
+ * (docs/backup-format.md). The snapshot-backup flow runs scan (one host command that also uploads
+ * to the job's staging prefix), upload (only for chunks still missing) and commit, with a
+ * compensation; restores run inside volume-create (backup-restore.ts); removal runs inside snapshot
  * delete. The image-store objects are reached through backup-store.ts.
  *
  * Image-store layout, relative to the store's prefix:
  * - `backups/chunks/<ab>/<sha256>`: one object per distinct chunk, shared by every backup in the store;
  * - `backups/manifests/<volume>/<snapshot>.json`: one manifest per backup, written last;
- * - `backups/plans/<job>/…`: a job's working lists (scan result, presigned URL lists), removed at the end.
+ * - `backups/plans/<job>/…`: a job's working lists (scan result, presigned URL lists) and under
+ *   `staging/` the chunks its host uploaded, removed at the end.
  *
  * Invariants:
  * - a manifest exists only once every chunk it names is stored (it is written after the uploads);
@@ -236,8 +238,9 @@ export class BackupService {
 
   /**
    * Scan: hash the snapshot on a host (only what changed since the previous backup when that
-   * backup is the snapshot's base), pin every chunk of the new manifest, and record which of them
-   * the store lacks.
+   * backup is the snapshot's base) and, through a POST policy, upload to the job's staging prefix
+   * the chunks that backup does not name; pin the chunks, move the staged ones the index lacks
+   * under their content address, and record which are still missing (for the Upload step).
    */
   async scanBackup(input: Step): Promise<{ toUpload: number }> {
     const { snapshot, volume, image, copy, pool, driver } = await this.leased(input);
