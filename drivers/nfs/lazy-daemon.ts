@@ -133,6 +133,10 @@ export class ChunkCache {
   private list: RestoreList;
   private listMtimeMs = 0;
   readonly progress: LazyProgress;
+  /** Called after every chunk that arrived. */
+  onChange: () => void = () => undefined;
+  /** Awaited after every failed fetch, before the failure reaches a reader. */
+  onFailure: () => Promise<void> = async () => undefined;
 
   private constructor(
     private readonly stateDir: string,
@@ -247,6 +251,7 @@ export class ChunkCache {
       this.progress.chunksFetched++;
       this.progress.bytesFetched += length;
       this.progress.hydrated = this.progress.chunksHydrated === this.progress.chunksTotal;
+      this.onChange();
     } catch (error) {
       const code = error instanceof DriverError ? error.code : 'FetchFailed';
       if (code === 'ChecksumMismatch') this.progress.checksumFailures++;
@@ -256,6 +261,7 @@ export class ChunkCache {
         { index, code, message, at: new Date().toISOString() },
       ];
       this.logger.error('chunk fetch failed', { index, code, message });
+      await this.onFailure();
       throw error;
     }
   }
@@ -308,14 +314,27 @@ export async function runLazyRestoreDaemon(stateDir: string): Promise<void> {
   await writeFile(join(stateDir, LazyFiles.pid), String(process.pid), { mode: 0o600 });
   logger.info('serving', { socketPath: config.socketPath, chunks: cache.progress.chunksTotal });
 
-  let lastWrite = 0;
-  const report = async (force = false) => {
-    if (!force && Date.now() - lastWrite < 250) return;
-    lastWrite = Date.now();
+  // progress.json follows every fetch, at most every 100 ms (the last change is always written).
+  let writing: Promise<void> = Promise.resolve();
+  let pending: NodeJS.Timeout | undefined;
+  const report = async () => {
+    if (pending) {
+      clearTimeout(pending);
+      pending = undefined;
+    }
     cache.progress.updatedAt = new Date().toISOString();
-    await writeJsonAtomic(join(stateDir, LazyFiles.progress), cache.progress).catch(() => undefined);
+    const snapshot = JSON.parse(JSON.stringify(cache.progress)) as LazyProgress;
+    writing = writing.then(() =>
+      writeJsonAtomic(join(stateDir, LazyFiles.progress), snapshot).catch(() => undefined),
+    );
+    await writing;
   };
-  await report(true);
+  cache.onChange = () => {
+    pending ??= setTimeout(() => void report(), 100);
+  };
+  // A failure is on record before the reader that hit it hears of it.
+  cache.onFailure = () => report();
+  await report();
 
   const stopped = new Promise<void>((resolve) => {
     const stop = () => {
@@ -337,23 +356,22 @@ export async function runLazyRestoreDaemon(stateDir: string): Promise<void> {
         while (!controller.signal.aborted && next < todo.length) {
           const index = todo[next++]!;
           await cache.ensure(index).catch(() => failed++);
-          await report();
         }
       };
       await Promise.all(Array.from({ length: config.concurrency }, worker));
-      await report(true);
+      await report();
       if (failed === 0) continue;
       await new Promise((resolve) => setTimeout(resolve, pause).unref());
       pause = Math.min(pause * 2, 30_000);
     }
     if (cache.progress.hydrated) logger.info('hydrated', { chunks: cache.progress.chunksTotal });
-    await report(true);
+    await report();
   };
   const hydration = hydrate();
   await stopped;
   await server.close();
   await hydration.catch(() => undefined);
-  await report(true);
+  await report();
   await cache.close();
   logger.info('stopped');
 }

@@ -37,7 +37,7 @@ import { qemuCheck, qemuInfo } from '../sdk/qemu.js';
 import type { HostOperation, HostOperationContext } from '../sdk/types.js';
 import { AbsolutePathSchema, RelativePathSchema, SafeIdSchema } from '../sdk/validation.js';
 import { CountSchema, fetchList, RestoreListSchema, SizeSchema, UrlSchema } from './chunk-transfer.js';
-import { assertHttpUrl } from './download.js';
+import { assertHttpUrl, ChecksumMismatchError } from './download.js';
 import {
   countHydrated,
   LAZY_DAEMON_FLAG,
@@ -53,6 +53,7 @@ import {
 export const NfsLazyRestoreOperation = {
   LazyRestoreStart: 'lazyRestoreStart',
   LazyRestoreStatus: 'lazyRestoreStatus',
+  LazyRestoreWait: 'lazyRestoreWait',
   LazyRestoreFinish: 'lazyRestoreFinish',
   LazyRestoreAbort: 'lazyRestoreAbort',
 } as const;
@@ -112,6 +113,15 @@ const StatusArgs = z
   });
 
 const FinishArgs = z.object(Target).strict();
+
+const WaitArgs = z
+  .object({
+    ...Target,
+    pollSeconds: z.number().int().positive().max(60).default(1),
+    /** Checksum failures the daemon may report before the wait gives up on a damaged chunk. */
+    maxChecksumFailures: z.number().int().positive().max(1000).default(3),
+  })
+  .strict();
 
 /** Where a lazy restore stands, as the status and start operations report it. */
 export interface LazyRestoreStatus {
@@ -285,6 +295,50 @@ export const lazyRestoreStatus: HostOperation<z.infer<typeof StatusArgs>, LazyRe
 };
 
 /**
+ * Waits until every chunk is hydrated, reporting progress (`phase: 'hydrating'`, `chunksHydrated`,
+ * `chunksTotal`) each poll and starting the daemon again whenever it is not running. Fails with
+ * `ChecksumMismatch` (not retryable) once the daemon has seen `maxChecksumFailures` damaged chunk
+ * bodies: the store's copy of that chunk is bad and fetching it again cannot help. A workflow runs
+ * this as one long host command: its step suspends and polls the command meanwhile.
+ */
+export const lazyRestoreWait: HostOperation<z.infer<typeof WaitArgs>, LazyRestoreStatus> = {
+  args: WaitArgs,
+  async run(args, ctx) {
+    const where = await resolve(args);
+    if (!(await exists(join(where.stateDir, LazyFiles.config)))) {
+      if ((await volumeBacking(where.target, ctx)) === 'none') return finishedStatus(args.path);
+      throw new ObjectNotFoundError(`no lazy restore of ${args.volumeId} on this share`, {
+        context: { path: args.path },
+      });
+    }
+    const config = await readLazyConfig(where.stateDir);
+    let started = false;
+    for (;;) {
+      if (ctx.signal.aborted) throw ctx.signal.reason;
+      const list = await readLazyChunks(where.stateDir, config);
+      const status = await statusOf(args.path, where.stateDir, list, started);
+      ctx.progress(Math.floor((status.chunksHydrated / Math.max(1, status.chunksTotal)) * 100), {
+        phase: 'hydrating',
+        chunksHydrated: status.chunksHydrated,
+        chunksTotal: status.chunksTotal,
+      });
+      if (status.state === 'hydrated') return status;
+      if (status.checksumFailures >= args.maxChecksumFailures) {
+        const bad = [
+          ...new Set(status.errors.filter((e) => e.code === 'ChecksumMismatch').map((e) => e.index)),
+        ];
+        throw new ChecksumMismatchError(
+          `hydration of ${args.path} stopped: chunk ${bad.join(', ')} arrived damaged ${status.checksumFailures} times`,
+          { chunks: bad, path: args.path },
+        );
+      }
+      if (await ensureDaemon(where.stateDir, config, ctx)) started = true;
+      await sleep(args.pollSeconds * 1000, ctx.signal);
+    }
+  },
+};
+
+/**
  * Once every chunk is cached: stops the daemon, rebases the volume onto the cache file without
  * copying (`rebase -u`: the two hold the same bytes), flattens it (`rebase -b ''`, which copies the
  * ranges the overlay does not hold), checks it, and removes the state directory. Each step is safe
@@ -382,6 +436,7 @@ export const lazyRestoreAbort: HostOperation<
 export const nfsLazyRestoreOperations = {
   lazyRestoreStart,
   lazyRestoreStatus,
+  lazyRestoreWait,
   lazyRestoreFinish,
   lazyRestoreAbort,
 } as const;
@@ -586,6 +641,18 @@ async function stopDaemon(stateDir: string, ctx: HostOperationContext): Promise<
     await new Promise((r) => setTimeout(r, 25));
   }
   ctx.logger.info('lazy-restore daemon stopped', { stateDir, pid });
+}
+
+function sleep(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolveSleep) => {
+    const timer = setTimeout(done, ms);
+    function done() {
+      clearTimeout(timer);
+      signal.removeEventListener('abort', done);
+      resolveSleep();
+    }
+    signal.addEventListener('abort', done, { once: true });
+  });
 }
 
 async function removeState(stateDir: string): Promise<void> {

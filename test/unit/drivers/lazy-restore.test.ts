@@ -95,7 +95,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   allow(...Array.from({ length: SIZE / CHUNK }, (_, i) => i));
-  for (const id of ['vol-1', 'vol-2', 'vol-3', 'vol-4']) {
+  for (const id of ['vol-1', 'vol-2', 'vol-3', 'vol-4', 'vol-5']) {
     await call('lazyRestoreAbort', { ...target(id) }).catch(() => undefined);
   }
   server?.closeAllConnections();
@@ -139,6 +139,8 @@ async function waitFor(what: string, check: () => Promise<boolean>) {
 }
 
 describe('lazy restore', () => {
+  afterEach(() => corrupt.clear());
+
   test('reads answer from a volume whose chunks have not all arrived; a bad chunk is EIO; finish flattens', async () => {
     const volume = join(share, 'volumes', 'vol-1.qcow2');
     const started = await call<LazyRestoreStatus>('lazyRestoreStart', startArgs('vol-1'));
@@ -250,11 +252,12 @@ describe('lazy restore', () => {
     await expect(call('lazyRestoreStart', startArgs('vol-2'), 'job-b')).resolves.toMatchObject({
       daemonStarted: false,
     });
-    await waitFor(
-      'hydrated',
-      async () =>
-        (await call<LazyRestoreStatus>('lazyRestoreStatus', target('vol-2'), `job-${Date.now()}`)).state ===
-        'hydrated',
+    // The wait operation returns once every chunk is in.
+    await expect(call<LazyRestoreStatus>('lazyRestoreWait', target('vol-2'), 'job-w')).resolves.toMatchObject(
+      {
+        state: 'hydrated',
+        chunksHydrated: 16,
+      },
     );
     await call('lazyRestoreFinish', target('vol-2'), 'job-c');
     await run('qemu-img', ['compare', '-f', 'qcow2', '-F', 'raw', volume, join(root, 'snap.raw')]);
@@ -269,6 +272,21 @@ describe('lazy restore', () => {
     expect(() => process.kill(pid, 0)).toThrow();
     await expect(stat(join(share, 'volumes', 'vol-3.qcow2'))).rejects.toMatchObject({ code: 'ENOENT' });
     await expect(stat(stateDir('vol-3'))).rejects.toMatchObject({ code: 'ENOENT' });
+  });
+
+  test('the wait gives up with ChecksumMismatch when a chunk keeps arriving damaged', async () => {
+    allow(...Array.from({ length: 16 }, (_, i) => i));
+    corrupt.add(5);
+    try {
+      await call('lazyRestoreStart', startArgs('vol-5'), 'job-h');
+      await expect(
+        call('lazyRestoreWait', { ...target('vol-5'), maxChecksumFailures: 2 }, 'job-i'),
+      ).rejects.toMatchObject({ code: 'ChecksumMismatch', message: expect.stringContaining('chunk 5') });
+      const status = await call<LazyRestoreStatus>('lazyRestoreStatus', target('vol-5'), 'job-j');
+      expect(status).toMatchObject({ state: 'hydrating', chunksHydrated: 15 });
+    } finally {
+      corrupt.delete(5);
+    }
   });
 
   test('arguments are checked: a list of the wrong length names its field', async () => {
