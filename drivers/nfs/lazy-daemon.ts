@@ -339,10 +339,18 @@ export async function runLazyRestoreDaemon(stateDir: string): Promise<void> {
   const stopped = new Promise<void>((resolve) => {
     const stop = () => {
       controller.abort();
+      clearInterval(orphanCheck);
       resolve();
     };
     process.once('SIGTERM', stop);
     process.once('SIGINT', stop);
+    // A state directory removed under it (an abort run from another host, say) ends the daemon.
+    const orphanCheck = setInterval(() => {
+      stat(join(stateDir, LazyFiles.config)).catch(() => {
+        logger.warn('state directory is gone; stopping');
+        stop();
+      });
+    }, 2000);
   });
 
   const hydrate = async () => {

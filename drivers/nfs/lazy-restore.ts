@@ -126,6 +126,8 @@ const WaitArgs = z
 /** Where a lazy restore stands, as the status and start operations report it. */
 export interface LazyRestoreStatus {
   path: string;
+  /** The host that answered: the one whose daemon serves the export (a unix socket, host-local). */
+  hostId: string;
   /** `hydrating` while chunks are missing, `hydrated` when finish may run, `finished` after it. */
   state: 'hydrating' | 'hydrated' | 'finished';
   chunksTotal: number;
@@ -200,7 +202,7 @@ export const lazyRestoreStart: HostOperation<z.infer<typeof StartArgs>, LazyRest
     const configFile = join(where.stateDir, LazyFiles.config);
     const hasState = await exists(configFile);
     const volume = await volumeBacking(where.target, ctx);
-    if (volume === 'none' && !hasState) return finishedStatus(args.path, args);
+    if (volume === 'none' && !hasState) return finishedStatus(args.path, ctx, args);
     const list = await incomingList(args, ctx);
     if (!list) throw new DriverInputError('give chunks or chunksUrl', { context: { field: 'chunksUrl' } });
     const total = chunkCount(args.virtualSizeBytes, args.chunkSizeBytes);
@@ -265,7 +267,7 @@ export const lazyRestoreStart: HostOperation<z.infer<typeof StartArgs>, LazyRest
       });
     }
     ctx.logger.info('lazy restore serving', { path: args.path, daemonStarted });
-    return statusOf(args.path, where.stateDir, list, daemonStarted);
+    return statusOf(args.path, where.stateDir, list, daemonStarted, ctx);
   },
 };
 
@@ -279,7 +281,7 @@ export const lazyRestoreStatus: HostOperation<z.infer<typeof StatusArgs>, LazyRe
   async run(args, ctx) {
     const where = await resolve(args);
     if (!(await exists(join(where.stateDir, LazyFiles.config)))) {
-      if ((await volumeBacking(where.target, ctx)) === 'none') return finishedStatus(args.path);
+      if ((await volumeBacking(where.target, ctx)) === 'none') return finishedStatus(args.path, ctx);
       throw new ObjectNotFoundError(`no lazy restore of ${args.volumeId} on this share`, {
         context: { path: args.path },
       });
@@ -290,7 +292,7 @@ export const lazyRestoreStatus: HostOperation<z.infer<typeof StatusArgs>, LazyRe
     const list = await readLazyChunks(where.stateDir, config);
     const hydrated = await countHydrated(where.stateDir, list);
     const daemonStarted = hydrated < list.length ? await ensureDaemon(where.stateDir, config, ctx) : false;
-    return statusOf(args.path, where.stateDir, list, daemonStarted);
+    return statusOf(args.path, where.stateDir, list, daemonStarted, ctx);
   },
 };
 
@@ -306,7 +308,7 @@ export const lazyRestoreWait: HostOperation<z.infer<typeof WaitArgs>, LazyRestor
   async run(args, ctx) {
     const where = await resolve(args);
     if (!(await exists(join(where.stateDir, LazyFiles.config)))) {
-      if ((await volumeBacking(where.target, ctx)) === 'none') return finishedStatus(args.path);
+      if ((await volumeBacking(where.target, ctx)) === 'none') return finishedStatus(args.path, ctx);
       throw new ObjectNotFoundError(`no lazy restore of ${args.volumeId} on this share`, {
         context: { path: args.path },
       });
@@ -316,7 +318,7 @@ export const lazyRestoreWait: HostOperation<z.infer<typeof WaitArgs>, LazyRestor
     for (;;) {
       if (ctx.signal.aborted) throw ctx.signal.reason;
       const list = await readLazyChunks(where.stateDir, config);
-      const status = await statusOf(args.path, where.stateDir, list, started);
+      const status = await statusOf(args.path, where.stateDir, list, started, ctx);
       ctx.progress(Math.floor((status.chunksHydrated / Math.max(1, status.chunksTotal)) * 100), {
         phase: 'hydrating',
         chunksHydrated: status.chunksHydrated,
@@ -513,6 +515,7 @@ async function statusOf(
   stateDir: string,
   list: z.infer<typeof RestoreListSchema>,
   daemonStarted: boolean,
+  ctx: HostOperationContext,
 ): Promise<LazyRestoreStatus> {
   const hydrated = await countHydrated(stateDir, list);
   const progress = await readFile(join(stateDir, LazyFiles.progress), 'utf8')
@@ -520,6 +523,7 @@ async function statusOf(
     .catch(() => undefined);
   return {
     path,
+    hostId: ctx.hostId,
     state: hydrated === list.length ? 'hydrated' : 'hydrating',
     chunksTotal: list.length,
     chunksHydrated: hydrated,
@@ -529,10 +533,15 @@ async function statusOf(
   };
 }
 
-function finishedStatus(path: string, sizes?: { virtualSizeBytes: number; chunkSizeBytes: number }) {
+function finishedStatus(
+  path: string,
+  ctx: HostOperationContext,
+  sizes?: { virtualSizeBytes: number; chunkSizeBytes: number },
+): LazyRestoreStatus {
   const total = sizes ? chunkCount(sizes.virtualSizeBytes, sizes.chunkSizeBytes) : 0;
   return {
     path,
+    hostId: ctx.hostId,
     state: 'finished' as const,
     chunksTotal: total,
     chunksHydrated: total,
