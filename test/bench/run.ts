@@ -2,9 +2,10 @@
  * Runs benchmarks and prints their figures. Never part of `npm test`: figures go to BENCHMARKS.md.
  *
  *   npm run bench -- <name> [args…]     e.g. npm run bench -- ingest 256 5; npm run bench -- volumes 64 1024 3;
- *                                        npm run bench -- snapshots 256 1024 16 2
+ *                                        npm run bench -- snapshots 256 1024 16 2; npm run bench -- lazy-restore 4096 1
  */
 import { benchIngest } from './ingest';
+import { benchLazyRestore } from './lazy-restore';
 import { benchSnapshots } from './snapshots';
 import { benchVolumes } from './volumes';
 
@@ -14,6 +15,7 @@ const benches: Record<string, (args: number[]) => Promise<unknown>> = {
   ingest: (a) => benchIngest(a[0], a[1]),
   volumes: (a) => benchVolumes(a[0], a[1], a[2]),
   snapshots: (a) => benchSnapshots(a[0], a[1], a[2], a[3]),
+  'lazy-restore': (a) => benchLazyRestore(a[0], a[1]),
 };
 
 async function main(): Promise<void> {
