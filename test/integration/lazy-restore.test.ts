@@ -7,6 +7,8 @@ import { execFile } from 'node:child_process';
 import { readdir } from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
+import { GetObjectCommand, ListObjectsV2Command, PutObjectCommand } from '@aws-sdk/client-s3';
+import { chunkObjectKey } from '../../drivers/sdk/backup-manifest';
 import { startImageServer } from '../support/image-server';
 import { tempDir } from '../support/integration';
 import { qemuCompare } from '../support/qemu-compare';
@@ -34,7 +36,7 @@ describe('lazy restore of a backup', () => {
     await server?.close();
   });
 
-  it('restores lazily: Hydrating with progress, then Ready, flattened, equal to the snapshot', async () => {
+  it('restores lazily: Hydrating with progress, then Ready, flattened, equal to the snapshot; a damaged chunk ends in Error, cleaned up', async () => {
     const reg = await t.call('POST', '/templates', {
       name: 'lazy-template',
       url: server.url('/template.qcow2'),
@@ -126,5 +128,45 @@ describe('lazy restore of a backup', () => {
 
     const del = await t.call('DELETE', `/volumes/${volume.id}`);
     expect((await t.waitForJob(del.body.job.id)).state).toBe('succeeded');
+
+    // A chunk damaged in the store: reads of it fail, the job fails naming it, and the volume ends
+    // in Error with no file, no daemon state and no space held.
+    const listed = await t.s3.send(
+      new ListObjectsV2Command({ Bucket: t.imageBucket, Prefix: 'images/backups/manifests/' }),
+    );
+    const manifestKey = listed.Contents?.map((o) => o.Key ?? '').find((k) => k.includes(snapshotId));
+    const manifest = JSON.parse(
+      await (
+        await t.s3.send(new GetObjectCommand({ Bucket: t.imageBucket, Key: manifestKey }))
+      ).Body!.transformToString(),
+    ) as { chunks: Array<string | null> };
+    const victim = manifest.chunks.find((c): c is string => c !== null)!;
+    await t.s3.send(
+      new PutObjectCommand({
+        Bucket: t.imageBucket,
+        Key: `images/${chunkObjectKey('backups/chunks', victim)}`,
+        Body: Buffer.alloc(4 * 2 ** 20, 0x99),
+      }),
+    );
+    const doomed = await t.call('POST', '/volumes', {
+      name: 'lazy-doomed',
+      zoneId: 'zone-1',
+      storeId: pool.id,
+      fromSnapshotId: snapshotId,
+      restoreFrom: 'backup',
+      lazy: true,
+    });
+    expect(doomed.status).toBe(202);
+    const failed = await t.waitForJob(doomed.body.job.id, 120_000);
+    expect(failed.state).toBe('failed');
+    expect(JSON.stringify(failed.error)).toContain('ChecksumMismatch');
+    const broken = (await t.call('GET', `/volumes/${doomed.body.volume.id}`)).body;
+    expect(broken).toMatchObject({ status: 'Error' });
+    expect(broken.path).toBeUndefined();
+    expect(broken.statusReason).toContain('damaged');
+    const files = await readdir(path.join(pool.details.mountPath, 'volumes'));
+    expect(files.filter((f) => f.includes(doomed.body.volume.id))).toEqual([]);
+    const dirs = await readdir(path.join(pool.details.mountPath, '.strata', 'lazy')).catch(() => []);
+    expect(dirs).not.toContain(doomed.body.volume.id);
   }, 300_000);
 });
