@@ -154,16 +154,18 @@ interface Resolved {
   target: string;
 }
 
-async function resolve(args: { mountPath: string; volumeId: string; path: string }): Promise<Resolved> {
+// Only the start creates directories: the other operations must not leave empty ones behind.
+async function resolve(
+  args: { mountPath: string; volumeId: string; path: string },
+  createParents = false,
+): Promise<Resolved> {
   const realRoot = await realRootOf(args.mountPath);
   const config = await resolveConfinedPath(
     args.mountPath,
     `${lazyStatePath(args.volumeId)}/${LazyFiles.config}`,
-    {
-      createParents: true,
-    },
+    { createParents },
   );
-  const target = await resolveConfinedPath(args.mountPath, args.path, { createParents: true });
+  const target = await resolveConfinedPath(args.mountPath, args.path, { createParents });
   return { realRoot, stateDir: dirname(config), target };
 }
 
@@ -198,11 +200,16 @@ export function nbdBackingUri(socketPath: string): string {
 export const lazyRestoreStart: HostOperation<z.infer<typeof StartArgs>, LazyRestoreStatus> = {
   args: StartArgs,
   async run(args, ctx) {
-    const where = await resolve(args);
+    const where = await resolve(args, true);
     const configFile = join(where.stateDir, LazyFiles.config);
     const hasState = await exists(configFile);
     const volume = await volumeBacking(where.target, ctx);
     if (volume === 'none' && !hasState) return finishedStatus(args.path, ctx, args);
+    if (hasState && (volume === 'none' || volume === join(where.stateDir, LazyFiles.cache))) {
+      // A finish got as far as the flatten: nothing to serve any more, finish completes it.
+      const existing = await readLazyConfig(where.stateDir);
+      return statusOf(args.path, where.stateDir, await readLazyChunks(where.stateDir, existing), false, ctx);
+    }
     const list = await incomingList(args, ctx);
     if (!list) throw new DriverInputError('give chunks or chunksUrl', { context: { field: 'chunksUrl' } });
     const total = chunkCount(args.virtualSizeBytes, args.chunkSizeBytes);
@@ -577,7 +584,13 @@ async function ensureDaemon(
   config: LazyConfig,
   ctx: HostOperationContext,
 ): Promise<boolean> {
-  if ((await daemonPid(stateDir)) !== undefined && (await canConnect(config.socketPath))) return false;
+  const running = await daemonPid(stateDir);
+  if (running !== undefined) {
+    if (await canConnect(config.socketPath)) return false;
+    // Alive but not answering: never two daemons on one cache.
+    ctx.logger.warn('lazy-restore daemon does not answer; restarting it', { stateDir, pid: running });
+    await stopDaemon(stateDir, ctx);
+  }
   const script = process.env[HOST_RUNTIME_SCRIPT_ENV] ?? require.main?.filename;
   if (!script || !isAbsolute(script) || !(await exists(script))) {
     throw new DriverError('cannot find the host runtime script to start the lazy-restore daemon from', {

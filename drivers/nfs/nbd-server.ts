@@ -208,7 +208,8 @@ class Connection {
         return;
       }
       if (type === 1) {
-        // NBD_CMD_WRITE carries a payload: drain it, then refuse it.
+        // NBD_CMD_WRITE carries a payload: drain it, then refuse it (a huge one ends the connection).
+        if (length > NBD_MAX_READ_BYTES) throw new Error('NBD write too large');
         await this.readExact(length);
         this.reply(handle, EPERM);
         continue;

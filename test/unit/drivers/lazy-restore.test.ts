@@ -284,6 +284,19 @@ describe('lazy restore', () => {
       ).rejects.toMatchObject({ code: 'ChecksumMismatch', message: expect.stringContaining('chunk 5') });
       const status = await call<LazyRestoreStatus>('lazyRestoreStatus', target('vol-5'), 'job-j');
       expect(status).toMatchObject({ state: 'hydrating', chunksHydrated: 15 });
+      // Fresh URLs are taken only for the same chunks.
+      const other = list.map((c) => (c && c.index === 0 ? { ...c, sha256: 'f'.repeat(64) } : c));
+      await expect(
+        call('lazyRestoreStatus', { ...target('vol-5'), chunks: other }, 'job-k'),
+      ).rejects.toMatchObject({ code: 'Conflict' });
+      corrupt.delete(5);
+      await expect(
+        call<LazyRestoreStatus>('lazyRestoreStatus', { ...target('vol-5'), chunks: list }, 'job-l'),
+      ).resolves.toMatchObject({ state: 'hydrating' });
+      // With chunk 5 whole again, the daemon's next pass completes the disk.
+      await expect(call('lazyRestoreWait', target('vol-5'), 'job-m')).resolves.toMatchObject({
+        state: 'hydrated',
+      });
     } finally {
       corrupt.delete(5);
     }
