@@ -150,6 +150,8 @@ export interface TemplateInStore extends Versioned {
 export const VolumeStatus = {
   Allocated: 'Allocated',
   Creating: 'Creating',
+  /** Lazily restored: usable (it may be attached) while its backup's chunks still arrive. */
+  Hydrating: 'Hydrating',
   Ready: 'Ready',
   Resizing: 'Resizing',
   Snapshotting: 'Snapshotting',
@@ -186,6 +188,10 @@ export interface Volume extends Versioned {
   /** The snapshot it was restored from, and which of its copies the restore reads. */
   sourceSnapshotId?: string;
   restoreFrom?: 'auto' | 'primary' | 'backup';
+  /** Restored lazily (docs/backup-format.md, "Lazy restore"): Hydrating before Ready. */
+  lazyRestore?: boolean;
+  /** While Hydrating: the host serving the volume's export, the only one that can use it then. */
+  hydrationHostId?: string;
   /** Hosts granted access (grantAccess), e.g. the one running the VM. */
   accessHostIds: string[];
   status: VolumeStatus;
