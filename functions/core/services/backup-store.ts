@@ -147,17 +147,19 @@ export class BackupStore {
     await image.driver.deleteAsync({ store: toStoreInfo(image.store), object: blob(path), ctx });
   }
 
+  /** Deletes everything under a job's plans prefix: its lists and what its host staged. */
   async removePlans(image: ImageStore, jobId: string, ctx: DriverContext): Promise<void> {
-    for (const name of ['scan', 'uploads', 'restore']) {
-      await this.deleteObject(image, planKey(jobId, name), ctx).catch(() => undefined);
-    }
-    await this.removeStaging(image, jobId, ctx).catch(() => undefined);
+    await this.removeUnder(image, `backups/plans/${jobId}/`, ctx);
   }
 
   /** Deletes whatever a job's host left under its staging prefix. */
   async removeStaging(image: ImageStore, jobId: string, ctx: DriverContext): Promise<void> {
+    await this.removeUnder(image, stagingPrefix(jobId), ctx);
+  }
+
+  private async removeUnder(image: ImageStore, prefix: string, ctx: DriverContext): Promise<void> {
     const store = toStoreInfo(image.store);
-    const left = await image.driver.listObjects({ store, prefix: stagingPrefix(jobId), ctx });
+    const left = await image.driver.listObjects({ store, prefix, ctx });
     await forEachLimit(left, PRESIGN_CONCURRENCY, (o) => this.deleteObject(image, o.path, ctx));
   }
 
