@@ -181,6 +181,12 @@ export interface Volume extends Versioned {
    * back: a step that dies before it has evicted the cache entry finds it again from here.
    */
   releasedFrom?: string;
+  /**
+   * While a migration's last step runs: the copy it switched the volume away from, set in the
+   * switch-over write (the volume stays Migrating, leased by that job, until the source is removed
+   * and its template cache entry evicted if unused). A replayed or recovered run finds it here.
+   */
+  migratedFrom?: { jobId: string; storeId: string; path?: string; droppedTemplateRef: boolean };
   sizeBytes: number;
   format: ImageFormat;
   path?: string;
