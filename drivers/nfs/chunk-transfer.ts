@@ -4,6 +4,7 @@
  * and the retry rules they share (network errors, 429 and 5xx retried with backoff).
  */
 
+import { createHash } from 'node:crypto';
 import { z } from 'zod';
 import { Sha256HexSchema, sha256Base64 } from '../sdk/backup-manifest.js';
 import { DriverError, DriverInputError, DriverUnavailableError, ObjectNotFoundError } from '../sdk/errors.js';
@@ -150,18 +151,26 @@ export async function postChunk(
   });
 }
 
+/**
+ * GETs one chunk of exactly `length` bytes into a buffer of that size (no copy of the whole body,
+ * and nothing past `length` is accepted), retrying network errors, 429 and 5xx with backoff. With
+ * `sha256`, the body is hashed as it arrives, piece by piece (the event loop is never held for a
+ * whole chunk), and another hash fails with {@link ChecksumMismatchError} naming the chunk. A body
+ * of another length is reported the same way: it is a wrong object, not a flaky link.
+ */
 export async function getChunk(
   url: string,
   index: number,
   length: number,
   timeoutMs: number,
   signal: AbortSignal,
+  sha256?: string,
 ): Promise<Buffer> {
   const where = redact(url);
   return withRetry(signal, async () => {
     const response = await fetchWithTimeout(
       url,
-      {},
+      { headers: { 'accept-encoding': 'identity' } },
       timeoutMs,
       signal,
       `download of chunk ${index} from ${where}`,
@@ -170,23 +179,45 @@ export async function getChunk(
       await response.body?.cancel().catch(() => undefined);
       throw statusError(response.status, `chunk ${index}`, where, { index });
     }
-    let body: Buffer;
+    const wrongLength = (got: number) =>
+      new ChecksumMismatchError(`chunk ${index} from ${where} is ${got} bytes, expected ${length}`, {
+        index,
+      });
+    const declared = response.headers.get('content-length');
+    if (declared !== null && /^\d+$/.test(declared) && Number(declared) !== length) {
+      await response.body?.cancel().catch(() => undefined);
+      throw wrongLength(Number(declared));
+    }
+    const body = Buffer.allocUnsafe(length);
+    const hash = sha256 === undefined ? undefined : createHash('sha256');
+    let received = 0;
     try {
-      body = Buffer.from(await response.arrayBuffer());
+      for await (const piece of (response.body ?? []) as AsyncIterable<Uint8Array>) {
+        if (received + piece.byteLength > length) {
+          await response.body?.cancel().catch(() => undefined);
+          throw wrongLength(received + piece.byteLength);
+        }
+        body.set(piece, received);
+        hash?.update(piece);
+        received += piece.byteLength;
+      }
     } catch (error) {
+      if (error instanceof DriverError) throw error;
       if (signal.aborted) throw signal.reason;
       throw new DriverUnavailableError(`download of chunk ${index} from ${where} broke off`, {
         cause: error,
       });
     }
-    if (body.byteLength !== length) {
-      // A short or long body is a wrong object, not a flaky link: report it like a bad hash.
-      throw new ChecksumMismatchError(
-        `chunk ${index} from ${where} is ${body.byteLength} bytes, expected ${length}`,
-        {
+    if (received !== length) throw wrongLength(received);
+    if (hash) {
+      const actual = hash.digest('hex');
+      if (actual !== sha256) {
+        throw new ChecksumMismatchError(`chunk ${index} (${sha256}) arrived with sha256 ${actual}`, {
           index,
-        },
-      );
+          sha256,
+          actual,
+        });
+      }
     }
     return body;
   });

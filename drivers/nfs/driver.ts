@@ -584,15 +584,16 @@ export class NfsDriver extends BasePrimaryDataStoreDriver implements BackupCapab
 
   /**
    * Restores a backup into a new qcow2 at `object`'s path (`object.path`, else
-   * `volumes/<id>.qcow2`): host operation `restoreChunks` fetches the JSON list at `chunksUrl` (one
-   * entry per chunk index, `count` of them: `{ index, sha256, url }`, or null for a zero chunk),
-   * downloads and verifies every non-zero chunk (`ChecksumMismatch` names a bad one), writes it
-   * through qemu-nbd into a temporary file and renames it into place once checked. Repeating it
-   * once the volume exists returns `restored: false`.
+   * `volumes/<id>.qcow2`): host operation `restoreChunks` reads the paged list behind
+   * `chunkPagesUrl` (an index of pages of `{ index, sha256, url }` for the non-zero chunks; or the
+   * whole list at `chunksUrl`, one entry per chunk index, null for a zero chunk), downloads and
+   * verifies every non-zero chunk (8 in flight; `ChecksumMismatch` names a bad one), writes it
+   * through qemu-nbd into a temporary file and renames it into place. Repeating it once the volume
+   * exists returns `restored: false`.
    *
    * @example
    * const restored = await driver.restoreChunks({ store, ctx, hostId, object: { kind: 'volume', id: 'vol-9', format: 'qcow2' },
-   *   virtualSizeBytes: m.virtualSizeBytes, chunkSizeBytes: m.chunkSizeBytes, chunksUrl: presignGet(restorePlanKey), count: m.chunks.length });
+   *   virtualSizeBytes: m.virtualSizeBytes, chunkSizeBytes: m.chunkSizeBytes, chunkPagesUrl: presignGet(restoreIndexKey), count: m.chunks.length });
    */
   async restoreChunks(options: ChunkRestoreOptions): Promise<ChunkRestoreResult> {
     return this.runOperation(options, 'restoreChunks', {}, async () => {
@@ -610,7 +611,13 @@ export class NfsDriver extends BasePrimaryDataStoreDriver implements BackupCapab
       }
       assertPositiveSize(options.virtualSizeBytes, 'virtualSizeBytes');
       assertChunkSize(options.chunkSizeBytes);
-      assertPresignedUrl(options.chunksUrl, 'chunksUrl');
+      if ((options.chunkPagesUrl === undefined) === (options.chunksUrl === undefined)) {
+        throw new DriverInputError('give exactly one of chunkPagesUrl (paged) or chunksUrl (one list)', {
+          context: { field: 'chunkPagesUrl' },
+        });
+      }
+      if (options.chunkPagesUrl !== undefined) assertPresignedUrl(options.chunkPagesUrl, 'chunkPagesUrl');
+      else assertPresignedUrl(options.chunksUrl, 'chunksUrl');
       assertCount(options.count, 'count');
       const chunks = chunkCount(options.virtualSizeBytes, options.chunkSizeBytes);
       if (options.count !== chunks) {
@@ -628,7 +635,9 @@ export class NfsDriver extends BasePrimaryDataStoreDriver implements BackupCapab
           path: nfsObjectPath(object),
           virtualSizeBytes: options.virtualSizeBytes,
           chunkSizeBytes: options.chunkSizeBytes,
-          chunksUrl: options.chunksUrl,
+          ...(options.chunkPagesUrl !== undefined
+            ? { chunkPagesUrl: options.chunkPagesUrl }
+            : { chunksUrl: options.chunksUrl }),
           count: options.count,
         },
         this.#copyDeadline,

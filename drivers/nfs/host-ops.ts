@@ -144,11 +144,29 @@ const FetchImageArgs = FileRef.extend({
     .optional(),
   /** Exact length of the object behind `url`, when known. */
   sizeBytes: SizeSchema.optional(),
+  /**
+   * The object version to fetch (its ETag, from the control plane's HEAD): every GET carries
+   * `If-Match` with it, so a changed object fails with `SourceChanged` instead of mixing versions.
+   */
+  etag: z.string().min(1).max(1024).optional(),
+  /**
+   * The image store proved that version `etag` has `expectedSha256` (its stored full-object
+   * SHA-256 checksum, which the store computed from the bytes it received): the host does not
+   * hash the bytes again. Only with `etag` and `expectedSha256`.
+   */
+  sourceVerified: z.boolean().default(false),
+  /** Parallel ranged GETs at most; default sized to the object (4–8). */
+  streams: z.number().int().min(1).max(16).optional(),
   /** Virtual size the installed image must have, when known (checked on an existing file too). */
   virtualSizeBytes: SizeSchema.optional(),
   /** Fail the download when no byte arrives for this long. */
   stallTimeoutSeconds: z.number().int().positive().max(3600).default(60),
-}).strict();
+})
+  .strict()
+  .refine((a) => !a.sourceVerified || (a.etag !== undefined && a.expectedSha256 !== undefined), {
+    message: 'sourceVerified needs etag and expectedSha256',
+    path: ['sourceVerified'],
+  });
 const ImageRef = FileRef.extend({ format: NfsImageFormatSchema.default('qcow2') }).strict();
 const CompareArgs = z.object({ a: ImageRef, b: ImageRef, strict: z.boolean().default(false) }).strict();
 const CheckArgs = ImageRef;
@@ -496,15 +514,20 @@ const deleteSnapshot: HostOperation<z.infer<typeof SnapshotArgs>, { deleted: boo
 };
 
 /**
- * Installs an image from an http(s) URL (a presigned image-store GET) at `path`: streams it to a
- * hidden `.<name>.partial-<jobId>` next to the target (same share, so the final rename is atomic),
- * hashing on the way; checks `expectedSha256`; reads the header with the declared `sourceFormat`
- * (an image naming a backing or data file is refused); converts to `targetFormat` into
- * `.<name>.convert-<jobId>` when the formats differ; runs `qemu-img check` on qcow2; renames into
- * place. Temporaries are removed on any failure, so the final name only ever holds a verified image.
- * An existing final file is the result of an earlier run: it is checked (sha256 for same-format
- * installs, virtual size when given, qcow2 consistency) and returned without downloading again.
- * Progress reports carry `{ phase, bytes, totalBytes }`.
+ * Installs an image from an http(s) URL (a presigned image-store GET) at `path`: downloads it to a
+ * hidden `.<name>.partial-<jobId>` next to the target (same share, so the final rename is atomic)
+ * with parallel ranged GETs pinned to one object version (`etag`, else the first answer's ETag;
+ * small objects and servers without ranges in one stream, see {@link downloadToFile}); checks
+ * `expectedSha256`, hashing in order as the ranges land unless `sourceVerified` says the image store
+ * already proved that version's SHA-256; reads the header with the declared `sourceFormat` (an image
+ * naming a backing or data file is refused, by Strata's own inspection and then by qemu-img's);
+ * converts to `targetFormat` into `.<name>.convert-<jobId>` when the formats differ; runs
+ * `qemu-img check` on qcow2 only when no checksum proved the bytes (a checksum-proven template is
+ * the one the control plane inspected at registration); renames into place. Temporaries are
+ * removed on any failure, so the final name only ever holds a verified image. An existing final
+ * file is the result of an earlier run: it is checked (sha256 for same-format installs, virtual
+ * size when given, qcow2 consistency when no sha256 proved it) and returned without downloading
+ * again. Progress reports carry `{ phase, bytes, totalBytes }`.
  */
 const fetchImage: HostOperation<z.infer<typeof FetchImageArgs>, NfsImageResult & { sha256?: string }> = {
   args: FetchImageArgs,
@@ -522,9 +545,13 @@ const fetchImage: HostOperation<z.infer<typeof FetchImageArgs>, NfsImageResult &
 
     const partial = join(dirname(target), `.${basename(target)}.partial-${ctx.jobId}`);
     const converted = join(dirname(target), `.${basename(target)}.convert-${ctx.jobId}`);
-    let sha256: string;
+    let sha256: string | undefined;
+    let streams: number;
+    let downloadMs: number;
+    let details: QemuImageInfo;
     try {
       ctx.progress(0, { phase: 'download', bytes: 0 });
+      const started = performance.now();
       let lastPercent = -1;
       let lastBytes = 0;
       const download = await downloadToFile(args.url, partial, {
@@ -532,6 +559,9 @@ const fetchImage: HostOperation<z.infer<typeof FetchImageArgs>, NfsImageResult &
         stallTimeoutMs: args.stallTimeoutSeconds * 1000,
         expectedSha256: args.expectedSha256,
         expectedBytes: args.sizeBytes,
+        ...(args.etag !== undefined ? { etag: args.etag } : {}),
+        sourceVerified: args.sourceVerified,
+        ...(args.streams !== undefined ? { streams: args.streams } : {}),
         onBytes(bytes, totalBytes) {
           // The download is most of the work; conversion and checks share the last 10 %.
           const percent = totalBytes ? Math.floor((bytes / totalBytes) * 90) : 0;
@@ -542,14 +572,16 @@ const fetchImage: HostOperation<z.infer<typeof FetchImageArgs>, NfsImageResult &
           }
         },
       });
-      sha256 = download.sha256;
+      sha256 = download.sha256 ?? args.expectedSha256?.toLowerCase();
+      streams = download.streams;
+      downloadMs = Math.round(performance.now() - started);
       ctx.progress(90, { phase: 'verify', bytes: download.bytes });
       // Defence in depth: the control plane inspected these bytes on upload, but the host checks the
       // file it will hand to qemu itself (same rules, 66 KiB read) before any qemu-img opens it.
       await assertSafeImageFile(partial, args.sourceFormat);
       // Reading the header with the declared format both proves the bytes are that format and
       // refuses backing/data files, which would make qemu open paths the image's author chose.
-      await qemuInfo(partial, { format: sourceFormat, signal: ctx.signal });
+      details = await qemuInfo(partial, { format: sourceFormat, signal: ctx.signal });
       let ready = partial;
       if (converting) {
         await qemuConvert(partial, converted, {
@@ -560,25 +592,33 @@ const fetchImage: HostOperation<z.infer<typeof FetchImageArgs>, NfsImageResult &
         });
         await rm(partial, { force: true });
         ready = converted;
+        details = await qemuInfo(ready, { format: args.targetFormat, signal: ctx.signal });
       }
-      await assertConsistent(ready, args.targetFormat, args.path, ctx);
-      if (args.virtualSizeBytes !== undefined) {
-        const { virtualSizeBytes } = await qemuInfo(ready, { format: args.targetFormat, signal: ctx.signal });
-        if (virtualSizeBytes !== args.virtualSizeBytes) {
-          throw new DriverConflictError(
-            `${args.path}: image has virtual size ${virtualSizeBytes}, expected ${args.virtualSizeBytes}`,
-            { context: { path: args.path } },
-          );
-        }
+      // Bytes equal to the registered checksum are the image the control plane inspected when it
+      // was registered, so only unproven bytes get qemu-img check's full walk of the metadata.
+      if (args.expectedSha256 === undefined) await assertConsistent(ready, args.targetFormat, args.path, ctx);
+      if (args.virtualSizeBytes !== undefined && details.virtualSizeBytes !== args.virtualSizeBytes) {
+        throw new DriverConflictError(
+          `${args.path}: image has virtual size ${details.virtualSizeBytes}, expected ${args.virtualSizeBytes}`,
+          { context: { path: args.path } },
+        );
       }
       await rename(ready, target);
     } finally {
       await rm(partial, { force: true });
       await rm(converted, { force: true });
     }
-    const details = await qemuInfo(target, { format: args.targetFormat, signal: ctx.signal });
     ctx.progress(100, { phase: 'done' });
-    return { ...(await imageResult(args.path, target, details, args.targetFormat)), sha256 };
+    // Who proved the sha256: the image store (sourceVerified) or this host's own hash. The result
+    // stays the one a repeat returns, so this goes to the log only.
+    ctx.logger.info('image installed', {
+      path: args.path,
+      streams,
+      downloadMs,
+      sha256: sha256 === undefined ? 'none' : args.sourceVerified ? 'proved by the store' : 'hashed',
+    });
+    const result = await imageResult(args.path, target, details, args.targetFormat);
+    return sha256 === undefined ? result : { ...result, sha256 };
   },
 };
 
@@ -615,7 +655,7 @@ async function existingFetched(
       if (sha256 !== args.expectedSha256.toLowerCase()) throw conflict('has another sha256');
     }
   }
-  await assertConsistent(target, args.targetFormat, args.path, ctx);
+  if (sha256 === undefined) await assertConsistent(target, args.targetFormat, args.path, ctx);
   const result = await imageResult(args.path, target, details, args.targetFormat);
   return sha256 === undefined ? result : { ...result, sha256 };
 }

@@ -48,8 +48,10 @@ export function nfsTemplateCachePath(templateId: string): string {
  * The `nfs-cache-then-clone` strategy.
  *
  * - `install` needs `sourceUrl` (an http(s) URL the host can GET, e.g. a presigned image-store
- *   URL): it runs `fetchImage` on `hostId`, converting to qcow2 when the template is raw/vhd, and
- *   verifying `expectedSha256` when given. Idempotent: an installed entry is returned as is.
+ *   URL): it runs `fetchImage` on `hostId` (parallel ranged GETs for large objects, pinned to
+ *   `sourceEtag` when given), converting to qcow2 when the template is raw/vhd, and verifying
+ *   `expectedSha256` when given: hashed on the host, unless `sourceVerified` says the image store
+ *   proved it. Idempotent: an installed entry is returned as is.
  * - `createVolume` runs `clone` on `hostId`: `mode: 'linked'` (default) makes a qcow2 overlay whose
  *   backing path is relative to the volume (`../templates/<id>.qcow2`), `'full'` a standalone copy;
  *   either is grown to `sizeBytes` (which may not be below the template's virtual size).
@@ -85,6 +87,9 @@ export function createNfsTemplateInstallStrategy(
       sourceUrl,
       sourceFormat,
       expectedSha256,
+      sourceSizeBytes,
+      sourceEtag,
+      sourceVerified,
     }: TemplateInstallOptions): Promise<CreateResult> {
       requireNfs(pool);
       if (!sourceUrl) {
@@ -108,6 +113,16 @@ export function createNfsTemplateInstallStrategy(
         stallTimeoutSeconds,
       };
       if (expectedSha256 !== undefined) args.expectedSha256 = expectedSha256;
+      if (sourceSizeBytes !== undefined) args.sizeBytes = sourceSizeBytes;
+      if (sourceEtag !== undefined) args.etag = sourceEtag;
+      if (sourceVerified) {
+        if (expectedSha256 === undefined || sourceEtag === undefined) {
+          throw new DriverInputError('sourceVerified needs expectedSha256 and sourceEtag', {
+            context: { field: 'sourceVerified' },
+          });
+        }
+        args.sourceVerified = true;
+      }
       const result = await run<NfsImageResult>(ctx, hostId, NfsHostOperation.FetchImage, args, fetchDeadline);
       return toCreateResult(result);
     },

@@ -371,8 +371,18 @@ export interface ChunkUploadResult {
 export interface ChunkRestoreOptions extends ObjectOptions {
   virtualSizeBytes: number;
   chunkSizeBytes: number;
-  /** Presigned GET of a JSON array with one entry per chunk index: `{ index, sha256, url }` or null (zeros). */
-  chunksUrl: string;
+  /**
+   * Presigned GET of the restore list's index: `{ version: 1, entries, pages: [url…] }`, each page
+   * a presigned GET of up to 256 `{ index, sha256, url }` entries for the non-zero chunks, in index
+   * order (docs/backup-format.md). Give this or `chunksUrl`.
+   */
+  chunkPagesUrl?: string;
+  /**
+   * Presigned GET of the whole list as one JSON array with one entry per chunk index:
+   * `{ index, sha256, url }` or null (zeros). For small disks; give this or `chunkPagesUrl`.
+   */
+  chunksUrl?: string;
+  /** The disk's number of chunk indexes. */
   count: number;
 }
 
@@ -542,6 +552,20 @@ export interface TemplateInstallOptions {
   sourceFormat?: ImageFormat;
   /** sha256 (hex) the downloaded bytes must have; a mismatch fails with code `ChecksumMismatch`. */
   expectedSha256?: string;
+  /** Length of the object behind `sourceUrl`, as the image store reports it. */
+  sourceSizeBytes?: number;
+  /**
+   * The version of the object behind `sourceUrl` to fetch (its ETag): the download is pinned to it
+   * (`If-Match`), so a replaced object fails with `SourceChanged` instead of being installed.
+   */
+  sourceEtag?: string;
+  /**
+   * The image store proved that version `sourceEtag` has `expectedSha256`: it recorded that
+   * full-object SHA-256 when the object was written (S3 `ChecksumSHA256`, computed by the store from
+   * the bytes it received). The host then does not hash the bytes again. Only with `sourceEtag` and
+   * `expectedSha256`.
+   */
+  sourceVerified?: boolean;
 }
 
 /** How a volume is made from a template cache entry: a copy-on-write overlay, or a standalone copy. */

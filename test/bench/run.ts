@@ -5,12 +5,15 @@
  *   npm run bench -- all small           the same at small sizes (a smoke run of a few minutes)
  *   npm run bench -- <name> [args…]      e.g. npm run bench -- ingest 256 5; npm run bench -- volumes 64 4096 3 512;
  *                                        npm run bench -- snapshots 256 1024 16 2 4096 2048;
- *                                        npm run bench -- lazy-restore 4096 1 (host level)
+ *                                        npm run bench -- lazy-restore 4096 1 (host level);
+ *                                        npm run bench -- install 1024 5; npm run bench -- restore 256 1024 3 (host level)
  *
  * Each bench ends with one JSON line `{"bench":…,"figures":{…}}`.
  */
 import { benchIngest } from './ingest';
+import { benchInstall } from './install';
 import { benchLazyRestore } from './lazy-restore';
+import { benchRestore } from './restore';
 import { benchSnapshots } from './snapshots';
 import { benchVolumes } from './volumes';
 
@@ -21,6 +24,8 @@ const benches: Record<string, (args: number[]) => Promise<unknown>> = {
   volumes: (a) => benchVolumes(a[0], a[1], a[2], a[3]),
   snapshots: (a) => benchSnapshots(a[0], a[1], a[2], a[3], a[4], a[5]),
   'lazy-restore': (a) => benchLazyRestore(a[0], a[1]),
+  install: (a) => benchInstall(a[0], a[1]),
+  restore: (a) => benchRestore(a[0], a[1], a[2]),
 };
 
 /** The arguments `all` gives each bench: the table's cases, and small ones for a smoke run. */

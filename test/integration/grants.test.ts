@@ -2,7 +2,8 @@
  * No grant outlives its step (issue 11): a template install, a staged migration, a backup, a
  * restore and an operator upload with an Idempotency-Key run on the embedded stack while the test
  * records every SSM command's parameters and, from a send hook (before the host runs, while the
- * plan still exists), the plan files the commands point at (`uploadsUrl`, `chunksUrl`). Every
+ * plan still exists), the plan files the commands point at (`uploadsUrl`, the restore's
+ * `chunkPagesUrl` index and the pages it names). Every
  * presigned URL found must expire within 30 minutes of its signing (these objects are small, so
  * grants.ts gives them its 15-minute base plus seconds), idempotency records must hold no
  * signature at all, and no plan may be left once the jobs end.
@@ -59,12 +60,24 @@ describe('grants live no longer than the step that uses them', () => {
     t.stack.ssm.onSend(async (parameters) => {
       if (!parameters.Request) return;
       const args = decodeHostRequest(parameters.Request).args as Record<string, unknown>;
-      for (const field of ['uploadsUrl', 'chunksUrl'] as const) {
+      for (const field of ['uploadsUrl', 'chunksUrl', 'chunkPagesUrl'] as const) {
         const url = args[field];
         if (typeof url !== 'string') continue;
         const res = await fetch(url);
-        if (res.ok) plans.push({ field, text: await res.text() });
-        else planFetchErrors.push(`${field}: ${res.status}`);
+        if (!res.ok) {
+          planFetchErrors.push(`${field}: ${res.status}`);
+          continue;
+        }
+        const text = await res.text();
+        plans.push({ field, text });
+        // A paged restore list: the index names its pages, which hold the chunk grants.
+        if (field === 'chunkPagesUrl') {
+          for (const page of (JSON.parse(text) as { pages: string[] }).pages) {
+            const pageRes = await fetch(page);
+            if (pageRes.ok) plans.push({ field: 'chunkPagesUrl page', text: await pageRes.text() });
+            else planFetchErrors.push(`chunkPagesUrl page: ${pageRes.status}`);
+          }
+        }
       }
     });
   }, 120_000);
@@ -225,9 +238,12 @@ describe('grants live no longer than the step that uses them', () => {
     ]);
     expect(policy.conditions).toContainEqual(['content-length-range', 0, 4 * MiB]);
 
-    // Every plan the commands pointed at: the restore list (the backup needed no upload list).
+    // Every plan the commands pointed at: the restore list's index and its pages (the backup
+    // needed no upload list).
     expect(planFetchErrors).toEqual([]);
-    expect(plans.map((p) => p.field).sort()).toEqual(expect.arrayContaining(['chunksUrl']));
+    expect(plans.map((p) => p.field).sort()).toEqual(
+      expect.arrayContaining(['chunkPagesUrl', 'chunkPagesUrl page']),
+    );
     const fromPlans = plans.flatMap((p) =>
       presignedUrls(p.text).map((url) => ({ where: `plan:${p.field}`, url })),
     );

@@ -1,3 +1,4 @@
+import type { BackupManifest } from '../../../drivers/sdk/backup-manifest.js';
 import { type DriverContext, isBackupCapable } from '../../../drivers/sdk/types.js';
 import { ConflictError, UnavailableError, UnprocessableError } from '../errors.js';
 import { hostGrantSeconds } from '../grants.js';
@@ -18,6 +19,45 @@ import {
   planKey,
 } from './backup-store.js';
 import { toStoreInfo } from './datastore-service.js';
+
+/** Non-zero chunks per page of a restore list (the host refuses pages of more than 4,096). */
+export const RESTORE_PAGE_ENTRIES = 256;
+
+/** Key of page `k` of a restore job's list; the index is `planKey(jobId, 'restore')`. */
+export function restorePageKey(jobId: string, k: number): string {
+  return planKey(jobId, `restore-${k}`);
+}
+
+/**
+ * A manifest's non-zero chunks as restore list pages: `{ index, sha256, url }` in index order,
+ * {@link RESTORE_PAGE_ENTRIES} to a page; zero chunks are in no page.
+ *
+ * @example
+ * restorePages(['ab…', null, 'ab…'], urls); // [[{ index: 0, … }, { index: 2, … }]]
+ */
+export function restorePages(
+  chunks: ReadonlyArray<string | null>,
+  urls: ReadonlyMap<string, string>,
+): Array<Array<{ index: number; sha256: string; url: string }>> {
+  const pages: Array<Array<{ index: number; sha256: string; url: string }>> = [];
+  let page: Array<{ index: number; sha256: string; url: string }> = [];
+  chunks.forEach((sha256, index) => {
+    if (sha256 === null) return;
+    const url = urls.get(sha256);
+    if (url === undefined) throw new Error(`no URL for chunk ${sha256}`);
+    page.push({ index, sha256, url });
+    if (page.length === RESTORE_PAGE_ENTRIES) {
+      pages.push(page);
+      page = [];
+    }
+  });
+  if (page.length > 0) pages.push(page);
+  return pages;
+}
+
+function nonZeroChunks(manifest: BackupManifest): number {
+  return manifest.chunks.reduce((n, c) => (c === null ? n : n + 1), 0);
+}
 
 export class BackupRestore {
   constructor(
@@ -90,18 +130,22 @@ export class BackupRestore {
         });
         urls.set(sha, url);
       });
-      const list = manifest.chunks.map((sha, index) =>
-        sha ? { index, sha256: sha, url: urls.get(sha) } : null,
+      const chunkPagesUrl = await this.writeRestorePages(
+        store,
+        input.jobId,
+        manifest,
+        urls,
+        expiresSeconds,
+        ctx,
       );
-      const chunksUrl = await this.store.writeJson(store, planKey(input.jobId, 'restore'), list, ctx, true);
       const { id: hostId } = await this.deps.selectHost([input.pool.id]);
       const result = await driver.restoreChunks({
         store: toStoreInfo(input.pool),
         object: { kind: 'volume', id: input.volume.id, format: 'qcow2' },
         virtualSizeBytes: manifest.virtualSizeBytes,
         chunkSizeBytes: manifest.chunkSizeBytes,
-        chunksUrl: chunksUrl ?? '',
-        count: list.length,
+        chunkPagesUrl,
+        count: manifest.chunks.length,
         ctx,
         hostId,
       });
@@ -111,19 +155,71 @@ export class BackupRestore {
         bytesDownloaded: result.bytesDownloaded,
         zeroChunks: result.zeroChunks,
       });
-      await this.finishRestore(store, hashes, input.jobId, ctx);
+      await this.finishRestore(store, manifest, hashes, input.jobId, ctx);
       return { path: result.path, via: 'backup' };
     } catch (e) {
       // (A step that suspends while the host still restores never gets here: the holds and the
       // list stay for the run that picks the command up again.)
-      await this.finishRestore(store, hashes, input.jobId, ctx);
+      await this.finishRestore(store, manifest, hashes, input.jobId, ctx);
       throw e;
     }
   }
 
-  private async finishRestore(store: ImageStore, hashes: string[], jobId: string, ctx: DriverContext) {
-    await this.repo.chunks.release(store.store.id, hashes, jobId, { collect: false });
-    await this.store.removePlans(store, jobId, ctx).catch(() => undefined);
+  /**
+   * Writes the restore list as pages of {@link RESTORE_PAGE_ENTRIES} non-zero chunks
+   * (`backups/plans/<job>/restore-<k>.json`, in index order) and an index naming them
+   * (`backups/plans/<job>/restore.json`: `{ version: 1, entries, pages }`), and returns a presigned
+   * GET of the index. The host request then carries one URL whatever the disk's size, and the host
+   * holds a page or two, never the whole list. The host reads the pages while it restores, up to
+   * its end, so their grants live as long as the chunks' (`expiresSeconds`); the index is read when
+   * the step starts and gets the base lifetime.
+   */
+  private async writeRestorePages(
+    store: ImageStore,
+    jobId: string,
+    manifest: BackupManifest,
+    urls: Map<string, string>,
+    expiresSeconds: number,
+    ctx: DriverContext,
+  ): Promise<string> {
+    const pages = restorePages(manifest.chunks, urls);
+    const pageUrls: string[] = new Array(pages.length);
+    await forEachLimit(pages, PRESIGN_CONCURRENCY, async (page, k) => {
+      const path = restorePageKey(jobId, k);
+      await this.store.writeJson(store, path, page, ctx);
+      pageUrls[k] = (
+        await store.driver.presignGet({
+          store: toStoreInfo(store.store),
+          object: blob(path),
+          ctx,
+          expiresSeconds,
+          knownToExist: true,
+        })
+      ).url;
+    });
+    const entries = pages.reduce((n, page) => n + page.length, 0);
+    const index = { version: 1, entries, pages: pageUrls };
+    return (await this.store.writeJson(store, planKey(jobId, 'restore'), index, ctx, true)) ?? '';
+  }
+
+  private async finishRestore(
+    store: ImageStore,
+    manifest: BackupManifest,
+    hashes: string[],
+    jobId: string,
+    ctx: DriverContext,
+  ) {
+    // The holds (chunk index) and the list (image store) are independent: both go at once.
+    const pages = Math.ceil(nonZeroChunks(manifest) / RESTORE_PAGE_ENTRIES);
+    await Promise.all([
+      this.repo.chunks.release(store.store.id, hashes, jobId, { collect: false }),
+      this.store.removePlans(store, jobId, ctx).catch(() => undefined),
+      forEachLimit(
+        Array.from({ length: pages }, (_, k) => k),
+        PRESIGN_CONCURRENCY,
+        async (k) => this.store.deleteObject(store, restorePageKey(jobId, k), ctx).catch(() => undefined),
+      ),
+    ]);
   }
 
   private async tryRestoreFromPrimary(

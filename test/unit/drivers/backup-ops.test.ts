@@ -605,6 +605,7 @@ describe('lists and manifests as presigned URLs', () => {
       ],
       ['restoreChunks', restore],
       ['restoreChunks', { ...restore, chunks, chunksUrl: url }],
+      ['restoreChunks', { ...restore, chunksUrl: url, chunkPagesUrl: url }],
     ];
 
     const messages: string[] = [];
@@ -624,7 +625,201 @@ describe('lists and manifests as presigned URLs', () => {
     );
     expect(messages[4]).toContain('needs previousChunks or previousManifestUrl');
     expect(messages[5]).toContain('args.changesSinceBackingPath');
-    expect(messages[6]).toContain('args.chunksUrl: give exactly one of chunks (inline) or chunksUrl');
-    expect(messages[7]).toContain('give exactly one of chunks (inline) or chunksUrl');
+    expect(messages[6]).toContain(
+      'args.chunksUrl: give exactly one of chunks (inline), chunksUrl or chunkPagesUrl',
+    );
+    expect(messages[7]).toContain('give exactly one of chunks (inline), chunksUrl or chunkPagesUrl');
+    expect(messages[8]).toContain('give exactly one of chunks (inline), chunksUrl or chunkPagesUrl');
+  });
+});
+
+describe('a disk whose last chunk is short', () => {
+  it('restores a tail chunk of a few bytes (small buffers are hashed from memory of their own)', async () => {
+    const size = CHUNK + 1536;
+    await run('qemu-img', ['create', '-q', '-f', 'qcow2', vol('tail.qcow2'), String(size)]);
+    await qemuIo(vol('tail.qcow2'), `write -P 0x3a 0 ${CHUNK}`, `write -P 0x3b ${CHUNK} 1536`);
+    const { manifest } = await backup('tail.qcow2', 'tail-1');
+
+    const restored = await call<RestoreChunksResult>(
+      'restoreChunks',
+      await restoreArgs(manifest, 'rtail.qcow2'),
+    );
+
+    expect(manifest.chunks).toHaveLength(2);
+    expect(restored).toMatchObject({ restored: true, chunksFetched: 2, bytesDownloaded: size });
+    expect(await compare(vol('tail.qcow2'), vol('rtail.qcow2'))).toBe(true);
+  });
+});
+
+describe('paged restore lists (chunkPagesUrl)', () => {
+  let manifest: BackupManifest;
+  /** The manifest's non-zero chunks as pages of `size` entries with presigned chunk GETs. */
+  const pagesOf = async (size: number) => {
+    const entries = (
+      await Promise.all(
+        manifest.chunks.map(async (sha256, index) =>
+          sha256 === null
+            ? null
+            : {
+                index,
+                sha256,
+                url: await getSignedUrl(
+                  s3,
+                  new GetObjectCommand({ Bucket: BUCKET, Key: chunkObjectKey(PREFIX, sha256) }),
+                  { expiresIn: 600 },
+                ),
+              },
+        ),
+      )
+    ).filter((e) => e !== null);
+    const pages: (typeof entries)[] = [];
+    for (let i = 0; i < entries.length; i += size) pages.push(entries.slice(i, i + size));
+    return pages;
+  };
+  let planNumber = 0;
+  const indexOf = async (pages: unknown[][], entries = pages.flat().length) => {
+    const n = ++planNumber;
+    const urls = await Promise.all(pages.map((page, k) => putJson(`paged/${n}/restore-${k}.json`, page)));
+    return putJson(`paged/${n}/restore.json`, { version: 1, entries, pages: urls });
+  };
+  const restoreWith = (path: string, extra: Record<string, unknown>) =>
+    call<RestoreChunksResult>('restoreChunks', {
+      mountPath: share,
+      path: `volumes/${path}`,
+      virtualSizeBytes: manifest.virtualSizeBytes,
+      chunkSizeBytes: manifest.chunkSizeBytes,
+      count: manifest.chunks.length,
+      ...extra,
+    });
+
+  beforeAll(async () => {
+    await run('qemu-img', ['create', '-q', '-f', 'qcow2', vol('p1.qcow2'), String(SIZE)]);
+    // 11 non-zero chunks (two of them equal), 5 zero ones in between.
+    const writes = [0, 1, 2, 4, 5, 7, 8, 10, 12, 13, 15].map(
+      (i) => `write -P ${i === 13 ? 0x21 : 0x20 + i} ${i * CHUNK} ${CHUNK}`,
+    );
+    await qemuIo(vol('p1.qcow2'), ...writes);
+    manifest = (await backup('p1.qcow2', 'p-1')).manifest;
+    expect(manifest.chunks.filter((c) => c !== null)).toHaveLength(11);
+  });
+
+  it('restores from pages (the next page fetched while the current one is worked on), identical and sparse', async () => {
+    const pages = await pagesOf(3);
+    const events: string[] = [];
+    // Pages and chunks served through a recording proxy, to see the order the host asks in.
+    const proxy = createServer(async (req, res) => {
+      const target = decodeURIComponent(new URL(req.url ?? '/', 'http://x').searchParams.get('to') ?? '');
+      events.push(new URL(req.url ?? '/', 'http://x').pathname);
+      const answer = await fetch(target);
+      res.writeHead(answer.status, { 'content-length': answer.headers.get('content-length') ?? '0' });
+      res.end(Buffer.from(await answer.arrayBuffer()));
+    });
+    await new Promise<void>((resolve) => proxy.listen(0, '127.0.0.1', resolve));
+    const via = (path: string, url: string) =>
+      `http://127.0.0.1:${(proxy.address() as AddressInfo).port}${path}?to=${encodeURIComponent(url)}`;
+    try {
+      const proxied = pages.map((page) => page.map((e) => ({ ...e, url: via(`/chunk/${e.index}`, e.url) })));
+      const n = ++planNumber;
+      const pageUrls = await Promise.all(
+        proxied.map(async (page, k) =>
+          via(`/page/${k}`, await putJson(`paged/${n}/restore-${k}.json`, page)),
+        ),
+      );
+      const chunkPagesUrl = await putJson(`paged/${n}/restore.json`, {
+        version: 1,
+        entries: 11,
+        pages: pageUrls,
+      });
+
+      const restored = await restoreWith('rp1.qcow2', { chunkPagesUrl, concurrency: 2 });
+
+      expect(restored).toMatchObject({
+        restored: true,
+        chunksFetched: 11,
+        bytesDownloaded: 11 * CHUNK,
+        zeroChunks: 5,
+      });
+      expect(await compare(vol('p1.qcow2'), vol('rp1.qcow2'))).toBe(true);
+      expect(events.filter((e) => e.startsWith('/page/'))).toEqual([
+        '/page/0',
+        '/page/1',
+        '/page/2',
+        '/page/3',
+      ]);
+      // Page 1 was asked for before the chunks of page 0 were all asked for.
+      const lastOfPage0 = Math.max(...pages[0]!.map((e) => events.indexOf(`/chunk/${e.index}`)));
+      expect(events.indexOf('/page/1')).toBeLessThan(lastOfPage0);
+      // Zero chunks are never fetched.
+      expect(events.filter((e) => e.startsWith('/chunk/')).length).toBe(11);
+    } finally {
+      await new Promise((resolve) => proxy.close(resolve));
+    }
+  });
+
+  it('restores with a small byte budget (one chunk at a time) and with the default 256-entry pages', async () => {
+    const small = await restoreWith('rp2.qcow2', {
+      chunkPagesUrl: await indexOf(await pagesOf(256)),
+      maxBytesInFlight: 1024 * 1024,
+      concurrency: 8,
+    });
+    const empty = await call<RestoreChunksResult>('restoreChunks', {
+      mountPath: share,
+      path: 'volumes/rp-empty.qcow2',
+      virtualSizeBytes: SIZE,
+      chunkSizeBytes: CHUNK,
+      count: 16,
+      chunkPagesUrl: await indexOf([]),
+    });
+
+    expect(small).toMatchObject({ restored: true, chunksFetched: 11 });
+    expect(await compare(vol('p1.qcow2'), vol('rp2.qcow2'))).toBe(true);
+    expect(empty).toMatchObject({ restored: true, chunksFetched: 0, zeroChunks: 16 });
+  });
+
+  it('refuses pages that are out of order, beyond the disk or not what the index announces, and leaves no file', async () => {
+    const pages = await pagesOf(4);
+    const before = await readdir(join(share, 'volumes'));
+    const beyond = [[{ ...pages[0]![0]!, index: 16 }]];
+
+    const errors = [
+      await hostErrorOf(restoreWith('bad1.qcow2', { chunkPagesUrl: await indexOf([pages[1]!, pages[0]!]) })),
+      await hostErrorOf(restoreWith('bad2.qcow2', { chunkPagesUrl: await indexOf(beyond) })),
+      await hostErrorOf(restoreWith('bad3.qcow2', { chunkPagesUrl: await indexOf(pages, 12) })),
+      await hostErrorOf(restoreWith('bad4.qcow2', { chunkPagesUrl: await indexOf(pages, 10) })),
+      await hostErrorOf(restoreWith('bad5.qcow2', { chunkPagesUrl: await indexOf(pages, 17) })),
+      await hostErrorOf(restoreWith('bad6.qcow2', { chunkPagesUrl: await indexOf(pages), count: 15 })),
+      await hostErrorOf(
+        restoreWith('bad7.qcow2', { chunkPagesUrl: await putJson('paged/bad-index.json', { pages: [] }) }),
+      ),
+    ];
+
+    expect(errors.map((e) => e?.code)).toEqual(Array(errors.length).fill('InvalidInput'));
+    expect(errors.map((e) => e?.message)).toEqual([
+      expect.stringContaining('chunkPagesUrl page 1: chunk index 0 is out of order'),
+      expect.stringContaining('chunkPagesUrl page 0: chunk index 16 is out of order or beyond'),
+      'chunkPagesUrl: the pages list 11 chunks, not the 12 the index announces',
+      'chunkPagesUrl: the pages list at least 11 chunks, not the 10 the index announces',
+      'chunkPagesUrl announces 17 chunks; the disk has 16',
+      'count is 15, but the disk has 16 chunk indexes',
+      expect.stringContaining('chunkPagesUrl: [version]'),
+    ]);
+    expect(await readdir(join(share, 'volumes'))).toEqual(before);
+  });
+
+  it('reports a page that is gone as not found, and removes the temporary file', async () => {
+    const pages = await pagesOf(4);
+    const missing = await getSignedUrl(s3, new GetObjectCommand({ Bucket: BUCKET, Key: 'paged/none.json' }), {
+      expiresIn: 600,
+    });
+    const urls = await Promise.all(pages.map((page, k) => putJson(`paged/gone/restore-${k}.json`, page)));
+    urls[1] = missing;
+    const chunkPagesUrl = await putJson('paged/gone/restore.json', { version: 1, entries: 11, pages: urls });
+    const before = await readdir(join(share, 'volumes'));
+
+    const error = await hostErrorOf(restoreWith('gone.qcow2', { chunkPagesUrl }));
+
+    expect(error?.code).toBe('ObjectNotFound');
+    expect(error?.message).not.toContain('X-Amz-Signature');
+    expect(await readdir(join(share, 'volumes'))).toEqual(before);
   });
 });

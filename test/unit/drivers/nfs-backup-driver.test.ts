@@ -164,12 +164,20 @@ async function restore(manifest: BackupManifest, volumeId: string) {
       sha256 === null ? null : { index, sha256, url: await presign('get', sha256) },
     ),
   );
+  // As the control plane sends it: an index naming pages of the non-zero chunks.
+  const page = list.filter((entry) => entry !== null);
+  const n = ++planNumber;
+  const pageUrl = await putJson(`plans/${n}/restore-0.json`, page);
   return driver.restoreChunks({
     ...base(),
     object: { kind: 'volume', id: volumeId, format: 'qcow2' },
     virtualSizeBytes: manifest.virtualSizeBytes,
     chunkSizeBytes: manifest.chunkSizeBytes,
-    chunksUrl: await putJson(`plans/${++planNumber}.json`, list),
+    chunkPagesUrl: await putJson(`plans/${n}/restore.json`, {
+      version: 1,
+      entries: page.length,
+      pages: [pageUrl],
+    }),
     count: list.length,
   });
 }
@@ -400,6 +408,8 @@ describe('NfsDriver as a BackupCapableDriver', () => {
         ),
         fieldOf(restoreWith({ count: 15 })),
         fieldOf(restoreWith({ chunksUrl: undefined })),
+        fieldOf(restoreWith({ chunkPagesUrl: url })),
+        fieldOf(restoreWith({ chunksUrl: undefined, chunkPagesUrl: 'file:///etc/passwd' })),
         fieldOf(restoreWith({ virtualSizeBytes: 0 })),
         fieldOf(restoreWith({ object: { kind: 'volume', id: 'r9', format: 'raw' } })),
         fieldOf(restoreWith({ object: { kind: 'snapshot', id: 'r9' } })),
@@ -413,7 +423,9 @@ describe('NfsDriver as a BackupCapableDriver', () => {
         'InvalidInput:uploadsUrl',
         'InvalidInput:count',
         'InvalidInput:count',
-        'InvalidInput:chunksUrl',
+        'InvalidInput:chunkPagesUrl',
+        'InvalidInput:chunkPagesUrl',
+        'InvalidInput:chunkPagesUrl',
         'InvalidInput:virtualSizeBytes',
         'InvalidInput:object.format',
         'InvalidInput:object.kind',

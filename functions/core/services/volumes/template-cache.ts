@@ -10,7 +10,11 @@
  * creator that took a new reference in between (which bumps the version) wins and the entry stays. A
  * creator that finds the entry Destroying gives its reference back and waits for a fresh install.
  */
-import type { TemplateInstallStrategy } from '../../../../drivers/sdk/types.js';
+import type {
+  ObjectStat,
+  TemplateInstallOptions,
+  TemplateInstallStrategy,
+} from '../../../../drivers/sdk/types.js';
 import { isImageStoreDriver } from '../../../../drivers/sdk/types.js';
 import { ConflictError, UnavailableError, UnprocessableError } from '../../errors.js';
 import { hostGrantSeconds } from '../../grants.js';
@@ -22,6 +26,33 @@ import { objectInStoreMachine } from '../../state-machines.js';
 import { toStoreInfo } from '../datastore-service.js';
 import { templateObject } from '../image-service.js';
 import { expiry, templateHoldRelease, VOLUME_LEASE_SECONDS, type VolumeDeps } from './common.js';
+
+/**
+ * What a template install tells the host about its source object, from the image store's HEAD of it
+ * (`stat`, with the checksum asked for): its length and version (ETag: the host's download is pinned
+ * to it), and `sourceVerified` only when the store recorded a full-object SHA-256 for that version
+ * equal to the checksum Strata measured (`expectedSha256`): the store computed it from the bytes it
+ * received, so it proves them and the host does not hash them again.
+ *
+ * @example
+ * installSource('ab…', { sizeBytes: 5, etag: '"e"', checksumSha256: 'ab…' });
+ * // { sourceSizeBytes: 5, sourceEtag: '"e"', sourceVerified: true }
+ */
+export function installSource(
+  expectedSha256: string | undefined,
+  stat: ObjectStat | undefined,
+): Pick<TemplateInstallOptions, 'sourceSizeBytes' | 'sourceEtag' | 'sourceVerified'> {
+  if (!stat) return {};
+  const verified =
+    stat.etag !== undefined &&
+    expectedSha256 !== undefined &&
+    stat.checksumSha256 === expectedSha256.toLowerCase();
+  return {
+    ...(stat.sizeBytes > 0 ? { sourceSizeBytes: stat.sizeBytes } : {}),
+    ...(stat.etag ? { sourceEtag: stat.etag } : {}),
+    ...(verified ? { sourceVerified: true } : {}),
+  };
+}
 
 /** Raised while another job installs the template on the pool; the workflow retries with backoff. */
 export class CacheBusyError extends UnavailableError {}
@@ -178,12 +209,22 @@ export class TemplateCache {
         throw new UnprocessableError(`store ${imageStore.id} cannot serve downloads`);
       const ctx = this.deps.driverContext(jobId);
       const object = { ...templateObject(template), path: source.path };
+      const expectedSha256 = source.checksum?.startsWith('{sha256}') ? source.checksum.slice(8) : undefined;
+      // The object as the store holds it now: its version (the host's download is pinned to it) and
+      // the full-object SHA-256 the store recorded when it was written, if any. When that equals the
+      // checksum Strata measured, the store itself proves these bytes, and the host need not hash
+      // them again. A multipart object only has a checksum of part checksums: not a proof.
+      const stat = expectedSha256
+        ? await imageDriver.statObject({ store: toStoreInfo(imageStore), object, ctx, checksum: true })
+        : undefined;
       const { url } = await imageDriver.presignGet({
         store: toStoreInfo(imageStore),
         object,
         ctx,
         // The install's fetch moves the template's bytes (grants.ts sizes the grant for that).
-        expiresSeconds: hostGrantSeconds(source.sizeBytes),
+        expiresSeconds: hostGrantSeconds(stat?.sizeBytes ?? source.sizeBytes),
+        // Just seen by the HEAD above; without one, the presign checks the object exists.
+        knownToExist: stat !== undefined,
       });
       const { id: hostId } = await this.deps.selectHost([pool.id]);
       const result = await strategy.install({
@@ -194,7 +235,8 @@ export class TemplateCache {
         ...({
           sourceUrl: url,
           sourceFormat: template.format,
-          ...(source.checksum?.startsWith('{sha256}') ? { expectedSha256: source.checksum.slice(8) } : {}),
+          ...(expectedSha256 ? { expectedSha256 } : {}),
+          ...installSource(expectedSha256, stat),
         } as object),
       });
       return await this.repo.transition({
