@@ -4,6 +4,7 @@
  *
  *   node host-main.js --request-b64 <base64 request> --work-dir <dir>
  *   node host-main.js --work-dir <dir> < request.json      (request on stdin: JSON or base64)
+ *   node host-main.js --lazy-restore-daemon <stateDir>     (a lazy restore's NBD daemon, ./nfs/lazy-daemon.ts)
  *
  * stdout carries NDJSON host events only (progress lines, then exactly one result line); logs go to
  * stderr as JSON lines. Exit code: 0 ok, 1 the operation failed, 2 the request was invalid.
@@ -16,6 +17,7 @@
  */
 import path from 'node:path';
 import { builtinHostOperationSets } from './builtin-host.js';
+import { LAZY_DAEMON_FLAG, runLazyRestoreDaemon } from './nfs/lazy-daemon.js';
 import { DEFAULT_HOST_CONFIG_PATH, loadHostStorage } from './sdk/host-config.js';
 import type { HostEvent } from './sdk/host-protocol.js';
 import { HostRuntimeErrorCode, isRequestError, runHostRequest } from './sdk/host-runtime.js';
@@ -140,7 +142,13 @@ function processIo(): HostMainIo {
   };
 }
 
-if (require.main === module) {
+if (require.main === module && process.argv[2] === LAZY_DAEMON_FLAG) {
+  // A lazy restore's daemon (./nfs/lazy-daemon.ts), started detached by host operation lazyRestoreStart.
+  runLazyRestoreDaemon(process.argv[3] ?? '').catch((error: unknown) => {
+    process.stderr.write(`${error instanceof Error ? error.stack : String(error)}\n`);
+    process.exitCode = 1;
+  });
+} else if (require.main === module) {
   hostMain(process.argv.slice(2)).then(
     (code) => {
       process.exitCode = code;

@@ -32,7 +32,9 @@ import {
   fetchList,
   fetchText,
   ImageFormatSchema,
+  postChunk,
   putChunk,
+  StagingPostSchema,
   UploadListSchema,
   UrlSchema,
 } from './chunk-transfer.js';
@@ -73,6 +75,12 @@ const BackupScanArgs = z
     previousManifestUrl: UrlSchema.optional(),
     /** Hashes the image store already holds. */
     knownChunks: z.array(Sha256HexSchema).optional(),
+    /**
+     * A presigned POST policy for this job's staging prefix: every chunk the scan computes that is
+     * neither in the previous manifest nor in `knownChunks` is uploaded there as `<keyPrefix><sha256>`
+     * while its bytes are in hand, so the backup needs no second read and no second command.
+     */
+    staging: StagingPostSchema.optional(),
   })
   .strict()
   .refine((a) => a.previousChunks === undefined || a.previousManifestUrl === undefined, {
@@ -126,8 +134,10 @@ export interface BackupScanResult {
   chunks: Array<string | null>;
   /** Chunks (re)computed by this scan. */
   computed: Array<{ index: number; sha256: string | null }>;
-  /** Distinct hashes the store lacks, each with one chunk index holding it: presign a PUT for each. */
+  /** Distinct hashes the store lacks and that were not staged, each with one chunk index holding it: presign a PUT for each. */
   missing: Array<{ index: number; sha256: string }>;
+  /** With `staging`: the distinct hashes uploaded to the staging prefix, each with the index read. */
+  staged: Array<{ index: number; sha256: string }>;
   counters: BackupCounters;
 }
 
@@ -140,8 +150,11 @@ export interface BackupUploadResult {
 }
 
 /**
- * Backs up a volume's snapshot layer as content-addressed chunks, in two phases so the control
- * plane can presign PUTs for exactly the chunks the store lacks.
+ * Backs up a volume's snapshot layer as content-addressed chunks. With a `staging` POST policy the
+ * `scan` phase alone does it: each chunk it computes that is neither in the previous manifest nor
+ * in `knownChunks` is uploaded to the job's staging prefix while its bytes are in hand (`staged` in
+ * the result). The `upload` phase PUTs chunks to per-chunk presigned URLs: for the chunks still
+ * missing afterwards, or for every missing chunk when there is no staging grant.
  *
  * `scan` reads the chunks overlapping the changed extents (incremental: every other entry is copied
  * from the previous manifest) or every allocated extent of the chain (`qemu-img map`; full), hashes
@@ -199,7 +212,16 @@ async function scan(
   const indexes = chunksOverlapping(extents, virtualSizeBytes, size);
 
   const computed: BackupScanResult['computed'] = [];
+  const known = new Set(args.knownChunks ?? []);
+  // Staging: a chunk is uploaded the first time it is read unless the store is known to hold it
+  // (the previous manifest's chunks are in the store while that backup is).
+  const staging = args.staging;
+  const stored = new Set<string>(known);
+  if (staging && previous) for (const c of previous) if (c !== null) stored.add(c);
+  const staged: BackupScanResult['staged'] = [];
+  const claimed = new Set<string>();
   let bytesRead = 0;
+  let bytesUploaded = 0;
   ctx.progress(0, { phase: 'scan', chunks: indexes.length });
   await withNbd(source, args.format, 'read', ctx, async (nbd) => {
     let done = 0;
@@ -210,15 +232,21 @@ async function scan(
       const ref = chunkRef(bytes);
       chunks[index] = ref;
       computed.push({ index, sha256: ref });
+      if (staging && ref !== null && !stored.has(ref) && !claimed.has(ref)) {
+        claimed.add(ref);
+        await postChunk(staging, bytes, ref, index, args.stallTimeoutSeconds * 1000, ctx.signal);
+        staged.push({ index, sha256: ref });
+        bytesUploaded += length;
+      }
       done++;
       ctx.progress(Math.floor((done / Math.max(1, indexes.length)) * 100), { phase: 'scan' });
     });
   });
   computed.sort((a, b) => a.index - b.index);
+  staged.sort((a, b) => a.index - b.index);
 
-  const known = new Set(args.knownChunks ?? []);
   const missing: BackupScanResult['missing'] = [];
-  const seen = new Set<string>();
+  const seen = new Set<string>(claimed);
   let chunksChanged = 0;
   for (const { index, sha256 } of computed) {
     if (sha256 !== null && sha256 !== previous?.[index]) chunksChanged++;
@@ -236,12 +264,13 @@ async function scan(
     chunks,
     computed,
     missing,
+    staged,
     counters: {
       bytesRead,
-      bytesUploaded: 0,
+      bytesUploaded,
       chunksTotal: total,
       chunksChanged,
-      chunksReused: total - zeroChunks - missing.length,
+      chunksReused: total - zeroChunks - missing.length - staged.length,
       zeroChunks,
     },
   };

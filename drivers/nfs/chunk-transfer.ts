@@ -81,6 +81,76 @@ export async function putChunk(
   });
 }
 
+/** A presigned POST policy as the host receives it (ImageStoreDriver.presignPost). */
+export const StagingPostSchema = z
+  .object({
+    url: UrlSchema,
+    fields: z.record(z.string().max(256), z.string().max(8192)),
+    keyPrefix: z.string().min(1).max(1024),
+    maxBytes: SizeSchema,
+  })
+  .strict();
+export type StagingPost = z.infer<typeof StagingPostSchema>;
+
+/**
+ * Uploads one chunk under a presigned POST policy as `<keyPrefix><sha256>`, with its SHA-256 in
+ * `x-amz-checksum-sha256` (the store refuses a body that does not hash to it and keeps it), as a
+ * multipart/form-data form: the policy's fields, `key`, the checksum fields, then `file` last.
+ */
+export async function postChunk(
+  post: StagingPost,
+  bytes: Buffer,
+  sha256: string,
+  index: number,
+  timeoutMs: number,
+  signal: AbortSignal,
+): Promise<void> {
+  const where = redact(post.url);
+  const boundary = `strata-${sha256.slice(0, 32)}`;
+  const part = (name: string, value: string) =>
+    `--${boundary}\r\nContent-Disposition: form-data; name="${name}"\r\n\r\n${value}\r\n`;
+  const head = Buffer.from(
+    Object.entries(post.fields)
+      .map(([name, value]) => part(name, value))
+      .join('') +
+      part('key', `${post.keyPrefix}${sha256}`) +
+      part('x-amz-checksum-algorithm', 'SHA256') +
+      part('x-amz-checksum-sha256', sha256Base64(sha256)) +
+      `--${boundary}\r\nContent-Disposition: form-data; name="file"; filename="${sha256}"\r\n` +
+      'Content-Type: application/octet-stream\r\n\r\n',
+  );
+  const tail = Buffer.from(`\r\n--${boundary}--\r\n`);
+  const body = Buffer.concat([head, bytes, tail]);
+  await withRetry(signal, async () => {
+    const response = await fetchWithTimeout(
+      post.url,
+      {
+        method: 'POST',
+        body,
+        headers: {
+          'content-length': String(body.byteLength),
+          'content-type': `multipart/form-data; boundary=${boundary}`,
+        },
+      },
+      timeoutMs,
+      signal,
+      `upload of chunk ${index} to ${where}`,
+    );
+    if (response.status === 400) {
+      const text = await response.text().catch(() => '');
+      if (text.includes('<Code>BadDigest</Code>')) {
+        throw new DriverUnavailableError(`chunk ${index}: ${where} refused its body as BadDigest`, {
+          context: { index, status: 400, url: where },
+        });
+      }
+      throw statusError(response.status, `chunk ${index}`, where, { index });
+    }
+    await response.body?.cancel().catch(() => undefined);
+    if (response.status !== 200 && response.status !== 201 && response.status !== 204)
+      throw statusError(response.status, `chunk ${index}`, where, { index });
+  });
+}
+
 /**
  * GETs one chunk of exactly `length` bytes into a buffer of that size (no copy of the whole body,
  * and nothing past `length` is accepted), retrying network errors, 429 and 5xx with backoff. With

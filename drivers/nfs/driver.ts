@@ -5,6 +5,7 @@
 import { ChunkSizeSchema, chunkCount } from '../sdk/backup-manifest.js';
 import { BasePrimaryDataStoreDriver } from '../sdk/base-driver.js';
 import { DriverInputError, UnsupportedOperationError } from '../sdk/errors.js';
+import type { LazyRestoreProgress, LazyRestoreStartOptions } from '../sdk/lazy-restore.js';
 import type {
   AccessOptions,
   AccessResult,
@@ -505,6 +506,11 @@ export class NfsDriver extends BasePrimaryDataStoreDriver implements BackupCapab
             format: 'qcow2',
           });
         }
+        if (options.staging !== undefined) {
+          const { url, fields, keyPrefix, maxBytes } = options.staging ?? {};
+          assertPresignedUrl(url, 'staging.url');
+          args.staging = { url, fields, keyPrefix, maxBytes };
+        }
         const scan = await this.#run<BackupScanResult>(
           ctx,
           hostId!,
@@ -525,6 +531,7 @@ export class NfsDriver extends BasePrimaryDataStoreDriver implements BackupCapab
           chunks: scan.chunks,
           computed,
           incremental: scan.incremental,
+          ...(options.staging !== undefined ? { staged: scan.staged } : {}),
           counters: scan.counters,
         };
       },
@@ -804,6 +811,93 @@ export class NfsDriver extends BasePrimaryDataStoreDriver implements BackupCapab
         context: { objectId: object.id },
       });
     }
+  }
+
+  // ------------------------------------------------------------- lazy restore (./lazy-restore.ts)
+
+  /**
+   * Lazy restore of a backup into a new volume at `object`'s path: host operation
+   * `lazyRestoreStart` starts the volume's lazy-restore daemon and creates the volume as a qcow2
+   * overlay on its NBD export, usable as soon as this resolves. Same list contract as
+   * {@link restoreChunks}.
+   *
+   * @example
+   * await driver.lazyRestoreStart({ store, ctx, hostId, object: { kind: 'volume', id: 'vol-9', format: 'qcow2' },
+   *   virtualSizeBytes, chunkSizeBytes, chunksUrl, count });
+   */
+  async lazyRestoreStart(options: LazyRestoreStartOptions): Promise<LazyRestoreProgress> {
+    return this.runOperation(options, 'lazyRestoreStart', {}, async () => {
+      this.#validateLazy(options);
+      assertPositiveSize(options.virtualSizeBytes, 'virtualSizeBytes');
+      assertChunkSize(options.chunkSizeBytes);
+      assertPresignedUrl(options.chunksUrl, 'chunksUrl');
+      assertCount(options.count, 'count');
+      return this.#run<LazyRestoreProgress>(options.ctx, options.hostId!, NfsHostOperation.LazyRestoreStart, {
+        ...this.#lazyTarget(options),
+        virtualSizeBytes: options.virtualSizeBytes,
+        chunkSizeBytes: options.chunkSizeBytes,
+        chunksUrl: options.chunksUrl,
+        count: options.count,
+      });
+    });
+  }
+
+  /** Host operation `lazyRestoreWait`: resolves once every chunk is hydrated (a long command). */
+  async lazyRestoreWait(options: ObjectOptions): Promise<LazyRestoreProgress> {
+    return this.runOperation(options, 'lazyRestoreWait', {}, async () => {
+      this.#validateLazy(options);
+      return this.#run<LazyRestoreProgress>(
+        options.ctx,
+        options.hostId!,
+        NfsHostOperation.LazyRestoreWait,
+        this.#lazyTarget(options),
+        this.#copyDeadline,
+      );
+    });
+  }
+
+  /** Host operation `lazyRestoreFinish`: flattens the hydrated volume and removes the restore's state. */
+  async lazyRestoreFinish(options: ObjectOptions): Promise<{ path: string; sizeBytes: number }> {
+    return this.runOperation(options, 'lazyRestoreFinish', {}, async () => {
+      this.#validateLazy(options);
+      const result = await this.#run<{ path: string; sizeBytes: number }>(
+        options.ctx,
+        options.hostId!,
+        NfsHostOperation.LazyRestoreFinish,
+        this.#lazyTarget(options),
+        this.#copyDeadline,
+      );
+      return { path: result.path, sizeBytes: result.sizeBytes };
+    });
+  }
+
+  /** Host operation `lazyRestoreAbort`: stops the daemon, removes the unfinished volume and the state. */
+  async lazyRestoreAbort(options: ObjectOptions): Promise<{ removedVolume: boolean }> {
+    return this.runOperation(options, 'lazyRestoreAbort', {}, async () => {
+      this.#validateLazy(options);
+      const result = await this.#run<{ removedVolume: boolean }>(
+        options.ctx,
+        options.hostId!,
+        NfsHostOperation.LazyRestoreAbort,
+        this.#lazyTarget(options),
+      );
+      return { removedVolume: result.removedVolume };
+    });
+  }
+
+  #validateLazy(options: ObjectOptions): void {
+    this.validateObjectOptions(options);
+    if (options.object.kind !== 'volume' || qemuFormatOf(options.object) !== 'qcow2') {
+      throw new DriverInputError('a lazy restore makes a qcow2 volume', { context: { field: 'object' } });
+    }
+  }
+
+  #lazyTarget(options: ObjectOptions): Record<string, unknown> {
+    return {
+      mountPath: nfsDetails(options.store).mountPath,
+      volumeId: options.object.id,
+      path: nfsObjectPath(options.object),
+    };
   }
 
   #run<T = unknown>(

@@ -43,6 +43,7 @@ import { AbsolutePathSchema, RelativePathSchema, SafeIdSchema } from '../sdk/val
 import { nfsBackupOperations } from './backup-ops.js';
 import { assertHttpUrl, downloadToFile, sha256OfFile } from './download.js';
 import { NfsExportOperation, nfsExportOperations } from './export-ops.js';
+import { NfsLazyRestoreOperation, nfsLazyRestoreOperations } from './lazy-restore.js';
 import { NfsSnapshotOperation, nfsSnapshotOperations } from './snapshot-ops.js';
 
 /** Image formats the NFS host operations read and write. */
@@ -833,6 +834,8 @@ export const nfsHostOperations: HostOperationSet = confineMountPaths({
     ...nfsBackupOperations,
     // Volume export to the image store for staged migration (./export-ops.ts).
     ...nfsExportOperations,
+    // Lazy restore: a volume usable before its backup has arrived (./lazy-restore.ts).
+    ...nfsLazyRestoreOperations,
   },
 });
 
@@ -856,6 +859,7 @@ export const NfsHostOperation = {
   BackupChunks: 'backupChunks',
   RestoreChunks: 'restoreChunks',
   ...NfsExportOperation,
+  ...NfsLazyRestoreOperation,
 } as const;
 export type NfsHostOperation = (typeof NfsHostOperation)[keyof typeof NfsHostOperation];
 

@@ -52,8 +52,10 @@ import type {
   ObjectOptions,
   ObjectStat,
   PendingUpload,
+  PresignedPost,
   PresignedUrl,
   PresignOptions,
+  PresignPostOptions,
   PresignUploadPartsOptions,
   ReadStreamOptions,
   ReadStreamResult,
@@ -74,6 +76,7 @@ import {
   uploadPartSize,
   validateCompletedParts,
 } from './multipart.js';
+import { signPostPolicy } from './presigned-post.js';
 
 const GiB = 1024 ** 3;
 const MiB = 1024 ** 2;
@@ -720,6 +723,44 @@ export class S3Driver extends BaseDataStoreDriver implements ImageStoreDriver {
       // The presigner hoists x-amz-* headers into the query by default, and S3 ignores a checksum
       // given there: kept as a signed header, the checksum cannot be dropped or changed by the client.
       return this.#presign(at, command, expiresIn, sha ? ['x-amz-checksum-sha256'] : []);
+    });
+  }
+
+  /**
+   * Signs a POST policy for uploads under `prefix` (relative to the store's prefix): each upload
+   * names its own key under it, at most `maxBytes`, with its SHA-256 for S3 to verify and keep.
+   */
+  async presignPost(options: PresignPostOptions): Promise<PresignedPost> {
+    const asObject = { ...options, object: { kind: 'template', id: 'staging' } } as ObjectOptions;
+    return this.runOperation(asObject, 'presignPost', { prefix: options?.prefix }, async () => {
+      this.#validateStoreOptions(options);
+      const { prefix, maxBytes } = options;
+      if (
+        typeof prefix !== 'string' ||
+        !/^([A-Za-z0-9._-]+\/)+$/.test(prefix) ||
+        /(^|\/)\.{1,2}\//.test(prefix)
+      ) {
+        throw new DriverInputError('prefix must be relative path segments ending in /', {
+          context: { field: 'prefix' },
+        });
+      }
+      if (!Number.isSafeInteger(maxBytes) || maxBytes <= 0 || maxBytes > 5 * 1024 ** 3) {
+        throw new DriverInputError('maxBytes must be a positive integer up to 5 GiB', {
+          context: { field: 'maxBytes' },
+        });
+      }
+      const at = this.#locate(options.ctx, options.store, prefix);
+      try {
+        return await signPostPolicy({
+          client: at.client,
+          bucket: at.bucket,
+          keyPrefix: at.key,
+          maxBytes,
+          expiresSeconds: this.#expires(options.expiresSeconds),
+        });
+      } catch (error) {
+        throw mapS3Error(error, 'presign post', { key: at.key });
+      }
     });
   }
 

@@ -326,6 +326,14 @@ export interface ChunkScanOptions extends SnapshotOptions {
     /** Presigned GET of the previous manifest (JSON, `BackupManifestSchema`). */
     manifestUrl: string;
   };
+  /**
+   * A presigned POST policy for the job's staging prefix. A driver that takes it uploads, in the
+   * same pass, every chunk it computes that is neither in `previous`'s manifest nor known to the
+   * store, as `<keyPrefix><sha256>` with its SHA-256, and lists them in `staged`; the control plane
+   * then moves them under their content address itself, so the backup is one host command. A
+   * driver may ignore it (no `staged`): the chunks are then uploaded by `uploadSnapshotChunks`.
+   */
+  staging?: PresignedPost;
 }
 
 /** Result of {@link BackupCapableDriver.scanSnapshotChunks}. */
@@ -338,6 +346,8 @@ export interface ChunkScanResult {
   computed: Array<{ index: number; sha256: string }>;
   /** True when only the extents changed since `previous` were read. */
   incremental: boolean;
+  /** With `staging`: the distinct hashes uploaded to the staging prefix, each with the index read. */
+  staged?: Array<{ index: number; sha256: string }>;
   counters: ChunkBackupCounters;
 }
 
@@ -390,9 +400,11 @@ export interface ChunkRestoreResult extends CreateResult {
  * the image store and restore from it (docs/backup-format.md). The host only ever sees presigned
  * URLs; lists that could outgrow a host request travel as presigned JSON objects.
  *
- * A backup is scan, then upload: the control plane learns the hashes from the scan, decides which
- * chunks the image store lacks (its chunk index), presigns a PUT for each, and writes the manifest
- * only after every chunk it names is stored.
+ * A backup is one scan that hashes the changed chunks and, given a `staging` POST policy, uploads
+ * those the previous backup does not name to the job's staging prefix in the same pass; the
+ * control plane checks them against its chunk index, moves the staged ones under their content
+ * address, and asks for `uploadSnapshotChunks` (presigned PUTs) only for chunks still missing. The
+ * manifest is written only after every chunk it names is stored.
  */
 export interface BackupCapableDriver {
   scanSnapshotChunks(options: ChunkScanOptions): Promise<ChunkScanResult>;
@@ -755,6 +767,31 @@ export interface PresignOptions extends ObjectOptions {
   checksumSha256?: string;
 }
 
+/** Options for {@link ImageStoreDriver.presignPost}. */
+export interface PresignPostOptions extends StoreOptions {
+  /** Path prefix relative to the store's prefix, ending in `/`: every upload's key starts with it. */
+  prefix: string;
+  /** Largest object one upload may create. */
+  maxBytes: number;
+  expiresSeconds?: number;
+}
+
+/**
+ * A presigned POST policy: its holder uploads any number of objects under `keyPrefix` until
+ * `expiresAt` by POSTing multipart/form-data to `url` with `fields` as given, then `key`
+ * (`keyPrefix` + a name), `x-amz-checksum-algorithm: SHA256`, `x-amz-checksum-sha256` (base64 of
+ * the body's SHA-256, verified by the store and kept with the object) and last `file`.
+ */
+export interface PresignedPost {
+  url: string;
+  fields: Record<string, string>;
+  /** The full object key prefix (store prefix included) the `key` field must start with. */
+  keyPrefix: string;
+  maxBytes: number;
+  /** ISO-8601. */
+  expiresAt: string;
+}
+
 /** A presigned URL and when it stops working. */
 export interface PresignedUrl {
   url: string;
@@ -818,6 +855,12 @@ export interface ImageStoreDriver extends DataStoreDriver {
    * `checksumSha256`, the PUT must carry it as `x-amz-checksum-sha256` and a mismatch is refused.
    */
   presignPut(options: PresignOptions): Promise<PresignedUrl>;
+  /**
+   * Optional: one grant for many uploads under a prefix (see {@link PresignedPost}), so a host can
+   * upload objects whose names it learns only while it works (backup chunks to a job's staging
+   * prefix). Without it, backups take a second host command with one presigned PUT per chunk.
+   */
+  presignPost?(options: PresignPostOptions): Promise<PresignedPost>;
 }
 
 const IMAGE_STORE_METHODS = [

@@ -150,6 +150,8 @@ export interface TemplateInStore extends Versioned {
 export const VolumeStatus = {
   Allocated: 'Allocated',
   Creating: 'Creating',
+  /** Lazily restored: usable (it may be attached) while its backup's chunks still arrive. */
+  Hydrating: 'Hydrating',
   Ready: 'Ready',
   Resizing: 'Resizing',
   Snapshotting: 'Snapshotting',
@@ -179,6 +181,12 @@ export interface Volume extends Versioned {
    * back: a step that dies before it has evicted the cache entry finds it again from here.
    */
   releasedFrom?: string;
+  /**
+   * While a migration's last step runs: the copy it switched the volume away from, set in the
+   * switch-over write (the volume stays Migrating, leased by that job, until the source is removed
+   * and its template cache entry evicted if unused). A replayed or recovered run finds it here.
+   */
+  migratedFrom?: { jobId: string; storeId: string; path?: string; droppedTemplateRef: boolean };
   sizeBytes: number;
   format: ImageFormat;
   path?: string;
@@ -186,6 +194,10 @@ export interface Volume extends Versioned {
   /** The snapshot it was restored from, and which of its copies the restore reads. */
   sourceSnapshotId?: string;
   restoreFrom?: 'auto' | 'primary' | 'backup';
+  /** Restored lazily (docs/backup-format.md, "Lazy restore"): Hydrating before Ready. */
+  lazyRestore?: boolean;
+  /** While Hydrating: the host serving the volume's export, the only one that can use it then. */
+  hydrationHostId?: string;
   /** Hosts granted access (grantAccess), e.g. the one running the VM. */
   accessHostIds: string[];
   status: VolumeStatus;

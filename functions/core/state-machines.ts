@@ -77,7 +77,8 @@ export const volumeMachine: StateMachine<V> = {
   name: 'Volume',
   transitions: {
     [V.Allocated]: [V.Creating, V.Destroying],
-    [V.Creating]: [V.Ready, V.Allocated, V.Error],
+    [V.Creating]: [V.Ready, V.Allocated, V.Error, V.Hydrating],
+    [V.Hydrating]: [V.Ready, V.Error],
     [V.Ready]: [V.Resizing, V.Snapshotting, V.RevertSnapshotting, V.Migrating, V.Destroying],
     [V.Resizing]: [V.Ready, V.Error],
     [V.Snapshotting]: [V.Ready],
@@ -89,6 +90,7 @@ export const volumeMachine: StateMachine<V> = {
   },
   leased: {
     [V.Creating]: V.Error,
+    [V.Hydrating]: V.Error,
     [V.Resizing]: V.Error,
     [V.Snapshotting]: V.Ready,
     [V.RevertSnapshotting]: V.Error,

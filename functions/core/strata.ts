@@ -25,6 +25,7 @@ import { HostProbeService } from './services/host-probe-service.js';
 import { HostService } from './services/host-service.js';
 import { ImageService } from './services/image-service.js';
 import { JobService } from './services/job-service.js';
+import { LazyRestore } from './services/lazy-restore.js';
 import { OrphanSweep } from './services/orphan-sweep.js';
 import { Reconciler } from './services/reconciler.js';
 import { SnapshotPolicyService } from './services/snapshot-policy-service.js';
@@ -127,10 +128,13 @@ export class Strata {
     this.verify = new BackupVerify({ ...deps, driverContext: (jobId) => this.driverContext(jobId) });
     this.motion = new DataMotionService(ports.registry, [streamCopyStrategy(ports.registry)]);
     this.images = new ImageService({ ...deps, motion: this.motion, fetcher: ports.fetcher });
+    const lazyRestore = new LazyRestore(deps);
     this.volumes = new VolumeService({
       ...deps,
       hasSnapshots: (volumeId) => this.snapshots.holdingVolume(volumeId),
-      restoreSnapshot: (input) => this.snapshots.backups.restoreInto(input),
+      restoreSnapshot: (input) =>
+        input.lazy ? lazyRestore.restoreInto(input) : this.snapshots.backups.restoreInto(input),
+      abortLazyRestore: (input) => lazyRestore.abort(input),
       installStrategy: (provider) =>
         ports.registry.has(provider) ? ports.registry.get(provider).templateInstall : undefined,
       clock,

@@ -6,7 +6,7 @@ import { failing, snapshotStep } from '../steps.js';
 
 export const snapshotBackup = {
   comment:
-    "snapshot-backup: the snapshot is BackingUp (leased by the job). Scan: the host hashes the snapshot in fixed chunks, reading only the extents changed since the volume's previous backup when that backup is the snapshot's base; the control plane records the new manifest's chunk list as a plan in the image store and pins every chunk in the chunk index. Upload: presigned PUTs for exactly the chunks the store does not hold yet. Commit: the manifest is written last, so no manifest ever names a missing chunk. On failure the pins are released (uploaded chunks stay for a retry to reuse) and the snapshot is CreatedOnPrimary again, still restorable from primary storage.",
+    "snapshot-backup: the snapshot is BackingUp (leased by the job). Scan, one host command: the host hashes the snapshot in fixed chunks, reading only the extents changed since the volume's previous backup when that backup is the snapshot's base, and uploads each chunk neither that backup nor the store holds to the job's staging prefix (a presigned POST policy) while the bytes are in hand; the control plane records the manifest's chunk list as a plan, pins the chunks in the chunk index (only those this scan computed when the backup inherits its parent's holds), and moves the staged chunks under their content address once the store confirms their SHA-256. Upload, only when a chunk is still missing (one the previous backup named but the store lost): presigned PUTs for exactly those chunks. Commit: the manifest is written last, so no manifest ever names a missing chunk. On failure the pins are released (stored chunks stay for a retry to reuse) and the snapshot is CreatedOnPrimary again, still restorable from primary storage.",
   fn: 'store',
   steps: {
     scanBackup: snapshotStep,
@@ -49,8 +49,21 @@ export const snapshotBackup = {
       select: {
         'toUpload.$': '$.Payload.toUpload',
       },
-      next: 'Upload',
+      next: 'Missing',
     }),
+    Missing: {
+      Type: 'Choice',
+      Comment: 'every chunk is stored (the usual case): commit; else a second host command uploads the rest',
+      Choices: [{ Variable: '$.scan.toUpload', NumericGreaterThan: 0, Next: 'Upload' }],
+      Default: 'NothingToUpload',
+    },
+    NothingToUpload: {
+      Type: 'Pass',
+      Comment: 'the scan uploaded every chunk the store lacked',
+      Result: { chunksUploaded: 0, bytesRead: 0, bytesUploaded: 0 },
+      ResultPath: '$.upload',
+      Next: 'Commit',
+    },
     Upload: task({
       comment: 'uploadBackup',
       task: 'uploadBackup',

@@ -1,31 +1,43 @@
 /**
  * Volume benchmarks on the embedded stack (real qcow2 templates, real qemu-img on the nfs pool):
  *
- *   npm run bench -- volumes [smallMiB=64] [largeMiB=1024] [rounds=3]
+ *   npm run bench -- volumes [smallMiB=64] [largeMiB=4096] [rounds=3] [largeDataMiB=512]
+ *
+ * Two qcow2 templates made by qemu-img and filled by qemu-io: the small one half full, the large
+ * one (4 GiB virtual by default, sparse) with `largeDataMiB` of data.
  *
  * 1. Volume from a cached template: POST /volumes until the job succeeds, for a small and a large
  *    template already installed on the pool. A linked clone must not grow with the template's
  *    size: the ratio large / small should stay near 1.
- * 2. First install of a template on a pool (download from the image store through a presigned URL:
- *    parallel ranged GETs, sha256 in order, header inspection, rename), versus a plain parallel
- *    ranged download of the same object through the same S3 endpoint (presigned GETs, 8 in flight,
- *    positional writes into a file on the pool's disk, no hashing; in a process of its own, timed
- *    inside it: install-child.ts), and a plain `cp` of the same
- *    file on the same disk. The install is measured as the first volume's time minus a cached
- *    clone's time.
+ * 2. First install of a template on a pool (whatever the volume-create flow does to bring the
+ *    template onto the pool), measured as the first large volume's time minus a cached clone's
+ *    time, versus two baselines on the same disk: a plain parallel ranged download of the same
+ *    image-store object (8 MiB ranges, 4 in flight, presigned GETs to the S3 emulator, each range
+ *    written at its offset into a file on the pool's disk), and a plain `cp` of the template file.
+ *    During the install the host commands are counted (the local SSM's `onSend` hook) and their
+ *    processes' memory sampled (harness `startFlowProbe`).
+ *
+ * The last line printed is `{"bench":"volumes","figures":{"installVsPlainDownload":…,
+ * "installVsCp":…,"cloneLargeOverSmall":…,…}}`: install and baselines as throughput ratios
+ * (higher is better), the clone as a time ratio (≈ 1).
  */
 import { execFile } from 'node:child_process';
-import { mkdtemp, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdtemp, open, rm, stat, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import { GetObjectCommand, ListObjectsV2Command, S3Client } from '@aws-sdk/client-s3';
+import { GetObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import { getSignedUrl } from '@aws-sdk/s3-request-presigner';
+import { forEachLimit } from '../../functions/core/pool';
 import { localS3ClientConfig } from '../../infra/local/s3-emulator';
 import { startImageServer } from '../support/image-server';
-import { median, startBenchStack } from './harness';
+import { fig, median, printFigures, startBenchStack, startFlowProbe } from './harness';
 
 const exec = promisify(execFile);
+const MiB = 2 ** 20;
+/** The plain download's range size and concurrency. */
+const RANGE = 8 * MiB;
+const IN_FLIGHT = 4;
 
 /**
  * Starts a timed phase with a cold page cache when the machine allows it (root on Linux), so that
@@ -42,25 +54,58 @@ async function coldCache(): Promise<boolean> {
   }
 }
 
-async function makeTemplate(file: string, mib: number): Promise<void> {
+/** A qcow2 template of `mib` virtual MiB whose first `dataMiB` hold data (a pattern written by qemu-io). */
+async function makeTemplate(file: string, mib: number, dataMiB: number): Promise<void> {
   await exec('qemu-img', ['create', '-f', 'qcow2', file, `${mib}M`]);
-  // Fill half of it with data, as an installed OS would.
-  await exec('qemu-io', ['-c', `write -P 0x3c 0 ${Math.floor(mib / 2)}M`, file]);
+  await exec('qemu-io', ['-c', `write -P 0x3c 0 ${dataMiB}M`, file]);
+}
+
+/** GETs `key` in 8 MiB ranges, 4 in flight, writing each at its offset into `target`. */
+async function plainRangedDownload(
+  s3: S3Client,
+  bucket: string,
+  key: string,
+  bytes: number,
+  target: string,
+): Promise<void> {
+  const ranges = Array.from({ length: Math.ceil(bytes / RANGE) }, (_, i) => i * RANGE);
+  const out = await open(target, 'w');
+  try {
+    await forEachLimit(ranges, IN_FLIGHT, async (start) => {
+      const end = Math.min(start + RANGE, bytes) - 1;
+      const url = await getSignedUrl(s3, new GetObjectCommand({ Bucket: bucket, Key: key }), {
+        expiresIn: 3600,
+      });
+      const res = await fetch(url, { headers: { range: `bytes=${start}-${end}` } });
+      if (res.status !== 206 && res.status !== 200)
+        throw new Error(`plain GET ${key} at ${start}: ${res.status}`);
+      const body = Buffer.from(await res.arrayBuffer());
+      if (body.byteLength !== end - start + 1) {
+        throw new Error(`plain GET ${start}: ${body.byteLength} bytes for a ${end - start + 1}-byte range`);
+      }
+      await out.write(body, 0, body.byteLength, start);
+    });
+  } finally {
+    await out.close();
+  }
 }
 
 export async function benchVolumes(
   smallMiB = 64,
-  largeMiB = 1024,
+  largeMiB = 4096,
   rounds = 3,
-): Promise<Record<string, number>> {
+  largeDataMiB = 512,
+): Promise<Record<string, number | null>> {
+  if (largeDataMiB > largeMiB || largeDataMiB <= 0) throw new Error('largeDataMiB must be in (0, largeMiB]');
   const dir = await mkdtemp(path.join(os.tmpdir(), 'strata-bench-volumes-'));
   const files = { small: path.join(dir, 'small.qcow2'), large: path.join(dir, 'large.qcow2') };
-  await makeTemplate(files.small, smallMiB);
-  await makeTemplate(files.large, largeMiB);
+  await makeTemplate(files.small, smallMiB, Math.floor(smallMiB / 2));
+  await makeTemplate(files.large, largeMiB, largeDataMiB);
   const server = await startImageServer();
   server.serve('/small.qcow2', { kind: 'file', path: files.small });
   server.serve('/large.qcow2', { kind: 'file', path: files.large });
   const { stack, api, waitJob } = await startBenchStack(dir, { fetchAllowlist: '127.0.0.1', pollMs: 50 });
+  const s3 = new S3Client(localS3ClientConfig(stack.endpoints.s3));
   const timedVolume = async (templateId: string, name: string) => {
     const t0 = performance.now();
     const res = await api('POST', '/volumes', { name, zoneId: 'zone-1', templateId });
@@ -81,78 +126,24 @@ export async function benchVolumes(
       await waitJob(reg.job.id);
       templates[size] = reg.template.id;
     }
-    const bytes = (await stat(files.large)).size;
-    // The baseline's presigned GETs: through the same S3 endpoint the host uses (the local
-    // authorizing proxy), signed as the store-tasks function signs the host's.
-    const listing = new S3Client(localS3ClientConfig(stack.endpoints.s3));
-    const signer = new S3Client({
-      ...localS3ClientConfig(stack.endpoints.s3Proxy),
-      credentials: stack.credentialsFor('StoreTasksRole'),
-    });
-    const objectUrl = async (templateId: string) => {
-      const objects = await listing.send(
-        new ListObjectsV2Command({ Bucket: stack.imageBucket, Prefix: 'images/templates/' }),
-      );
-      const key = objects.Contents?.find((o) => o.Key?.includes(templateId))?.Key;
-      if (!key) throw new Error(`template ${templateId} has no object in the image bucket`);
-      return getSignedUrl(signer, new GetObjectCommand({ Bucket: stack.imageBucket, Key: key }), {
-        expiresIn: 3600,
-      });
-    };
-
     // First volumes install each template on the pool.
-    await timedVolume(templates.small!, 'first-small');
+    const small = await timedVolume(templates.small!, 'first-small');
     const cold = await coldCache();
-    const firsts = [await timedVolume(templates.large!, 'first-large')];
+    const installProbe = startFlowProbe(stack);
+    const first = { small, large: await timedVolume(templates.large!, 'first-large') };
+    const install = installProbe.stop();
     const cached: Record<string, number[]> = { small: [], large: [] };
+    let cloneCommands: string[] = [];
     for (let r = 0; r < rounds; r++) {
-      for (const size of ['small', 'large'] as const)
+      for (const size of ['small', 'large'] as const) {
+        const probe = startFlowProbe(stack);
         cached[size]!.push(await timedVolume(templates[size]!, `${size}-${r}`));
+        cloneCommands = probe.stop().commands;
+      }
     }
     const smallMs = median(cached.small!);
     const largeMs = median(cached.large!);
-
-    // More first installs, each of a new template with the same bytes, alternating with the
-    // baseline: a plain parallel ranged download of the same object (8 × 16 MiB GETs, positional
-    // writes into a file on the pool's disk, nothing hashed or inspected); cold page cache for both.
-    const rangedTimes: number[] = [];
-    const urls = [await objectUrl(templates.large!)];
-    for (let r = 1; r < rounds; r++) {
-      const reg = await api('POST', '/templates', {
-        name: `large-${r}`,
-        url: server.url('/large.qcow2'),
-        format: 'qcow2',
-        zoneId: 'zone-1',
-      });
-      await waitJob(reg.job.id);
-      urls.push(await objectUrl(reg.template.id));
-      await coldCache();
-      firsts.push(await timedVolume(reg.template.id, `first-large-${r}`));
-    }
-    for (let r = 0; r < rounds; r++) {
-      await coldCache();
-      // In a process of its own, as a host's: not on the event loop of the stack's S3 proxy.
-      const { stdout } = await exec(
-        process.execPath,
-        [
-          '--import',
-          'tsx',
-          path.join(__dirname, 'install-child.ts'),
-          'ranged',
-          urls[r]!,
-          pool.details.mountPath,
-          String(bytes),
-          '-',
-        ],
-        { env: { ...process.env, AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true' } },
-      );
-      rangedTimes.push((JSON.parse(stdout.trim().split('\n').pop() ?? '{}') as { ms: number }).ms);
-      await rm(path.join(pool.details.mountPath, 'ranged-baseline.qcow2'), { force: true });
-    }
-    listing.destroy();
-    signer.destroy();
-    const installMs = median(firsts) - largeMs;
-    const rangedMs = median(rangedTimes);
+    const installMs = first.large - largeMs;
 
     // Baseline: cp of the same template file on the same disk as the pool.
     const cpTimes: number[] = [];
@@ -165,6 +156,29 @@ export async function benchVolumes(
       await rm(target);
     }
     const cpMs = median(cpTimes);
+    const bytes = (await stat(files.large)).size;
+
+    // Baseline: a plain parallel ranged download of the template's image-store object onto the
+    // pool's disk.
+    const imageStore = (await api('GET', '/stores?role=image')).items[0];
+    const template = await api('GET', `/templates/${templates.large}`);
+    const copy = (template.copies as Array<{ storeId: string; path?: string }>).find(
+      (c) => c.storeId === imageStore.id,
+    );
+    if (!copy?.path)
+      throw new Error(`no image-store copy of the large template: ${JSON.stringify(template)}`);
+    // An s3 image store keys its objects `<prefix><path>`.
+    const objectKey = `${imageStore.details.prefix ?? ''}${copy.path}`;
+    const downloadTimes: number[] = [];
+    for (let r = 0; r < rounds; r++) {
+      const target = path.join(pool.details.mountPath, `download-baseline-${r}.qcow2`);
+      await coldCache();
+      const t0 = performance.now();
+      await plainRangedDownload(s3, imageStore.details.bucket, objectKey, bytes, target);
+      downloadTimes.push(performance.now() - t0);
+      await rm(target);
+    }
+    const downloadMs = median(downloadTimes);
     const figures = {
       smallMiB,
       largeMiB,
@@ -177,15 +191,16 @@ export async function benchVolumes(
       installMiBps: Math.round(bytes / 2 ** 20 / (installMs / 1000)),
       cpMiBps: Math.round(bytes / 2 ** 20 / (cpMs / 1000)),
       throughputRatio: Number((cpMs / installMs).toFixed(2)),
-      rangedMs: Math.round(rangedMs),
-      rangedMiBps: Math.round(bytes / 2 ** 20 / (rangedMs / 1000)),
-      rangedRatio: Number((rangedMs / installMs).toFixed(2)),
+      downloadMs: Math.round(downloadMs),
+      downloadMiBps: Math.round(bytes / 2 ** 20 / (downloadMs / 1000)),
+      downloadRatio: Number((downloadMs / installMs).toFixed(2)),
+      installCommands: install.commands.length,
+      cloneCommands: cloneCommands.length,
+      installRuntimePeakRssMiB: install.runtimePeakRssMiB,
+      installGroupPeakRssMiB: install.groupPeakRssMiB,
       coldCache: cold ? 1 : 0,
     };
     console.log(`volumes: median of ${rounds} rounds`);
-    console.log(
-      `  first volumes of the large template: ${firsts.map(Math.round).join(', ')} ms; ranged baselines: ${rangedTimes.map(Math.round).join(', ')} ms`,
-    );
     console.log(`  volume from a cached template, ${smallMiB} MiB template: ${figures.cachedSmallMs} ms`);
     console.log(`  volume from a cached template, ${largeMiB} MiB template: ${figures.cachedLargeMs} ms`);
     console.log(
@@ -198,13 +213,33 @@ export async function benchVolumes(
       `  plain cp of the same file on the same disk: ${figures.cpMs} ms (${figures.cpMiBps} MiB/s), ` +
         (cold ? 'page cache dropped before each' : 'warm page cache'),
     );
-    console.log(`  install throughput / cp throughput: ${figures.throughputRatio}  (target ≥ 0.8)`);
     console.log(
-      `  plain parallel ranged download of the same object (8 × 16 MiB GETs): ${figures.rangedMs} ms (${figures.rangedMiBps} MiB/s)`,
+      `  plain ranged download of the same object onto the pool's disk (8 MiB ranges, 4 in flight): ${figures.downloadMs} ms (${figures.downloadMiBps} MiB/s)`,
     );
-    console.log(`  install throughput / ranged download throughput: ${figures.rangedRatio}  (target ≥ 0.9)`);
-    return figures;
+    console.log(`  install throughput / plain download throughput: ${figures.downloadRatio}  (target ≥ 0.9)`);
+    console.log(`  install throughput / cp throughput: ${figures.throughputRatio}`);
+    console.log(
+      `  host commands: first large volume (install + clone) ${install.commands.length} [${install.commands.join(', ')}], ` +
+        `cached clone ${cloneCommands.length} [${cloneCommands.join(', ')}]`,
+    );
+    console.log(
+      `  host memory during the install: runtime peak ${install.runtimePeakRssMiB} MiB (VmHWM), ` +
+        `with its qemu children ${install.groupPeakRssMiB} MiB (sum of VmRSS), ${install.runtimeProcesses} runtime processes, ${install.samples} samples`,
+    );
+    const result = {
+      installVsPlainDownload: fig(downloadMs / installMs, 2),
+      installVsCp: fig(cpMs / installMs, 2),
+      cloneLargeOverSmall: fig(largeMs / smallMs, 2),
+      // The first volume's commands beyond what a cached clone sends: the install's own.
+      hostCommandsPerInstall: install.commands.length - cloneCommands.length,
+      hostCommandsInstallAndClone: install.commands.length,
+      hostPeakRssMiB: install.runtimePeakRssMiB,
+      hostGroupPeakRssMiB: install.groupPeakRssMiB,
+    };
+    printFigures('volumes', result, { details: { ...figures } });
+    return result;
   } finally {
+    s3.destroy();
     await stack.stop();
     await server.close();
     await rm(dir, { recursive: true, force: true });

@@ -12,7 +12,7 @@
  *    allocated bytes equal to the sizes of the live volumes on it, the file of every Ready volume
  *    on its pool, and an orphan sweep (dry run, shortest windows) that finds nothing.
  */
-import { existsSync } from 'node:fs';
+import { existsSync, readdirSync } from 'node:fs';
 import path from 'node:path';
 import type { EntityType } from '../../functions/core/model';
 import {
@@ -329,6 +329,17 @@ export async function invariants(
     const mount = (stores.get(String(v.storeId))?.details as { mountPath?: string } | undefined)?.mountPath;
     if (mount && !existsSync(path.join(mount, v.path)))
       problems.push(`Ready volume ${String(v.id)} has no file`);
+  }
+  // A lazy restore's state (its export's cache, socket and daemon) lives only while it hydrates.
+  const hydrating = new Set(volumes.filter((v) => v.status === 'Hydrating').map((v) => String(v.id)));
+  for (const store of stores.values()) {
+    const mount = (store.details as { mountPath?: string } | undefined)?.mountPath;
+    const lazyDir = mount ? path.join(mount, '.strata', 'lazy') : undefined;
+    if (!lazyDir || !existsSync(lazyDir)) continue;
+    for (const volumeId of readdirSync(lazyDir)) {
+      if (!hydrating.has(volumeId))
+        problems.push(`lazy restore state of ${volumeId} left on ${String(store.name)}`);
+    }
   }
 
   if (options.sweep) problems.push(...(await orphans(t)));

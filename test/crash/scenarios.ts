@@ -242,6 +242,22 @@ export const scenarios: Scenario<Record<string, string>>[] = [
     }),
   },
   {
+    flow: FlowName.VolumeCreate,
+    name: 'lazy restore of a backup (Hydrating, then Ready)',
+    prepare: async (t) => ({ snapshotId: await snapshotOf(t, await filledVolume(t, 'to-restore'), true) }),
+    request: (p) => ({
+      method: 'POST',
+      route: '/volumes',
+      body: {
+        name: 'lazy',
+        zoneId: 'zone-1',
+        fromSnapshotId: p.snapshotId,
+        restoreFrom: 'backup',
+        lazy: true,
+      },
+    }),
+  },
+  {
     flow: FlowName.VolumeResize,
     name: FlowName.VolumeResize,
     prepare: async (t) => ({ volumeId: await blankVolume(t, 'to-resize') }),

@@ -9,6 +9,7 @@ import { execFile } from 'node:child_process';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { ListObjectsV2Command, type S3Client } from '@aws-sdk/client-s3';
+import { decodeHostRequest } from '../../drivers/sdk/host-protocol';
 import { JobService } from '../../functions/core/services/job-service';
 import { snapshotMachine } from '../../functions/core/state-machines';
 import { startFaultProxy } from '../support/fault-proxy';
@@ -124,7 +125,16 @@ describe('incremental backup to the image store, and restore', () => {
 
     const snapshots: string[] = [];
     const results: Array<Record<string, number | boolean>> = [];
+    // Every host command sent, as `operation` or `operation:phase`.
+    let sent: string[] = [];
+    const stopCounting = t.stack.ssm.onSend((parameters) => {
+      if (!parameters.Request) return;
+      const { operation, args } = decodeHostRequest(parameters.Request);
+      const phase = (args as { phase?: string }).phase;
+      sent.push(phase ? `${operation}:${phase}` : operation);
+    });
     for (let round = 1; round <= 5; round++) {
+      sent = [];
       // One whole chunk rewritten each round, and in round 3 a small write into round 1's chunk.
       const offset = (8 + 4 * round) * MiB;
       const writes = ['-c', `write -P ${0x20 + round} ${offset} 4M`];
@@ -140,11 +150,17 @@ describe('incremental backup to the image store, and restore', () => {
       expect(taken.status).toBe(202);
       let job = await watchJob(t, taken.body.job.id);
       expect({ state: job.state, error: job.error }).toEqual({ state: 'succeeded', error: undefined });
-      if (!viaTake) {
+      if (viaTake) {
+        // Take and back up: two host commands, the snapshot and one backup pass.
+        expect({ round, sent }).toEqual({ round, sent: ['takeChainSnapshot', 'backupChunks:scan'] });
+      } else {
+        sent = [];
         const started = await t.call('POST', `/snapshots/${taken.body.snapshot.id}/backup`);
         expect(started.status).toBe(202);
         job = await watchJob(t, started.body.job.id);
         expect({ state: job.state, error: job.error }).toEqual({ state: 'succeeded', error: undefined });
+        // A backup alone: one host command reads, hashes and uploads.
+        expect({ round, sent }).toEqual({ round, sent: ['backupChunks:scan'] });
       }
       snapshots.push(taken.body.snapshot.id);
       results.push(job.result);
@@ -155,6 +171,7 @@ describe('incremental backup to the image store, and restore', () => {
         'primary',
       ]);
     }
+    stopCounting();
 
     // The first backup read every allocated chunk; each later one only what changed.
     const [first, ...later] = results;
@@ -166,8 +183,8 @@ describe('incremental backup to the image store, and restore', () => {
       expect(r).toMatchObject({ incremental: true, chunksTotal: 16, chunksChanged: changedChunks });
       expect(r.bytesUploaded).toBe(changedChunks * CHUNK);
       expect(Number(r.bytesUploaded) / (changedChunks * CHUNK)).toBeLessThanOrEqual(1.25);
-      // Read once by the scan and once more by the upload, never the whole disk.
-      expect(Number(r.bytesRead)).toBeLessThanOrEqual(2 * changedChunks * CHUNK);
+      // Each changed chunk read once (the pass that hashes it uploads it), never the whole disk.
+      expect(r.bytesRead).toBe(changedChunks * CHUNK);
       expect(Number(r.chunksReused)).toBeGreaterThanOrEqual(Number(first?.chunksUploaded) - 1);
     }
 
@@ -255,7 +272,7 @@ describe('a backup cut off mid-upload', () => {
     await proxy?.close();
   });
 
-  it('leaves the snapshot restorable from primary and no manifest; the retry reuses the uploaded chunks', async () => {
+  it('leaves the snapshot restorable from primary, no manifest and nothing staged; the retry backs it up', async () => {
     const pool = await primaryPool(t);
     const created = await t.call('POST', '/volumes', {
       name: 'flaky',
@@ -273,9 +290,10 @@ describe('a backup cut off mid-upload', () => {
     await t.waitForJob(taken.body.job.id);
     const snapshotId = taken.body.snapshot.id as string;
 
-    // Three chunk PUTs go through, every later one fails (as an outage mid-upload would).
+    // Three chunk uploads go through, every later one fails (as an outage mid-upload would). The
+    // host POSTs chunks under the job's staging prefix; the S3 proxy stores each with a PUT.
     proxy.setRule({
-      match: (method, p) => method === 'PUT' && p.includes('/backups/chunks/'),
+      match: (method, p) => method === 'PUT' && /\/backups\/plans\/[^/]+\/staging\//.test(p),
       passFirst: 3,
       status: 503,
     });
@@ -288,8 +306,9 @@ describe('a backup cut off mid-upload', () => {
     expect(after.status).toBe('CreatedOnPrimary');
     expect(after.copies.filter((c: { storeRole?: string }) => c.storeRole === 'image')).toEqual([]);
     expect(await keys(t.s3, t.imageBucket, 'images/backups/manifests/')).toEqual([]);
+    // What the failed pass staged went with the job's plans; nothing reached the chunk store.
     expect(await keys(t.s3, t.imageBucket, 'images/backups/plans/')).toEqual([]);
-    expect(await keys(t.s3, t.imageBucket, 'images/backups/chunks/')).toHaveLength(3);
+    expect(await keys(t.s3, t.imageBucket, 'images/backups/chunks/')).toEqual([]);
 
     const fromPrimary = await restore(t, pool, snapshotId, 'primary');
     expect(await qemuCompare(path.join(refs, 'ref.qcow2'), fromPrimary.file)).toBe(0);
@@ -299,7 +318,11 @@ describe('a backup cut off mid-upload', () => {
     const retry = await t.call('POST', `/snapshots/${snapshotId}/backup`);
     const done = await t.waitForJob(retry.body.job.id, 60_000);
     expect(done.state).toBe('succeeded');
-    expect(done.result).toMatchObject({ chunksUploaded: 5, bytesUploaded: 5 * 4 * MiB, chunksReused: 3 });
+    expect(done.result).toMatchObject({
+      chunksUploaded: 8,
+      bytesUploaded: 8 * 4 * MiB,
+      bytesRead: 8 * 4 * MiB,
+    });
     const restored = await restore(t, pool, snapshotId, 'backup');
     expect(await qemuCompare(path.join(refs, 'ref.qcow2'), restored.file)).toBe(0);
     await dropVolume(t, restored.id);

@@ -212,10 +212,37 @@ describe('grants live no longer than the step that uses them', () => {
     expect(fromSsm.length).toBeGreaterThanOrEqual(4);
     expect(operations.length).toBeGreaterThan(0);
 
-    // Every plan the commands pointed at: the upload list, the restore list's index and its pages.
+    // The backup's one grant for its uploads: a POST policy scoped to its job's staging prefix,
+    // living no longer than the other grants of so small a disk.
+    const stagings = sent
+      .filter((p) => p.Request)
+      .map((p) => decodeHostRequest(p.Request!).args as { staging?: { fields: Record<string, string> } })
+      .flatMap((a) => (a.staging ? [a.staging] : []));
+    expect(stagings).toHaveLength(1);
+    const fields = stagings[0]!.fields;
+    const policy = JSON.parse(Buffer.from(fields.policy!, 'base64').toString('utf8')) as {
+      expiration: string;
+      conditions: unknown[];
+    };
+    const d = fields['x-amz-date']!;
+    const postSignedAt = Date.parse(
+      `${d.slice(0, 4)}-${d.slice(4, 6)}-${d.slice(6, 8)}T${d.slice(9, 11)}:${d.slice(11, 13)}:${d.slice(13, 15)}Z`,
+    );
+    const postLifetime = (Date.parse(policy.expiration) - postSignedAt) / 1000;
+    expect(postLifetime).toBeGreaterThan(0);
+    expect(postLifetime).toBeLessThanOrEqual(BOUND_SECONDS);
+    expect(policy.conditions).toContainEqual([
+      'starts-with',
+      '$key',
+      `images/backups/plans/${backupJob.id}/staging/`,
+    ]);
+    expect(policy.conditions).toContainEqual(['content-length-range', 0, 4 * MiB]);
+
+    // Every plan the commands pointed at: the restore list's index and its pages (the backup
+    // needed no upload list).
     expect(planFetchErrors).toEqual([]);
     expect(plans.map((p) => p.field).sort()).toEqual(
-      expect.arrayContaining(['chunkPagesUrl', 'chunkPagesUrl page', 'uploadsUrl']),
+      expect.arrayContaining(['chunkPagesUrl', 'chunkPagesUrl page']),
     );
     const fromPlans = plans.flatMap((p) =>
       presignedUrls(p.text).map((url) => ({ where: `plan:${p.field}`, url })),

@@ -13,19 +13,24 @@ import { promisify } from 'node:util';
 import { UpdateCommand } from '@aws-sdk/lib-dynamodb';
 import { itemKey } from '../../functions/adapters/aws/table-keys';
 import type { EntityKey, Repository } from '../../functions/core/ports';
+import { type ImageServer, startImageServer } from '../support/image-server';
+import { tempDir } from '../support/integration';
 import { startTestStack, type TestStack } from '../support/stack';
 
 const exec = promisify(execFile);
 const MiB = 2 ** 20;
 let t: TestStack;
+let server: ImageServer;
 
 beforeAll(async () => {
-  t = await startTestStack({ hostWaitBudgetMs: 50 });
+  server = await startImageServer();
+  t = await startTestStack({ hostWaitBudgetMs: 50, fetchAllowlist: '127.0.0.1' });
 }, 90_000);
 
 afterAll(async () => {
   for (const h of t?.stack.hosts ?? []) h.resume();
   await t?.stack.stop();
+  await server?.close();
 });
 
 async function until<T>(what: string, probe: () => Promise<T | undefined>, ms = 60_000): Promise<T> {
@@ -177,5 +182,66 @@ describe('long operations', () => {
     expect((await t.run('POST', `/volumes/${volumeId}/resize`, { sizeBytes: 96 * MiB })).job?.state).toBe(
       'succeeded',
     );
+  }, 180_000);
+});
+
+describe('a step replayed after its switch-over', () => {
+  it('a migration whose last step suspends on its host calls still removes the source and evicts the unused template cache', async () => {
+    const image = path.join(await tempDir('strata-long-migrate-'), 'small.qcow2');
+    await exec('qemu-img', ['create', '-f', 'qcow2', image, '32M']);
+    server.serve('/small.qcow2', { kind: 'file', path: image });
+    const reg = await t.call('POST', '/templates', {
+      name: 'small',
+      url: server.url('/small.qcow2'),
+      format: 'qcow2',
+      zoneId: 'zone-1',
+    });
+    expect((await t.waitForJob(reg.body.job.id, 120_000)).state).toBe('succeeded');
+    const templateId = reg.body.template.id as string;
+    const pool = (await t.call('GET', '/stores?role=primary')).body.items[0];
+    const share = await t.newShare('nfs-replay');
+    const added = await t.call('POST', '/stores', {
+      name: 'nfs-replay',
+      provider: 'nfs',
+      role: 'primary',
+      scope: { type: 'cluster', zoneId: 'zone-1', clusterId: 'cluster-1' },
+      capacityBytes: 10 * 2 ** 30,
+      details: { server: '127.0.0.1', export: '/replay', mountPath: share },
+    });
+    expect((await t.waitForJob(added.body.job.id)).state).toBe('succeeded');
+    const created = await t.call('POST', '/volumes', {
+      name: 'replayed',
+      zoneId: 'zone-1',
+      templateId,
+      storeId: pool.id,
+    });
+    expect((await t.waitForJob(created.body.job.id, 120_000)).state).toBe('succeeded');
+    const volumeId = created.body.volume.id as string;
+
+    const res = await t.call('POST', `/volumes/${volumeId}/migrate`, { storeId: added.body.store.id });
+    expect(res.status).toBe(202);
+    const job = await t.waitForJob(res.body.job.id, 120_000);
+    expect(job.state).toBe('succeeded');
+    // The last step sent the source's delete and the cache's delete, and ran again in between.
+    expect(Object.keys(job.hostCommands ?? {}).filter((k) => k.startsWith('finishMigrate:'))).toHaveLength(2);
+    expect(visits(job.executionId).get('Finish')).toBeGreaterThan(1);
+
+    const volume = (await t.call('GET', `/volumes/${volumeId}`)).body;
+    expect(volume).toMatchObject({ status: 'Ready', storeId: added.body.store.id, mode: 'full' });
+    expect(volume.migratedFrom).toBeUndefined();
+    expect(volume.lease).toBeUndefined();
+    // The cache entry no volume uses any more is gone, row and file, once the job has ended.
+    const tpl = (await t.call('GET', `/templates/${templateId}`)).body;
+    expect(tpl.copies.filter((c: { storeRole: string }) => c.storeRole === 'primary')).toEqual([]);
+    const inventory = (await t.run('POST', `/stores/${pool.id}/inventory`)).job;
+    expect(
+      inventory.result.objects.filter(
+        (o: { path: string }) => o.path.includes(templateId) || o.path.includes(volumeId),
+      ),
+    ).toEqual([]);
+
+    const del = await t.call('DELETE', `/volumes/${volumeId}`);
+    expect((await t.waitForJob(del.body.job.id)).state).toBe('succeeded');
+    expect((await t.call('DELETE', `/templates/${templateId}`)).status).toBe(204);
   }, 180_000);
 });

@@ -364,6 +364,12 @@ describe('migrate', () => {
     const info = JSON.parse((await qemuImg('info', '--output=json', destFile)).stdout);
     expect(info['backing-filename']).toBeUndefined();
     expect(await filesUnder(pool.details.mountPath)).toEqual([]); // source file and the unused cache are gone
+    // ...and so is the cache's row: the step's host waits replay it, and the eviction is part of
+    // the job, not something left Destroying under the finished job's lease.
+    const tpl = (await t.call('GET', `/templates/${templateId}`)).body;
+    expect(tpl.copies.filter((c: { storeRole: string }) => c.storeRole === 'primary')).toEqual([]);
+    expect(after.migratedFrom).toBeUndefined();
+    expect(after.lease).toBeUndefined();
     expect((await t.call('GET', `/stores/${pool.id}`)).body.allocatedBytes).toBe(0);
     expect((await t.call('GET', `/stores/${target}`)).body.allocatedBytes).toBe(after.sizeBytes);
 

@@ -1,13 +1,15 @@
 /**
  * Backup of snapshots to the image store, restore from backups, and removal of backups
- * (docs/backup-format.md). The snapshot-backup flow runs three steps — scan, upload, commit — with
- * a compensation; restores run inside volume-create (backup-restore.ts); removal runs inside snapshot
+ * (docs/backup-format.md). The snapshot-backup flow runs scan (one host command that also uploads
+ * to the job's staging prefix), upload (only for chunks still missing) and commit, with a
+ * compensation; restores run inside volume-create (backup-restore.ts); removal runs inside snapshot
  * delete. The image-store objects are reached through backup-store.ts.
  *
  * Image-store layout, relative to the store's prefix:
  * - `backups/chunks/<ab>/<sha256>`: one object per distinct chunk, shared by every backup in the store;
  * - `backups/manifests/<volume>/<snapshot>.json`: one manifest per backup, written last;
- * - `backups/plans/<job>/…`: a job's working lists (scan result, presigned URL lists), removed at the end.
+ * - `backups/plans/<job>/…`: a job's working lists (scan result, presigned URL lists) and under
+ *   `staging/` the chunks its host uploaded, removed at the end.
  *
  * Invariants:
  * - a manifest exists only once every chunk it names is stored (it is written after the uploads);
@@ -52,6 +54,7 @@ import {
   manifestKey,
   PRESIGN_CONCURRENCY,
   planKey,
+  stagingPrefix,
 } from './backup-store.js';
 import { type DriverContextOptions, toStoreInfo } from './datastore-service.js';
 import { causeMessage, type JobService, type WorkflowFailure } from './job-service.js';
@@ -87,6 +90,8 @@ interface ScanPlan {
   toUpload?: Array<{ index: number; sha256: string }>;
   /** Whose holds cover the chunks (see {@link BackupService.chooseHolds}); absent: this backup's own. */
   holds?: Holds;
+  /** Hashes the host uploaded in the scan's own pass and the control plane moved into place. */
+  staged?: string[];
 }
 
 /** How a backup's chunks are held in the chunk index (SnapshotInStore.chunkHolds). */
@@ -233,19 +238,32 @@ export class BackupService {
 
   /**
    * Scan: hash the snapshot on a host (only what changed since the previous backup when that
-   * backup is the snapshot's base), pin every chunk of the new manifest, and record which of them
-   * the store lacks.
+   * backup is the snapshot's base) and, through a POST policy, upload to the job's staging prefix
+   * the chunks that backup does not name; pin the chunks, move the staged ones the index lacks
+   * under their content address, and record which are still missing (for the Upload step).
    */
   async scanBackup(input: Step): Promise<{ toUpload: number }> {
     const { snapshot, volume, image, copy, pool, driver } = await this.leased(input);
     const ctx = this.deps.driverContext(input.jobId, { progressRange: [5, 35] });
     const previous = await this.previousBackup(snapshot, image);
     const { id: hostId } = await this.deps.selectHost([pool.id]);
+    // One grant for every chunk the host finds missing, under this job's staging prefix; it lives
+    // as long as reading and uploading the whole disk may take (grants.ts).
+    const staging = image.driver.presignPost
+      ? await image.driver.presignPost({
+          store: toStoreInfo(image.store),
+          prefix: stagingPrefix(input.jobId),
+          maxBytes: this.chunkSize,
+          ctx,
+          expiresSeconds: hostGrantSeconds(volume.sizeBytes),
+        })
+      : undefined;
     const scan = await driver.scanSnapshotChunks({
       ...layer(pool, volume, snapshot, copy),
       chunkSizeBytes: this.chunkSize,
       ctx,
       hostId,
+      ...(staging ? { staging } : {}),
       ...(previous
         ? {
             previous: {
@@ -292,16 +310,36 @@ export class BackupService {
     // verify job found corrupt or missing is uploaded again whatever the store says of it.
     const corrupt = new Set(pinned.corrupt);
     const candidates = [...pinned.unstored, ...pinned.unverified].map(at);
+    // What the host staged is this scan's own bytes, checked by the store on the way in: it stands
+    // in for any candidate, a corrupt one included. The rest may be in the store already.
+    const stagedAt = new Map((scan.staged ?? []).map((c) => [c.sha256, c.index]));
+    const promoted = await this.store.promoteStaged(
+      image,
+      input.jobId,
+      candidates
+        .filter((c) => stagedAt.has(c.sha256))
+        .map((c) => ({
+          sha256: c.sha256,
+          length: chunkExtent(stagedAt.get(c.sha256) as number, scan.virtualSizeBytes, scan.chunkSizeBytes)
+            .length,
+        })),
+      ctx,
+    );
+    const promotedSet = new Set(promoted);
     const present = await this.verifiedInStore(
       image,
-      candidates.filter((c) => !corrupt.has(c.sha256)),
+      candidates.filter((c) => !corrupt.has(c.sha256) && !promotedSet.has(c.sha256)),
       scan,
       ctx,
     );
-    if (present.length > 0) await this.repo.chunks.markStored(image.store.id, present);
-    const reused = new Set(present);
+    if (promoted.length + present.length > 0) {
+      await this.repo.chunks.markStored(image.store.id, [...promoted, ...present]);
+    }
+    const reused = new Set([...promoted, ...present]);
     plan.toUpload = candidates.filter((c) => !reused.has(c.sha256));
-    if (corrupt.size > 0 || pinned.unverified.length > reused.size) {
+    plan.staged = promoted;
+    if (scan.staged !== undefined) await this.store.removeStaging(image, input.jobId, ctx);
+    if (corrupt.size > 0 || pinned.unverified.length > present.length + promoted.length) {
       this.deps.driverContext(input.jobId).logger.info('chunks uploaded again: found corrupt or unverified', {
         corrupt: corrupt.size,
         unverified: pinned.unverified.filter((sha) => !reused.has(sha)).length,
@@ -442,7 +480,7 @@ export class BackupService {
     const text = JSON.stringify(manifest);
     const path = manifestKey(volume.id, snapshot.id);
     await this.store.writeJson(store, path, manifest, ctx);
-    const uploaded = new Set((plan.toUpload ?? []).map((u) => u.sha256));
+    const uploaded = new Set([...(plan.toUpload ?? []).map((u) => u.sha256), ...(plan.staged ?? [])]);
     const nonZero = manifest.chunks.filter((c): c is string => c !== null);
     const figures = {
       snapshotId: snapshot.id,
@@ -452,10 +490,10 @@ export class BackupService {
       incremental: plan.incremental,
       ...(plan.parentSnapshotId ? { parentSnapshotId: plan.parentSnapshotId } : {}),
       bytesRead: plan.counters.bytesRead + input.upload.bytesRead,
-      bytesUploaded: input.upload.bytesUploaded,
+      bytesUploaded: plan.counters.bytesUploaded + input.upload.bytesUploaded,
       chunksTotal: manifest.chunks.length,
       chunksChanged: plan.counters.chunksChanged,
-      chunksUploaded: input.upload.chunksUploaded,
+      chunksUploaded: (plan.staged?.length ?? 0) + input.upload.chunksUploaded,
       chunksReused: nonZero.filter((c) => !uploaded.has(c)).length,
       zeroChunks: manifest.chunks.length - nonZero.length,
       distinctChunks: distinct(manifest.chunks).length,

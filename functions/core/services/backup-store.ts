@@ -16,6 +16,7 @@ import { hostGrantSeconds } from '../grants.js';
 import type { DataStore, SnapshotInStore } from '../model.js';
 import { ObjectInStoreStatus as O } from '../model.js';
 import { allPages } from '../paging.js';
+import { forEachLimit } from '../pool.js';
 import type { Repository } from '../ports.js';
 import type { BackupDeps } from './backup-service.js';
 import { toStoreInfo } from './datastore-service.js';
@@ -35,6 +36,11 @@ export function chunkKey(sha256: string): string {
 
 export function planKey(jobId: string, name: string): string {
   return `backups/plans/${jobId}/${name}.json`;
+}
+
+/** Where a backup job's host uploads the chunks it finds missing (removed with the job's plans). */
+export function stagingPrefix(jobId: string): string {
+  return `backups/plans/${jobId}/staging/`;
 }
 
 export function blob(path: string): DataObjectRef {
@@ -141,9 +147,48 @@ export class BackupStore {
     await image.driver.deleteAsync({ store: toStoreInfo(image.store), object: blob(path), ctx });
   }
 
+  /** Deletes everything under a job's plans prefix: its lists and what its host staged. */
   async removePlans(image: ImageStore, jobId: string, ctx: DriverContext): Promise<void> {
-    for (const name of ['scan', 'uploads', 'restore']) {
-      await this.deleteObject(image, planKey(jobId, name), ctx).catch(() => undefined);
-    }
+    await this.removeUnder(image, `backups/plans/${jobId}/`, ctx);
+  }
+
+  /** Deletes whatever a job's host left under its staging prefix. */
+  async removeStaging(image: ImageStore, jobId: string, ctx: DriverContext): Promise<void> {
+    await this.removeUnder(image, stagingPrefix(jobId), ctx);
+  }
+
+  private async removeUnder(image: ImageStore, prefix: string, ctx: DriverContext): Promise<void> {
+    const store = toStoreInfo(image.store);
+    const left = await image.driver.listObjects({ store, prefix, ctx });
+    await forEachLimit(left, PRESIGN_CONCURRENCY, (o) => this.deleteObject(image, o.path, ctx));
+  }
+
+  /**
+   * Moves chunks a host uploaded to a job's staging prefix under their content address: each is
+   * taken only when the store holds it with the SHA-256 its name claims (the store computed that
+   * checksum from the bytes it received) and the chunk's length, then copied server-side (the copy
+   * keeps the checksum). Answers the hashes now stored under `backups/chunks/`. A staged object
+   * that is missing or does not match is left out (the caller uploads that chunk another way).
+   */
+  async promoteStaged(
+    image: ImageStore,
+    jobId: string,
+    staged: Array<{ sha256: string; length: number }>,
+    ctx: DriverContext,
+  ): Promise<string[]> {
+    const store = toStoreInfo(image.store);
+    const promoted: string[] = [];
+    await forEachLimit(staged, PRESIGN_CONCURRENCY, async ({ sha256, length }) => {
+      const from = blob(`${stagingPrefix(jobId)}${sha256}`);
+      const stat = await image.driver.statObject({ store, object: from, ctx, checksum: true });
+      if (stat?.sizeBytes !== length || stat.checksumSha256 !== sha256) return;
+      await image.driver.copyAsync({
+        src: { store, object: from },
+        dst: { store, object: blob(chunkKey(sha256)) },
+        ctx: { ...ctx, progress: async () => undefined },
+      });
+      promoted.push(sha256);
+    });
+    return promoted;
   }
 }

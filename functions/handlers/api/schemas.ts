@@ -214,11 +214,17 @@ export const VolumeCreateBody = z
     fromSnapshotId: safeId.optional(),
     /** Which copy a restore reads: `auto` prefers the primary layer when a host reaches it. */
     restoreFrom: z.enum(['auto', 'primary', 'backup']).optional(),
+    /** With `restoreFrom: 'backup'`: usable at once, Hydrating until every chunk has arrived. */
+    lazy: z.boolean().optional(),
   })
   .strict()
   .refine((b) => !(b.fromSnapshotId && b.templateId), {
     message: 'give either templateId or fromSnapshotId, not both',
     path: ['fromSnapshotId'],
+  })
+  .refine((b) => b.lazy !== true || (b.fromSnapshotId !== undefined && b.restoreFrom === 'backup'), {
+    message: "lazy needs fromSnapshotId and restoreFrom: 'backup'",
+    path: ['lazy'],
   });
 
 export const VolumeCreateQuery = z.object({ dryRun: z.enum(['true', 'false']).optional() }).strict();

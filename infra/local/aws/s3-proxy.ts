@@ -37,6 +37,13 @@ import { isWrite } from '../faults.js';
 import { type LocalEndpoint, listen, type RequestTap } from './aws-server.js';
 import { AccessDeniedError, type IamAuthorizer, type PolicyDocument } from './iam-authorizer.js';
 import type { LocalAccount, LocalCredentialStore, Principal } from './principals.js';
+import {
+  type AllowedPost,
+  formBoundary,
+  PostObjectError,
+  receivePostForm,
+  verifyPostPolicy,
+} from './s3-post-object.js';
 import { SignatureError, verifySignature } from './sigv4-verify.js';
 
 export interface S3ProxyOptions {
@@ -525,7 +532,8 @@ function xmlEscape(text: string): string {
 function s3Error(error: unknown): { status: number; code: string; message: string } {
   if (error instanceof AccessDeniedError)
     return { status: 403, code: 'AccessDenied', message: error.message };
-  if (error instanceof S3Error) return { status: error.status, code: error.code, message: error.message };
+  if (error instanceof S3Error || error instanceof PostObjectError)
+    return { status: error.status, code: error.code, message: error.message };
   if (error instanceof SignatureError) {
     switch (error.code) {
       case 'MissingAuthenticationToken':
@@ -806,12 +814,95 @@ export async function startS3Proxy(options: S3ProxyOptions): Promise<LocalEndpoi
     }
   };
 
+  /**
+   * POST Object with a SigV4 POST policy (s3-post-object.ts): the policy and the signing role's
+   * s3:PutObject on the form's key are checked before the file is read; the file is spooled and
+   * hashed, refused whole when it breaks the policy's size range or its declared SHA-256, and
+   * stored by a PUT to s3rver with the verified checksum kept as for a PUT.
+   */
+  const handlePost = async (
+    req: http.IncomingMessage,
+    res: http.ServerResponse,
+    expectsContinue: boolean,
+    boundary: string,
+    bucket: string,
+    fields: Record<string, unknown>,
+  ) => {
+    checkBucketName(bucket);
+    if (expectsContinue) res.writeContinue();
+    spoolDir ??= mkdtemp(path.join(options.spoolDir ?? os.tmpdir(), 'strata-s3-spool-'));
+    const file = path.join(await spoolDir, randomUUID());
+    res.on('close', () => void rm(file, { force: true }));
+    let allowed: AllowedPost | undefined;
+    const received = await receivePostForm(
+      req,
+      boundary,
+      async (form) => {
+        allowed = verifyPostPolicy(form, bucket, options.credentials);
+        fields.principal = allowed.principal.arn;
+        checkKey(allowed.key);
+        await authorize(allowed.principal, [
+          { action: 's3:PutObject', resource: `${ARN_PREFIX}${bucket}/${allowed.key}` },
+        ]);
+        if (options.faults && (await options.faults.onRequest(allowed.principal, 's3', 'PutObject', true))) {
+          req.socket.destroy();
+          throw new S3Error('InternalError', 'fault injected', 500);
+        }
+        return { maxBytes: allowed.maxBytes };
+      },
+      file,
+    );
+    const post = allowed as AllowedPost;
+    if (received.size < post.minBytes) {
+      throw new S3Error(
+        'EntityTooSmall',
+        'Your proposed upload is smaller than the minimum allowed size',
+        400,
+      );
+    }
+    if (post.checksumSha256 !== undefined && post.checksumSha256 !== received.sha256) {
+      throw new S3Error('BadDigest', 'The SHA256 you specified did not match the calculated checksum.', 400);
+    }
+    const record = post.checksumSha256 !== undefined || post.checksumAlgorithm === 'SHA256';
+    const keyPath = post.key.split('/').map(encodeURIComponent).join('/');
+    const answer = await new Promise<http.IncomingMessage>((resolve, reject) => {
+      const put = upstreamRequest('PUT', `/${encodeURIComponent(bucket)}/${keyPath}`, {
+        'content-length': received.size,
+        'content-type': post.contentType ?? 'binary/octet-stream',
+        ...(record ? { [CHECKSUM_METADATA]: received.sha256 } : {}),
+      });
+      put.on('response', resolve);
+      put.on('error', reject);
+      pipeline(createReadStream(file), put, (error) => {
+        if (error) put.destroy();
+      });
+    });
+    answer.resume();
+    if ((answer.statusCode ?? 500) >= 300) {
+      throw new S3Error('InternalError', `s3rver answered the stored PUT with ${answer.statusCode}`, 500);
+    }
+    res.writeHead(204, {
+      'x-amz-request-id': randomUUID(),
+      ...(answer.headers.etag ? { etag: answer.headers.etag } : {}),
+      location: `/${bucket}/${keyPath}`,
+      ...(record ? { 'x-amz-checksum-sha256': received.sha256, 'x-amz-checksum-type': 'FULL_OBJECT' } : {}),
+    });
+    res.end();
+  };
+
   const handle = (req: http.IncomingMessage, res: http.ServerResponse, expectsContinue: boolean) => {
     const method = (req.method ?? 'GET').toUpperCase();
     const url = req.url ?? '/';
     const fields: Record<string, unknown> = { method, url: url.split('?')[0] };
     void (async () => {
       try {
+        const boundary = method === 'POST' ? formBoundary(req.headers['content-type']) : undefined;
+        const postTarget = boundary ? parseTarget(url) : undefined;
+        if (boundary && postTarget && !postTarget.key && postTarget.query.length === 0) {
+          // A browser-style POST carries its authorization in the form, not in the request.
+          await handlePost(req, res, expectsContinue, boundary, postTarget.bucket, fields);
+          return;
+        }
         // The signature first: an unauthenticated caller learns nothing about what is served.
         const caller = verifySignature({ method, url, headers: req.headers }, options.credentials, {
           service: 's3',

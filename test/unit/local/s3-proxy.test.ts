@@ -20,6 +20,8 @@ import {
   UploadPartCommand,
 } from '@aws-sdk/client-s3';
 import { getSignedUrl } from '@aws-sdk/s3-request-presigner';
+import { postChunk } from '../../../drivers/nfs/chunk-transfer.js';
+import { signPostPolicy } from '../../../drivers/s3/presigned-post.js';
 import type { LocalEndpoint } from '../../../infra/local/aws/aws-server.js';
 import {
   IamAuthorizer,
@@ -780,5 +782,152 @@ describe('S3 proxy', () => {
     });
     const head = await writer.send(new HeadObjectCommand({ Bucket: BUCKET, Key: 'big/64m.bin' }));
     expect(head.ContentLength).toBe(64 * MiB);
+  });
+});
+
+describe('S3 proxy: POST Object under a presigned POST policy', () => {
+  const sha = (bytes: Buffer) => createHash('sha256').update(bytes).digest();
+  /** A multipart/form-data body: `fields` in order, then `file`. */
+  function form(fields: Record<string, string>, file: Buffer): { body: Buffer; type: string } {
+    const boundary = `b-${randomBytes(8).toString('hex')}`;
+    const parts = Object.entries(fields).map(
+      ([k, v]) => `--${boundary}\r\nContent-Disposition: form-data; name="${k}"\r\n\r\n${v}\r\n`,
+    );
+    const head = `${parts.join('')}--${boundary}\r\nContent-Disposition: form-data; name="file"; filename="f"\r\n\r\n`;
+    return {
+      body: Buffer.concat([Buffer.from(head), file, Buffer.from(`\r\n--${boundary}--\r\n`)]),
+      type: `multipart/form-data; boundary=${boundary}`,
+    };
+  }
+  async function post(url: string, fields: Record<string, string>, file: Buffer) {
+    const { body, type } = form(fields, file);
+    const res = await fetch(url, { method: 'POST', body, headers: { 'content-type': type } });
+    return { status: res.status, text: await res.text(), headers: res.headers };
+  }
+  const grant = (c: S3Client, keyPrefix = 'staging/job-1/', maxBytes = MiB, expiresSeconds = 300) =>
+    signPostPolicy({ client: c, bucket: BUCKET, keyPrefix, maxBytes, expiresSeconds });
+  const checksumFields = (bytes: Buffer) => ({
+    'x-amz-checksum-algorithm': 'SHA256',
+    'x-amz-checksum-sha256': sha(bytes).toString('base64'),
+  });
+
+  it('stores a chunk posted by the host under its hash, with its checksum kept', async () => {
+    const g = await grant(writer);
+    const bytes = randomBytes(300_000);
+    const hex = sha(bytes).toString('hex');
+    await postChunk(g, bytes, hex, 0, 30_000, new AbortController().signal);
+    expect(await storedText(`staging/job-1/${hex}`).then((t) => t.length)).toBeGreaterThan(0);
+    const head = await writer.send(
+      new HeadObjectCommand({ Bucket: BUCKET, Key: `staging/job-1/${hex}`, ChecksumMode: 'ENABLED' }),
+    );
+    expect(head.ContentLength).toBe(bytes.length);
+    expect(head.ChecksumSHA256).toBe(sha(bytes).toString('base64'));
+    // A server-side copy keeps the checksum, as S3's CopyObject does.
+    await writer.send(
+      new CopyObjectCommand({
+        Bucket: BUCKET,
+        Key: `chunks/${hex}`,
+        CopySource: `${BUCKET}/staging/job-1/${hex}`,
+      }),
+    );
+    const copied = await writer.send(
+      new HeadObjectCommand({ Bucket: BUCKET, Key: `chunks/${hex}`, ChecksumMode: 'ENABLED' }),
+    );
+    expect(copied.ChecksumSHA256).toBe(sha(bytes).toString('base64'));
+  });
+
+  it('refuses a body that does not match its declared SHA-256, and stores nothing', async () => {
+    const g = await grant(writer);
+    const bytes = randomBytes(1000);
+    const { status, text } = await post(
+      g.url,
+      { ...g.fields, key: 'staging/job-1/bad', ...checksumFields(randomBytes(1000)) },
+      bytes,
+    );
+    expect(status).toBe(400);
+    expect(text).toContain('<Code>BadDigest</Code>');
+    expect(await stored('staging/job-1/bad')).toBe(false);
+  });
+
+  it.each<[string, (g: Awaited<ReturnType<typeof grant>>, b: Buffer) => Record<string, string>, RegExp]>([
+    [
+      'a key outside the prefix',
+      (g, b) => ({ ...g.fields, key: 'other/x', ...checksumFields(b) }),
+      /Condition failed/,
+    ],
+    [
+      'a field the policy does not name',
+      (g, b) => ({ ...g.fields, key: 'staging/job-1/x', acl: 'public-read', ...checksumFields(b) }),
+      /Extra input fields: acl/,
+    ],
+    [
+      'a tampered policy',
+      (g, b) => ({
+        ...g.fields,
+        policy: Buffer.from(
+          Buffer.from(g.fields.policy!, 'base64').toString().replace('staging/job-1/', 'staging/'),
+        ).toString('base64'),
+        key: 'staging/x',
+        ...checksumFields(b),
+      }),
+      /SignatureDoesNotMatch/,
+    ],
+    [
+      'no checksum algorithm',
+      (g, b) => ({
+        ...g.fields,
+        key: 'staging/job-1/x',
+        'x-amz-checksum-sha256': checksumFields(b)['x-amz-checksum-sha256'],
+      }),
+      /Condition failed/,
+    ],
+  ])('refuses %s', async (_what, fieldsOf, error) => {
+    const g = await grant(writer);
+    const bytes = randomBytes(100);
+    const fields = fieldsOf(g, bytes);
+    const { status, text } = await post(g.url, fields, bytes);
+    expect(status).toBe(403);
+    expect(text).toMatch(error);
+    expect(await stored(fields.key!)).toBe(false);
+  });
+
+  it('refuses a file over the size range, an expired policy and a role without PutObject', async () => {
+    const small = await grant(writer, 'staging/job-1/', 1000);
+    const big = randomBytes(5000);
+    const over = await post(
+      small.url,
+      { ...small.fields, key: 'staging/job-1/big', ...checksumFields(big) },
+      big,
+    );
+    expect(over.status).toBe(403);
+    expect(over.text).toMatch(/exceeds the maximum allowed size/);
+    expect(await stored('staging/job-1/big')).toBe(false);
+
+    const bytes = randomBytes(10);
+    const expired = await signPostPolicy({
+      client: writer,
+      bucket: BUCKET,
+      keyPrefix: 'staging/job-1/',
+      maxBytes: 100,
+      expiresSeconds: 60,
+      now: new Date(Date.now() - 120_000),
+    });
+    const late = await post(
+      expired.url,
+      { ...expired.fields, key: 'staging/job-1/late', ...checksumFields(bytes) },
+      bytes,
+    );
+    expect(late.status).toBe(403);
+    expect(late.text).toMatch(/Policy expired/);
+
+    const readers = await grant(reader);
+    const denied = await post(
+      readers.url,
+      { ...readers.fields, key: 'staging/job-1/r', ...checksumFields(bytes) },
+      bytes,
+    );
+    expect(denied.status).toBe(403);
+    expect(denied.text).toContain('<Code>AccessDenied</Code>');
+    expect(await stored('staging/job-1/r')).toBe(false);
   });
 });

@@ -5,7 +5,7 @@
  */
 import { ConflictError, NotFoundError, UnavailableError, UnprocessableError } from '../../errors.js';
 import { newId } from '../../ids.js';
-import type { Job } from '../../model.js';
+import type { Job, Volume } from '../../model.js';
 import { VolumeStatus as V } from '../../model.js';
 import type { Repository } from '../../ports.js';
 import { FlowName } from '../../ports.js';
@@ -16,6 +16,11 @@ import { launch, type Step, type VolumeDeps, volumeObject } from './common.js';
 
 /** What a volume-access job does. */
 export type AccessAction = 'grant' | 'revoke';
+
+// A Hydrating volume's backing is a unix socket on the host serving its export: only that host.
+function servesHydration(volume: Volume, hostId: string): boolean {
+  return volume.status === V.Hydrating && volume.hydrationHostId === hostId;
+}
 
 export class VolumeAccessFlow {
   constructor(private readonly deps: VolumeDeps) {}
@@ -30,7 +35,7 @@ export class VolumeAccessFlow {
    */
   async grant(id: string, hostId: string): Promise<{ job: Job }> {
     const volume = await this.repo.require({ type: 'Volume', id });
-    if (volume.status !== V.Ready) {
+    if (volume.status !== V.Ready && !servesHydration(volume, hostId)) {
       throw new ConflictError(`volume ${id} is ${volume.status}`, { state: volume.status });
     }
     const host = await this.repo.get({ type: 'Host', id: hostId });
@@ -64,7 +69,7 @@ export class VolumeAccessFlow {
     let result: Record<string, unknown> = { volumeId: volume.id, hostId: input.hostId, action: input.action };
     if (input.action === 'grant') {
       if (!host) throw new UnprocessableError(`host ${input.hostId} is not registered`, { field: 'hostId' });
-      if (volume.status !== V.Ready) {
+      if (volume.status !== V.Ready && !servesHydration(volume, host.id)) {
         throw new ConflictError(`volume ${volume.id} is ${volume.status}; access was not granted`, {
           state: volume.status,
         });
@@ -80,7 +85,7 @@ export class VolumeAccessFlow {
       // and a host must not start using it meanwhile (they refuse a volume with access, too).
       await this.repo.updateSet({ type: 'Volume', id: volume.id }, 'accessHostIds', [host.id], [], {
         field: 'status',
-        oneOf: [V.Ready],
+        oneOf: [V.Ready, V.Hydrating],
       });
       result = { ...result, uri: access.uri, ...(access.expiresAt ? { expiresAt: access.expiresAt } : {}) };
     } else {

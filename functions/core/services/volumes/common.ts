@@ -33,7 +33,11 @@ export interface VolumeDeps {
     volume: Volume;
     pool: DataStore;
     from: 'auto' | 'primary' | 'backup';
+    /** Restore lazily (./../lazy-restore.ts): the step returns once the volume is flattened. */
+    lazy?: boolean;
   }) => Promise<{ path: string }>;
+  /** Stops and removes an unfinished lazy restore (volume-create's compensation). */
+  abortLazyRestore?: (input: { jobId: string; volume: Volume; pool: DataStore }) => Promise<void>;
   clock?: Clock;
 }
 

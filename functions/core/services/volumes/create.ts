@@ -42,6 +42,8 @@ export interface CreateVolumeInput {
   fromSnapshotId?: string;
   /** Which copy a restore reads (default `auto`: the primary layer when a host reaches it). */
   restoreFrom?: 'auto' | 'primary' | 'backup';
+  /** With `restoreFrom: 'backup'`: restore lazily (usable at once, Hydrating, then Ready). */
+  lazy?: boolean;
 }
 
 export class VolumeCreateFlow {
@@ -90,6 +92,7 @@ export class VolumeCreateFlow {
           storeId,
           ...(template ? { templateId: template.id, holdsTemplate: true } : {}),
           ...(snapshot ? { sourceSnapshotId: snapshot.id, restoreFrom: input.restoreFrom ?? 'auto' } : {}),
+          ...(snapshot && input.lazy ? { lazyRestore: true } : {}),
           mode: template ? (input.mode ?? 'linked') : snapshot ? 'full' : 'blank',
           sizeBytes,
           format: 'qcow2',
@@ -138,7 +141,9 @@ export class VolumeCreateFlow {
 
   /** Step: create the volume file on a host that mounts the pool (blank, from the cache, or restored). */
   async createOnPool(input: Step): Promise<{ path: string }> {
-    const volume = await held(this.repo, input, V.Creating, 'created');
+    // A lazy restore's step is replayed after the volume became Hydrating (usable) in it.
+    const lazyRun = (await this.repo.require({ type: 'Volume', id: input.volumeId })).status === V.Hydrating;
+    const volume = await held(this.repo, input, lazyRun ? V.Hydrating : V.Creating, 'created');
     const pool = await this.repo.require({ type: 'DataStore', id: volume.storeId ?? '' });
     const ctx = this.deps.driverContext(input.jobId);
     const { id: hostId } = await this.deps.selectHost([pool.id]);
@@ -151,6 +156,7 @@ export class VolumeCreateFlow {
         volume,
         pool,
         from: volume.restoreFrom ?? 'auto',
+        ...(volume.lazyRestore ? { lazy: true } : {}),
       });
     }
     if (volume.templateId) {
@@ -187,10 +193,10 @@ export class VolumeCreateFlow {
       await this.repo.transition({
         key: { type: 'Volume', id: volume.id },
         machine: volumeMachine,
-        from: V.Creating,
+        from: [V.Creating, V.Hydrating],
         to: V.Ready,
         leaseOwner: input.jobId,
-        changes: { path: input.path, statusReason: undefined },
+        changes: { path: input.path, statusReason: undefined, hydrationHostId: undefined },
       });
     }
     await this.deps.jobs.succeed(input.jobId, {
@@ -204,22 +210,35 @@ export class VolumeCreateFlow {
   async failCreate(input: Step & { error: WorkflowFailure }): Promise<void> {
     const reason = causeMessage(input.error);
     const volume = await this.repo.get({ type: 'Volume', id: input.volumeId });
-    if (volume && volume.status === V.Creating && volume.lease?.owner === input.jobId) {
+    const from = volume?.status === V.Hydrating ? V.Hydrating : V.Creating;
+    if (volume && volume.status === from && volume.lease?.owner === input.jobId) {
       let cleaned = true;
-      await removeFromPool(this.deps, this.cache, volume, input.jobId).catch((e: unknown) => {
-        cleaned = false;
-        this.deps.driverContext(input.jobId).logger.warn('cleanup after failed create was incomplete', {
-          volumeId: volume.id,
-          error: (e as Error).message,
+      // A lazy restore's export is stopped before its file goes (writes made meanwhile are lost).
+      if (volume.lazyRestore && volume.storeId && this.deps.abortLazyRestore) {
+        const pool = await this.repo.require({ type: 'DataStore', id: volume.storeId });
+        await this.deps.abortLazyRestore({ jobId: input.jobId, volume, pool }).catch((e: unknown) => {
+          cleaned = false;
+          this.deps.driverContext(input.jobId).logger.warn('lazy restore abort was incomplete', {
+            volumeId: volume.id,
+            error: (e as Error).message,
+          });
         });
-      });
+      }
+      if (cleaned)
+        await removeFromPool(this.deps, this.cache, volume, input.jobId).catch((e: unknown) => {
+          cleaned = false;
+          this.deps.driverContext(input.jobId).logger.warn('cleanup after failed create was incomplete', {
+            volumeId: volume.id,
+            error: (e as Error).message,
+          });
+        });
       // Once cleaned, the volume no longer occupies the pool; otherwise a later delete retries the cleanup.
       const current = await this.repo.require({ type: 'Volume', id: volume.id });
       await this.repo.transact([
         Write.transition({
           key: { type: 'Volume', id: volume.id },
           machine: volumeMachine,
-          from: V.Creating,
+          from,
           to: V.Error,
           leaseOwner: input.jobId,
           changes: {
@@ -273,6 +292,9 @@ export class VolumeCreateFlow {
     input: CreateVolumeInput,
     snapshotId: string,
   ): Promise<{ sizeBytes: number; snapshot: Snapshot }> {
+    if (input.lazy && input.restoreFrom !== 'backup') {
+      throw new InputError("lazy needs restoreFrom: 'backup'", { field: 'lazy' });
+    }
     const snapshot = await this.repo.get({ type: 'Snapshot', id: snapshotId });
     if (!snapshot)
       throw new UnprocessableError(`snapshot ${snapshotId} does not exist`, { field: 'fromSnapshotId' });

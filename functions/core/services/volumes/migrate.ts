@@ -272,42 +272,51 @@ export class VolumeMigrateFlow {
     }
   }
 
-  /** volume-migrate: switch the volume over, then remove the source copy and give back its space. */
+  /**
+   * volume-migrate: switch the volume over, then remove the source copy, give back its space and
+   * its template cache reference (evicting the entry when that was the last one), then Ready.
+   *
+   * The step is replayed from its start after every host wait (step-scope.ts), so the switch-over
+   * write keeps the volume Migrating, leased by this job, and records what is left to remove in
+   * `migratedFrom`: a later run (or the compensation) sees the switch-over done and carries on with
+   * the source's removal and the eviction instead of skipping them.
+   */
   async finishMigrate(input: Step & { destStoreId: string; path: string; via: string }): Promise<void> {
-    const volume = await this.repo.require({ type: 'Volume', id: input.volumeId });
+    let volume = await this.repo.require({ type: 'Volume', id: input.volumeId });
     if (volume.status === V.Migrating && volume.lease?.owner === input.jobId) {
-      const source = { storeId: volume.storeId!, path: volume.path, heldRef: volume.holdsTemplateRef };
-      const dropsRef = Boolean(source.heldRef && volume.templateId);
-      // One write switches the volume over, gives back the source's space and its template
-      // reference. The source file goes after it: a crash in between leaves a file no row owns,
-      // which the orphan sweep removes; never a volume pointing at a deleted file.
-      await this.repo.transact([
-        Write.transition({
-          key: { type: 'Volume', id: volume.id },
-          machine: volumeMachine,
-          from: V.Migrating,
-          to: V.Ready,
-          leaseOwner: input.jobId,
-          // The copy is flattened: it no longer depends on the source pool's template cache.
-          changes: {
+      if (volume.migratedFrom?.jobId !== input.jobId) {
+        const dropsRef = Boolean(volume.holdsTemplateRef && volume.templateId);
+        // One write switches the volume over, gives back the source's space and its template
+        // reference, and records the source still to remove. A crash after it leaves the volume
+        // Migrating on the destination; the compensation finishes from `migratedFrom`.
+        await this.repo.transact([
+          Write.update({ type: 'Volume', id: volume.id }, volume.version, {
             storeId: input.destStoreId,
             path: input.path,
+            // The copy is flattened: it no longer depends on the source pool's template cache.
             mode: volume.templateId ? 'full' : volume.mode,
             holdsTemplateRef: false,
-          },
-        }),
-        releaseWrite(source.storeId, volume.sizeBytes),
-        ...(dropsRef ? [templateRefWrite(volume.templateId!, source.storeId, -1)] : []),
-      ]);
-      const pool = await this.repo.require({ type: 'DataStore', id: source.storeId });
-      const { id: hostId } = await this.deps.selectHost([pool.id]);
-      await this.deps.registry.get(pool.provider).driver.deleteAsync({
-        store: toStoreInfo(pool),
-        object: { kind: 'volume', id: volume.id, format: volume.format, path: source.path },
-        ctx: this.deps.driverContext(input.jobId),
-        hostId,
+            migratedFrom: {
+              jobId: input.jobId,
+              storeId: volume.storeId!,
+              ...(volume.path ? { path: volume.path } : {}),
+              droppedTemplateRef: dropsRef,
+            },
+          }),
+          releaseWrite(volume.storeId!, volume.sizeBytes),
+          ...(dropsRef ? [templateRefWrite(volume.templateId!, volume.storeId!, -1)] : []),
+        ]);
+        volume = await this.repo.require({ type: 'Volume', id: volume.id });
+      }
+      await this.removeSource(volume, input.jobId);
+      await this.repo.transition({
+        key: { type: 'Volume', id: volume.id },
+        machine: volumeMachine,
+        from: V.Migrating,
+        to: V.Ready,
+        leaseOwner: input.jobId,
+        changes: { migratedFrom: undefined },
       });
-      if (dropsRef) await this.cache.evictIfUnused(volume.templateId!, pool.id, input.jobId);
     }
     await this.deps.jobs.succeed(input.jobId, {
       volumeId: volume.id,
@@ -317,11 +326,60 @@ export class VolumeMigrateFlow {
     });
   }
 
-  /** volume-migrate, on failure: the partial copy and its reservation go; the volume stays where it was. */
+  /**
+   * After the switch-over: the source file goes, then the source pool's template cache entry if no
+   * volume references it any more. Both are idempotent (a replay polls the host commands it sent;
+   * an eviction this job began is resumed), so every run of the step may call this.
+   */
+  private async removeSource(volume: Volume, jobId: string): Promise<void> {
+    const source = volume.migratedFrom;
+    if (!source || source.jobId !== jobId) return;
+    const pool = await this.repo.get({ type: 'DataStore', id: source.storeId });
+    if (!pool) return;
+    const { id: hostId } = await this.deps.selectHost([pool.id]);
+    await this.deps.registry.get(pool.provider).driver.deleteAsync({
+      store: toStoreInfo(pool),
+      object: { kind: 'volume', id: volume.id, format: volume.format, path: source.path },
+      ctx: this.deps.driverContext(jobId),
+      hostId,
+    });
+    if (source.droppedTemplateRef && volume.templateId) {
+      await this.cache.evictIfUnused(volume.templateId, pool.id, jobId);
+    }
+  }
+
+  /**
+   * volume-migrate, on failure: the partial copy and its reservation go; the volume stays where it
+   * was. After the switch-over (`migratedFrom` set) there is nothing to undo: it rolls forward,
+   * trying the source's removal once more, and the volume is Ready on the destination.
+   */
   async failMigrate(input: Step & { destStoreId: string; error: WorkflowFailure }): Promise<void> {
     const reason = causeMessage(input.error);
     const volume = await this.repo.get({ type: 'Volume', id: input.volumeId });
-    if (volume && volume.status === V.Migrating && volume.lease?.owner === input.jobId) {
+    if (
+      volume &&
+      volume.status === V.Migrating &&
+      volume.lease?.owner === input.jobId &&
+      volume.migratedFrom?.jobId === input.jobId
+    ) {
+      // The switch-over was done: the destination is the volume now and stays. What is left is the
+      // source's removal; when that fails too, the file is an orphan for the sweep.
+      let left = '';
+      await this.removeSource(volume, input.jobId).catch((e: unknown) => {
+        left = ` (removing the source copy on ${volume.migratedFrom?.storeId} failed: ${(e as Error).message})`;
+      });
+      await this.repo.transition({
+        key: { type: 'Volume', id: volume.id },
+        machine: volumeMachine,
+        from: V.Migrating,
+        to: V.Ready,
+        leaseOwner: input.jobId,
+        changes: {
+          migratedFrom: undefined,
+          statusReason: `migrated to ${input.destStoreId}; the last step failed: ${reason}${left}`,
+        },
+      });
+    } else if (volume && volume.status === V.Migrating && volume.lease?.owner === input.jobId) {
       const dst = await this.repo.get({ type: 'DataStore', id: input.destStoreId });
       if (dst) {
         const hostId = await this.deps

@@ -1,0 +1,172 @@
+/**
+ * Lazy restore through the API on the embedded stack: `POST /volumes {fromSnapshotId, restoreFrom:
+ * 'backup', lazy: true}` runs volume-create with the volume Hydrating while the host's daemon
+ * fetches the chunks, then flattens it; the result equals the snapshot and depends on nothing.
+ */
+import { execFile } from 'node:child_process';
+import { readdir } from 'node:fs/promises';
+import path from 'node:path';
+import { promisify } from 'node:util';
+import { GetObjectCommand, ListObjectsV2Command, PutObjectCommand } from '@aws-sdk/client-s3';
+import { chunkObjectKey } from '../../drivers/sdk/backup-manifest';
+import { startImageServer } from '../support/image-server';
+import { tempDir } from '../support/integration';
+import { qemuCompare } from '../support/qemu-compare';
+import { startTestStack, type TestStack } from '../support/stack';
+
+const exec = promisify(execFile);
+
+describe('lazy restore of a backup', () => {
+  let t: TestStack;
+  let server: Awaited<ReturnType<typeof startImageServer>>;
+  let refs: string;
+
+  beforeAll(async () => {
+    refs = await tempDir('strata-lazy-refs-');
+    const template = path.join(refs, 'template.qcow2');
+    await exec('qemu-img', ['create', '-f', 'qcow2', template, '64M']);
+    await exec('qemu-io', ['-c', 'write -P 0x5a 0 6M', '-c', 'write -P 0xa5 40M 2M', template]);
+    server = await startImageServer();
+    server.serve('/template.qcow2', { kind: 'file', path: template });
+    t = await startTestStack({ fetchAllowlist: '127.0.0.1', hostWaitBudgetMs: 300 });
+  }, 120_000);
+
+  afterAll(async () => {
+    await t?.stack.stop();
+    await server?.close();
+  });
+
+  it('restores lazily: Hydrating with progress, then Ready, flattened, equal to the snapshot; a damaged chunk ends in Error, cleaned up', async () => {
+    const reg = await t.call('POST', '/templates', {
+      name: 'lazy-template',
+      url: server.url('/template.qcow2'),
+      format: 'qcow2',
+      zoneId: 'zone-1',
+    });
+    expect((await t.waitForJob(reg.body.job.id)).state).toBe('succeeded');
+    const pool = (await t.call('GET', '/stores?role=primary')).body.items.find(
+      (s: { name: string }) => s.name === 'nfs-primary-1',
+    ) as { id: string; details: { mountPath: string } };
+    const created = await t.call('POST', '/volumes', {
+      name: 'lazy-source',
+      zoneId: 'zone-1',
+      templateId: reg.body.template.id,
+      storeId: pool.id,
+    });
+    expect((await t.waitForJob(created.body.job.id)).state).toBe('succeeded');
+    const source = (await t.call('GET', `/volumes/${created.body.volume.id}`)).body;
+    const sourceFile = path.join(pool.details.mountPath, source.path);
+    await exec('qemu-io', ['-c', 'write -P 0x33 20M 4M', sourceFile]);
+    const expected = path.join(refs, 'expected.qcow2');
+    await exec('qemu-img', ['convert', '-O', 'qcow2', sourceFile, expected]);
+    const taken = await t.call('POST', `/volumes/${source.id}/snapshots`, {
+      name: 'lazy-snap',
+      backup: true,
+    });
+    expect((await t.waitForJob(taken.body.job.id, 60_000)).state).toBe('succeeded');
+    const snapshotId = taken.body.snapshot.id as string;
+
+    // lazy without restoreFrom: 'backup' is refused, naming the field.
+    for (const body of [
+      { fromSnapshotId: snapshotId, lazy: true },
+      { fromSnapshotId: snapshotId, restoreFrom: 'primary', lazy: true },
+      { fromSnapshotId: snapshotId, restoreFrom: 'backup', lazy: 'yes' },
+    ]) {
+      const bad = await t.call('POST', '/volumes', { name: 'lazy-bad', zoneId: 'zone-1', ...body });
+      expect(bad.status).toBe(400);
+      expect(JSON.stringify(bad.body.error)).toContain('lazy');
+    }
+
+    const res = await t.call('POST', '/volumes', {
+      name: 'lazy-restored',
+      zoneId: 'zone-1',
+      storeId: pool.id,
+      fromSnapshotId: snapshotId,
+      restoreFrom: 'backup',
+      lazy: true,
+    });
+    expect(res.status).toBe(202);
+    const statuses = new Set<string>();
+    let job:
+      | {
+          state: string;
+          progressDetail?: Record<string, unknown>;
+          error?: unknown;
+          hostCommands?: Record<string, { hostId: string }>;
+        }
+      | undefined;
+    for (let i = 0; i < 2400; i++) {
+      statuses.add((await t.call('GET', `/volumes/${res.body.volume.id}`)).body.status);
+      job = (await t.call('GET', `/jobs/${res.body.job.id}`)).body;
+      if (job?.progressDetail?.phase === 'hydrating') statuses.add('progress:hydrating');
+      if (job?.state === 'succeeded' || job?.state === 'failed') break;
+      await new Promise((r) => setTimeout(r, 25));
+    }
+    expect({ state: job?.state, error: job?.error }).toEqual({ state: 'succeeded', error: undefined });
+    const volume = (await t.call('GET', `/volumes/${res.body.volume.id}`)).body;
+    expect(volume).toMatchObject({ status: 'Ready', lazyRestore: true });
+    expect(volume.hydrationHostId).toBeUndefined();
+    // Every host command of the restore went to the one host serving the export.
+    const commands = Object.entries(job?.hostCommands ?? {}).filter(([k]) => k.includes(':lazyRestore'));
+    expect(commands.map(([k]) => k.split(':')[1]).sort()).toEqual([
+      'lazyRestoreFinish',
+      'lazyRestoreStart',
+      'lazyRestoreWait',
+    ]);
+    expect(new Set(commands.map(([, c]) => c.hostId)).size).toBe(1);
+    expect(
+      [...statuses].every((s) => ['Creating', 'Hydrating', 'Ready', 'progress:hydrating'].includes(s)),
+    ).toBe(true);
+
+    const file = path.join(pool.details.mountPath, volume.path);
+    const { stdout } = await exec('qemu-img', ['info', '--output=json', '-f', 'qcow2', file]);
+    expect(JSON.parse(stdout)['backing-filename']).toBeUndefined();
+    expect(await qemuCompare(expected, file)).toBe(0);
+    // The restore's state directory is gone (and with it the daemon's socket and cache).
+    const lazyDirs = await readdir(path.join(pool.details.mountPath, '.strata', 'lazy')).catch(() => []);
+    expect(lazyDirs).not.toContain(volume.id);
+
+    const del = await t.call('DELETE', `/volumes/${volume.id}`);
+    expect((await t.waitForJob(del.body.job.id)).state).toBe('succeeded');
+
+    // A chunk damaged in the store: reads of it fail, the job fails naming it, and the volume ends
+    // in Error with no file, no daemon state and no space held.
+    const listed = await t.s3.send(
+      new ListObjectsV2Command({ Bucket: t.imageBucket, Prefix: 'images/backups/manifests/' }),
+    );
+    const manifestKey = listed.Contents?.map((o) => o.Key ?? '').find((k) => k.includes(snapshotId));
+    const manifest = JSON.parse(
+      await (
+        await t.s3.send(new GetObjectCommand({ Bucket: t.imageBucket, Key: manifestKey }))
+      ).Body!.transformToString(),
+    ) as { chunks: Array<string | null> };
+    const victim = manifest.chunks.find((c): c is string => c !== null)!;
+    await t.s3.send(
+      new PutObjectCommand({
+        Bucket: t.imageBucket,
+        Key: `images/${chunkObjectKey('backups/chunks', victim)}`,
+        Body: Buffer.alloc(4 * 2 ** 20, 0x99),
+      }),
+    );
+    const doomed = await t.call('POST', '/volumes', {
+      name: 'lazy-doomed',
+      zoneId: 'zone-1',
+      storeId: pool.id,
+      fromSnapshotId: snapshotId,
+      restoreFrom: 'backup',
+      lazy: true,
+    });
+    expect(doomed.status).toBe(202);
+    const failed = await t.waitForJob(doomed.body.job.id, 120_000);
+    expect(failed.state).toBe('failed');
+    expect(JSON.stringify(failed.error)).toContain('ChecksumMismatch');
+    const broken = (await t.call('GET', `/volumes/${doomed.body.volume.id}`)).body;
+    expect(broken).toMatchObject({ status: 'Error' });
+    expect(broken.path).toBeUndefined();
+    expect(broken.statusReason).toContain('damaged');
+    const files = await readdir(path.join(pool.details.mountPath, 'volumes'));
+    expect(files.filter((f) => f.includes(doomed.body.volume.id))).toEqual([]);
+    const dirs = await readdir(path.join(pool.details.mountPath, '.strata', 'lazy')).catch(() => []);
+    expect(dirs).not.toContain(doomed.body.volume.id);
+  }, 300_000);
+});
