@@ -65,20 +65,27 @@ export async function putChunk(
       signal,
       `upload of chunk ${index} to ${where}`,
     );
-    if (response.status === 400) {
-      const text = await response.text().catch(() => '');
-      // The bytes hashed right here, so the store saw other bytes: damaged on the way, send again.
-      if (text.includes('<Code>BadDigest</Code>')) {
-        throw new DriverUnavailableError(`chunk ${index}: ${where} refused its body as BadDigest`, {
-          context: { index, status: 400, url: where },
-        });
-      }
-      throw statusError(response.status, `chunk ${index}`, where, { index });
-    }
-    await response.body?.cancel().catch(() => undefined);
-    if (response.status !== 200 && response.status !== 204)
-      throw statusError(response.status, `chunk ${index}`, where, { index });
+    await checkChunkStored(response, index, where);
   });
+}
+
+/**
+ * The store's answer to a chunk upload: stored (200, 201 or 204), or why not. `BadDigest` is
+ * retried: the bytes hashed right here, so the store saw other bytes (damaged on the way).
+ */
+async function checkChunkStored(response: Response, index: number, where: string): Promise<void> {
+  if (response.status === 400) {
+    const text = await response.text().catch(() => '');
+    if (text.includes('<Code>BadDigest</Code>')) {
+      throw new DriverUnavailableError(`chunk ${index}: ${where} refused its body as BadDigest`, {
+        context: { index, status: 400, url: where },
+      });
+    }
+    throw statusError(response.status, `chunk ${index}`, where, { index });
+  }
+  await response.body?.cancel().catch(() => undefined);
+  if (response.status !== 200 && response.status !== 201 && response.status !== 204)
+    throw statusError(response.status, `chunk ${index}`, where, { index });
 }
 
 /** A presigned POST policy as the host receives it (ImageStoreDriver.presignPost). */
@@ -136,18 +143,7 @@ export async function postChunk(
       signal,
       `upload of chunk ${index} to ${where}`,
     );
-    if (response.status === 400) {
-      const text = await response.text().catch(() => '');
-      if (text.includes('<Code>BadDigest</Code>')) {
-        throw new DriverUnavailableError(`chunk ${index}: ${where} refused its body as BadDigest`, {
-          context: { index, status: 400, url: where },
-        });
-      }
-      throw statusError(response.status, `chunk ${index}`, where, { index });
-    }
-    await response.body?.cancel().catch(() => undefined);
-    if (response.status !== 200 && response.status !== 201 && response.status !== 204)
-      throw statusError(response.status, `chunk ${index}`, where, { index });
+    await checkChunkStored(response, index, where);
   });
 }
 
