@@ -25,7 +25,7 @@ import { tmpdir } from 'node:os';
 import { basename, dirname, isAbsolute, join } from 'node:path';
 import { z } from 'zod';
 import { ChunkSizeSchema, chunkCount } from '../sdk/backup-manifest.js';
-import { isNotFound, realRootOf, resolveConfinedPath } from '../sdk/confine.js';
+import { pathExists, realRootOf, resolveConfinedPath } from '../sdk/confine.js';
 import {
   DriverConflictError,
   DriverError,
@@ -155,6 +155,27 @@ interface Resolved {
 }
 
 // Only the start creates directories: the other operations must not leave empty ones behind.
+/**
+ * A running lazy restore's paths and config, or the status of one already finished (no state, and
+ * the volume no longer has a backing); neither is ObjectNotFound.
+ */
+async function openRestore(
+  args: { mountPath: string; volumeId: string; path: string },
+  ctx: HostOperationContext,
+): Promise<
+  { where: Resolved; config: Awaited<ReturnType<typeof readLazyConfig>> } | { finished: LazyRestoreStatus }
+> {
+  const where = await resolve(args);
+  if (!(await pathExists(join(where.stateDir, LazyFiles.config)))) {
+    if ((await volumeBacking(where.target, ctx)) === 'none')
+      return { finished: await finishedStatus(args.path, ctx) };
+    throw new ObjectNotFoundError(`no lazy restore of ${args.volumeId} on this share`, {
+      context: { path: args.path },
+    });
+  }
+  return { where, config: await readLazyConfig(where.stateDir) };
+}
+
 async function resolve(
   args: { mountPath: string; volumeId: string; path: string },
   createParents = false,
@@ -202,7 +223,7 @@ export const lazyRestoreStart: HostOperation<z.infer<typeof StartArgs>, LazyRest
   async run(args, ctx) {
     const where = await resolve(args, true);
     const configFile = join(where.stateDir, LazyFiles.config);
-    const hasState = await exists(configFile);
+    const hasState = await pathExists(configFile);
     const volume = await volumeBacking(where.target, ctx);
     if (volume === 'none' && !hasState) return finishedStatus(args.path, ctx, args);
     if (hasState && (volume === 'none' || volume === join(where.stateDir, LazyFiles.cache))) {
@@ -286,14 +307,9 @@ export const lazyRestoreStart: HostOperation<z.infer<typeof StartArgs>, LazyRest
 export const lazyRestoreStatus: HostOperation<z.infer<typeof StatusArgs>, LazyRestoreStatus> = {
   args: StatusArgs,
   async run(args, ctx) {
-    const where = await resolve(args);
-    if (!(await exists(join(where.stateDir, LazyFiles.config)))) {
-      if ((await volumeBacking(where.target, ctx)) === 'none') return finishedStatus(args.path, ctx);
-      throw new ObjectNotFoundError(`no lazy restore of ${args.volumeId} on this share`, {
-        context: { path: args.path },
-      });
-    }
-    const config = await readLazyConfig(where.stateDir);
+    const opened = await openRestore(args, ctx);
+    if ('finished' in opened) return opened.finished;
+    const { where, config } = opened;
     const fresh = await incomingList(args, ctx);
     if (fresh) await replaceList(where.stateDir, config, fresh);
     const list = await readLazyChunks(where.stateDir, config);
@@ -313,14 +329,9 @@ export const lazyRestoreStatus: HostOperation<z.infer<typeof StatusArgs>, LazyRe
 export const lazyRestoreWait: HostOperation<z.infer<typeof WaitArgs>, LazyRestoreStatus> = {
   args: WaitArgs,
   async run(args, ctx) {
-    const where = await resolve(args);
-    if (!(await exists(join(where.stateDir, LazyFiles.config)))) {
-      if ((await volumeBacking(where.target, ctx)) === 'none') return finishedStatus(args.path, ctx);
-      throw new ObjectNotFoundError(`no lazy restore of ${args.volumeId} on this share`, {
-        context: { path: args.path },
-      });
-    }
-    const config = await readLazyConfig(where.stateDir);
+    const opened = await openRestore(args, ctx);
+    if ('finished' in opened) return opened.finished;
+    const { where, config } = opened;
     let started = false;
     for (;;) {
       if (ctx.signal.aborted) throw ctx.signal.reason;
@@ -357,7 +368,7 @@ export const lazyRestoreFinish: HostOperation<z.infer<typeof FinishArgs>, LazyRe
   args: FinishArgs,
   async run(args, ctx) {
     const where = await resolve(args);
-    const hasState = await exists(join(where.stateDir, LazyFiles.config));
+    const hasState = await pathExists(join(where.stateDir, LazyFiles.config));
     let backing = await volumeBacking(where.target, ctx);
     if (backing === 'absent') {
       throw new ObjectNotFoundError(`${args.path} not found`, { context: { path: args.path } });
@@ -428,7 +439,7 @@ export const lazyRestoreAbort: HostOperation<
   args: FinishArgs,
   async run(args, ctx) {
     const where = await resolve(args);
-    const hasState = await exists(join(where.stateDir, LazyFiles.config));
+    const hasState = await pathExists(join(where.stateDir, LazyFiles.config));
     if (!hasState) return { removedVolume: false, removedState: false };
     await stopDaemon(where.stateDir, ctx);
     const config = await readLazyConfig(where.stateDir);
@@ -454,7 +465,7 @@ export const nfsLazyRestoreOperations = {
 
 // The volume's backing as qcow2 names it: 'absent' (no file), 'none', or the backing string.
 async function volumeBacking(target: string, ctx: HostOperationContext): Promise<string> {
-  if (!(await exists(target))) return 'absent';
+  if (!(await pathExists(target))) return 'absent';
   // qemu-img info does not open the backing, so an NBD backing with no server is fine here.
   const info = await qemuInfo(target, { format: 'qcow2', allowBackingFile: true, signal: ctx.signal });
   return info.backingFilename ?? 'none';
@@ -592,7 +603,7 @@ async function ensureDaemon(
     await stopDaemon(stateDir, ctx);
   }
   const script = process.env[HOST_RUNTIME_SCRIPT_ENV] ?? require.main?.filename;
-  if (!script || !isAbsolute(script) || !(await exists(script))) {
+  if (!script || !isAbsolute(script) || !(await pathExists(script))) {
     throw new DriverError('cannot find the host runtime script to start the lazy-restore daemon from', {
       code: 'HostRuntimeFailure',
       context: { env: HOST_RUNTIME_SCRIPT_ENV },
@@ -681,16 +692,6 @@ async function removeState(stateDir: string): Promise<void> {
   const config = await readLazyConfig(stateDir).catch(() => undefined);
   if (config && !config.socketPath.startsWith(`${stateDir}/`)) await rm(config.socketPath, { force: true });
   await rm(stateDir, { recursive: true, force: true });
-}
-
-async function exists(file: string): Promise<boolean> {
-  try {
-    await stat(file);
-    return true;
-  } catch (error) {
-    if (isNotFound(error)) return false;
-    throw error;
-  }
 }
 
 // qemu-img with an argv array. The helpers in ../sdk/qemu.ts refuse URI backings by design; the

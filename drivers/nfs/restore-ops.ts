@@ -417,8 +417,6 @@ async function fetchRestoreList(args: RestoreArgs, ctx: HostOperationContext): P
   return list;
 }
 
-// The previous manifest's chunk list: inline, or fetched from `previousManifestUrl`. A fetched
-// manifest of another chunk size or disk size cannot seed this scan: undefined (a full scan).
 async function exists(file: string): Promise<boolean> {
   try {
     await stat(file);

@@ -19,7 +19,7 @@ import { execFile } from 'node:child_process';
 import { readdir, readFile, rename, rm, stat, unlink, writeFile } from 'node:fs/promises';
 import { basename, dirname, join, relative, resolve } from 'node:path';
 import { z } from 'zod';
-import { isNotFound, isWithin, realRootOf, resolveConfinedPath } from '../sdk/confine.js';
+import { isNotFound, isWithin, pathExists, realRootOf, resolveConfinedPath } from '../sdk/confine.js';
 import { DriverConflictError, DriverInputError, ObjectNotFoundError } from '../sdk/errors.js';
 import { QemuError, type QemuImageInfo, qemuCreate, qemuInfo } from '../sdk/qemu.js';
 import type { HostOperation, HostOperationContext } from '../sdk/types.js';
@@ -120,10 +120,10 @@ export const takeChainSnapshot: HostOperation<ChainArgs, NfsSnapshotResult> = {
     const volume = await resolveConfinedPath(args.mountPath, args.volumePath, { createParents: true });
     const snapshot = await resolveConfinedPath(args.mountPath, args.snapshotPath, { createParents: true });
     const intentFile = intentPathFor(snapshot);
-    const volumeExists = await exists(volume);
+    const volumeExists = await pathExists(volume);
     const intent = await readIntent(intentFile, args);
 
-    if (await exists(snapshot)) {
+    if (await pathExists(snapshot)) {
       if (intent) {
         if (volumeExists) {
           // Only the final rename brings the volume back, so the take completed; drop the record.
@@ -225,7 +225,7 @@ export const deleteChainSnapshot: HostOperation<ChainArgs, { deleted: boolean; r
     const snapshot = await resolveConfinedPath(args.mountPath, args.snapshotPath);
     const volume = await resolveConfinedPath(args.mountPath, args.volumePath);
     await assertNoPendingTake(snapshot, args);
-    if (!(await exists(snapshot))) return { deleted: false, rebased: [] };
+    if (!(await pathExists(snapshot))) return { deleted: false, rebased: [] };
     const snapInfo = await chainInfo(snapshot, realRoot, 'qcow2', ctx);
     const base = snapInfo.fullBackingFilename ? resolve(snapInfo.fullBackingFilename) : undefined;
 
@@ -362,7 +362,7 @@ async function childrenOf(
     const file = join(dirname(snapshot), entry.name);
     if (file !== snapshot) candidates.push(file);
   }
-  if (await exists(volume)) candidates.push(volume);
+  if (await pathExists(volume)) candidates.push(volume);
   const children: string[] = [];
   for (const file of candidates) {
     const details = await qemuInfo(file, { format: 'qcow2', allowBackingFile: true, signal: ctx.signal });
@@ -544,16 +544,6 @@ function qemuImg(args: string[], ctx: HostOperationContext): Promise<string> {
       },
     );
   });
-}
-
-async function exists(file: string): Promise<boolean> {
-  try {
-    await stat(file);
-    return true;
-  } catch (error) {
-    if (isNotFound(error)) return false;
-    throw error;
-  }
 }
 
 function intentPathFor(snapshot: string): string {

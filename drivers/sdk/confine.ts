@@ -7,7 +7,7 @@
  * who swaps a directory for a symlink between the check and the use: the share's root is expected
  * to be writable by Strata only.
  */
-import { lstat, mkdir, realpath } from 'node:fs/promises';
+import { lstat, mkdir, realpath, stat } from 'node:fs/promises';
 import { basename, dirname, join, relative, sep } from 'node:path';
 import { DriverInputError, ObjectNotFoundError } from './errors.js';
 import { isSafeRelativePath } from './validation.js';
@@ -124,4 +124,15 @@ function escapeError(relativePath: string, why = 'leaves the store'): DriverInpu
 export function isNotFound(error: unknown): boolean {
   const code = typeof error === 'object' && error !== null ? (error as { code?: unknown }).code : undefined;
   return code === 'ENOENT' || code === 'ENOTDIR';
+}
+
+/** Whether `file` exists; any error but {@link isNotFound}'s is thrown. */
+export async function pathExists(file: string): Promise<boolean> {
+  try {
+    await stat(file);
+    return true;
+  } catch (error) {
+    if (isNotFound(error)) return false;
+    throw error;
+  }
 }
