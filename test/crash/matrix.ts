@@ -2,7 +2,8 @@
  * The crash matrix's engine. For one scenario (a flow started by its API request), a clean run is
  * recorded first; every kill point it reached (infra/local/faults.ts) then becomes a case:
  *
- * 1. `prepare` makes what the request needs (outside any fault), then the point is armed;
+ * 1. `prepare` makes what the request needs (outside any fault; once per stack for a scenario whose
+ *    request only reads what it prepared, `reuse`), then the point is armed;
  * 2. the request is sent and the flow runs until it dies at the point, or ends;
  * 3. convergence: the live executions are let finish, then, as long as a job is still running with
  *    nothing left to run it, every lease is made to expire and the reconciler runs (as its schedule
@@ -48,6 +49,18 @@ export interface Scenario<P = Record<string, string>> {
   name: string;
   /** Makes what the request needs; runs before every case, outside any fault. */
   prepare(t: CrashStack): Promise<P>;
+  /**
+   * The request only reads what `prepare` made (a backup restored from, a store verified): it is
+   * made once per stack and kept until a case fails, which makes it again.
+   */
+  reuse?: boolean;
+  /**
+   * Scheduling hints for several workers: `seconds` is roughly what the scenario's cases took here
+   * (2 cores, 2026-12-07), so the longest start first; `scansAll` marks a request whose work grows
+   * with everything earlier cases left on the stack (a sweep, a verify), started on a fresh stack.
+   */
+  seconds?: number;
+  scansAll?: boolean;
   request(p: P): Request;
   /**
    * The repeat an operator makes after the case; `undefined` when what the request asked for is
@@ -82,11 +95,21 @@ const MACHINES: Partial<Record<EntityType, StateMachine<string>>> = {
 
 const RUNNING_JOB = new Set(['pending', 'running']);
 
+/** What each reusable scenario prepared, on this process's stack. */
+const prepared = new Map<Scenario<any>, unknown>();
+
+async function prepare<P>(t: CrashStack, scenario: Scenario<P>): Promise<P> {
+  if (scenario.reuse && prepared.has(scenario)) return prepared.get(scenario) as P;
+  const made = await scenario.prepare(t);
+  if (scenario.reuse) prepared.set(scenario, made);
+  return made;
+}
+
 /** Runs the request with nothing armed and returns the points it reached. */
 export async function recordPoints<P>(t: CrashStack, scenario: Scenario<P>): Promise<KillPoint[]> {
-  const prepared = await scenario.prepare(t);
+  const made = await prepare(t, scenario);
   t.faults.reset();
-  const { answer, job } = await send(t, scenario.request(prepared));
+  const { answer, job } = await send(t, scenario.request(made));
   if (answer.status >= 300 || (job && job.state !== 'succeeded')) {
     throw new Error(
       `${scenario.name}: the clean run did not succeed (${answer.status}): ${JSON.stringify(job ?? answer.body).slice(0, 800)}`,
@@ -104,10 +127,10 @@ export async function runCase<P>(
   options: { sweep: boolean } = { sweep: true },
 ): Promise<CaseResult> {
   const started = Date.now();
-  const prepared = await scenario.prepare(t);
+  const made = await prepare(t, scenario);
   t.faults.reset(point);
   const problems: string[] = [];
-  const request = scenario.request(prepared);
+  const request = scenario.request(made);
   const answer =
     request.method === 'START' ? (await send(t, request)).answer : await t.call(...spread(request));
   const firstRun =
@@ -116,7 +139,7 @@ export async function runCase<P>(
   t.faults.reset();
   const recovered = await converge(t, problems);
   if (problems.length === 0) {
-    const again = scenario.retry ? await scenario.retry(t, prepared) : scenario.request(prepared);
+    const again = scenario.retry ? await scenario.retry(t, made) : scenario.request(made);
     if (again) {
       const { answer: retried, job } = await send(t, again);
       if (retried.status >= 300) {
@@ -135,12 +158,14 @@ export async function runCase<P>(
     problems.push(...(await invariants(t, options)));
   }
   if (scenario.cleanup) {
-    await scenario.cleanup(t, prepared).catch((e: unknown) => {
+    await scenario.cleanup(t, made).catch((e: unknown) => {
       problems.push(`the case's cleanup failed: ${(e as Error).message}`);
     });
     await settle(t);
   }
   const outcome: Outcome = !fired ? 'unreached' : problems.length ? 'failed' : 'converged';
+  // What a failed case left behind is not trusted by the next one.
+  if (outcome === 'failed') prepared.delete(scenario);
   return {
     flow: scenario.flow,
     scenario: scenario.name,

@@ -9,7 +9,9 @@
  *   npm run test:crash -- --sweep case             an orphan sweep after every case, not per scenario
  *
  * With several workers each one is a process with a stack of its own (its own DynamoDB Local and
- * s3rver) running every n-th scenario; most of a case is waiting, so two share two cores well.
+ * s3rver); this process hands them one scenario at a time, as each finishes the last: first those
+ * whose request scans everything on the stack (cheapest on a fresh one), then the longest first,
+ * so the workers end close together. Most of a case is waiting, so two share two cores well.
  */
 import { spawn } from 'node:child_process';
 import { readFile, writeFile } from 'node:fs/promises';
@@ -28,7 +30,7 @@ const { values } = parseArgs({
     workers: { type: 'string', default: '2' },
     /** `case`: an orphan sweep after every case; `scenario` (default): one after a scenario's cases. */
     sweep: { type: 'string', default: 'scenario' },
-    /** Internal: this process is worker k of n, and writes its results to `out`. */
+    /** Internal: this process is worker k of n, asks for scenarios, and writes its results to `out`. */
     shard: { type: 'string' },
     out: { type: 'string' },
   },
@@ -37,12 +39,29 @@ const { values } = parseArgs({
 if (values.sweep !== 'case' && values.sweep !== 'scenario') throw new Error('--sweep is case or scenario');
 const sweepEachCase = values.sweep === 'case';
 
+/** The chosen scenarios, in the order they are started. */
 function chosen() {
   const picked = scenarios.filter((s) => !values.flow || values.flow.includes(s.flow));
   if (picked.length === 0) throw new Error(`no scenario for ${values.flow?.join(', ')}`);
-  if (!values.shard) return picked;
-  const [k, n] = values.shard.split('/').map(Number) as [number, number];
-  return picked.filter((_, i) => i % n === k);
+  const rank = (s: (typeof picked)[number]) => (s.scansAll ? 1e9 : 0) + (s.seconds ?? 0);
+  return picked.map((s, i) => ({ s, i })).sort((a, b) => rank(b.s) - rank(a.s) || a.i - b.i);
+}
+
+/** The scenarios this process runs: all of them, or (a worker) each one the parent hands it. */
+async function* assigned() {
+  const order = chosen();
+  if (!values.shard) {
+    for (const { s } of order) yield s;
+    return;
+  }
+  for (;;) {
+    const next = await new Promise<number>((resolve) => {
+      process.once('message', (m: { next: number }) => resolve(m.next));
+      process.send!({ ready: true });
+    });
+    if (next < 0) return;
+    yield order[next]!.s;
+  }
 }
 
 /** Runs the scenarios on one stack of this process. */
@@ -52,7 +71,7 @@ async function work(): Promise<CaseResult[]> {
   const t = await startCrashStack({ fetchAllowlist: '127.0.0.1' });
   const results: CaseResult[] = [];
   try {
-    for (const scenario of chosen()) {
+    for await (const scenario of assigned()) {
       const points = await recordPoints(t, scenario);
       process.stderr.write(`${label}${scenario.flow} (${scenario.name}): ${points.length} kill points\n`);
       if (values.list) {
@@ -95,14 +114,19 @@ async function work(): Promise<CaseResult[]> {
   return results;
 }
 
-/** Runs `workers` processes, each on its own stack, and gathers what they found. */
+/** Runs `workers` processes, each on its own stack, hands out the scenarios and gathers what they found. */
 async function fanOut(workers: number): Promise<CaseResult[]> {
-  const runs = Array.from({ length: workers }, async (_, k) => {
+  const total = chosen().length;
+  let handed = 0;
+  const runs = Array.from({ length: Math.min(workers, total) }, async (_, k) => {
     const out = path.join(os.tmpdir(), `strata-crash-${process.pid}-${k}.json`);
     const args = ['--import', 'tsx', __filename, '--shard', `${k}/${workers}`, '--out', out];
     for (const f of values.flow ?? []) args.push('--flow', f);
     args.push('--sweep', String(values.sweep));
-    const child = spawn(process.execPath, args, { stdio: ['ignore', 'inherit', 'inherit'] });
+    const child = spawn(process.execPath, args, { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+    child.on('message', () => {
+      child.send({ next: handed < total ? handed++ : -1 });
+    });
     const code = await new Promise<number>((resolve) => child.once('exit', (c) => resolve(c ?? 1)));
     if (code !== 0) throw new Error(`crash worker ${k} exited with ${code}`);
     return JSON.parse(await readFile(out, 'utf8')) as CaseResult[];

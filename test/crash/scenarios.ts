@@ -224,6 +224,7 @@ export const scenarios: Scenario<Record<string, string>>[] = [
   {
     flow: FlowName.VolumeCreate,
     name: 'blank volume',
+    seconds: 28,
     prepare: async () => ({}),
     request: () => ({
       method: 'POST',
@@ -234,6 +235,7 @@ export const scenarios: Scenario<Record<string, string>>[] = [
   {
     flow: FlowName.VolumeCreate,
     name: 'from a template (first install on the pool)',
+    seconds: 73,
     prepare: async (t) => ({ templateId: await template(t, 'to-install') }),
     request: (p) => ({
       method: 'POST',
@@ -244,6 +246,8 @@ export const scenarios: Scenario<Record<string, string>>[] = [
   {
     flow: FlowName.VolumeCreate,
     name: 'lazy restore of a backup (Hydrating, then Ready)',
+    seconds: 240,
+    reuse: true,
     prepare: async (t) => ({ snapshotId: await snapshotOf(t, await filledVolume(t, 'to-restore'), true) }),
     request: (p) => ({
       method: 'POST',
@@ -260,6 +264,7 @@ export const scenarios: Scenario<Record<string, string>>[] = [
   {
     flow: FlowName.VolumeResize,
     name: FlowName.VolumeResize,
+    seconds: 29,
     prepare: async (t) => ({ volumeId: await blankVolume(t, 'to-resize') }),
     request: resize,
     retry: unless(async (t, p) => {
@@ -270,6 +275,7 @@ export const scenarios: Scenario<Record<string, string>>[] = [
   {
     flow: FlowName.VolumeDelete,
     name: FlowName.VolumeDelete,
+    seconds: 37,
     prepare: async (t) => ({ volumeId: await blankVolume(t, 'to-delete') }),
     request: (p) => ({ method: 'DELETE', route: `/volumes/${p.volumeId}` }),
     retry: unless(
@@ -280,6 +286,7 @@ export const scenarios: Scenario<Record<string, string>>[] = [
   {
     flow: FlowName.VolumeDelete,
     name: "a template's last clone (evicts the pool's cache)",
+    seconds: 84,
     prepare: async (t) => {
       const w = await makeWorld(t);
       const templateId = await template(t, 'to-evict');
@@ -299,6 +306,7 @@ export const scenarios: Scenario<Record<string, string>>[] = [
   {
     flow: FlowName.VolumeMigrate,
     name: FlowName.VolumeMigrate,
+    seconds: 85,
     prepare: async (t) => ({
       volumeId: await blankVolume(t, 'to-move'),
       to: (await makeWorld(t)).secondPoolId,
@@ -312,6 +320,7 @@ export const scenarios: Scenario<Record<string, string>>[] = [
   {
     flow: FlowName.VolumeAccess,
     name: 'grant',
+    seconds: 33,
     prepare: async (t) => ({ volumeId: await blankVolume(t, 'to-open'), hostId: t.hostId(1) }),
     request: grant,
     retry: unless(
@@ -322,6 +331,7 @@ export const scenarios: Scenario<Record<string, string>>[] = [
   {
     flow: FlowName.VolumeAccess,
     name: 'revoke',
+    seconds: 22,
     prepare: async (t) => {
       const p = { volumeId: await blankVolume(t, 'to-close'), hostId: t.hostId(1) };
       await must(t, 'access', grant(p));
@@ -336,12 +346,14 @@ export const scenarios: Scenario<Record<string, string>>[] = [
   {
     flow: FlowName.SnapshotTake,
     name: FlowName.SnapshotTake,
+    seconds: 60,
     prepare: async (t) => ({ volumeId: await blankVolume(t, 'to-snapshot') }),
     request: (p) => ({ method: 'POST', route: `/volumes/${p.volumeId}/snapshots`, body: { name: 'crash' } }),
   },
   {
     flow: FlowName.SnapshotBackup,
     name: 'take with backup',
+    seconds: 262,
     prepare: async (t) => ({ volumeId: await filledVolume(t, 'to-back-up') }),
     request: (p) => ({
       method: 'POST',
@@ -352,6 +364,7 @@ export const scenarios: Scenario<Record<string, string>>[] = [
   {
     flow: FlowName.SnapshotBackup,
     name: 'backup of a snapshot',
+    seconds: 119,
     prepare: async (t) => {
       const volumeId = await filledVolume(t, 'backed-later');
       return { volumeId, snapshotId: await snapshotOf(t, volumeId) };
@@ -365,6 +378,7 @@ export const scenarios: Scenario<Record<string, string>>[] = [
   {
     flow: FlowName.SnapshotBackup,
     name: 'incremental backup, inheriting holds',
+    seconds: 219,
     prepare: (t) => backedUpTwice(t, 'backed-twice', false),
     request: backup,
     retry: unless(
@@ -375,6 +389,7 @@ export const scenarios: Scenario<Record<string, string>>[] = [
   {
     flow: FlowName.SnapshotRevert,
     name: FlowName.SnapshotRevert,
+    seconds: 52,
     prepare: async (t) => {
       const volumeId = await blankVolume(t, 'to-revert');
       return { volumeId, snapshotId: await snapshotOf(t, volumeId) };
@@ -384,6 +399,7 @@ export const scenarios: Scenario<Record<string, string>>[] = [
   {
     flow: FlowName.SnapshotDelete,
     name: 'backed-up snapshot, every copy',
+    seconds: 105,
     prepare: async (t) => {
       const volumeId = await filledVolume(t, 'snapshot-to-delete');
       return { volumeId, snapshotId: await snapshotOf(t, volumeId, true) };
@@ -394,6 +410,7 @@ export const scenarios: Scenario<Record<string, string>>[] = [
   {
     flow: FlowName.SnapshotDelete,
     name: 'backup an incremental inherits from',
+    seconds: 101,
     prepare: (t) => backedUpTwice(t, 'parent-to-delete', true),
     request: (p) => deleteImage({ snapshotId: p.parentId as string }),
     retry: unless(
@@ -404,6 +421,7 @@ export const scenarios: Scenario<Record<string, string>>[] = [
   {
     flow: FlowName.SnapshotPolicy,
     name: 'a scheduled run',
+    seconds: 60,
     prepare: async (t) => {
       const volumeId = await blankVolume(t, 'on-a-policy');
       const policy = await must(t, 'a policy', {
@@ -423,6 +441,7 @@ export const scenarios: Scenario<Record<string, string>>[] = [
   {
     flow: FlowName.TemplateIngest,
     name: 'register by URL',
+    seconds: 30,
     prepare: async (t) => ({ url: (await makeWorld(t)).templateUrl }),
     request: (p) => ({
       method: 'POST',
@@ -433,6 +452,7 @@ export const scenarios: Scenario<Record<string, string>>[] = [
   {
     flow: FlowName.TemplateCopy,
     name: 'to a second image store',
+    seconds: 29,
     prepare: async (t) => ({
       templateId: await template(t, 'to-copy'),
       storeId: (await makeWorld(t)).secondImageStoreId,
@@ -448,6 +468,7 @@ export const scenarios: Scenario<Record<string, string>>[] = [
   {
     flow: FlowName.StoreAttach,
     name: 'add an nfs pool',
+    seconds: 58,
     prepare: async (t) => ({ mountPath: await share(t, 'added') }),
     request: (p) => ({ method: 'POST', route: '/stores', body: nfsStore(`added-${shares}`, p.mountPath!) }),
     retry: async (t, p) => {
@@ -469,6 +490,7 @@ export const scenarios: Scenario<Record<string, string>>[] = [
   {
     flow: FlowName.StoreMaintenance,
     name: 'enter maintenance',
+    seconds: 44,
     prepare: async (t) => {
       const storeId = (await makeWorld(t)).maintenanceStoreId;
       const store = await get(t, `/stores/${storeId}`);
@@ -485,18 +507,26 @@ export const scenarios: Scenario<Record<string, string>>[] = [
   {
     flow: FlowName.StoreInventory,
     name: FlowName.StoreInventory,
+    seconds: 45,
+    scansAll: true,
+    reuse: true,
     prepare: async (t) => ({ storeId: (await makeWorld(t)).poolId }),
     request: (p) => ({ method: 'POST', route: `/stores/${p.storeId}/inventory` }),
   },
   {
     flow: FlowName.HostProbe,
     name: FlowName.HostProbe,
+    seconds: 28,
+    reuse: true,
     prepare: async (t) => ({ hostId: t.hostId(2) }),
     request: (p) => ({ method: 'POST', route: `/hosts/${p.hostId}/probe` }),
   },
   {
     flow: FlowName.BackupVerify,
     name: 'every chunk of the image store',
+    seconds: 108,
+    scansAll: true,
+    reuse: true,
     prepare: async (t) => {
       const w = await makeWorld(t);
       const volumeId = await filledVolume(t, 'to-verify');
@@ -513,6 +543,8 @@ export const scenarios: Scenario<Record<string, string>>[] = [
   {
     flow: FlowName.OrphanSweep,
     name: FlowName.OrphanSweep,
+    seconds: 96,
+    scansAll: true,
     prepare: async () => ({}),
     request: () => ({ method: 'POST', route: '/sweeps', body: {} }),
   },
