@@ -31,6 +31,11 @@ export const EnvName = {
   HostWaitBudgetMs: 'STRATA_HOST_WAIT_BUDGET_MS',
   /** Longest Wait (seconds) a suspended host step asks the state machine for. */
   HostMaxWaitSeconds: 'STRATA_HOST_MAX_WAIT_SECONDS',
+  /**
+   * How old (seconds) a lazily restored volume's chunk list may get before the hydration step
+   * presigns it anew; default half its lifetime (functions/core/grants.ts).
+   */
+  LazyRenewSeconds: 'STRATA_LAZY_RENEW_SECONDS',
   /** Operator allowlist for template URLs: comma-separated host names and CIDR ranges (SSRF rules). */
   FetchAllowlist: 'STRATA_FETCH_ALLOWLIST',
   /**

@@ -5,7 +5,11 @@
 import { ChunkSizeSchema, chunkCount } from '../sdk/backup-manifest.js';
 import { BasePrimaryDataStoreDriver } from '../sdk/base-driver.js';
 import { DriverInputError, UnsupportedOperationError } from '../sdk/errors.js';
-import type { LazyRestoreProgress, LazyRestoreStartOptions } from '../sdk/lazy-restore.js';
+import type {
+  LazyRestoreProgress,
+  LazyRestoreRenewOptions,
+  LazyRestoreStartOptions,
+} from '../sdk/lazy-restore.js';
 import type {
   AccessOptions,
   AccessResult,
@@ -842,6 +846,31 @@ export class NfsDriver extends BasePrimaryDataStoreDriver implements BackupCapab
     });
   }
 
+  /**
+   * Host operation `lazyRestoreStatus` with a fresh list: the host checks it names the same chunks
+   * and replaces the stored one, which the daemon re-reads before its next fetch.
+   */
+  async lazyRestoreRenew(options: LazyRestoreRenewOptions): Promise<LazyRestoreProgress> {
+    return this.runOperation(options, 'lazyRestoreRenew', {}, async () => {
+      this.#validateLazy(options);
+      assertPresignedUrl(options.chunksUrl, 'chunksUrl');
+      assertCount(options.count, 'count');
+      if (!Number.isSafeInteger(options.renewal) || options.renewal < 1) {
+        throw new DriverInputError('renewal must be a whole number from 1', {
+          context: { field: 'renewal' },
+        });
+      }
+      return this.#run<LazyRestoreProgress>(
+        options.ctx,
+        options.hostId!,
+        NfsHostOperation.LazyRestoreStatus,
+        { ...this.#lazyTarget(options), chunksUrl: options.chunksUrl },
+        this.#shortDeadline,
+        `renewal-${options.renewal}`,
+      );
+    });
+  }
+
   /** Host operation `lazyRestoreWait`: resolves once every chunk is hydrated (a long command). */
   async lazyRestoreWait(options: ObjectOptions): Promise<LazyRestoreProgress> {
     return this.runOperation(options, 'lazyRestoreWait', {}, async () => {
@@ -906,6 +935,7 @@ export class NfsDriver extends BasePrimaryDataStoreDriver implements BackupCapab
     operation: NfsHostOperation,
     args: Record<string, unknown>,
     deadlineSeconds = this.#shortDeadline,
+    callKey?: string,
   ): Promise<T> {
     return ctx.host.run<T>(hostId, {
       provider: this.providerName,
@@ -913,6 +943,7 @@ export class NfsDriver extends BasePrimaryDataStoreDriver implements BackupCapab
       args,
       jobId: ctx.jobId,
       deadlineSeconds,
+      ...(callKey !== undefined ? { callKey } : {}),
     });
   }
 }

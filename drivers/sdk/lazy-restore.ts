@@ -14,6 +14,15 @@ export interface LazyRestoreStartOptions extends ObjectOptions {
   count: number;
 }
 
+/** Options of {@link LazyRestoreCapableDriver.lazyRestoreRenew}. */
+export interface LazyRestoreRenewOptions extends ObjectOptions {
+  /** A fresh list, as for the start: the same chunks in the same places, new presigned URLs. */
+  chunksUrl: string;
+  count: number;
+  /** Which renewal this is (1, 2, …): a repeat of the same one is the same host call. */
+  renewal: number;
+}
+
 /** Where a lazy restore stands. */
 export interface LazyRestoreProgress {
   path: string;
@@ -28,6 +37,11 @@ export interface LazyRestoreProgress {
 export interface LazyRestoreCapableDriver {
   /** Creates the volume backed by the export and starts hydration; usable when it resolves. */
   lazyRestoreStart(options: LazyRestoreStartOptions): Promise<LazyRestoreProgress>;
+  /**
+   * Hands the running export fresh URLs for the chunks it has not fetched yet: presigned URLs
+   * expire, and hydrating a large disk can outlast them. Refused when the list names other chunks.
+   */
+  lazyRestoreRenew(options: LazyRestoreRenewOptions): Promise<LazyRestoreProgress>;
   /** Resolves once every chunk has arrived (one long host command; progress goes to the job). */
   lazyRestoreWait(options: ObjectOptions): Promise<LazyRestoreProgress>;
   /** Makes the hydrated volume independent of the export and removes the restore's state. */
@@ -43,6 +57,7 @@ export function isLazyRestoreCapable(
   const d = driver as Partial<LazyRestoreCapableDriver>;
   return (
     typeof d.lazyRestoreStart === 'function' &&
+    typeof d.lazyRestoreRenew === 'function' &&
     typeof d.lazyRestoreWait === 'function' &&
     typeof d.lazyRestoreFinish === 'function' &&
     typeof d.lazyRestoreAbort === 'function'

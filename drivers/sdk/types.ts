@@ -116,6 +116,13 @@ export interface HostCall {
   jobId?: string;
   /** How long the host may take before the runtime aborts the operation; invokers pick a default. */
   deadlineSeconds?: number;
+  /**
+   * Names this call within its workflow step, for a call that only some runs of the step make (a
+   * renewal, say): a run that makes it again under the same name finds it recorded, one under a new
+   * name sends it anew. Without it a call is named by its order among the step's calls of that
+   * operation, which suits calls every run makes.
+   */
+  callKey?: string;
 }
 
 /** Runs host operations on hosts through the endpoint channel (SSM on AWS, a child process locally). */

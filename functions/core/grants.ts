@@ -26,6 +26,8 @@
  * the image's size.
  */
 
+import { EnvName } from '../env-names.js';
+
 /** Every host-step grant gets this much on top of its transfer time (queueing, start-up, checks). */
 export const GRANT_BASE_SECONDS = 15 * 60;
 /** The slowest link a host step's grant is sized for, unless configured (bytes per second). */
@@ -34,6 +36,20 @@ export const GRANT_FLOOR_BYTES_PER_SECOND = 8 * 1024 * 1024;
 export const GRANT_MAX_SECONDS = 6 * 60 * 60;
 /** Part URLs handed to an operator's client; it renews them through the parts route. */
 export const UPLOAD_GRANT_SECONDS = 60 * 60;
+
+/**
+ * How old a lazily restored volume's chunk list may get before its URLs are renewed:
+ * `STRATA_LAZY_RENEW_SECONDS` when set (> 0), else half of the list's lifetime. The hydration
+ * step checks on every run (every ≤ 30 s of a long wait), so a list is renewed well before it
+ * runs out however long the hydration takes.
+ */
+export function lazyRenewAfterSeconds(
+  lifetimeSeconds: number,
+  env: Record<string, string | undefined> = process.env,
+): number {
+  const configured = Number(env[EnvName.LazyRenewSeconds]);
+  return Number.isFinite(configured) && configured > 0 ? configured : Math.floor(lifetimeSeconds / 2);
+}
 
 /** The floor rate: `STRATA_GRANT_FLOOR_MIB_S` (MiB/s, > 0) when set, else the default. */
 export function grantFloorBytesPerSecond(env: Record<string, string | undefined> = process.env): number {

@@ -72,7 +72,7 @@ export class ChannelHostInvoker implements HostInvoker {
     const scope = currentStep();
     if (scope?.isSuspended)
       return scope.suspend({ seconds: 1, hostId: chosenHostId, commandId: '', operation: call.operation });
-    const key = scope?.nextCallKey(call.operation);
+    const key = scope?.nextCallKey(call.operation, call.callKey);
     const job = key ? await repo.get({ type: 'Job', id: jobId }) : undefined;
     const recorded = key ? job?.hostCommands?.[key] : undefined;
     // A run that already saw this command fail sends a new attempt; otherwise the call stays with

@@ -198,6 +198,11 @@ export interface Volume extends Versioned {
   lazyRestore?: boolean;
   /** While Hydrating: the host serving the volume's export, the only one that can use it then. */
   hydrationHostId?: string;
+  /**
+   * While Hydrating: when the export's current chunk list was presigned and when its URLs expire,
+   * and how many times it has been renewed (lazy-restore.ts renews it before it runs out).
+   */
+  hydrationUrls?: { issuedAt: string; expiresAt: string; renewals: number };
   /** Hosts granted access (grantAccess), e.g. the one running the VM. */
   accessHostIds: string[];
   status: VolumeStatus;

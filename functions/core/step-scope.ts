@@ -44,8 +44,12 @@ export class StepScope {
     });
   }
 
-  /** The key of the next call of `operation` in this run: `<step>:<operation>:<n>`, n from 0. */
-  nextCallKey(operation: string): string {
+  /**
+   * The key of the next call of `operation` in this run: `<step>:<operation>:<n>`, n from 0, or
+   * `<step>:<operation>:<name>` for a call that names itself (HostCall.callKey).
+   */
+  nextCallKey(operation: string, name?: string): string {
+    if (name !== undefined) return `${this.stepKey}:${operation}:${name}`;
     const n = this.counters.get(operation) ?? 0;
     this.counters.set(operation, n + 1);
     return `${this.stepKey}:${operation}:${n}`;

@@ -28,6 +28,13 @@
  * restore (`POST /volumes {…, lazy: true}`) timed until `qemu-io -r -c 'read 0 64k'` first
  * succeeds on the new volume's file; a 400 (no such feature) makes that figure null, with the reason.
  *
+ * Beside each round and the large case, the same pieces are moved alone (./transfers.ts): plain
+ * PUTs and GETs straight to s3rver, and through the stack's S3 endpoint the path a backup's chunks
+ * take (POSTs under one policy, then HEAD and server-side copy) and a restore's GETs. The ratios of
+ * those to the plain ones are the emulator's own ceiling for Strata's figures
+ * (`proxyUploadCeiling`, `proxyDownloadCeiling`, and `…Large`); the large case also prints
+ * `fullVsPlainUploadLarge` and `restoreVsPlainDownloadLarge` against its plain transfers.
+ *
  * Every job time runs from the API call to the job's success. Host commands are counted per flow
  * (the local SSM's `onSend` hook) and their processes' memory sampled every 50 ms (harness
  * `startFlowProbe`). Phase times are extra and only where the job reports them (polling every
@@ -64,6 +71,7 @@ import {
   startFlowProbe,
   writeRandomFile,
 } from './harness';
+import { measureTransfers, type Transfers } from './transfers';
 
 const exec = promisify(execFile);
 const MiB = 2 ** 20;
@@ -83,6 +91,7 @@ interface Large {
   backupAlone: FlowProbe;
   backupAloneMs: number;
   restore: Probed;
+  transfers: Transfers;
   lazy: { firstReadMs?: number; jobMs?: number; probe?: FlowProbe; notMeasured?: string };
 }
 
@@ -111,6 +120,9 @@ interface Round {
   baselineDownMs: number;
   restoreMs: number;
   restoreHostMs: number;
+  proxyPostMs: number;
+  proxyPromoteMs: number;
+  proxyGetMs: number;
 }
 
 export async function benchSnapshots(
@@ -308,6 +320,18 @@ export async function benchSnapshots(
     }
     await dropVolume(restore.volumeId);
 
+    // The same amount of data moved alone: plain and through the proxy (the pieces as written above).
+    const transfers = await measureTransfers(
+      stack,
+      dataChunks,
+      async (i) => {
+        const b = Buffer.alloc(CHUNK, (i % 255) + 1);
+        b.fill(Math.floor(i / 255) + 1, 0, 512);
+        return b;
+      },
+      'large',
+    );
+
     // Lazy restore: from the POST until a first 64 KiB read through the new volume's file works.
     let lazy: Large['lazy'];
     t0 = performance.now();
@@ -364,7 +388,7 @@ export async function benchSnapshots(
 
     for (const id of [taken.snapshot.id as string, inc.snapshotId, full.snapshotId]) await dropSnapshot(id);
     await dropVolume(volume.id);
-    return { full, inc, take, backupAlone, backupAloneMs, restore, lazy };
+    return { full, inc, take, backupAlone, backupAloneMs, restore, transfers, lazy };
   };
   let large: Large | undefined;
 
@@ -462,6 +486,19 @@ export async function benchSnapshots(
         throw new Error(`restored volume differs from the source: ${(e as Error).message}`);
       }
 
+      // The same pieces moved alone through the proxy (the path a backup's and a restore's take).
+      const source = await open(data, 'r');
+      const transfers = await measureTransfers(
+        stack,
+        pieces,
+        async (i) => {
+          const b = Buffer.allocUnsafe(CHUNK);
+          await source.read(b, 0, CHUNK, i * CHUNK);
+          return b;
+        },
+        `round-${round}`,
+      ).finally(() => source.close());
+
       const fp = phases(full);
       const ip = phases(inc);
       figuresByRound.push({
@@ -488,6 +525,9 @@ export async function benchSnapshots(
         restoreMs: restore.ms,
         restoreHostMs: restore.hostMs ?? Number.NaN,
         restoreCommands: restore.probe.commands.length,
+        proxyPostMs: transfers.proxyPostMs,
+        proxyPromoteMs: transfers.proxyPromoteMs,
+        proxyGetMs: transfers.proxyGetMs,
         runtimePeakRssMiB: Math.max(
           full.probe.runtimePeakRssMiB,
           inc.probe.runtimePeakRssMiB,
@@ -569,6 +609,9 @@ export async function benchSnapshots(
     restoreMiBps: mibps(m('restoreMs')),
     restoreHostMs: fig(m('restoreHostMs')),
     restoreRatio: Number((m('restoreMs') / m('baselineDownMs')).toFixed(2)),
+    proxyPostMs: Math.round(m('proxyPostMs')),
+    proxyPromoteMs: Math.round(m('proxyPromoteMs')),
+    proxyGetMs: Math.round(m('proxyGetMs')),
   };
   const f = figures;
   console.log(
@@ -592,6 +635,11 @@ export async function benchSnapshots(
     `  incremental: take ${ms(m('incTakeMs'))}, scan ${ms(m('incScanMs'))}, upload ${ms(m('incUploadMs'))}, commit ${ms(m('incCommitMs'))}; read ${f.incReadMiB} MiB, uploaded ${f.incUploadedMiB} MiB`,
   );
   console.log(`  restore:     host done at ${ms(m('restoreHostMs'))} of ${f.restoreMs} ms`);
+  console.log(
+    `  alone, through the S3 proxy: POST ${f.proxyPostMs} ms + promote (HEAD, copy) ${f.proxyPromoteMs} ms ` +
+      `(upload ceiling ${fig(f.baselineUpMs / (f.proxyPostMs + f.proxyPromoteMs), 2)} of plain); GET ${f.proxyGetMs} ms ` +
+      `(download ceiling ${fig(f.baselineDownMs / f.proxyGetMs, 2)} of plain)`,
+  );
   const smallPeak = Math.max(...figuresByRound.map((r) => r.runtimePeakRssMiB));
   console.log(
     `  host commands: take+backup ${m('fullCommands')}, incremental take+backup ${m('incCommands')}, restore ${m('restoreCommands')}; ` +
@@ -613,7 +661,19 @@ export async function benchSnapshots(
       hostPeakRssMiB: peak(probes),
       hostGroupPeakRssMiB: groupPeak(probes),
       lazyRestoreFirstReadMs: fig(L.lazy.firstReadMs),
+      fullVsPlainUploadLarge: fig(L.transfers.plainUpMs / L.full.ms, 2),
+      restoreVsPlainDownloadLarge: fig(L.transfers.plainDownMs / L.restore.ms, 2),
+      proxyUploadCeilingLarge: fig(
+        L.transfers.plainUpMs / (L.transfers.proxyPostMs + L.transfers.proxyPromoteMs),
+        2,
+      ),
+      proxyDownloadCeilingLarge: fig(L.transfers.plainDownMs / L.transfers.proxyGetMs, 2),
     });
+    const T = L.transfers;
+    console.log(
+      `  alone, ${largeDataMiB} MiB: plain PUT ${Math.round(T.plainUpMs)} ms, plain GET ${Math.round(T.plainDownMs)} ms; ` +
+        `through the proxy: POST ${Math.round(T.proxyPostMs)} ms + promote ${Math.round(T.proxyPromoteMs)} ms, GET ${Math.round(T.proxyGetMs)} ms`,
+    );
     if (L.lazy.notMeasured) notMeasured.lazyRestoreFirstReadMs = L.lazy.notMeasured;
     console.log(
       `snapshots, large case: ${largeDataMiB} MiB of data spread over a sparse ${largeVolumeMiB} MiB volume, ${changedMiB} MiB changed`,
@@ -643,13 +703,23 @@ export async function benchSnapshots(
         : `  lazy restore: first 64 KiB read at ${Math.round(L.lazy.firstReadMs!)} ms, job done at ${Math.round(L.lazy.jobMs!)} ms`,
     );
   } else {
-    for (const k of ['incrementalOverFullLarge', 'hostPeakRssMiB', 'lazyRestoreFirstReadMs']) {
+    for (const k of [
+      'incrementalOverFullLarge',
+      'hostPeakRssMiB',
+      'lazyRestoreFirstReadMs',
+      'fullVsPlainUploadLarge',
+      'restoreVsPlainDownloadLarge',
+    ]) {
       largeFigures[k] = null;
       notMeasured[k] = 'the large case was skipped (largeVolumeMiB 0)';
     }
   }
   const result: Record<string, number | null> = {
     fullVsPlainUpload: fig(m('baselineUpMs') / m('fullMs'), 2),
+    /** The proxy's own ceiling for a backup's path (POST, then HEAD and copy), against plain PUTs. */
+    proxyUploadCeiling: fig(m('baselineUpMs') / (m('proxyPostMs') + m('proxyPromoteMs')), 2),
+    /** The proxy's own ceiling for a restore's GETs, against plain GETs written to a file. */
+    proxyDownloadCeiling: fig(m('baselineDownMs') / m('proxyGetMs'), 2),
     incrementalOverFull: f.incTimeRatio,
     incrementalBytesOverChanged: f.incBytesRatio,
     restoreVsPlainDownload: fig(m('baselineDownMs') / m('restoreMs'), 2),

@@ -4,11 +4,17 @@
  * fetches the chunks, then flattens it; the result equals the snapshot and depends on nothing.
  */
 import { execFile } from 'node:child_process';
-import { readdir } from 'node:fs/promises';
+import { readdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import { GetObjectCommand, ListObjectsV2Command, PutObjectCommand } from '@aws-sdk/client-s3';
+import {
+  DeleteObjectCommand,
+  GetObjectCommand,
+  ListObjectsV2Command,
+  PutObjectCommand,
+} from '@aws-sdk/client-s3';
 import { chunkObjectKey } from '../../drivers/sdk/backup-manifest';
+import { EnvName } from '../../functions/env-names';
 import { startImageServer } from '../support/image-server';
 import { tempDir } from '../support/integration';
 import { qemuCompare } from '../support/qemu-compare';
@@ -28,7 +34,12 @@ describe('lazy restore of a backup', () => {
     await exec('qemu-io', ['-c', 'write -P 0x5a 0 6M', '-c', 'write -P 0xa5 40M 2M', template]);
     server = await startImageServer();
     server.serve('/template.qcow2', { kind: 'file', path: template });
-    t = await startTestStack({ fetchAllowlist: '127.0.0.1', hostWaitBudgetMs: 300 });
+    // Lists renewed once a second old: every hydration here that waits renews its URLs.
+    t = await startTestStack({
+      fetchAllowlist: '127.0.0.1',
+      hostWaitBudgetMs: 300,
+      functionEnvironment: { [EnvName.LazyRenewSeconds]: '1' },
+    });
   }, 120_000);
 
   afterAll(async () => {
@@ -108,11 +119,16 @@ describe('lazy restore of a backup', () => {
     expect(volume.hydrationHostId).toBeUndefined();
     // Every host command of the restore went to the one host serving the export.
     const commands = Object.entries(job?.hostCommands ?? {}).filter(([k]) => k.includes(':lazyRestore'));
-    expect(commands.map(([k]) => k.split(':')[1]).sort()).toEqual([
-      'lazyRestoreFinish',
-      'lazyRestoreStart',
-      'lazyRestoreWait',
-    ]);
+    expect([...new Set(commands.map(([k]) => k.split(':')[1]))].sort()).toEqual(
+      expect.arrayContaining(['lazyRestoreFinish', 'lazyRestoreStart', 'lazyRestoreWait']),
+    );
+    // Besides those three, only renewals (lazyRestoreStatus calls named renewal-<n>).
+    expect(
+      commands
+        .map(([k]) => k.split(':').slice(1).join(':'))
+        .filter((k) => !/^lazyRestore(Start|Wait|Finish):0$/.test(k))
+        .every((k) => /^lazyRestoreStatus:renewal-\d+$/.test(k)),
+    ).toBe(true);
     expect(new Set(commands.map(([, c]) => c.hostId)).size).toBe(1);
     expect(
       [...statuses].every((s) => ['Creating', 'Hydrating', 'Ready', 'progress:hydrating'].includes(s)),
@@ -169,4 +185,95 @@ describe('lazy restore of a backup', () => {
     const dirs = await readdir(path.join(pool.details.mountPath, '.strata', 'lazy')).catch(() => []);
     expect(dirs).not.toContain(doomed.body.volume.id);
   }, 300_000);
+
+  it('renews the export URLs while a hydration outlasts them, and the daemon fetches with the new ones', async () => {
+    const pool = (await t.call('GET', '/stores?role=primary')).body.items.find(
+      (s: { name: string }) => s.name === 'nfs-primary-1',
+    ) as { id: string; details: { mountPath: string } };
+    const created = await t.call('POST', '/volumes', {
+      name: 'renew-source',
+      zoneId: 'zone-1',
+      sizeBytes: 32 * 2 ** 20,
+      storeId: pool.id,
+    });
+    expect((await t.waitForJob(created.body.job.id)).state).toBe('succeeded');
+    const source = (await t.call('GET', `/volumes/${created.body.volume.id}`)).body;
+    const sourceFile = path.join(pool.details.mountPath, source.path);
+    await exec('qemu-io', ['-c', 'write -P 0x42 0 4M', '-c', 'write -P 0x24 16M 4M', sourceFile]);
+    const expected = path.join(refs, 'renew-expected.qcow2');
+    await exec('qemu-img', ['convert', '-O', 'qcow2', sourceFile, expected]);
+    const taken = await t.call('POST', `/volumes/${source.id}/snapshots`, { name: 'renew', backup: true });
+    expect((await t.waitForJob(taken.body.job.id, 60_000)).state).toBe('succeeded');
+    const snapshotId = taken.body.snapshot.id as string;
+
+    // One chunk held back from the store: hydration cannot end until it is back.
+    const listed = await t.s3.send(
+      new ListObjectsV2Command({ Bucket: t.imageBucket, Prefix: 'images/backups/manifests/' }),
+    );
+    const manifestKey = listed.Contents?.map((o) => o.Key ?? '').find((k) => k.includes(snapshotId));
+    const manifest = JSON.parse(
+      await (
+        await t.s3.send(new GetObjectCommand({ Bucket: t.imageBucket, Key: manifestKey }))
+      ).Body!.transformToString(),
+    ) as { chunks: Array<string | null> };
+    const held = manifest.chunks[4]!;
+    expect(held).toMatch(/^[0-9a-f]{64}$/);
+    const heldKey = `images/${chunkObjectKey('backups/chunks', held)}`;
+    const heldBytes = Buffer.from(
+      await (
+        await t.s3.send(new GetObjectCommand({ Bucket: t.imageBucket, Key: heldKey }))
+      ).Body!.transformToByteArray(),
+    );
+    await t.s3.send(new DeleteObjectCommand({ Bucket: t.imageBucket, Key: heldKey }));
+
+    const res = await t.call('POST', '/volumes', {
+      name: 'renewed',
+      zoneId: 'zone-1',
+      storeId: pool.id,
+      fromSnapshotId: snapshotId,
+      restoreFrom: 'backup',
+      lazy: true,
+    });
+    expect(res.status).toBe(202);
+    const volumeId = res.body.volume.id as string;
+    const chunksFile = path.join(pool.details.mountPath, '.strata', 'lazy', volumeId, 'chunks.json');
+    const urlOf = async () =>
+      (JSON.parse(await readFile(chunksFile, 'utf8')) as Array<{ url: string } | null>)[0]?.url;
+    let first: string | undefined;
+    let volume: { status: string; hydrationUrls?: { renewals: number } } | undefined;
+    for (let i = 0; i < 600; i++) {
+      volume = (await t.call('GET', `/volumes/${volumeId}`)).body;
+      if (volume?.status === 'Hydrating') {
+        first ??= await urlOf();
+        if ((volume.hydrationUrls?.renewals ?? 0) >= 2) break;
+      }
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    expect(volume?.status).toBe('Hydrating');
+    expect(volume?.hydrationUrls?.renewals).toBeGreaterThanOrEqual(2);
+    // The host holds a list with other URLs for the same chunks, and the daemon took it.
+    expect(first).toMatch(/^http/);
+    expect(await urlOf()).not.toBe(first);
+    const logFile = path.join(path.dirname(chunksFile), 'daemon.log');
+
+    // Its next try at the held chunk reads the renewed list first (tries back off 1, 2, 4, 8 s).
+    const reloaded = async () => (await readFile(logFile, 'utf8')).includes('chunk list reloaded');
+    for (let i = 0; i < 800 && !(await reloaded()); i++) await new Promise((r) => setTimeout(r, 50));
+    expect(await reloaded()).toBe(true);
+
+    // The chunk is back: the daemon fetches it with a renewed URL and the restore completes.
+    await t.s3.send(new PutObjectCommand({ Bucket: t.imageBucket, Key: heldKey, Body: heldBytes }));
+    const job = await t.waitForJob(res.body.job.id, 120_000);
+    expect({ state: job.state, error: job.error }).toEqual({ state: 'succeeded', error: undefined });
+    const done = (await t.call('GET', `/volumes/${volumeId}`)).body;
+    expect(done.status).toBe('Ready');
+    expect(done.hydrationUrls).toBeUndefined();
+    const renewals = Object.keys(job.hostCommands ?? {}).filter((k) =>
+      k.includes(':lazyRestoreStatus:renewal-'),
+    );
+    expect(renewals.length).toBeGreaterThanOrEqual(2);
+    expect(await qemuCompare(expected, path.join(pool.details.mountPath, done.path))).toBe(0);
+    const del = await t.call('DELETE', `/volumes/${volumeId}`);
+    expect((await t.waitForJob(del.body.job.id)).state).toBe('succeeded');
+  }, 240_000);
 });

@@ -64,6 +64,8 @@ export async function startTestStack(
     /** Test-only policy narrowing (see EmbeddedStackOptions.narrowPolicies). */
     narrowPolicies?: EmbeddedStackOptions['narrowPolicies'];
     schedulerClock?: EmbeddedStackOptions['schedulerClock'];
+    /** More function environment (EnvName knobs), on top of the polling knobs set here. */
+    functionEnvironment?: EmbeddedStackOptions['functionEnvironment'];
   } = {},
 ): Promise<TestStack> {
   const endpoints = integrationEndpoints();
@@ -85,6 +87,7 @@ export async function startTestStack(
       [EnvName.HostMaxPollMs]: '100',
       // Short, so host steps suspend and their loops turn many times in every flow.
       [EnvName.HostWaitBudgetMs]: String(options.hostWaitBudgetMs ?? 300),
+      ...options.functionEnvironment,
     },
     ...(options.narrowPolicies ? { narrowPolicies: options.narrowPolicies } : {}),
     ...(options.schedulerClock ? { schedulerClock: options.schedulerClock } : {}),

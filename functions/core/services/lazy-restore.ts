@@ -8,7 +8,9 @@
  *    overlay on the host's export and is usable; the volume becomes Hydrating (with its path, and
  *    a lease long enough for the hydration);
  * 2. runs `lazyRestoreWait`, one long host command whose progress (`phase: 'hydrating'`,
- *    `chunksHydrated`, `chunksTotal`) the job reports while the step suspends and polls;
+ *    `chunksHydrated`, `chunksTotal`) the job reports while the step suspends and polls; each run
+ *    of the step first renews the list's URLs once it is half its lifetime old
+ *    (`lazyRestoreRenew`, recorded on the volume as `hydrationUrls`), so no hydration outlives them;
  * 3. runs `lazyRestoreFinish` (flatten), releases the pins and the lists, and answers the path;
  *    volume-create's finishCreate then makes the volume Ready.
  *
@@ -17,10 +19,12 @@
  * lost), and the volume is Error with the reason. Resuming a failed lazy restore is not offered:
  * transient failures are retried inside the host command and by the step's retries instead.
  */
-import { isLazyRestoreCapable } from '../../../drivers/sdk/lazy-restore.js';
-import type { DriverContext } from '../../../drivers/sdk/types.js';
+
+import type { BackupManifest } from '../../../drivers/sdk/backup-manifest.js';
+import { isLazyRestoreCapable, type LazyRestoreCapableDriver } from '../../../drivers/sdk/lazy-restore.js';
+import type { DriverContext, ObjectOptions } from '../../../drivers/sdk/types.js';
 import { ConflictError, UnprocessableError } from '../errors.js';
-import { hostGrantSeconds } from '../grants.js';
+import { hostGrantSeconds, lazyRenewAfterSeconds } from '../grants.js';
 import type { DataStore, Volume } from '../model.js';
 import { VolumeStatus as V } from '../model.js';
 import { forEachLimit } from '../pool.js';
@@ -77,29 +81,14 @@ export class LazyRestore {
           `backup of ${input.snapshotId} names ${unstored.length} chunks the store does not hold`,
         );
       }
-      const urls = new Map<string, string>();
-      const expiresSeconds = hostGrantSeconds(this.store.logicalBytes(manifest));
-      await forEachLimit(hashes, PRESIGN_CONCURRENCY, async (sha) => {
-        const { url } = await image.driver.presignGet({
-          store: toStoreInfo(image.store),
-          object: blob(chunkKey(sha)),
-          ctx,
-          expiresSeconds,
-          knownToExist: true,
-        });
-        urls.set(sha, url);
-      });
-      const list = manifest.chunks.map((sha, index) =>
-        sha ? { index, sha256: sha, url: urls.get(sha) } : null,
-      );
-      const chunksUrl = await this.store.writeJson(image, planKey(input.jobId, 'lazy'), list, ctx, true);
+      const list = await this.writeList(image, manifest, hashes, input.jobId, ctx);
       const started = await driver.lazyRestoreStart({
         ...target,
         hostId,
         virtualSizeBytes: manifest.virtualSizeBytes,
         chunkSizeBytes: manifest.chunkSizeBytes,
-        chunksUrl: chunksUrl ?? '',
-        count: list.length,
+        chunksUrl: list.url,
+        count: list.count,
       });
       // Usable from here on: the volume file exists, backed by the host's export. (A replay finds
       // the start recorded on the host it first went to, which may not be this run's choice.)
@@ -111,7 +100,12 @@ export class LazyRestore {
         to: V.Hydrating,
         leaseOwner: input.jobId,
         lease: { owner: input.jobId, ttlSeconds: HYDRATING_LEASE_SECONDS },
-        changes: { path: started.path, statusReason: undefined, hydrationHostId: hostId },
+        changes: {
+          path: started.path,
+          statusReason: undefined,
+          hydrationHostId: hostId,
+          hydrationUrls: { issuedAt: list.issuedAt, expiresAt: list.expiresAt, renewals: 0 },
+        },
       });
       await this.deps.jobs.progress(input.jobId, 10, {
         phase: 'hydrating',
@@ -126,11 +120,90 @@ export class LazyRestore {
           state: current.status,
         },
       );
+    } else {
+      await this.renewIfDue({ ...input, volume: current }, image, manifest, hashes, driver, {
+        ...target,
+        hostId,
+      });
     }
     await driver.lazyRestoreWait({ ...target, hostId });
     const finished = await driver.lazyRestoreFinish({ ...target, hostId });
     await this.release(image.store.id, hashes, input.jobId, ctx, image);
     return { path: finished.path };
+  }
+
+  /**
+   * Presigns every chunk of the backup and writes the list (`{index, sha256, url}` or null per
+   * chunk) to the job's plans, answering a presigned GET of it and when its URLs expire.
+   */
+  private async writeList(
+    image: Awaited<ReturnType<BackupStore['imageStore']>>,
+    manifest: BackupManifest,
+    hashes: string[],
+    jobId: string,
+    ctx: DriverContext,
+  ): Promise<{ url: string; count: number; issuedAt: string; expiresAt: string }> {
+    const issued = Date.now();
+    const expiresSeconds = hostGrantSeconds(this.store.logicalBytes(manifest));
+    const urls = new Map<string, string>();
+    await forEachLimit(hashes, PRESIGN_CONCURRENCY, async (sha) => {
+      const { url } = await image.driver.presignGet({
+        store: toStoreInfo(image.store),
+        object: blob(chunkKey(sha)),
+        ctx,
+        expiresSeconds,
+        knownToExist: true,
+      });
+      urls.set(sha, url);
+    });
+    const list = manifest.chunks.map((sha, index) =>
+      sha ? { index, sha256: sha, url: urls.get(sha) } : null,
+    );
+    const url = await this.store.writeJson(image, planKey(jobId, 'lazy'), list, ctx, true);
+    return {
+      url: url ?? '',
+      count: list.length,
+      issuedAt: new Date(issued).toISOString(),
+      expiresAt: new Date(issued + expiresSeconds * 1000).toISOString(),
+    };
+  }
+
+  /**
+   * Hands the export fresh URLs once its list is older than {@link lazyRenewAfterSeconds} of its
+   * lifetime: the hydration of a large disk can outlast any one presigned URL. The renewal is one
+   * short host call, named by its number so a replayed step polls the same one, and then recorded on
+   * the volume (only while this job still holds it Hydrating).
+   */
+  private async renewIfDue(
+    input: { jobId: string; volume: Volume },
+    image: Awaited<ReturnType<BackupStore['imageStore']>>,
+    manifest: BackupManifest,
+    hashes: string[],
+    driver: LazyRestoreCapableDriver,
+    target: ObjectOptions,
+  ): Promise<void> {
+    const urls = input.volume.hydrationUrls;
+    if (!urls) return;
+    const issued = Date.parse(urls.issuedAt);
+    const lifetime = (Date.parse(urls.expiresAt) - issued) / 1000;
+    if ((Date.now() - issued) / 1000 < lazyRenewAfterSeconds(lifetime)) return;
+    const renewals = urls.renewals + 1;
+    const list = await this.writeList(image, manifest, hashes, input.jobId, target.ctx);
+    await driver.lazyRestoreRenew({ ...target, chunksUrl: list.url, count: list.count, renewal: renewals });
+    const hydrationUrls = { issuedAt: list.issuedAt, expiresAt: list.expiresAt, renewals };
+    for (let attempt = 0; ; attempt++) {
+      const current = await this.deps.repo.require({ type: 'Volume', id: input.volume.id });
+      if (current.status !== V.Hydrating || current.lease?.owner !== input.jobId) return;
+      if ((current.hydrationUrls?.renewals ?? 0) >= renewals) return;
+      try {
+        await this.deps.repo.update({ type: 'Volume', id: current.id }, current.version, { hydrationUrls });
+        target.ctx.logger.info('lazy restore URLs renewed', { volumeId: current.id, renewals });
+        return;
+      } catch (error) {
+        // Another writer (an access grant, a lease renewal) came first: read again.
+        if (!(error instanceof ConflictError) || attempt >= 4) throw error;
+      }
+    }
   }
 
   /**

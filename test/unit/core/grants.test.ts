@@ -4,6 +4,7 @@ import {
   GRANT_MAX_SECONDS,
   grantFloorBytesPerSecond,
   hostGrantSeconds,
+  lazyRenewAfterSeconds,
 } from '../../../functions/core/grants.js';
 import { withoutGrants } from '../../../functions/handlers/api/idempotency.js';
 
@@ -81,5 +82,15 @@ describe('idempotency records without grants', () => {
   it('never keeps a signed answer it cannot strip', () => {
     const odd = { statusCode: 200, body: '["https://s3/x?X-Amz-Signature=1"]', headers: {} };
     expect(withoutGrants(odd).statusCode).toBe(500);
+  });
+});
+
+describe('lazyRenewAfterSeconds', () => {
+  it('renews a lazy restore list at half its lifetime unless configured', () => {
+    expect(lazyRenewAfterSeconds(3600, {})).toBe(1800);
+    expect(lazyRenewAfterSeconds(GRANT_MAX_SECONDS, {})).toBe(GRANT_MAX_SECONDS / 2);
+    expect(lazyRenewAfterSeconds(3600, { STRATA_LAZY_RENEW_SECONDS: '60' })).toBe(60);
+    for (const bad of ['0', '-5', 'soon', ''])
+      expect(lazyRenewAfterSeconds(3600, { STRATA_LAZY_RENEW_SECONDS: bad })).toBe(1800);
   });
 });

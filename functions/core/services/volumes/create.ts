@@ -196,7 +196,12 @@ export class VolumeCreateFlow {
         from: [V.Creating, V.Hydrating],
         to: V.Ready,
         leaseOwner: input.jobId,
-        changes: { path: input.path, statusReason: undefined, hydrationHostId: undefined },
+        changes: {
+          path: input.path,
+          statusReason: undefined,
+          hydrationHostId: undefined,
+          hydrationUrls: undefined,
+        },
       });
     }
     await this.deps.jobs.succeed(input.jobId, {
