@@ -103,6 +103,9 @@ async function work(): Promise<CaseResult[]> {
         };
         results.push(result);
         process.stderr.write(`${label}  ${problems.length ? 'FAILED' : 'ok'.padEnd(9)} ${result.point}\n`);
+        const scanStarted = Date.now();
+        const held = (await t.items()).length;
+        process.stderr.write(`${label}  table: ${held} items, scanned in ${Date.now() - scanStarted} ms\n`);
         for (const p of problems) process.stderr.write(`${label}            ${p}\n`);
         if (problems.length) await heal(t);
       }
