@@ -42,6 +42,16 @@ describe('lazy restore of a backup', () => {
     });
   }, 120_000);
 
+  /** The backup manifest of a snapshot, read from the image store. */
+  const manifestOf = async (snapshotId: string) => {
+    const listed = await t.s3.send(
+      new ListObjectsV2Command({ Bucket: t.imageBucket, Prefix: 'images/backups/manifests/' }),
+    );
+    const key = listed.Contents?.map((o) => o.Key ?? '').find((k) => k.includes(snapshotId));
+    const body = await t.s3.send(new GetObjectCommand({ Bucket: t.imageBucket, Key: key }));
+    return JSON.parse(await body.Body!.transformToString()) as { chunks: Array<string | null> };
+  };
+
   afterAll(async () => {
     await t?.stack.stop();
     await server?.close();
@@ -147,15 +157,7 @@ describe('lazy restore of a backup', () => {
 
     // A chunk damaged in the store: reads of it fail, the job fails naming it, and the volume ends
     // in Error with no file, no daemon state and no space held.
-    const listed = await t.s3.send(
-      new ListObjectsV2Command({ Bucket: t.imageBucket, Prefix: 'images/backups/manifests/' }),
-    );
-    const manifestKey = listed.Contents?.map((o) => o.Key ?? '').find((k) => k.includes(snapshotId));
-    const manifest = JSON.parse(
-      await (
-        await t.s3.send(new GetObjectCommand({ Bucket: t.imageBucket, Key: manifestKey }))
-      ).Body!.transformToString(),
-    ) as { chunks: Array<string | null> };
+    const manifest = await manifestOf(snapshotId);
     const victim = manifest.chunks.find((c): c is string => c !== null)!;
     await t.s3.send(
       new PutObjectCommand({
@@ -207,15 +209,7 @@ describe('lazy restore of a backup', () => {
     const snapshotId = taken.body.snapshot.id as string;
 
     // One chunk held back from the store: hydration cannot end until it is back.
-    const listed = await t.s3.send(
-      new ListObjectsV2Command({ Bucket: t.imageBucket, Prefix: 'images/backups/manifests/' }),
-    );
-    const manifestKey = listed.Contents?.map((o) => o.Key ?? '').find((k) => k.includes(snapshotId));
-    const manifest = JSON.parse(
-      await (
-        await t.s3.send(new GetObjectCommand({ Bucket: t.imageBucket, Key: manifestKey }))
-      ).Body!.transformToString(),
-    ) as { chunks: Array<string | null> };
+    const manifest = await manifestOf(snapshotId);
     const held = manifest.chunks[4]!;
     expect(held).toMatch(/^[0-9a-f]{64}$/);
     const heldKey = `images/${chunkObjectKey('backups/chunks', held)}`;
