@@ -42,6 +42,17 @@ describe('lazy restore of a backup', () => {
     });
   }, 120_000);
 
+  /** `POST /volumes` restoring a snapshot's backup lazily onto a pool. */
+  const restoreLazily = (name: string, storeId: string, snapshotId: string) =>
+    t.call('POST', '/volumes', {
+      name,
+      zoneId: 'zone-1',
+      storeId,
+      fromSnapshotId: snapshotId,
+      restoreFrom: 'backup',
+      lazy: true,
+    });
+
   /** The backup manifest of a snapshot, read from the image store. */
   const manifestOf = async (snapshotId: string) => {
     const listed = await t.s3.send(
@@ -98,14 +109,7 @@ describe('lazy restore of a backup', () => {
       expect(JSON.stringify(bad.body.error)).toContain('lazy');
     }
 
-    const res = await t.call('POST', '/volumes', {
-      name: 'lazy-restored',
-      zoneId: 'zone-1',
-      storeId: pool.id,
-      fromSnapshotId: snapshotId,
-      restoreFrom: 'backup',
-      lazy: true,
-    });
+    const res = await restoreLazily('lazy-restored', pool.id, snapshotId);
     expect(res.status).toBe(202);
     const statuses = new Set<string>();
     let job:
@@ -166,14 +170,7 @@ describe('lazy restore of a backup', () => {
         Body: Buffer.alloc(4 * 2 ** 20, 0x99),
       }),
     );
-    const doomed = await t.call('POST', '/volumes', {
-      name: 'lazy-doomed',
-      zoneId: 'zone-1',
-      storeId: pool.id,
-      fromSnapshotId: snapshotId,
-      restoreFrom: 'backup',
-      lazy: true,
-    });
+    const doomed = await restoreLazily('lazy-doomed', pool.id, snapshotId);
     expect(doomed.status).toBe(202);
     const failed = await t.waitForJob(doomed.body.job.id, 120_000);
     expect(failed.state).toBe('failed');
@@ -220,14 +217,7 @@ describe('lazy restore of a backup', () => {
     );
     await t.s3.send(new DeleteObjectCommand({ Bucket: t.imageBucket, Key: heldKey }));
 
-    const res = await t.call('POST', '/volumes', {
-      name: 'renewed',
-      zoneId: 'zone-1',
-      storeId: pool.id,
-      fromSnapshotId: snapshotId,
-      restoreFrom: 'backup',
-      lazy: true,
-    });
+    const res = await restoreLazily('renewed', pool.id, snapshotId);
     expect(res.status).toBe(202);
     const volumeId = res.body.volume.id as string;
     const chunksFile = path.join(pool.details.mountPath, '.strata', 'lazy', volumeId, 'chunks.json');
