@@ -393,6 +393,8 @@ export async function startEmbeddedStack(options: EmbeddedStackOptions): Promise
           options,
         ),
         logFile: path.join(dataDir, 'logs', `${fn.name}.log`),
+        // Beside the bundles it caches (a build directory: deleting it only costs the next start).
+        codeCacheDir: path.join(dir, '.strata-code-cache'),
         // Each container signs as its own session of the function's role (as each Lambda
         // execution environment gets its own credentials).
         credentialsFor: (session) => credentials.issue(fn.roleArn, session),
