@@ -5,6 +5,8 @@
  */
 
 import { createHash } from 'node:crypto';
+import http from 'node:http';
+import https from 'node:https';
 import { z } from 'zod';
 import { Sha256HexSchema, sha256Base64 } from '../sdk/backup-manifest.js';
 import { DriverError, DriverInputError, DriverUnavailableError, ObjectNotFoundError } from '../sdk/errors.js';
@@ -148,11 +150,16 @@ export async function postChunk(
 }
 
 /**
- * GETs one chunk of exactly `length` bytes into a buffer of that size (no copy of the whole body,
+ * GETs one chunk into memory of its own (exactly `length` bytes: a `content-length` of another size
  * and nothing past `length` is accepted), retrying network errors, 429 and 5xx with backoff. With
  * `sha256`, the body is hashed as it arrives, piece by piece (the event loop is never held for a
  * whole chunk), and another hash fails with {@link ChecksumMismatchError} naming the chunk. A body
- * of another length is reported the same way: it is a wrong object, not a flaky link.
+ * of another length is reported the same way: it is a wrong object, not a flaky link. The whole
+ * GET, body included, must end within `timeoutMs`.
+ *
+ * Over node:http with keep-alive connections rather than fetch: a Node stream per answer costs
+ * less CPU per byte than a WHATWG stream (BENCHMARKS.md), which on a restore is CPU the hashes and
+ * writes need. Redirects are not followed (a presigned URL never redirects).
  */
 export async function getChunk(
   url: string,
@@ -163,59 +170,108 @@ export async function getChunk(
   sha256?: string,
 ): Promise<Buffer> {
   const where = redact(url);
-  return withRetry(signal, async () => {
-    const response = await fetchWithTimeout(
-      url,
-      { headers: { 'accept-encoding': 'identity' } },
+  const target = assertHttpUrl(url);
+  return withRetry(signal, () => getChunkOnce(target, where, index, length, timeoutMs, signal, sha256));
+}
+
+// Idle keep-alive sockets are unref'd by Node's agent, so they never keep a host process alive.
+const keepAlive = {
+  http: new http.Agent({ keepAlive: true, maxSockets: 64 }),
+  https: new https.Agent({ keepAlive: true, maxSockets: 64 }),
+};
+
+function getChunkOnce(
+  target: URL,
+  where: string,
+  index: number,
+  length: number,
+  timeoutMs: number,
+  signal: AbortSignal,
+  sha256: string | undefined,
+): Promise<Buffer> {
+  const wrongLength = (got: number) =>
+    new ChecksumMismatchError(`chunk ${index} from ${where} is ${got} bytes, expected ${length}`, { index });
+  const brokeOff = (cause: unknown, received: number) =>
+    new DriverUnavailableError(`download of chunk ${index} from ${where} broke off after ${received} bytes`, {
+      cause,
+    });
+  return new Promise<Buffer>((resolve, reject) => {
+    const https_ = target.protocol === 'https:';
+    const request = (https_ ? https : http).request(target, {
+      method: 'GET',
+      headers: { 'accept-encoding': 'identity' },
+      agent: https_ ? keepAlive.https : keepAlive.http,
+    });
+    let settled = false;
+    const timer = setTimeout(
+      () =>
+        finish(
+          new DriverUnavailableError(`download of chunk ${index} from ${where} took over ${timeoutMs} ms`),
+        ),
       timeoutMs,
-      signal,
-      `download of chunk ${index} from ${where}`,
     );
-    if (response.status !== 200) {
-      await response.body?.cancel().catch(() => undefined);
-      throw statusError(response.status, `chunk ${index}`, where, { index });
+    const onAbort = () => finish(signal.reason);
+    function finish(error: unknown, body?: Buffer): void {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      signal.removeEventListener('abort', onAbort);
+      if (body) resolve(body);
+      else {
+        request.destroy();
+        reject(error);
+      }
     }
-    const wrongLength = (got: number) =>
-      new ChecksumMismatchError(`chunk ${index} from ${where} is ${got} bytes, expected ${length}`, {
-        index,
-      });
-    const declared = response.headers.get('content-length');
-    if (declared !== null && /^\d+$/.test(declared) && Number(declared) !== length) {
-      await response.body?.cancel().catch(() => undefined);
-      throw wrongLength(Number(declared));
-    }
-    const body = Buffer.allocUnsafe(length);
-    const hash = sha256 === undefined ? undefined : createHash('sha256');
-    let received = 0;
-    try {
-      for await (const piece of (response.body ?? []) as AsyncIterable<Uint8Array>) {
-        if (received + piece.byteLength > length) {
-          await response.body?.cancel().catch(() => undefined);
-          throw wrongLength(received + piece.byteLength);
-        }
-        body.set(piece, received);
+    if (signal.aborted) return finish(signal.reason);
+    signal.addEventListener('abort', onAbort, { once: true });
+    request.on('error', (error) =>
+      finish(
+        new DriverUnavailableError(`download of chunk ${index} from ${where} failed: ${error.message}`, {
+          cause: error,
+        }),
+      ),
+    );
+    request.on('response', (response) => {
+      response.on('error', () => undefined);
+      if (response.statusCode !== 200) {
+        // Drained, so the connection can serve the next chunk.
+        response.resume();
+        return finish(statusError(response.statusCode ?? 0, `chunk ${index}`, where, { index }));
+      }
+      const declared = response.headers['content-length'];
+      if (declared !== undefined && /^\d+$/.test(declared) && Number(declared) !== length) {
+        return finish(wrongLength(Number(declared)));
+      }
+      const body = Buffer.allocUnsafe(length);
+      const hash = sha256 === undefined ? undefined : createHash('sha256');
+      let received = 0;
+      response.on('data', (piece: Buffer) => {
+        if (settled) return;
+        if (received + piece.byteLength > length) return finish(wrongLength(received + piece.byteLength));
+        piece.copy(body, received);
         hash?.update(piece);
         received += piece.byteLength;
-      }
-    } catch (error) {
-      if (error instanceof DriverError) throw error;
-      if (signal.aborted) throw signal.reason;
-      throw new DriverUnavailableError(`download of chunk ${index} from ${where} broke off`, {
-        cause: error,
       });
-    }
-    if (received !== length) throw wrongLength(received);
-    if (hash) {
-      const actual = hash.digest('hex');
-      if (actual !== sha256) {
-        throw new ChecksumMismatchError(`chunk ${index} (${sha256}) arrived with sha256 ${actual}`, {
-          index,
-          sha256,
-          actual,
-        });
-      }
-    }
-    return body;
+      response.on('close', () => {
+        if (settled) return;
+        if (!response.complete) return finish(brokeOff(new Error('connection closed'), received));
+        if (received !== length) return finish(wrongLength(received));
+        if (hash) {
+          const actual = hash.digest('hex');
+          if (actual !== sha256) {
+            return finish(
+              new ChecksumMismatchError(`chunk ${index} (${sha256}) arrived with sha256 ${actual}`, {
+                index,
+                sha256,
+                actual,
+              }),
+            );
+          }
+        }
+        finish(undefined, body);
+      });
+    });
+    request.end();
   });
 }
 

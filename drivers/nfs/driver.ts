@@ -655,6 +655,7 @@ export class NfsDriver extends BasePrimaryDataStoreDriver implements BackupCapab
         chunksFetched: result.chunksFetched,
         bytesDownloaded: result.bytesDownloaded,
         zeroChunks: result.zeroChunks,
+        ...(result.transferMs !== undefined ? { transferMs: result.transferMs } : {}),
       };
     });
   }

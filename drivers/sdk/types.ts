@@ -400,6 +400,8 @@ export interface ChunkRestoreResult extends CreateResult {
   chunksFetched: number;
   bytesDownloaded: number;
   zeroChunks: number;
+  /** Milliseconds the host spent fetching, verifying and writing the chunks (absent when nothing was restored). */
+  transferMs?: number;
 }
 
 /**

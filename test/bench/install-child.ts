@@ -11,8 +11,11 @@
  * - `fetchImage`: the nfs host operation as a host runs it (ranged GETs pinned to the ETag, sha256
  *   in order, header inspection, rename), on a share at `dir`;
  * - `chunks`: the restore baseline, a plain download of a list of chunks (`[{ url, offset, length }]`,
- *   `inFlight` GETs at once), each written at its offset into one raw file; nothing hashed.
+ *   `inFlight` GETs at once), each written at its offset into one raw file; nothing hashed. With a
+ *   fifth argument `sha256`, each chunk is also hashed (sha256 of the whole body on the event loop,
+ *   as a plain tool would) before it is written: the least a restore that verifies its bytes does.
  */
+import { createHash } from 'node:crypto';
 import { open, readFile } from 'node:fs/promises';
 import http from 'node:http';
 import path from 'node:path';
@@ -65,6 +68,7 @@ async function chunksDownload(
   list: Array<{ url: string; offset: number; length: number }>,
   file: string,
   inFlight: number,
+  hash: boolean,
 ) {
   const fh = await open(file, 'w');
   try {
@@ -83,6 +87,7 @@ async function chunksDownload(
           chunk.copy(body, at);
           at += chunk.byteLength;
         }
+        if (hash) createHash('sha256').update(body.subarray(0, at)).digest('hex');
         await fh.write(body, 0, at, offset);
       }
     };
@@ -103,7 +108,7 @@ async function main(): Promise<void> {
       length: number;
     }>;
     const t0 = performance.now();
-    await chunksDownload(list, path.join(dir, 'chunks-baseline.raw'), Number(bytes));
+    await chunksDownload(list, path.join(dir, 'chunks-baseline.raw'), Number(bytes), sha256 === 'sha256');
     const ms = Math.round(performance.now() - t0);
     console.log(JSON.stringify({ ms, maxRssMiB: Math.round(process.resourceUsage().maxRSS / 1024) }));
     return;

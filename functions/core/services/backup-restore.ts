@@ -154,6 +154,7 @@ export class BackupRestore {
         chunksFetched: result.chunksFetched,
         bytesDownloaded: result.bytesDownloaded,
         zeroChunks: result.zeroChunks,
+        ...(result.transferMs !== undefined ? { transferMs: result.transferMs } : {}),
       });
       await this.finishRestore(store, manifest, hashes, input.jobId, ctx);
       return { path: result.path, via: 'backup' };
