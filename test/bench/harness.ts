@@ -222,3 +222,25 @@ export function startFlowProbe(stack: EmbeddedStack): { stop: () => FlowProbe } 
     },
   };
 }
+
+/**
+ * The machine's CPU use between `start()` and the returned `stop()`: busy CPU time over wall time,
+ * in cores (2.0 = both cores of a 2-core machine busy throughout), from /proc/stat. Shows whether a
+ * step is bound by CPU on this machine rather than by anything Strata waits on.
+ */
+export function cpuMeter(): { stop: () => number } {
+  const read = () => {
+    const [, ...fields] = readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/);
+    const n = fields.map(Number);
+    const idle = (n[3] ?? 0) + (n[4] ?? 0);
+    return { busy: n.reduce((a, b) => a + b, 0) - idle, at: performance.now() };
+  };
+  const first = read();
+  const ticksPerSecond = 100;
+  return {
+    stop: () => {
+      const last = read();
+      return Number(((last.busy - first.busy) / ticksPerSecond / ((last.at - first.at) / 1000)).toFixed(2));
+    },
+  };
+}
