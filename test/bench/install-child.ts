@@ -7,7 +7,8 @@
  *   node --import tsx test/bench/install-child.ts chunks <list.json> <dir> <inFlight>
  *
  * - `ranged`: the baseline, a plain parallel ranged download (8 × 16 MiB GETs, positional writes,
- *   fsync), nothing hashed, inspected or renamed;
+ *   fsync), nothing hashed, inspected or renamed; `ranged-sha256` the same with the file hashed in
+ *   order on a worker thread as its ranges land (a verified download and nothing else);
  * - `fetchImage`: the nfs host operation as a host runs it (ranged GETs pinned to the ETag, sha256
  *   in order, header inspection, rename), on a share at `dir`;
  * - `chunks`: the restore baseline, a plain download of a list of chunks (`[{ url, offset, length }]`,
@@ -19,21 +20,61 @@ import { createHash } from 'node:crypto';
 import { open, readFile } from 'node:fs/promises';
 import http from 'node:http';
 import path from 'node:path';
+import { Worker } from 'node:worker_threads';
 import { nfsHostOperations } from '../../drivers/nfs/host-ops';
 import { HostStorage } from '../../drivers/sdk/host-config';
 import { createInProcessHostInvoker } from '../../drivers/sdk/host-runtime';
 
 const MiB = 2 ** 20;
 
-/** The baseline: `streams` ranged GETs of `partBytes` at once, each written at its offset. */
+// A worker that hashes a file's ranges in order as they are reported written (read back from the
+// page cache), the way a download proves its bytes without holding the event loop.
+const RANGE_HASHER = `
+const { parentPort, workerData } = require('node:worker_threads');
+const { createHash } = require('node:crypto');
+const { openSync, readSync } = require('node:fs');
+const fd = openSync(workerData.file, 'r');
+const hash = createHash('sha256');
+const done = new Map();
+let at = 0;
+const buffer = Buffer.allocUnsafe(4 << 20);
+parentPort.on('message', ({ start, end }) => {
+  done.set(start, end);
+  while (done.has(at)) {
+    const stop = done.get(at);
+    done.delete(at);
+    for (let p = at; p < stop; ) {
+      const n = readSync(fd, buffer, 0, Math.min(buffer.length, stop - p), p);
+      hash.update(buffer.subarray(0, n));
+      p += n;
+    }
+    at = stop;
+  }
+  if (at >= workerData.size) parentPort.postMessage(hash.digest('hex'));
+});
+`;
+
+/**
+ * The baseline: `streams` ranged GETs of `partBytes` at once, each written at its offset. With
+ * `verify`, a worker thread also hashes the file in order as ranges land (and the download ends
+ * when the hash does): a verified download with nothing else.
+ */
 export async function rangedDownload(
   url: string,
   file: string,
   size: number,
   streams = 8,
   partBytes = 16 * MiB,
+  verify = false,
 ) {
   const fh = await open(file, 'w');
+  const hasher = verify ? new Worker(RANGE_HASHER, { eval: true, workerData: { file, size } }) : undefined;
+  const hashed = hasher
+    ? new Promise<string>((resolve, reject) => {
+        hasher.once('message', resolve);
+        hasher.once('error', reject);
+      })
+    : undefined;
   try {
     await fh.truncate(size);
     let next = 0;
@@ -53,12 +94,15 @@ export async function rangedDownload(
           await fh.write(chunk, 0, chunk.byteLength, at);
           at += chunk.byteLength;
         }
+        hasher?.postMessage({ start, end: end + 1 });
       }
     };
     await Promise.all(Array.from({ length: streams }, worker));
     agent.destroy();
     await fh.sync();
+    await hashed;
   } finally {
+    await hasher?.terminate();
     await fh.close();
   }
 }
@@ -117,8 +161,9 @@ async function main(): Promise<void> {
     throw new Error('usage: <mode> <url> <dir> <bytes> <sha256>');
   const size = Number(bytes);
   const t0 = performance.now();
-  if (mode === 'ranged') {
-    await rangedDownload(url, path.join(dir, 'ranged-baseline.qcow2'), size);
+  if (mode === 'ranged' || mode === 'ranged-sha256') {
+    const file = path.join(dir, 'ranged-baseline.qcow2');
+    await rangedDownload(url, file, size, 8, 16 * MiB, mode === 'ranged-sha256');
   } else if (mode === 'fetchImage') {
     const host = createInProcessHostInvoker({
       storage: HostStorage.fromConfig({ storageRoots: [{ path: dir, kind: 'directory' }] }),
