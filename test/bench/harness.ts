@@ -4,10 +4,12 @@
  * random input files, the median of rounds, a probe of one flow's host commands (how many, and
  * their peak memory) and the one JSON line every bench ends with.
  */
+import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { readdirSync, readFileSync, realpathSync } from 'node:fs';
 import { open } from 'node:fs/promises';
 import path from 'node:path';
+import { promisify } from 'node:util';
 import { decodeHostRequest } from '../../drivers/sdk/host-protocol';
 import { type EmbeddedStack, startEmbeddedStack } from '../../infra/local/embedded-stack';
 
@@ -243,4 +245,17 @@ export function cpuMeter(): { stop: () => number } {
       return Number(((last.busy - first.busy) / ticksPerSecond / ((last.at - first.at) / 1000)).toFixed(2));
     },
   };
+}
+
+/**
+ * Runs test/bench/install-child.ts with `args` in a process of its own (a side timed inside it,
+ * away from the bench's own event loop) and answers the figures it prints last.
+ */
+export async function runInstallChild(args: string[]): Promise<{ ms: number; maxRssMiB: number }> {
+  const { stdout } = await promisify(execFile)(
+    process.execPath,
+    ['--import', 'tsx', path.join(__dirname, 'install-child.ts'), ...args],
+    { env: { ...process.env, AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true' } },
+  );
+  return JSON.parse(stdout.trim().split('\n').pop() ?? '{}') as { ms: number; maxRssMiB: number };
 }

@@ -27,7 +27,7 @@ import { GetObjectCommand, ListObjectsV2Command, S3Client } from '@aws-sdk/clien
 import { getSignedUrl } from '@aws-sdk/s3-request-presigner';
 import { localS3ClientConfig } from '../../infra/local/s3-emulator';
 import { startImageServer } from '../support/image-server';
-import { median, startBenchStack } from './harness';
+import { median, runInstallChild, startBenchStack } from './harness';
 
 const exec = promisify(execFile);
 
@@ -86,24 +86,7 @@ export async function benchInstall(templateMiB = 1024, rounds = 5): Promise<Reco
       await rm(path.join(share, 'templates'), { recursive: true, force: true });
       await rm(path.join(share, 'ranged-baseline.qcow2'), { force: true });
       await coldCache();
-      const { stdout } = await exec(
-        process.execPath,
-        [
-          '--import',
-          'tsx',
-          path.join(__dirname, 'install-child.ts'),
-          mode,
-          url,
-          share,
-          String(bytes),
-          sha256,
-        ],
-        { env: { ...process.env, AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true' } },
-      );
-      const { ms, maxRssMiB } = JSON.parse(stdout.trim().split('\n').pop() ?? '{}') as {
-        ms: number;
-        maxRssMiB: number;
-      };
+      const { ms, maxRssMiB } = await runInstallChild([mode, url, share, String(bytes), sha256]);
       if (mode === 'fetchImage') rss.push(maxRssMiB);
       return ms;
     };

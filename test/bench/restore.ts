@@ -32,7 +32,7 @@ import { GetObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import { getSignedUrl } from '@aws-sdk/s3-request-presigner';
 import { chunkExtent, chunkObjectKey } from '../../drivers/sdk/backup-manifest';
 import { localS3ClientConfig } from '../../infra/local/s3-emulator';
-import { median, startBenchStack, writeRandomFile } from './harness';
+import { median, runInstallChild, startBenchStack, writeRandomFile } from './harness';
 
 const exec = promisify(execFile);
 const MiB = 2 ** 20;
@@ -101,22 +101,15 @@ export async function benchRestore(
     await writeFile(listFile, JSON.stringify(list));
     const baseline = async (inFlight: number, verify = false) => {
       await coldCache();
-      const { stdout } = await exec(
-        process.execPath,
-        [
-          '--import',
-          'tsx',
-          path.join(__dirname, 'install-child.ts'),
-          'chunks',
-          listFile,
-          mountPath,
-          String(inFlight),
-          ...(verify ? ['sha256'] : []),
-        ],
-        { env: { ...process.env, AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true' } },
-      );
+      const { ms } = await runInstallChild([
+        'chunks',
+        listFile,
+        mountPath,
+        String(inFlight),
+        ...(verify ? ['sha256'] : []),
+      ]);
       await rm(path.join(mountPath, 'chunks-baseline.raw'), { force: true });
-      return (JSON.parse(stdout.trim().split('\n').pop() ?? '{}') as { ms: number }).ms;
+      return ms;
     };
     const strata = async (round: number) => {
       await coldCache();

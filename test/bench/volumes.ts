@@ -40,7 +40,15 @@ import { getSignedUrl } from '@aws-sdk/s3-request-presigner';
 import { forEachLimit } from '../../functions/core/pool';
 import { localS3ClientConfig } from '../../infra/local/s3-emulator';
 import { startImageServer } from '../support/image-server';
-import { cpuMeter, fig, median, printFigures, startBenchStack, startFlowProbe } from './harness';
+import {
+  cpuMeter,
+  fig,
+  median,
+  printFigures,
+  runInstallChild,
+  startBenchStack,
+  startFlowProbe,
+} from './harness';
 
 const exec = promisify(execFile);
 const MiB = 2 ** 20;
@@ -218,41 +226,14 @@ export async function benchVolumes(
     for (let r = 0; r < rounds; r++) {
       await coldCache();
       const meter = cpuMeter();
-      const { stdout } = await exec(
-        process.execPath,
-        [
-          '--import',
-          'tsx',
-          path.join(__dirname, 'install-child.ts'),
-          'ranged',
-          proxiedUrl,
-          pool.details.mountPath,
-          String(bytes),
-          '-',
-        ],
-        { env: { ...process.env, AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true' } },
-      );
-      proxiedTimes.push((JSON.parse(stdout.trim().split('\n').pop() ?? '{}') as { ms: number }).ms);
+      const child = ['ranged', proxiedUrl, pool.details.mountPath, String(bytes), '-'];
+      proxiedTimes.push((await runInstallChild(child)).ms);
       busy.push(meter.stop());
       // What proving the bytes adds: the same download with the file hashed in order on a worker
       // thread as its ranges land (test/bench/install-child.ts ranged-sha256).
       await rm(path.join(pool.details.mountPath, 'ranged-baseline.qcow2'), { force: true });
       await coldCache();
-      const verified = await exec(
-        process.execPath,
-        [
-          '--import',
-          'tsx',
-          path.join(__dirname, 'install-child.ts'),
-          'ranged-sha256',
-          proxiedUrl,
-          pool.details.mountPath,
-          String(bytes),
-          '-',
-        ],
-        { env: { ...process.env, AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true' } },
-      );
-      hashTimes.push((JSON.parse(verified.stdout.trim().split('\n').pop() ?? '{}') as { ms: number }).ms);
+      hashTimes.push((await runInstallChild(['ranged-sha256', ...child.slice(1)])).ms);
       await rm(path.join(pool.details.mountPath, 'ranged-baseline.qcow2'), { force: true });
     }
     const proxiedMs = median(proxiedTimes);
