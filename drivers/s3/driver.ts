@@ -10,6 +10,8 @@ import {
   CopyObjectCommand,
   CreateMultipartUploadCommand,
   DeleteObjectCommand,
+  DeleteObjectsCommand,
+  type DeleteObjectsCommandOutput,
   GetObjectCommand,
   HeadObjectCommand,
   type HeadObjectCommandOutput,
@@ -29,6 +31,7 @@ import {
   DriverConflictError,
   DriverError,
   DriverInputError,
+  DriverUnavailableError,
   ObjectNotFoundError,
   UnsupportedOperationError,
 } from '../sdk/errors.js';
@@ -44,6 +47,7 @@ import type {
   CreateUploadOptions,
   CreateUploadResult,
   DataStoreInfo,
+  DeleteObjectsOptions,
   DriverCapabilities,
   DriverContext,
   ImageStoreDriver,
@@ -78,6 +82,8 @@ import {
 } from './multipart.js';
 import { signPostPolicy } from './presigned-post.js';
 
+/** S3 DeleteObjects takes at most this many keys a request. */
+const DELETE_OBJECTS_MAX_KEYS = 1000;
 const GiB = 1024 ** 3;
 const MiB = 1024 ** 2;
 /** The largest object a single CopyObject may copy. */
@@ -723,6 +729,46 @@ export class S3Driver extends BaseDataStoreDriver implements ImageStoreDriver {
       // The presigner hoists x-amz-* headers into the query by default, and S3 ignores a checksum
       // given there: kept as a signed header, the checksum cannot be dropped or changed by the client.
       return this.#presign(at, command, expiresIn, sha ? ['x-amz-checksum-sha256'] : []);
+    });
+  }
+
+  /**
+   * Deletes many objects with S3 DeleteObjects, up to 1000 keys a request, instead of one request
+   * each. Objects already gone are not an error (as with `deleteAsync`); any other per-key error
+   * fails the call as retryable, after the rest of its request was deleted (running it again is safe).
+   */
+  async deleteObjects(options: DeleteObjectsOptions): Promise<void> {
+    const asObject = { ...options, object: { kind: 'template', id: 'batch' } } as ObjectOptions;
+    return this.runOperation(asObject, 'deleteObjects', { count: options?.objects?.length }, async () => {
+      this.#validateStoreOptions(options);
+      if (!Array.isArray(options.objects)) {
+        throw new DriverInputError('objects must be an array', { context: { field: 'objects' } });
+      }
+      const located = options.objects.map((object) =>
+        this.#locate(options.ctx, options.store, s3ObjectPath(object)),
+      );
+      for (let i = 0; i < located.length; i += DELETE_OBJECTS_MAX_KEYS) {
+        const batch = located.slice(i, i + DELETE_OBJECTS_MAX_KEYS);
+        const first = batch[0]!;
+        let answer: DeleteObjectsCommandOutput;
+        try {
+          answer = await first.client.send(
+            new DeleteObjectsCommand({
+              Bucket: first.bucket,
+              Delete: { Objects: batch.map((at) => ({ Key: at.key })), Quiet: true },
+            }),
+          );
+        } catch (error) {
+          throw mapS3Error(error, 'delete objects', { key: first.key });
+        }
+        const failed = (answer.Errors ?? []).filter((e) => e.Code !== 'NoSuchKey');
+        if (failed.length > 0) {
+          throw new DriverUnavailableError(
+            `${failed.length} of ${batch.length} objects were not deleted; the first, ${failed[0]!.Key}: ${failed[0]!.Code} ${failed[0]!.Message ?? ''}`.trim(),
+            { context: { key: failed[0]!.Key, code: failed[0]!.Code } },
+          );
+        }
+      }
     });
   }
 

@@ -870,6 +870,16 @@ export interface ImageStoreDriver extends DataStoreDriver {
    * prefix). Without it, backups take a second host command with one presigned PUT per chunk.
    */
   presignPost?(options: PresignPostOptions): Promise<PresignedPost>;
+  /**
+   * Optional: deletes many objects in as few requests as the store allows (S3 DeleteObjects: 1000
+   * keys a request). Objects already gone are not an error. Without it, callers delete one by one.
+   */
+  deleteObjects?(options: DeleteObjectsOptions): Promise<void>;
+}
+
+/** Options of {@link ImageStoreDriver.deleteObjects}. */
+export interface DeleteObjectsOptions extends StoreOptions {
+  objects: DataObjectRef[];
 }
 
 const IMAGE_STORE_METHODS = [

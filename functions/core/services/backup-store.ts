@@ -157,9 +157,15 @@ export class BackupStore {
     await this.removeUnder(image, stagingPrefix(jobId), ctx);
   }
 
+  // One DeleteObjects request per 1000 objects where the store has it, else one delete each.
   private async removeUnder(image: ImageStore, prefix: string, ctx: DriverContext): Promise<void> {
     const store = toStoreInfo(image.store);
     const left = await image.driver.listObjects({ store, prefix, ctx });
+    if (left.length === 0) return;
+    if (image.driver.deleteObjects) {
+      await image.driver.deleteObjects({ store, objects: left.map((o) => blob(o.path)), ctx });
+      return;
+    }
     await forEachLimit(left, PRESIGN_CONCURRENCY, (o) => this.deleteObject(image, o.path, ctx));
   }
 

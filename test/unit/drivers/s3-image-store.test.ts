@@ -5,6 +5,7 @@ import {
   CompleteMultipartUploadCommand,
   CreateMultipartUploadCommand,
   DeleteObjectCommand,
+  DeleteObjectsCommand,
   GetObjectCommand,
   HeadObjectCommand,
   ListMultipartUploadsCommand,
@@ -157,6 +158,44 @@ describe('S3Driver as an ImageStoreDriver', () => {
   it('is recognised by isImageStoreDriver; a driver without the methods is not', () => {
     expect(isImageStoreDriver(driver)).toBe(true);
     expect(isImageStoreDriver({ getCapabilities: () => ({}) } as unknown as DataStoreDriver)).toBe(false);
+  });
+
+  describe('deleteObjects', () => {
+    const blobs = (n: number) =>
+      Array.from({ length: n }, (_, i) => ({
+        kind: 'snapshot' as const,
+        format: 'raw' as const,
+        id: `b${i}`,
+        path: `backups/staging/j/${i}`,
+      }));
+
+    it('deletes in requests of at most 1000 keys under the store prefix; keys already gone are fine', async () => {
+      s3.on(DeleteObjectsCommand).resolves({
+        Errors: [{ Key: 'zone-1/backups/staging/j/3', Code: 'NoSuchKey' }],
+      });
+      await driver.deleteObjects({ store, ctx, objects: blobs(2500) });
+      const calls = s3.commandCalls(DeleteObjectsCommand);
+      expect(calls.map((c) => c.args[0].input.Delete?.Objects?.length)).toEqual([1000, 1000, 500]);
+      expect(calls[0]!.args[0].input).toMatchObject({ Bucket: 'images', Delete: { Quiet: true } });
+      expect(calls[2]!.args[0].input.Delete?.Objects?.at(-1)).toEqual({
+        Key: 'zone-1/backups/staging/j/2499',
+      });
+    });
+
+    it('fails as retryable when a key could not be deleted, naming it', async () => {
+      s3.on(DeleteObjectsCommand).resolves({
+        Errors: [{ Key: 'zone-1/backups/staging/j/1', Code: 'InternalError', Message: 'try again' }],
+      });
+      await expect(driver.deleteObjects({ store, ctx, objects: blobs(3) })).rejects.toMatchObject({
+        code: 'Unavailable',
+        message: expect.stringContaining('zone-1/backups/staging/j/1: InternalError try again'),
+      });
+    });
+
+    it('sends nothing for no objects', async () => {
+      await driver.deleteObjects({ store, ctx, objects: [] });
+      expect(s3).toHaveReceivedCommandTimes(DeleteObjectsCommand, 0);
+    });
   });
 
   describe('writeStream', () => {
