@@ -77,11 +77,19 @@ describe('every function runs from its bundle with the synthesized environment',
       state: 'running',
       progress: 0,
     } as never);
-    // store-tasks: the table, the host channel (SSM), the host runtime.
-    const probed = (await t.stack.invoke('StoreTasks', {
-      task: 'probeHost',
-      input: { jobId: 'job-direct-probe', hostId },
-    })) as { build: string; current: boolean };
+    // store-tasks: the table, the host channel (SSM), the host runtime. A probe slower than the
+    // test stack's wait budget (300 ms: a loaded machine) answers `waiting`; the state machine would
+    // wait and run the step again, which finds the command it sent, and so does this loop.
+    const probe = async () =>
+      (await t.stack.invoke('StoreTasks', {
+        task: 'probeHost',
+        input: { jobId: 'job-direct-probe', hostId },
+      })) as { build?: string; current?: boolean; waiting?: { seconds: number } };
+    let probed = await probe();
+    for (let turn = 0; probed.waiting && turn < 100; turn++) {
+      await new Promise((r) => setTimeout(r, 100));
+      probed = await probe();
+    }
     expect(probed).toMatchObject({ current: true, ready: true });
     // image-tasks: a step on a template that does not exist is a domain error, not a wiring one.
     await expect(
