@@ -149,6 +149,8 @@ export function compensate(o: {
   timeoutSeconds?: number;
   /** It undoes work on a host: a wait loop like any host step. */
   host?: boolean;
+  /** What of its answer the flow keeps under `$.compensation` (default `{ done: true }`). */
+  select?: Record<string, unknown>;
 }): TaskStep {
   const base = Array.isArray(o.input)
     ? Object.fromEntries((o.input as readonly string[]).map((f) => [f, `$.${f}`]))
@@ -159,7 +161,7 @@ export function compensate(o: {
     input: { ...base, error: '$.error' },
     timeoutSeconds: o.timeoutSeconds ?? 300,
     resultPath: '$.compensation',
-    select: { done: true },
+    select: o.select ?? { done: true },
     catchTo: false,
     next: o.next,
     ...(o.host ? { host: true } : {}),

@@ -379,6 +379,66 @@ describe('migrate', () => {
     expect((await t.waitForJob(del.body.job.id)).state).toBe('succeeded');
     expect(await filesUnder(share)).toEqual([]);
   }, 180_000);
+
+  it('a failure after the switch-over rolls forward: the volume stays on the destination, the job succeeds with a warning', async () => {
+    const share = await t.newShare('nfs-forward');
+    const added = await t.call('POST', '/stores', {
+      name: 'nfs-forward',
+      provider: 'nfs',
+      role: 'primary',
+      scope: { type: 'cluster', zoneId: 'zone-1', clusterId: 'cluster-1' },
+      capacityBytes: 50 * 2 ** 30,
+      details: { server: '127.0.0.1', export: '/forward', mountPath: share },
+    });
+    expect((await t.waitForJob(added.body.job.id)).state).toBe('succeeded');
+    const created = await t.call('POST', '/volumes', {
+      name: 'forward',
+      zoneId: 'zone-1',
+      sizeBytes: 64 * 2 ** 20,
+      storeId: pool.id,
+    });
+    expect((await t.waitForJob(created.body.job.id)).state).toBe('succeeded');
+    const before = (await t.call('GET', `/volumes/${created.body.volume.id}`)).body;
+    const sourceFile = path.join(pool.details.mountPath, before.path);
+    await exec('qemu-io', ['-c', 'write -P 0x5a 0 1M', sourceFile]);
+    // The source can be read (the copy works) but not removed, by anyone, root included: the last
+    // step fails after the switch-over, and so does the compensation's second try at the removal.
+    await exec('chattr', ['+i', sourceFile]);
+    try {
+      const res = await t.call('POST', `/volumes/${before.id}/migrate`, { storeId: added.body.store.id });
+      expect(res.status).toBe(202);
+      const job = await t.waitForJob(res.body.job.id, 120_000);
+      expect(job.state).toBe('succeeded');
+      expect(job.result).toMatchObject({ volumeId: before.id, storeId: added.body.store.id });
+      expect(job.result.warning).toMatch(/removing the source copy on .* failed/);
+      // The flow ends in its Succeed state, not in its Fail one.
+      const execution = await t.stack.stepFunctions.runner.waitFor(job.executionId);
+      expect(execution.status).toBe('SUCCEEDED');
+      const entered = (
+        t.stack.stepFunctions.runner.history(job.executionId) as unknown as {
+          type: string;
+          state?: { name: string };
+        }[]
+      )
+        .filter((e) => e.type === 'StateEntered')
+        .map((e) => e.state?.name);
+      expect(entered).toEqual(expect.arrayContaining(['Compensate', 'RolledForward?', 'Migrated']));
+      const after = (await t.call('GET', `/volumes/${before.id}`)).body;
+      expect(after).toMatchObject({ status: 'Ready', storeId: added.body.store.id });
+      expect(after.statusReason).toMatch(/^migrated to /);
+      expect(after.migratedFrom).toBeUndefined();
+      expect(after.lease).toBeUndefined();
+      await exec('qemu-io', ['-r', '-c', 'read -P 0x5a 0 1M', path.join(share, after.path)]);
+      // The source's space was given back at the switch-over; its file is left for the sweep.
+      expect((await t.call('GET', `/stores/${pool.id}`)).body.allocatedBytes).toBe(0);
+      expect(await filesUnder(pool.details.mountPath)).toContain(before.path);
+      const del = await t.call('DELETE', `/volumes/${before.id}`);
+      expect((await t.waitForJob(del.body.job.id)).state).toBe('succeeded');
+    } finally {
+      await exec('chattr', ['-i', sourceFile]);
+      await exec('rm', ['-f', sourceFile]);
+    }
+  }, 180_000);
 });
 
 describe('migrate between stores no single host reaches', () => {

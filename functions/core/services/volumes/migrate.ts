@@ -350,10 +350,16 @@ export class VolumeMigrateFlow {
 
   /**
    * volume-migrate, on failure: the partial copy and its reservation go; the volume stays where it
-   * was. After the switch-over (`migratedFrom` set) there is nothing to undo: it rolls forward,
-   * trying the source's removal once more, and the volume is Ready on the destination.
+   * was, and the job fails. After the switch-over (`migratedFrom` set) there is nothing to undo: it
+   * rolls forward, trying the source's removal once more; the volume is Ready on the destination
+   * and the job succeeds, its result carrying a `warning` with the failure (and the source copy
+   * left behind, if its removal failed again: an orphan for the sweep). Answers `rolledForward`,
+   * which the flow turns into its end. A run after an earlier one rolled forward (the step replayed)
+   * finds the volume on the destination and answers the same.
    */
-  async failMigrate(input: Step & { destStoreId: string; error: WorkflowFailure }): Promise<void> {
+  async failMigrate(
+    input: Step & { destStoreId: string; error: WorkflowFailure },
+  ): Promise<{ rolledForward: boolean }> {
     const reason = causeMessage(input.error);
     const volume = await this.repo.get({ type: 'Volume', id: input.volumeId });
     if (
@@ -379,7 +385,13 @@ export class VolumeMigrateFlow {
           statusReason: `migrated to ${input.destStoreId}; the last step failed: ${reason}${left}`,
         },
       });
-    } else if (volume && volume.status === V.Migrating && volume.lease?.owner === input.jobId) {
+      return this.rolledForward(input, volume.path, `the last step failed: ${reason}${left}`);
+    }
+    if (volume && volume.storeId === input.destStoreId && volume.lease?.owner !== input.jobId) {
+      // An earlier run of this step rolled forward and then died before it answered.
+      return this.rolledForward(input, volume.path, volume.statusReason ?? `the last step failed: ${reason}`);
+    }
+    if (volume && volume.status === V.Migrating && volume.lease?.owner === input.jobId) {
       const dst = await this.repo.get({ type: 'DataStore', id: input.destStoreId });
       if (dst) {
         const hostId = await this.deps
@@ -417,5 +429,20 @@ export class VolumeMigrateFlow {
       ]);
     }
     await this.deps.jobs.failFromFlow(input.jobId, input.error, 'MigrateFailed');
+    return { rolledForward: false };
+  }
+
+  private async rolledForward(
+    input: Step & { destStoreId: string },
+    path: string | undefined,
+    warning: string,
+  ): Promise<{ rolledForward: true }> {
+    await this.deps.jobs.succeed(input.jobId, {
+      volumeId: input.volumeId,
+      storeId: input.destStoreId,
+      ...(path ? { path } : {}),
+      warning,
+    });
+    return { rolledForward: true };
   }
 }
